@@ -1,0 +1,24 @@
+"""Test configuration: eight virtual CPU devices so the multi-device path runs in CI.
+
+XLA reads ``XLA_FLAGS`` once, when the backend starts, so this must run before
+anything imports ``jax`` -- pytest imports conftest.py first.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+MNIST_PATH = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "mnist.npz"
+
+
+@pytest.fixture(scope="session")
+def mnist_path():
+    if not MNIST_PATH.exists():
+        pytest.skip(f"MNIST file not found at {MNIST_PATH}")
+    return MNIST_PATH
