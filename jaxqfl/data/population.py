@@ -1,0 +1,157 @@
+"""The federated population: flat example arrays plus per-client offsets and counts (CSR).
+
+A population of ``C`` clients holding ``N`` examples in all is
+
+    x[N, *feature_shape]   float32 features, client-major
+    y[N]                   int32 labels in [0, num_classes) (classification)
+                           or float32 targets (regression, num_classes == 0)
+    offsets[C]             int32, client i's rows are x[offsets[i] : offsets[i] + counts[i]]
+    counts[C]              int32, >= 1
+
+plus a held-out test set ``(x_test, y_test)`` that travels with it. Memory is
+O(N), not O(C x largest client), and a client's local batch is a gather of
+``batch_size`` row indices drawn in ``[0, counts[i])`` (DESIGN.md, "Data layout").
+The arrays live on the host (NumPy); the engine moves them to the devices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Population:
+    """A federated dataset in CSR layout, validated on construction (see module docstring)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    name: str = ""
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def max_count(self) -> int:
+        return int(self.counts.max())
+
+    @property
+    def is_classification(self) -> bool:
+        return self.num_classes > 0
+
+    def client(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Client ``i``'s examples ``(x, y)``."""
+        if not 0 <= i < self.num_clients:
+            raise IndexError(f"client index {i} is outside [0, {self.num_clients})")
+        s = slice(int(self.offsets[i]), int(self.offsets[i] + self.counts[i]))
+        return self.x[s], self.y[s]
+
+    def client_ids_of_rows(self) -> np.ndarray:
+        """``[N]`` int32: the client that owns each row."""
+        return np.repeat(np.arange(self.num_clients, dtype=np.int32), self.counts)
+
+
+def from_client_indices(
+    x: np.ndarray,
+    y: np.ndarray,
+    client_indices: Sequence[np.ndarray],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    name: str = "",
+) -> Population:
+    """Build a population from per-client row indices into ``(x, y)``.
+
+    Rows are copied client-major, so client ``i`` owns the contiguous block
+    ``x[offsets[i] : offsets[i] + counts[i]]``. Indices may repeat across
+    clients (the copy is then duplicated); every client must hold at least one row.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(client_indices) == 0:
+        raise ValueError("client_indices is empty: a population needs at least one client")
+    counts = np.array([len(ix) for ix in client_indices], dtype=np.int64)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise ValueError(
+            f"client {int(empty[0])} has no examples ({empty.size} empty clients in all); "
+            "every client must hold at least one example"
+        )
+    order = np.concatenate([np.asarray(ix, dtype=np.int64) for ix in client_indices])
+    if order.min() < 0 or order.max() >= x.shape[0]:
+        raise ValueError(f"client indices must lie in [0, {x.shape[0]}), got range [{order.min()}, {order.max()}]")
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return Population(
+        x=x[order],
+        y=y[order],
+        offsets=offsets.astype(np.int32),
+        counts=counts.astype(np.int32),
+        x_test=np.asarray(x_test),
+        y_test=np.asarray(y_test),
+        num_classes=int(num_classes),
+        name=name,
+    )
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name} holds {bad} NaN or Inf values; features and targets must be finite")
+
+
+def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
+    if num_classes <= 0:
+        return
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"{name} must hold integer class labels for classification, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"{name} has labels in [{y.min()}, {y.max()}], outside the allowed range [0, {num_classes})"
+        )
+
+
+def _validate(p: Population) -> None:
+    if p.num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0 means regression), got {p.num_classes}")
+    if p.x.ndim < 1 or p.x.shape[0] == 0:
+        raise ValueError(f"the population is empty: x has shape {p.x.shape}")
+    if p.y.shape != (p.x.shape[0],):
+        raise ValueError(f"y has shape {p.y.shape}, but x has {p.x.shape[0]} rows: lengths must match")
+    if p.x_test.shape[0] == 0:
+        raise ValueError("the test set is empty")
+    if p.y_test.shape != (p.x_test.shape[0],):
+        raise ValueError(f"y_test has shape {p.y_test.shape}, but x_test has {p.x_test.shape[0]} rows")
+    if p.x_test.shape[1:] != p.x.shape[1:]:
+        raise ValueError(f"test features have shape {p.x_test.shape[1:]}, training features {p.x.shape[1:]}")
+    if p.offsets.shape != p.counts.shape or p.counts.ndim != 1:
+        raise ValueError(f"offsets {p.offsets.shape} and counts {p.counts.shape} must be 1-D of equal length")
+    if p.counts.size == 0:
+        raise ValueError("the population has no clients")
+    if p.counts.min() < 1:
+        raise ValueError(f"client {int(np.argmin(p.counts))} has {p.counts.min()} examples; every client needs >= 1")
+    expected = np.concatenate([[0], np.cumsum(p.counts, dtype=np.int64)[:-1]])
+    if not np.array_equal(expected, p.offsets) or int(p.counts.sum()) != p.x.shape[0]:
+        raise ValueError("offsets must be the running sum of counts and counts must sum to the number of rows")
+    for name, a in (("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test)):
+        _check_finite(name, a)
+    _check_labels("y", p.y, p.num_classes)
+    _check_labels("y_test", p.y_test, p.num_classes)
