@@ -1,0 +1,22 @@
+"""jaxqfl.models: models as ``Model(init, apply)`` pairs of pure functions.
+
+    init(key, sample_x) -> params
+    apply(params, x, *, key=None) -> outputs [B, num_outputs]
+
+Every factory takes ``policy`` (a ``jaxqfl.quant`` policy, its preset name, or
+``None`` for float) and then trains with quantization-aware fake quantization.
+"""
+from jaxqfl.models.core import Model, from_flax, from_functions
+from jaxqfl.models.zoo import CNN, MLP, cnn, linear_regression, logistic_regression, mlp
+
+__all__ = [
+    "Model",
+    "from_flax",
+    "from_functions",
+    "mlp",
+    "cnn",
+    "logistic_regression",
+    "linear_regression",
+    "MLP",
+    "CNN",
+]
