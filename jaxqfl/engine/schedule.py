@@ -1,0 +1,128 @@
+"""How much local work a client does, and which of its examples each local step reads.
+
+Two modes, both with static shapes (the number of scanned steps is the same for
+every client; steps a small client does not take are masked out):
+
+* ``local_steps=K``: K steps. Each step's batch is ``batch_size`` row indices
+  drawn uniformly *with replacement* from ``[0, n_i)`` (i.i.d. minibatch SGD), so
+  the cost of a step never depends on the size of the largest client.
+* ``local_epochs=E``: E passes over the client's data in a per-client random
+  order: epoch e reads the permutation ``pi_e`` of ``[0, n_i)`` (argsort of
+  uniforms, padded entries pushed to the end). Step s reads positions
+  ``p = s*B .. s*B + B - 1`` of the sequence ``pi_0 ++ pi_1 ++ ...`` of length
+  ``E * n_i``; positions past the end are masked. The scan runs
+  ``ceil(E * n_max / B)`` steps; client i takes ``ceil(E * n_i / B)`` of them.
+
+``batch_size=None`` means full batch: every step reads all of the client's
+examples (``B = n_max``, masked), so ``local_steps=1, batch_size=None`` is FedSGD.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxqfl import keys
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSchedule:
+    """Local work of every client: exactly one of ``local_steps`` / ``local_epochs``."""
+
+    local_steps: int | None = None
+    local_epochs: int | None = None
+    batch_size: int | None = 32
+
+    def __post_init__(self):
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError(
+                f"give exactly one of local_steps and local_epochs, got local_steps={self.local_steps}, "
+                f"local_epochs={self.local_epochs}"
+            )
+        for name in ("local_steps", "local_epochs", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def batch(self, max_count: int) -> int:
+        """Static batch width ``B``."""
+        return max_count if self.batch_size is None else self.batch_size
+
+    def num_steps(self, max_count: int) -> int:
+        """Static number of scanned local steps."""
+        if self.local_steps is not None:
+            return self.local_steps
+        return math.ceil(self.local_epochs * max_count / self.batch(max_count))
+
+    def steps_taken(self, count, max_count: int):
+        """Number of real (unmasked) steps for a client with ``count`` examples."""
+        if self.local_steps is not None:
+            return jnp.full_like(count, self.local_steps)
+        b = self.batch(max_count)
+        return (self.local_epochs * count + b - 1) // b
+
+
+class StepBatch(NamedTuple):
+    rows: jax.Array  # [B] int32 row offsets within the client, in [0, count)
+    mask: jax.Array  # [B] bool, False for padding
+    active: jax.Array  # () bool, False when the whole step is padding
+
+
+def make_batch_fn(schedule: LocalSchedule, max_count: int):
+    """Return ``(prepare(ckey, count) -> plan, batch(plan, ckey, count, step) -> StepBatch)``.
+
+    ``prepare`` runs once per client (per-epoch permutations); ``batch`` once per step.
+    """
+    B = schedule.batch(max_count)
+    full_batch = schedule.batch_size is None
+
+    if full_batch:
+
+        def prepare(ckey, count):
+            return ()
+
+        def batch(plan, ckey, count, step):
+            rows = jnp.arange(B, dtype=jnp.int32)
+            mask = rows < count
+            active = step < schedule.steps_taken(count, max_count)
+            return StepBatch(jnp.minimum(rows, count - 1), mask, active)
+
+        return prepare, batch
+
+    if schedule.local_steps is not None:
+
+        def prepare(ckey, count):
+            return ()
+
+        def batch(plan, ckey, count, step):
+            k = keys.purpose_key(keys.step_key(ckey, step), keys.BATCH)
+            u = jax.random.uniform(k, (B,))
+            rows = jnp.minimum((u * count).astype(jnp.int32), count - 1)
+            return StepBatch(rows, jnp.ones((B,), bool), jnp.asarray(True))
+
+        return prepare, batch
+
+    E = schedule.local_epochs
+
+    def prepare(ckey, count):
+        bkey = keys.purpose_key(ckey, keys.BATCH)
+        idx = jnp.arange(max_count)
+
+        def perm(e):
+            u = jax.random.uniform(jax.random.fold_in(bkey, e), (max_count,))
+            return jnp.argsort(jnp.where(idx < count, u, 2.0)).astype(jnp.int32)
+
+        return jax.vmap(perm)(jnp.arange(E))  # [E, max_count]
+
+    def batch(perms, ckey, count, step):
+        total = E * count
+        p = step * B + jnp.arange(B, dtype=jnp.int32)
+        mask = p < total
+        pc = jnp.minimum(p, total - 1)
+        rows = perms[pc // count, pc % count]
+        return StepBatch(rows, mask, step * B < total)
+
+    return prepare, batch

@@ -1,0 +1,378 @@
+"""The round program: a block of FL rounds compiled into one XLA program.
+
+One round, as data (DESIGN.md):
+
+    key -> cohort ids [M] (sampled without replacement, inside the program)
+    gather the cohort's per-client state; pad the cohort to D * n_chunks * chunk
+    shard_map over the mesh axis "clients" (M_pad / D clients per device):
+        lax.scan over chunks, each chunk a vmap over clients:
+            downlink codec: server params -> what the client receives
+            lax.scan over local steps: gather batch rows -> loss -> grad -> client optimizer
+            delta = local - received -> uplink codec -> decoded delta, bits
+        weighted partial sums on each device -> lax.psum over "clients"
+    server: mean delta = sum_i p_i dec_i / sum_i p_i -> codec finalize -> server optimizer
+    scatter the cohort's new per-client state back
+
+A block of R rounds is a ``lax.scan`` over rounds; rounds past ``num_active``
+(the tail of the last block) are skipped with ``lax.cond``, so every block of a
+run is the same program: it traces and compiles once. Nothing leaves the device
+inside a block.
+
+Weights: p_i = n_i (examples) or 1 (uniform); padding clients get p_i = 0.
+Determinism: every random draw is a ``fold_in`` of the run key by (round, client
+id, step, purpose) (``jaxqfl.keys``), so results do not depend on the device
+count or the chunk size beyond float summation order.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxqfl import keys
+from jaxqfl.algorithms.fedavg import Algorithm
+from jaxqfl.data.population import Population
+from jaxqfl.engine.chunking import auto_chunk_size, padded_layout
+from jaxqfl.engine.mesh import CLIENTS, client_mesh
+from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
+from jaxqfl.tasks import Task, for_num_classes
+
+FLOAT_BITS = 32
+
+
+class DeviceData(NamedTuple):
+    """The population's training arrays on the devices (replicated)."""
+
+    x: jax.Array  # [N, *F]
+    y: jax.Array  # [N]
+    offsets: jax.Array  # [C] int32
+    counts: jax.Array  # [C] int32
+
+
+class ServerState(NamedTuple):
+    params: Any
+    opt_state: Any
+    round: jax.Array  # () int32, rounds done so far
+    key: jax.Array  # run key (typed PRNG key)
+    client_states: Any  # pytree with a leading [num_clients] axis (codec residuals, ...)
+
+
+class RoundMetrics(NamedTuple):
+    """Per-round metrics; a block returns each with a leading [R] axis."""
+
+    train_loss: jax.Array  # () weighted mean over the cohort of each client's mean local loss
+    total_weight: jax.Array  # () sum of p_i over the cohort
+    cohort: jax.Array  # [M] int32 client ids
+    uplink_bits: jax.Array  # [M] int32 bits each client sent
+    downlink_bits: jax.Array  # [M] int32 bits each client received
+    local_steps: jax.Array  # [M] int32 local steps each client took
+    active: jax.Array  # () bool, False for a skipped tail round
+
+
+class Simulation(NamedTuple):
+    """A built simulation: pure functions over ``ServerState`` plus its static layout."""
+
+    init: Callable  # init(seed) -> ServerState
+    run_block: Callable  # run_block(state, num_rounds, num_active=None) -> (state, RoundMetrics[R])
+    compile_block: Callable  # compile_block(num_rounds) -> seconds spent compiling (cached)
+    evaluate: Callable  # evaluate(params) -> {"loss": float, "accuracy": float}
+    trace_count: Callable  # trace_count() -> how many times the block program was traced
+    num_devices: int
+    chunk_size: int
+    cohort_size: int
+    clients_per_device: int
+    num_params: int
+
+
+def _stack_states(state, n: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), state)
+
+
+def _tree_where(cond, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(cond, u, v), a, b)
+
+
+def _num_params(tree) -> int:
+    return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(tree)))
+
+
+def build(
+    population: Population,
+    model,
+    algorithm: Algorithm,
+    schedule: LocalSchedule,
+    *,
+    cohort_size: int,
+    task: Task | None = None,
+    num_devices: int | None = None,
+    chunk_size: int | None = None,
+    uplink=None,
+    downlink=None,
+    eval_batch_size: int = 1024,
+) -> Simulation:
+    """Build the round program for ``population`` and ``model`` (any ``(init, apply)`` pair).
+
+    ``uplink`` / ``downlink`` are codecs (``jaxqfl.compress``) or None for 32-bit floats.
+    ``chunk_size=None`` picks one per backend (``jaxqfl.engine.chunking``).
+    """
+    if not isinstance(cohort_size, int) or not 1 <= cohort_size <= population.num_clients:
+        raise ValueError(
+            f"cohort_size must be an integer in [1, num_clients={population.num_clients}], got {cohort_size!r}"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {chunk_size!r}")
+    if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+    task = task or for_num_classes(population.num_classes)
+    mesh = client_mesh(num_devices)
+    D = mesh.devices.size
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P(CLIENTS))
+
+    y_dtype = np.int32 if population.is_classification else np.float32
+    data = DeviceData(
+        x=jax.device_put(population.x.astype(np.float32, copy=False), replicated),
+        y=jax.device_put(population.y.astype(y_dtype, copy=False), replicated),
+        offsets=jax.device_put(population.offsets.astype(np.int32), replicated),
+        counts=jax.device_put(population.counts.astype(np.int32), replicated),
+    )
+    C, M = population.num_clients, cohort_size
+    max_count = population.max_count
+    S = schedule.num_steps(max_count)
+    prepare_plan, step_batch = make_batch_fn(schedule, max_count)
+
+    sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
+    params_shape = jax.eval_shape(model.init, jax.random.key(0), sample_x)
+    num_params = _num_params(params_shape)
+    float_bits = FLOAT_BITS * num_params
+
+    per_device0 = math.ceil(M / D)
+    features = int(np.prod(population.feature_shape))
+    chunk = chunk_size or auto_chunk_size(
+        per_device0, num_params, schedule.batch(max_count), features, jax.devices()[0].platform
+    )
+    per_device, num_chunks = padded_layout(M, D, chunk)
+    chunk = per_device // num_chunks
+    M_pad = per_device * D
+
+    def client_update(params, cid, valid, cstate, data, rkey):
+        """One client's round: receive, train, encode. Returns (decoded delta, stats, new state)."""
+        ckey = keys.client_key(rkey, cid)
+        count = data.counts[cid]
+        offset = data.offsets[cid]
+        new_cstate = dict(cstate)
+        if downlink is not None:
+            msg, new_cstate["downlink"] = downlink.encode(
+                params, cstate["downlink"], keys.purpose_key(ckey, keys.DOWNLINK)
+            )
+            start = downlink.decode(msg)
+            down_bits = downlink.bits(msg)
+        else:
+            start, down_bits = params, jnp.int32(float_bits)
+
+        local = algorithm.client_init(start)
+        plan = prepare_plan(ckey, count)
+
+        def local_step(local, s):
+            sb = step_batch(plan, ckey, count, s)
+            rows = offset + sb.rows
+            xb, yb = data.x[rows], data.y[rows]
+            mkey = keys.purpose_key(keys.step_key(ckey, s), keys.QUANT)
+            m = sb.mask.astype(jnp.float32)
+
+            def loss_fn(p):
+                per_example = task.loss(model.apply(p, xb, key=mkey), yb)
+                return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+            loss, grads = jax.value_and_grad(loss_fn)(local.params)
+            local = _tree_where(sb.active, algorithm.client_step(local, grads), local)
+            return local, (jnp.where(sb.active, loss, 0.0), sb.active)
+
+        local, (losses, active) = jax.lax.scan(local_step, local, jnp.arange(S))
+        delta = algorithm.client_final(local, start)
+        if uplink is not None:
+            msg, new_cstate["uplink"] = uplink.encode(delta, cstate["uplink"], keys.purpose_key(ckey, keys.UPLINK))
+            decoded = uplink.decode(msg)
+            up_bits = uplink.bits(msg)
+        else:
+            decoded, up_bits = delta, jnp.int32(float_bits)
+        steps = jnp.sum(active.astype(jnp.int32))
+        mean_loss = jnp.sum(losses) / jnp.maximum(steps, 1)
+        base_weight = count.astype(jnp.float32) if algorithm.weighting == "examples" else jnp.float32(1.0)
+        weight = jnp.where(valid, base_weight, 0.0)
+        stats = (weight, mean_loss, jnp.asarray(up_bits, jnp.int32), jnp.asarray(down_bits, jnp.int32), steps)
+        return decoded, stats, new_cstate
+
+    def device_share(params, ids, valid, cstates, data, rkey):
+        """A device's share of the cohort: scan over chunks of vmapped clients, then psum."""
+        to_chunks = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
+        xs = (to_chunks(ids), to_chunks(valid), jax.tree.map(to_chunks, cstates))
+        vmapped = jax.vmap(client_update, in_axes=(None, 0, 0, 0, None, None))
+        zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0), jnp.float32(0.0))
+
+        def chunk_body(acc, x):
+            cids, cvalid, cst = x
+            decoded, (w, loss, ub, db, steps), new_cst = vmapped(params, cids, cvalid, cst, data, rkey)
+            wsum = jax.tree.map(
+                lambda d: jnp.tensordot(w, jnp.where(cvalid.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0), 1),
+                decoded,
+            )
+            acc = (
+                jax.tree.map(jnp.add, acc[0], wsum),
+                acc[1] + jnp.sum(w),
+                acc[2] + jnp.sum(w * loss),
+            )
+            return acc, ((ub, db, steps), new_cst)
+
+        acc, (per_client, new_cstates) = jax.lax.scan(chunk_body, zero, xs)
+        acc = jax.lax.psum(acc, CLIENTS)
+        flat = lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:])
+        return acc, jax.tree.map(flat, per_client), jax.tree.map(flat, new_cstates)
+
+    def one_round(state: ServerState, data: DeviceData):
+        rkey = keys.round_key(state.key, state.round)
+        cohort = jax.random.choice(keys.purpose_key(rkey, keys.COHORT), C, (M,), replace=False).astype(jnp.int32)
+        ids = jnp.zeros((M_pad,), jnp.int32).at[:M].set(cohort)
+        valid = jnp.arange(M_pad) < M
+        cstates = jax.tree.map(lambda s: s[ids], state.client_states)
+        sharded_round = jax.shard_map(
+            device_share,
+            mesh=mesh,
+            in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(), P()),
+            out_specs=(P(), P(CLIENTS), P(CLIENTS)),
+            check_vma=False,
+        )
+        (delta_sum, weight_sum, loss_sum), (ub, db, steps), new_cstates = sharded_round(
+            state.params, ids, valid, cstates, data, rkey
+        )
+        mean_delta = jax.tree.map(lambda d: d / jnp.maximum(weight_sum, 1e-30), delta_sum)
+        if uplink is not None:
+            mean_delta = uplink.finalize(mean_delta)
+        params, opt_state = algorithm.server_update(state.params, state.opt_state, mean_delta)
+        scatter_ids = jnp.where(valid, ids, C)  # padding rows are dropped
+        client_states = jax.tree.map(
+            lambda s, n: s.at[scatter_ids].set(n, mode="drop"), state.client_states, new_cstates
+        )
+        metrics = RoundMetrics(
+            train_loss=loss_sum / jnp.maximum(weight_sum, 1e-30),
+            total_weight=weight_sum,
+            cohort=cohort,
+            uplink_bits=ub[:M],
+            downlink_bits=db[:M],
+            local_steps=steps[:M],
+            active=jnp.asarray(True),
+        )
+        return ServerState(params, opt_state, state.round + 1, state.key, client_states), metrics
+
+    traces = [0]
+
+    def block(state: ServerState, data: DeviceData, num_active, *, num_rounds: int):
+        traces[0] += 1
+
+        def body(state, i):
+            def skip(state):
+                zeros = jax.eval_shape(lambda s: one_round(s, data)[1], state)
+                zero_metrics = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+                return state, zero_metrics._replace(active=jnp.asarray(False))
+
+            return jax.lax.cond(i < num_active, lambda s: one_round(s, data), skip, state)
+
+        return jax.lax.scan(body, state, jnp.arange(num_rounds))
+
+    compiled: dict[int, Any] = {}
+    state_sharding = None  # filled at init
+
+    def init(seed: int) -> ServerState:
+        run_key = jax.random.key(seed)
+        params = model.init(keys.purpose_key(run_key, keys.INIT), sample_x)
+        client_states = {}
+        if uplink is not None:
+            client_states["uplink"] = _stack_states(uplink.init(params), C)
+        if downlink is not None:
+            client_states["downlink"] = _stack_states(downlink.init(params), C)
+        state = ServerState(params, algorithm.server_init(params), jnp.int32(0), run_key, client_states)
+        return jax.device_put(state, replicated)
+
+    def _abstract_args(num_rounds):
+        state = jax.eval_shape(init, 0)
+        return state, data, jnp.int32(num_rounds)
+
+    def compile_block(num_rounds: int) -> float:
+        if not isinstance(num_rounds, int) or num_rounds < 1:
+            raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
+        if num_rounds in compiled:
+            return 0.0
+        t0 = time.perf_counter()
+        fn = jax.jit(lambda s, d, n: block(s, d, n, num_rounds=num_rounds), donate_argnums=(0,))
+        state_abs, data_, n = _abstract_args(num_rounds)
+        state_abs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_abs)
+        compiled[num_rounds] = fn.lower(state_abs, data_, n).compile()
+        return time.perf_counter() - t0
+
+    def run_block(state: ServerState, num_rounds: int, num_active: int | None = None):
+        """Run ``num_active`` (default all) of a block of ``num_rounds`` rounds; one program per block size."""
+        compile_block(num_rounds)
+        num_active = num_rounds if num_active is None else num_active
+        if not 0 <= num_active <= num_rounds:
+            raise ValueError(f"num_active must lie in [0, {num_rounds}], got {num_active}")
+        state = jax.device_put(state, replicated)
+        return compiled[num_rounds](state, data, jnp.int32(num_active))
+
+    evaluate = _build_evaluate(population, model, task, mesh, eval_batch_size)
+
+    return Simulation(
+        init=init,
+        run_block=run_block,
+        compile_block=compile_block,
+        evaluate=evaluate,
+        trace_count=lambda: traces[0],
+        num_devices=D,
+        chunk_size=chunk,
+        cohort_size=M,
+        clients_per_device=per_device,
+        num_params=num_params,
+    )
+
+
+def _build_evaluate(population: Population, model, task: Task, mesh, eval_batch_size: int):
+    """Test-set loss and metrics of a global model, the test rows split over the mesh."""
+    D = mesh.devices.size
+    n = population.x_test.shape[0]
+    eb = min(eval_batch_size, math.ceil(n / D))
+    per_device = math.ceil(n / (D * eb)) * eb
+    pad = per_device * D - n
+    y_dtype = np.int32 if population.is_classification else np.float32
+    x = np.concatenate([population.x_test.astype(np.float32), np.zeros((pad,) + population.feature_shape, np.float32)])
+    y = np.concatenate([population.y_test.astype(y_dtype), np.zeros((pad,), y_dtype)])
+    mask = np.arange(per_device * D) < n
+    sharded = NamedSharding(mesh, P(CLIENTS))
+    x, y, mask = (jax.device_put(a, sharded) for a in (x, y, mask))
+
+    def per_device_eval(params, x, y, mask):
+        xb, yb, mb = (a.reshape((-1, eb) + a.shape[1:]) for a in (x, y, mask))
+
+        def one(args):
+            xi, yi, mi = args
+            m = task.metrics(model.apply(params, xi, key=None), yi)
+            return {k: jnp.sum(v * mi) for k, v in m.items()}
+
+        sums = jax.tree.map(lambda a: jnp.sum(a, 0), jax.lax.map(one, (xb, yb, mb)))
+        return jax.lax.psum(sums, CLIENTS)
+
+    fn = jax.jit(
+        jax.shard_map(
+            per_device_eval, mesh=mesh, in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS)), out_specs=P(), check_vma=False
+        )
+    )
+
+    def evaluate(params) -> dict[str, float]:
+        sums = jax.device_get(fn(params, x, y, mask))
+        return {k: float(v) / n for k, v in sums.items()}
+
+    return evaluate
