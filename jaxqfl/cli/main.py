@@ -1,0 +1,62 @@
+"""The ``jaxqfl`` command.
+
+    jaxqfl run [flags]      simulate federated training and write metrics
+    jaxqfl bench [flags]    speed benchmarks against the roofline and a per-client loop
+
+Flags are parsed and checked before JAX starts, so a bad value is refused with a
+message before any data is built or any program compiled.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jaxqfl.cli import run_command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxqfl", description="Quantized federated learning, simulated on accelerators with JAX."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_command.add_arguments(sub.add_parser("run", help="simulate federated training", description=run_command.__doc__,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter))
+    try:
+        from jaxqfl.bench import cli as bench_cli
+    except ImportError:
+        bench_cli = None
+    if bench_cli is not None:
+        bench_cli.add_arguments(sub.add_parser("bench", help="speed benchmarks", description=bench_cli.__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    return parser
+
+
+def _force_cpu_devices(n: int | None) -> None:
+    """Let ``--devices N`` work on a CPU: XLA splits the host into N devices (before JAX starts)."""
+    if n is None or "jax" in sys.modules:
+        return
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_command.validate(parser, args)
+        _force_cpu_devices(args.devices)
+        return run_command.main(args)
+    if args.command == "bench":
+        from jaxqfl.bench import cli as bench_cli
+
+        bench_cli.validate(parser, args)
+        _force_cpu_devices(getattr(args, "devices", None))
+        return bench_cli.main(args)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
