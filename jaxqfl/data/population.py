@@ -35,6 +35,10 @@ class Population:
     name: str = ""
 
     def __post_init__(self):
+        # Accept array-likes (lists, JAX arrays) but store NumPy arrays: the population lives on the host.
+        for field in ("x", "y", "offsets", "counts", "x_test", "y_test"):
+            object.__setattr__(self, field, np.asarray(getattr(self, field)))
+        object.__setattr__(self, "num_classes", int(self.num_classes))
         _validate(self)
 
     @property
@@ -121,8 +125,12 @@ def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
     if num_classes <= 0:
         return
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"{name} must hold integer class labels for classification, got dtype {y.dtype}")
+        fractional = np.flatnonzero(np.mod(y, 1) != 0)
+        if fractional.size:
+            raise ValueError(
+                f"{name} must hold integer class labels for classification, got dtype {y.dtype} "
+                f"with non-integer value {y.flat[fractional[0]]!r} at index {int(fractional[0])}"
+            )
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(
             f"{name} has labels in [{y.min()}, {y.max()}], outside the allowed range [0, {num_classes})"
@@ -136,8 +144,8 @@ def _validate(p: Population) -> None:
         raise ValueError(f"the population is empty: x has shape {p.x.shape}")
     if p.y.shape != (p.x.shape[0],):
         raise ValueError(f"y has shape {p.y.shape}, but x has {p.x.shape[0]} rows: lengths must match")
-    if p.x_test.shape[0] == 0:
-        raise ValueError("the test set is empty")
+    if p.x_test.ndim < 1 or p.x_test.shape[0] == 0:
+        raise ValueError(f"the test set is empty: x_test has shape {p.x_test.shape}")
     if p.y_test.shape != (p.x_test.shape[0],):
         raise ValueError(f"y_test has shape {p.y_test.shape}, but x_test has {p.x_test.shape[0]} rows")
     if p.x_test.shape[1:] != p.x.shape[1:]:
@@ -145,12 +153,20 @@ def _validate(p: Population) -> None:
     if p.offsets.shape != p.counts.shape or p.counts.ndim != 1:
         raise ValueError(f"offsets {p.offsets.shape} and counts {p.counts.shape} must be 1-D of equal length")
     if p.counts.size == 0:
-        raise ValueError("the population has no clients")
+        raise ValueError(f"the population has no clients: counts has shape {p.counts.shape}")
     if p.counts.min() < 1:
         raise ValueError(f"client {int(np.argmin(p.counts))} has {p.counts.min()} examples; every client needs >= 1")
+    total = int(p.counts.sum(dtype=np.int64))
+    if total != p.x.shape[0]:
+        raise ValueError(f"counts sum to {total}, but x has {p.x.shape[0]} rows: they must be equal")
     expected = np.concatenate([[0], np.cumsum(p.counts, dtype=np.int64)[:-1]])
-    if not np.array_equal(expected, p.offsets) or int(p.counts.sum()) != p.x.shape[0]:
-        raise ValueError("offsets must be the running sum of counts and counts must sum to the number of rows")
+    wrong = np.flatnonzero(expected != p.offsets)
+    if wrong.size:
+        i = int(wrong[0])
+        raise ValueError(
+            f"offsets[{i}] is {p.offsets[i]}, but the running sum of counts gives {expected[i]}: "
+            "offsets must be [0, counts[0], counts[0] + counts[1], ...]"
+        )
     for name, a in (("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test)):
         _check_finite(name, a)
     _check_labels("y", p.y, p.num_classes)
