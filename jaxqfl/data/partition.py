@@ -319,7 +319,7 @@ def _integer_labels(labels, num_classes: int | None) -> np.ndarray:
         fractional = np.flatnonzero(np.mod(labels, 1) != 0)
         if fractional.size:
             raise ValueError(
-                f"labels must be integer class ids, got {labels[fractional[0]]!r} at index {int(fractional[0])}"
+                f"labels must be integer class ids, got {labels[fractional[0]].item()!r} at index {int(fractional[0])}"
             )
     labels = labels.astype(np.int64)
     if labels.min() < 0:

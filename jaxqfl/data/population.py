@@ -129,7 +129,7 @@ def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
         if fractional.size:
             raise ValueError(
                 f"{name} must hold integer class labels for classification, got dtype {y.dtype} "
-                f"with non-integer value {y.flat[fractional[0]]!r} at index {int(fractional[0])}"
+                f"with non-integer value {y.flat[fractional[0]].item()!r} at index {int(fractional[0])}"
             )
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(
