@@ -24,6 +24,8 @@ References:
     Learning of Deep Networks from Decentralized Data. AISTATS 2017.
     Hsu, Qi, Brown. Measuring the Effects of Non-Identical Data Distribution
     for Federated Visual Classification. arXiv:1909.06335, 2019.
+    Wang, Yurochkin, Sun, Papailiopoulos, Khazaeni. Federated Learning with
+    Matched Averaging (FedMA). ICLR 2020.
     Li, Diao, Chen, He. Federated Learning on Non-IID Data Silos: An
     Experimental Study. ICDE 2022 (arXiv:2102.02079).
     Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith. Federated Optimization in
@@ -79,8 +81,12 @@ def dirichlet(
     shuffle the class's ``n_c`` rows and cut them at ``floor(n_c * cumsum(p_c))``,
     so client ``i`` receives about ``p_c[i] * n_c`` rows of class ``c``. Large
     ``alpha`` approaches an IID split (every p_c near uniform); small ``alpha``
-    gives each class to few clients. This per-class form is the one of Wang et
-    al. 2020 (FedMA) and Li et al. 2021 (NIID-Bench).
+    gives each class to few clients.
+
+    Hsu et al. 2019 introduced Dirichlet label skew with a class mix drawn per
+    client, ``q_i ~ Dir(alpha * prior)``; the per-class form above (each class
+    split over the clients) is the one of Wang et al. 2020 (FedMA) and Li et al.
+    2021 (NIID-Bench), and uses every row exactly once without sampling.
 
     If some client ends up with fewer than ``min_size`` rows, all class
     proportions are drawn again, up to ``max_tries`` times; then a ``ValueError``
