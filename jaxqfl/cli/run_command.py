@@ -1,7 +1,9 @@
 """jaxqfl run: simulate federated training and write metrics.
 
-With no flags: FedAvg on Synthetic(1,1) (Li et al. 2020), 1,000 clients, 50 per
-round, multinomial logistic regression, 200 rounds of 20 local steps.
+With no flags: FedAvg on Synthetic(1,1) (Li et al. 2020), 1,000 clients, 100 per
+round, multinomial logistic regression, 300 rounds of 20 local SGD steps (batch 10,
+lr 0.01). For reference, centralized logistic regression on the pooled training
+rows reaches about 0.57 test accuracy on this population (seed 0).
 
 Writes OUT/metrics.jsonl (one JSON object per evaluated round) and
 OUT/summary.json, and prints a one-screen summary.
@@ -15,13 +17,13 @@ import os
 import pathlib
 import time
 
-DATASETS = ("synthetic", "mnist")
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
+
 SERVER_OPTS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 MODELS = ("mlp", "cnn", "logreg")
 
 DEFAULTS = {
-    "synthetic": {"model": "logreg", "num_clients": 1000, "cohort_size": 50, "rounds": 200, "client_lr": 0.05,
+    "synthetic": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 300, "client_lr": 0.01,
                   "local_steps": 20, "batch_size": 10, "eval_every": 20},
     "mnist": {"model": "mlp", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
               "local_epochs": 1, "batch_size": 32, "eval_every": 5},
@@ -73,8 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", choices=DATASETS, default="synthetic")
     g.add_argument("--data-path", default=None, help="path of mnist.npz (Keras layout); required for --dataset mnist")
     g.add_argument("--partition", choices=PARTITIONS, default=None,
-                   help="how MNIST is split over clients (default iid); Synthetic has its own natural split")
+                   help="how examples are split over clients (default: natural for synthetic, iid for mnist); "
+                        "a partitioner given for synthetic re-splits its pooled training rows")
     g.add_argument("--alpha", type=_positive_float, default=0.5, help="Dirichlet concentration (--partition dirichlet)")
+    g.add_argument("--shards-per-client", type=_positive_int, default=2, help="label shards per client (--partition shards)")
+    g.add_argument("--sigma", type=float, default=1.0, help="log-normal size spread (--partition quantity)")
     g.add_argument("--num-clients", type=_positive_int, default=None)
     g = p.add_argument_group("federated training")
     g.add_argument("--cohort-size", type=_positive_int, default=None, help="clients per round")
@@ -115,8 +120,13 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("--dataset mnist needs --data-path PATH/mnist.npz (the Keras mnist.npz layout)")
         if not os.path.isfile(args.data_path):
             parser.error(f"--data-path {args.data_path!r}: no such file")
-    elif args.partition is not None:
-        parser.error(f"--partition {args.partition} applies to --dataset mnist; Synthetic has its own natural split")
+    elif args.data_path is not None:
+        parser.error("--data-path applies to --dataset mnist; synthetic data is generated")
+    if args.partition == "natural" and args.dataset != "synthetic":
+        parser.error(f"--partition natural exists for synthetic only; for {args.dataset} choose one of "
+                     f"{[p for p in PARTITIONS if p != 'natural']}")
+    if not (args.sigma >= 0 and math.isfinite(args.sigma)):
+        parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.model == "cnn" and args.dataset != "mnist":
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist")
     if args.out is None:
@@ -144,8 +154,10 @@ def main(args: argparse.Namespace) -> int:
     population = data.build(
         args.dataset,
         num_clients=args.num_clients,
-        partition=args.partition or ("iid" if args.dataset == "mnist" else None),
+        partition=args.partition,
         alpha=args.alpha,
+        shards_per_client=args.shards_per_client,
+        sigma=args.sigma,
         data_path=args.data_path,
         seed=args.seed,
     )
