@@ -1,0 +1,247 @@
+"""The codec interface and the plumbing every codec shares.
+
+A *codec* compresses a model update (a pytree of float arrays shaped like the
+params) for the wire, client -> server (uplink) or server -> client
+(downlink). Like an optax ``GradientTransformation`` it is a NamedTuple of pure
+functions built by a factory whose arguments are its hyper-parameters::
+
+    codec = qsgd(levels=16, bucket_size=512)
+    state = codec.init(params)                         # one client's persistent state
+    message, state = codec.encode(delta, state, key)   # client side
+    delta_hat = codec.decode(message)                  # server side
+    nbits = codec.bits(message)                        # int32 scalar, exact wire cost
+    applied = codec.finalize(weighted_mean_of_delta_hats)
+
+Contract (what the round engine may rely on):
+
+* Every function is pure ``jnp`` and works under ``jit`` and ``vmap``: the
+  engine vmaps ``encode``/``decode``/``bits`` over the cohort with per-client
+  keys and per-client states. The key is a traced argument.
+* ``init(params)`` returns the state of ONE client (``()`` when stateless).
+  The engine stores ``num_clients`` of them stacked on a leading axis
+  (:func:`init_client_states`), gathers the cohort's, vmaps, scatters back.
+* A message is a pytree of arrays with static shapes. Codes are stored in the
+  narrowest convenient container (``int8``/``uint8``/``uint16``/``bool``);
+  ``bits`` counts them at their true width, not the container's.
+* ``bits`` depends only on the message's (static) shapes, so it is a
+  compile-time constant; call it per message (inside the vmap), not on a
+  batch of messages. :func:`bits_per_message` returns the same number as a
+  Python ``int`` without running anything.
+* ``decode`` returns float32 arrays shaped like the encoded delta.
+* ``finalize`` maps the (weighted) mean of the decoded client updates to what
+  the server applies. Identity except for :func:`~jaxqfl.compress.sign`
+  (majority vote).
+* ``integer_sum`` is ``None`` unless the codec can be aggregated in the
+  integer domain (codes summed, one shared scale); see
+  :mod:`jaxqfl.compress.integer_sum`.
+
+Wrappers (``error_feedback``, ``hadamard``) take an inner codec and return a
+codec; :func:`~jaxqfl.compress.chain` nests them.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+INT32_MAX = 2**31 - 1
+FLOAT_BITS = 32  # every scale, norm and kept value travels as a float32
+SEED_BITS = 32  # a message seed (randk indices, Hadamard signs) is a uint32
+_COUNTING = threading.local()
+
+
+def _identity(x):
+    return x
+
+
+class Codec(NamedTuple):
+    """An update codec: a NamedTuple of pure functions (see module docstring).
+
+    Attributes:
+      init: ``init(params) -> state`` for one client (``()`` if stateless).
+      encode: ``encode(delta, state, key) -> (message, new_state)``.
+      decode: ``decode(message) -> delta`` (float32, shaped like the input).
+      bits: ``bits(message) -> int32`` scalar, the exact wire cost.
+      finalize: ``finalize(mean_of_decoded) -> delta`` the server applies.
+      integer_sum: an :class:`~jaxqfl.compress.integer_sum.IntegerSum` when the
+        codec can be summed in the integer domain with a shared scale, else
+        ``None``.
+    """
+
+    init: Callable
+    encode: Callable
+    decode: Callable
+    bits: Callable
+    finalize: Callable = _identity
+    integer_sum: Optional[Any] = None
+
+
+CodecWrapper = Callable[[Codec], Codec]
+"""A function ``Codec -> Codec`` (``error_feedback``, ``hadamard``): what :func:`chain` nests."""
+
+
+def no_state(params) -> tuple:
+    """``init`` of a stateless codec."""
+    del params
+    return ()
+
+
+def to_bits_scalar(count: int):
+    """A static bit count as the int32 scalar ``bits`` returns; refuses to overflow.
+
+    Inside :func:`count_bits` it returns the Python int itself, so wrappers can
+    add their own bits to an inner codec's count without int32 arithmetic.
+    """
+    count = int(count)
+    if getattr(_COUNTING, "depth", 0) > 0:
+        return count
+    if count > INT32_MAX:
+        raise OverflowError(
+            f"a message of {count} bits does not fit the int32 that Codec.bits returns; "
+            "use jaxqfl.compress.bits_per_message(codec, params), a Python int"
+        )
+    return jnp.asarray(count, dtype=jnp.int32)
+
+
+def count_bits(bits_fn: Callable, message) -> int:
+    """``bits_fn(message)`` as a Python int (static), for wrappers and host-side accounting."""
+    _COUNTING.depth = getattr(_COUNTING, "depth", 0) + 1
+    try:
+        count = bits_fn(message)
+    finally:
+        _COUNTING.depth -= 1
+    try:
+        return int(count)
+    except jax.errors.ConcretizationTypeError as err:  # a data-dependent count
+        raise TypeError("this codec's bit count depends on the data; it has no static count") from err
+
+
+def numel(array) -> int:
+    """Element count from a static shape (works on arrays and ShapeDtypeStructs)."""
+    return int(math.prod(array.shape))
+
+
+def index_bits(n: int) -> int:
+    """Bits of a fixed-width index into ``n`` positions: ``ceil(log2 n)`` (0 when n == 1)."""
+    return max(0, math.ceil(math.log2(n))) if n > 1 else 0
+
+
+def leaf_keys(key: jax.Array, num_leaves: int) -> list:
+    """One key per leaf, ``fold_in(key, leaf_index)``: a leaf's draws depend only on its position."""
+    return [jax.random.fold_in(key, i) for i in range(num_leaves)]
+
+
+def draw_seed(key: jax.Array) -> jax.Array:
+    """A 32-bit seed (uint32 scalar) to put in a message so the decoder can regenerate draws."""
+    return jax.random.bits(key, (), jnp.uint32)
+
+
+def key_from_seed(seed: jax.Array) -> jax.Array:
+    """The key both sides derive from a message's 32-bit seed."""
+    return jax.random.key(seed)
+
+
+def leafwise(
+    encode_leaf: Callable[[jax.Array, jax.Array], Any],
+    decode_leaf: Callable[[Any], jax.Array],
+    leaf_bits: Callable[[Any], int],
+    message_type: type,
+    *,
+    finalize: Callable = _identity,
+    init: Callable = no_state,
+    integer_sum: Any = None,
+) -> Codec:
+    """A stateless codec that treats every leaf of the update independently.
+
+    Args:
+      encode_leaf: ``(x, key) -> leaf message`` (an instance of ``message_type``).
+      decode_leaf: ``leaf message -> float32 array shaped like x``.
+      leaf_bits: ``leaf message -> int``, from static shapes only.
+      message_type: the class of a leaf message; it marks where the per-leaf
+        messages sit in the message pytree (same tree structure as the delta).
+
+    Leaf ``i`` draws its randomness from ``fold_in(key, i)``.
+    """
+
+    def is_leaf_message(node) -> bool:
+        return isinstance(node, message_type)
+
+    def encode(delta, state, key):
+        leaves, treedef = jax.tree.flatten(delta)
+        keys = leaf_keys(key, len(leaves))
+        messages = [encode_leaf(jnp.asarray(x), k) for x, k in zip(leaves, keys)]
+        return jax.tree.unflatten(treedef, messages), state
+
+    def decode(message):
+        return jax.tree.map(decode_leaf, message, is_leaf=is_leaf_message)
+
+    def bits(message):
+        leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
+        return to_bits_scalar(sum(leaf_bits(m) for m in leaves))
+
+    return Codec(init=init, encode=encode, decode=decode, bits=bits, finalize=finalize,
+                 integer_sum=integer_sum)
+
+
+def bits_per_message(codec: Codec, params: PyTree) -> int:
+    """The exact bits of one message for updates shaped like ``params``, as a Python int.
+
+    Traces ``init`` and ``encode`` abstractly (nothing is computed) and
+    evaluates the codec's static bit formula. Use it for host-side accounting,
+    or when a count would overflow the int32 of ``Codec.bits`` (a model beyond
+    ~67M float32 parameters sent uncompressed).
+    """
+
+    def encode_once(p, key):
+        return codec.encode(p, codec.init(p), key)[0]
+
+    message_shapes = jax.eval_shape(encode_once, params, jax.random.key(0))
+    return count_bits(codec.bits, message_shapes)
+
+
+def init_client_states(codec: Codec, params: PyTree, num_clients: int) -> PyTree:
+    """Per-client codec states stacked on a leading ``num_clients`` axis (what the engine stores)."""
+    state = codec.init(params)
+    return jax.tree.map(lambda s: jnp.broadcast_to(s, (num_clients,) + jnp.shape(s)), state)
+
+
+def tree_size(tree: PyTree) -> int:
+    """Total number of array elements in a pytree."""
+    return sum(int(math.prod(jnp.shape(x))) for x in jax.tree.leaves(tree))
+
+
+def check_positive_int(name: str, value, *, low: int = 1, high: Optional[int] = None) -> int:
+    """``value`` as an int in ``[low, high]``, else a ValueError naming it and the range."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok:
+        ok = value >= low and (high is None or value <= high)
+    if not ok:
+        allowed = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value) -> float:
+    """``value`` as a float in ``(0, 1]``, else a ValueError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = math.isfinite(value) and 0.0 < value <= 1.0
+    if not ok:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_bucket_size(value) -> Optional[int]:
+    """A bucket size: ``None`` (one bucket per tensor) or an integer >= 1."""
+    if value is None:
+        return None
+    return check_positive_int("bucket_size", value, low=1)
+
+
+def stack_shapes(shapes: Sequence[tuple]) -> tuple:
+    """Shapes as a hashable tuple of tuples (static pytree metadata)."""
+    return tuple(tuple(int(d) for d in s) for s in shapes)

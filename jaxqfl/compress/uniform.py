@@ -1,0 +1,136 @@
+"""Stochastic b-bit uniform quantization with min-max scales (Suresh et al. 2017).
+
+Suresh, Yu, Kumar, McMahan, "Distributed Mean Estimation with Limited
+Communication", ICML 2017, stochastic k-level quantization: for a vector (here
+a bucket) ``x`` with ``lo = min x``, ``hi = max x`` and ``L = 2**b`` levels,
+the grid is ``lo + r * step``, ``step = (hi - lo) / (L - 1)``, ``r = 0..L-1``,
+and every coordinate is rounded stochastically to one of its two neighbours::
+
+    code_j = sr((x_j - lo) / step),   decode_j = lo + step * code_j,
+
+so ``E[decode] = x`` and ``Var[decode_j] <= step**2 / 4``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxqfl.compress.base import (
+    FLOAT_BITS,
+    Codec,
+    check_bucket_size,
+    check_positive_int,
+    leafwise,
+    numel,
+    to_bits_scalar,
+)
+from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
+from jaxqfl.compress.integer_sum import IntegerSum
+from jaxqfl.quant.rounding import round_stochastic
+
+MAX_BITS = 16
+
+
+class UniformMessage(NamedTuple):
+    """One tensor: ``codes`` in ``[0, 2**b - 1]`` (tensor's shape), per bucket ``low`` and ``step``."""
+
+    codes: jax.Array  # uint8 (b <= 8) or uint16, shape of the tensor
+    low: jax.Array  # float32 [num_buckets]
+    step: jax.Array  # float32 [num_buckets]
+
+
+class UniformRange(NamedTuple):
+    """Per-bucket range statistic, stored so that the cohort combines it by max."""
+
+    neg_low: jax.Array  # -min, float32 [num_buckets]
+    high: jax.Array  # max, float32 [num_buckets]
+
+
+def _grid_codes(buckets, low, step, num_levels, key):
+    """Stochastically rounded grid indices of ``buckets`` ([nb, d]) on ``low + r * step``."""
+    safe_step = jnp.where(step > 0, step, 1.0)
+    position = (buckets - low[:, None]) / safe_step[:, None]
+    return jnp.clip(round_stochastic(position, key), 0, num_levels - 1)
+
+
+def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
+    """Stochastic ``bits``-bit quantization with a min-max scale per bucket.
+
+    Args:
+      bits: code width ``b`` in ``[1, 16]``; ``2**b`` levels.
+      bucket_size: ``d``, coordinates sharing one ``(low, step)`` pair;
+        ``None`` for one pair per tensor.
+
+    Bits per tensor of ``n`` elements: ``b * n + 64 * ceil(n / d)`` (a float32
+    ``low`` and a float32 ``step`` per bucket).
+
+    Unbiased. Integer-domain aggregation: yes (``codec.integer_sum``): the
+    cohort shares ``lo = min_i lo_i`` and ``hi = max_i hi_i`` per bucket;
+    codes are in ``[0, 2**b - 1]`` and
+    ``sum_i w_i decode_i = W * lo + step * sum_i w_i code_i``.
+
+    A constant bucket (``lo == hi``) gets ``step = 0`` and decodes exactly.
+    """
+    bits = check_positive_int("uniform bits", bits, low=1, high=MAX_BITS)
+    bucket_size = check_bucket_size(bucket_size)
+    num_levels = 2**bits
+    code_dtype = jnp.uint8 if bits <= 8 else jnp.uint16
+
+    def encode_leaf(x, key):
+        buckets = to_buckets(x.astype(jnp.float32), bucket_size, pad="edge")  # [nb, d]
+        low = jnp.min(buckets, axis=1)
+        step = (jnp.max(buckets, axis=1) - low) / (num_levels - 1)
+        codes = _grid_codes(buckets, low, step, num_levels, key)
+        return UniformMessage(from_buckets(codes, x.shape).astype(code_dtype), low, step)
+
+    def decode_leaf(m):
+        codes = to_buckets(m.codes.astype(jnp.float32), bucket_size)
+        return from_buckets(m.low[:, None] + m.step[:, None] * codes, m.codes.shape)
+
+    def leaf_bits(m):
+        return bits * numel(m.codes) + FLOAT_BITS * (numel(m.low) + numel(m.step))
+
+    # ---- integer-domain aggregation -------------------------------------------------
+    def scale_stats(delta):
+        def leaf(x):
+            buckets = to_buckets(jnp.asarray(x, jnp.float32), bucket_size, pad="edge")
+            return UniformRange(-jnp.min(buckets, axis=1), jnp.max(buckets, axis=1))
+
+        return jax.tree.map(leaf, delta)
+
+    def shared_grid(r):
+        low = -r.neg_low
+        return low, (r.high - low) / (num_levels - 1)
+
+    def quantize(delta, shared, key):
+        leaves, treedef = jax.tree.flatten(delta)
+        ranges = treedef.flatten_up_to(shared)
+        out = []
+        for i, (x, r) in enumerate(zip(leaves, ranges)):
+            x = jnp.asarray(x, jnp.float32)
+            low, step = shared_grid(r)
+            codes = _grid_codes(to_buckets(x, bucket_size), low, step, num_levels,
+                                jax.random.fold_in(key, i))
+            out.append(from_buckets(codes, x.shape).astype(jnp.int32))
+        return jax.tree.unflatten(treedef, out)
+
+    def dequantize_sum(code_sum, shared, total_weight):
+        def leaf(c, r):
+            low, step = shared_grid(r)
+            w = jnp.asarray(total_weight, jnp.float32)
+            buckets = to_buckets(c.astype(jnp.float32), bucket_size)
+            return from_buckets(w * low[:, None] + step[:, None] * buckets, c.shape)
+
+        return jax.tree.map(leaf, code_sum, shared)
+
+    def integer_bits(codes):
+        total = 0
+        for c in jax.tree.leaves(codes):
+            num_buckets, _ = bucket_layout(numel(c), bucket_size)
+            total += bits * numel(c) + 2 * FLOAT_BITS * num_buckets
+        return to_bits_scalar(total)
+
+    integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, num_levels - 1, integer_bits)
+    return leafwise(encode_leaf, decode_leaf, leaf_bits, UniformMessage, integer_sum=integer_sum)
