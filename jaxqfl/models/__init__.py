@@ -7,6 +7,8 @@ Every factory takes ``policy`` (a ``jaxqfl.quant`` policy, its preset name, or
 ``None`` for float) and then trains with quantization-aware fake quantization.
 """
 from jaxqfl.models.core import Model, from_flax, from_functions
+from jaxqfl.models.layers import QATLayers, QConv, QDense
+from jaxqfl.models.qat import qat_model
 from jaxqfl.models.zoo import CNN, MLP, cnn, linear_regression, logistic_regression, mlp
 
 __all__ = [
@@ -19,4 +21,8 @@ __all__ = [
     "linear_regression",
     "MLP",
     "CNN",
+    "QDense",
+    "QConv",
+    "QATLayers",
+    "qat_model",
 ]

@@ -52,8 +52,13 @@ def from_functions(init: Callable, apply: Callable) -> Model:
     return Model(init=init, apply=apply_with_key)
 
 
-def from_flax(module: nn.Module, *, rng_collection: str = "quant") -> Model:
+def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") -> Model:
     """Wrap a Flax linen module whose only variable collection is ``'params'``.
+
+    With a ``policy`` the module must have a ``layers`` field and build its
+    Dense/Conv layers from it (``layers.dense(...)``, ``layers.conv(...)``; ``None``
+    meaning ``flax.linen`` layers), as ``jaxqfl.models.MLP`` and ``CNN`` do; it is
+    then cloned with QAT layers (``jaxqfl.models.qat.qat_model``).
 
     ``init`` returns the ``'params'`` collection itself (a nested dict of arrays),
     ``apply`` re-wraps it as ``{'params': params}``. A ``key`` given to ``apply``
@@ -62,6 +67,15 @@ def from_flax(module: nn.Module, *, rng_collection: str = "quant") -> Model:
     Modules with mutable state (e.g. BatchNorm's ``batch_stats``) are rejected:
     FL engines exchange parameters only.
     """
+    if not (policy is None or (isinstance(policy, str) and policy == "none")):
+        if "layers" not in getattr(type(module), "__dataclass_fields__", {}):
+            raise TypeError(
+                f"from_flax: a policy needs a module with a `layers` field (see jaxqfl.models.MLP); "
+                f"{type(module).__name__} has none"
+            )
+        from jaxqfl.models.qat import qat_model
+
+        return qat_model(lambda layers: module.clone(layers=layers), policy)
 
     def init(key, sample_x):
         variables = module.init(key, sample_x)

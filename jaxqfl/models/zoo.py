@@ -34,7 +34,7 @@ class MLP(nn.Module):
 
     hidden: Sequence[int] = (200, 200)
     num_outputs: int = 10
-    layers: Any = None  # a jaxqfl.models.layers.LayerFactory; None = float Flax layers
+    layers: Any = None  # jaxqfl.models.layers.QATLayers, or None = float Flax layers
 
     @nn.compact
     def __call__(self, x):
@@ -77,10 +77,7 @@ def _build(module_fn, policy) -> Model:
     """Float module when there is no policy, else the QAT twin (same param paths)."""
     if _no_policy(policy):
         return from_flax(module_fn(None))
-    try:
-        from jaxqfl.models.qat import qat_model  # the QAT path; imported lazily
-    except ImportError as e:  # pragma: no cover - until jaxqfl.models.qat lands
-        raise NotImplementedError(f"quantization policies are not available yet: {e}") from e
+    from jaxqfl.models.qat import qat_model
 
     return qat_model(module_fn, policy)
 

@@ -1,0 +1,63 @@
+"""jaxqfl.quant: quantizers (pure jnp numerics with custom-VJP estimators) and policies.
+
+Quantizer factories (hyper-parameters in, NamedTuple of pure functions out):
+
+    uniform(bits, *, symmetric, axis, scale_method, percentile, rounding, ste) -> Quantizer
+    binary(*, scale_method, axis, rounding, ste) -> Quantizer
+    cast(dtype, *, rounding, scaled, axis) -> Quantizer             # fp16 / bf16 / fp8
+    power_of_two(bits, *, axis, rounding, ste) -> Quantizer         # log quantization
+    natural_compression() -> Quantizer
+    codebook(table, *, axis, rounding, ste), nf4(...), kmeans(bits, *, iters, ...) -> Quantizer
+    lsq(bits, *, signed, per_example, grad_scale, rounding) -> LearnedQuantizer
+    pact(bits, *, alpha_init, rounding) -> LearnedQuantizer
+
+    Quantizer:        quantize(x, key) -> QTensor, dequantize(q), fake_quant(x, key)
+    LearnedQuantizer: init(x) -> param, quantize(x, param, key), dequantize(q),
+                      fake_quant(x, param, key)
+
+Policies: ``Policy(rules)``, ``Rule(pattern, weights, activations)``,
+``preset(name)``, ``bind(policy, params) -> Binding``; export: ``export(params, policy)``.
+"""
+from jaxqfl.quant import rounding
+from jaxqfl.quant.export import Exported, export
+from jaxqfl.quant.floats import cast, round_float_stochastic
+from jaxqfl.quant.learned import lsq, lsq_grid, lsq_step_grad, pact
+from jaxqfl.quant.nonuniform import codebook, kmeans, kmeans_fit, natural_compression, nf4, nf4_table, power_of_two
+from jaxqfl.quant.policy import FIRST, LAST, PRESETS, Binding, Policy, Rule, bind, param_paths, preset, resolve
+from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor, Quantizer
+from jaxqfl.quant.uniform import binary, code_range, uniform
+
+__all__ = [
+    "rounding",
+    "QTensor",
+    "Quantizer",
+    "LearnedQuantizer",
+    "uniform",
+    "binary",
+    "code_range",
+    "cast",
+    "round_float_stochastic",
+    "power_of_two",
+    "natural_compression",
+    "codebook",
+    "nf4",
+    "nf4_table",
+    "kmeans",
+    "kmeans_fit",
+    "lsq",
+    "lsq_grid",
+    "lsq_step_grad",
+    "pact",
+    "Rule",
+    "Policy",
+    "Binding",
+    "FIRST",
+    "LAST",
+    "PRESETS",
+    "preset",
+    "resolve",
+    "bind",
+    "param_paths",
+    "export",
+    "Exported",
+]

@@ -1,0 +1,51 @@
+"""Quantization-aware models: a module built with QAT layers, bound to a policy.
+
+``qat_model(module_fn, policy)`` takes ``module_fn(layers) -> flax Module`` (a
+module whose ``layers`` field picks its Dense/Conv classes; ``layers=None`` is
+the float model) and returns a ``Model(init, apply)``:
+
+* ``init(key, sample_x)``: resolves the policy against the float twin's
+  parameter shapes (``jax.eval_shape``; this is where a rule matching nothing,
+  a bad axis or an integer parameter is reported), then initialises the QAT
+  module. The result holds the float parameters (same paths and values as the
+  float model from the same key) plus any learned-quantizer parameters.
+* ``apply(params, x, *, key=None)``: re-binds the policy to ``params`` (only
+  paths and shapes, at trace time), then runs the module with ``key`` as its
+  ``'quant'`` RNG stream. ``key=None`` is deterministic round-to-nearest. Under
+  ``jax.vmap(apply, in_axes=(0, 0))`` over stacked client params and per-client
+  keys (``jaxqfl.keys.purpose_key(step_key, keys.QUANT)``) every client gets its
+  own stochastic rounding.
+
+``policy=None`` / ``'none'`` returns the plain float model unchanged.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+
+from jaxqfl.models.core import Model, from_flax
+from jaxqfl.models.layers import QUANT_RNG, QATLayers
+from jaxqfl.quant.policy import bind, resolve
+
+
+def qat_model(module_fn: Callable, policy) -> Model:
+    """QAT model from ``module_fn(layers)`` and a policy (module docstring)."""
+    policy = resolve(policy)
+    float_module = module_fn(None)
+    if policy is None:
+        return from_flax(float_module)
+
+    def bound_module(params_like):
+        return module_fn(QATLayers(bind(policy, params_like)))
+
+    def init(key, sample_x):
+        shapes = jax.eval_shape(float_module.init, key, sample_x)["params"]
+        variables = bound_module(shapes).init(key, sample_x)
+        return variables["params"]
+
+    def apply(params, x, *, key=None):
+        rngs = None if key is None else {QUANT_RNG: key}
+        return bound_module(params).apply({"params": params}, x, rngs=rngs)
+
+    return Model(init=init, apply=apply)

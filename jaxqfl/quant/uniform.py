@@ -1,0 +1,167 @@
+"""Uniform integer quantization: symmetric, asymmetric and binary grids.
+
+Grids (``b`` = bits, ``s`` = scale, ``z`` = zero point, codes ``q``):
+
+* symmetric, ``2 <= b <= 16``: ``q`` in ``[-Q, Q]`` with ``Q = 2^(b-1) - 1`` (the
+  "restricted" range: int8 is ``[-127, 127]``, 2 bits is ternary ``{-1, 0, 1}``),
+  ``x ~ s q``, ``s = r / Q`` where ``r`` is the range statistic (absmax by default).
+  Codes are ``int8`` (``int16`` above 8 bits).
+* asymmetric, ``1 <= b <= 16``: ``q`` in ``[0, 2^b - 1]``, ``x ~ s (q - z)`` with
+  ``lo = min(stat_lo, 0)``, ``hi = max(stat_hi, 0)`` (the range always holds 0, so 0 is
+  exactly representable), ``s = (hi - lo) / (2^b - 1)``, ``z = rn(-lo / s)``.
+  Codes and zero point are ``uint8`` (``uint16`` above 8 bits) (Jacob et al. 2018).
+* binary, ``b = 1`` symmetric: ``q`` in ``{-1, +1}`` (``int8``), ``x ~ s q``; by default
+  ``s = mean |x|``, the L2-optimal scale for sign codes (Rastegari et al. 2016,
+  XNOR-Net). Rounding maps ``t = (clip(x / s, -1, 1) + 1) / 2`` to ``{0, 1}``, so with
+  ``scale_method='absmax'`` stochastic binarization is unbiased (BinaryConnect,
+  Courbariaux et al. 2015).
+
+Range statistics (``scale_method``): ``'absmax'`` (``max |x|``), ``'minmax'``
+(``min x`` and ``max x``; equals absmax for symmetric grids), ``'percentile'``
+(``percentile(|x|, p)``, or ``percentile(x, 100 - p)`` / ``percentile(x, p)`` for
+asymmetric grids; values beyond clip), ``'mean_abs'`` (binary only). Per tensor
+(``axis=None``) or per channel (one scale for each index along ``axis``; the
+statistic reduces over all other axes). All-zero tensors/channels use ``s = 1``
+and quantize to zero codes (finite outputs, no division by zero).
+
+Rounding: ``'nearest'`` is ``rn(v) = floor(v + 1/2)`` with error ``<= s/2`` inside the
+range; ``'stochastic'`` (Gupta et al. 2015) is unbiased with variance
+``<= s^2/4`` per element; a ``None`` key always rounds to nearest. Both come from
+``jaxqfl.quant.rounding``.
+
+Gradient estimator of ``fake_quant`` (``ste``): ``'clipped'`` passes ``dL/dy`` where
+``x`` lies in the representable range ``[s (q_min - z), s (q_max - z)]`` and zero
+outside; ``'identity'`` passes it everywhere.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxqfl.quant import rounding as rnd
+from jaxqfl.quant.qtensor import (
+    QTensor,
+    Quantizer,
+    check_bits,
+    check_choice,
+    check_float,
+    codes_dtype,
+    normalize_axis,
+    reduce_axes,
+    safe_scale,
+    straight_through,
+)
+
+SCALE_METHODS = ("absmax", "minmax", "percentile", "mean_abs")
+ROUNDINGS = ("nearest", "stochastic")
+STES = ("clipped", "identity")
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """``(q_min, q_max)`` of the grid (see the module docstring)."""
+    if bits == 1:
+        return -1, 1
+    if symmetric:
+        q = 2 ** (bits - 1) - 1
+        return -q, q
+    return 0, 2**bits - 1
+
+
+def _range_stat(x, axes, symmetric, scale_method, percentile):
+    """(lo, hi) of the range to cover, reduced over ``axes`` with keepdims."""
+    if scale_method == "percentile":
+        if symmetric:
+            hi = jnp.percentile(jnp.abs(x), percentile, axis=axes, keepdims=True)
+            return -hi, hi
+        lo = jnp.percentile(x, 100.0 - percentile, axis=axes, keepdims=True)
+        hi = jnp.percentile(x, percentile, axis=axes, keepdims=True)
+        return lo, hi
+    if scale_method == "mean_abs":
+        m = jnp.mean(jnp.abs(x), axis=axes, keepdims=True)
+        return -m, m
+    if symmetric:  # absmax and minmax coincide on a symmetric grid
+        hi = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+        return -hi, hi
+    return jnp.min(x, axis=axes, keepdims=True), jnp.max(x, axis=axes, keepdims=True)
+
+
+def uniform(
+    bits: int = 8,
+    *,
+    symmetric: bool = True,
+    axis: int | None = None,
+    scale_method: str | None = None,
+    percentile: float = 99.9,
+    rounding: str = "nearest",
+    ste: str = "clipped",
+) -> Quantizer:
+    """Uniform integer quantizer (grid, statistics, rounding and STE in the module docstring).
+
+    Args:
+      bits: 1 (binary, symmetric only) to 16.
+      symmetric: symmetric grid around 0 (no zero point) or asymmetric with a zero point.
+      axis: channel axis for per-channel scales (any axis, negative allowed), ``None`` = per tensor.
+      scale_method: ``'absmax'`` (default for ``bits >= 2``), ``'minmax'``, ``'percentile'``,
+        ``'mean_abs'`` (default for, and only for, binary).
+      percentile: ``p`` in ``(0, 100]`` for ``scale_method='percentile'``.
+      rounding: ``'nearest'`` or ``'stochastic'`` (needs a key; ``key=None`` rounds to nearest).
+      ste: ``'clipped'`` or ``'identity'`` straight-through estimator for ``fake_quant``.
+    """
+    where = "uniform"
+    check_bits(bits, 1, 16, where)
+    if bits == 1 and not symmetric:
+        raise ValueError(f"{where}: bits=1 (binary) is symmetric only; got symmetric={symmetric}")
+    if scale_method is None:
+        scale_method = "mean_abs" if bits == 1 else "absmax"
+    check_choice(scale_method, SCALE_METHODS, "scale_method", where)
+    if scale_method == "mean_abs" and bits != 1:
+        raise ValueError(f"{where}: scale_method='mean_abs' is for bits=1 only; got bits={bits}")
+    if not 0.0 < float(percentile) <= 100.0:
+        raise ValueError(f"{where}: percentile={percentile} must lie in (0, 100]")
+    check_choice(rounding, ROUNDINGS, "rounding", where)
+    check_choice(ste, STES, "ste", where)
+    qmin, qmax = code_range(bits, symmetric)
+    dtype = codes_dtype(qmin, qmax)
+    stochastic = rounding == "stochastic"
+
+    def quantize(x: jax.Array, key: jax.Array | None = None) -> QTensor:
+        check_float(x, f"{where}.quantize")
+        ax = normalize_axis(axis, x.ndim, f"{where}.quantize")
+        xf = x.astype(jnp.float32)
+        lo, hi = _range_stat(xf, reduce_axes(x.ndim, ax), symmetric, scale_method, percentile)
+        k = key if stochastic else None
+        if bits == 1:
+            s = safe_scale(hi)
+            t = (jnp.clip(xf / s, -1.0, 1.0) + 1.0) * 0.5
+            codes = 2 * rnd.round_to_int(t, k) - 1
+            return QTensor(codes.astype(dtype), s)
+        if symmetric:
+            s = safe_scale(hi / qmax)
+            codes = jnp.clip(rnd.round_to_int(xf / s, k), qmin, qmax)
+            return QTensor(codes.astype(dtype), s)
+        lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
+        s = safe_scale((hi - lo) / (qmax - qmin))
+        z = jnp.clip(rnd.round_nearest(-lo / s), qmin, qmax)
+        codes = jnp.clip(rnd.round_to_int(xf / s, k) + z, qmin, qmax)
+        return QTensor(codes.astype(dtype), s, z.astype(dtype))
+
+    def dequantize(q: QTensor) -> jax.Array:
+        codes = q.codes.astype(jnp.int32)
+        if q.zero_point is not None:
+            codes = codes - q.zero_point.astype(jnp.int32)
+        return codes.astype(jnp.float32) * q.scale
+
+    def in_range(x, q: QTensor):
+        z = 0.0 if q.zero_point is None else q.zero_point.astype(jnp.float32)
+        xf = x.astype(jnp.float32)
+        return (xf >= (qmin - z) * q.scale) & (xf <= (qmax - z) * q.scale)
+
+    fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" else None)
+    kind = "binary" if bits == 1 else ("sym" if symmetric else "asym")
+    name = f"int{bits}/{kind}/{scale_method}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
+    return Quantizer(quantize, dequantize, fake_quant, bits, name)
+
+
+def binary(*, scale_method: str = "mean_abs", axis: int | None = None, rounding: str = "nearest", ste: str = "clipped") -> Quantizer:
+    """1-bit sign quantizer ``x ~ s sign(x)`` (see ``uniform`` with ``bits=1``)."""
+    return uniform(1, symmetric=True, axis=axis, scale_method=scale_method, rounding=rounding, ste=ste)
