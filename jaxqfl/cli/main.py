@@ -3,8 +3,8 @@
     jaxqfl run [flags]      simulate federated training and write metrics
     jaxqfl bench [flags]    speed benchmarks against the roofline and a per-client loop
 
-Flags are parsed and checked before JAX starts, so a bad value is refused with a
-message before any data is built or any program compiled.
+Flags are parsed and checked before any data is built or any program compiled,
+so a bad value is refused with a message at once.
 """
 from __future__ import annotations
 
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "run":
+        _force_cpu_devices(args.devices)  # before validate(), which may import JAX to parse codec specs
         run_command.validate(parser, args)
-        _force_cpu_devices(args.devices)
         return run_command.main(args)
     if args.command == "bench":
         from jaxqfl.bench import cli as bench_cli
 
-        bench_cli.validate(parser, args)
         _force_cpu_devices(getattr(args, "devices", None))
+        bench_cli.validate(parser, args)
         return bench_cli.main(args)
     parser.error(f"unknown command {args.command!r}")
     return 2

@@ -93,6 +93,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=None, help="default: logreg for synthetic, mlp for mnist")
     g.add_argument("--hidden", type=_hidden, default=(200, 200), help="MLP hidden sizes, e.g. 200,200")
+    g = p.add_argument_group("quantization and communication")
+    g.add_argument("--quant", default="none",
+                   help="quantization-aware training preset: none, full (int8 weights+activations), half (bf16), "
+                        "mixed (8-bit first/last layers, 4-bit rest), w4a8, w8, log4, nf4, fp8, lsq4, binary")
+    g.add_argument("--uplink", default="none",
+                   help="client->server update codec, e.g. none, qsgd:16, uniform:8, terngrad, sign+ef, natural, "
+                        "topk:0.01+ef, randk:0.1, hadamard+qsgd:4 (FedPAQ = FedAvg with an unbiased uplink quantizer)")
+    g.add_argument("--downlink", default="none",
+                   help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
@@ -128,6 +137,17 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.model == "cnn" and args.dataset != "mnist":
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist")
+    from jaxqfl.quant.policy import PRESETS
+
+    if args.quant not in PRESETS:
+        parser.error(f"--quant {args.quant!r} is not a preset; choose one of {', '.join(PRESETS)}")
+    from jaxqfl.compress import from_spec
+
+    for flag in ("uplink", "downlink"):
+        try:
+            setattr(args, f"{flag}_codec", from_spec(getattr(args, flag)))
+        except ValueError as e:
+            parser.error(f"--{flag} {getattr(args, flag)!r}: {e}")
     if args.out is None:
         args.out = os.path.join("runs", f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -137,10 +157,10 @@ def _model(args, population):
 
     k = population.num_classes
     if args.model == "mlp":
-        return models.mlp(hidden=args.hidden, num_outputs=k)
+        return models.mlp(hidden=args.hidden, num_outputs=k, policy=args.quant)
     if args.model == "cnn":
-        return models.cnn(num_outputs=k)
-    return models.logistic_regression(num_outputs=k)
+        return models.cnn(num_outputs=k, policy=args.quant)
+    return models.logistic_regression(num_outputs=k, policy=args.quant)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -175,6 +195,8 @@ def main(args: argparse.Namespace) -> int:
         cohort_size=args.cohort_size,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
+        uplink=None if args.uplink == "none" else args.uplink_codec,
+        downlink=None if args.downlink == "none" else args.downlink_codec,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +215,9 @@ def main(args: argparse.Namespace) -> int:
     summary = {
         "dataset": args.dataset,
         "model": args.model,
+        "quant": args.quant,
+        "uplink": args.uplink,
+        "downlink": args.downlink,
         "final_accuracy": final.get("test_accuracy"),
         "final_loss": final.get("test_loss"),
         "final_train_loss": final.get("train_loss"),
@@ -210,7 +235,8 @@ def main(args: argparse.Namespace) -> int:
         "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
         "uplink_bits_total": result.uplink_bits_total,
         "downlink_bits_total": result.downlink_bits_total,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+                   if not k.endswith("_codec")},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, out)
@@ -229,7 +255,9 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  test loss        {s['final_loss']:.4f}",
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
-        f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all",
+        f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",
+        f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
+        f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}",
     ]
     print("\n".join(line for line in lines if line))
