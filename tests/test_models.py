@@ -13,7 +13,7 @@ def _count(params):
 
 def test_cnn_parameter_count_matches_hand_count():
     m = models.cnn(num_outputs=10)
-    params = m.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+    params = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
     conv1 = 5 * 5 * 1 * 32 + 32  # 832
     conv2 = 5 * 5 * 32 * 64 + 64  # 51,264
     dense1 = (7 * 7 * 64) * 512 + 512  # 1,606,144 (two 2x2 pools: 28 -> 14 -> 7)
@@ -24,7 +24,7 @@ def test_cnn_parameter_count_matches_hand_count():
 
 
 def test_mlp_parameter_count_is_2nn():
-    params = models.mlp().init(jax.random.key(0), jnp.zeros((1, 28, 28)))
+    params = jax.eval_shape(models.mlp().init, jax.random.key(0), jnp.zeros((1, 28, 28)))
     assert _count(params) == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10 == 199_210
 
 
@@ -54,7 +54,7 @@ def test_logistic_and_linear_regression_are_affine():
     x = jax.random.normal(jax.random.key(0), (4, 3))
     p = m.init(jax.random.key(1), x)
     np.testing.assert_allclose(m.apply(p, x), x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], rtol=1e-6)
-    assert _count(models.logistic_regression(10).init(jax.random.key(0), jnp.zeros((1, 784)))) == 7850
+    assert _count(jax.eval_shape(models.logistic_regression(10).init, jax.random.key(0), jnp.zeros((1, 784)))) == 7850
 
 
 def test_init_is_deterministic_given_key():
@@ -69,13 +69,14 @@ def test_vmap_over_stacked_client_params_matches_loop():
     m = models.cnn(num_outputs=10)
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(jax.random.key(1), (3, 2, 28, 28, 1))  # [clients, B, ...]
-    stacked = jax.vmap(m.init)(keys, x)
+    stacked = jax.jit(jax.vmap(m.init))(keys, x)
     assert stacked["Conv_0"]["kernel"].shape == (3, 5, 5, 1, 32)
     y = jax.jit(jax.vmap(m.apply))(stacked, x)
     assert y.shape == (3, 2, 10)
+    one = jax.jit(m.apply)
     for c in range(3):
         p_c = jax.tree_util.tree_map(lambda a: a[c], stacked)
-        np.testing.assert_allclose(y[c], m.apply(p_c, x[c]), rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(y[c], one(p_c, x[c]), rtol=2e-5, atol=2e-5)
 
 
 def test_grad_through_apply():

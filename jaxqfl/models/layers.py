@@ -12,7 +12,7 @@ against the model's parameters) by its own path, and
   initialised by ``LearnedQuantizer.init`` from the freshly initialised kernel /
   the sample input,
 * draws a fresh key from the ``'quant'`` RNG stream for every stochastic
-  quantization (``make_rng('quant')``: Flax folds in the layer path and a call
+  quantization (deterministic quantizers draw none) (``make_rng('quant')``: Flax folds in the layer path and a call
   counter, so every layer and tensor gets its own key); without a ``'quant'``
   stream (``apply(..., key=None)``) it rounds to nearest,
 * accepts exported ``QTensor`` parameters (``jaxqfl.quant.export``) in place of
@@ -37,8 +37,9 @@ from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor
 QUANT_RNG = "quant"
 
 
-def _key(module: nn.Module):
-    return module.make_rng(QUANT_RNG) if module.has_rng(QUANT_RNG) else None
+def _key(module: nn.Module, q):
+    """A fresh key for a stochastic quantizer; ``None`` for deterministic ones or without a stream."""
+    return module.make_rng(QUANT_RNG) if q.needs_key and module.has_rng(QUANT_RNG) else None
 
 
 def _layer_path(module: nn.Module) -> str:
@@ -58,8 +59,8 @@ def quantize_param(module: nn.Module, binding: Binding, name: str, value):
         return value
     if isinstance(q, LearnedQuantizer):
         p = module.param(f"{name}{STATE_MARK}{q.param_name}", lambda _rng: q.init(value))
-        return q.fake_quant(value, p, _key(module))
-    return q.fake_quant(value, _key(module))
+        return q.fake_quant(value, p, _key(module, q))
+    return q.fake_quant(value, _key(module, q))
 
 
 def quantize_input(module: nn.Module, binding: Binding, x):
@@ -69,8 +70,8 @@ def quantize_input(module: nn.Module, binding: Binding, x):
         return x
     if isinstance(q, LearnedQuantizer):
         p = module.param(f"input{STATE_MARK}{q.param_name}", lambda _rng: q.init(x))
-        return q.fake_quant(x, p, _key(module))
-    return q.fake_quant(x, _key(module))
+        return q.fake_quant(x, p, _key(module, q))
+    return q.fake_quant(x, _key(module, q))
 
 
 class QDense(nn.Module):

@@ -29,6 +29,12 @@ from jaxqfl.models.layers import QUANT_RNG, QATLayers
 from jaxqfl.quant.policy import bind, resolve
 
 
+def _signature(params) -> tuple:
+    """Tree structure, shapes and dtypes: everything binding reads from ``params``."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
 def qat_model(module_fn: Callable, policy) -> Model:
     """QAT model from ``module_fn(layers)`` and a policy (module docstring)."""
     policy = resolve(policy)
@@ -36,8 +42,13 @@ def qat_model(module_fn: Callable, policy) -> Model:
     if policy is None:
         return from_flax(float_module)
 
+    modules = {}  # parameter signature -> bound module: bind once per structure, not per trace
+
     def bound_module(params_like):
-        return module_fn(QATLayers(bind(policy, params_like)))
+        sig = _signature(params_like)
+        if sig not in modules:
+            modules[sig] = module_fn(QATLayers(bind(policy, params_like)))
+        return modules[sig]
 
     def init(key, sample_x):
         shapes = jax.eval_shape(float_module.init, key, sample_x)["params"]

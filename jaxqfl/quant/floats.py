@@ -109,4 +109,4 @@ def cast(dtype="bfloat16", *, rounding: str = "nearest", scaled: bool = False, a
 
     fake_quant = straight_through(quantize, dequantize, None)
     name = f"{dt.name}/{rounding}" + ("/scaled" if scaled else "")
-    return Quantizer(quantize, dequantize, fake_quant, 8 * dt.itemsize, name)
+    return Quantizer(quantize, dequantize, fake_quant, 8 * dt.itemsize, name, stochastic)

@@ -123,7 +123,7 @@ def lsq(
         return _fq(x, jnp.asarray(s, jnp.float32), key)
 
     name = f"lsq{bits}/{'signed' if signed else 'unsigned'}/{rounding}"
-    return LearnedQuantizer(init, quantize, dequantize, fake_quant, bits, name, "scale")
+    return LearnedQuantizer(init, quantize, dequantize, fake_quant, bits, name, "scale", stochastic)
 
 
 def pact(bits: int = 4, *, alpha_init: float = 10.0, rounding: str = "nearest") -> LearnedQuantizer:
@@ -176,4 +176,4 @@ def pact(bits: int = 4, *, alpha_init: float = 10.0, rounding: str = "nearest") 
         check_float(x, f"{where}.fake_quant")
         return _fq(x, jnp.asarray(alpha, jnp.float32), key)
 
-    return LearnedQuantizer(init, quantize, dequantize, fake_quant, bits, f"pact{bits}/{rounding}", "alpha")
+    return LearnedQuantizer(init, quantize, dequantize, fake_quant, bits, f"pact{bits}/{rounding}", "alpha", stochastic)

@@ -107,7 +107,7 @@ def power_of_two(
 
     fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" else None)
     name = f"log{bits}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
-    return Quantizer(quantize, dequantize, fake_quant, bits, name)
+    return Quantizer(quantize, dequantize, fake_quant, bits, name, stochastic)
 
 
 _NC_OFFSET = 150  # code = sign * (exponent + 150): exponents -149..127 -> 1..277
@@ -131,7 +131,7 @@ def natural_compression() -> Quantizer:
         return jnp.where(c == 0, 0.0, jnp.sign(c).astype(jnp.float32) * mag)
 
     fake_quant = straight_through(quantize, dequantize, None)
-    return Quantizer(quantize, dequantize, fake_quant, 9, "natural_compression")
+    return Quantizer(quantize, dequantize, fake_quant, 9, "natural_compression", True)
 
 
 def nf4_table() -> np.ndarray:
@@ -185,7 +185,8 @@ def codebook(
         return (xf >= table_np[0] * q.scale) & (xf <= table_np[-1] * q.scale)
 
     fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" else None)
-    return Quantizer(quantize, dequantize, fake_quant, bits, f"{name}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}")
+    label = f"{name}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
+    return Quantizer(quantize, dequantize, fake_quant, bits, label, stochastic)
 
 
 def nf4(*, axis: int | None = None, rounding: str = "nearest") -> Quantizer:
@@ -237,4 +238,4 @@ def kmeans(bits: int = 4, *, iters: int = 10, rounding: str = "nearest", ste: st
         return (xf >= q.codebook[0]) & (xf <= q.codebook[-1])
 
     fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" else None)
-    return Quantizer(quantize, dequantize, fake_quant, bits, f"kmeans{bits}/iters={iters}/{rounding}")
+    return Quantizer(quantize, dequantize, fake_quant, bits, f"kmeans{bits}/iters={iters}/{rounding}", stochastic)

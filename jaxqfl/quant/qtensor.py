@@ -41,7 +41,9 @@ class Quantizer(NamedTuple):
     quantize(x, key) -> QTensor; dequantize(QTensor) -> float32 array;
     fake_quant(x, key) -> array of x's dtype, whose VJP is the gradient estimator.
     ``bits``: storage bits per element of ``codes`` (for size accounting);
-    ``name``: a short description such as ``'int8/sym/axis=-1'``.
+    ``name``: a short description such as ``'int8/sym/axis=-1'``;
+    ``needs_key``: whether ``quantize`` uses its key (stochastic rounding); callers
+    may pass ``None`` (and skip drawing a key) when it does not.
     """
 
     quantize: Callable[..., QTensor]
@@ -49,6 +51,7 @@ class Quantizer(NamedTuple):
     fake_quant: Callable[..., jax.Array]
     bits: int
     name: str
+    needs_key: bool = False
 
 
 class LearnedQuantizer(NamedTuple):
@@ -66,6 +69,7 @@ class LearnedQuantizer(NamedTuple):
     bits: int
     name: str
     param_name: str
+    needs_key: bool = False
 
 
 AnyQuantizer = Any  # Quantizer | LearnedQuantizer
@@ -105,8 +109,10 @@ def reduce_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
 
 
 def codes_dtype(lo: int, hi: int):
-    """The smallest integer dtype holding every code in ``[lo, hi]``."""
-    for dt in (jnp.int8, jnp.uint8, jnp.int16, jnp.uint16, jnp.int32):
+    """The smallest integer dtype holding every code in ``[lo, hi]``: unsigned when
+    ``lo >= 0`` (asymmetric grids: ``uint8``), signed otherwise (``int8``)."""
+    candidates = (jnp.uint8, jnp.uint16, jnp.uint32) if lo >= 0 else (jnp.int8, jnp.int16, jnp.int32)
+    for dt in candidates:
         info = jnp.iinfo(dt)
         if info.min <= lo and hi <= info.max:
             return dt

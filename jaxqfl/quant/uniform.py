@@ -6,13 +6,15 @@ Grids (``b`` = bits, ``s`` = scale, ``z`` = zero point, codes ``q``):
   "restricted" range: int8 is ``[-127, 127]``, 2 bits is ternary ``{-1, 0, 1}``),
   ``x ~ s q``, ``s = r / Q`` where ``r`` is the range statistic (absmax by default).
   Codes are ``int8`` (``int16`` above 8 bits).
-* asymmetric, ``1 <= b <= 16``: ``q`` in ``[0, 2^b - 1]``, ``x ~ s (q - z)`` with
+* asymmetric, ``2 <= b <= 16``: ``q`` in ``[0, 2^b - 1]``, ``x ~ s (q - z)`` with
   ``lo = min(stat_lo, 0)``, ``hi = max(stat_hi, 0)`` (the range always holds 0, so 0 is
-  exactly representable), ``s = (hi - lo) / (2^b - 1)``, ``z = rn(-lo / s)``.
-  Codes and zero point are ``uint8`` (``uint16`` above 8 bits) (Jacob et al. 2018).
+  exactly representable; Jacob et al. 2018), ``z = rn(-lo / s0)`` with
+  ``s0 = (hi - lo) / (2^b - 1)``, and ``s = max(-lo / z, hi / (2^b - 1 - z)) >= s0`` so the
+  grid covers ``[lo, hi]`` despite the rounded zero point (``_asymmetric_scale``).
+  Codes and zero point are ``uint8`` (``uint16`` above 8 bits).
 * binary, ``b = 1`` symmetric: ``q`` in ``{-1, +1}`` (``int8``), ``x ~ s q``; by default
   ``s = mean |x|``, the L2-optimal scale for sign codes (Rastegari et al. 2016,
-  XNOR-Net). Rounding maps ``t = (clip(x / s, -1, 1) + 1) / 2`` to ``{0, 1}``, so with
+  XNOR-Net); an all-zero tensor/channel gets ``s = 0``, hence zeros. Rounding maps ``t = (clip(x / s, -1, 1) + 1) / 2`` to ``{0, 1}``, so with
   ``scale_method='absmax'`` stochastic binarization is unbiased (BinaryConnect,
   Courbariaux et al. 2015).
 
@@ -30,8 +32,11 @@ range; ``'stochastic'`` (Gupta et al. 2015) is unbiased with variance
 ``jaxqfl.quant.rounding``.
 
 Gradient estimator of ``fake_quant`` (``ste``): ``'clipped'`` passes ``dL/dy`` where
-``x`` lies in the representable range ``[s (q_min - z), s (q_max - z)]`` and zero
-outside; ``'identity'`` passes it everywhere.
+``x`` lies in the representable range widened by half a step,
+``q_min - 1/2 <= x / s + z <= q_max + 1/2`` (where clipping changes nothing beyond
+rounding; the half step keeps the tensor's own extremes inside despite float
+round-off in ``s``), and zero outside (binary: ``|x / s| <= 1``, the hardtanh STE of
+Hubara et al. 2016); ``'identity'`` passes it everywhere.
 """
 from __future__ import annotations
 
@@ -85,6 +90,25 @@ def _range_stat(x, axes, symmetric, scale_method, percentile):
     return jnp.min(x, axis=axes, keepdims=True), jnp.max(x, axis=axes, keepdims=True)
 
 
+def _asymmetric_scale(lo, hi, qmax: int):
+    """Scale and zero point of an asymmetric grid ``s (q - z)``, ``q`` in ``[0, qmax]``,
+    that covers ``[lo, hi]`` (``lo <= 0 <= hi``) with 0 exactly on the grid.
+
+    ``z = rn(-lo / s0)`` with ``s0 = (hi - lo) / qmax`` (kept in ``[1, qmax - 1]`` when the
+    range has both signs), then ``s = max(-lo / z, hi / (qmax - z))``, at least ``s0``: the
+    rounded zero point would otherwise leave up to half a step of the range
+    outside the grid (clipping the extremes and biasing stochastic rounding there).
+    """
+    s0 = safe_scale((hi - lo) / qmax)
+    z_mid = jnp.clip(rnd.round_nearest(-lo / s0), 1, qmax - 1)
+    z = jnp.where(lo == 0, 0.0, jnp.where(hi == 0, float(qmax), z_mid))
+    s = jnp.maximum(
+        jnp.where(z > 0, -lo / jnp.maximum(z, 1.0), 0.0),
+        jnp.where(z < qmax, hi / jnp.maximum(qmax - z, 1.0), 0.0),
+    )
+    return safe_scale(s), z
+
+
 def uniform(
     bits: int = 8,
     *,
@@ -131,17 +155,16 @@ def uniform(
         lo, hi = _range_stat(xf, reduce_axes(x.ndim, ax), symmetric, scale_method, percentile)
         k = key if stochastic else None
         if bits == 1:
-            s = safe_scale(hi)
-            t = (jnp.clip(xf / s, -1.0, 1.0) + 1.0) * 0.5
+            # all-zero channels keep scale 0 so they dequantize to 0 (codes are +-1)
+            s = jnp.where(hi >= jnp.finfo(jnp.float32).tiny, hi, 0.0)
+            t = (jnp.clip(xf / safe_scale(s), -1.0, 1.0) + 1.0) * 0.5
             codes = 2 * rnd.round_to_int(t, k) - 1
             return QTensor(codes.astype(dtype), s)
         if symmetric:
             s = safe_scale(hi / qmax)
             codes = jnp.clip(rnd.round_to_int(xf / s, k), qmin, qmax)
             return QTensor(codes.astype(dtype), s)
-        lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
-        s = safe_scale((hi - lo) / (qmax - qmin))
-        z = jnp.clip(rnd.round_nearest(-lo / s), qmin, qmax)
+        s, z = _asymmetric_scale(lo, hi, qmax)
         codes = jnp.clip(rnd.round_to_int(xf / s, k) + z, qmin, qmax)
         return QTensor(codes.astype(dtype), s, z.astype(dtype))
 
@@ -153,13 +176,15 @@ def uniform(
 
     def in_range(x, q: QTensor):
         z = 0.0 if q.zero_point is None else q.zero_point.astype(jnp.float32)
-        xf = x.astype(jnp.float32)
-        return (xf >= (qmin - z) * q.scale) & (xf <= (qmax - z) * q.scale)
+        v = x.astype(jnp.float32) / safe_scale(q.scale) + z
+        if bits == 1:  # hardtanh STE of binarized networks (Hubara et al. 2016)
+            return jnp.abs(v) <= 1.0
+        return (v >= qmin - 0.5) & (v <= qmax + 0.5)
 
     fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" else None)
     kind = "binary" if bits == 1 else ("sym" if symmetric else "asym")
     name = f"int{bits}/{kind}/{scale_method}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
-    return Quantizer(quantize, dequantize, fake_quant, bits, name)
+    return Quantizer(quantize, dequantize, fake_quant, bits, name, stochastic)
 
 
 def binary(*, scale_method: str = "mean_abs", axis: int | None = None, rounding: str = "nearest", ste: str = "clipped") -> Quantizer:
