@@ -47,6 +47,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxqfl.quant.rounding import round_stochastic
+
 PyTree = Any
 INT32_MAX = 2**31 - 1
 FLOAT_BITS = 32  # every scale, norm and kept value travels as a float32
@@ -130,41 +132,73 @@ def index_bits(n: int) -> int:
     return max(0, math.ceil(math.log2(n))) if n > 1 else 0
 
 
-def leaf_keys(key: jax.Array, num_leaves: int) -> list:
-    """One key per leaf, ``fold_in(key, leaf_index)``: a leaf's draws depend only on its position."""
-    return [jax.random.fold_in(key, i) for i in range(num_leaves)]
-
-
 def draw_seed(key: jax.Array) -> jax.Array:
     """A 32-bit seed (uint32 scalar) to put in a message so the decoder can regenerate draws."""
     return jax.random.bits(key, (), jnp.uint32)
 
 
 def key_from_seed(seed: jax.Array) -> jax.Array:
-    """The key both sides derive from a message's 32-bit seed."""
+    """The key both sides derive from a message's 32-bit seed (the default PRNG implementation)."""
     return jax.random.key(seed)
 
 
+def split_flat(flat: jax.Array, shapes: Sequence[tuple]) -> list:
+    """Cut a 1-D array into consecutive pieces reshaped to ``shapes``."""
+    pieces, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        pieces.append(flat[start:start + size].reshape(shape))
+        start += size
+    return pieces
+
+
+def concat_flat(arrays: Sequence[jax.Array]) -> jax.Array:
+    """All arrays flattened and concatenated (no copy for a single array)."""
+    flats = [a.reshape(-1) for a in arrays]
+    return flats[0] if len(flats) == 1 else jnp.concatenate(flats)
+
+
+def round_stochastic_all(positions: Sequence[jax.Array], key: jax.Array) -> list:
+    """:func:`~jaxqfl.quant.rounding.round_stochastic` of several arrays with ONE draw.
+
+    The arrays are concatenated, rounded with one call (one uniform per
+    element, all from ``key``) and cut back. One random call per message,
+    instead of one per tensor, keeps a codec's compile time flat in the number
+    of tensors (each threefry call site is compiled on its own).
+    """
+    if not positions:
+        return []
+    rounded = round_stochastic(concat_flat(positions), key)
+    return split_flat(rounded, [p.shape for p in positions])
+
+
 def leafwise(
-    encode_leaf: Callable[[jax.Array, jax.Array], Any],
+    encode_leaf: Callable,
     decode_leaf: Callable[[Any], jax.Array],
     leaf_bits: Callable[[Any], int],
     message_type: type,
     *,
+    prepare_leaf: Optional[Callable] = None,
     finalize: Callable = _identity,
     init: Callable = no_state,
     integer_sum: Any = None,
 ) -> Codec:
-    """A stateless codec that treats every leaf of the update independently.
+    """A stateless codec that encodes every leaf of the update on its own.
+
+    Two forms:
+
+    * deterministic: ``encode_leaf(x) -> leaf message``;
+    * stochastic rounding: ``prepare_leaf(x) -> (position, aux)`` gives the
+      real-valued grid position to round (any shape) and whatever the leaf
+      needs afterwards; every leaf's position is rounded with one draw
+      (:func:`round_stochastic_all`), then ``encode_leaf(rounded, aux) -> leaf
+      message``.
 
     Args:
-      encode_leaf: ``(x, key) -> leaf message`` (an instance of ``message_type``).
       decode_leaf: ``leaf message -> float32 array shaped like x``.
       leaf_bits: ``leaf message -> int``, from static shapes only.
       message_type: the class of a leaf message; it marks where the per-leaf
         messages sit in the message pytree (same tree structure as the delta).
-
-    Leaf ``i`` draws its randomness from ``fold_in(key, i)``.
     """
 
     def is_leaf_message(node) -> bool:
@@ -172,8 +206,13 @@ def leafwise(
 
     def encode(delta, state, key):
         leaves, treedef = jax.tree.flatten(delta)
-        keys = leaf_keys(key, len(leaves))
-        messages = [encode_leaf(jnp.asarray(x), k) for x, k in zip(leaves, keys)]
+        leaves = [jnp.asarray(x) for x in leaves]
+        if prepare_leaf is None:
+            messages = [encode_leaf(x) for x in leaves]
+        else:
+            prepared = [prepare_leaf(x) for x in leaves]
+            rounded = round_stochastic_all([position for position, _ in prepared], key)
+            messages = [encode_leaf(r, aux) for r, (_, aux) in zip(rounded, prepared)]
         return jax.tree.unflatten(treedef, messages), state
 
     def decode(message):

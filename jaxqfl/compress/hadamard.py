@@ -16,15 +16,15 @@ rotated 1-D vectors of length ``m``; padding is real signal after the
 rotation, so the inner codec's bits count all ``m`` coordinates.
 
 The signs: the client draws a 32-bit seed, the message carries it (32 bits per
-message), and both ends derive tensor ``i``'s signs from
-``fold_in(key(seed), i)``. The server therefore needs nothing but the message.
+message), and both ends draw all tensors' signs from ``key(seed)`` in one call
+(:func:`rotation_signs`). The server therefore needs nothing but the message.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from jaxqfl.compress.base import (
     count_bits,
     draw_seed,
     key_from_seed,
-    leaf_keys,
+    split_flat,
     to_bits_scalar,
 )
 
@@ -84,24 +84,32 @@ def rotated_layout(n: int, block_size: Optional[int]) -> tuple:
     return math.ceil(n / block_size), block_size
 
 
-def rotate(x: jax.Array, key: jax.Array, block_size: Optional[int] = None) -> jax.Array:
-    """``H D x / sqrt(block)`` per block: ``x`` flattened, zero-padded; returns float32 ``[m]``."""
+def rotate(x: jax.Array, signs: jax.Array, block_size: Optional[int] = None) -> jax.Array:
+    """``H D x / sqrt(block)`` per block: ``x`` flattened and zero-padded to ``m``; float32 ``[m]``.
+
+    ``signs`` is the ``[m]`` diagonal of ``D`` (entries +-1).
+    """
     flat = jnp.asarray(x, jnp.float32).reshape(-1)
     num_blocks, block = rotated_layout(flat.size, block_size)
     m = num_blocks * block
     flat = jnp.pad(flat, (0, m - flat.size))
-    signs = jax.random.rademacher(key, (m,), jnp.float32)
     return fwht((signs * flat).reshape(num_blocks, block)).reshape(m)
 
 
-def unrotate(y: jax.Array, key: jax.Array, shape: tuple, block_size: Optional[int] = None) -> jax.Array:
+def unrotate(y: jax.Array, signs: jax.Array, shape: tuple, block_size: Optional[int] = None) -> jax.Array:
     """Inverse of :func:`rotate`: ``D H y / sqrt(block)``, padding dropped, ``shape`` restored."""
     n = math.prod(shape)
     num_blocks, block = rotated_layout(n, block_size)
     m = num_blocks * block
-    signs = jax.random.rademacher(key, (m,), jnp.float32)
     flat = signs * fwht(y.reshape(num_blocks, block)).reshape(m)
     return flat[:n].reshape(shape)
+
+
+def rotation_signs(seed: jax.Array, sizes: Sequence[int], block_size: Optional[int]) -> list:
+    """Every tensor's ``[m]`` random signs from a message seed, in one draw on ``key(seed)``."""
+    lengths = [math.prod(rotated_layout(n, block_size)) for n in sizes]
+    signs = jax.random.rademacher(key_from_seed(seed), (sum(lengths),), jnp.float32)
+    return split_flat(signs, [(m,) for m in lengths])
 
 
 def hadamard(inner: Optional[Codec] = None, *, block_size: Optional[int] = None):
@@ -143,8 +151,8 @@ def hadamard(inner: Optional[Codec] = None, *, block_size: Optional[int] = None)
     def encode(delta, state, key):
         seed = draw_seed(jax.random.fold_in(key, _SEED_PURPOSE))
         leaves, treedef = jax.tree.flatten(delta)
-        keys = leaf_keys(key_from_seed(seed), len(leaves))
-        rotated = [rotate(x, k, block_size) for x, k in zip(leaves, keys)]
+        signs = rotation_signs(seed, [math.prod(jnp.shape(x)) for x in leaves], block_size)
+        rotated = [rotate(x, d, block_size) for x, d in zip(leaves, signs)]
         inner_message, state = inner.encode(
             jax.tree.unflatten(treedef, rotated), state, jax.random.fold_in(key, _INNER_PURPOSE))
         shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
@@ -152,8 +160,8 @@ def hadamard(inner: Optional[Codec] = None, *, block_size: Optional[int] = None)
 
     def decode(message):
         leaves, treedef = jax.tree.flatten(inner.decode(message.inner))
-        keys = leaf_keys(key_from_seed(message.seed), len(leaves))
-        restored = [unrotate(y, k, s, block_size) for y, k, s in zip(leaves, keys, message.shapes)]
+        signs = rotation_signs(message.seed, [math.prod(s) for s in message.shapes], block_size)
+        restored = [unrotate(y, d, s, block_size) for y, d, s in zip(leaves, signs, message.shapes)]
         return jax.tree.unflatten(treedef, restored)
 
     def bits(message):

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxqfl.compress.base import Codec, leafwise, numel
+from jaxqfl.quant.rounding import round_stochastic
 
 NATURAL_BITS = 9  # sign bit + 8 exponent bits of a float32
 _EXPONENT_ONE = 1 << 23
-_MANTISSA_MASK = _EXPONENT_ONE - 1
 _EXPONENT_MAX_FINITE = 254
 
 
@@ -43,24 +43,34 @@ class NaturalMessage(NamedTuple):
     codes: jax.Array  # uint16 in [0, 511], shape of the tensor
 
 
-def natural_round(x: jax.Array, key: jax.Array) -> jax.Array:
-    """``C(x)``: unbiased stochastic rounding of float32 ``x`` to a signed power of two (or 0)."""
-    x = jnp.asarray(x, jnp.float32)
+def _round_up_probability(x: jax.Array):
+    """For float32 ``x``: P(round |x| up to the next power of two), and the rounded-down word."""
     word = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    sign_bit = word & jnp.uint32(0x80000000)
     magnitude_word = word & jnp.uint32(0x7FFFFFFF)
     exponent = magnitude_word >> 23
-    low_word = magnitude_word & jnp.uint32(~_MANTISSA_MASK & 0x7FFFFFFF)
+    low_word = magnitude_word & jnp.uint32(0x7F800000)  # mantissa cleared
     low = jax.lax.bitcast_convert_type(low_word, jnp.float32)
     high = jax.lax.bitcast_convert_type(low_word + jnp.uint32(_EXPONENT_ONE), jnp.float32)
     can_round_up = exponent < _EXPONENT_MAX_FINITE
     gap = jnp.where(can_round_up, high - low, 1.0)
     p_up = jnp.where(can_round_up, (jnp.abs(x) - low) / gap, 0.0)
-    u = jax.random.uniform(key, x.shape, jnp.float32)
-    rounded_word = jnp.where(u < p_up, low_word + jnp.uint32(_EXPONENT_ONE), low_word)
-    # inf and NaN (exponent field 255) keep the field and lose the mantissa: NaN is sent as inf.
-    rounded_word = jnp.where(exponent == 255, jnp.uint32(0x7F800000), rounded_word)
-    return jax.lax.bitcast_convert_type(rounded_word | sign_bit, jnp.float32)
+    return p_up, (word, low_word)
+
+
+def _rounded(up: jax.Array, aux) -> jax.Array:
+    """The power of two (as a float32 word) after the draw ``up`` in {0, 1}."""
+    word, low_word = aux
+    # inf and NaN (exponent field 255) have p_up = 0 and keep the field without the
+    # mantissa: NaN is sent as inf.
+    rounded_word = jnp.where(up > 0, low_word + jnp.uint32(_EXPONENT_ONE), low_word)
+    return rounded_word | (word & jnp.uint32(0x80000000))
+
+
+def natural_round(x: jax.Array, key: jax.Array) -> jax.Array:
+    """``C(x)``: unbiased stochastic rounding of float32 ``x`` to a signed power of two (or 0)."""
+    x = jnp.asarray(x, jnp.float32)
+    p_up, aux = _round_up_probability(x)
+    return jax.lax.bitcast_convert_type(_rounded(round_stochastic(p_up, key), aux), jnp.float32)
 
 
 def natural() -> Codec:
@@ -71,8 +81,11 @@ def natural() -> Codec:
     (no common grid); the server sums the floats.
     """
 
-    def encode_leaf(x, key):
-        word = jax.lax.bitcast_convert_type(natural_round(x, key), jnp.uint32)
+    def prepare_leaf(x):
+        return _round_up_probability(x.astype(jnp.float32))
+
+    def encode_leaf(up, aux):
+        word = _rounded(up, aux)
         code = ((word >> 31) << 8) | ((word >> 23) & jnp.uint32(0xFF))
         return NaturalMessage(code.astype(jnp.uint16))
 
@@ -84,4 +97,4 @@ def natural() -> Codec:
     def leaf_bits(m):
         return NATURAL_BITS * numel(m.codes)
 
-    return leafwise(encode_leaf, decode_leaf, leaf_bits, NaturalMessage)
+    return leafwise(encode_leaf, decode_leaf, leaf_bits, NaturalMessage, prepare_leaf=prepare_leaf)

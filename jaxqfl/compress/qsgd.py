@@ -29,11 +29,11 @@ from jaxqfl.compress.base import (
     check_positive_int,
     leafwise,
     numel,
+    round_stochastic_all,
     to_bits_scalar,
 )
 from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
 from jaxqfl.compress.integer_sum import IntegerSum
-from jaxqfl.quant.rounding import round_stochastic
 
 MAX_LEVELS = 2**15 - 1
 DEFAULT_BUCKET_SIZE = 512
@@ -46,12 +46,16 @@ class QSGDMessage(NamedTuple):
     norm: jax.Array  # float32 [num_buckets]
 
 
-def _signed_levels(buckets, norm, levels, key):
-    """``sign(v) * xi(v, s)`` for buckets ``[nb, d]`` scaled by ``norm`` ``[nb]``."""
+def _level_position(buckets, norm, levels):
+    """``s |v_i| / ||v||`` for buckets ``[nb, d]`` and norms ``[nb]`` (0 where the norm is 0)."""
     safe_norm = jnp.where(norm > 0, norm, 1.0)
-    position = jnp.abs(buckets) * (levels / safe_norm[:, None])
-    level = jnp.clip(round_stochastic(position, key), 0, levels)
-    return jnp.where(buckets < 0, -level, level)
+    return jnp.abs(buckets) * (levels / safe_norm[:, None])
+
+
+def _signed_levels(rounded, x, levels):
+    """``sign(x) * xi`` with the rounded level clipped to ``[0, s]``; shapes of ``x``."""
+    level = jnp.clip(rounded, 0, levels)
+    return jnp.where(x < 0, -level, level)
 
 
 def level_bits(levels: int) -> int:
@@ -81,11 +85,15 @@ def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec
     code_dtype = jnp.int8 if levels <= 127 else jnp.int16
     coordinate_bits = level_bits(levels)
 
-    def encode_leaf(x, key):
+    def prepare_leaf(x):
         buckets = to_buckets(x.astype(jnp.float32), bucket_size)  # [nb, d], zero padded
         norm = jnp.sqrt(jnp.sum(buckets * buckets, axis=1))
-        codes = _signed_levels(buckets, norm, levels, key)
-        return QSGDMessage(from_buckets(codes, x.shape).astype(code_dtype), norm)
+        position = from_buckets(_level_position(buckets, norm, levels), x.shape)
+        return position, (x, norm)
+
+    def encode_leaf(rounded, aux):
+        x, norm = aux
+        return QSGDMessage(_signed_levels(rounded, x, levels).astype(code_dtype), norm)
 
     def decode_leaf(m):
         codes = to_buckets(m.codes.astype(jnp.float32), bucket_size)
@@ -105,11 +113,11 @@ def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec
     def quantize(delta, shared_norm, key):
         leaves, treedef = jax.tree.flatten(delta)
         norms = treedef.flatten_up_to(shared_norm)
-        out = []
-        for i, (x, norm) in enumerate(zip(leaves, norms)):
-            x = jnp.asarray(x, jnp.float32)
-            codes = _signed_levels(to_buckets(x, bucket_size), norm, levels, jax.random.fold_in(key, i))
-            out.append(from_buckets(codes, x.shape).astype(jnp.int32))
+        leaves = [jnp.asarray(x, jnp.float32) for x in leaves]
+        positions = [from_buckets(_level_position(to_buckets(x, bucket_size), norm, levels), x.shape)
+                     for x, norm in zip(leaves, norms)]
+        rounded = round_stochastic_all(positions, key)
+        out = [_signed_levels(r, x, levels).astype(jnp.int32) for r, x in zip(rounded, leaves)]
         return jax.tree.unflatten(treedef, out)
 
     def dequantize_sum(code_sum, shared_norm, total_weight):
@@ -129,4 +137,5 @@ def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec
         return to_bits_scalar(total)
 
     integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, levels, integer_bits)
-    return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, integer_sum=integer_sum)
+    return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, prepare_leaf=prepare_leaf,
+                    integer_sum=integer_sum)

@@ -64,8 +64,7 @@ def sign() -> Codec:
     client scales differ, so the vote is taken on the floats.
     """
 
-    def encode_leaf(x, key):
-        del key
+    def encode_leaf(x):
         x = x.astype(jnp.float32)
         return SignMessage(x >= 0, jnp.mean(jnp.abs(x)))
 

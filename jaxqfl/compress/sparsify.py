@@ -31,13 +31,12 @@ from jaxqfl.compress.base import (
     Codec,
     check_fraction,
     check_positive_int,
-    count_bits,
     draw_seed,
     index_bits,
     key_from_seed,
-    leaf_keys,
     leafwise,
     numel,
+    split_flat,
     to_bits_scalar,
 )
 
@@ -127,8 +126,7 @@ def topk(fraction: Optional[float] = None, *, k: Optional[int] = None) -> Codec:
         level.check(params, "topk")
         return ()
 
-    def encode_leaf(x, key):
-        del key
+    def encode_leaf(x):
         flat = x.reshape(-1).astype(jnp.float32)
         kk = level.k(flat.size, "topk")
         _, indices = jax.lax.top_k(jnp.abs(flat), kk)
@@ -152,8 +150,12 @@ def randk(fraction: Optional[float] = None, *, k: Optional[int] = None, unbiased
       unbiased: scale the kept values by ``n / k`` (``E[decode] = x``).
 
     Bits per message: ``32 + sum over tensors of 32 k``: the float32 values
-    and one uint32 seed from which both ends draw every tensor's positions
-    (``fold_in(key(seed), tensor_index)``), so no index is sent.
+    and one uint32 seed from which both ends draw every tensor's positions, so
+    no index is sent. The positions of a tensor of ``n`` elements are those of
+    the ``k`` largest of ``n`` uniform 32-bit draws (all tensors' draws come
+    from one call on ``key(seed)``): a uniform ``k``-subset, up to ties among
+    32-bit draws (broken by the lower index), which only matter at the k-th
+    place.
 
     No integer-domain aggregation.
     """
@@ -161,8 +163,11 @@ def randk(fraction: Optional[float] = None, *, k: Optional[int] = None, unbiased
     if not isinstance(unbiased, bool):
         raise ValueError(f"randk unbiased must be True or False, got {unbiased!r}")
 
-    def positions(key, n, kk):
-        return jax.random.choice(key, n, (kk,), replace=False).astype(jnp.int32)
+    def all_positions(seed, sizes):
+        """Every tensor's kept positions: the k largest of n uniform 32-bit draws (one draw call)."""
+        draws = split_flat(jax.random.bits(key_from_seed(seed), (sum(sizes),), jnp.uint32),
+                           [(n,) for n in sizes])
+        return [jax.lax.top_k(d, level.k(n, "randk"))[1] for d, n in zip(draws, sizes)]
 
     def init(params):
         level.check(params, "randk")
@@ -171,13 +176,12 @@ def randk(fraction: Optional[float] = None, *, k: Optional[int] = None, unbiased
     def encode(delta, state, key):
         seed = draw_seed(key)
         leaves, treedef = jax.tree.flatten(delta)
+        flats = [jnp.asarray(x, jnp.float32).reshape(-1) for x in leaves]
         out = []
-        for x, leaf_key in zip(leaves, leaf_keys(key_from_seed(seed), len(leaves))):
-            flat = jnp.asarray(x, jnp.float32).reshape(-1)
-            kk = level.k(flat.size, "randk")
-            values = flat[positions(leaf_key, flat.size, kk)]
+        for x, flat, kept in zip(leaves, flats, all_positions(seed, [f.size for f in flats])):
+            values = flat[kept]
             if unbiased:
-                values = values * (flat.size / kk)
+                values = values * (flat.size / kept.size)
             out.append(RandomValues(values, tuple(jnp.shape(x))))
         return RandKMessage(seed, jax.tree.unflatten(treedef, out)), state
 
@@ -186,10 +190,8 @@ def randk(fraction: Optional[float] = None, *, k: Optional[int] = None, unbiased
 
     def decode(message):
         leaves, treedef = jax.tree.flatten(message.values, is_leaf=is_values)
-        out = []
-        for m, leaf_key in zip(leaves, leaf_keys(key_from_seed(message.seed), len(leaves))):
-            n, kk = math.prod(m.shape), numel(m.values)
-            out.append(_scatter(m.values, positions(leaf_key, n, kk), m.shape))
+        kept = all_positions(message.seed, [math.prod(m.shape) for m in leaves])
+        out = [_scatter(m.values, idx, m.shape) for m, idx in zip(leaves, kept)]
         return jax.tree.unflatten(treedef, out)
 
     def bits(message):

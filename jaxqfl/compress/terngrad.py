@@ -19,9 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxqfl.compress.base import FLOAT_BITS, Codec, leafwise, numel, to_bits_scalar
+from jaxqfl.compress.base import FLOAT_BITS, Codec, leafwise, numel, round_stochastic_all, to_bits_scalar
 from jaxqfl.compress.integer_sum import IntegerSum
-from jaxqfl.quant.rounding import round_stochastic
 
 TERNARY_BITS = 2  # {-1, 0, +1} at fixed width
 
@@ -33,10 +32,13 @@ class TernGradMessage(NamedTuple):
     scale: jax.Array  # float32 scalar s_t = max |g|
 
 
-def _ternary(x, scale, key):
-    """``sign(x) * Bernoulli(|x| / scale)`` as int8-valued floats."""
+def _probability(x, scale):
+    """``|x| / scale`` in ``[0, 1]`` (0 where the scale is 0): rounding it stochastically draws ``b``."""
     safe_scale = jnp.where(scale > 0, scale, 1.0)
-    b = round_stochastic(jnp.clip(jnp.abs(x) / safe_scale, 0.0, 1.0), key)
+    return jnp.clip(jnp.abs(x) / safe_scale, 0.0, 1.0)
+
+
+def _signed(b, x):
     return jnp.where(x < 0, -b, b)
 
 
@@ -51,10 +53,14 @@ def terngrad() -> Codec:
     codes are in ``{-1, 0, 1}`` and ``sum_i w_i decode_i = s * sum_i w_i code_i``.
     """
 
-    def encode_leaf(x, key):
+    def prepare_leaf(x):
         x = x.astype(jnp.float32)
         scale = jnp.max(jnp.abs(x))
-        return TernGradMessage(_ternary(x, scale, key).astype(jnp.int8), scale)
+        return _probability(x, scale), (x, scale)
+
+    def encode_leaf(b, aux):
+        x, scale = aux
+        return TernGradMessage(_signed(b, x).astype(jnp.int8), scale)
 
     def decode_leaf(m):
         return m.codes.astype(jnp.float32) * m.scale
@@ -68,11 +74,9 @@ def terngrad() -> Codec:
     def quantize(delta, shared_scale, key):
         leaves, treedef = jax.tree.flatten(delta)
         scales = treedef.flatten_up_to(shared_scale)
-        out = [
-            _ternary(jnp.asarray(x, jnp.float32), s, jax.random.fold_in(key, i)).astype(jnp.int32)
-            for i, (x, s) in enumerate(zip(leaves, scales))
-        ]
-        return jax.tree.unflatten(treedef, out)
+        leaves = [jnp.asarray(x, jnp.float32) for x in leaves]
+        drawn = round_stochastic_all([_probability(x, s) for x, s in zip(leaves, scales)], key)
+        return jax.tree.unflatten(treedef, [_signed(b, x).astype(jnp.int32) for b, x in zip(drawn, leaves)])
 
     def dequantize_sum(code_sum, shared_scale, total_weight):
         del total_weight
@@ -82,4 +86,5 @@ def terngrad() -> Codec:
         return to_bits_scalar(sum(TERNARY_BITS * numel(c) + FLOAT_BITS for c in jax.tree.leaves(codes)))
 
     integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, 1, integer_bits)
-    return leafwise(encode_leaf, decode_leaf, leaf_bits, TernGradMessage, integer_sum=integer_sum)
+    return leafwise(encode_leaf, decode_leaf, leaf_bits, TernGradMessage, prepare_leaf=prepare_leaf,
+                    integer_sum=integer_sum)

@@ -24,11 +24,11 @@ from jaxqfl.compress.base import (
     check_positive_int,
     leafwise,
     numel,
+    round_stochastic_all,
     to_bits_scalar,
 )
 from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
 from jaxqfl.compress.integer_sum import IntegerSum
-from jaxqfl.quant.rounding import round_stochastic
 
 MAX_BITS = 16
 
@@ -48,11 +48,10 @@ class UniformRange(NamedTuple):
     high: jax.Array  # max, float32 [num_buckets]
 
 
-def _grid_codes(buckets, low, step, num_levels, key):
-    """Stochastically rounded grid indices of ``buckets`` ([nb, d]) on ``low + r * step``."""
+def _grid_position(buckets, low, step):
+    """Real-valued grid index of ``buckets`` ([nb, d]) on ``low + r * step`` (0 where ``step == 0``)."""
     safe_step = jnp.where(step > 0, step, 1.0)
-    position = (buckets - low[:, None]) / safe_step[:, None]
-    return jnp.clip(round_stochastic(position, key), 0, num_levels - 1)
+    return (buckets - low[:, None]) / safe_step[:, None]
 
 
 def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
@@ -78,12 +77,16 @@ def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
     num_levels = 2**bits
     code_dtype = jnp.uint8 if bits <= 8 else jnp.uint16
 
-    def encode_leaf(x, key):
+    def prepare_leaf(x):
         buckets = to_buckets(x.astype(jnp.float32), bucket_size, pad="edge")  # [nb, d]
         low = jnp.min(buckets, axis=1)
         step = (jnp.max(buckets, axis=1) - low) / (num_levels - 1)
-        codes = _grid_codes(buckets, low, step, num_levels, key)
-        return UniformMessage(from_buckets(codes, x.shape).astype(code_dtype), low, step)
+        return _grid_position(buckets, low, step), (low, step, x.shape)
+
+    def encode_leaf(rounded, aux):
+        low, step, shape = aux
+        codes = jnp.clip(rounded, 0, num_levels - 1)
+        return UniformMessage(from_buckets(codes, shape).astype(code_dtype), low, step)
 
     def decode_leaf(m):
         codes = to_buckets(m.codes.astype(jnp.float32), bucket_size)
@@ -107,13 +110,13 @@ def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
     def quantize(delta, shared, key):
         leaves, treedef = jax.tree.flatten(delta)
         ranges = treedef.flatten_up_to(shared)
-        out = []
-        for i, (x, r) in enumerate(zip(leaves, ranges)):
-            x = jnp.asarray(x, jnp.float32)
+        positions = []
+        for x, r in zip(leaves, ranges):
             low, step = shared_grid(r)
-            codes = _grid_codes(to_buckets(x, bucket_size), low, step, num_levels,
-                                jax.random.fold_in(key, i))
-            out.append(from_buckets(codes, x.shape).astype(jnp.int32))
+            positions.append(_grid_position(to_buckets(jnp.asarray(x, jnp.float32), bucket_size), low, step))
+        rounded = round_stochastic_all(positions, key)
+        out = [from_buckets(jnp.clip(c, 0, num_levels - 1), jnp.shape(x)).astype(jnp.int32)
+               for c, x in zip(rounded, leaves)]
         return jax.tree.unflatten(treedef, out)
 
     def dequantize_sum(code_sum, shared, total_weight):
@@ -133,4 +136,5 @@ def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
         return to_bits_scalar(total)
 
     integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, num_levels - 1, integer_bits)
-    return leafwise(encode_leaf, decode_leaf, leaf_bits, UniformMessage, integer_sum=integer_sum)
+    return leafwise(encode_leaf, decode_leaf, leaf_bits, UniformMessage, prepare_leaf=prepare_leaf,
+                    integer_sum=integer_sum)
