@@ -27,7 +27,14 @@ Contract (what the round engine may rely on):
   compile-time constant; call it per message (inside the vmap), not on a
   batch of messages. :func:`bits_per_message` returns the same number as a
   Python ``int`` without running anything.
-* ``decode`` returns float32 arrays shaped like the encoded delta.
+* ``decode`` returns float32 arrays shaped like the encoded delta
+  (``identity`` returns the message itself, in its own dtype).
+* Randomness comes only from ``key``: a codec makes one stochastic-rounding
+  draw per message for all tensors together (:func:`round_stochastic_all`),
+  so its compile time does not grow with the number of tensors.
+  Deterministic codecs (``sign``, ``topk``) ignore the key (``None`` is fine).
+* Bit totals over many clients and rounds overflow int32 quickly: sum the
+  per-message counts in int64 on the host.
 * ``finalize`` maps the (weighted) mean of the decoded client updates to what
   the server applies. Identity except for :func:`~jaxqfl.compress.sign`
   (majority vote).
@@ -41,6 +48,7 @@ codec; :func:`~jaxqfl.compress.chain` nests them.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -248,25 +256,20 @@ def init_client_states(codec: Codec, params: PyTree, num_clients: int) -> PyTree
     return jax.tree.map(lambda s: jnp.broadcast_to(s, (num_clients,) + jnp.shape(s)), state)
 
 
-def tree_size(tree: PyTree) -> int:
-    """Total number of array elements in a pytree."""
-    return sum(int(math.prod(jnp.shape(x))) for x in jax.tree.leaves(tree))
-
-
 def check_positive_int(name: str, value, *, low: int = 1, high: Optional[int] = None) -> int:
     """``value`` as an int in ``[low, high]``, else a ValueError naming it and the range."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if ok:
         ok = value >= low and (high is None or value <= high)
     if not ok:
         allowed = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_fraction(name: str, value) -> float:
     """``value`` as a float in ``(0, 1]``, else a ValueError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok:
         ok = math.isfinite(value) and 0.0 < value <= 1.0
     if not ok:
@@ -279,8 +282,3 @@ def check_bucket_size(value) -> Optional[int]:
     if value is None:
         return None
     return check_positive_int("bucket_size", value, low=1)
-
-
-def stack_shapes(shapes: Sequence[tuple]) -> tuple:
-    """Shapes as a hashable tuple of tuples (static pytree metadata)."""
-    return tuple(tuple(int(d) for d in s) for s in shapes)

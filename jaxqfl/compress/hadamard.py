@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Optional, Sequence
 
 import jax
@@ -130,9 +131,10 @@ def hadamard(inner: Optional[Codec] = None, *, block_size: Optional[int] = None)
     aggregation (each client has its own rotation).
     """
     if block_size is not None:
-        ok = isinstance(block_size, int) and not isinstance(block_size, bool)
+        ok = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
         if not ok or block_size < 2 or block_size & (block_size - 1):
             raise ValueError(f"hadamard block_size must be a power of two >= 2 or None, got {block_size!r}")
+        block_size = int(block_size)
     if inner is None:
         return functools.partial(hadamard, block_size=block_size)
     if not isinstance(inner, Codec):
