@@ -149,6 +149,7 @@ def test_natural_keeps_exact_powers_of_two():
     t = jnp.asarray([1.0, -1.0, 2.0**-20, -(2.0**100), 0.5, 2.0**-126, 2.0**127, 0.0, 1024.0], jnp.float32)
     samples = decoded_samples(C.natural(), t, 64)
     np.testing.assert_array_equal(samples, np.broadcast_to(np.asarray(t, np.float64), samples.shape))
+    assert np.all(np.signbit(samples[:, 1])) and not np.any(np.isnan(samples))
 
 
 def test_natural_second_moment_at_most_nine_eighths():

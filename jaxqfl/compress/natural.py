@@ -7,20 +7,18 @@ Distributed Deep Learning", 2019. For ``t != 0`` with ``2^a <= |t| < 2^(a+1)``::
            sign(t) 2^(a+1)   with probability (|t| - 2^a) / 2^a,
 
 and ``C(0) = 0``. ``E[C(t)] = t`` and ``E[C(t)^2] <= (9/8) t^2`` (the worst
-case is ``|t| = (4/3) 2^a``). Exact powers of two are unchanged.
+case is ``|t| = (4/3) 2^a``). Exact powers of two are unchanged. The rounding
+is :func:`jaxqfl.quant.rounding.round_pow2`, applied to all tensors of a
+message at once (one draw).
 
 Every output is a float32 with a zero mantissa, so it travels as 9 bits: the
-sign bit and the 8-bit exponent field. The rounding works on those fields:
-``low`` is ``|t|`` with its mantissa cleared, ``high`` the next exponent, and
-the probability of ``high`` is the cleared mantissa over the gap, which is
-exact in float32. Two edge cases keep the 9-bit code honest:
+sign bit and the 8-bit float32 exponent field ``f`` (``f = 0`` is zero,
+``f = a + 127`` for ``2^a``). Edge cases of that code:
 
-* subnormals (``|t| < 2^-126``) round between 0 and ``2^-126`` with the same
-  unbiased rule (``low = 0``); a backend that flushes subnormals to zero
-  sends them as 0;
-* ``|t| >= 2^127`` rounds down to ``2^127`` (``2^128`` is not a float32), the
-  only biased case; inf stays inf, and NaN is sent as inf of its sign (the
-  9-bit code has no mantissa).
+* ``|t| < 2^-126`` (subnormal) is sent as 0: the field has no room for
+  subnormal powers of two. Biased, by less than ``2^-126`` per coordinate.
+* a result of ``2^128`` (``|t| > 2^127``) is sent as ``2^127``; inf stays inf
+  and NaN is sent as inf (no mantissa).
 """
 from __future__ import annotations
 
@@ -29,48 +27,38 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxqfl.compress.base import Codec, leafwise, numel
-from jaxqfl.quant.rounding import round_stochastic
+from jaxqfl.compress.base import Codec, concat_flat, no_state, numel, split_flat, to_bits_scalar
+from jaxqfl.quant.rounding import round_pow2
 
-NATURAL_BITS = 9  # sign bit + 8 exponent bits of a float32
-_EXPONENT_ONE = 1 << 23
-_EXPONENT_MAX_FINITE = 254
+NATURAL_BITS = 9  # sign + 8-bit exponent field of a float32
+_BIAS = 127
+_MIN_EXPONENT, _MAX_EXPONENT = -126, 127  # normal float32 powers of two
+_INF_FIELD = 255
 
 
 class NaturalMessage(NamedTuple):
-    """One tensor: ``(sign << 8) | exponent_field`` of the rounded float32, per coordinate."""
+    """One tensor: ``(sign << 8) | exponent_field`` per coordinate."""
 
     codes: jax.Array  # uint16 in [0, 511], shape of the tensor
 
 
-def _round_up_probability(x: jax.Array):
-    """For float32 ``x``: P(round |x| up to the next power of two), and the rounded-down word."""
-    word = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    magnitude_word = word & jnp.uint32(0x7FFFFFFF)
-    exponent = magnitude_word >> 23
-    low_word = magnitude_word & jnp.uint32(0x7F800000)  # mantissa cleared
-    low = jax.lax.bitcast_convert_type(low_word, jnp.float32)
-    high = jax.lax.bitcast_convert_type(low_word + jnp.uint32(_EXPONENT_ONE), jnp.float32)
-    can_round_up = exponent < _EXPONENT_MAX_FINITE
-    gap = jnp.where(can_round_up, high - low, 1.0)
-    p_up = jnp.where(can_round_up, (jnp.abs(x) - low) / gap, 0.0)
-    return p_up, (word, low_word)
+def _natural_codes(x: jax.Array, key: jax.Array) -> jax.Array:
+    """9-bit codes of ``C(x)`` for float32 ``x`` (any shape)."""
+    finite = jnp.isfinite(x)
+    nonzero = (x != 0) & finite
+    exponent = round_pow2(jnp.where(nonzero, x, 1.0), key)
+    sent = nonzero & (exponent >= _MIN_EXPONENT)
+    field = jnp.where(sent, jnp.clip(exponent, _MIN_EXPONENT, _MAX_EXPONENT) + _BIAS, 0)
+    field = jnp.where(finite, field, _INF_FIELD)
+    negative = jnp.signbit(x).astype(jnp.int32)
+    return ((negative << 8) | field).astype(jnp.uint16)
 
 
-def _rounded(up: jax.Array, aux) -> jax.Array:
-    """The power of two (as a float32 word) after the draw ``up`` in {0, 1}."""
-    word, low_word = aux
-    # inf and NaN (exponent field 255) have p_up = 0 and keep the field without the
-    # mantissa: NaN is sent as inf.
-    rounded_word = jnp.where(up > 0, low_word + jnp.uint32(_EXPONENT_ONE), low_word)
-    return rounded_word | (word & jnp.uint32(0x80000000))
-
-
-def natural_round(x: jax.Array, key: jax.Array) -> jax.Array:
-    """``C(x)``: unbiased stochastic rounding of float32 ``x`` to a signed power of two (or 0)."""
-    x = jnp.asarray(x, jnp.float32)
-    p_up, aux = _round_up_probability(x)
-    return jax.lax.bitcast_convert_type(_rounded(round_stochastic(p_up, key), aux), jnp.float32)
+def _natural_values(codes: jax.Array) -> jax.Array:
+    """float32 values of 9-bit codes: ``sign * 2^(field - 127)``, 0 for field 0, inf for 255."""
+    code = codes.astype(jnp.uint32)
+    word = ((code >> 8) << 31) | ((code & jnp.uint32(0xFF)) << 23)
+    return jax.lax.bitcast_convert_type(word, jnp.float32)
 
 
 def natural() -> Codec:
@@ -81,20 +69,20 @@ def natural() -> Codec:
     (no common grid); the server sums the floats.
     """
 
-    def prepare_leaf(x):
-        return _round_up_probability(x.astype(jnp.float32))
+    def is_leaf_message(node):
+        return isinstance(node, NaturalMessage)
 
-    def encode_leaf(up, aux):
-        word = _rounded(up, aux)
-        code = ((word >> 31) << 8) | ((word >> 23) & jnp.uint32(0xFF))
-        return NaturalMessage(code.astype(jnp.uint16))
+    def encode(delta, state, key):
+        leaves, treedef = jax.tree.flatten(delta)
+        leaves = [jnp.asarray(x, jnp.float32) for x in leaves]
+        codes = split_flat(_natural_codes(concat_flat(leaves), key), [x.shape for x in leaves])
+        return jax.tree.unflatten(treedef, [NaturalMessage(c) for c in codes]), state
 
-    def decode_leaf(m):
-        code = m.codes.astype(jnp.uint32)
-        word = ((code >> 8) << 31) | ((code & jnp.uint32(0xFF)) << 23)
-        return jax.lax.bitcast_convert_type(word, jnp.float32)
+    def decode(message):
+        return jax.tree.map(lambda m: _natural_values(m.codes), message, is_leaf=is_leaf_message)
 
-    def leaf_bits(m):
-        return NATURAL_BITS * numel(m.codes)
+    def bits(message):
+        leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
+        return to_bits_scalar(sum(NATURAL_BITS * numel(m.codes) for m in leaves))
 
-    return leafwise(encode_leaf, decode_leaf, leaf_bits, NaturalMessage, prepare_leaf=prepare_leaf)
+    return Codec(init=no_state, encode=encode, decode=decode, bits=bits)
