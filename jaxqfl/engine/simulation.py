@@ -18,6 +18,21 @@ A block of R rounds is a ``lax.scan`` over rounds; rounds past ``num_active``
 run is the same program: it traces and compiles once. Nothing leaves the device
 inside a block.
 
+Data: on-device (``build``), the replicated population, indexed by client id;
+streamed (``jaxqfl.engine.streaming``), one round's ``CohortBlock`` of the
+cohort's rows sharded over "clients", indexed by slot. ``round_program`` is the
+one round both compile.
+
+Local steps: every step's batch rows are drawn before the step scan (one
+vectorised draw, same keys), and step 0 runs before the scan, while the clients
+of a chunk still share the received params (its forward pass is one wide
+matmul; the per-client copies are first written by its update). A
+``local_steps`` schedule never masks a step, so its steps skip the select.
+
+Outputs are replicated over the mesh, and the initial state is computed by a
+program with replicated outputs, so under ``jax.distributed`` every process
+holds (and can read) the same state and metrics.
+
 Weights: p_i = n_i (examples) or 1 (uniform); padding clients get p_i = 0.
 Determinism: every random draw is a ``fold_in`` of the run key by (round, client
 id, step, purpose) (``jaxqfl.keys``), so results do not depend on the device
@@ -44,6 +59,7 @@ from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.tasks import Task, for_num_classes
 
 FLOAT_BITS = 32
+_PEEL_FIRST_STEP = True
 
 
 class DeviceData(NamedTuple):
@@ -102,6 +118,236 @@ def _num_params(tree) -> int:
     return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(tree)))
 
 
+class ClientLayout(NamedTuple):
+    """How a cohort of M clients is laid out: D devices x num_chunks chunks x chunk clients.
+
+    ``M_pad = D * per_device`` and ``per_device = num_chunks * chunk >= ceil(M / D)``;
+    the ``M_pad - M`` padding slots train on a real client's data with weight 0.
+    """
+
+    cohort_size: int  # M
+    num_devices: int  # D
+    chunk: int  # clients per vmap
+    num_chunks: int  # chunks per device
+    per_device: int  # num_chunks * chunk
+    num_params: int
+
+    @property
+    def padded_cohort(self) -> int:
+        return self.per_device * self.num_devices
+
+
+def client_layout(
+    population: Population, model, schedule: LocalSchedule, cohort_size: int, num_devices: int,
+    chunk_size: int | None, platform: str,
+) -> ClientLayout:
+    """The padded layout of a cohort, with the chunk size chosen for ``platform`` when None."""
+    sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
+    num_params = _num_params(jax.eval_shape(model.init, jax.random.key(0), sample_x))
+    per_device0 = math.ceil(cohort_size / num_devices)
+    features = int(np.prod(population.feature_shape))
+    chunk = chunk_size or auto_chunk_size(
+        per_device0, num_params, schedule.batch(population.max_count), features, platform
+    )
+    per_device, num_chunks = padded_layout(cohort_size, num_devices, chunk)
+    return ClientLayout(cohort_size, num_devices, per_device // num_chunks, num_chunks, per_device, num_params)
+
+
+def sample_cohort(rkey: jax.Array, num_clients: int, cohort_size: int) -> jax.Array:
+    """[M] int32 ids drawn without replacement with ``fold_in(round_key, COHORT)``."""
+    ckey = keys.purpose_key(rkey, keys.COHORT)
+    return jax.random.choice(ckey, num_clients, (cohort_size,), replace=False).astype(jnp.int32)
+
+
+class CohortBlock(NamedTuple):
+    """The rows of one round's cohort, slot-major: what a streamed round reads instead of the population.
+
+    Slot ``j < M`` holds client ``cohort[j]``'s rows ``x[j, :count_j]`` (the rest padding);
+    sharded over ``"clients"`` on its first axis, so each device holds its own share.
+    """
+
+    x: jax.Array  # [M_pad, max_count, *F] float32
+    y: jax.Array  # [M_pad, max_count]
+    counts: jax.Array  # [M_pad] int32 (>= 1; padding slots 1)
+
+
+def round_program(
+    model, algorithm: Algorithm, schedule: LocalSchedule, task: Task, mesh, layout: ClientLayout, *,
+    num_clients: int, max_count: int, uplink=None, downlink=None,
+) -> Callable:
+    """``one_round(state, data, cohort=None) -> (state, RoundMetrics)``: one FL round, traceable.
+
+    On-device data (``cohort=None``): ``data`` is the replicated population
+    (``DeviceData``) and the cohort is sampled inside the program. Streamed data:
+    ``data`` is the round's ``CohortBlock`` and ``cohort`` the [M] ids it holds
+    (sampled by the host with :func:`sample_cohort`, same keys). Either way a
+    client's randomness depends on its id only, so both give the same result.
+    """
+    C, M, D = num_clients, layout.cohort_size, layout.num_devices
+    chunk, num_chunks, per_device = layout.chunk, layout.num_chunks, layout.per_device
+    M_pad = layout.padded_cohort
+    S = schedule.num_steps(max_count)
+    prepare_plan, step_batch = make_batch_fn(schedule, max_count)
+    float_bits = FLOAT_BITS * layout.num_params
+    # A local_steps schedule never masks a step: skip the per-step select over the params.
+    every_step_active = schedule.local_steps is not None
+
+    def client_update(params, cid, slot, valid, cstate, data, rkey):
+        """One client's round: receive, train, encode. Returns (decoded delta, stats, new state).
+
+        ``cid`` (the client id) drives the keys, ``slot`` indexes ``data``.
+        """
+        ckey = keys.client_key(rkey, cid)
+        count = data.counts[slot]
+        offset = data.offsets[slot]
+        new_cstate = dict(cstate)
+        if downlink is not None:
+            msg, new_cstate["downlink"] = downlink.encode(
+                params, cstate["downlink"], keys.purpose_key(ckey, keys.DOWNLINK)
+            )
+            start = downlink.decode(msg)
+            down_bits = downlink.bits(msg)
+        else:
+            start, down_bits = params, jnp.int32(float_bits)
+
+        local = algorithm.client_init(start)
+        plan = prepare_plan(ckey, count)
+
+        def local_step(local, step):
+            s, sb = step
+            rows = offset + sb.rows
+            xb, yb = data.x[rows], data.y[rows]
+            mkey = keys.purpose_key(keys.step_key(ckey, s), keys.QUANT)
+            m = sb.mask.astype(jnp.float32)
+
+            def loss_fn(p):
+                per_example = task.loss(model.apply(p, xb, key=mkey), yb)
+                return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+            loss, grads = jax.value_and_grad(loss_fn)(local.params)
+            stepped = algorithm.client_step(local, grads)
+            if every_step_active:
+                return stepped, (loss, sb.active)
+            return _tree_where(sb.active, stepped, local), (jnp.where(sb.active, loss, 0.0), sb.active)
+
+        # Every step's batch rows and masks at once (vectorised), then a scan over the steps.
+        steps = jnp.arange(S, dtype=jnp.int32)
+        batches = (steps, jax.vmap(lambda s: step_batch(plan, ckey, count, s))(steps))
+        if _PEEL_FIRST_STEP:
+            # Step 0 outside the scan: under the chunk's vmap the clients still share the
+            # received params, so its forward pass is one wide matmul and no per-client
+            # copy of the params exists before the first update writes one.
+            local, first = local_step(local, jax.tree.map(lambda a: a[0], batches))
+            local, rest = jax.lax.scan(local_step, local, jax.tree.map(lambda a: a[1:], batches))
+            losses, active = (jnp.concatenate([a[None], b]) for a, b in zip(first, rest))
+        else:
+            local, (losses, active) = jax.lax.scan(local_step, local, batches)
+        delta = algorithm.client_final(local, start)
+        if uplink is not None:
+            msg, new_cstate["uplink"] = uplink.encode(delta, cstate["uplink"], keys.purpose_key(ckey, keys.UPLINK))
+            decoded = uplink.decode(msg)
+            up_bits = uplink.bits(msg)
+        else:
+            decoded, up_bits = delta, jnp.int32(float_bits)
+        num_steps = jnp.sum(active.astype(jnp.int32))
+        mean_loss = jnp.sum(losses) / jnp.maximum(num_steps, 1)
+        base_weight = count.astype(jnp.float32) if algorithm.weighting == "examples" else jnp.float32(1.0)
+        weight = jnp.where(valid, base_weight, 0.0)
+        stats = (weight, mean_loss, jnp.asarray(up_bits, jnp.int32), jnp.asarray(down_bits, jnp.int32), num_steps)
+        return decoded, stats, new_cstate
+
+    def device_share(params, ids, slots, valid, cstates, data, rkey):
+        """A device's share of the cohort: scan over chunks of vmapped clients, then psum."""
+        if isinstance(data, CohortBlock):  # this device's slots of the streamed block
+            data = DeviceData(
+                x=data.x.reshape((per_device * max_count,) + data.x.shape[2:]),
+                y=data.y.reshape((per_device * max_count,)),
+                offsets=jnp.arange(per_device, dtype=jnp.int32) * max_count,
+                counts=data.counts,
+            )
+        to_chunks = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
+        xs = (to_chunks(ids), to_chunks(slots), to_chunks(valid), jax.tree.map(to_chunks, cstates))
+        vmapped = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, None, None))
+        zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0), jnp.float32(0.0))
+
+        def chunk_body(acc, x):
+            cids, cslots, cvalid, cst = x
+            decoded, (w, loss, ub, db, steps), new_cst = vmapped(params, cids, cslots, cvalid, cst, data, rkey)
+            wsum = jax.tree.map(
+                lambda d: jnp.tensordot(w, jnp.where(cvalid.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0), 1),
+                decoded,
+            )
+            acc = (
+                jax.tree.map(jnp.add, acc[0], wsum),
+                acc[1] + jnp.sum(w),
+                acc[2] + jnp.sum(w * loss),
+            )
+            return acc, ((ub, db, steps), new_cst)
+
+        acc, (per_client, new_cstates) = jax.lax.scan(chunk_body, zero, xs)
+        acc = jax.lax.psum(acc, CLIENTS)
+        flat = lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:])
+        return acc, jax.tree.map(flat, per_client), jax.tree.map(flat, new_cstates)
+
+    def one_round(state: ServerState, data, cohort=None):
+        rkey = keys.round_key(state.key, state.round)
+        streamed = cohort is not None
+        if not streamed:
+            cohort = sample_cohort(rkey, C, M)
+        ids = jnp.zeros((M_pad,), jnp.int32).at[:M].set(cohort)
+        valid = jnp.arange(M_pad) < M
+        # on-device data is indexed by client id; a streamed block by its slot on the device
+        slots = jnp.tile(jnp.arange(per_device, dtype=jnp.int32), D) if streamed else ids
+        cstates = jax.tree.map(lambda s: s[ids], state.client_states)
+        data_spec = P(CLIENTS) if streamed else P()
+        sharded_round = jax.shard_map(
+            device_share,
+            mesh=mesh,
+            in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS), data_spec, P()),
+            out_specs=(P(), P(CLIENTS), P(CLIENTS)),
+            check_vma=False,
+        )
+        (delta_sum, weight_sum, loss_sum), (ub, db, steps), new_cstates = sharded_round(
+            state.params, ids, slots, valid, cstates, data, rkey
+        )
+        mean_delta = jax.tree.map(lambda d: d / jnp.maximum(weight_sum, 1e-30), delta_sum)
+        if uplink is not None:
+            mean_delta = uplink.finalize(mean_delta)
+        params, opt_state = algorithm.server_update(state.params, state.opt_state, mean_delta)
+        scatter_ids = jnp.where(valid, ids, C)  # padding rows are dropped
+        client_states = jax.tree.map(
+            lambda s, n: s.at[scatter_ids].set(n, mode="drop"), state.client_states, new_cstates
+        )
+        metrics = RoundMetrics(
+            train_loss=loss_sum / jnp.maximum(weight_sum, 1e-30),
+            total_weight=weight_sum,
+            cohort=cohort,
+            uplink_bits=ub[:M],
+            downlink_bits=db[:M],
+            local_steps=steps[:M],
+            active=jnp.asarray(True),
+        )
+        return ServerState(params, opt_state, state.round + 1, state.key, client_states), metrics
+
+    return one_round
+
+
+def initial_state(model, algorithm: Algorithm, feature_shape, num_clients: int, *, uplink=None, downlink=None):
+    """``init_from_key(run_key) -> ServerState``: round 0, params from ``fold_in(run_key, INIT)``."""
+    sample_x = jnp.zeros((1,) + tuple(feature_shape), jnp.float32)
+
+    def init_from_key(run_key) -> ServerState:
+        params = model.init(keys.purpose_key(run_key, keys.INIT), sample_x)
+        client_states = {}
+        if uplink is not None:
+            client_states["uplink"] = _stack_states(uplink.init(params), num_clients)
+        if downlink is not None:
+            client_states["downlink"] = _stack_states(downlink.init(params), num_clients)
+        return ServerState(params, algorithm.server_init(params), jnp.int32(0), run_key, client_states)
+
+    return init_from_key
+
+
 def build(
     population: Population,
     model,
@@ -133,7 +379,6 @@ def build(
     mesh = client_mesh(num_devices)
     D = mesh.devices.size
     replicated = NamedSharding(mesh, P())
-    sharded = NamedSharding(mesh, P(CLIENTS))
 
     y_dtype = np.int32 if population.is_classification else np.float32
     data = DeviceData(
@@ -143,132 +388,13 @@ def build(
         counts=jax.device_put(population.counts.astype(np.int32), replicated),
     )
     C, M = population.num_clients, cohort_size
-    max_count = population.max_count
-    S = schedule.num_steps(max_count)
-    prepare_plan, step_batch = make_batch_fn(schedule, max_count)
-
-    sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
-    params_shape = jax.eval_shape(model.init, jax.random.key(0), sample_x)
-    num_params = _num_params(params_shape)
-    float_bits = FLOAT_BITS * num_params
-
-    per_device0 = math.ceil(M / D)
-    features = int(np.prod(population.feature_shape))
-    chunk = chunk_size or auto_chunk_size(
-        per_device0, num_params, schedule.batch(max_count), features, jax.devices()[0].platform
+    layout = client_layout(population, model, schedule, M, D, chunk_size, jax.devices()[0].platform)
+    one_round = round_program(
+        model, algorithm, schedule, task, mesh, layout,
+        num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
     )
-    per_device, num_chunks = padded_layout(M, D, chunk)
-    chunk = per_device // num_chunks
-    M_pad = per_device * D
-
-    def client_update(params, cid, valid, cstate, data, rkey):
-        """One client's round: receive, train, encode. Returns (decoded delta, stats, new state)."""
-        ckey = keys.client_key(rkey, cid)
-        count = data.counts[cid]
-        offset = data.offsets[cid]
-        new_cstate = dict(cstate)
-        if downlink is not None:
-            msg, new_cstate["downlink"] = downlink.encode(
-                params, cstate["downlink"], keys.purpose_key(ckey, keys.DOWNLINK)
-            )
-            start = downlink.decode(msg)
-            down_bits = downlink.bits(msg)
-        else:
-            start, down_bits = params, jnp.int32(float_bits)
-
-        local = algorithm.client_init(start)
-        plan = prepare_plan(ckey, count)
-
-        def local_step(local, s):
-            sb = step_batch(plan, ckey, count, s)
-            rows = offset + sb.rows
-            xb, yb = data.x[rows], data.y[rows]
-            mkey = keys.purpose_key(keys.step_key(ckey, s), keys.QUANT)
-            m = sb.mask.astype(jnp.float32)
-
-            def loss_fn(p):
-                per_example = task.loss(model.apply(p, xb, key=mkey), yb)
-                return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-            loss, grads = jax.value_and_grad(loss_fn)(local.params)
-            local = _tree_where(sb.active, algorithm.client_step(local, grads), local)
-            return local, (jnp.where(sb.active, loss, 0.0), sb.active)
-
-        local, (losses, active) = jax.lax.scan(local_step, local, jnp.arange(S))
-        delta = algorithm.client_final(local, start)
-        if uplink is not None:
-            msg, new_cstate["uplink"] = uplink.encode(delta, cstate["uplink"], keys.purpose_key(ckey, keys.UPLINK))
-            decoded = uplink.decode(msg)
-            up_bits = uplink.bits(msg)
-        else:
-            decoded, up_bits = delta, jnp.int32(float_bits)
-        steps = jnp.sum(active.astype(jnp.int32))
-        mean_loss = jnp.sum(losses) / jnp.maximum(steps, 1)
-        base_weight = count.astype(jnp.float32) if algorithm.weighting == "examples" else jnp.float32(1.0)
-        weight = jnp.where(valid, base_weight, 0.0)
-        stats = (weight, mean_loss, jnp.asarray(up_bits, jnp.int32), jnp.asarray(down_bits, jnp.int32), steps)
-        return decoded, stats, new_cstate
-
-    def device_share(params, ids, valid, cstates, data, rkey):
-        """A device's share of the cohort: scan over chunks of vmapped clients, then psum."""
-        to_chunks = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
-        xs = (to_chunks(ids), to_chunks(valid), jax.tree.map(to_chunks, cstates))
-        vmapped = jax.vmap(client_update, in_axes=(None, 0, 0, 0, None, None))
-        zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0), jnp.float32(0.0))
-
-        def chunk_body(acc, x):
-            cids, cvalid, cst = x
-            decoded, (w, loss, ub, db, steps), new_cst = vmapped(params, cids, cvalid, cst, data, rkey)
-            wsum = jax.tree.map(
-                lambda d: jnp.tensordot(w, jnp.where(cvalid.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0), 1),
-                decoded,
-            )
-            acc = (
-                jax.tree.map(jnp.add, acc[0], wsum),
-                acc[1] + jnp.sum(w),
-                acc[2] + jnp.sum(w * loss),
-            )
-            return acc, ((ub, db, steps), new_cst)
-
-        acc, (per_client, new_cstates) = jax.lax.scan(chunk_body, zero, xs)
-        acc = jax.lax.psum(acc, CLIENTS)
-        flat = lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:])
-        return acc, jax.tree.map(flat, per_client), jax.tree.map(flat, new_cstates)
-
-    def one_round(state: ServerState, data: DeviceData):
-        rkey = keys.round_key(state.key, state.round)
-        cohort = jax.random.choice(keys.purpose_key(rkey, keys.COHORT), C, (M,), replace=False).astype(jnp.int32)
-        ids = jnp.zeros((M_pad,), jnp.int32).at[:M].set(cohort)
-        valid = jnp.arange(M_pad) < M
-        cstates = jax.tree.map(lambda s: s[ids], state.client_states)
-        sharded_round = jax.shard_map(
-            device_share,
-            mesh=mesh,
-            in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(), P()),
-            out_specs=(P(), P(CLIENTS), P(CLIENTS)),
-            check_vma=False,
-        )
-        (delta_sum, weight_sum, loss_sum), (ub, db, steps), new_cstates = sharded_round(
-            state.params, ids, valid, cstates, data, rkey
-        )
-        mean_delta = jax.tree.map(lambda d: d / jnp.maximum(weight_sum, 1e-30), delta_sum)
-        if uplink is not None:
-            mean_delta = uplink.finalize(mean_delta)
-        params, opt_state = algorithm.server_update(state.params, state.opt_state, mean_delta)
-        scatter_ids = jnp.where(valid, ids, C)  # padding rows are dropped
-        client_states = jax.tree.map(
-            lambda s, n: s.at[scatter_ids].set(n, mode="drop"), state.client_states, new_cstates
-        )
-        metrics = RoundMetrics(
-            train_loss=loss_sum / jnp.maximum(weight_sum, 1e-30),
-            total_weight=weight_sum,
-            cohort=cohort,
-            uplink_bits=ub[:M],
-            downlink_bits=db[:M],
-            local_steps=steps[:M],
-            active=jnp.asarray(True),
-        )
-        return ServerState(params, opt_state, state.round + 1, state.key, client_states), metrics
+    init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
+    num_params, chunk, per_device = layout.num_params, layout.chunk, layout.per_device
 
     traces = [0]
 
@@ -286,21 +412,15 @@ def build(
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
     compiled: dict[int, Any] = {}
-    state_sharding = None  # filled at init
+
+    # One program, every process computes the same replicated state (multi-process safe).
+    init_program = jax.jit(init_from_key, out_shardings=replicated)
 
     def init(seed: int) -> ServerState:
-        run_key = jax.random.key(seed)
-        params = model.init(keys.purpose_key(run_key, keys.INIT), sample_x)
-        client_states = {}
-        if uplink is not None:
-            client_states["uplink"] = _stack_states(uplink.init(params), C)
-        if downlink is not None:
-            client_states["downlink"] = _stack_states(downlink.init(params), C)
-        state = ServerState(params, algorithm.server_init(params), jnp.int32(0), run_key, client_states)
-        return jax.device_put(state, replicated)
+        return init_program(jax.random.key(seed))
 
     def _abstract_args(num_rounds):
-        state = jax.eval_shape(init, 0)
+        state = jax.eval_shape(init_from_key, jax.random.key(0))
         return state, data, jnp.int32(num_rounds)
 
     def compile_block(num_rounds: int) -> float:
@@ -309,7 +429,12 @@ def build(
         if num_rounds in compiled:
             return 0.0
         t0 = time.perf_counter()
-        fn = jax.jit(lambda s, d, n: block(s, d, n, num_rounds=num_rounds), donate_argnums=(0,))
+
+        def round_block(s, d, n):
+            return block(s, d, n, num_rounds=num_rounds)
+
+        # Replicated outputs: every process of a multi-process run can read state and metrics.
+        fn = jax.jit(round_block, donate_argnums=(0,), out_shardings=replicated)
         state_abs, data_, n = _abstract_args(num_rounds)
         state_abs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_abs)
         compiled[num_rounds] = fn.lower(state_abs, data_, n).compile()
