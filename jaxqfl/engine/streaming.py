@@ -139,8 +139,10 @@ def build_streaming(
     def cohort_program(run_key_data, r):
         run_key = jax.random.wrap_key_data(run_key_data)
         return sample_cohort(keys.round_key(run_key, r), C, M)
-    round_jit = jax.jit(lambda state, block, cohort: one_round(state, block, cohort),
-                        donate_argnums=(0,), out_shardings=replicated)
+    def streamed_round(state, block, cohort):
+        return one_round(state, block, cohort)
+
+    round_jit = jax.jit(streamed_round, donate_argnums=(0,), out_shardings=replicated)
     compiled = {}
 
     def init(seed: int) -> ServerState:
