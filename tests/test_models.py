@@ -28,6 +28,14 @@ def test_mlp_parameter_count_is_2nn():
     assert _count(params) == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10 == 199_210
 
 
+def np_params(model, x, seed=0):
+    """Parameters shaped like ``model.init``'s, filled by NumPy (skips the XLA compile of
+    Flax's random initialisers, the dominant cost of these tests on a CPU)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.05, s.dtype), shapes)
+
+
 @pytest.mark.parametrize(
     "factory, x_shape, out",
     [
@@ -41,12 +49,19 @@ def test_mlp_parameter_count_is_2nn():
 def test_output_shapes(factory, x_shape, out):
     m = factory()
     x = jnp.ones(x_shape, jnp.float32)
-    params = m.init(jax.random.key(1), x)
-    y = m.apply(params, x)
+    params = jax.eval_shape(m.init, jax.random.key(1), x)
+    y = jax.eval_shape(m.apply, params, x)
     assert y.shape == (x_shape[0], out)
     assert y.dtype == jnp.float32
     # a key is accepted (and ignored) by float models
-    np.testing.assert_array_equal(m.apply(params, x, key=jax.random.key(3)), y)
+    assert jax.eval_shape(lambda p, x, k: m.apply(p, x, key=k), params, x, jax.random.key(3)).shape == y.shape
+
+
+def test_float_models_ignore_the_key():
+    m = models.mlp(hidden=(4,), num_outputs=3)
+    x = jnp.ones((2, 5))
+    p = np_params(m, x)
+    np.testing.assert_array_equal(m.apply(p, x, key=jax.random.key(3)), m.apply(p, x))
 
 
 def test_logistic_and_linear_regression_are_affine():
@@ -67,9 +82,8 @@ def test_init_is_deterministic_given_key():
 
 def test_vmap_over_stacked_client_params_matches_loop():
     m = models.cnn(num_outputs=10)
-    keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(jax.random.key(1), (3, 2, 28, 28, 1))  # [clients, B, ...]
-    stacked = jax.jit(jax.vmap(m.init))(keys, x)
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(np_params(m, x[0], c) for c in range(3)))
     assert stacked["Conv_0"]["kernel"].shape == (3, 5, 5, 1, 32)
     y = jax.jit(jax.vmap(m.apply))(stacked, x)
     assert y.shape == (3, 2, 10)

@@ -10,6 +10,23 @@ from jaxqfl import keys as jkeys
 from jaxqfl import models, quant
 
 
+def np_params(model, x, seed=0):
+    """Parameters shaped like ``model.init``'s, filled by NumPy (no XLA compile, which
+    dominates these tests on a CPU): ``N(0, 1/fan_in)`` kernels, small biases, and
+    positive learned-quantizer parameters."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if ":" in name:
+            return jnp.asarray(0.05 + 0.05 * rng.random(s.shape), s.dtype)
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 10
+        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def _xy(n=16, d=12, seed=0):
     kx, kw = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (n, d))
@@ -30,7 +47,7 @@ def test_qat_init_equals_float_init_and_none_policy_is_the_float_model():
 def test_qat_forward_is_fake_quant_of_inputs_and_kernels():
     x, _ = _xy()
     m = models.linear_regression(3, policy="full")
-    p = m.init(jax.random.key(1), x)
+    p = np_params(m, x)
     wq = quant.uniform(8, axis=-1).fake_quant(p["Dense_0"]["kernel"])
     xq = quant.uniform(8, symmetric=False).fake_quant(x)
     np.testing.assert_allclose(m.apply(p, x), xq @ wq + p["Dense_0"]["bias"], rtol=1e-5, atol=1e-6)
@@ -40,20 +57,21 @@ def test_qat_forward_is_fake_quant_of_inputs_and_kernels():
 def test_qconv_without_quantizers_equals_flax_conv():
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     conv = nn.Conv(5, (3, 3), padding="SAME", strides=2)
-    p = conv.init(jax.random.key(1), x)
     qconv = models.QConv(5, (3, 3), binding=quant.Binding({}, {}), padding="SAME", strides=2)
+    shapes = jax.eval_shape(conv.init, jax.random.key(1), x)
+    assert jax.tree_util.tree_map(lambda s: s.shape, jax.eval_shape(qconv.init, jax.random.key(1), x)) == jax.tree_util.tree_map(lambda s: s.shape, shapes)
+    p = jax.tree_util.tree_map(lambda s: jax.random.normal(jax.random.key(2), s.shape), shapes)
     np.testing.assert_allclose(qconv.apply(p, x), conv.apply(p, x), rtol=1e-5, atol=1e-5)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, qconv.init(jax.random.key(1), x), p)
 
 
 def test_qat_keys_flow_per_client_under_vmap():
     """Stochastic rounding draws from apply's key: vmapped clients with per-client keys
     match a loop, differ from each other, and key=None is round-to-nearest."""
     pol = quant.Policy((quant.Rule("kernel", quant.uniform(3, rounding="stochastic", axis=-1), quant.uniform(4, symmetric=False, rounding="stochastic")),))
-    m = models.mlp(hidden=(8,), num_outputs=2, policy=pol)
+    m = models.linear_regression(2, policy=pol)
     x, _ = _xy()
     clients = 3
-    params = jax.jit(jax.vmap(m.init, in_axes=(0, None)))(jax.random.split(jax.random.key(0), clients), x)
+    params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(np_params(m, x, c) for c in range(clients)))
     run = jax.random.key(42)
     ckeys = jnp.stack([jkeys.purpose_key(jkeys.step_key(jkeys.client_key(jkeys.round_key(run, 0), c), 0), jkeys.QUANT) for c in range(clients)])
     ys = jax.jit(jax.vmap(lambda p, k: m.apply(p, x, key=k)))(params, ckeys)
@@ -66,17 +84,17 @@ def test_qat_keys_flow_per_client_under_vmap():
     det = jax.jit(lambda p: m.apply(p, x, key=None))
     np.testing.assert_array_equal(det(p0), det(p0))
     nearest = quant.Policy((quant.Rule("kernel", quant.uniform(3, axis=-1), quant.uniform(4, symmetric=False)),))
-    m_near = models.mlp(hidden=(8,), num_outputs=2, policy=nearest)
+    m_near = models.linear_regression(2, policy=nearest)
     np.testing.assert_array_equal(det(p0), jax.jit(lambda p: m_near.apply(p, x))(p0))
 
 
-@pytest.mark.parametrize("policy", ["full", "mixed", "lsq4", "half"])
+@pytest.mark.parametrize("policy", ["full", "lsq4"])
 def test_qat_training_under_vmap_reduces_loss(policy):
     m = models.mlp(hidden=(16,), num_outputs=2, policy=policy)
     x, y = _xy(64)
     clients = 2
     opt = optax.sgd(0.5)
-    params = jax.vmap(m.init, in_axes=(0, None))(jax.random.split(jax.random.key(0), clients), x)
+    params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(np_params(m, x, c) for c in range(clients)))
 
     def loss(p, k):
         return optax.softmax_cross_entropy_with_integer_labels(m.apply(p, x, key=k), y).mean()
@@ -101,9 +119,7 @@ def test_qat_training_under_vmap_reduces_loss(policy):
 def test_export_round_trip_matches_fake_quant_inference_exactly(policy):
     m = models.mlp(hidden=(16, 8), num_outputs=3, policy=policy)
     x, _ = _xy(8)
-    p = m.init(jax.random.key(0), x)
-    # perturb so LSQ scales etc. are not at their init values
-    p = jax.tree_util.tree_map(lambda a: a * 1.1, p)
+    p = np_params(m, x)
     ex = quant.export(p, policy)
     y_fake = jax.jit(lambda p: m.apply(p, x))(p)
     y_int = jax.jit(lambda p: m.apply(p, x))(ex.params)
@@ -148,11 +164,11 @@ class TinyCNN(nn.Module):
         return dense(3, name="Dense_0")(x.reshape((x.shape[0], -1)))
 
 
-@pytest.mark.parametrize("policy", ["w4a8", "mixed"])
+@pytest.mark.parametrize("policy", ["mixed"])
 def test_export_round_trip_conv_model(policy):
     m = models.from_flax(TinyCNN(), policy=policy)
     x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
-    p = m.init(jax.random.key(1), x)
+    p = np_params(m, x)
     ex = quant.export(p, policy)
     assert isinstance(ex.params["Conv_1"]["kernel"], quant.QTensor)
     run = jax.jit(lambda p: m.apply(p, x))
@@ -162,7 +178,7 @@ def test_export_round_trip_conv_model(policy):
 def test_from_flax_with_policy_needs_a_layers_field():
     m = models.from_flax(models.MLP(hidden=(4,), num_outputs=2), policy="full")
     x, _ = _xy()
-    p = m.init(jax.random.key(0), x)
-    assert m.apply(p, x).shape == (16, 2)
+    p = np_params(m, x)
+    assert jax.jit(m.apply)(p, x).shape == (16, 2)
     with pytest.raises(TypeError, match="layers"):
         models.from_flax(nn.Dense(3), policy="full")

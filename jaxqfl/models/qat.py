@@ -7,7 +7,7 @@ the float model) and returns a ``Model(init, apply)``:
 * ``init(key, sample_x)``: resolves the policy against the float twin's
   parameter shapes (``jax.eval_shape``; this is where a rule matching nothing,
   a bad axis or an integer parameter is reported), then initialises the QAT
-  module. The result holds the float parameters (same paths and values as the
+  module (jitted: it runs the fake-quantized forward pass once). The result holds the float parameters (same paths and values as the
   float model from the same key) plus any learned-quantizer parameters.
 * ``apply(params, x, *, key=None)``: re-binds the policy to ``params`` (only
   paths and shapes, at trace time), then runs the module with ``key`` as its
@@ -50,10 +50,15 @@ def qat_model(module_fn: Callable, policy) -> Model:
             modules[sig] = module_fn(QATLayers(bind(policy, params_like)))
         return modules[sig]
 
+    inits = {}  # jitted init per bound module: eager Flax init would dispatch (and
+    # compile) every fake-quant op separately, which is many times slower
+
     def init(key, sample_x):
         shapes = jax.eval_shape(float_module.init, key, sample_x)["params"]
-        variables = bound_module(shapes).init(key, sample_x)
-        return variables["params"]
+        module = bound_module(shapes)
+        if id(module) not in inits:
+            inits[id(module)] = jax.jit(lambda k, x: module.init(k, x)["params"])
+        return inits[id(module)](key, sample_x)
 
     def apply(params, x, *, key=None):
         rngs = None if key is None else {QUANT_RNG: key}

@@ -59,7 +59,8 @@ class LearnedQuantizer(NamedTuple):
 
     init(x) -> param; quantize(x, param, key) -> QTensor; dequantize(QTensor);
     fake_quant(x, param, key) whose VJP gives gradients to both ``x`` and ``param``.
-    ``param_name`` names the parameter in a model's params (``'kernel:scale'``).
+    ``param_name`` names the parameter in a model's params (``'kernel:scale'``);
+    ``bits``, ``name``, ``needs_key`` as for ``Quantizer``.
     """
 
     init: Callable[[jax.Array], jax.Array]
