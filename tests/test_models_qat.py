@@ -49,7 +49,7 @@ def test_qat_forward_is_fake_quant_of_inputs_and_kernels():
     m = models.linear_regression(3, policy="full")
     p = np_params(m, x)
     wq = quant.uniform(8, axis=-1).fake_quant(p["Dense_0"]["kernel"])
-    xq = quant.uniform(8, symmetric=False).fake_quant(x)
+    xq = quant.uniform(8, symmetric=False, axis=0).fake_quant(x)
     np.testing.assert_allclose(m.apply(p, x), xq @ wq + p["Dense_0"]["bias"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(m.apply(p, x), models.linear_regression(3).apply(p, x), atol=1e-7)
 
@@ -182,3 +182,14 @@ def test_from_flax_with_policy_needs_a_layers_field():
     assert jax.jit(m.apply)(p, x).shape == (16, 2)
     with pytest.raises(TypeError, match="layers"):
         models.from_flax(nn.Dense(3), policy="full")
+
+
+def test_preset_predictions_do_not_depend_on_the_rest_of_the_batch():
+    """Activation ranges are per example (axis 0), so evaluation batching cannot change results."""
+    m = models.mlp(hidden=(8,), num_outputs=3, policy="mixed")
+    x, _ = _xy(6)
+    p = np_params(m, x)
+    run = jax.jit(lambda p, x: m.apply(p, x))
+    whole = np.asarray(run(p, x))
+    halves = np.concatenate([np.asarray(run(p, x[:3])), np.asarray(run(p, x[3:] * 1.0))])
+    np.testing.assert_array_equal(whole, halves)

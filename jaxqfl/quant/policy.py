@@ -28,7 +28,7 @@ Presets (``preset(name)``), named as users say them:
 ==========  ===============================================================
 ``none``    float32 everywhere (no rules)
 ``full``    int8 weights (symmetric, per output channel) and int8 inputs
-            (asymmetric, per tensor, min-max) for every layer
+            (asymmetric, min-max, per example) for every layer
 ``half``    every parameter and layer input in bfloat16
 ``mixed``   first and last layers as ``full`` (8-bit), the other layers
             4-bit weights and 4-bit inputs
@@ -36,14 +36,21 @@ Presets (``preset(name)``), named as users say them:
 ``w8``      int8 weights only (float inputs)
 ``log4``    4-bit power-of-two weights (Miyashita et al. 2016), float inputs
 ``nf4``     NF4 weights per output channel, float inputs
-``fp8``     float8 e4m3 weights and inputs (scaled per tensor)
+``fp8``     float8 e4m3 weights and inputs (scaled per output channel /
+            per example)
 ``lsq4``    LSQ-learned 4-bit weights, 8-bit inputs
 ``binary``  1-bit weights (XNOR-Net scale per output channel), 8-bit inputs;
             first and last layers 8-bit
 ==========  ===============================================================
 
 Kernels' output-channel axis is the last one for Flax ``Dense`` (``[in, out]``)
-and ``Conv`` (``[kh, kw, in, out]``) alike, hence ``axis=-1`` in the presets.
+and ``Conv`` (``[kh, kw, in, out]``) alike, hence ``axis=-1`` for weights in the
+presets. Activations are quantized dynamically with one range per example
+(``axis=0``, the batch axis of a layer input ``[B, ...]``; under the engine's vmap
+over clients that is each client's batch): a prediction then never depends on
+which other examples share its batch, so evaluation batch size does not change
+results, and integer inference can compute the scale on the fly (as per-token
+activation quantization does).
 """
 from __future__ import annotations
 
@@ -219,7 +226,11 @@ def _w8():
 
 
 def _a8():
-    return uniform(8, symmetric=False)
+    return uniform(8, symmetric=False, axis=0)
+
+
+def _a4():
+    return uniform(4, symmetric=False, axis=0)
 
 
 def _preset_none():
@@ -240,7 +251,7 @@ def _preset_mixed():
         (
             Rule(FIRST, _w8(), _a8()),
             Rule(LAST, _w8(), _a8()),
-            Rule(r"(^|/)kernel$", uniform(4, symmetric=True, axis=-1), uniform(4, symmetric=False)),
+            Rule(r"(^|/)kernel$", uniform(4, symmetric=True, axis=-1), _a4()),
         ),
         "mixed",
     )
@@ -263,8 +274,10 @@ def _preset_nf4():
 
 
 def _preset_fp8():
-    e4m3 = cast("float8_e4m3fn", scaled=True)
-    return Policy((Rule(r"(^|/)kernel$", e4m3, e4m3),), "fp8")
+    return Policy(
+        (Rule(r"(^|/)kernel$", cast("float8_e4m3fn", scaled=True, axis=-1), cast("float8_e4m3fn", scaled=True, axis=0)),),
+        "fp8",
+    )
 
 
 def _preset_lsq4():

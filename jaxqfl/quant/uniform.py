@@ -36,7 +36,9 @@ Gradient estimator of ``fake_quant`` (``ste``): ``'clipped'`` passes ``dL/dy`` w
 ``q_min - 1/2 <= x / s + z <= q_max + 1/2`` (where clipping changes nothing beyond
 rounding; the half step keeps the tensor's own extremes inside despite float
 round-off in ``s``), and zero outside (binary: ``|x / s| <= 1``, the hardtanh STE of
-Hubara et al. 2016); ``'identity'`` passes it everywhere.
+Hubara et al. 2016); ``'identity'`` passes it everywhere. With absmax / min-max
+statistics (``bits >= 2``) every element lies in range by construction, so the
+clipped STE is computed as the identity.
 """
 from __future__ import annotations
 
@@ -181,7 +183,10 @@ def uniform(
             return jnp.abs(v) <= 1.0
         return (v >= qmin - 0.5) & (v <= qmax + 0.5)
 
-    fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" else None)
+    # With absmax / min-max statistics the grid covers the whole tensor, so the clipped
+    # STE's mask is all true by construction: compute it as the identity (no residual).
+    covers = bits > 1 and scale_method in ("absmax", "minmax")
+    fake_quant = straight_through(quantize, dequantize, in_range if ste == "clipped" and not covers else None)
     kind = "binary" if bits == 1 else ("sym" if symmetric else "asym")
     name = f"int{bits}/{kind}/{scale_method}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
     return Quantizer(quantize, dequantize, fake_quant, bits, name, stochastic)
