@@ -24,10 +24,9 @@ cohort's rows sharded over "clients", indexed by slot. ``round_program`` is the
 one round both compile.
 
 Local steps: every step's batch rows are drawn before the step scan (one
-vectorised draw, same keys), and step 0 runs before the scan, while the clients
-of a chunk still share the received params (its forward pass is one wide
-matmul; the per-client copies are first written by its update). A
-``local_steps`` schedule never masks a step, so its steps skip the select.
+vectorised draw with the same keys, so the scan body is only gather, loss,
+gradient and update). A ``local_steps`` schedule never masks a step, so its
+steps skip the select over the params.
 
 Outputs are replicated over the mesh, and the initial state is computed by a
 program with replicated outputs, so under ``jax.distributed`` every process
@@ -59,7 +58,6 @@ from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.tasks import Task, for_num_classes
 
 FLOAT_BITS = 32
-_PEEL_FIRST_STEP = True
 
 
 class DeviceData(NamedTuple):
@@ -233,15 +231,7 @@ def round_program(
         # Every step's batch rows and masks at once (vectorised), then a scan over the steps.
         steps = jnp.arange(S, dtype=jnp.int32)
         batches = (steps, jax.vmap(lambda s: step_batch(plan, ckey, count, s))(steps))
-        if _PEEL_FIRST_STEP:
-            # Step 0 outside the scan: under the chunk's vmap the clients still share the
-            # received params, so its forward pass is one wide matmul and no per-client
-            # copy of the params exists before the first update writes one.
-            local, first = local_step(local, jax.tree.map(lambda a: a[0], batches))
-            local, rest = jax.lax.scan(local_step, local, jax.tree.map(lambda a: a[1:], batches))
-            losses, active = (jnp.concatenate([a[None], b]) for a, b in zip(first, rest))
-        else:
-            local, (losses, active) = jax.lax.scan(local_step, local, batches)
+        local, (losses, active) = jax.lax.scan(local_step, local, batches)
         delta = algorithm.client_final(local, start)
         if uplink is not None:
             msg, new_cstate["uplink"] = uplink.encode(delta, cstate["uplink"], keys.purpose_key(ckey, keys.UPLINK))
