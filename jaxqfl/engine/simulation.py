@@ -136,18 +136,23 @@ class ClientLayout(NamedTuple):
 
 
 def client_layout(
-    population: Population, model, schedule: LocalSchedule, cohort_size: int, num_devices: int,
-    chunk_size: int | None, platform: str,
+    population: Population, model, algorithm: Algorithm, schedule: LocalSchedule, cohort_size: int,
+    num_devices: int, chunk_size: int | None, device,
 ) -> ClientLayout:
-    """The padded layout of a cohort, with the chunk size chosen for ``platform`` when None."""
+    """The padded layout of a cohort; the chunk size from ``jaxqfl.engine.chunking`` when None."""
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
-    num_params = _num_params(jax.eval_shape(model.init, jax.random.key(0), sample_x))
+    params = jax.eval_shape(model.init, jax.random.key(0), sample_x)
+    num_params = _num_params(params)
     per_device0 = math.ceil(cohort_size / num_devices)
-    features = int(np.prod(population.feature_shape))
-    chunk = chunk_size or auto_chunk_size(
-        per_device0, num_params, schedule.batch(population.max_count), features, platform
-    )
-    per_device, num_chunks = padded_layout(cohort_size, num_devices, chunk)
+    if chunk_size is None:
+        opt_state = jax.eval_shape(algorithm.client_init, params).opt_state
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        chunk_size = auto_chunk_size(
+            per_device0, num_params, schedule.batch(population.max_count),
+            int(np.prod(population.feature_shape)), device.platform, num_devices=num_devices,
+            optimizer_floats=_num_params(opt_state), device_memory=(stats or {}).get("bytes_limit"),
+        )
+    per_device, num_chunks = padded_layout(cohort_size, num_devices, chunk_size)
     return ClientLayout(cohort_size, num_devices, per_device // num_chunks, num_chunks, per_device, num_params)
 
 
@@ -378,7 +383,7 @@ def build(
         counts=jax.device_put(population.counts.astype(np.int32), replicated),
     )
     C, M = population.num_clients, cohort_size
-    layout = client_layout(population, model, schedule, M, D, chunk_size, jax.devices()[0].platform)
+    layout = client_layout(population, model, algorithm, schedule, M, D, chunk_size, mesh.devices.flat[0])
     one_round = round_program(
         model, algorithm, schedule, task, mesh, layout,
         num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,

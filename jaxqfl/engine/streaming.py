@@ -126,7 +126,7 @@ def build_streaming(
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P(CLIENTS))
     C, M = population.num_clients, cohort_size
-    layout = client_layout(population, model, schedule, M, D, chunk_size, jax.devices()[0].platform)
+    layout = client_layout(population, model, algorithm, schedule, M, D, chunk_size, mesh.devices.flat[0])
     one_round = round_program(
         model, algorithm, schedule, task, mesh, layout,
         num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
