@@ -16,7 +16,7 @@ MODES = [(b, sym) for b in range(1, 9) for sym in (True, False) if not (b == 1 a
 
 
 # A few fixed shapes keep XLA's compilation caches warm across hypothesis examples.
-SHAPES = [(7,), (3, 5), (2, 3, 4)]
+SHAPES = [(7,), (2, 3, 4)]
 
 
 def _finite_arrays(max_dims=3):
@@ -25,7 +25,7 @@ def _finite_arrays(max_dims=3):
     )
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(x=_finite_arrays(), mode=st.sampled_from(MODES), stochastic=st.booleans(), per_channel=st.booleans(), seed=st.integers(0, 2**16))
 def test_codes_lie_in_range_with_smallest_dtype(x, mode, stochastic, per_channel, seed):
     bits, symmetric = mode
@@ -43,7 +43,7 @@ def test_codes_lie_in_range_with_smallest_dtype(x, mode, stochastic, per_channel
     assert np.all(np.isfinite(y))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(bits=st.integers(2, 8), symmetric=st.booleans(), k=st.integers(-6, 6), data=st.data())
 def test_values_on_the_grid_round_trip_exactly(bits, symmetric, k, data):
     lo, hi = quant.code_range(bits, symmetric)
@@ -62,7 +62,7 @@ def test_values_on_the_grid_round_trip_exactly(bits, symmetric, k, data):
     np.testing.assert_array_equal(np.asarray(y), x.astype(np.float32))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(x=_finite_arrays(), bits=st.integers(2, 8), symmetric=st.booleans(), axis=st.sampled_from([None, 0, -1]))
 def test_round_to_nearest_error_at_most_half_a_step(x, bits, symmetric, axis):
     q = quant.uniform(bits, symmetric=symmetric, axis=axis)

@@ -49,13 +49,6 @@ def _qtensor_bytes(q: QTensor, bits: int) -> tuple[int, int]:
     return math.ceil(n * bits / 8) + extra, _nbytes(q.codes) + extra
 
 
-def _set(tree: dict, names: list[str], value):
-    node = tree
-    for n in names[:-1]:
-        node = node[n]
-    node[names[-1]] = value
-
-
 def _copy_dicts(tree):
     return {k: _copy_dicts(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 

@@ -9,7 +9,15 @@ precision"): ``sr(x) = floor(x) + 1[u < x - floor(x)]`` with ``u ~ U[0, 1)``.
 It is unbiased, ``E[sr(x)] = x``, and its variance is ``p (1 - p) <= 1/4`` with
 ``p = x - floor(x)``.
 
-Both are pure ``jnp`` and take the key as a traced argument, so they work under
+Built on these, for non-uniform grids:
+
+* ``round_to_grid_index(x, grid, key)``: onto an arbitrary sorted 1-D grid
+  (codebooks, NF4), nearest or unbiased between the two neighbouring points;
+* ``round_pow2(x, key)``: onto powers of two, nearest (linear domain) or
+  unbiased (natural compression, Horvath et al. 2019), with the exponent taken
+  exactly from ``frexp`` (``floor_log2``), not from a rounded ``log2``.
+
+All are pure ``jnp`` and take the key as a traced argument, so they work under
 ``jit``, ``vmap`` (per-client keys) and ``grad`` (no gradient flows through them;
 estimators are defined by the callers' ``custom_vjp``).
 """
