@@ -231,7 +231,7 @@ def main():
         "benchmark": "quant_accuracy",
         "model": arch,
         "centralized": f"{args.epochs} epochs of SGD (momentum 0.9, lr {args.central_lr}, batch {args.batch_size}) "
-                       "on the 60,000 training images",
+                       "on the 24,345 training images of the shared MNIST file",
         "federated": f"FedAvg, MNIST Dirichlet({args.alpha}) over {args.num_clients} clients, {args.cohort_size} "
                      f"per round, {args.rounds} rounds, 1 local epoch (batch {args.batch_size}, lr {args.client_lr}), "
                      "server SGD lr 1",
