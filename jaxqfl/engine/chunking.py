@@ -19,6 +19,10 @@ Measured on a 2-core EPYC (L2 1 MiB, L3 32 MiB, 2 devices): the MLP 784-200-62
 (w = 1.4 MB) is fastest at 2-5 clients per chunk and 1.5x slower at 25;
 logistic regression 60 -> 10 (w = 7 KB) is fastest at 25-100 and 1.2x slower at 500.
 
+CPU, models with convolutions: one client per chunk. XLA:CPU runs a vmapped
+convolution (per-client kernels) as a grouped convolution, which was 2.5x
+slower for the McMahan CNN than training the chunk's clients one at a time.
+
 Accelerators (GPU/TPU): the whole per-device share, so thousands of clients fill
 the chip, unless its working set exceeds half of the device's memory; then the
 widest chunk that fits.
@@ -82,6 +86,7 @@ def auto_chunk_size(
     num_devices: int = 1,
     optimizer_floats: int = 0,
     device_memory: int | None = None,
+    has_convolutions: bool = False,
 ) -> int:
     """Default chunk size for ``platform`` ("cpu", "gpu", "tpu"); see the module docstring."""
     if clients_per_device < 1:
@@ -90,6 +95,8 @@ def auto_chunk_size(
     if platform != "cpu":
         budget = (device_memory or DEFAULT_ACCELERATOR_BYTES) // 2
         return _balanced(clients_per_device, max(1, budget // w))
+    if has_convolutions:
+        return 1
     l2, l3 = cpu_caches()
     if l2 // w >= MIN_L2_CHUNK:
         chunk = l2 // w

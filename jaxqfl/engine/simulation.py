@@ -26,7 +26,9 @@ one round both compile.
 Local steps: every step's batch rows are drawn before the step scan (one
 vectorised draw with the same keys, so the scan body is only gather, loss,
 gradient and update). A ``local_steps`` schedule never masks a step, so its
-steps skip the select over the params.
+steps skip the select over the params. On CPU the step's gradient is evaluated
+with its convolutions in XLA:CPU's canonical order (``conv_layout``): inside a
+scan XLA:CPU leaves them in autodiff's order and runs them ~10x slower.
 
 Outputs are replicated over the mesh, and the initial state is computed by a
 program with replicated outputs, so under ``jax.distributed`` every process
@@ -53,6 +55,7 @@ from jaxqfl import keys
 from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
 from jaxqfl.engine.chunking import auto_chunk_size, padded_layout
+from jaxqfl.engine.conv_layout import canonical_convolutions, contains_convolution
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.tasks import Task, for_num_classes
@@ -151,6 +154,7 @@ def client_layout(
             per_device0, num_params, schedule.batch(population.max_count),
             int(np.prod(population.feature_shape)), device.platform, num_devices=num_devices,
             optimizer_floats=_num_params(opt_state), device_memory=(stats or {}).get("bytes_limit"),
+            has_convolutions=contains_convolution(jax.make_jaxpr(model.apply)(params, sample_x).jaxpr),
         )
     per_device, num_chunks = padded_layout(cohort_size, num_devices, chunk_size)
     return ClientLayout(cohort_size, num_devices, per_device // num_chunks, num_chunks, per_device, num_params)
@@ -194,6 +198,10 @@ def round_program(
     float_bits = FLOAT_BITS * layout.num_params
     # A local_steps schedule never masks a step: skip the per-step select over the params.
     every_step_active = schedule.local_steps is not None
+    if mesh.devices.flat[0].platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout
+        value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f))
+    else:
+        value_and_grad = jax.value_and_grad
 
     def client_update(params, cid, slot, valid, cstate, data, rkey):
         """One client's round: receive, train, encode. Returns (decoded delta, stats, new state).
@@ -227,7 +235,7 @@ def round_program(
                 per_example = task.loss(model.apply(p, xb, key=mkey), yb)
                 return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
 
-            loss, grads = jax.value_and_grad(loss_fn)(local.params)
+            loss, grads = value_and_grad(loss_fn)(local.params)
             stepped = algorithm.client_step(local, grads)
             if every_step_active:
                 return stepped, (loss, sb.active)
@@ -262,7 +270,13 @@ def round_program(
             )
         to_chunks = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
         xs = (to_chunks(ids), to_chunks(slots), to_chunks(valid), jax.tree.map(to_chunks, cstates))
-        vmapped = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, None, None))
+        if chunk > 1:
+            vmapped = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, None, None))
+        else:  # one client per chunk: no vmap (XLA:CPU runs vmapped convolutions as slow grouped ones)
+            def vmapped(params, cids, cslots, cvalid, cst, data, rkey):
+                first = lambda tree: jax.tree.map(lambda a: a[0], tree)
+                out = client_update(params, cids[0], cslots[0], cvalid[0], first(cst), data, rkey)
+                return jax.tree.map(lambda a: jnp.asarray(a)[None], out)
         zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0), jnp.float32(0.0))
 
         def chunk_body(acc, x):
