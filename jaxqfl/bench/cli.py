@@ -1,0 +1,140 @@
+"""jaxqfl bench: time jaxqfl rounds against the roofline floor and a per-client Python loop.
+
+For each workload (mlp, tiny, cnn, big, qfl; see jaxqfl.bench.workloads) it
+measures, in one process: this machine's matmul FLOP/s and copy GB/s, the
+round's analytic FLOPs and bytes, the compile time and median round time of
+jaxqfl, and the median round time of a FedJAX-style loop over the cohort that
+calls a jitted per-client lax.scan. It writes OUT/NAME.json and OUT/NAME.md
+(the markdown table) and prints the table.
+
+On a CPU the host is split into one XLA device per core (--devices, default:
+all cores), so the cohort's shares train in parallel; the loop runs on one
+device with XLA's intra-op threads, as it would on its own.
+
+Examples:
+    jaxqfl bench                                   # all workloads
+    jaxqfl bench --workloads mlp,tiny --out /tmp/b
+    jaxqfl bench --workloads mlp --chunk-size 4 --devices 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+
+DEFAULT_OUT = pathlib.Path("benchmarks") / "results"
+KNOWN = ("mlp", "tiny", "cnn", "big", "qfl")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _workloads(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in KNOWN]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--workloads takes a comma-separated subset of {','.join(KNOWN)}, got {text!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workloads", type=_workloads, default=list(KNOWN),
+                   help=f"comma-separated subset of {','.join(KNOWN)} (default: all)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for NAME.json and NAME.md (default: %(default)s)")
+    p.add_argument("--name", default="bench", help="file name stem of the results (default: %(default)s)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
+    p.add_argument("--devices", type=_positive_int, default=None,
+                   help="devices in the mesh; on a CPU also the number of XLA host devices (default: CPU cores)")
+    p.add_argument("--rounds", type=_positive_int, default=5,
+                   help="timed rounds of each (jaxqfl and loop, interleaved); medians reported (default: 5)")
+    p.add_argument("--no-loop", action="store_true", help="skip the per-client loop reference")
+    p.add_argument("--mnist-path", default=None, help="mnist.npz for the cnn workload (default: shared/data/mnist)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad flag combinations and set the CPU device split, before JAX starts."""
+    if "cnn" in args.workloads:
+        from jaxqfl.bench.workloads import DEFAULT_MNIST
+
+        path = pathlib.Path(args.mnist_path) if args.mnist_path else DEFAULT_MNIST
+        if not path.is_file():
+            parser.error(f"the cnn workload needs mnist.npz: {str(path)!r} is not a file (pass --mnist-path)")
+        args.mnist_path = str(path)
+    # XLA reads XLA_FLAGS when the backend starts (first device use), not at ``import jax``.
+    cpu_devices = args.devices or os.cpu_count() or 1
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        flag = f"--xla_force_host_platform_device_count={cpu_devices}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
+def _qfl_available() -> str | None:
+    """None when QAT and codecs are importable, else why not."""
+    try:
+        from jaxqfl.compress import from_spec  # noqa: F401
+        from jaxqfl.models import qat  # noqa: F401
+    except ImportError as e:
+        return f"qfl skipped: {e}"
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    import gc
+
+    import jax
+
+    from jaxqfl.bench import machine, report, runner, workloads
+
+    info = machine.describe()
+    if info["backend"] == "cpu" and args.devices and info["num_devices"] < args.devices:
+        print(f"warning: JAX started with {info['num_devices']} CPU device(s), not --devices {args.devices} "
+              "(XLA_FLAGS was set too late or overridden)", flush=True)
+    print(f"machine: {info['cpu']}, {info['cpu_cores']} cores; {info['backend']} x {info['num_devices']}", flush=True)
+    first_peaks = machine.measure_peaks()
+    print(f"peaks: {first_peaks.flops / 1e9:.0f} GFLOP/s matmul, {first_peaks.bandwidth / 1e9:.1f} GB/s copy",
+          flush=True)
+    num_devices = args.devices if args.devices is None or args.devices <= len(jax.devices()) else None
+    results, notes = [], []
+    for name in args.workloads:
+        if name == "qfl" and (why := _qfl_available()):
+            notes.append(why)
+            print(why, flush=True)
+            continue
+        print(f"[{name}] building", flush=True)
+        w = workloads.WORKLOADS[name](mnist_path=args.mnist_path)
+        r = runner.bench_workload(
+            w, first_peaks, rounds=args.rounds, chunk_size=args.chunk_size,
+            num_devices=num_devices, run_loop=not args.no_loop, seed=args.seed,
+        )
+        results.append(r)
+        print(report.markdown_table([r]).splitlines()[-1], flush=True)
+        del w
+        gc.collect()
+    # The floors use the best peaks seen (start or end of the run): a peak measured while
+    # other processes share the cores is too low and would flatter the time / floor ratios.
+    last_peaks = machine.measure_peaks()
+    peaks = machine.Peaks(max(first_peaks.flops, last_peaks.flops), max(first_peaks.bandwidth, last_peaks.bandwidth))
+    for r in results:
+        runner.set_floor(r, peaks)
+    payload = {
+        "machine": info,
+        "peaks": peaks._asdict(),
+        "peaks_measured": {"start": first_peaks._asdict(), "end": last_peaks._asdict()},
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "results": results,
+        "notes": notes,
+    }
+    json_path, md_path = report.write(args.out, args.name, payload)
+    print()
+    print(report.markdown_table(results))
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
