@@ -51,21 +51,11 @@ def run_one(population, spec: str, args) -> dict:
         uplink=uplink,
     )
     result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed)
-    # a clean timing of one block after compilation, evaluation excluded
-    state = result.state
-    times = []
-    for _ in range(args.timing_repeats):
-        t0 = time.perf_counter()
-        state, m = sim.run_block(state, args.eval_every)
-        jax.block_until_ready(m)
-        times.append((time.perf_counter() - t0) / args.eval_every)
-    times.sort()
-    return {
+    return sim, result.state, {
         "spec": spec,
         "final_accuracy": result.final["test_accuracy"],
         "best_accuracy": max(r["test_accuracy"] for r in result.records),
         "uplink_bits_total": result.uplink_bits_total,
-        "seconds_per_round": times[len(times) // 2],
         "compile_seconds": result.compile_seconds,
         "curve": [(r["round"], r["test_accuracy"], r["uplink_bits_total"]) for r in result.records],
     }
@@ -79,7 +69,7 @@ def main():
     p.add_argument("--cohort-size", type=int, default=10)
     p.add_argument("--client-lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timing-repeats", type=int, default=5)
+    p.add_argument("--timing-repeats", type=int, default=7)
     p.add_argument("--only", default=None, help="comma-separated subset of specs")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
     args = p.parse_args()
@@ -87,12 +77,24 @@ def main():
     population = data.build("mnist", data_path=args.data_path, num_clients=100, partition="dirichlet",
                             alpha=0.5, seed=args.seed)
     codecs = CODECS if args.only is None else [c for c in CODECS if c[1] in args.only.split(",")]
-    rows = []
+    rows, sims = [], []
     for name, spec in codecs:
-        row = {"name": name, **run_one(population, spec, args)}
-        rows.append(row)
-        print(f"{name:14s} acc {row['final_accuracy']:.4f}  uplink {row['uplink_bits_total'] / 8e6:9.2f} MB  "
-              f"{row['seconds_per_round'] * 1e3:7.1f} ms/round", flush=True)
+        sim, state, row = run_one(population, spec, args)
+        rows.append({"name": name, **row})
+        sims.append([sim, state])
+        print(f"{name:14s} acc {row['final_accuracy']:.4f}  uplink {row['uplink_bits_total'] / 8e6:9.2f} MB", flush=True)
+    # Round time after compilation, evaluation excluded, timed round-robin over the codecs so that
+    # a change of load on the machine hits every codec alike; the median of the repeats.
+    times = [[] for _ in sims]
+    for _ in range(args.timing_repeats):
+        for i, entry in enumerate(sims):
+            t0 = time.perf_counter()
+            entry[1], m = entry[0].run_block(entry[1], args.eval_every)
+            jax.block_until_ready(m)
+            times[i].append((time.perf_counter() - t0) / args.eval_every)
+    for row, t in zip(rows, times):
+        row["seconds_per_round"] = sorted(t)[len(t) // 2]
+        print(f"{row['name']:14s} {row['seconds_per_round'] * 1e3:7.1f} ms/round", flush=True)
     base = next((r for r in rows if r["spec"] == "none"), None)
     for r in rows:
         if base is not None:
