@@ -7,8 +7,9 @@ mlp      1,000 clients x 64 random examples (784 features, 62 classes), 100 per
          round; MLP 784-200-62; one local epoch of SGD, batch 16 (4 steps)
 tiny     Synthetic(1, 1) (Li et al. 2020), 1,000 clients, all 1,000 per round;
          multinomial logistic regression 60 -> 10; 20 local SGD steps of batch 10
-cnn      MNIST split IID over 100 clients (600 examples each), 10 per round; the
-         CNN of McMahan et al. 2017; one local epoch of SGD, batch 10 (60 steps)
+cnn      MNIST (the 24,345-image partial training split in shared/data) split IID over
+         100 clients (243-244 examples each), 10 per round; the
+         CNN of McMahan et al. 2017; one local epoch of SGD, batch 10 (25 steps)
 big      ``mlp`` at 10,000 clients per round (population of 10,000)
 qfl      ``mlp`` with int8 quantization-aware training (policy ``"full"``) and an
          8-bit QSGD uplink (``qsgd:127``: 1 sign bit + 7 level bits per coordinate)
@@ -109,7 +110,7 @@ def cnn(*, mnist_path=None, **_) -> Workload:
 
     return Workload(
         "cnn",
-        "McMahan CNN on MNIST (IID, 100 clients x 600 ex.), 10/round, 1 epoch, batch 10",
+        "McMahan CNN on MNIST (partial split: 24,345 images IID over 100 clients), 10/round, 1 epoch, batch 10",
         build("mnist", num_clients=100, partition="iid", data_path=mnist_path or DEFAULT_MNIST),
         models.cnn(10),
         algorithms.fedavg(optax.sgd(0.05)),

@@ -13,11 +13,13 @@ working set decides where those bytes live:
 CPU (caches, a few cores): the widest chunk whose working set stays in the
 core's own L2, when that holds at least ``MIN_L2_CHUNK`` clients (tiny models:
 per-op overhead amortised over many clients, every step in L2); otherwise the
-widest chunk that fits half of this device's share of the last-level cache
-(``L3 / devices / 2``, the other half for the batch rows and temporaries).
-Measured on a 2-core EPYC (L2 1 MiB, L3 32 MiB, 2 devices): the MLP 784-200-62
-(w = 1.4 MB) is fastest at 2-5 clients per chunk and 1.5x slower at 25;
-logistic regression 60 -> 10 (w = 7 KB) is fastest at 25-100 and 1.2x slower at 500.
+widest chunk that fits a quarter of this device's share of the last-level cache
+(``L3 / devices / 4``: the rest holds the update's temporaries -- each step
+writes a gradient as large as the params and then reads both -- and the rows).
+Measured on a 2-core EPYC (L2 1 MiB, L3 32 MiB, 2 devices), round times: the
+MLP 784-200-62 (w = 1.4 MB) 41 ms at 2 or 3 clients per chunk, 52 ms at 5,
+109 ms at 8 (the working set falls out of L3); logistic regression 60 -> 10
+(w = 10 KB) 38 ms at 25-100 clients per chunk, 45 ms at 500.
 
 CPU, models with convolutions: one client per chunk. XLA:CPU runs a vmapped
 convolution (per-client kernels) as a grouped convolution, which was 2.5x
@@ -101,7 +103,7 @@ def auto_chunk_size(
     if l2 // w >= MIN_L2_CHUNK:
         chunk = l2 // w
     else:
-        chunk = l3 // max(1, num_devices) // 2 // w
+        chunk = l3 // max(1, num_devices) // 4 // w
     return _balanced(clients_per_device, max(1, chunk))
 
 
