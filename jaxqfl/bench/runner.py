@@ -133,6 +133,7 @@ def bench_workload(
         "local_steps": w.schedule.num_steps(w.population.max_count),
         "batch_size": w.schedule.batch(w.population.max_count),
         "num_params": c.num_params,
+        "population_bytes": int(w.population.x.nbytes + w.population.y.nbytes),
         "flops_per_round": c.flops,
         "bytes_per_round": c.bytes,
         "forward_flops_per_example": c.forward_flops_per_example,
