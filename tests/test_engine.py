@@ -6,29 +6,9 @@ import optax
 import pytest
 
 from jaxqfl import algorithms, engine, models
-from jaxqfl.data.population import from_client_indices
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
-
-
-def _classification_population(sizes, num_features=6, num_classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    n = int(sum(sizes))
-    x = rng.normal(size=(n, num_features)).astype(np.float32)
-    w = rng.normal(size=(num_features, num_classes))
-    y = np.argmax(x @ w + 0.5 * rng.normal(size=(n, num_classes)), -1).astype(np.int32)
-    bounds = np.cumsum([0, *sizes])
-    idx = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
-    return from_client_indices(x, y, idx, x[:40], y[:40], num_classes)
-
-
-def _regression_population(sizes, num_features=4, seed=1):
-    rng = np.random.default_rng(seed)
-    n = int(sum(sizes))
-    x = rng.normal(size=(n, num_features)).astype(np.float32)
-    y = (x @ rng.normal(size=num_features) + 0.1 * rng.normal(size=n)).astype(np.float32)
-    bounds = np.cumsum([0, *sizes])
-    idx = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
-    return from_client_indices(x, y, idx, x[:20], y[:20], 0)
+from populations import classification_population as _classification_population
+from populations import regression_population as _regression_population
 
 
 def _max_abs_diff(a, b):

@@ -5,17 +5,11 @@ import optax
 import pytest
 
 from jaxqfl import algorithms, compress, engine, models
-from jaxqfl.data.population import from_client_indices
+from populations import regression_population
 
 
-def _regression_population(sizes, num_features=12, seed=1):
-    rng = np.random.default_rng(seed)
-    n = int(sum(sizes))
-    x = rng.normal(size=(n, num_features)).astype(np.float32)
-    y = (x @ rng.normal(size=num_features) + 0.1 * rng.normal(size=n)).astype(np.float32)
-    bounds = np.cumsum([0, *sizes])
-    idx = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
-    return from_client_indices(x, y, idx, x[:20], y[:20], 0)
+def _regression_population(sizes, seed=1):
+    return regression_population(sizes, num_features=12, seed=seed)
 
 
 def _build(pop, *, uplink=None, downlink=None, cohort=None, num_devices=1, chunk_size=None, K=2, lr=0.05):
