@@ -41,6 +41,9 @@ def test_run_writes_metrics_and_summary(tmp_path, capsys):
         (["--server-opt", "lamb"], "invalid choice"),
         (["--partition", "natural", "--dataset", "mnist", "--data-path", __file__], "synthetic only"),
         (["--hidden", "0"], "positive integers"),
+        (["--uplink", "qsgd:0"], "levels"),
+        (["--uplink", "sign+ef", "--integer-aggregation"], "--integer-aggregation needs"),
+        (["--quant", "int3"], "not a preset"),
     ],
 )
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):

@@ -100,6 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--uplink", default="none",
                    help="client->server update codec, e.g. none, qsgd:16, uniform:8, terngrad, sign+ef, natural, "
                         "topk:0.01+ef, randk:0.1, hadamard+qsgd:4 (FedPAQ = FedAvg with an unbiased uplink quantizer)")
+    g.add_argument("--integer-aggregation", action="store_true",
+                   help="sum the uplink codes as integers on a cohort-shared scale (uniform, qsgd, terngrad)")
     g.add_argument("--downlink", default="none",
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
     g = p.add_argument_group("execution")
@@ -148,6 +150,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             setattr(args, f"{flag}_codec", from_spec(getattr(args, flag)))
         except ValueError as e:
             parser.error(f"--{flag} {getattr(args, flag)!r}: {e}")
+    if args.integer_aggregation and getattr(args.uplink_codec, "integer_sum", None) is None:
+        parser.error(f"--integer-aggregation needs an --uplink codec whose codes can be summed as integers "
+                     f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {args.uplink!r}")
     if args.out is None:
         args.out = os.path.join("runs", f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -197,6 +202,7 @@ def main(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         uplink=None if args.uplink == "none" else args.uplink_codec,
         downlink=None if args.downlink == "none" else args.downlink_codec,
+        integer_aggregation=args.integer_aggregation,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

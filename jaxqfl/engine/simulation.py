@@ -53,6 +53,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxqfl import keys
 from jaxqfl.algorithms.fedavg import Algorithm
+from jaxqfl.compress.integer_sum import aggregate_in_integers
 from jaxqfl.data.population import Population
 from jaxqfl.engine.chunking import auto_chunk_size, padded_layout
 from jaxqfl.engine.conv_layout import canonical_convolutions, contains_convolution
@@ -180,7 +181,7 @@ class CohortBlock(NamedTuple):
 
 def round_program(
     model, algorithm: Algorithm, schedule: LocalSchedule, task: Task, mesh, layout: ClientLayout, *,
-    num_clients: int, max_count: int, uplink=None, downlink=None,
+    num_clients: int, max_count: int, uplink=None, downlink=None, integer_aggregation: bool = False,
 ) -> Callable:
     """``one_round(state, data, cohort=None) -> (state, RoundMetrics)``: one FL round, traceable.
 
@@ -189,7 +190,17 @@ def round_program(
     ``data`` is the round's ``CohortBlock`` and ``cohort`` the [M] ids it holds
     (sampled by the host with :func:`sample_cohort`, same keys). Either way a
     client's randomness depends on its id only, so both give the same result.
+
+    ``integer_aggregation=True`` (codecs with ``integer_sum``: uniform, QSGD,
+    TernGrad) aggregates the uplink in the integer domain: every client reports
+    its scale statistic, the cohort's maximum (``pmax`` over devices) is the
+    shared scale, clients quantize against it, and the server sums
+    ``sum_i w_i codes_i`` as int32 (``psum``) and applies the scale once
+    (``jaxqfl.compress.aggregate_in_integers``). Weights are integers (example
+    counts or 1). This needs every client's delta of the device's share at once,
+    so a device holds ``per_device x num_params`` floats instead of one chunk's.
     """
+    isum = check_integer_aggregation(uplink, integer_aggregation)
     C, M, D = num_clients, layout.cohort_size, layout.num_devices
     chunk, num_chunks, per_device = layout.chunk, layout.num_chunks, layout.per_device
     M_pad = layout.padded_cohort
@@ -246,7 +257,9 @@ def round_program(
         batches = (steps, jax.vmap(lambda s: step_batch(plan, ckey, count, s))(steps))
         local, (losses, active) = jax.lax.scan(local_step, local, batches)
         delta = algorithm.client_final(local, start)
-        if uplink is not None:
+        if isum is not None:  # encoded after the cohort's shared scale is known (device_share)
+            decoded, up_bits = delta, jnp.int32(0)
+        elif uplink is not None:
             msg, new_cstate["uplink"] = uplink.encode(delta, cstate["uplink"], keys.purpose_key(ckey, keys.UPLINK))
             decoded = uplink.decode(msg)
             up_bits = uplink.bits(msg)
@@ -291,12 +304,23 @@ def round_program(
                 acc[1] + jnp.sum(w),
                 acc[2] + jnp.sum(w * loss),
             )
+            if isum is not None:  # keep the deltas for the integer-domain sum below
+                return acc, ((ub, db, steps), new_cst, (decoded, w))
             return acc, ((ub, db, steps), new_cst)
 
-        acc, (per_client, new_cstates) = jax.lax.scan(chunk_body, zero, xs)
+        acc, (per_client, new_cstates, *kept) = jax.lax.scan(chunk_body, zero, xs)
         acc = jax.lax.psum(acc, CLIENTS)
         flat = lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:])
-        return acc, jax.tree.map(flat, per_client), jax.tree.map(flat, new_cstates)
+        per_client = jax.tree.map(flat, per_client)
+        if isum is not None:
+            deltas, w = jax.tree.map(flat, kept[0])
+            ckeys = jax.vmap(lambda c: keys.purpose_key(keys.client_key(rkey, c), keys.UPLINK))(ids)
+            agg = aggregate_in_integers(isum, deltas, w.astype(jnp.int32), ckeys, axis_name=CLIENTS)
+            acc = (jax.tree.map(lambda m: m * acc[1], agg.mean), acc[1], acc[2])
+            one_client_codes = jax.tree.map(lambda d: jax.ShapeDtypeStruct(d.shape[1:], jnp.int32), deltas)
+            bits = jnp.asarray(isum.bits(one_client_codes), jnp.int32)
+            per_client = (jnp.full_like(per_client[0], bits), *per_client[1:])
+        return acc, per_client, jax.tree.map(flat, new_cstates)
 
     def one_round(state: ServerState, data, cohort=None):
         rkey = keys.round_key(state.key, state.round)
@@ -341,6 +365,19 @@ def round_program(
     return one_round
 
 
+def check_integer_aggregation(uplink, integer_aggregation: bool):
+    """The uplink's ``IntegerSum`` when integer-domain aggregation is asked for, else None."""
+    if not integer_aggregation:
+        return None
+    if uplink is None or getattr(uplink, "integer_sum", None) is None:
+        raise ValueError(
+            "integer_aggregation needs an uplink codec that can be summed in the integer domain "
+            "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation); "
+            f"got uplink={'None' if uplink is None else 'a codec without integer_sum'}"
+        )
+    return uplink.integer_sum
+
+
 def initial_state(model, algorithm: Algorithm, feature_shape, num_clients: int, *, uplink=None, downlink=None):
     """``init_from_key(run_key) -> ServerState``: round 0, params from ``fold_in(run_key, INIT)``."""
     sample_x = jnp.zeros((1,) + tuple(feature_shape), jnp.float32)
@@ -369,11 +406,13 @@ def build(
     chunk_size: int | None = None,
     uplink=None,
     downlink=None,
+    integer_aggregation: bool = False,
     eval_batch_size: int = 1024,
 ) -> Simulation:
     """Build the round program for ``population`` and ``model`` (any ``(init, apply)`` pair).
 
-    ``uplink`` / ``downlink`` are codecs (``jaxqfl.compress``) or None for 32-bit floats.
+    ``uplink`` / ``downlink`` are codecs (``jaxqfl.compress``) or None for 32-bit floats;
+    ``integer_aggregation`` sums the uplink codes as integers (see ``round_program``).
     ``chunk_size=None`` picks one per backend (``jaxqfl.engine.chunking``).
     """
     if not isinstance(cohort_size, int) or not 1 <= cohort_size <= population.num_clients:
@@ -401,6 +440,7 @@ def build(
     one_round = round_program(
         model, algorithm, schedule, task, mesh, layout,
         num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
+        integer_aggregation=integer_aggregation,
     )
     init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
     num_params, chunk, per_device = layout.num_params, layout.chunk, layout.per_device
