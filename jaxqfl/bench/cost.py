@@ -29,7 +29,7 @@ are not counted: the formula is the work the workload asks for.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +142,3 @@ def round_cost(
     flops = FORWARD_BACKWARD_FACTOR * f * B * S * M
     moved = M * S * (FLOAT_BYTES * (2 * P + 2 * P + 2 * O) + B * row)
     return RoundCost(float(flops), float(moved), M * S, M * S * B, float(f), P, O)
-
-
-
-

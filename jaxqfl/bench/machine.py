@@ -70,9 +70,7 @@ def copy_bandwidth(mebibytes: int = 256, repeats: int = 9) -> float:
         box[0] = scale(box[0])
         box[0].block_until_ready()
 
-    t = _median_seconds(step, repeats)
-    del box
-    return 2 * 4 * n / t
+    return 2 * 4 * n / _median_seconds(step, repeats)
 
 
 def measure_peaks(repeats: int = 7) -> Peaks:
