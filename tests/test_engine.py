@@ -247,3 +247,18 @@ def test_bad_build_arguments_are_refused(kwargs, match):
 def test_bad_schedule_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LocalSchedule(**kwargs)
+
+
+def test_cohort_sampling_is_uniform_without_replacement():
+    """Every client is included with probability M / C; ids are distinct and in range."""
+    from jaxqfl.engine.simulation import sample_cohort
+
+    C, M, R = 50, 10, 4000
+    cohorts = np.asarray(jax.jit(jax.vmap(lambda r: sample_cohort(jax.random.fold_in(jax.random.key(0), r), C, M)))(
+        jnp.arange(R)))
+    assert cohorts.min() >= 0 and cohorts.max() < C
+    assert all(len(set(row)) == M for row in cohorts[:200])
+    counts = np.bincount(cohorts.ravel(), minlength=C)
+    p = M / C
+    sd = np.sqrt(R * p * (1 - p))  # inclusion counts are Binomial(R, M/C) per client
+    assert np.max(np.abs(counts - R * p)) < 5 * sd

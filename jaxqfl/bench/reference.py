@@ -37,6 +37,7 @@ from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
 from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
+from jaxqfl.engine.simulation import sample_cohort as sample_cohort_ids
 from jaxqfl.tasks import Task, for_num_classes
 
 
@@ -131,8 +132,7 @@ def per_client_loop(
     @jax.jit
     def sample_cohort(run_key, round_index):
         rkey = keys.round_key(run_key, round_index)
-        cohort = jax.random.choice(keys.purpose_key(rkey, keys.COHORT), C, (M,), replace=False)
-        return rkey, cohort.astype(jnp.int32)
+        return rkey, sample_cohort_ids(rkey, C, M)
 
     @jax.jit
     def server_step(params, opt_state, acc):
