@@ -372,6 +372,16 @@ def round_program(
     return one_round
 
 
+def check_cohort_and_chunk(population: Population, cohort_size, chunk_size) -> None:
+    """Refuse a cohort outside [1, num_clients] or a chunk size that is not a positive integer."""
+    if not isinstance(cohort_size, int) or not 1 <= cohort_size <= population.num_clients:
+        raise ValueError(
+            f"cohort_size must be an integer in [1, num_clients={population.num_clients}], got {cohort_size!r}"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {chunk_size!r}")
+
+
 def check_integer_aggregation(uplink, integer_aggregation: bool):
     """The uplink's ``IntegerSum`` when integer-domain aggregation is asked for, else None."""
     if not integer_aggregation:
@@ -422,12 +432,7 @@ def build(
     ``integer_aggregation`` sums the uplink codes as integers (see ``round_program``).
     ``chunk_size=None`` picks one per backend (``jaxqfl.engine.chunking``).
     """
-    if not isinstance(cohort_size, int) or not 1 <= cohort_size <= population.num_clients:
-        raise ValueError(
-            f"cohort_size must be an integer in [1, num_clients={population.num_clients}], got {cohort_size!r}"
-        )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {chunk_size!r}")
+    check_cohort_and_chunk(population, cohort_size, chunk_size)
     if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
     task = task or for_num_classes(population.num_classes)

@@ -44,6 +44,7 @@ from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.simulation import (
     CohortBlock,
     ServerState,
+    check_cohort_and_chunk,
     client_layout,
     initial_state,
     round_program,
@@ -108,18 +109,14 @@ def build_streaming(
     chunk_size: int | None = None,
     uplink=None,
     downlink=None,
+    integer_aggregation: bool = False,
     prefetch: bool = True,
 ) -> StreamingSimulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
     """
-    if not isinstance(cohort_size, int) or not 1 <= cohort_size <= population.num_clients:
-        raise ValueError(
-            f"cohort_size must be an integer in [1, num_clients={population.num_clients}], got {cohort_size!r}"
-        )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {chunk_size!r}")
+    check_cohort_and_chunk(population, cohort_size, chunk_size)
     task = task or for_num_classes(population.num_classes)
     mesh = client_mesh(num_devices)
     D = mesh.devices.size
@@ -130,6 +127,7 @@ def build_streaming(
     one_round = round_program(
         model, algorithm, schedule, task, mesh, layout,
         num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
+        integer_aggregation=integer_aggregation,
     )
     init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
     init_program = jax.jit(init_from_key, out_shardings=replicated)
