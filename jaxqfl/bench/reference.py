@@ -37,6 +37,7 @@ from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
 from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
+from jaxqfl.engine.simulation import label_dtype
 from jaxqfl.engine.simulation import sample_cohort as sample_cohort_ids
 from jaxqfl.tasks import Task, for_num_classes
 
@@ -71,7 +72,7 @@ def per_client_loop(
     task = task or for_num_classes(population.num_classes)
     device = device or jax.devices()[0]
     C, M = population.num_clients, cohort_size
-    y_dtype = np.int32 if population.is_classification else np.float32
+    y_dtype = label_dtype(population)
     put = lambda a: jax.device_put(a, device)
     x = put(population.x.astype(np.float32, copy=False))
     y = put(population.y.astype(y_dtype, copy=False))

@@ -372,6 +372,43 @@ def round_program(
     return one_round
 
 
+def label_dtype(population: Population):
+    """Labels travel as int32 class ids (classification) or float32 targets (regression)."""
+    return np.int32 if population.is_classification else np.float32
+
+
+class RoundSetup(NamedTuple):
+    """What ``build`` and ``build_streaming`` share: the checked layout and the round program."""
+
+    task: Task
+    mesh: Any
+    layout: ClientLayout
+    one_round: Callable  # round_program(...)
+    init_from_key: Callable  # initial_state(...)
+    init_program: Callable  # jitted init_from_key, replicated output (multi-process safe)
+
+
+def setup_round(
+    population: Population, model, algorithm: Algorithm, schedule: LocalSchedule, *, cohort_size, task,
+    num_devices, chunk_size, uplink, downlink, integer_aggregation: bool,
+) -> RoundSetup:
+    """Check the arguments, build the mesh, the client layout and the round program."""
+    check_cohort_and_chunk(population, cohort_size, chunk_size)
+    task = task or for_num_classes(population.num_classes)
+    mesh = client_mesh(num_devices)
+    C = population.num_clients
+    layout = client_layout(population, model, algorithm, schedule, cohort_size, mesh.devices.size, chunk_size,
+                           mesh.devices.flat[0])
+    one_round = round_program(
+        model, algorithm, schedule, task, mesh, layout,
+        num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
+        integer_aggregation=integer_aggregation,
+    )
+    init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
+    init_program = jax.jit(init_from_key, out_shardings=NamedSharding(mesh, P()))
+    return RoundSetup(task, mesh, layout, one_round, init_from_key, init_program)
+
+
 def check_cohort_and_chunk(population: Population, cohort_size, chunk_size) -> None:
     """Refuse a cohort outside [1, num_clients] or a chunk size that is not a positive integer."""
     if not isinstance(cohort_size, int) or not 1 <= cohort_size <= population.num_clients:
@@ -432,29 +469,21 @@ def build(
     ``integer_aggregation`` sums the uplink codes as integers (see ``round_program``).
     ``chunk_size=None`` picks one per backend (``jaxqfl.engine.chunking``).
     """
-    check_cohort_and_chunk(population, cohort_size, chunk_size)
     if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
-    task = task or for_num_classes(population.num_classes)
-    mesh = client_mesh(num_devices)
+    task, mesh, layout, one_round, init_from_key, init_program = setup_round(
+        population, model, algorithm, schedule, cohort_size=cohort_size, task=task, num_devices=num_devices,
+        chunk_size=chunk_size, uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation,
+    )
     D = mesh.devices.size
     replicated = NamedSharding(mesh, P())
-
-    y_dtype = np.int32 if population.is_classification else np.float32
     data = DeviceData(
         x=jax.device_put(population.x.astype(np.float32, copy=False), replicated),
-        y=jax.device_put(population.y.astype(y_dtype, copy=False), replicated),
+        y=jax.device_put(population.y.astype(label_dtype(population), copy=False), replicated),
         offsets=jax.device_put(population.offsets.astype(np.int32), replicated),
         counts=jax.device_put(population.counts.astype(np.int32), replicated),
     )
-    C, M = population.num_clients, cohort_size
-    layout = client_layout(population, model, algorithm, schedule, M, D, chunk_size, mesh.devices.flat[0])
-    one_round = round_program(
-        model, algorithm, schedule, task, mesh, layout,
-        num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
-        integer_aggregation=integer_aggregation,
-    )
-    init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
+    M = cohort_size
     num_params, chunk, per_device = layout.num_params, layout.chunk, layout.per_device
 
     traces = [0]
@@ -473,9 +502,6 @@ def build(
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
     compiled: dict[int, Any] = {}
-
-    # One program, every process computes the same replicated state (multi-process safe).
-    init_program = jax.jit(init_from_key, out_shardings=replicated)
 
     def init(seed: int) -> ServerState:
         return init_program(jax.random.key(seed))
@@ -533,7 +559,7 @@ def _build_evaluate(population: Population, model, task: Task, mesh, eval_batch_
     eb = min(eval_batch_size, math.ceil(n / D))
     per_device = math.ceil(n / (D * eb)) * eb
     pad = per_device * D - n
-    y_dtype = np.int32 if population.is_classification else np.float32
+    y_dtype = label_dtype(population)
     x = np.concatenate([population.x_test.astype(np.float32), np.zeros((pad,) + population.feature_shape, np.float32)])
     y = np.concatenate([population.y_test.astype(y_dtype), np.zeros((pad,), y_dtype)])
     mask = np.arange(per_device * D) < n

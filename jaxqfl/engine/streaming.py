@@ -39,18 +39,10 @@ from jax.sharding import PartitionSpec as P
 from jaxqfl import keys
 from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
-from jaxqfl.engine.mesh import CLIENTS, client_mesh
+from jaxqfl.engine.mesh import CLIENTS
 from jaxqfl.engine.schedule import LocalSchedule
-from jaxqfl.engine.simulation import (
-    CohortBlock,
-    ServerState,
-    check_cohort_and_chunk,
-    client_layout,
-    initial_state,
-    round_program,
-    sample_cohort,
-)
-from jaxqfl.tasks import Task, for_num_classes
+from jaxqfl.engine.simulation import CohortBlock, ServerState, label_dtype, sample_cohort, setup_round
+from jaxqfl.tasks import Task
 
 
 class StreamStats(NamedTuple):
@@ -116,22 +108,15 @@ def build_streaming(
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
     """
-    check_cohort_and_chunk(population, cohort_size, chunk_size)
-    task = task or for_num_classes(population.num_classes)
-    mesh = client_mesh(num_devices)
+    _, mesh, layout, one_round, init_from_key, init_program = setup_round(
+        population, model, algorithm, schedule, cohort_size=cohort_size, task=task, num_devices=num_devices,
+        chunk_size=chunk_size, uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation,
+    )
     D = mesh.devices.size
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P(CLIENTS))
     C, M = population.num_clients, cohort_size
-    layout = client_layout(population, model, algorithm, schedule, M, D, chunk_size, mesh.devices.flat[0])
-    one_round = round_program(
-        model, algorithm, schedule, task, mesh, layout,
-        num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
-        integer_aggregation=integer_aggregation,
-    )
-    init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
-    init_program = jax.jit(init_from_key, out_shardings=replicated)
-    y_dtype = np.int32 if population.is_classification else np.float32
+    y_dtype = label_dtype(population)
 
     @jax.jit
     def cohort_program(run_key_data, r):
