@@ -55,23 +55,24 @@ def quantize_param(module: nn.Module, binding: Binding, name: str, value):
         if q is None:
             raise ValueError(f"parameter {path!r} is an exported QTensor but the policy has no quantizer for it")
         return q.dequantize(value)
-    if q is None:
-        return value
-    if isinstance(q, LearnedQuantizer):
-        p = module.param(f"{name}{STATE_MARK}{q.param_name}", lambda _rng: q.init(value))
-        return q.fake_quant(value, p, _key(module, q))
-    return q.fake_quant(value, _key(module, q))
+    return _fake_quant(module, q, value, name)
 
 
 def quantize_input(module: nn.Module, binding: Binding, x):
     """The layer input after the binding's activation quantizer (identity if none)."""
     q = binding.activation(_layer_path(module))
+    return _fake_quant(module, q, x, "input")
+
+
+def _fake_quant(module: nn.Module, q, value, owner: str):
+    """``q``'s fake quantization of ``value`` (identity if ``q`` is None); a learned
+    quantizer's parameter lives in ``module`` as ``{owner}{STATE_MARK}{param_name}``."""
     if q is None:
-        return x
+        return value
     if isinstance(q, LearnedQuantizer):
-        p = module.param(f"input{STATE_MARK}{q.param_name}", lambda _rng: q.init(x))
-        return q.fake_quant(x, p, _key(module, q))
-    return q.fake_quant(x, _key(module, q))
+        p = module.param(f"{owner}{STATE_MARK}{q.param_name}", lambda _rng: q.init(value))
+        return q.fake_quant(value, p, _key(module, q))
+    return q.fake_quant(value, _key(module, q))
 
 
 class QDense(nn.Module):

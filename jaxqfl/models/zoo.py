@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxqfl.models.core import Model, from_flax
 
