@@ -19,21 +19,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
+
+from jaxqfl.cli.argtypes import positive_int as _positive_int
 
 DEFAULT_OUT = pathlib.Path("benchmarks") / "results"
 KNOWN = ("mlp", "tiny", "cnn", "big", "qfl")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _workloads(text: str) -> list[str]:
@@ -62,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse bad flag combinations and set the CPU device split, before JAX starts."""
+    """Refuse bad flag combinations before any work."""
     if "cnn" in args.workloads:
         from jaxqfl.bench.workloads import DEFAULT_MNIST
 
@@ -70,21 +61,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not path.is_file():
             parser.error(f"the cnn workload needs mnist.npz: {str(path)!r} is not a file (pass --mnist-path)")
         args.mnist_path = str(path)
-    # XLA reads XLA_FLAGS when the backend starts (first device use), not at ``import jax``.
-    cpu_devices = args.devices or os.cpu_count() or 1
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        flag = f"--xla_force_host_platform_device_count={cpu_devices}"
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-
-
-def _qfl_available() -> str | None:
-    """None when QAT and codecs are importable, else why not."""
-    try:
-        from jaxqfl.compress import from_spec  # noqa: F401
-        from jaxqfl.models import qat  # noqa: F401
-    except ImportError as e:
-        return f"qfl skipped: {e}"
-    return None
+    # The CPU device split (--devices, default one per core) is set by jaxqfl.cli.main before this runs.
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,10 +82,6 @@ def main(args: argparse.Namespace) -> int:
     num_devices = args.devices if args.devices is None or args.devices <= len(jax.devices()) else None
     results, notes = [], []
     for name in args.workloads:
-        if name == "qfl" and (why := _qfl_available()):
-            notes.append(why)
-            print(why, flush=True)
-            continue
         print(f"[{name}] building", flush=True)
         w = workloads.WORKLOADS[name](mnist_path=args.mnist_path)
         r = runner.bench_workload(

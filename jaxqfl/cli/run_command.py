@@ -17,6 +17,9 @@ import os
 import pathlib
 import time
 
+from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
+from jaxqfl.cli.argtypes import positive_float as _positive_float
+from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
 
 SERVER_OPTS = ("sgd", "momentum", "adam", "yogi", "adagrad")
@@ -28,35 +31,6 @@ DEFAULTS = {
     "mnist": {"model": "mlp", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
               "local_epochs": 1, "batch_size": 32, "eval_every": 5},
 }
-
-
-def _int_at_least(lowest: int, what: str):
-    """An argparse type: an integer >= ``lowest``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < lowest:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
-        return v
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "positive")
-_nonneg_int = _int_at_least(0, "non-negative")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return v
 
 
 def _hidden(text: str) -> tuple[int, ...]:
