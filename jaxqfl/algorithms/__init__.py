@@ -1,8 +1,14 @@
-"""Client and server update rules (the FedAvg family)."""
-from jaxqfl.algorithms.fedavg import (
-    SERVER_OPTIMIZERS,
+"""FL algorithms on the round protocol (``jaxqfl.algorithms.base``)."""
+from jaxqfl.algorithms.base import (
     WEIGHTINGS,
     Algorithm,
+    ClientInfo,
+    ClientOutput,
+    ServerInfo,
+    ServerMessage,
+)
+from jaxqfl.algorithms.fedavg import (
+    SERVER_OPTIMIZERS,
     ClientLocalState,
     fedavg,
     fedsgd,
@@ -11,8 +17,12 @@ from jaxqfl.algorithms.fedavg import (
 
 __all__ = [
     "Algorithm",
+    "ClientInfo",
     "ClientLocalState",
+    "ClientOutput",
     "SERVER_OPTIMIZERS",
+    "ServerInfo",
+    "ServerMessage",
     "WEIGHTINGS",
     "fedavg",
     "fedsgd",

@@ -3,31 +3,35 @@
 Round t (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks
 from Decentralized Data"; Reddi et al. 2021, "Adaptive Federated Optimization"):
 
-    each sampled client i starts from the global model w_t and runs local SGD
+    each sampled client i starts from the model it received, w_t, and runs local SGD
         w_i <- w_i - client_opt(grad F_i(w_i))          (K steps or E epochs)
-    and reports the delta  Delta_i = w_i - w_t.
-    The server averages  Delta = sum_i p_i Delta_i / sum_i p_i
+    and reports the delta  Delta_i = w_i - w_t  (relative to the model it RECEIVED,
+    which differs from the server's w_t when a downlink codec compresses it).
+    The aggregator averages  Delta = sum_i p_i Delta_i / sum_i p_i
     (p_i = number of examples of client i, or 1 for uniform weighting)
-    and treats -Delta as a pseudo-gradient for its own optimizer:
+    and the server treats -Delta as a pseudo-gradient for its own optimizer:
         w_{t+1} = w_t + server_opt(-Delta).
 
 Server SGD with learning rate 1 is plain FedAvg; server momentum is FedAvgM (Hsu
 et al. 2019); server adam / yogi / adagrad are FedAdam / FedYogi / FedAdagrad.
 FedSGD is the case of one full-batch local step (see ``fedsgd``).
-
-The client side is a triple of pure functions the engine scans over local steps
-(``client_init``, ``client_step``, ``client_final``); the server side is
-``server_init`` / ``server_update``. None of them knows about devices.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-WEIGHTINGS = ("examples", "uniform")
+from jaxqfl.algorithms.base import (
+    Algorithm,
+    ClientOutput,
+    broadcast_params,
+    check_weighting,
+    client_weight,
+    no_client_state,
+)
 
 
 class ClientLocalState(NamedTuple):
@@ -35,23 +39,26 @@ class ClientLocalState(NamedTuple):
     opt_state: Any
 
 
-class Algorithm(NamedTuple):
-    """An FL algorithm as pure functions (see module docstring).
+def local_sgd(client_optimizer: optax.GradientTransformation):
+    """``(client_init, client_step)`` of plain local training with an optax optimizer."""
 
-    client_init(global_params) -> local_state
-    client_step(local_state, grads) -> local_state
-    client_final(local_state, global_params) -> delta
-    server_init(params) -> server_opt_state
-    server_update(params, server_opt_state, mean_delta) -> (params, server_opt_state)
-    weighting: "examples" (p_i = n_i) or "uniform" (p_i = 1)
-    """
+    def client_init(message, client_state, info):
+        del client_state, info
+        return ClientLocalState(message.params, client_optimizer.init(message.params))
 
-    client_init: Callable
-    client_step: Callable
-    client_final: Callable
-    server_init: Callable
-    server_update: Callable
-    weighting: str
+    def client_step(local, grads, message, info):
+        del message, info
+        updates, opt_state = client_optimizer.update(grads, local.opt_state, local.params)
+        return ClientLocalState(optax.apply_updates(local.params, updates), opt_state)
+
+    return client_init, client_step
+
+
+def apply_server_optimizer(server_optimizer: optax.GradientTransformation, params, opt_state, mean_delta):
+    """``w + server_opt(-Delta)``: the server step on the pseudo-gradient ``-Delta``."""
+    pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
+    updates, opt_state = server_optimizer.update(pseudo_grad, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
 
 
 def fedavg(
@@ -61,32 +68,34 @@ def fedavg(
 ) -> Algorithm:
     """FedAvg with an optax client optimizer and an optax server optimizer on the mean delta.
 
-    ``server_optimizer=None`` means ``optax.sgd(1.0)``: the new global model is
-    the weighted mean of the clients' models.
+    Args:
+      client_optimizer: the clients' local optimizer (e.g. ``optax.sgd(0.05)``).
+      server_optimizer: applied to ``-Delta``; ``None`` means ``optax.sgd(1.0)``: the
+        new global model is the weighted mean of the clients' models.
+      weighting: ``"examples"`` (p_i = n_i) or ``"uniform"`` (p_i = 1).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    check_weighting(weighting)
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer
+    client_init, client_step = local_sgd(client_optimizer)
 
-    def client_init(global_params):
-        return ClientLocalState(global_params, client_optimizer.init(global_params))
+    def client_final(local, message, client_state, info):
+        delta = jax.tree.map(jnp.subtract, local.params, message.params)
+        return ClientOutput(delta, client_weight(weighting, info), client_state, {})
 
-    def client_step(local, grads):
-        updates, opt_state = client_optimizer.update(grads, local.opt_state, local.params)
-        return ClientLocalState(optax.apply_updates(local.params, updates), opt_state)
+    def server_update(params, opt_state, mean_delta, info):
+        del info
+        params, opt_state = apply_server_optimizer(server_optimizer, params, opt_state, mean_delta)
+        return params, opt_state, {}
 
-    def client_final(local, global_params):
-        return jax.tree.map(jnp.subtract, local.params, global_params)
-
-    def server_init(params):
-        return server_optimizer.init(params)
-
-    def server_update(params, opt_state, mean_delta):
-        pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
-        updates, opt_state = server_optimizer.update(pseudo_grad, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    return Algorithm(client_init, client_step, client_final, server_init, server_update, weighting)
+    return Algorithm(
+        init=server_optimizer.init,
+        client_state_init=no_client_state,
+        broadcast=broadcast_params,
+        client_init=client_init,
+        client_step=client_step,
+        client_final=client_final,
+        server_update=server_update,
+    )
 
 
 def fedsgd(client_lr: float, server_optimizer=None, weighting: str = "examples") -> Algorithm:

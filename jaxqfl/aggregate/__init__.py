@@ -1,0 +1,21 @@
+"""Aggregators: how the cohort's client outputs become one aggregate (``jaxqfl.aggregate.base``)."""
+from jaxqfl.aggregate.base import (
+    REDUCTIONS,
+    Aggregator,
+    CohortInfo,
+    CohortStatistics,
+    check_aggregator,
+)
+from jaxqfl.aggregate.integer import integer_mean
+from jaxqfl.aggregate.mean import gather_mean, mean
+
+__all__ = [
+    "Aggregator",
+    "CohortInfo",
+    "CohortStatistics",
+    "REDUCTIONS",
+    "check_aggregator",
+    "gather_mean",
+    "integer_mean",
+    "mean",
+]
