@@ -14,6 +14,11 @@ from jaxqfl.algorithms.fedavg import (
     fedsgd,
     server_optimizer,
 )
+from jaxqfl.algorithms.feddyn import feddyn
+from jaxqfl.algorithms.fednova import fednova
+from jaxqfl.algorithms.fedprox import fedprox
+from jaxqfl.algorithms.mimelite import mimelite
+from jaxqfl.algorithms.scaffold import scaffold
 
 __all__ = [
     "Algorithm",
@@ -25,6 +30,11 @@ __all__ = [
     "ServerMessage",
     "WEIGHTINGS",
     "fedavg",
+    "feddyn",
+    "fednova",
+    "fedprox",
     "fedsgd",
+    "mimelite",
+    "scaffold",
     "server_optimizer",
 ]
