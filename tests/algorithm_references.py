@@ -160,3 +160,20 @@ def mimelite_round(x, s, opt, clients, cohort, steps, weights):
         ys.append(y)
     s = opt.stats(weighted_mean(gs, p), s)
     return weighted_mean(ys, p), s
+
+
+# ---------------------------------------------------------------- helpers shared by the tests
+
+def clients_of(population):
+    """``[(X~, y)]`` in float64 from a population's client blocks."""
+    out = []
+    for i in range(population.num_clients):
+        x, y = population.client(i)
+        out.append((design(x), np.asarray(y, np.float64)))
+    return out
+
+
+def full_batch_epoch_steps(counts, epochs):
+    """Local steps of ``LocalSchedule(local_epochs=E, batch_size=None)``: ceil(E n_i / n_max)."""
+    counts = np.asarray(counts)
+    return [int(-(-epochs * n // counts.max())) for n in counts]

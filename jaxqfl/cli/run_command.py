@@ -17,6 +17,7 @@ import os
 import pathlib
 import time
 
+from jaxqfl.cli import algorithm_args
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
@@ -64,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-opt", choices=SERVER_OPTS, default="sgd")
     g.add_argument("--server-lr", type=_positive_float, default=1.0)
     g.add_argument("--weighting", choices=("examples", "uniform"), default="examples")
+    algorithm_args.add_arguments(g)
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=None, help="default: logreg for synthetic, mlp for mnist")
     g.add_argument("--hidden", type=_hidden, default=(200, 200), help="MLP hidden sizes, e.g. 200,200")
@@ -97,6 +99,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("model", "num_clients", "cohort_size", "rounds", "client_lr", "batch_size", "eval_every"):
         if getattr(args, name) is None:
             setattr(args, name, d[name])
+    algorithm_args.validate(parser, args)
     if args.cohort_size > args.num_clients:
         parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
     if args.dataset == "mnist":
@@ -144,9 +147,8 @@ def _model(args, population):
 
 def main(args: argparse.Namespace) -> int:
     import jax
-    import optax
 
-    from jaxqfl import algorithms, data, engine
+    from jaxqfl import data, engine
 
     t_start = time.perf_counter()
     population = data.build(
@@ -161,11 +163,7 @@ def main(args: argparse.Namespace) -> int:
     )
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
-    algorithm = algorithms.fedavg(
-        optax.sgd(args.client_lr),
-        algorithms.server_optimizer(args.server_opt, args.server_lr),
-        weighting=args.weighting,
-    )
+    algorithm, algorithm_hparams = algorithm_args.build(args)
     sim = engine.build(
         population,
         _model(args, population),
@@ -195,6 +193,8 @@ def main(args: argparse.Namespace) -> int:
     summary = {
         "dataset": args.dataset,
         "model": args.model,
+        "algorithm": args.algorithm,
+        "algorithm_hparams": algorithm_hparams,
         "quant": args.quant,
         "uplink": args.uplink,
         "downlink": args.downlink,
@@ -230,7 +230,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"jaxqfl run: {s['dataset']} / {s['model']}  ({s['num_params']:,} parameters)",
         f"  clients          {s['num_clients']:,} ({s['num_examples']:,} examples), {s['cohort_size']} per round",
         f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap",
-        f"  rounds           {s['rounds']}",
+        f"  rounds           {s['rounds']} of {s['algorithm']}",
         f"  test accuracy    {acc:.4f}" if acc is not None else "",
         f"  test loss        {s['final_loss']:.4f}",
         f"  compile          {s['compile_seconds']:.2f} s",
