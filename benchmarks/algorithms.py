@@ -167,7 +167,8 @@ def write(rows: list[dict], args, out: pathlib.Path) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", default=str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist/mnist.npz"))
+    p.add_argument("--data-path",
+                   default=str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist/mnist.npz"))
     p.add_argument("--synthetic-rounds", type=int, default=200)
     p.add_argument("--mnist-rounds", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=10)

@@ -49,4 +49,5 @@ def test_same_result_on_every_device_count_and_chunk_size(population, name):
     for (devices, chunk), got in zip(LAYOUTS[1:], results[1:]):
         np.testing.assert_array_equal(got[3], ref[3])
         for a, b in zip(jax.tree.leaves(got[:3]), jax.tree.leaves(ref[:3])):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name} on {devices} devices, chunk {chunk}")
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} on {devices} devices, chunk {chunk}")

@@ -7,6 +7,8 @@ the per-client step counts matter), two rounds on 2 devices with chunks of 2.
 Every persistent state is compared too: SCAFFOLD's server and client controls,
 FedDyn's h and client gradients, MimeLite's optimizer statistics.
 """
+import re
+
 import jax
 import numpy as np
 import optax
@@ -126,3 +128,17 @@ def test_fednova_with_equal_steps_equals_fedavg(problem):
                 np.testing.assert_array_equal(a, b)
             else:
                 np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_hyper_parameters_are_refused():
+    for make, message in [
+        (lambda: algorithms.fedprox(optax.sgd(0.1), mu=-0.1), "mu must be a number >= 0"),
+        (lambda: algorithms.scaffold(0.0), "local_lr must be a number > 0"),
+        (lambda: algorithms.scaffold(0.1, global_lr=-1), "global_lr must be a number > 0"),
+        (lambda: algorithms.fednova(0.1, momentum=1.0), "momentum must be a number in [0, 1)"),
+        (lambda: algorithms.feddyn(optax.sgd(0.1), alpha=0), "alpha must be a number > 0"),
+        (lambda: algorithms.mimelite(optax.sgd(0.1), weighting="size"), "weighting must be one of"),
+        (lambda: algorithms.mimelite("adam"), "optax.GradientTransformation"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+            make()

@@ -20,7 +20,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxqfl.algorithms.base import Algorithm, ClientOutput, broadcast_params, check_weighting, client_weight, no_client_state
+from jaxqfl.algorithms.base import (
+    Algorithm,
+    ClientOutput,
+    broadcast_params,
+    check_weighting,
+    client_weight,
+    no_client_state,
+)
 from jaxqfl.algorithms.fedavg import ClientLocalState, apply_server_optimizer
 
 

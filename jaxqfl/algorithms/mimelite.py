@@ -35,7 +35,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxqfl.algorithms.base import Algorithm, ClientOutput, ServerMessage, check_weighting, client_weight, no_client_state
+from jaxqfl.algorithms.base import (
+    Algorithm,
+    ClientOutput,
+    ServerMessage,
+    check_weighting,
+    client_weight,
+    no_client_state,
+)
 
 
 class MimeLiteLocal(NamedTuple):
