@@ -9,27 +9,46 @@ SMALL = ["--num-clients", "20", "--cohort-size", "5", "--rounds", "2", "--eval-e
          "--devices", "2", "--no-progress"]
 
 
+def test_run_records_the_algorithm_and_its_hyper_parameters(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--out", str(out), "--algorithm", "scaffold", "--server-lr", "0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "scaffold"
+    assert summary["algorithm_hparams"] == {"local_lr": 0.01, "global_lr": 0.5, "weighting": "uniform"}
+    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    assert "of scaffold" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
-    "argv,name,hparams",
+    "argv,hparams",
     [
-        (["--algorithm", "fedprox", "--mu", "0.5"], "fedprox", {"mu": 0.5, "client_lr": 0.01}),
-        (["--algorithm", "scaffold", "--server-lr", "0.5"], "scaffold",
-         {"local_lr": 0.01, "global_lr": 0.5, "weighting": "uniform"}),
-        (["--algorithm", "fednova"], "fednova", {"momentum": 0.0}),
-        (["--algorithm", "feddyn"], "feddyn", {"alpha": 0.01, "weighting": "uniform"}),
-        (["--algorithm", "mimelite", "--server-opt", "adam"], "mimelite",
-         {"base_optimizer": "adam", "learning_rate": 0.01}),
-        ([], "fedavg", {"server_opt": "sgd", "server_lr": 1.0}),
+        (["--algorithm", "fedavg", "--server-opt", "adam", "--server-lr", "0.01"],
+         {"client_lr": 0.05, "server_opt": "adam", "server_lr": 0.01, "weighting": "examples"}),
+        (["--algorithm", "fedprox"], {"mu": 0.01}),
+        (["--algorithm", "fedprox", "--mu", "0"], {"mu": 0.0}),
+        (["--algorithm", "fednova", "--weighting", "uniform"], {"momentum": 0.0, "weighting": "uniform"}),
+        (["--algorithm", "feddyn", "--feddyn-alpha", "0.1"], {"alpha": 0.1, "weighting": "uniform"}),
+        (["--algorithm", "mimelite", "--server-opt", "momentum"],
+         {"base_optimizer": "momentum", "learning_rate": 0.05}),
     ],
 )
-def test_run_records_the_algorithm_and_its_hyper_parameters(tmp_path, capsys, argv, name, hparams):
-    out = tmp_path / "run"
-    assert main(["run", *SMALL, "--out", str(out), *argv]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["algorithm"] == name
-    assert hparams.items() <= summary["algorithm_hparams"].items()
-    assert 0.0 <= summary["final_accuracy"] <= 1.0
-    assert f"of {name}" in capsys.readouterr().out
+def test_flags_build_the_named_algorithm(argv, hparams):
+    import argparse
+
+    from jaxqfl import algorithms
+    from jaxqfl.cli import algorithm_args
+
+    parser = argparse.ArgumentParser()
+    g = parser.add_argument_group()
+    for flag, kw in [("--client-lr", {"type": float, "default": 0.05}), ("--server-opt", {"default": "sgd"}),
+                     ("--server-lr", {"type": float, "default": 1.0}), ("--weighting", {"default": "examples"})]:
+        g.add_argument(flag, **kw)
+    algorithm_args.add_arguments(g)
+    args = parser.parse_args(argv)
+    algorithm_args.validate(parser, args)
+    algorithm, recorded = algorithm_args.build(args)
+    assert isinstance(algorithm, algorithms.Algorithm)
+    assert hparams.items() <= recorded.items()
 
 
 @pytest.mark.parametrize(

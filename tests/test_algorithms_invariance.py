@@ -1,5 +1,9 @@
 """Every algorithm gives the same result on 1, 2, 4 and 8 devices and for chunks of 1, 3 and the whole cohort.
 
+Slow (the full product, 6 algorithms x 13 layouts: minutes on 2 cores): the
+fast suite checks each algorithm on two layouts against NumPy
+(``test_algorithms_reference.py``), all device counts and chunk sizes covered.
+
 7 of 10 clients per round (so the padded layouts differ: 9 slots for chunks of 3 on
 one device, 12 on two, 8 on four and eight), one local epoch in minibatches of 2
 (per-client shuffles and unequal step counts), two rounds. Parameters, the
@@ -17,7 +21,8 @@ from jaxqfl.engine.schedule import LocalSchedule
 from populations import regression_population
 
 COHORT = 7
-LAYOUTS = [(1, COHORT), (1, 3), (2, 1), (4, 3), (8, COHORT)]  # (devices, chunk size)
+# (devices, chunk size); the chunk is capped at a device's share of the padded cohort
+LAYOUTS = [(1, COHORT)] + [(d, c) for d in (1, 2, 4, 8) for c in (1, 3, COHORT) if (d, c) != (1, COHORT)]
 
 ALGORITHMS = {
     "fedavg": lambda: algorithms.fedavg(optax.sgd(0.05), algorithms.server_optimizer("momentum", 0.5)),
@@ -34,6 +39,7 @@ def population():
     return regression_population([5, 9, 3, 12, 6, 2, 8, 4, 7, 10], num_features=3, seed=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_same_result_on_every_device_count_and_chunk_size(population, name):
     results = []

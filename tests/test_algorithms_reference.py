@@ -1,11 +1,17 @@
 """Each algorithm's rounds through the engine equal an independent NumPy float64 implementation.
 
-Linear regression on 5 clients of unequal size, 3 sampled per round (partial
+Linear regression on 8 clients of unequal size, 5 sampled per round (partial
 participation, so the |S|/N factors and the cohort's state scatter matter),
-full-batch local steps over 3 epochs (so clients take 2, 3, 2, 1 and 3 steps:
-the per-client step counts matter), two rounds on 2 devices with chunks of 2.
-Every persistent state is compared too: SCAFFOLD's server and client controls,
-FedDyn's h and client gradients, MimeLite's optimizer statistics.
+full-batch local steps over 3 epochs (clients take 1 to 3 steps: the per-client
+step counts matter), two rounds. Every persistent state is compared too:
+SCAFFOLD's server and client controls, FedDyn's h and client gradients,
+MimeLite's optimizer statistics.
+
+Each algorithm runs on two (devices, chunk size) layouts that must both match
+the reference and each other; across the algorithms every device count (1, 2,
+4, 8) and every chunk size (1, 3, the whole cohort of 5) is used, with padding
+slots in several. The full product of layouts, with minibatches, is
+``test_algorithms_invariance.py`` (slow).
 """
 import re
 
@@ -19,115 +25,148 @@ from jaxqfl import algorithms, engine, models
 from jaxqfl.engine.schedule import LocalSchedule
 from populations import regression_population
 
-SIZES = [3, 8, 5, 2, 7]
-EPOCHS, COHORT, ROUNDS, LR = 3, 3, 2, 0.05
+SIZES = [3, 8, 5, 2, 7, 4, 6, 1]
+N, EPOCHS, COHORT, ROUNDS, LR = len(SIZES), 3, 5, 2, 0.05
+WHOLE = COHORT
 
 
 @pytest.fixture(scope="module")
 def problem():
     pop = regression_population(SIZES, num_features=3, seed=5)
     steps = R.full_batch_epoch_steps(pop.counts, EPOCHS)
-    assert steps == [2, 3, 2, 1, 3]
+    assert steps == [2, 3, 2, 1, 3, 2, 3, 1]
     return pop, R.clients_of(pop), steps
 
 
-def _run(pop, algorithm, schedule=None, rounds=ROUNDS, cohort=COHORT, num_devices=2, chunk_size=2):
+def _run(pop, algorithm, layout=(2, 2), schedule=None):
+    num_devices, chunk_size = layout
     schedule = schedule or LocalSchedule(local_epochs=EPOCHS, batch_size=None)
-    sim = engine.build(pop, models.linear_regression(1), algorithm, schedule, cohort_size=cohort,
+    sim = engine.build(pop, models.linear_regression(1), algorithm, schedule, cohort_size=COHORT,
                        num_devices=num_devices, chunk_size=chunk_size)
-    state0 = sim.init(0)
-    state, metrics = sim.run_block(state0, rounds)
-    return R.flat_linear(jax.device_get(state0.params)), jax.device_get(state), np.asarray(metrics.cohort)
+    state = sim.init(0)
+    theta0 = R.flat_linear(jax.device_get(state.params))  # before run_block, which donates the state
+    state, metrics = sim.run_block(state, ROUNDS)
+    return theta0, jax.device_get(state), np.asarray(metrics.cohort)
 
 
-def _client_rows(stacked, n):
-    return np.array([R.flat_linear(jax.tree.map(lambda a: a[i], stacked)) for i in range(n)])
+def _client_rows(stacked):
+    return np.array([R.flat_linear(jax.tree.map(lambda a: a[i], stacked)) for i in range(N)])
+
+
+def _check(layouts, make, reference, tol=2e-5):
+    """Run ``make()`` on each layout; ``reference(theta0, cohorts) -> {name: expected}``;
+    ``got(state)`` pairs are taken from the same names. Layouts must also agree with each other."""
+    seen = []
+    for layout in layouts:
+        theta0, state, cohorts = _run(*make(layout))
+        expected, got = reference(theta0, cohorts, state)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], atol=tol, err_msg=f"{name} on layout {layout}")
+        seen.append(got)
+    for name in seen[0]:
+        np.testing.assert_allclose(seen[1][name], seen[0][name], rtol=1e-5, atol=1e-5, err_msg=f"{name}: layouts")
 
 
 def test_fedprox_equals_numpy(problem):
     pop, clients, steps = problem
-    theta, state, cohorts = _run(pop, algorithms.fedprox(optax.sgd(LR), mu=0.7))
-    for cohort in cohorts:
-        theta = R.fedprox_round(theta, clients, cohort, steps, LR, 0.7, pop.counts)
-    np.testing.assert_allclose(R.flat_linear(state.params), theta, atol=2e-5)
+
+    def reference(theta, cohorts, state):
+        for cohort in cohorts:
+            theta = R.fedprox_round(theta, clients, cohort, steps, LR, 0.7, pop.counts)
+        return {"params": theta}, {"params": R.flat_linear(state.params)}
+
+    _check([(1, WHOLE), (8, WHOLE)], lambda layout: (pop, algorithms.fedprox(optax.sgd(LR), mu=0.7), layout),
+           reference)
 
 
 def test_scaffold_equals_numpy_with_controls(problem):
     pop, clients, steps = problem
-    x, state, cohorts = _run(pop, algorithms.scaffold(LR, global_lr=0.8))
-    c, controls = np.zeros_like(x), np.zeros((len(SIZES), len(x)))
-    for cohort in cohorts:
-        x, c, controls = R.scaffold_round(x, c, controls, clients, cohort, steps, LR, 0.8)
-    np.testing.assert_allclose(R.flat_linear(state.params), x, atol=2e-5)
-    np.testing.assert_allclose(R.flat_linear(state.algorithm_state.control), c, atol=2e-5)
-    np.testing.assert_allclose(_client_rows(state.client_states["algorithm"], len(SIZES)), controls, atol=5e-5)
-    assert np.abs(controls).max() > 0.1  # the controls moved: the comparison is not of zeros
+
+    def reference(x, cohorts, state):
+        c, controls = np.zeros_like(x), np.zeros((N, len(x)))
+        for cohort in cohorts:
+            x, c, controls = R.scaffold_round(x, c, controls, clients, cohort, steps, LR, 0.8)
+        assert np.abs(controls).max() > 0.1  # the controls moved: not a comparison of zeros
+        return ({"params": x, "control": c, "client_controls": controls},
+                {"params": R.flat_linear(state.params), "control": R.flat_linear(state.algorithm_state.control),
+                 "client_controls": _client_rows(state.client_states["algorithm"])})
+
+    _check([(2, 3), (4, 1)], lambda layout: (pop, algorithms.scaffold(LR, global_lr=0.8), layout), reference,
+           tol=5e-5)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.6])
-def test_fednova_equals_numpy(problem, momentum):
+@pytest.mark.parametrize("momentum,layouts", [(0.6, [(1, 3), (8, WHOLE)]), (0.0, [(2, 3), (1, WHOLE)])])
+def test_fednova_equals_numpy(problem, momentum, layouts):
     pop, clients, steps = problem
-    x, state, cohorts = _run(pop, algorithms.fednova(LR, momentum=momentum))
-    for cohort in cohorts:
-        x = R.fednova_round(x, clients, cohort, steps, LR, momentum, pop.counts)
-    np.testing.assert_allclose(R.flat_linear(state.params), x, atol=2e-5)
+
+    def reference(x, cohorts, state):
+        for cohort in cohorts:
+            x = R.fednova_round(x, clients, cohort, steps, LR, momentum, pop.counts)
+        return {"params": x}, {"params": R.flat_linear(state.params)}
+
+    _check(layouts, lambda layout: (pop, algorithms.fednova(LR, momentum=momentum), layout), reference)
 
 
 def test_feddyn_equals_numpy_with_h_and_client_gradients(problem):
     pop, clients, steps = problem
     alpha = 0.3
-    theta, state, cohorts = _run(pop, algorithms.feddyn(optax.sgd(LR), alpha=alpha))
-    h, grads = np.zeros_like(theta), np.zeros((len(SIZES), len(theta)))
-    for cohort in cohorts:
-        theta, h, grads = R.feddyn_round(theta, h, grads, clients, cohort, steps, LR, alpha)
-    np.testing.assert_allclose(R.flat_linear(state.params), theta, atol=2e-5)
-    np.testing.assert_allclose(R.flat_linear(state.algorithm_state.h), h, atol=2e-5)
-    np.testing.assert_allclose(_client_rows(state.client_states["algorithm"], len(SIZES)), grads, atol=5e-5)
-    assert np.abs(grads).max() > 0.05
+
+    def reference(theta, cohorts, state):
+        h, grads = np.zeros_like(theta), np.zeros((N, len(theta)))
+        for cohort in cohorts:
+            theta, h, grads = R.feddyn_round(theta, h, grads, clients, cohort, steps, LR, alpha)
+        assert np.abs(grads).max() > 0.05
+        return ({"params": theta, "h": h, "client_grads": grads},
+                {"params": R.flat_linear(state.params), "h": R.flat_linear(state.algorithm_state.h),
+                 "client_grads": _client_rows(state.client_states["algorithm"])})
+
+    _check([(4, 1), (1, WHOLE)], lambda layout: (pop, algorithms.feddyn(optax.sgd(LR), alpha=alpha), layout),
+           reference, tol=5e-5)
 
 
-@pytest.mark.parametrize("base", ["momentum", "adam"])
-def test_mimelite_equals_numpy_with_optimizer_statistics(problem, base):
+@pytest.mark.parametrize("base,layouts", [("adam", [(2, 1), (1, 3)]), ("momentum", [(8, WHOLE), (2, 3)])])
+def test_mimelite_equals_numpy_with_optimizer_statistics(problem, base, layouts):
     pop, clients, steps = problem
     if base == "momentum":
-        opt, ref = optax.sgd(LR, momentum=0.9), R.Momentum(LR, 0.9)
+        make_opt, ref = lambda: optax.sgd(LR, momentum=0.9), R.Momentum(LR, 0.9)
     else:
-        opt, ref = optax.adam(LR), R.Adam(LR)
-    x, state, cohorts = _run(pop, algorithms.mimelite(opt))
-    s = ref.init(len(x))
-    for cohort in cohorts:
-        x, s = R.mimelite_round(x, s, ref, clients, cohort, steps, np.ones(len(SIZES)))
-    np.testing.assert_allclose(R.flat_linear(state.params), x, atol=2e-5)
-    opt_state = state.algorithm_state
-    if base == "momentum":
-        np.testing.assert_allclose(R.flat_linear(opt_state[0].trace), s["m"], atol=2e-5)
-    else:
-        np.testing.assert_allclose(R.flat_linear(opt_state[0].mu), s["m"], atol=2e-5)
-        np.testing.assert_allclose(R.flat_linear(opt_state[0].nu), s["v"], atol=2e-5)
-        assert int(opt_state[0].count) == s["count"] == ROUNDS
+        make_opt, ref = lambda: optax.adam(LR), R.Adam(LR)
+
+    def reference(x, cohorts, state):
+        s = ref.init(len(x))
+        for cohort in cohorts:
+            x, s = R.mimelite_round(x, s, ref, clients, cohort, steps, np.ones(N))
+        stats = state.algorithm_state[0]
+        if base == "momentum":
+            return {"params": x, "m": s["m"]}, {"params": R.flat_linear(state.params), "m": R.flat_linear(stats.trace)}
+        assert int(stats.count) == s["count"] == ROUNDS
+        return ({"params": x, "m": s["m"], "v": s["v"]},
+                {"params": R.flat_linear(state.params), "m": R.flat_linear(stats.mu), "v": R.flat_linear(stats.nu)})
+
+    _check(layouts, lambda layout: (pop, algorithms.mimelite(make_opt()), layout), reference)
 
 
-def test_fedprox_with_mu_zero_equals_fedavg_exactly(problem):
+@pytest.fixture(scope="module")
+def fedavg_four_steps(problem):
     pop, _, _ = problem
-    _, prox, _ = _run(pop, algorithms.fedprox(optax.sgd(LR), mu=0.0))
-    _, avg, _ = _run(pop, algorithms.fedavg(optax.sgd(LR)))
-    for a, b in zip(jax.tree.leaves(prox.params), jax.tree.leaves(avg.params)):
+    return _run(pop, algorithms.fedavg(optax.sgd(LR)), schedule=LocalSchedule(local_steps=4, batch_size=None))[1]
+
+
+def test_fedprox_with_mu_zero_equals_fedavg_exactly(problem, fedavg_four_steps):
+    pop, _, _ = problem
+    _, prox, _ = _run(pop, algorithms.fedprox(optax.sgd(LR), mu=0.0), schedule=LocalSchedule(local_steps=4,
+                                                                                               batch_size=None))
+    for a, b in zip(jax.tree.leaves(prox.params), jax.tree.leaves(fedavg_four_steps.params)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fednova_with_equal_steps_equals_fedavg(problem):
+def test_fednova_with_equal_steps_equals_fedavg_exactly(problem, fedavg_four_steps):
     """tau = 4 for everyone: FedNova's x + tau * mean(Delta / tau) is FedAvg's x + mean Delta,
-    exactly since dividing and multiplying by a power of two is exact (and to rounding for tau = 3)."""
+    bit for bit, since dividing and multiplying by a power of two is exact."""
     pop, _, _ = problem
-    for tau, exact in ((4, True), (3, False)):
-        schedule = LocalSchedule(local_steps=tau, batch_size=None)
-        _, nova, _ = _run(pop, algorithms.fednova(LR), schedule)
-        _, avg, _ = _run(pop, algorithms.fedavg(optax.sgd(LR)), schedule)
-        for a, b in zip(jax.tree.leaves(nova.params), jax.tree.leaves(avg.params)):
-            if exact:
-                np.testing.assert_array_equal(a, b)
-            else:
-                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    _, nova, _ = _run(pop, algorithms.fednova(LR), schedule=LocalSchedule(local_steps=4, batch_size=None))
+    for a, b in zip(jax.tree.leaves(nova.params), jax.tree.leaves(fedavg_four_steps.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bad_hyper_parameters_are_refused():
