@@ -25,7 +25,7 @@ def main():
             engine.LocalSchedule(local_epochs=1, batch_size=32),
             cohort_size=10,
         )
-        result = engine.run(sim, rounds=args.rounds, eval_every=10, seed=0, progress=True)
+        result = engine.run(sim, rounds=args.rounds, eval_every=10, seed=0)
         print(f"{name}: test accuracy {result.final['test_accuracy']:.4f}, "
               f"{result.seconds_per_round * 1e3:.1f} ms/round, compile {result.compile_seconds:.1f} s")
 

@@ -34,7 +34,7 @@ def main():
         engine.LocalSchedule(local_steps=20, batch_size=10),
         cohort_size=20,
     )
-    result = engine.run(sim, rounds=100, eval_every=25, seed=0, progress=True)
+    result = engine.run(sim, rounds=100, eval_every=25, seed=0)
     print(result.final)
 
 

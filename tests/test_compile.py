@@ -58,9 +58,9 @@ def test_a_block_of_rounds_is_one_program(population):
 def test_streamed_rounds_compile_one_round_program(population):
     stream = build_streaming(*_args(population), cohort_size=5, num_devices=2)
     with CompilationLog() as log:
-        state, _, _ = stream.run(stream.init(0), 2)
-    assert log.count("jit(streamed_round)") == 1
+        state, _ = stream.run_block(stream.init(0), 2)
+    assert log.count("jit(round_fn)") == 1
     with CompilationLog() as log:
-        state, _, _ = stream.run(state, 3)
-        stream.run(stream.init(1), 1)
+        state, _ = stream.run_block(state, 3)
+        stream.run_block(stream.init(1), 1)
     assert log.count() == 0, log.counts()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import jaxqfl.compress as C
 from jaxqfl.compress.qsgd import QSGDMessage
+from jaxqfl.engine.state import stack_states
 from jaxqfl.compress.hadamard import fwht, rotate, rotation_signs, unrotate
 
 Z = 5.0  # standard errors allowed in Monte-Carlo checks (deterministic keys, so no flakes)
@@ -348,7 +349,7 @@ def test_vmap_over_clients_matches_each_client_alone(spec):
     codec = C.from_spec(spec)
     num_clients = 3
     deltas = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), (num_clients,) + x.shape), SMALL_TREE)
-    states = C.init_client_states(codec, SMALL_TREE, num_clients)
+    states = stack_states(codec.init(SMALL_TREE), num_clients)
     keys = jax.random.split(jax.random.key(5), num_clients)
 
     def cohort(deltas, states, keys):

@@ -251,7 +251,7 @@ def test_bad_schedule_is_refused(kwargs, match):
 
 def test_cohort_sampling_is_uniform_without_replacement():
     """Every client is included with probability M / C; ids are distinct and in range."""
-    from jaxqfl.engine.simulation import sample_cohort
+    from jaxqfl.engine import sample_cohort
 
     C, M, R = 50, 10, 4000
     cohorts = np.asarray(jax.jit(jax.vmap(lambda r: sample_cohort(jax.random.fold_in(jax.random.key(0), r), C, M)))(

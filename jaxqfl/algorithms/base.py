@@ -35,6 +35,8 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 
+from jaxqfl.choices import WEIGHTINGS
+
 PyTree = Any
 
 
@@ -134,7 +136,6 @@ def broadcast_params(params: PyTree, algorithm_state: PyTree) -> ServerMessage:
     return ServerMessage(params)
 
 
-WEIGHTINGS = ("examples", "uniform")
 
 
 def client_weight(weighting: str, info: ClientInfo) -> jax.Array:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxqfl.choices import SERVER_OPTIMIZERS
 from jaxqfl.algorithms.base import (
     Algorithm,
     ClientOutput,
@@ -108,7 +109,6 @@ def fedsgd(client_lr: float, server_optimizer=None, weighting: str = "examples")
     return fedavg(optax.sgd(client_lr), server_optimizer, weighting)
 
 
-SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 
 
 def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float = 0.9, tau: float = 1e-3):

@@ -38,6 +38,7 @@ from jax.extend import core as jex_core
 
 from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
+from jaxqfl.engine.layout import local_state_floats
 from jaxqfl.engine.schedule import LocalSchedule
 
 FLOAT_BYTES = 4
@@ -135,8 +136,7 @@ def round_cost(
     x1 = jnp.zeros((1,) + population.feature_shape, jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), x1)
     P = _float_count(params)
-    local = jax.eval_shape(algorithm.client_init, params)
-    O = _float_count(local.opt_state)
+    O = local_state_floats(algorithm, params) - P  # optimizer (and algorithm) floats beside the params
     f = forward_flops_per_example(model, population.feature_shape)
     row = FLOAT_BYTES * int(np.prod(population.feature_shape)) + population.y.dtype.itemsize
     flops = FORWARD_BACKWARD_FACTOR * f * B * S * M

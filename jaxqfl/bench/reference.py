@@ -6,7 +6,7 @@ One round of the reference:
              ``fold_in(run_key, round), COHORT`` key of ``jaxqfl.keys``)
     for i in cohort:                                   # a Python loop, one dispatch per client
         acc <- train_client(acc, params, i, round_key) # one jitted program per call
-    params, opt_state <- server_update(params, opt_state, acc.delta_sum / acc.weight_sum)
+    params, opt_state <- server_update(params, opt_state, acc.update_sum / acc.weight_sum)
 
 ``train_client`` is as good as a per-client program gets: the client's local
 steps are one ``lax.scan`` inside one ``jit``, the population stays on the
@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl import keys
-from jaxqfl.algorithms.fedavg import Algorithm
+from jaxqfl.algorithms.base import Algorithm, ClientInfo, ServerInfo
 from jaxqfl.data.population import Population
 from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
-from jaxqfl.engine.simulation import label_dtype
-from jaxqfl.engine.simulation import sample_cohort as sample_cohort_ids
+from jaxqfl.engine.evaluation import label_dtype
+from jaxqfl.engine.round import sample_cohort as sample_cohort_ids
 from jaxqfl.tasks import Task, for_num_classes
 
 
@@ -84,7 +84,7 @@ def per_client_loop(
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
     if uplink is not None:
         params_shape = jax.eval_shape(model.init, jax.random.key(0), sample_x)
-        if jax.tree.leaves(jax.eval_shape(uplink.init, params_shape)):
+        if jax.tree.leaves(jax.eval_shape(uplink.init, params_shape)):  # (updates shaped like params)
             raise ValueError("the loop reference supports uplink codecs without per-client state only")
 
     if device.platform == "cpu":  # the engine's own fix for convolutions in a scan (jaxqfl.engine.conv_layout)
@@ -92,11 +92,12 @@ def per_client_loop(
     else:
         value_and_grad = jax.value_and_grad
 
-    def train_client(acc, params, cid, rkey, x, y, offsets, counts):
-        """One client's local training (a scan over its steps); adds p_i * delta_i into ``acc``."""
+    def train_client(acc, message, cid, rkey, round_index, x, y, offsets, counts):
+        """One client's local training (a scan over its steps); adds p_i * update_i into ``acc``."""
         ckey = keys.client_key(rkey, cid)
         count, offset = counts[cid], offsets[cid]
         plan = prepare_plan(ckey, count)
+        info = ClientInfo(cid, count, schedule.steps_taken(count, max_count).astype(jnp.int32), ckey, round_index)
 
         def local_step(local, s):
             sb = step_batch(plan, ckey, count, s)
@@ -110,16 +111,18 @@ def per_client_loop(
                 return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
 
             loss, grads = value_and_grad(loss_fn)(local.params)
-            stepped = algorithm.client_step(local, grads)
+            stepped = algorithm.client_step(local, grads, message, info)
             local = jax.tree.map(lambda a, b: jnp.where(sb.active, a, b), stepped, local)
             return local, (jnp.where(sb.active, loss, 0.0), sb.active)
 
-        local, (losses, active) = jax.lax.scan(local_step, algorithm.client_init(params), jnp.arange(num_steps))
-        delta = algorithm.client_final(local, params)
+        start = algorithm.client_init(message, (), info)
+        local, (losses, active) = jax.lax.scan(local_step, start, jnp.arange(num_steps))
+        out = algorithm.client_final(local, message, (), info)
+        delta = out.update
         if uplink is not None:
-            message, _ = uplink.encode(delta, uplink.init(params), keys.purpose_key(ckey, keys.UPLINK))
-            delta = uplink.decode(message)
-        w = count.astype(jnp.float32) if algorithm.weighting == "examples" else jnp.float32(1.0)
+            sent, _ = uplink.encode(delta, uplink.init(delta), keys.purpose_key(ckey, keys.UPLINK))
+            delta = uplink.decode(sent)
+        w = out.weight
         steps = jnp.maximum(jnp.sum(active.astype(jnp.int32)), 1)
         delta_sum, weight_sum, loss_sum = acc
         return (
@@ -128,6 +131,7 @@ def per_client_loop(
             loss_sum + w * jnp.sum(losses) / steps,
         )
 
+    train_client_raw = train_client
     train_client = jax.jit(train_client, donate_argnums=(0,))
 
     @jax.jit
@@ -136,26 +140,36 @@ def per_client_loop(
         return rkey, sample_cohort_ids(rkey, C, M)
 
     @jax.jit
-    def server_step(params, opt_state, acc):
+    def server_step(params, opt_state, acc, round_index):
         delta_sum, weight_sum, loss_sum = acc
         mean = jax.tree.map(lambda d: d / jnp.maximum(weight_sum, 1e-30), delta_sum)
         if uplink is not None:
             mean = uplink.finalize(mean)
-        params, opt_state = algorithm.server_update(params, opt_state, mean)
+        params, opt_state, _ = algorithm.server_update(params, opt_state, mean,
+                                                       ServerInfo(round_index, C, M, weight_sum))
         return params, opt_state, loss_sum / jnp.maximum(weight_sum, 1e-30)
+
+    def zeros_acc(message, rkey, cohort, round_index):
+        shapes = jax.eval_shape(train_client_raw, (jax.tree.map(jnp.zeros_like, message.params), 0.0, 0.0),
+                                message, cohort[0], rkey, round_index, x, y, offsets, counts)[0]
+        return (jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), jnp.float32(0.0), jnp.float32(0.0))
 
     def init(seed: int) -> LoopState:
         run_key = jax.random.key(seed)
         params = model.init(keys.purpose_key(run_key, keys.INIT), sample_x)
         params = jax.device_put(params, device)
-        return LoopState(params, algorithm.server_init(params), 0, run_key)
+        if jax.tree.leaves(jax.eval_shape(algorithm.client_state_init, params)):
+            raise ValueError("the loop reference supports algorithms without per-client state only")
+        return LoopState(params, algorithm.init(params), 0, run_key)
 
     def run_round(state: LoopState):
         rkey, cohort = sample_cohort(state.key, jnp.int32(state.round))
-        acc = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0), jnp.float32(0.0))
+        r = jnp.int32(state.round)
+        message = algorithm.broadcast(state.params, state.opt_state)
+        acc = zeros_acc(message, rkey, cohort, r)
         for cid in np.asarray(cohort):  # the per-client Python loop being measured
-            acc = train_client(acc, state.params, cid, rkey, x, y, offsets, counts)
-        params, opt_state, loss = server_step(state.params, state.opt_state, acc)
+            acc = train_client(acc, message, cid, rkey, r, x, y, offsets, counts)
+        params, opt_state, loss = server_step(state.params, state.opt_state, acc, r)
         return LoopState(params, opt_state, state.round + 1, state.key), loss
 
     def warm_up(state: LoopState) -> float:
@@ -164,9 +178,11 @@ def per_client_loop(
 
         t0 = time.perf_counter()
         rkey, cohort = sample_cohort(state.key, jnp.int32(state.round))
-        acc = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0.0), jnp.float32(0.0))
-        acc = train_client(acc, state.params, cohort[0], rkey, x, y, offsets, counts)
-        jax.block_until_ready(server_step(state.params, state.opt_state, acc))
+        r = jnp.int32(state.round)
+        message = algorithm.broadcast(state.params, state.opt_state)
+        acc = zeros_acc(message, rkey, cohort, r)
+        acc = train_client(acc, message, cohort[0], rkey, r, x, y, offsets, counts)
+        jax.block_until_ready(server_step(state.params, state.opt_state, acc, r))
         return time.perf_counter() - t0
 
     return LoopReference(init, run_round, warm_up)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import math
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "feddyn", "mimelite")
+from jaxqfl.choices import ALGORITHMS
+
 DEFAULT_MU = 0.01
 DEFAULT_FEDDYN_ALPHA = 0.01
 

@@ -11,6 +11,7 @@ OUT/summary.json, and prints a one-screen summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -21,9 +22,9 @@ from jaxqfl.cli import algorithm_args
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
+from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
 
-SERVER_OPTS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 MODELS = ("mlp", "cnn", "logreg")
 
 DEFAULTS = {
@@ -62,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local-epochs", type=_positive_int, default=None)
     g.add_argument("--batch-size", type=_nonneg_int, default=None, help="0 means full batch (FedSGD with 1 local step)")
     g.add_argument("--client-lr", type=_positive_float, default=None)
-    g.add_argument("--server-opt", choices=SERVER_OPTS, default="sgd")
+    g.add_argument("--server-opt", choices=SERVER_OPTIMIZERS, default="sgd")
     g.add_argument("--server-lr", type=_positive_float, default=1.0)
-    g.add_argument("--weighting", choices=("examples", "uniform"), default="examples")
+    g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
     algorithm_args.add_arguments(g)
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=None, help="default: logreg for synthetic, mlp for mnist")
@@ -83,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
+    g.add_argument("--client-state", choices=CLIENT_STATE_HOMES, default="auto",
+                   help="where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on "
+                        "every device, sharded over the devices, or on the host and streamed with the cohort "
+                        "(default: auto, by size)")
     g.add_argument("--eval-every", type=_positive_int, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<time>)")
@@ -148,7 +153,7 @@ def _model(args, population):
 def main(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxqfl import data, engine
+    from jaxqfl import aggregate, data, engine
 
     t_start = time.perf_counter()
     population = data.build(
@@ -164,31 +169,31 @@ def main(args: argparse.Namespace) -> int:
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
+    uplink = None if args.uplink == "none" else args.uplink_codec
     sim = engine.build(
         population,
         _model(args, population),
         algorithm,
         schedule,
         cohort_size=args.cohort_size,
+        aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
-        uplink=None if args.uplink == "none" else args.uplink_codec,
+        uplink=uplink,
         downlink=None if args.downlink == "none" else args.downlink_codec,
-        integer_aggregation=args.integer_aggregation,
+        client_state=args.client_state,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_seconds = time.perf_counter() - t_start
-    with open(out / "metrics.jsonl", "w") as f:
+    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds, not args.no_progress) as show:
 
         def on_eval(rec):
             f.write(json.dumps(rec) + "\n")
             f.flush()
+            show(rec)
 
-        result = engine.run(
-            sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, on_eval=on_eval,
-            progress=not args.no_progress,
-        )
+        result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, on_eval=on_eval)
     final = result.final
     summary = {
         "dataset": args.dataset,
@@ -208,6 +213,7 @@ def main(args: argparse.Namespace) -> int:
         "num_devices": sim.num_devices,
         "platform": jax.devices()[0].platform,
         "chunk_size": sim.chunk_size,
+        "client_state_home": sim.client_state_home,
         "num_params": sim.num_params,
         "setup_seconds": setup_seconds,
         "compile_seconds": result.compile_seconds,
@@ -221,6 +227,29 @@ def main(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, out)
     return 0
+
+
+@contextlib.contextmanager
+def _progress(total_rounds: int, enabled: bool):
+    """A tqdm bar over rounds (loss, accuracy, rounds/s) fed by ``engine.run``'s records; yields ``show(record)``."""
+    if not enabled:
+        yield lambda rec: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_rounds, unit="round", dynamic_ncols=True)
+    def show(rec):
+        post = {"loss": f"{rec['test_loss']:.4f}",
+                "rounds/s": f"{rec['round'] / max(rec['seconds'], 1e-9):.2f}"}
+        if "test_accuracy" in rec:
+            post["acc"] = f"{rec['test_accuracy']:.4f}"
+        bar.set_postfix(post)
+        bar.update(rec["round"] - bar.n)
+
+    try:
+        yield show
+    finally:
+        bar.close()
 
 
 def _print_summary(s: dict, out: pathlib.Path) -> None:

@@ -14,7 +14,6 @@ from jaxqfl.compress.base import (
     Codec,
     CodecWrapper,
     bits_per_message,
-    init_client_states,
 )
 from jaxqfl.compress.chain import chain
 from jaxqfl.compress.error_feedback import ErrorFeedbackState, error_feedback
@@ -45,7 +44,6 @@ __all__ = [
     "from_spec",
     "hadamard",
     "identity",
-    "init_client_states",
     "natural",
     "qsgd",
     "randk",

@@ -19,7 +19,7 @@ Contract (what the round engine may rely on):
   keys and per-client states. The key is a traced argument.
 * ``init(params)`` returns the state of ONE client (``()`` when stateless).
   The engine stores ``num_clients`` of them stacked on a leading axis
-  (:func:`init_client_states`), gathers the cohort's, vmaps, scatters back.
+  (``jaxqfl.engine.state``), gathers the cohort's, vmaps, scatters back.
 * A message is a pytree of arrays with static shapes. Codes are stored in the
   narrowest convenient container (``int8``/``uint8``/``uint16``/``bool``);
   ``bits`` counts them at their true width, not the container's.
@@ -248,12 +248,6 @@ def bits_per_message(codec: Codec, params: PyTree) -> int:
 
     message_shapes = jax.eval_shape(encode_once, params, jax.random.key(0))
     return count_bits(codec.bits, message_shapes)
-
-
-def init_client_states(codec: Codec, params: PyTree, num_clients: int) -> PyTree:
-    """Per-client codec states stacked on a leading ``num_clients`` axis (what the engine stores)."""
-    state = codec.init(params)
-    return jax.tree.map(lambda s: jnp.broadcast_to(s, (num_clients,) + jnp.shape(s)), state)
 
 
 def check_positive_int(name: str, value, *, low: int = 1, high: Optional[int] = None) -> int:

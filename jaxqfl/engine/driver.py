@@ -15,7 +15,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxqfl.engine.simulation import ServerState, Simulation
+from jaxqfl.engine.simulation import Simulation
+from jaxqfl.engine.state import ServerState
 
 
 @dataclasses.dataclass
@@ -45,9 +46,14 @@ def run(
     seed: int = 0,
     state: ServerState | None = None,
     on_eval: Callable[[dict], None] | None = None,
-    progress: bool = False,
 ) -> RunResult:
-    """Run ``rounds`` rounds, evaluating every ``eval_every`` rounds and after the last one."""
+    """Run ``rounds`` rounds, evaluating every ``eval_every`` rounds and after the last one.
+
+    ``on_eval(record)`` is called after each evaluation (the CLI draws its progress
+    bar from it); a record holds the round, the test metrics, the last round's train
+    loss, the bit totals so far, the seconds so far and the last round's server
+    metrics (the algorithm's and the aggregator's, prefixed ``server_``).
+    """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     if not isinstance(eval_every, int) or eval_every < 1:
@@ -57,42 +63,28 @@ def run(
     state = sim.init(seed) if state is None else state
     start_round = int(state.round)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=rounds, unit="round", dynamic_ncols=True)
     records, train_seconds, up_total, down_total, done = [], 0.0, 0, 0, 0
-    try:
-        while done < rounds:
-            active = min(block, rounds - done)
-            t0 = time.perf_counter()
-            state, metrics = sim.run_block(state, block, active)
-            metrics = jax.device_get(metrics)
-            train_seconds += time.perf_counter() - t0
-            up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
-            down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
-            done += active
-            ev = sim.evaluate(state.params)
-            rec = {
-                "round": start_round + done,
-                "test_loss": ev["loss"],
-                **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
-                "train_loss": float(metrics.train_loss[active - 1]),
-                "uplink_bits_total": up_total,
-                "downlink_bits_total": down_total,
-                "seconds": train_seconds,
-            }
-            records.append(rec)
-            if on_eval is not None:
-                on_eval(rec)
-            if bar is not None:
-                post = {"loss": f"{rec['test_loss']:.4f}", "rounds/s": f"{done / max(train_seconds, 1e-9):.2f}"}
-                if "test_accuracy" in rec:
-                    post["acc"] = f"{rec['test_accuracy']:.4f}"
-                bar.set_postfix(post)
-                bar.update(active)
-    finally:
-        if bar is not None:
-            bar.close()
+    while done < rounds:
+        active = min(block, rounds - done)
+        t0 = time.perf_counter()
+        state, metrics = sim.run_block(state, block, active)
+        metrics = jax.device_get(metrics)
+        train_seconds += time.perf_counter() - t0
+        up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
+        down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
+        done += active
+        ev = sim.evaluate(state.params)
+        rec = {
+            "round": start_round + done,
+            "test_loss": ev["loss"],
+            **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
+            "train_loss": float(metrics.train_loss[active - 1]),
+            "uplink_bits_total": up_total,
+            "downlink_bits_total": down_total,
+            "seconds": train_seconds,
+            **{f"server_{k}": float(np.asarray(v)[active - 1]) for k, v in metrics.server.items()},
+        }
+        records.append(rec)
+        if on_eval is not None:
+            on_eval(rec)
     return RunResult(state, records, compile_seconds, train_seconds, rounds, up_total, down_total)

@@ -2,33 +2,27 @@
 
 ``engine.build`` copies the whole population to every device. When it does not
 fit (a million clients), ``build_streaming`` keeps it in host memory and, per
-round ``r``:
+round ``r`` (``jaxqfl.engine.host_loop``):
 
     host:   cohort_r = sample_cohort(fold_in(run_key, r), C, M)    (the same keys as on device)
             block_r  = the cohort's rows, slot-major [M_pad, max_count, *F] (a NumPy gather),
                        put on the devices sharded over "clients" (each device gets its share)
     device: (state, metrics) = round(state, block_r, cohort_r)     (the engine's own round)
 
-and prepares ``block_{r+1}`` on a background thread while round ``r`` runs
-(double buffering: at most two blocks are alive). Device memory per round is
-``M_pad * max_count * (4 F + 4)`` bytes for the rows instead of the whole
-population; host memory is the population plus two blocks.
+and prepares ``block_{r+1}`` on a background thread while round ``r`` runs.
+Device memory per round is ``M_pad * max_count * (4 F + 4)`` bytes for the rows
+instead of the whole population; host memory is the population plus two blocks.
 
 The round program is the one ``engine.build`` compiles (``round_program``),
 fed a ``CohortBlock`` instead of the population: slot ``j`` of the block holds
 client ``cohort[j]``, whose keys still come from its id. So a streamed run
 equals the on-device run of the same seed (float summation order aside), and
-compiles once: one program per run, whatever the round or the key.
+compiles once. It returns the same ``Simulation`` as ``engine.build``.
 
 Data placement across processes: every process holds the whole population on
-its host (as with ``engine.build``) and gathers the same block; each puts only
-its own devices' share.
+its host and gathers the same block; each puts only its own devices' share.
 """
 from __future__ import annotations
-
-import concurrent.futures
-import time
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,35 +30,16 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import keys
-from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
+from jaxqfl.engine.evaluation import label_dtype
+from jaxqfl.engine.host_loop import StreamStats, host_loop
 from jaxqfl.engine.mesh import CLIENTS
+from jaxqfl.engine.round import CohortBlock
 from jaxqfl.engine.schedule import LocalSchedule
-from jaxqfl.engine.simulation import CohortBlock, ServerState, label_dtype, sample_cohort, setup_round
+from jaxqfl.engine.simulation import Simulation, setup_round
 from jaxqfl.tasks import Task
 
-
-class StreamStats(NamedTuple):
-    rounds: int
-    seconds: float  # wall time of the rounds, compilation excluded
-    host_seconds: float  # time spent sampling + gathering + putting blocks (overlapped with rounds)
-    block_bytes: int  # bytes of one cohort block (rows + labels + counts)
-
-
-class StreamingSimulation(NamedTuple):
-    """A simulation whose population lives on the host (see module docstring)."""
-
-    init: Callable  # init(seed) -> ServerState
-    run: Callable  # run(state, rounds) -> (state, [RoundMetrics on the host], StreamStats)
-    compile: Callable  # compile() -> seconds (cached)
-    cohort: Callable  # cohort(run_key or its key data, round) -> np.ndarray [M] int32
-    gather: Callable  # gather(cohort) -> CohortBlock of NumPy arrays
-    num_devices: int
-    chunk_size: int
-    cohort_size: int
-    clients_per_device: int
-    num_params: int
+StreamingSimulation = Simulation  # the same API as engine.build's
 
 
 def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, y_dtype) -> CohortBlock:
@@ -81,7 +56,7 @@ def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, 
     )  # [M, max_count]
     M = len(cohort)
     x = np.zeros((padded_cohort, max_count) + population.feature_shape, np.float32)
-    y = np.zeros((padded_cohort, max_count), y_dtype)
+    y = np.zeros((padded_cohort, max_count) + population.y.shape[1:], y_dtype)
     np.take(population.x.astype(np.float32, copy=False), rows, axis=0, out=x[:M])
     y[:M] = population.y[rows]
     c = np.ones((padded_cohort,), np.int32)
@@ -92,121 +67,51 @@ def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, 
 def build_streaming(
     population: Population,
     model,
-    algorithm: Algorithm,
+    algorithm,
     schedule: LocalSchedule,
     *,
     cohort_size: int,
+    aggregator=None,
     task: Task | None = None,
     num_devices: int | None = None,
     chunk_size: int | None = None,
     uplink=None,
     downlink=None,
-    integer_aggregation: bool = False,
+    client_state: str = "auto",
+    eval_batch_size: int = 1024,
     prefetch: bool = True,
-) -> StreamingSimulation:
+) -> Simulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
     """
-    _, mesh, layout, one_round, init_from_key, init_program = setup_round(
-        population, model, algorithm, schedule, cohort_size=cohort_size, task=task, num_devices=num_devices,
-        chunk_size=chunk_size, uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation,
+    setup = setup_round(
+        population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
+        num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
+        client_state=client_state, eval_batch_size=eval_batch_size,
     )
-    D = mesh.devices.size
-    replicated = NamedSharding(mesh, P())
+    mesh, layout = setup.mesh, setup.layout
     sharded = NamedSharding(mesh, P(CLIENTS))
-    C, M = population.num_clients, cohort_size
     y_dtype = label_dtype(population)
-
-    @jax.jit
-    def cohort_program(run_key_data, r):
-        run_key = jax.random.wrap_key_data(run_key_data)
-        return sample_cohort(keys.round_key(run_key, r), C, M)
-    def streamed_round(state, block, cohort):
-        return one_round(state, block, cohort)
-
-    round_jit = jax.jit(streamed_round, donate_argnums=(0,), out_shardings=replicated)
-    compiled = {}
-
-    def init(seed: int) -> ServerState:
-        return init_program(jax.random.key(seed))
-
-    def cohort(run_key, round_index: int) -> np.ndarray:
-        """The [M] ids of round ``round_index`` (``run_key``: a key, or its host key data)."""
-        if isinstance(run_key, jax.Array) and jnp.issubdtype(run_key.dtype, jax.dtypes.prng_key):
-            run_key = jax.random.key_data(run_key)
-        return np.asarray(jax.device_get(cohort_program(np.asarray(run_key), jnp.int32(round_index))))
-
-    def gather(ids: np.ndarray) -> CohortBlock:
-        return gather_rows(population, ids, layout.padded_cohort, y_dtype)
-
-    def compile() -> float:
-        if "round" in compiled:
-            return 0.0
-        t0 = time.perf_counter()
-        state = jax.eval_shape(init_from_key, jax.random.key(0))
-        state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
-        block = CohortBlock(
-            jax.ShapeDtypeStruct((layout.padded_cohort, population.max_count) + population.feature_shape,
-                                 jnp.float32, sharding=sharded),
-            jax.ShapeDtypeStruct((layout.padded_cohort, population.max_count), y_dtype, sharding=sharded),
-            jax.ShapeDtypeStruct((layout.padded_cohort,), jnp.int32, sharding=sharded),
-        )
-        ids = jax.ShapeDtypeStruct((M,), jnp.int32, sharding=replicated)
-        compiled["round"] = round_jit.lower(state, block, ids).compile()
-        return time.perf_counter() - t0
-
-    def prepare(run_key, round_index: int):
-        """Sample, gather and put one round's block; returns (device block, device ids, host seconds)."""
-        t0 = time.perf_counter()
-        ids = cohort(run_key, round_index)
-        block = jax.device_put(gather(ids), sharded)
-        ids_dev = jax.device_put(ids, replicated)
-        jax.block_until_ready((block, ids_dev))
-        return block, ids_dev, time.perf_counter() - t0
-
-    def run(state: ServerState, rounds: int):
-        """Run ``rounds`` streamed rounds from ``state``; metrics come back to the host."""
-        if not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-        compile()
-        program = compiled["round"]
-        state = jax.device_put(state, replicated)
-        # host copies: the state (and its key) is donated to the first round
-        run_key, r0 = np.asarray(jax.device_get(jax.random.key_data(state.key))), int(jax.device_get(state.round))
-        metrics, host_seconds = [], 0.0
-        t0 = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(prepare, run_key, r0)
-            for i in range(rounds):
-                block, ids, seconds = pending.result()
-                host_seconds += seconds
-                state, m = program(state, block, ids)  # dispatched asynchronously
-                if not prefetch:
-                    jax.block_until_ready(state)
-                if i + 1 < rounds:  # with prefetch, the next block is gathered while this round runs
-                    pending = pool.submit(prepare, run_key, r0 + i + 1)
-                metrics.append(m)
-                del block
-            jax.block_until_ready(state)
-        seconds = time.perf_counter() - t0
-        metrics = [jax.device_get(m) for m in metrics]
-        block_bytes = layout.padded_cohort * (
-            population.max_count * (4 * int(np.prod(population.feature_shape)) + np.dtype(y_dtype).itemsize) + 4
-        )
-        return state, metrics, StreamStats(rounds, seconds, host_seconds, block_bytes)
-
-    return StreamingSimulation(
-        init=init,
-        run=run,
-        compile=compile,
-        cohort=cohort,
-        gather=gather,
-        num_devices=D,
-        chunk_size=layout.chunk,
-        cohort_size=M,
-        clients_per_device=layout.per_device,
-        num_params=layout.num_params,
+    M_pad, max_count = layout.padded_cohort, population.max_count
+    block_abstract = CohortBlock(
+        jax.ShapeDtypeStruct((M_pad, max_count) + population.feature_shape, jnp.float32, sharding=sharded),
+        jax.ShapeDtypeStruct((M_pad, max_count) + population.y.shape[1:], y_dtype, sharding=sharded),
+        jax.ShapeDtypeStruct((M_pad,), jnp.int32, sharding=sharded),
+    )
+    block_bytes = M_pad * (max_count * (4 * int(np.prod(population.feature_shape))
+                                        + np.dtype(y_dtype).itemsize * int(np.prod(population.y.shape[1:]))) + 4)
+    compile_round, run_block, stats, cohort, traces = host_loop(
+        mesh=mesh, layout=layout, num_clients=population.num_clients, one_round=setup.one_round,
+        abstract_state=setup.abstract_state, state_sharding=setup.state_sharding, data=None, data_abstract=block_abstract,
+        gather_block=lambda ids: gather_rows(population, ids, M_pad, y_dtype), block_bytes=block_bytes,
+        host_home=setup.home == "host", prefetch=prefetch,
+    )
+    return Simulation(
+        init=setup.init, run_block=run_block, compile_block=lambda num_rounds: compile_round(),
+        evaluate=setup.evaluate, trace_count=traces, num_devices=mesh.devices.size, chunk_size=layout.chunk,
+        cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
+        client_state_home=setup.home, stream_stats=stats, cohort=cohort,
     )
 
 

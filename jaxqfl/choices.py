@@ -1,0 +1,9 @@
+"""Names of the built-in choices, importable without JAX (the CLI checks flags before JAX starts).
+
+Each list is defined here once; the modules that implement the choices import it.
+"""
+
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")  # jaxqfl.algorithms.fedavg.server_optimizer
+WEIGHTINGS = ("examples", "uniform")  # p_i = n_i or 1 (jaxqfl.algorithms.base.client_weight)
+CLIENT_STATE_HOMES = ("auto", "replicated", "sharded", "host")  # jaxqfl.engine.homes
+ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "feddyn", "mimelite")  # jaxqfl.cli.algorithm_args

@@ -1,0 +1,136 @@
+"""One client's round, traceable and vmapped by the round program.
+
+    receive:  params_i = decode(encode(message.params))   (downlink codec, when there is one)
+    train:    local = algorithm.client_init(message_i, client_state_i, info)
+              lax.scan over the S scheduled steps: batch rows (drawn before the scan) ->
+              task loss at local.params -> grads -> algorithm.client_step (masked steps skipped)
+    finish:   algorithm.client_final -> ClientOutput(update, weight, client_state, metrics)
+    send:     aggregator.prepare -> uplink codec (unless the aggregator encodes) -> aggregator.client
+
+``train_client`` covers receive/train/finish and ``send_update`` the rest, so a
+round whose aggregator needs a cohort pre-pass can run the two halves apart.
+A client's keys come from its id (``info.key = fold_in(round_key, id)``), never
+from its slot, so results do not depend on the layout.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxqfl import keys
+from jaxqfl.algorithms.base import ClientInfo
+from jaxqfl.compress.base import FLOAT_BITS
+from jaxqfl.engine.conv_layout import canonical_convolutions
+from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
+from jaxqfl.engine.state import num_params, tree_where
+
+
+
+class TrainedClient(NamedTuple):
+    update: Any
+    weight: jax.Array  # () float32, 0 for padding slots
+    info: ClientInfo
+    client_states: dict  # the client's new states (algorithm's and downlink codec's updated)
+    loss: jax.Array  # () mean local loss over its steps
+    downlink_bits: jax.Array  # () int32
+    metrics: dict  # the algorithm's per-client metrics
+
+
+def float_bits(tree) -> int:
+    return FLOAT_BITS * num_params(tree)
+
+
+def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_count: int, downlink, platform: str):
+    """``train_client(message, cid, slot, valid, cstates, data, rkey, round) -> TrainedClient``."""
+    S = schedule.num_steps(max_count)
+    prepare_plan, step_batch = make_batch_fn(schedule, max_count)
+    every_step_active = schedule.local_steps is not None  # no masked steps: skip the select over the params
+    if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
+        value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f))
+    else:
+        value_and_grad = jax.value_and_grad
+
+    def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
+        ckey = keys.client_key(rkey, cid)
+        count, offset = data.counts[slot], data.offsets[slot]
+        new_cstates = dict(cstates)
+        extras_bits = float_bits(message.extras)
+        if downlink is not None:
+            sent, new_cstates["downlink"] = downlink.encode(
+                message.params, cstates["downlink"], keys.purpose_key(ckey, keys.DOWNLINK))
+            message = message._replace(params=downlink.decode(sent))
+            down_bits = jnp.asarray(downlink.bits(sent), jnp.int32) + extras_bits
+        else:
+            down_bits = jnp.int32(float_bits(message.params) + extras_bits)
+        info = ClientInfo(cid, count, schedule.steps_taken(count, max_count).astype(jnp.int32), ckey, round_index)
+        local = algorithm.client_init(message, cstates["algorithm"], info)
+        plan = prepare_plan(ckey, count)
+
+        def local_step(local, step):
+            s, sb = step
+            rows = offset + sb.rows
+            xb, yb = data.x[rows], data.y[rows]
+            qkey = keys.purpose_key(keys.step_key(ckey, s), keys.QUANT)
+            m = sb.mask.astype(jnp.float32)
+
+            def loss_fn(p):
+                per_example = task.loss(model.apply(p, xb, key=qkey), yb)
+                return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+            loss, grads = value_and_grad(loss_fn)(local.params)
+            stepped = algorithm.client_step(local, grads, message, info)
+            if every_step_active:
+                return stepped, (loss, sb.active)
+            return tree_where(sb.active, stepped, local), (jnp.where(sb.active, loss, 0.0), sb.active)
+
+        # every step's batch rows and masks at once (vectorised), then a scan over the steps
+        steps = jnp.arange(S, dtype=jnp.int32)
+        batches = (steps, jax.vmap(lambda s: step_batch(plan, ckey, count, s))(steps))
+        local, (losses, active) = jax.lax.scan(local_step, local, batches)
+        out = algorithm.client_final(local, message, cstates["algorithm"], info)
+        new_cstates["algorithm"] = out.client_state
+        taken = jnp.sum(active.astype(jnp.int32))
+        return TrainedClient(
+            update=out.update,
+            weight=jnp.where(valid, jnp.asarray(out.weight, jnp.float32), 0.0),
+            info=info,
+            client_states=new_cstates,
+            loss=jnp.sum(losses) / jnp.maximum(taken, 1),
+            downlink_bits=down_bits,
+            metrics=dict(out.metrics),
+        )
+
+    return train_client
+
+
+class SentUpdate(NamedTuple):
+    summand: Any
+    client_states: dict  # the aggregator's and uplink codec's states updated
+    uplink_bits: jax.Array  # () int32
+    metrics: dict  # the aggregator's per-client metrics
+
+
+def make_send_update(aggregator, uplink) -> Callable:
+    """``send_update(trained, cstates, agg_state, stats) -> SentUpdate``: prepare, encode, summand."""
+    generic_codec = uplink is not None and not aggregator.encodes_uplink
+
+    def send_update(t: TrainedClient, cstates, agg_state, stats) -> SentUpdate:
+        new_cstates = dict(cstates)
+        update, weight, agg_cstate, m1 = aggregator.prepare(
+            t.update, t.weight, cstates["aggregator"], agg_state, stats, t.info)
+        if generic_codec:
+            msg, new_cstates["uplink"] = uplink.encode(
+                update, cstates["uplink"], keys.purpose_key(t.info.key, keys.UPLINK))
+            update, bits = uplink.decode(msg), jnp.asarray(uplink.bits(msg), jnp.int32)
+        elif aggregator.encodes_uplink:
+            bits = jnp.int32(0)
+        else:
+            bits = jnp.int32(float_bits(update))
+        summand, new_cstates["aggregator"], m2 = aggregator.client(update, weight, agg_cstate, agg_state, stats, t.info)
+        metrics = {**m1, **m2}
+        bits = bits + jnp.asarray(metrics.pop("uplink_bits", 0), jnp.int32)
+        return SentUpdate(summand, new_cstates, bits, metrics)
+
+    return send_update

@@ -1,0 +1,106 @@
+"""The server state of a run, the per-round metrics, and the initial state.
+
+``ServerState(params, algorithm_state, aggregator_state, client_states, round, key)``
+is everything a run carries from one round to the next (and what a checkpoint
+saves). ``client_states`` is a dict of per-client pytrees, each leaf with a
+leading population axis: ``"algorithm"`` and ``"aggregator"`` always (``()``
+when they keep nothing), ``"uplink"`` / ``"downlink"`` for codecs with state
+(error-feedback residuals). Where those arrays live is the client-state home
+(``jaxqfl.engine.homes``).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxqfl import keys
+
+
+class ServerState(NamedTuple):
+    params: Any
+    algorithm_state: Any
+    aggregator_state: Any
+    client_states: Any  # {"algorithm", "aggregator"[, "uplink", "downlink"]}: leading [num_clients] axis
+    round: jax.Array  # () int32, rounds done so far
+    key: jax.Array  # run key (typed PRNG key)
+
+
+class RoundMetrics(NamedTuple):
+    """Per-round metrics; a block returns each with a leading [R] axis."""
+
+    train_loss: jax.Array  # () weighted mean over the cohort of each client's mean local loss
+    total_weight: jax.Array  # () sum of p_i over the cohort
+    cohort: jax.Array  # [M] int32 client ids
+    uplink_bits: jax.Array  # [M] int32 bits each client sent
+    downlink_bits: jax.Array  # [M] int32 bits each client received
+    local_steps: jax.Array  # [M] int32 local steps each client took
+    active: jax.Array  # () bool, False for a skipped tail round
+    clients: dict  # name -> [M]: the algorithm's and the aggregator's per-client metrics
+    server: dict  # name -> (): the algorithm's and the aggregator's per-round metrics
+
+
+def stack_states(state, n: int):
+    """``n`` copies of one client's state on a leading axis."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), state)
+
+
+def tree_where(cond, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(cond, u, v), a, b)
+
+
+def num_params(tree) -> int:
+    return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(tree)))
+
+
+def one_client_states(model, algorithm, aggregator, feature_shape, *, uplink=None, downlink=None):
+    """``init(params) -> one client's state dict`` (algorithm, aggregator, codecs)."""
+
+    def init(params):
+        states = {"algorithm": algorithm.client_state_init(params),
+                  "aggregator": aggregator.client_state_init(params)}
+        if uplink is not None and not aggregator.encodes_uplink:
+            states["uplink"] = uplink.init(update_template(algorithm, params, feature_shape))
+        if downlink is not None:
+            states["downlink"] = downlink.init(params)
+        return states
+
+    return init
+
+
+def update_template(algorithm, params, feature_shape=None):
+    """Zeros shaped like a client's ``update`` (what the uplink codec encodes), traced abstractly."""
+    del feature_shape
+    from jaxqfl.algorithms.base import ClientInfo
+
+    def upload(p):
+        info = ClientInfo(jnp.int32(0), jnp.int32(1), jnp.int32(1), jax.random.key(0), jnp.int32(0))
+        message = algorithm.broadcast(p, algorithm.init(p))
+        cstate = algorithm.client_state_init(p)
+        local = algorithm.client_init(message, cstate, info)
+        return algorithm.client_final(local, message, cstate, info).update
+
+    shapes = jax.eval_shape(upload, params)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def initial_state(model, algorithm, aggregator, feature_shape, num_clients: int, *, uplink=None, downlink=None,
+                  client_rows: int | None = None):
+    """``init_from_key(run_key) -> ServerState``: round 0, params from ``fold_in(run_key, INIT)``.
+
+    ``client_rows`` (default ``num_clients``) is the length of the stacked client
+    states (a sharded home pads it to a multiple of the device count).
+    """
+    sample_x = jnp.zeros((1,) + tuple(feature_shape), jnp.float32)
+    per_client = one_client_states(model, algorithm, aggregator, feature_shape, uplink=uplink, downlink=downlink)
+    rows = num_clients if client_rows is None else client_rows
+
+    def init_from_key(run_key) -> ServerState:
+        params = model.init(keys.purpose_key(run_key, keys.INIT), sample_x)
+        client_states = stack_states(per_client(params), rows)
+        return ServerState(params, algorithm.init(params), aggregator.init(params), client_states,
+                           jnp.int32(0), run_key)
+
+    return init_from_key
