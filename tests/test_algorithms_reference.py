@@ -7,8 +7,8 @@ step counts matter), two rounds. Every persistent state is compared too:
 SCAFFOLD's server and client controls, FedDyn's h and client gradients,
 MimeLite's optimizer statistics.
 
-Each algorithm runs on two (devices, chunk size) layouts that must both match
-the reference and each other; across the algorithms every device count (1, 2,
+Each algorithm runs on two (devices, chunk size) layouts (one for the second
+variant of FedNova and MimeLite) that must match the reference and each other; across the algorithms every device count (1, 2,
 4, 8) and every chunk size (1, 3, the whole cohort of 5) is used, with padding
 slots in several. The full product of layouts, with minibatches, is
 ``test_algorithms_invariance.py`` (slow).
@@ -54,8 +54,8 @@ def _client_rows(stacked):
 
 
 def _check(layouts, make, reference, tol=2e-5):
-    """Run ``make()`` on each layout; ``reference(theta0, cohorts) -> {name: expected}``;
-    ``got(state)`` pairs are taken from the same names. Layouts must also agree with each other."""
+    """Run ``make(layout)`` on each layout; ``reference(theta0, cohorts, state) -> (expected, got)``,
+    two dicts with the same names. Layouts must also agree with each other."""
     seen = []
     for layout in layouts:
         theta0, state, cohorts = _run(*make(layout))
@@ -63,8 +63,9 @@ def _check(layouts, make, reference, tol=2e-5):
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name], atol=tol, err_msg=f"{name} on layout {layout}")
         seen.append(got)
-    for name in seen[0]:
-        np.testing.assert_allclose(seen[1][name], seen[0][name], rtol=1e-5, atol=1e-5, err_msg=f"{name}: layouts")
+    for other in seen[1:]:
+        for name in seen[0]:
+            np.testing.assert_allclose(other[name], seen[0][name], rtol=1e-5, atol=1e-5, err_msg=f"{name}: layouts")
 
 
 def test_fedprox_equals_numpy(problem):
@@ -95,7 +96,7 @@ def test_scaffold_equals_numpy_with_controls(problem):
            tol=5e-5)
 
 
-@pytest.mark.parametrize("momentum,layouts", [(0.6, [(1, 3), (8, WHOLE)]), (0.0, [(2, 3), (1, WHOLE)])])
+@pytest.mark.parametrize("momentum,layouts", [(0.6, [(1, 3), (8, WHOLE)]), (0.0, [(2, 3)])])
 def test_fednova_equals_numpy(problem, momentum, layouts):
     pop, clients, steps = problem
 
@@ -124,7 +125,7 @@ def test_feddyn_equals_numpy_with_h_and_client_gradients(problem):
            reference, tol=5e-5)
 
 
-@pytest.mark.parametrize("base,layouts", [("adam", [(2, 1), (1, 3)]), ("momentum", [(8, WHOLE), (2, 3)])])
+@pytest.mark.parametrize("base,layouts", [("adam", [(2, 1), (1, 3)]), ("momentum", [(8, WHOLE)])])
 def test_mimelite_equals_numpy_with_optimizer_statistics(problem, base, layouts):
     pop, clients, steps = problem
     if base == "momentum":
