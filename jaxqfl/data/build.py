@@ -26,8 +26,6 @@ model (:func:`jaxqfl.data.synthetic.synthetic` with ``iid=True``).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from jaxqfl.data import partition as partitioners
@@ -102,23 +100,6 @@ def build(
         x, y, x_test, y_test = load_mnist(data_path)
         num_classes, base_name = MNIST_CLASSES, "mnist"
 
-    split, label = _partitioner(partition, alpha, shards_per_client, sigma, num_classes)
+    split, label = partitioners.by_name(partition, alpha, shards_per_client, sigma, num_classes)
     client_indices = split(y, num_clients, partition_seed)
     return from_client_indices(x, y, client_indices, x_test, y_test, num_classes, name=f"{base_name}/{label}")
-
-
-def _partitioner(name, alpha, shards_per_client, sigma, num_classes) -> tuple[Callable, str]:
-    """The partition function ``(labels, num_clients, seed) -> indices`` of ``name``, and its label."""
-    if name == "iid":
-        return partitioners.iid, "iid"
-    if name == "dirichlet":
-        return (
-            lambda y, c, s: partitioners.dirichlet(y, c, alpha, s, num_classes=num_classes),
-            f"dirichlet(alpha={alpha:g})",
-        )
-    if name == "shards":
-        return (
-            lambda y, c, s: partitioners.shards(y, c, shards_per_client, seed=s),
-            f"shards(k={shards_per_client})",
-        )
-    return lambda y, c, s: partitioners.quantity(y, c, sigma, s), f"quantity(sigma={sigma:g})"

@@ -182,7 +182,7 @@ class CohortBlock(NamedTuple):
     """
 
     x: jax.Array  # [M_pad, max_count, *F] float32
-    y: jax.Array  # [M_pad, max_count]
+    y: jax.Array  # [M_pad, max_count] (or [M_pad, max_count, k] regression targets)
     counts: jax.Array  # [M_pad] int32 (>= 1; padding slots 1)
 
 
@@ -284,7 +284,7 @@ def round_program(
         if isinstance(data, CohortBlock):  # this device's slots of the streamed block
             data = DeviceData(
                 x=data.x.reshape((per_device * max_count,) + data.x.shape[2:]),
-                y=data.y.reshape((per_device * max_count,)),
+                y=data.y.reshape((per_device * max_count,) + data.y.shape[2:]),
                 offsets=jnp.arange(per_device, dtype=jnp.int32) * max_count,
                 counts=data.counts,
             )
@@ -561,7 +561,7 @@ def _build_evaluate(population: Population, model, task: Task, mesh, eval_batch_
     pad = per_device * D - n
     y_dtype = label_dtype(population)
     x = np.concatenate([population.x_test.astype(np.float32), np.zeros((pad,) + population.feature_shape, np.float32)])
-    y = np.concatenate([population.y_test.astype(y_dtype), np.zeros((pad,), y_dtype)])
+    y = np.concatenate([population.y_test.astype(y_dtype), np.zeros((pad,) + population.y_test.shape[1:], y_dtype)])
     mask = np.arange(per_device * D) < n
     sharded = NamedSharding(mesh, P(CLIENTS))
     x, y, mask = (jax.device_put(a, sharded) for a in (x, y, mask))
@@ -583,8 +583,11 @@ def _build_evaluate(population: Population, model, task: Task, mesh, eval_batch_
         )
     )
 
+    finish = task.finish(population.y_test) if getattr(task, "finish", None) else None
+
     def evaluate(params) -> dict[str, float]:
         sums = jax.device_get(fn(params, x, y, mask))
-        return {k: float(v) / n for k, v in sums.items()}
+        means = {k: float(v) / n for k, v in sums.items()}
+        return finish(means) if finish is not None else means
 
     return evaluate

@@ -41,7 +41,14 @@ from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.data.population import Population
 from jaxqfl.engine.mesh import CLIENTS
 from jaxqfl.engine.schedule import LocalSchedule
-from jaxqfl.engine.simulation import CohortBlock, ServerState, label_dtype, sample_cohort, setup_round
+from jaxqfl.engine.simulation import (
+    CohortBlock,
+    ServerState,
+    _build_evaluate,
+    label_dtype,
+    sample_cohort,
+    setup_round,
+)
 from jaxqfl.tasks import Task
 
 
@@ -60,6 +67,7 @@ class StreamingSimulation(NamedTuple):
     compile: Callable  # compile() -> seconds (cached)
     cohort: Callable  # cohort(run_key or its key data, round) -> np.ndarray [M] int32
     gather: Callable  # gather(cohort) -> CohortBlock of NumPy arrays
+    evaluate: Callable  # evaluate(params) -> test metrics, as engine.build's (the test set is on the devices)
     num_devices: int
     chunk_size: int
     cohort_size: int
@@ -81,7 +89,7 @@ def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, 
     )  # [M, max_count]
     M = len(cohort)
     x = np.zeros((padded_cohort, max_count) + population.feature_shape, np.float32)
-    y = np.zeros((padded_cohort, max_count), y_dtype)
+    y = np.zeros((padded_cohort, max_count) + population.y.shape[1:], y_dtype)
     np.take(population.x.astype(np.float32, copy=False), rows, axis=0, out=x[:M])
     y[:M] = population.y[rows]
     c = np.ones((padded_cohort,), np.int32)
@@ -103,12 +111,13 @@ def build_streaming(
     downlink=None,
     integer_aggregation: bool = False,
     prefetch: bool = True,
+    eval_batch_size: int = 1024,
 ) -> StreamingSimulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
     """
-    _, mesh, layout, one_round, init_from_key, init_program = setup_round(
+    task, mesh, layout, one_round, init_from_key, init_program = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, task=task, num_devices=num_devices,
         chunk_size=chunk_size, uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation,
     )
@@ -149,7 +158,8 @@ def build_streaming(
         block = CohortBlock(
             jax.ShapeDtypeStruct((layout.padded_cohort, population.max_count) + population.feature_shape,
                                  jnp.float32, sharding=sharded),
-            jax.ShapeDtypeStruct((layout.padded_cohort, population.max_count), y_dtype, sharding=sharded),
+            jax.ShapeDtypeStruct((layout.padded_cohort, population.max_count) + population.y.shape[1:], y_dtype,
+                                 sharding=sharded),
             jax.ShapeDtypeStruct((layout.padded_cohort,), jnp.int32, sharding=sharded),
         )
         ids = jax.ShapeDtypeStruct((M,), jnp.int32, sharding=replicated)
@@ -192,7 +202,7 @@ def build_streaming(
         seconds = time.perf_counter() - t0
         metrics = [jax.device_get(m) for m in metrics]
         block_bytes = layout.padded_cohort * (
-            population.max_count * (4 * int(np.prod(population.feature_shape)) + np.dtype(y_dtype).itemsize) + 4
+            population.max_count * (4 * int(np.prod(population.feature_shape)) + np.dtype(y_dtype).itemsize * int(np.prod(population.y.shape[1:]))) + 4
         )
         return state, metrics, StreamStats(rounds, seconds, host_seconds, block_bytes)
 
@@ -202,6 +212,7 @@ def build_streaming(
         compile=compile,
         cohort=cohort,
         gather=gather,
+        evaluate=_build_evaluate(population, model, task, mesh, eval_batch_size),
         num_devices=D,
         chunk_size=layout.chunk,
         cohort_size=M,
