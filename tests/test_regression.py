@@ -79,19 +79,24 @@ def test_synthetic_regression_targets_follow_each_clients_linear_model():
     assert one.y.ndim == 1
 
 
-def test_cli_regression_run_writes_mse_rmse_r2(tmp_path):
+def test_cli_streamed_regression_with_two_outputs_writes_mse_rmse_r2(tmp_path):
+    """``--stream`` (engine.build_streaming) with [N, 2] targets; summary.json gets final_mse / rmse / r2."""
     import json
 
     from jaxqfl.cli.main import main
 
     out = tmp_path / "reg"
-    rc = main(["run", "--dataset", "synthetic-regression", "--num-clients", "40", "--cohort-size", "10",
-               "--rounds", "4", "--eval-every", "2", "--local-steps", "2", "--devices", "2",
+    rc = main(["run", "--dataset", "synthetic-regression", "--num-outputs", "2", "--stream", "--num-clients", "40",
+               "--cohort-size", "10", "--rounds", "3", "--eval-every", "2", "--local-steps", "2", "--devices", "2",
                "--max-client-size", "60", "--out", str(out), "--no-progress"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert summary["task"] == "regression" and summary["final_accuracy"] is None
+    assert [r["round"] for r in records] == [2, 3]
+    assert summary["task"] == "regression" and summary["stream"] and summary["final_accuracy"] is None
+    assert summary["num_params"] == 60 * 2 + 2
+    assert summary["uplink_bits_total"] == 3 * 10 * 32 * summary["num_params"]
     assert summary["final_mse"] == records[-1]["test_mse"]
+    assert summary["final_mse"] == pytest.approx(summary["final_loss"] / 2)  # loss sums the 2 outputs
     assert summary["final_rmse"] == pytest.approx(np.sqrt(summary["final_mse"]))
     assert summary["final_r2"] == records[-1]["test_r2"] and summary["final_r2"] < 1
