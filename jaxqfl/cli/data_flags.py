@@ -20,7 +20,7 @@ DEFAULTS = {
     "synthetic": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 300, "client_lr": 0.01,
                   "local_steps": 20, "batch_size": 10, "eval_every": 20},
     "synthetic-regression": {"model": "linear", "num_clients": 1000, "cohort_size": 100, "rounds": 100,
-                             "client_lr": 0.002, "local_steps": 20, "batch_size": 10, "eval_every": 10},
+                             "client_lr": 0.001, "local_steps": 20, "batch_size": 10, "eval_every": 10},
     "gaussian-mixture": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 100,
                          "client_lr": 0.01, "local_steps": 20, "batch_size": 10, "eval_every": 10},
     "mnist": {"model": "mlp", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -165,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
     with open(out / "metrics.jsonl", "w") as f:
 
         def on_eval(rec):
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(_finite_or_null(rec), allow_nan=False) + "\n")
             f.flush()
 
         run = run_streamed if args.stream else engine.run
@@ -207,9 +209,18 @@ def main(args: argparse.Namespace) -> int:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                    if not k.endswith("_codec")},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if final and not math.isfinite(final.get("test_loss", 0.0)):
+        print(f"jaxqfl run: warning: the test loss is {final['test_loss']} (training diverged); "
+              "its metrics are written as null: lower --client-lr", file=sys.stderr)
+    summary = _finite_or_null(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     _print_summary(summary, out)
     return 0
+
+
+def _finite_or_null(record: dict) -> dict:
+    """Strict JSON: a NaN or infinite metric (a diverged run) becomes null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 def _print_summary(s: dict, out: pathlib.Path) -> None:
@@ -221,7 +232,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap",
         f"  rounds           {s['rounds']}",
         f"  test accuracy    {acc:.4f}" if acc is not None else "",
-        f"  test loss        {s['final_loss']:.4f}",
+        f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
         f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
         f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
         f"  compile          {s['compile_seconds']:.2f} s",
