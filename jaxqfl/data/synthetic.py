@@ -197,7 +197,7 @@ def synthetic_regression(
         y += noise * rng.standard_normal(y.shape)
         return (y[..., 0] if squeeze else y).astype(np.float32)
 
-    name = f"synthetic_regression_iid" if iid else f"synthetic_regression({alpha:g},{beta:g})"
+    name = "synthetic_regression_iid" if iid else f"synthetic_regression({alpha:g},{beta:g})"
     shape = () if squeeze else (int(num_outputs),)
     # num_classes=2 passes the shared validation; the models have num_outputs columns.
     return _generate(alpha, beta, num_clients, seed, num_features, int(num_outputs), size_mean, size_sigma, min_size,
