@@ -55,6 +55,7 @@ from jaxqfl import keys
 from jaxqfl.algorithms.fedavg import Algorithm
 from jaxqfl.compress.integer_sum import aggregate_in_integers
 from jaxqfl.data.population import Population
+from jaxqfl.engine.autotune import autotune_default
 from jaxqfl.engine.chunking import auto_chunk_size, padded_layout
 from jaxqfl.engine.conv_layout import canonical_convolutions, contains_convolution
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
@@ -106,6 +107,7 @@ class Simulation(NamedTuple):
     cohort_size: int
     clients_per_device: int
     num_params: int
+    tuning: dict | None = None  # the chunk-size search (autotune.TuningRecord._asdict()), None when not tuned
 
 
 def _stack_states(state, n: int):
@@ -386,19 +388,32 @@ class RoundSetup(NamedTuple):
     one_round: Callable  # round_program(...)
     init_from_key: Callable  # initial_state(...)
     init_program: Callable  # jitted init_from_key, replicated output (multi-process safe)
+    tuning: dict | None = None  # autotune.TuningRecord._asdict() when the chunk size was measured
 
 
 def setup_round(
     population: Population, model, algorithm: Algorithm, schedule: LocalSchedule, *, cohort_size, task,
-    num_devices, chunk_size, uplink, downlink, integer_aggregation: bool,
+    num_devices, chunk_size, uplink, downlink, integer_aggregation: bool, autotune: bool | None = None,
 ) -> RoundSetup:
-    """Check the arguments, build the mesh, the client layout and the round program."""
+    """Check the arguments, build the mesh, the client layout and the round program.
+
+    ``chunk_size=None`` with tuning on (``autotune``; None: on unless ``$JAXQFL_AUTOTUNE=off``)
+    times candidate chunk sizes (``jaxqfl.engine.layout_search``); tuning off uses the cost model.
+    """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
     task = task or for_num_classes(population.num_classes)
     mesh = client_mesh(num_devices)
     C = population.num_clients
-    layout = client_layout(population, model, algorithm, schedule, cohort_size, mesh.devices.size, chunk_size,
-                           mesh.devices.flat[0])
+    tuning = None
+    if chunk_size is None and (autotune_default() if autotune is None else autotune):
+        from jaxqfl.engine.layout_search import tuned_layout  # imports this module
+
+        layout, record = tuned_layout(population, model, algorithm, schedule, task, mesh, cohort_size=cohort_size,
+                                      uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation)
+        tuning = record._asdict()
+    else:
+        layout = client_layout(population, model, algorithm, schedule, cohort_size, mesh.devices.size, chunk_size,
+                               mesh.devices.flat[0])
     one_round = round_program(
         model, algorithm, schedule, task, mesh, layout,
         num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
@@ -406,7 +421,7 @@ def setup_round(
     )
     init_from_key = initial_state(model, algorithm, population.feature_shape, C, uplink=uplink, downlink=downlink)
     init_program = jax.jit(init_from_key, out_shardings=NamedSharding(mesh, P()))
-    return RoundSetup(task, mesh, layout, one_round, init_from_key, init_program)
+    return RoundSetup(task, mesh, layout, one_round, init_from_key, init_program, tuning)
 
 
 def check_cohort_and_chunk(population: Population, cohort_size, chunk_size) -> None:
@@ -462,18 +477,22 @@ def build(
     downlink=None,
     integer_aggregation: bool = False,
     eval_batch_size: int = 1024,
+    autotune: bool | None = None,
 ) -> Simulation:
     """Build the round program for ``population`` and ``model`` (any ``(init, apply)`` pair).
 
     ``uplink`` / ``downlink`` are codecs (``jaxqfl.compress``) or None for 32-bit floats;
     ``integer_aggregation`` sums the uplink codes as integers (see ``round_program``).
-    ``chunk_size=None`` picks one per backend (``jaxqfl.engine.chunking``).
+    ``chunk_size=None`` picks one: by measuring a few candidates when ``autotune`` is on
+    (the default; ``$JAXQFL_AUTOTUNE=off`` turns the default off; the pick is cached on disk,
+    ``jaxqfl.engine.autotune``), else from the cost model (``jaxqfl.engine.chunking``).
     """
     if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
-    task, mesh, layout, one_round, init_from_key, init_program = setup_round(
+    task, mesh, layout, one_round, init_from_key, init_program, tuning = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, task=task, num_devices=num_devices,
         chunk_size=chunk_size, uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation,
+        autotune=autotune,
     )
     D = mesh.devices.size
     replicated = NamedSharding(mesh, P())
@@ -549,6 +568,7 @@ def build(
         cohort_size=M,
         clients_per_device=per_device,
         num_params=num_params,
+        tuning=tuning,
     )
 
 

@@ -65,6 +65,7 @@ class StreamingSimulation(NamedTuple):
     cohort_size: int
     clients_per_device: int
     num_params: int
+    tuning: dict | None = None  # the chunk-size search (see Simulation.tuning)
 
 
 def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, y_dtype) -> CohortBlock:
@@ -103,14 +104,16 @@ def build_streaming(
     downlink=None,
     integer_aggregation: bool = False,
     prefetch: bool = True,
+    autotune: bool | None = None,
 ) -> StreamingSimulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
     """
-    _, mesh, layout, one_round, init_from_key, init_program = setup_round(
+    _, mesh, layout, one_round, init_from_key, init_program, tuning = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, task=task, num_devices=num_devices,
         chunk_size=chunk_size, uplink=uplink, downlink=downlink, integer_aggregation=integer_aggregation,
+        autotune=autotune,
     )
     D = mesh.devices.size
     replicated = NamedSharding(mesh, P())
@@ -207,6 +210,7 @@ def build_streaming(
         cohort_size=M,
         clients_per_device=layout.per_device,
         num_params=layout.num_params,
+        tuning=tuning,
     )
 
 
