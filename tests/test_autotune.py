@@ -72,6 +72,21 @@ def test_tuner_stops_within_its_budget(budget, cost_each):
     assert all(record.skipped[str(c)] == "budget" for c in candidates if c not in timed)
 
 
+def test_the_two_fastest_are_re_timed_side_by_side_and_the_duel_decides():
+    search = {1: 0.30, 2: 0.10, 4: 0.12, 8: 0.50}  # 2 looked fastest while the machine was quiet
+    duel_times = {2: 0.20, 4: 0.15}  # side by side, 4 wins
+    clock, timed, dueled = FakeClock(), [], []
+
+    def confirm(chunks):
+        dueled.append(sorted(chunks))
+        return {c: duel_times[c] for c in chunks}
+
+    record = autotune.tune([2, 1, 4, 8], fake_measure(clock, search, 1.0, timed), lambda c: True, 1e9,
+                           timer=clock, prune=False, confirm=confirm)
+    assert dueled == [[2, 4]] and record.picked == 4
+    assert record.seconds == [0.20, 0.30, 0.15, 0.50]
+
+
 def test_pruning_finds_the_minimum_of_a_unimodal_curve_with_fewer_timings():
     per_device, seed = 500, 100
     candidates = chunking.candidate_chunks(per_device, seed, 10**9)

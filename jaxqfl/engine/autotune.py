@@ -20,7 +20,10 @@ costs a compilation (1.5-4 s for the bench workloads on a 2-core CPU), so the
 search also assumes the round time is unimodal in the chunk size: walking out
 from the seed on one side (larger or smaller chunks), once a candidate is slower
 than the one before it, the farther ones on that side are not timed
-(``prune=True``; typically 3 compilations instead of 6).
+(``prune=True``; typically 3 compilations instead of 6). Candidates timed one
+after another see different loads from other processes, so the two fastest
+are then re-timed side by side (``confirm``: interleaved rounds, no new
+compilation) and the faster of that duel is picked.
 
 The cache is one JSON file, ``<cache dir>/autotune.json``, where the cache dir
 is ``$JAXQFL_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxqfl``, else
@@ -87,6 +90,8 @@ def tune(
     *,
     timer: Callable[[], float] = time.perf_counter,
     prune: bool = True,
+    confirm: Callable[[list[int]], dict[int, float]] | None = None,
+    finalists: int = 2,
 ) -> TuningRecord:
     """Time ``candidates`` in order and return the fastest that fits memory.
 
@@ -97,6 +102,9 @@ def tune(
       budget_seconds: wall-time budget of the whole search (``timer`` seconds, compilation included).
       timer: the clock (injectable for tests).
       prune: skip the candidates beyond a slower one on the same side of the seed (module docstring).
+      confirm: ``confirm(chunks) -> {chunk: seconds}`` re-times the ``finalists`` fastest candidates
+        side by side (interleaved, so all see the same load); the pick is the fastest of that
+        duel. The duel's times replace the search's in the record.
 
     Returns:
       A ``TuningRecord`` (``cache_hit=False``, ``key=""``). When no candidate fits
@@ -127,7 +135,12 @@ def tune(
         if not (t >= 0 and math.isfinite(t)):
             raise ValueError(f"measure({c}) returned {t!r}, not a finite number of seconds")
         seconds[c] = t
-    picked = min(seconds, key=lambda c: (seconds[c], c)) if seconds else min(candidates)
+    if confirm is not None and len(seconds) > 1:
+        best = sorted(seconds, key=lambda c: (seconds[c], c))[:finalists]
+        seconds.update({c: float(t) for c, t in confirm(best).items() if c in best})
+        picked = min(best, key=lambda c: (seconds[c], c))
+    else:
+        picked = min(seconds, key=lambda c: (seconds[c], c)) if seconds else min(candidates)
     return TuningRecord(
         candidates=candidates,
         seconds=[seconds.get(c) for c in candidates],

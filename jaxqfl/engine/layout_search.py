@@ -60,22 +60,45 @@ def lower_round(one_round, state, data):
     return jax.jit(measured_round, donate_argnums=(0,)).lower(state, data)
 
 
-def measure_layout(lowered, init_state, data, *, min_seconds=MIN_MEASURE_SECONDS, max_repeats=MAX_REPEATS) -> float:
+class TimedRound:
+    """A compiled round program and its current state: ``timed_round()`` runs one round, returns its seconds."""
+
+    def __init__(self, lowered, init_state, data):
+        self.compiled, self.state, self.data = lowered.compile(), init_state, data
+
+    def __call__(self) -> float:
+        t0 = time.perf_counter()
+        self.state = jax.block_until_ready(self.compiled(self.state, self.data))[0]
+        return time.perf_counter() - t0
+
+
+def measure_layout(lowered, init_state, data, *, min_seconds=MIN_MEASURE_SECONDS, max_repeats=MAX_REPEATS,
+                   keep=None) -> float:
     """Seconds of one round of a lowered round program (``lower_round``): min over a few timed rounds.
 
     Compiles it, runs one warm-up round from ``init_state``, then times rounds
     (each up to ``block_until_ready``) until ``max_repeats`` rounds or
     ``min_seconds`` of rounds. The minimum is the least disturbed by other
-    processes sharing the cores.
+    processes sharing the cores. ``keep`` (a list) receives the ``TimedRound``
+    for re-timing.
     """
-    compiled = lowered.compile()
-    state = jax.block_until_ready(compiled(init_state, data))[0]
+    timed_round = TimedRound(lowered, init_state, data)
+    timed_round()  # warm-up
     times: list[float] = []
     while len(times) < max_repeats and sum(times) < min_seconds:
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(compiled(state, data))[0]
-        times.append(time.perf_counter() - t0)
+        times.append(timed_round())
+    if keep is not None:
+        keep.append(timed_round)
     return min(times)
+
+
+def duel(timed_rounds: dict, rounds: int = MAX_REPEATS) -> dict:
+    """``{name: min seconds}`` over ``rounds`` interleaved rounds of each ``TimedRound`` (same load for all)."""
+    times = {name: [] for name in timed_rounds}
+    for _ in range(rounds):
+        for name, timed_round in timed_rounds.items():
+            times[name].append(timed_round())
+    return {name: min(t) for name, t in times.items()}
 
 
 def _shapes(tree) -> list:
@@ -203,13 +226,25 @@ def tuned_layout(
             )
             return layout_for(hit["chunk"], False), record
 
-    def measure(chunk: int) -> float:
-        m = layout_for(chunk, True)
-        lo = lowered.pop(chunk, None) or lower_round(round_for(m), state_abs, data)
-        seconds = measure_layout(lo, init_program(jax.random.key(0)), data)
-        return seconds * layout_for(chunk, False).per_device / m.per_device
+    kept: dict[int, TimedRound] = {}
 
-    record = autotune.tune(candidates, measure, lambda c: c <= max_chunk, budget_seconds)
+    def scale(chunk: int) -> float:  # measured clients -> the real share
+        return layout_for(chunk, False).per_device / layout_for(chunk, True).per_device
+
+    def measure(chunk: int) -> float:
+        lo = lowered.pop(chunk, None) or lower_round(round_for(layout_for(chunk, True)), state_abs, data)
+        keep: list = []
+        seconds = measure_layout(lo, init_program(jax.random.key(0)), data, keep=keep)
+        if keep:
+            kept[chunk] = keep[0]
+        return seconds * scale(chunk)
+
+    def confirm(chunks: list[int]) -> dict[int, float]:
+        found = {c: kept[c] for c in chunks if c in kept}
+        return {c: s * scale(c) for c, s in duel(found).items()}
+
+    record = autotune.tune(candidates, measure, lambda c: c <= max_chunk, budget_seconds, confirm=confirm)
+    kept.clear()
     record = record._replace(tuning_seconds=time.perf_counter() - t_start, key=key)
     if key:
         cache.put(key, {"chunk": record.picked, "record": record._asdict(), "fields": fields,
