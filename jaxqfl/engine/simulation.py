@@ -398,14 +398,16 @@ def setup_round(
     """Check the arguments, build the mesh, the client layout and the round program.
 
     ``chunk_size=None`` with tuning on (``autotune``; None: on unless ``$JAXQFL_AUTOTUNE=off``)
-    times candidate chunk sizes (``jaxqfl.engine.layout_search``); tuning off uses the cost model.
+    times candidate chunk sizes (``jaxqfl.engine.layout_search``); tuning off (or a multi-process
+    run) uses the cost model.
     """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
     task = task or for_num_classes(population.num_classes)
     mesh = client_mesh(num_devices)
     C = population.num_clients
     tuning = None
-    if chunk_size is None and (autotune_default() if autotune is None else autotune):
+    # Several processes would each time their own candidates and could pick different programs: the model decides.
+    if chunk_size is None and (autotune_default() if autotune is None else autotune) and jax.process_count() == 1:
         from jaxqfl.engine.layout_search import tuned_layout  # imports this module
 
         layout, record = tuned_layout(population, model, algorithm, schedule, task, mesh, cohort_size=cohort_size,
