@@ -14,9 +14,12 @@ clients per vmap and times it (``measure_layout``):
 The timed round runs on a *measurement population*: ``N`` clients that all
 hold the rows of the population's largest client (same ``max_count``, so the
 same batch and step shapes), replicated on the mesh, with a real initial state
-of ``N`` client rows. The cost of a round depends on shapes only, so this times
-what the real round does, and works the same for ``build`` and
-``build_streaming`` (whose population need not fit a device).
+of ``N`` client rows. The cost of a round depends on shapes only (up to where
+the batch rows are read from: here always the same few rows, in cache), so this
+times what the real round does, and works the same for ``build`` and
+``build_streaming`` (whose population need not fit a device). The two fastest
+candidates are then re-timed side by side (``duel``: interleaved rounds of the
+programs already compiled) and the faster one is picked (``autotune.tune``).
 
 The pick is cached on disk (``jaxqfl.engine.autotune.TuningCache``) under a key
 made of: platform, device kind and count, process count, the CPU model and core
