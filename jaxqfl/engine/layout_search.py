@@ -246,9 +246,11 @@ def tuned_layout(
         found = {c: kept[c] for c in chunks if c in kept}
         return {c: s * scale(c) for c, s in duel(found).items()}
 
-    record = autotune.tune(candidates, measure, lambda c: c <= max_chunk, budget_seconds, confirm=confirm)
+    left = max(0.0, budget_seconds - (time.perf_counter() - t_start))  # the key and the seed's lowering count too
+    record = autotune.tune(candidates, measure, lambda c: c <= max_chunk, left, confirm=confirm)
     kept.clear()
-    record = record._replace(tuning_seconds=time.perf_counter() - t_start, key=key)
+    record = record._replace(tuning_seconds=time.perf_counter() - t_start, budget_seconds=float(budget_seconds),
+                             key=key)
     if key:
         cache.put(key, {"chunk": record.picked, "record": record._asdict(), "fields": fields,
                         "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
