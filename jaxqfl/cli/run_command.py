@@ -21,7 +21,9 @@ import time
 
 import numpy as np
 
+from jaxqfl.cli.argtypes import chunk_size as _chunk_size
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
+from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
@@ -70,7 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
-    g.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
+    g.add_argument("--chunk-size", type=_chunk_size, default=None,
+                   help="clients per vmap: 'auto' (default: measured by --autotune, else the cost model) or an integer")
+    g.add_argument("--autotune", type=_on_off, default=True, metavar="{on,off}",
+                   help="with --chunk-size auto, time a few candidate chunk sizes and keep the fastest, cached in "
+                        "$JAXQFL_CACHE_DIR or ~/.cache/jaxqfl (default: on); off uses the cost model")
     g.add_argument("--client-state", choices=CLIENT_STATE_HOMES, default="auto",
                    help="where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on "
                         "every device, sharded over the devices, or on the host and streamed with the cohort "
@@ -82,6 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stream", action="store_true",
                    help="keep the population in host memory and stream each round's cohort to the devices "
                         "(engine.build_streaming), for populations larger than device memory")
+    g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -166,7 +173,10 @@ def main(args: argparse.Namespace) -> int:
         uplink=uplink,
         downlink=None if args.downlink == "none" else args.downlink_codec,
         client_state=args.client_state,
+        autotune=args.autotune,
     )
+    if args.verbose:
+        print(_chunk_line(sim), flush=True)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_seconds = time.perf_counter() - t_start
@@ -202,6 +212,8 @@ def main(args: argparse.Namespace) -> int:
         "platform": jax.devices()[0].platform,
         "chunk_size": sim.chunk_size,
         "client_state_home": sim.client_state_home,
+        "chunk_size_from": _chunk_source(args, sim),
+        "tuning": sim.tuning,
         "num_params": sim.num_params,
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,
@@ -256,7 +268,8 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         "",
         f"jaxqfl run: {s['dataset']} / {s['model']}  ({s['num_params']:,} parameters)",
         f"  clients          {s['num_clients']:,} ({s['num_examples']:,} examples), {s['cohort_size']} per round",
-        f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap",
+        f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap"
+        f" ({s['chunk_size_from']})",
         f"  rounds           {s['rounds']}",
         f"  test accuracy    {acc:.4f}" if acc is not None else "",
         f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
@@ -270,3 +283,20 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}",
     ]
     print("\n".join(line for line in lines if line))
+
+
+def _chunk_source(args, sim) -> str:
+    """Where the chunk size came from: the flag, the cost model, a measurement or the tuning cache."""
+    if args.chunk_size is not None:
+        return "--chunk-size"
+    if sim.tuning is None:
+        return "cost model"
+    return "autotune, cache hit" if sim.tuning["cache_hit"] else "autotune"
+
+
+def _chunk_line(sim) -> str:
+    if sim.tuning is None:
+        return f"chunk size: {sim.chunk_size} clients per vmap (not tuned)"
+    from jaxqfl.engine.autotune import TuningRecord
+
+    return TuningRecord(**sim.tuning).summary_line()
