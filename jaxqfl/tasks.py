@@ -1,27 +1,51 @@
 """Learning tasks: the per-example loss a client minimises and the metrics reported.
 
-A task is a NamedTuple of two pure functions over a batch of model outputs:
+A task is a NamedTuple of pure functions over a batch of model outputs:
 
 - ``loss(outputs, y) -> [B]`` per-example loss,
-- ``metrics(outputs, y) -> dict[str, [B]]`` per-example metrics (averaged by the caller
-  over the valid examples of a padded batch).
+- ``metrics(outputs, y) -> dict[str, [B]]`` per-example metrics; evaluation sums
+  them over the valid test rows and divides by the number of test rows ``n``,
+- ``finish(y_test) -> (means -> dict)`` or None: called once on the host with the
+  test targets, it returns the function that turns those means into the
+  reported metrics (for metrics that are not means over examples, like R^2).
 
 Classification: softmax cross-entropy ``-log softmax(z)_y`` and 0/1 accuracy.
-Regression: squared error ``sum_j (f_j(x) - y_j)^2`` (half of it is *not* taken, so
-the centralized reference of a test is plain mean squared error).
+
+Regression, with targets ``y`` of shape ``[n]`` or ``[n, k]`` (``k = 1`` for
+``[n]``) and predictions ``f(x)`` of the same size:
+
+    loss_i = sum_j (f_j(x_i) - y_ij)^2                 (half of it is *not* taken)
+    SSE    = sum_i loss_i                               (summed on the devices)
+    MSE    = SSE / (n k),   RMSE = sqrt(MSE)            (mean over every target entry)
+    SST    = sum_ij (y_ij - ybar_j)^2,  ybar_j = (1/n) sum_i y_ij
+    R^2    = 1 - SSE / SST
+
+MSE and RMSE average over all ``n k`` target entries, as
+``sklearn.metrics.mean_squared_error``. For ``k > 1`` this R^2 pools the outputs
+(``sklearn.metrics.r2_score(..., multioutput="variance_weighted")``); for ``k = 1``
+it is the usual coefficient of determination. SST depends on the test targets
+only, so ``finish`` computes it once, exactly, in float64 on the host (two
+passes: the means, then the centred squares); only SSE comes from the devices
+(a float32 sum of the per-example losses). When the test targets are constant
+(SST = 0) R^2 is undefined and reported as ``None``.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+__all__ = ["Task", "classification", "regression", "for_num_classes", "for_population", "r2_denominator"]
 
 
 class Task(NamedTuple):
     name: str
-    loss: Callable
-    metrics: Callable
+    loss: Callable  # loss(outputs [B, ...], y [B, ...]) -> [B]
+    metrics: Callable  # metrics(outputs, y) -> {name: [B]}
+    finish: Optional[Callable] = None  # finish(y_test) -> (means: dict[str, float]) -> dict[str, float | None]
 
 
 def classification() -> Task:
@@ -36,8 +60,15 @@ def classification() -> Task:
     return Task("classification", loss, metrics)
 
 
+def r2_denominator(y_test) -> float:
+    """``SST = sum_ij (y_ij - ybar_j)^2`` of targets ``[n]`` or ``[n, k]``, in float64 (two passes)."""
+    y = np.asarray(y_test, dtype=np.float64)
+    y = y.reshape(y.shape[0], -1)
+    return float(np.sum((y - y.mean(axis=0)) ** 2))
+
+
 def regression() -> Task:
-    """Squared error ``||f(x) - y||^2`` per example (targets of shape [B] or [B, k])."""
+    """Squared error ``||f(x) - y||^2`` per example (targets [B] or [B, k]); MSE, RMSE, R^2 (module docstring)."""
 
     def loss(outputs, y):
         y = y.reshape(outputs.shape[0], -1).astype(outputs.dtype)
@@ -47,9 +78,45 @@ def regression() -> Task:
     def metrics(outputs, y):
         return {"loss": loss(outputs, y)}
 
-    return Task("regression", loss, metrics)
+    def finish(y_test):
+        y_test = np.asarray(y_test)
+        n = y_test.shape[0]
+        k = int(np.prod(y_test.shape[1:], dtype=np.int64))
+        sst = r2_denominator(y_test)
+
+        def report(means):
+            sse = means["loss"] * n  # evaluation divides the device sum by n
+            mse = sse / (n * k)
+            return {
+                **means,
+                "mse": mse,
+                "rmse": math.sqrt(max(mse, 0.0)),
+                "r2": (1.0 - sse / sst) if sst > 0 else None,
+            }
+
+        return report
+
+    return Task("regression", loss, metrics, finish)
 
 
 def for_num_classes(num_classes: int) -> Task:
     """The task a population implies: classification if it has classes, else regression."""
     return classification() if num_classes > 0 else regression()
+
+
+def for_population(population) -> Task:
+    """The task object of ``population.task`` ("classification" or "regression").
+
+    Raises:
+        ValueError: for ``"clustering"``, whose uploads are sufficient statistics
+            rather than gradients of a per-example loss (federated k-means).
+    """
+    name = getattr(population, "task", "") or ("classification" if population.num_classes > 0 else "regression")
+    if name == "classification":
+        return classification()
+    if name == "regression":
+        return regression()
+    raise ValueError(
+        f"task {name!r} has no per-example loss to train a model on; clustering runs through "
+        "the federated k-means algorithm"
+    )

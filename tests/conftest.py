@@ -4,11 +4,16 @@ XLA reads ``XLA_FLAGS`` once, when the backend starts, so this must run before
 anything imports ``jax`` -- pytest imports conftest.py first.
 """
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Chunk-size tuning costs a few compilations per build: off in tests unless a test asks for it
+# (engine.build(..., autotune=True)); its cache goes to a fresh folder, never the user's ~/.cache.
+os.environ["JAXQFL_AUTOTUNE"] = "off"
+os.environ["JAXQFL_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxqfl-test-cache-")
 
 import pathlib  # noqa: E402
 

@@ -182,3 +182,22 @@ def test_bad_hyper_parameters_are_refused():
     ]:
         with pytest.raises((ValueError, TypeError), match=re.escape(message)):
             make()
+
+
+def test_traced_hyper_parameters_in_a_sweep_equal_numpy(problem):
+    """``engine.build_sweep`` hands the factory traced scalars: FedNova's momentum (0 takes the
+    general norm formula then) and local lr, each config against NumPy."""
+    pop, clients, steps = problem
+    configs = [{"seed": 0, "momentum": 0.0, "lr": LR}, {"seed": 0, "momentum": 0.6, "lr": 0.03}]
+    sim = engine.build_sweep(pop, models.linear_regression(1), lambda hp: algorithms.fednova(hp["lr"], hp["momentum"]),
+                             LocalSchedule(local_epochs=EPOCHS, batch_size=None), configs=configs,
+                             cohort_size=COHORT, num_devices=2)
+    state = sim.init()
+    theta0 = [R.flat_linear(jax.tree.map(lambda a: a[s], jax.device_get(state.params))) for s in range(2)]
+    state, metrics = jax.device_get(sim.run_block(state, ROUNDS))
+    cohorts = np.asarray(metrics.cohort)  # [rounds, configs, M]
+    for s, config in enumerate(configs):
+        x = theta0[s]
+        for r in range(ROUNDS):
+            x = R.fednova_round(x, clients, cohorts[r, s], steps, config["lr"], config["momentum"], pop.counts)
+        np.testing.assert_allclose(R.flat_linear(jax.tree.map(lambda a: a[s], state.params)), x, atol=2e-5)

@@ -39,7 +39,7 @@ def test_run_writes_metrics_and_summary(tmp_path, capsys):
         (["--local-steps", "2", "--local-epochs", "1"], "not both"),
         (["--model", "cnn"], "MNIST CNN"),
         (["--server-opt", "lamb"], "invalid choice"),
-        (["--partition", "natural", "--dataset", "mnist", "--data-path", __file__], "synthetic only"),
+        (["--partition", "natural", "--dataset", "mnist", "--data-path", __file__], "does not exist for mnist"),
         (["--hidden", "0"], "positive integers"),
         (["--uplink", "qsgd:0"], "levels"),
         (["--uplink", "sign+ef", "--integer-aggregation"], "--integer-aggregation needs"),

@@ -569,7 +569,7 @@ def test_build_synthetic_with_a_partitioner_redivides_the_pooled_rows():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(dataset="cifar10"), r"'cifar10'.*synthetic, mnist"),
+        (dict(dataset="cifar10"), r"'cifar10'.*synthetic, synthetic-regression, gaussian-mixture, mnist, npz, leaf"),
         (dict(dataset="mnist", partition="zipf", data_path="x"), r"'zipf'.*natural, iid, dirichlet, shards, quantity"),
         (dict(dataset="mnist"), r"--data-path"),
         (dict(dataset="mnist", partition="natural", data_path="x"), r"mnist has no natural partition.*iid"),
@@ -585,5 +585,5 @@ def test_build_rejects_bad_names_and_values(kwargs, match):
 
 
 def test_build_names_match_the_public_constants():
-    assert DATASETS == ("synthetic", "mnist")
+    assert DATASETS == ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf")
     assert PARTITIONS == ("natural", "iid", "dirichlet", "shards", "quantity")

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxqfl.algorithms.base import Algorithm, ClientOutput, broadcast_params
+from jaxqfl.algorithms.hparams import check_number
 
 
 class FedDynLocal(NamedTuple):
@@ -50,15 +51,14 @@ def feddyn(client_optimizer: optax.GradientTransformation, alpha: float = 0.01) 
 
     Args:
       client_optimizer: the clients' local optimizer, applied to the regularized gradient.
-      alpha: the dynamic regularizer's coefficient (> 0; the paper uses 0.01 to 0.1).
+      alpha: the dynamic regularizer's coefficient (> 0; the paper uses 0.01 to 0.1); a Python
+        number or a traced scalar (sweeps).
 
     Returns:
       An :class:`~jaxqfl.algorithms.base.Algorithm`; server state :class:`FedDynState`,
       client state g_k (params-shaped, zeros at start), update Delta_k, weight 1.
     """
-    if not (isinstance(alpha, (int, float)) and alpha > 0):
-        raise ValueError(f"FedDyn alpha must be a number > 0, got {alpha!r}")
-    alpha = float(alpha)
+    alpha = check_number("FedDyn", "alpha", alpha, low=0.0, low_inclusive=False, describe="a number > 0")
     zeros = lambda params: jax.tree.map(jnp.zeros_like, params)
 
     def client_init(message, client_grad, info):

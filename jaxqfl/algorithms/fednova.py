@@ -39,6 +39,7 @@ from jaxqfl.algorithms.base import (
     no_client_state,
 )
 from jaxqfl.algorithms.fedavg import apply_server_optimizer, local_sgd
+from jaxqfl.algorithms.hparams import check_number, is_traced
 
 
 class NormalizedUpdate(NamedTuple):
@@ -51,7 +52,7 @@ class NormalizedUpdate(NamedTuple):
 def local_step_norm(num_steps: jax.Array, momentum: float) -> jax.Array:
     """``||a_i||_1`` of ``num_steps`` local SGD steps with heavy-ball momentum ``momentum``."""
     tau = num_steps.astype(jnp.float32)
-    if momentum == 0.0:
+    if not is_traced(momentum) and momentum == 0.0:
         return tau
     rho = momentum
     return (tau - rho * (1.0 - rho**tau) / (1.0 - rho)) / (1.0 - rho)
@@ -67,22 +68,22 @@ def fednova(
 
     Args:
       local_lr: the clients' step size eta (> 0).
-      momentum: local heavy-ball momentum rho in [0, 1); 0 is plain SGD.
+      momentum: local heavy-ball momentum rho in [0, 1); 0 is plain SGD. ``local_lr`` and
+        ``momentum`` may be Python numbers or traced scalars (sweeps).
       server_optimizer: applied to ``-Delta``; ``None`` means ``optax.sgd(1.0)``.
       weighting: ``"examples"`` (p_i = n_i, the paper's) or ``"uniform"`` (p_i = 1).
     """
     check_weighting(weighting)
-    if not (isinstance(local_lr, (int, float)) and local_lr > 0):
-        raise ValueError(f"FedNova local_lr must be a number > 0, got {local_lr!r}")
-    if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-        raise ValueError(f"FedNova momentum must be a number in [0, 1), got {momentum!r}")
-    momentum = float(momentum)
+    local_lr = check_number("FedNova", "local_lr", local_lr, low=0.0, low_inclusive=False, describe="a number > 0")
+    momentum = check_number("FedNova", "momentum", momentum, low=0.0, low_inclusive=True, high=1.0,
+                            describe="a number in [0, 1)")
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer
-    client_optimizer = optax.sgd(float(local_lr), momentum=momentum if momentum > 0 else None)
+    plain = not is_traced(momentum) and momentum == 0.0  # then no momentum buffer at all
+    client_optimizer = optax.sgd(local_lr, momentum=None if plain else momentum)
     client_init, client_step = local_sgd(client_optimizer)
 
     def client_final(local, message, client_state, info):
-        norm = local_step_norm(jnp.maximum(info.num_steps, 1), momentum)
+        norm = local_step_norm(jnp.maximum(info.num_steps, 1), 0.0 if plain else momentum)
         normalized = jax.tree.map(lambda y, x: (y - x) / norm, local.params, message.params)
         return ClientOutput(NormalizedUpdate(normalized, norm), client_weight(weighting, info), client_state, {})
 

@@ -29,6 +29,7 @@ from jaxqfl.algorithms.base import (
     no_client_state,
 )
 from jaxqfl.algorithms.fedavg import ClientLocalState, apply_server_optimizer
+from jaxqfl.algorithms.hparams import check_number
 
 
 def proximal_gradient(grads, params, anchor, mu: float):
@@ -46,7 +47,8 @@ def fedprox(
 
     Args:
       client_optimizer: the clients' local optimizer, applied to the proximal gradient.
-      mu: proximal coefficient, ``>= 0`` (Li et al. try 0.001 to 1; 0 is FedAvg).
+      mu: proximal coefficient, ``>= 0`` (Li et al. try 0.001 to 1; 0 is FedAvg); a Python
+        number or a traced scalar (sweeps).
       server_optimizer: applied to ``-Delta``; ``None`` means ``optax.sgd(1.0)``.
       weighting: ``"examples"`` (p_i = n_i) or ``"uniform"`` (p_i = 1).
 
@@ -55,9 +57,7 @@ def fedprox(
       optimizer's state; no per-client state.
     """
     check_weighting(weighting)
-    if not (isinstance(mu, (int, float)) and mu >= 0):
-        raise ValueError(f"FedProx mu must be a number >= 0, got {mu!r}")
-    mu = float(mu)
+    mu = check_number("FedProx", "mu", mu, low=0.0, low_inclusive=True, describe="a number >= 0")
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer
 
     def client_init(message, client_state, info):

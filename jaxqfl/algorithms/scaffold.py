@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxqfl.algorithms.base import Algorithm, ClientOutput, ServerMessage
+from jaxqfl.algorithms.hparams import check_number
 
 
 class ScaffoldState(NamedTuple):
@@ -56,16 +57,16 @@ def scaffold(local_lr: float, global_lr: float = 1.0) -> Algorithm:
     Args:
       local_lr: the clients' SGD step size eta_l (> 0).
       global_lr: the server step size eta_g (> 0); 1 makes x the mean of the y_i.
+      Both may be Python numbers or traced scalars (sweeps).
 
     Returns:
       An :class:`~jaxqfl.algorithms.base.Algorithm`; server state :class:`ScaffoldState`
       (c, sent to clients in ``ServerMessage.extras``), client state c_i (a params-shaped
       pytree, zeros at start), update :class:`ScaffoldUpdate`, weight 1.
     """
-    for name, v in (("local_lr", local_lr), ("global_lr", global_lr)):
-        if not (isinstance(v, (int, float)) and v > 0):
-            raise ValueError(f"SCAFFOLD {name} must be a number > 0, got {v!r}")
-    local_lr, global_lr = float(local_lr), float(global_lr)
+    local_lr = check_number("SCAFFOLD", "local_lr", local_lr, low=0.0, low_inclusive=False, describe="a number > 0")
+    global_lr = check_number("SCAFFOLD", "global_lr", global_lr, low=0.0, low_inclusive=False,
+                             describe="a number > 0")
     zeros = lambda params: jax.tree.map(jnp.zeros_like, params)
 
     def init(params):

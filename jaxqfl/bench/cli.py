@@ -5,7 +5,8 @@ measures, in one process: this machine's matmul FLOP/s and copy GB/s, the
 round's analytic FLOPs and bytes, the compile time and median round time of
 jaxqfl, and the median round time of a FedJAX-style loop over the cohort that
 calls a jitted per-client lax.scan. It writes OUT/NAME.json and OUT/NAME.md
-(the markdown table) and prints the table.
+(the markdown table) and prints the table. OUT is a fresh runs/bench-<time>
+unless --out is given (pass --out benchmarks/results to update the stored results).
 
 On a CPU the host is split into one XLA device per core (--devices, default:
 all cores), so the cohort's shares train in parallel; the loop runs on one
@@ -15,15 +16,18 @@ Examples:
     jaxqfl bench                                   # all workloads
     jaxqfl bench --workloads mlp,tiny --out /tmp/b
     jaxqfl bench --workloads mlp --chunk-size 4 --devices 1
+    jaxqfl bench --workloads mlp,tiny,qfl --chunk-sweep   # every candidate chunk vs the tuner's pick
 """
 from __future__ import annotations
 
 import argparse
 import pathlib
 
+from jaxqfl.cli.argtypes import chunk_size as _chunk_size
+from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 
-DEFAULT_OUT = pathlib.Path("benchmarks") / "results"
+DEFAULT_OUT_PREFIX = pathlib.Path("runs") / "bench-"  # + time: a fresh folder, never inside the source tree
 KNOWN = ("mlp", "tiny", "cnn", "big", "qfl")
 
 
@@ -40,9 +44,15 @@ def _workloads(text: str) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", type=_workloads, default=list(KNOWN),
                    help=f"comma-separated subset of {','.join(KNOWN)} (default: all)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for NAME.json and NAME.md (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="folder for NAME.json and NAME.md (default: a fresh runs/bench-<time>)")
     p.add_argument("--name", default="bench", help="file name stem of the results (default: %(default)s)")
-    p.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
+    p.add_argument("--chunk-size", type=_chunk_size, default=None,
+                   help="clients per vmap: 'auto' (default: tuned by measurement, see --autotune) or an integer")
+    p.add_argument("--autotune", type=_on_off, default=True, metavar="{on,off}",
+                   help="with --chunk-size auto, measure candidate chunk sizes (default: on); off: the cost model")
+    p.add_argument("--chunk-sweep", action="store_true",
+                   help="time every candidate chunk size of each workload and the tuner's pick (NAME-sweep.json/md)")
     p.add_argument("--devices", type=_positive_int, default=None,
                    help="devices in the mesh; on a CPU also the number of XLA host devices (default: CPU cores)")
     p.add_argument("--rounds", type=_positive_int, default=5,
@@ -54,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad flag combinations before any work."""
+    if args.chunk_sweep and args.chunk_size is not None:
+        parser.error(f"--chunk-sweep times the tuner's candidates; it takes no --chunk-size (got {args.chunk_size})")
+    if args.out is None:
+        import time
+
+        args.out = f"{DEFAULT_OUT_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
     if "cnn" in args.workloads:
         from jaxqfl.bench.workloads import DEFAULT_MNIST
 
@@ -84,9 +100,19 @@ def main(args: argparse.Namespace) -> int:
     for name in args.workloads:
         print(f"[{name}] building", flush=True)
         w = workloads.WORKLOADS[name](mnist_path=args.mnist_path)
+        if args.chunk_sweep:
+            from jaxqfl.bench import sweep
+
+            r = sweep.sweep_workload(w, rounds=args.rounds, num_devices=num_devices, run_loop=not args.no_loop,
+                                     seed=args.seed)
+            results.append(r)
+            print(sweep.markdown_table([r]).splitlines()[-1], flush=True)
+            del w
+            gc.collect()
+            continue
         r = runner.bench_workload(
             w, first_peaks, rounds=args.rounds, chunk_size=args.chunk_size,
-            num_devices=num_devices, run_loop=not args.no_loop, seed=args.seed,
+            num_devices=num_devices, run_loop=not args.no_loop, seed=args.seed, autotune=args.autotune,
         )
         results.append(r)
         print(report.markdown_table([r]).splitlines()[-1], flush=True)
@@ -94,6 +120,16 @@ def main(args: argparse.Namespace) -> int:
         gc.collect()
     # The floors use the best peaks seen (start or end of the run): a peak measured while
     # other processes share the cores is too low and would flatter the time / floor ratios.
+    if args.chunk_sweep:
+        from jaxqfl.bench import sweep
+
+        payload = {"machine": info, "peaks": first_peaks._asdict(),
+                   "args": {k: v for k, v in vars(args).items() if k != "func"}, "results": results}
+        json_path, md_path = sweep.write(args.out, f"{args.name}-sweep", payload)
+        print()
+        print(sweep.markdown_table(results))
+        print(f"\nwrote {json_path} and {md_path}")
+        return 0
     last_peaks = machine.measure_peaks()
     peaks = machine.Peaks(max(first_peaks.flops, last_peaks.flops), max(first_peaks.bandwidth, last_peaks.bandwidth))
     for r in results:

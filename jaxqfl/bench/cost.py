@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from jaxqfl.algorithms.fedavg import Algorithm
+from jaxqfl.algorithms.base import Algorithm
 from jaxqfl.data.population import Population
 from jaxqfl.engine.layout import local_state_floats
 from jaxqfl.engine.schedule import LocalSchedule

@@ -23,7 +23,10 @@ COLUMNS = (
 
 def _cell(result: dict, key, fmt) -> str:
     if key is None:
-        return f"{result['chunk_size']} x {result['num_devices']}"
+        tuning = result.get("tuning")
+        how = "" if not tuning else (" (tuned, cached)" if tuning["cache_hit"] else
+                                     f" (tuned in {tuning['tuning_seconds']:.1f} s)")
+        return f"{result['chunk_size']} x {result['num_devices']}{how}"
     value = result.get(key)
     if value is None:
         return "-"

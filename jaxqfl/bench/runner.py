@@ -58,11 +58,13 @@ class _Contestant:
         self.times: list[float] = []
 
 
-def _jaxqfl(w: Workload, *, chunk_size, num_devices, seed) -> tuple[_Contestant, dict]:
+def _jaxqfl(w: Workload, *, chunk_size, num_devices, seed, autotune=None) -> tuple[_Contestant, dict]:
+    t0 = time.perf_counter()
     sim = engine.build(
         w.population, w.model, w.algorithm, w.schedule, cohort_size=w.cohort_size,
-        chunk_size=chunk_size, num_devices=num_devices, uplink=w.uplink,
+        chunk_size=chunk_size, num_devices=num_devices, uplink=w.uplink, autotune=autotune,
     )
+    build_s = time.perf_counter() - t0
     compile_s = sim.compile_block(1)
     first, _ = sim.run_block(sim.init(seed), 1)  # warm-up, and the equality check's round
     first_params = jax.device_get(first.params)
@@ -73,7 +75,7 @@ def _jaxqfl(w: Workload, *, chunk_size, num_devices, seed) -> tuple[_Contestant,
         jax.block_until_ready((box[0], metrics))
 
     info = {"compile_s": compile_s, "chunk_size": sim.chunk_size, "num_devices": sim.num_devices,
-            "clients_per_device": sim.clients_per_device}
+            "clients_per_device": sim.clients_per_device, "build_s": build_s, "tuning": sim.tuning}
     return _Contestant(step, first_params), info
 
 
@@ -111,11 +113,12 @@ def bench_workload(
     num_devices: int | None = None,
     run_loop: bool = True,
     seed: int = 0,
+    autotune: bool | None = None,
 ) -> dict:
     """All measurements of one workload as a flat JSON-ready dict (module docstring)."""
     c = cost_lib.round_cost(w.population, w.model, w.algorithm, w.schedule, w.cohort_size)
     with PeakRSS() as mem:
-        ours, info = _jaxqfl(w, chunk_size=chunk_size, num_devices=num_devices, seed=seed)
+        ours, info = _jaxqfl(w, chunk_size=chunk_size, num_devices=num_devices, seed=seed, autotune=autotune)
     contestants = [ours]
     if run_loop:
         with PeakRSS() as loop_mem:

@@ -33,3 +33,24 @@ def positive_float(text: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
     return v
+
+
+def chunk_size(text: str) -> int | None:
+    """An argparse type for ``--chunk-size``: ``auto`` (None: tuned or modelled) or a positive integer."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return v
+
+
+def on_off(text: str) -> bool:
+    """An argparse type: ``on`` or ``off``."""
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {text!r}")
+    return value == "on"

@@ -16,23 +16,21 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 
+import numpy as np
+
 from jaxqfl.cli import algorithm_args
+from jaxqfl.cli.argtypes import chunk_size as _chunk_size
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
+from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
-from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
+from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 
-MODELS = ("mlp", "cnn", "logreg")
-
-DEFAULTS = {
-    "synthetic": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 300, "client_lr": 0.01,
-                  "local_steps": 20, "batch_size": 10, "eval_every": 20},
-    "mnist": {"model": "mlp", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
-              "local_epochs": 1, "batch_size": 32, "eval_every": 5},
-}
+MODELS = ("mlp", "cnn", "logreg", "linear")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -46,16 +44,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="synthetic")
-    g.add_argument("--data-path", default=None, help="path of mnist.npz (Keras layout); required for --dataset mnist")
-    g.add_argument("--partition", choices=PARTITIONS, default=None,
-                   help="how examples are split over clients (default: natural for synthetic, iid for mnist); "
-                        "a partitioner given for synthetic re-splits its pooled training rows")
-    g.add_argument("--alpha", type=_positive_float, default=0.5, help="Dirichlet concentration (--partition dirichlet)")
-    g.add_argument("--shards-per-client", type=_positive_int, default=2, help="label shards per client (--partition shards)")
-    g.add_argument("--sigma", type=float, default=1.0, help="log-normal size spread (--partition quantity)")
-    g.add_argument("--num-clients", type=_positive_int, default=None)
+    add_data_arguments(p)
     g = p.add_argument_group("federated training")
     g.add_argument("--cohort-size", type=_positive_int, default=None, help="clients per round")
     g.add_argument("--rounds", type=_positive_int, default=None)
@@ -68,7 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
     algorithm_args.add_arguments(g)
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS, default=None, help="default: logreg for synthetic, mlp for mnist")
+    g.add_argument("--model", choices=MODELS, default=None,
+                   help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
+                        "mlp for mnist, npz and leaf (linear = logreg: one dense layer)")
     g.add_argument("--hidden", type=_hidden, default=(200, 200), help="MLP hidden sizes, e.g. 200,200")
     g = p.add_argument_group("quantization and communication")
     g.add_argument("--quant", default="none",
@@ -83,7 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
-    g.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
+    g.add_argument("--chunk-size", type=_chunk_size, default=None,
+                   help="clients per vmap: 'auto' (default: measured by --autotune, else the cost model) or an integer")
+    g.add_argument("--autotune", type=_on_off, default=True, metavar="{on,off}",
+                   help="with --chunk-size auto, time a few candidate chunk sizes and keep the fastest, cached in "
+                        "$JAXQFL_CACHE_DIR or ~/.cache/jaxqfl (default: on); off uses the cost model")
     g.add_argument("--client-state", choices=CLIENT_STATE_HOMES, default="auto",
                    help="where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on "
                         "every device, sharded over the devices, or on the host and streamed with the cohort "
@@ -92,6 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<time>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--stream", action="store_true",
+                   help="keep the population in host memory and stream each round's cohort to the devices "
+                        "(engine.build_streaming), for populations larger than device memory")
+    g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -105,22 +104,12 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if getattr(args, name) is None:
             setattr(args, name, d[name])
     algorithm_args.validate(parser, args)
-    if args.cohort_size > args.num_clients:
+    if args.num_clients is not None and args.cohort_size > args.num_clients:
         parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
-    if args.dataset == "mnist":
-        if args.data_path is None:
-            parser.error("--dataset mnist needs --data-path PATH/mnist.npz (the Keras mnist.npz layout)")
-        if not os.path.isfile(args.data_path):
-            parser.error(f"--data-path {args.data_path!r}: no such file")
-    elif args.data_path is not None:
-        parser.error("--data-path applies to --dataset mnist; synthetic data is generated")
-    if args.partition == "natural" and args.dataset != "synthetic":
-        parser.error(f"--partition natural exists for synthetic only; for {args.dataset} choose one of "
-                     f"{[p for p in PARTITIONS if p != 'natural']}")
-    if not (args.sigma >= 0 and math.isfinite(args.sigma)):
-        parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
-    if args.model == "cnn" and args.dataset != "mnist":
-        parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist")
+    validate_data(parser, args)
+    if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf"):
+        parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
+                     "(or npz / leaf images of 28 x 28 pixels)")
     from jaxqfl.quant.policy import PRESETS
 
     if args.quant not in PRESETS:
@@ -142,54 +131,57 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _model(args, population):
     from jaxqfl import models
 
-    k = population.num_classes
+    if population.task == "regression":
+        k = int(np.prod(population.y.shape[1:], dtype=np.int64))  # 1 for targets [N]
+    else:
+        k = population.num_classes
     if args.model == "mlp":
         return models.mlp(hidden=args.hidden, num_outputs=k, policy=args.quant)
     if args.model == "cnn":
         return models.cnn(num_outputs=k, policy=args.quant)
-    return models.logistic_regression(num_outputs=k, policy=args.quant)
+    return models.logistic_regression(num_outputs=k, policy=args.quant)  # linear = logreg: one dense layer
 
 
 def main(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxqfl import aggregate, data, engine
+    from jaxqfl import aggregate, engine, tasks
 
     t_start = time.perf_counter()
-    population = data.build(
-        args.dataset,
-        num_clients=args.num_clients,
-        partition=args.partition,
-        alpha=args.alpha,
-        shards_per_client=args.shards_per_client,
-        sigma=args.sigma,
-        data_path=args.data_path,
-        seed=args.seed,
-    )
+    population = build_population(args)
+    if args.cohort_size > population.num_clients:
+        fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
+    task = tasks.for_population(population)
+    data_seconds = time.perf_counter() - t_start
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
-    sim = engine.build(
+    build = engine.build_streaming if args.stream else engine.build
+    sim = build(
         population,
         _model(args, population),
         algorithm,
         schedule,
         cohort_size=args.cohort_size,
         aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
+        task=task,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
         uplink=uplink,
         downlink=None if args.downlink == "none" else args.downlink_codec,
         client_state=args.client_state,
+        autotune=args.autotune,
     )
+    if args.verbose:
+        print(_chunk_line(sim), flush=True)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_seconds = time.perf_counter() - t_start
     with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds, not args.no_progress) as show:
 
         def on_eval(rec):
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(_finite_or_null(rec), allow_nan=False) + "\n")
             f.flush()
             show(rec)
 
@@ -197,6 +189,9 @@ def main(args: argparse.Namespace) -> int:
     final = result.final
     summary = {
         "dataset": args.dataset,
+        "population": population.name,
+        "task": population.task,
+        "stream": bool(args.stream),
         "model": args.model,
         "algorithm": args.algorithm,
         "algorithm_hparams": algorithm_hparams,
@@ -205,6 +200,9 @@ def main(args: argparse.Namespace) -> int:
         "downlink": args.downlink,
         "final_accuracy": final.get("test_accuracy"),
         "final_loss": final.get("test_loss"),
+        "final_mse": final.get("test_mse"),
+        "final_rmse": final.get("test_rmse"),
+        "final_r2": final.get("test_r2"),
         "final_train_loss": final.get("train_loss"),
         "rounds": result.rounds,
         "num_clients": population.num_clients,
@@ -214,8 +212,11 @@ def main(args: argparse.Namespace) -> int:
         "platform": jax.devices()[0].platform,
         "chunk_size": sim.chunk_size,
         "client_state_home": sim.client_state_home,
+        "chunk_size_from": _chunk_source(args, sim),
+        "tuning": sim.tuning,
         "num_params": sim.num_params,
         "setup_seconds": setup_seconds,
+        "data_seconds": data_seconds,
         "compile_seconds": result.compile_seconds,
         "seconds_per_round": result.seconds_per_round,
         "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
@@ -224,7 +225,11 @@ def main(args: argparse.Namespace) -> int:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                    if not k.endswith("_codec")},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if final and not math.isfinite(final.get("test_loss", 0.0)):
+        print(f"jaxqfl run: warning: the test loss is {final['test_loss']} (training diverged); "
+              "its metrics are written as null: lower --client-lr", file=sys.stderr)
+    summary = _finite_or_null(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     _print_summary(summary, out)
     return 0
 
@@ -252,16 +257,24 @@ def _progress(total_rounds: int, enabled: bool):
         bar.close()
 
 
+def _finite_or_null(record: dict) -> dict:
+    """Strict JSON: a NaN or infinite metric (a diverged run) becomes null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
 def _print_summary(s: dict, out: pathlib.Path) -> None:
     acc = s["final_accuracy"]
     lines = [
         "",
         f"jaxqfl run: {s['dataset']} / {s['model']}  ({s['num_params']:,} parameters)",
         f"  clients          {s['num_clients']:,} ({s['num_examples']:,} examples), {s['cohort_size']} per round",
-        f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap",
+        f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap"
+        f" ({s['chunk_size_from']})",
         f"  rounds           {s['rounds']} of {s['algorithm']}",
         f"  test accuracy    {acc:.4f}" if acc is not None else "",
-        f"  test loss        {s['final_loss']:.4f}",
+        f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
+        f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
+        f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",
@@ -270,3 +283,20 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}",
     ]
     print("\n".join(line for line in lines if line))
+
+
+def _chunk_source(args, sim) -> str:
+    """Where the chunk size came from: the flag, the cost model, a measurement or the tuning cache."""
+    if args.chunk_size is not None:
+        return "--chunk-size"
+    if sim.tuning is None:
+        return "cost model"
+    return "autotune, cache hit" if sim.tuning["cache_hit"] else "autotune"
+
+
+def _chunk_line(sim) -> str:
+    if sim.tuning is None:
+        return f"chunk size: {sim.chunk_size} clients per vmap (not tuned)"
+    from jaxqfl.engine.autotune import TuningRecord
+
+    return TuningRecord(**sim.tuning).summary_line()

@@ -1,27 +1,42 @@
-"""Federated datasets on the host: the CSR population, partitioners and loaders.
+"""Federated datasets on the host: the CSR population, partitioners, generators and loaders.
 
     Population, from_client_indices   the layout: flat rows + per-client offsets/counts
+    from_arrays                       the user's arrays -> Population (natural clients or a partitioner)
+    load_npz, load_leaf               the user's .npz file, a LEAF JSON folder
     partition.iid / dirichlet / shards / quantity
                                       labels -> per-client row indices
-    synthetic, synthetic_parameters   Synthetic(alpha, beta) of Li et al. 2020 (FedProx)
+    synthetic, synthetic_parameters   Synthetic(alpha, beta) of Li et al. 2020 (FedProx), streamed in float32
+    synthetic_regression              the same clients with linear-model regression targets
+    gaussian_mixture                  K Gaussian components, each client drawing from a few (clustering)
     load_mnist                        MNIST from a local Keras mnist.npz
     build                             dataset + partition names -> Population (the CLI's entry)
 """
 from jaxqfl.data import partition
+from jaxqfl.data.arrays import from_arrays
 from jaxqfl.data.build import DATASETS, PARTITIONS, build
+from jaxqfl.data.files import load_leaf, load_npz
+from jaxqfl.data.mixture import MixtureParameters, gaussian_mixture, mixture_parameters
 from jaxqfl.data.mnist import load_mnist
-from jaxqfl.data.population import Population, from_client_indices
-from jaxqfl.data.synthetic import SyntheticParameters, synthetic, synthetic_parameters
+from jaxqfl.data.population import TASKS, Population, from_client_indices
+from jaxqfl.data.synthetic import SyntheticParameters, synthetic, synthetic_parameters, synthetic_regression
 
 __all__ = [
     "DATASETS",
+    "MixtureParameters",
     "PARTITIONS",
     "Population",
     "SyntheticParameters",
+    "TASKS",
     "build",
+    "from_arrays",
     "from_client_indices",
+    "gaussian_mixture",
+    "load_leaf",
     "load_mnist",
+    "load_npz",
+    "mixture_parameters",
     "partition",
     "synthetic",
     "synthetic_parameters",
+    "synthetic_regression",
 ]

@@ -2,52 +2,69 @@
 
 The one entry point the command line uses. Datasets and partitions:
 
-=============  ============================================================================
-dataset        clients and test set
-=============  ============================================================================
-``synthetic``  Synthetic(synthetic_alpha, synthetic_beta) of Li et al. 2020, generated
-               per client (:func:`jaxqfl.data.synthetic.synthetic`); the pooled
-               held-out rows of all clients are the test set.
-``mnist``      the training split of ``data_path`` (Keras ``mnist.npz``) divided by a
-               partitioner; the official test split is the test set.
-=============  ============================================================================
+========================  ====================================================================
+dataset                   clients and test set (task)
+========================  ====================================================================
+``synthetic``             Synthetic(synthetic_alpha, synthetic_beta) of Li et al. 2020
+                          (:func:`jaxqfl.data.synthetic.synthetic`); the pooled held-out rows
+                          of all clients are the test set (classification).
+``synthetic-regression``  the same clients and features with linear-model targets
+                          (:func:`jaxqfl.data.synthetic.synthetic_regression`) (regression).
+``gaussian-mixture``      K Gaussian components, each client drawing from a few
+                          (:func:`jaxqfl.data.mixture.gaussian_mixture`) (clustering;
+                          labels are the component ids).
+``mnist``                 the training split of ``data_path`` (Keras ``mnist.npz``) divided by
+                          a partitioner; the official test split is the test set.
+``npz``                   the user's ``.npz`` at ``data_path`` (keys ``x``, ``y``, optional
+                          ``client_id``, ``x_test``, ``y_test``; :func:`jaxqfl.data.files.load_npz`).
+``leaf``                  a LEAF folder at ``data_path`` (``train/*.json``, ``test/*.json``;
+                          :func:`jaxqfl.data.files.load_leaf`), natural clients.
+========================  ====================================================================
 
-``partition=None`` means the dataset's own default: ``"natural"`` for synthetic
-(client k holds the rows generated from client k's model), ``"iid"`` for mnist,
-which has no natural partition.
+``partition=None`` means the dataset's own default: ``"natural"`` for the
+generated datasets, for leaf, and for npz files with ``client_id``; ``"iid"``
+for mnist and npz files without ``client_id``.
 
-Choice for synthetic with a partitioner (``"iid"``, ``"dirichlet"``, ``"shards"``,
-``"quantity"``): the clients' training rows are pooled and the partitioner
-re-divides them among ``num_clients`` clients. This keeps Synthetic's features
-and labelling but replaces its client heterogeneity with the chosen one (e.g.
-``"iid"`` is an IID control on the very same examples); the test set is
-unchanged. Note this is *not* the paper's Synthetic-IID, which draws one shared
-model (:func:`jaxqfl.data.synthetic.synthetic` with ``iid=True``).
+Choice for a dataset with natural clients and a partitioner (``"iid"``,
+``"dirichlet"``, ``"shards"``, ``"quantity"``): the clients' training rows are
+pooled and the partitioner re-divides them among ``num_clients`` clients. This
+keeps the features and labelling but replaces the client heterogeneity with the
+chosen one (e.g. ``"iid"`` is an IID control on the very same examples); the
+test set is unchanged. Note this is *not* the paper's Synthetic-IID, which draws
+one shared model (:func:`jaxqfl.data.synthetic.synthetic` with ``iid=True``).
+
+``task`` (None: the dataset's own) may relabel integer-labelled data between
+``"classification"`` and ``"clustering"``; regression needs real targets.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 
 from jaxqfl.data import partition as partitioners
+from jaxqfl.data.files import load_leaf, load_npz
+from jaxqfl.data.mixture import gaussian_mixture
 from jaxqfl.data.mnist import NUM_CLASSES as MNIST_CLASSES
 from jaxqfl.data.mnist import load_mnist
-from jaxqfl.data.population import Population, from_client_indices
-from jaxqfl.data.synthetic import synthetic
+from jaxqfl.data.population import TASKS, Population, from_client_indices
+from jaxqfl.data.synthetic import synthetic, synthetic_regression
 
-__all__ = ["build", "DATASETS", "PARTITIONS"]
+__all__ = ["build", "DATASETS", "PARTITIONS", "DEFAULT_TASK", "FILE_DATASETS"]
 
-DATASETS = ("synthetic", "mnist")
-#: Partitioners by name; "natural" (the dataset's own clients) exists for synthetic only.
+DATASETS = ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf")
+#: Datasets read from ``data_path``.
+FILE_DATASETS = ("mnist", "npz", "leaf")
+#: Partitioners by name; "natural" is the dataset's own clients (not mnist's).
 PARTITIONS = ("natural", "iid", "dirichlet", "shards", "quantity")
-_DEFAULT_PARTITION = {"synthetic": "natural", "mnist": "iid"}
+#: The task of each dataset when none is asked for (npz and leaf: inferred from the targets).
+DEFAULT_TASK = {"synthetic": "classification", "synthetic-regression": "regression",
+                "gaussian-mixture": "clustering", "mnist": "classification", "npz": None, "leaf": None}
+_GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
 
 
 def build(
     dataset: str,
     *,
-    num_clients: int,
+    num_clients: int | None,
     partition: str | None = None,
     alpha: float = 0.5,
     shards_per_client: int = 2,
@@ -56,69 +73,110 @@ def build(
     seed: int = 0,
     synthetic_alpha: float = 1.0,
     synthetic_beta: float = 1.0,
+    task: str | None = None,
+    size_mean: float = 4.0,
+    size_sigma: float = 2.0,
+    min_size: int = 50,
+    max_size: int | None = None,
+    num_outputs: int = 1,
+    noise: float = 0.5,
+    components: int = 10,
+    concentration: float = 0.3,
+    separation: float = 4.0,
+    num_features: int | None = None,
 ) -> Population:
     """Build the federated population ``dataset`` split over ``num_clients`` clients.
 
     Args:
-        dataset: one of ``"synthetic"``, ``"mnist"``.
-        num_clients: number of clients, ``>= 1``.
+        dataset: one of :data:`DATASETS`.
+        num_clients: number of clients, ``>= 1``; for npz and leaf with natural
+            clients, None (the file's) or the file's number.
         partition: ``None`` (the dataset's default, see module docstring),
-            ``"natural"`` (synthetic only), ``"iid"``, ``"dirichlet"``,
-            ``"shards"`` or ``"quantity"``.
+            ``"natural"``, ``"iid"``, ``"dirichlet"``, ``"shards"`` or ``"quantity"``.
         alpha: Dirichlet concentration of ``partition="dirichlet"``.
         shards_per_client: shards per client of ``partition="shards"``.
         sigma: log-normal size spread of ``partition="quantity"``.
-        data_path: path of ``mnist.npz`` (the CLI's ``--data-path``); mnist only.
+        data_path: the file or folder of mnist, npz and leaf (the CLI's ``--data-path``).
         seed: seeds the data generation and the partition (independently).
-        synthetic_alpha, synthetic_beta: alpha and beta of Synthetic(alpha, beta).
+        synthetic_alpha, synthetic_beta: alpha and beta of Synthetic(alpha, beta)
+            (also of synthetic-regression).
+        task: None (the dataset's) or one of ``classification, regression, clustering``.
+        size_mean, size_sigma, min_size, max_size: client sizes of the generated
+            datasets, ``n_k = min(floor(LogNormal(size_mean, size_sigma)) + min_size, max_size)``.
+        num_outputs, noise: synthetic-regression's target dimension and noise std.
+        components, concentration, separation: gaussian-mixture's K, Dirichlet
+            concentration of the clients' weights, and the spread of the means.
+        num_features: features of the generated datasets (None: 60 for the
+            synthetic ones, 10 for the mixture).
 
     Raises:
         ValueError: unknown dataset or partition, a partition the dataset does
-            not have, mnist without ``data_path``, or bad hyper-parameters.
+            not have, a file dataset without ``data_path``, a task the data
+            cannot serve, or bad hyper-parameters.
+        FileNotFoundError: nothing at ``data_path``.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed datasets are {', '.join(DATASETS)}")
-    if partition is None:
-        partition = _DEFAULT_PARTITION[dataset]
-    if partition not in PARTITIONS:
+    if partition is not None and partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; allowed partitions are {', '.join(PARTITIONS)}")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; allowed tasks are {', '.join(TASKS)}")
+    if dataset in FILE_DATASETS and data_path is None:
+        raise ValueError(f"dataset {dataset!r} reads a file: pass --data-path (data_path=...)")
     # Independent streams for generating the data and for partitioning it.
     data_seed, partition_seed = np.random.SeedSequence(seed).spawn(2)
 
-    if dataset == "synthetic":
-        pop = synthetic(synthetic_alpha, synthetic_beta, num_clients, data_seed)
+    if dataset in ("npz", "leaf"):
+        loader = load_npz if dataset == "npz" else load_leaf
+        return loader(data_path, task=task, partition=partition, num_clients=num_clients, seed=seed,
+                      alpha=alpha, shards_per_client=shards_per_client, sigma=sigma)
+
+    sizes = dict(size_mean=size_mean, size_sigma=size_sigma, min_size=min_size, max_size=max_size)
+    if dataset in _GENERATED:
+        if partition is None:
+            partition = "natural"
+        generated_clients = num_clients
+        if dataset == "synthetic":
+            pop = synthetic(synthetic_alpha, synthetic_beta, generated_clients, data_seed,
+                            num_features=num_features or 60, **sizes)
+        elif dataset == "synthetic-regression":
+            pop = synthetic_regression(synthetic_alpha, synthetic_beta, generated_clients, data_seed,
+                                       num_features=num_features or 60, num_outputs=num_outputs, noise=noise, **sizes)
+        else:
+            pop = gaussian_mixture(components, generated_clients, data_seed, num_features=num_features or 10,
+                                   concentration=concentration, separation=separation, **sizes)
+        pop = _with_task(pop, task, dataset)
         if partition == "natural":
             return pop
         x, y, x_test, y_test, num_classes = pop.x, pop.y, pop.x_test, pop.y_test, pop.num_classes
-        base_name = pop.name
+        base_name, task = pop.name, pop.task
     else:  # mnist
         if partition == "natural":
             raise ValueError(
                 "mnist has no natural partition; allowed partitions for mnist are "
                 f"{', '.join(p for p in PARTITIONS if p != 'natural')}"
             )
-        if data_path is None:
-            raise ValueError("dataset 'mnist' needs the path of mnist.npz: pass --data-path (data_path=...)")
+        if task == "regression":
+            raise ValueError("mnist holds class labels: task 'regression' needs real targets")
+        partition = partition or "iid"
         x, y, x_test, y_test = load_mnist(data_path)
-        num_classes, base_name = MNIST_CLASSES, "mnist"
+        num_classes, base_name, task = MNIST_CLASSES, "mnist", task or "classification"
 
-    split, label = _partitioner(partition, alpha, shards_per_client, sigma, num_classes)
-    client_indices = split(y, num_clients, partition_seed)
-    return from_client_indices(x, y, client_indices, x_test, y_test, num_classes, name=f"{base_name}/{label}")
+    if task == "regression" and partition in ("dirichlet", "shards"):
+        raise ValueError(f"partition {partition!r} splits by class label; regression targets have none: "
+                         "use iid or quantity")
+    split, label = partitioners.by_name(partition, alpha, shards_per_client, sigma, num_classes or None)
+    client_indices = split(y if task != "regression" else np.zeros(len(y), np.int32), num_clients, partition_seed)
+    return from_client_indices(x, y, client_indices, x_test, y_test, num_classes, name=f"{base_name}/{label}",
+                               task=task)
 
 
-def _partitioner(name, alpha, shards_per_client, sigma, num_classes) -> tuple[Callable, str]:
-    """The partition function ``(labels, num_clients, seed) -> indices`` of ``name``, and its label."""
-    if name == "iid":
-        return partitioners.iid, "iid"
-    if name == "dirichlet":
-        return (
-            lambda y, c, s: partitioners.dirichlet(y, c, alpha, s, num_classes=num_classes),
-            f"dirichlet(alpha={alpha:g})",
-        )
-    if name == "shards":
-        return (
-            lambda y, c, s: partitioners.shards(y, c, shards_per_client, seed=s),
-            f"shards(k={shards_per_client})",
-        )
-    return lambda y, c, s: partitioners.quantity(y, c, sigma, s), f"quantity(sigma={sigma:g})"
+def _with_task(pop: Population, task: str | None, dataset: str) -> Population:
+    """``pop`` relabelled for ``task`` (classification <-> clustering), or refused."""
+    if task is None or task == pop.task:
+        return pop
+    if "regression" in (task, pop.task):
+        raise ValueError(f"dataset {dataset!r} is for {pop.task}; task {task!r} needs "
+                         f"{'real targets' if task == 'regression' else 'integer labels'}")
+    return Population(pop.x, pop.y, pop.offsets, pop.counts, pop.x_test, pop.y_test, pop.num_classes,
+                      name=pop.name, task=task)

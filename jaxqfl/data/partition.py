@@ -39,7 +39,10 @@ import numbers
 
 import numpy as np
 
-__all__ = ["iid", "dirichlet", "shards", "quantity"]
+__all__ = ["iid", "dirichlet", "shards", "quantity", "by_name", "NAMES"]
+
+#: The partitioners :func:`by_name` knows.
+NAMES = ("iid", "dirichlet", "shards", "quantity")
 
 #: How many Dirichlet draws :func:`dirichlet` tries before giving up.
 DIRICHLET_MAX_TRIES = 1000
@@ -222,6 +225,23 @@ def quantity(labels, num_clients: int, sigma: float, seed) -> list[np.ndarray]:
     weights = np.exp(z - z.max())  # the common factor exp(max z) cancels; this cannot overflow
     sizes = 1 + _largest_remainder(weights, n - num_clients)
     return _sorted_parts(np.split(rng.permutation(n), np.cumsum(sizes)[:-1]))
+
+
+def by_name(name: str, alpha: float = 0.5, shards_per_client: int = 2, sigma: float = 1.0, num_classes=None):
+    """The partition function ``(labels, num_clients, seed) -> indices`` of ``name``, and its label.
+
+    ``name`` is one of :data:`NAMES`; ``alpha``, ``shards_per_client`` and ``sigma``
+    are the hyper-parameters of ``dirichlet``, ``shards`` and ``quantity``.
+    """
+    if name == "iid":
+        return iid, "iid"
+    if name == "dirichlet":
+        return (lambda y, c, s: dirichlet(y, c, alpha, s, num_classes=num_classes)), f"dirichlet(alpha={alpha:g})"
+    if name == "shards":
+        return (lambda y, c, s: shards(y, c, shards_per_client, seed=s)), f"shards(k={shards_per_client})"
+    if name == "quantity":
+        return (lambda y, c, s: quantity(y, c, sigma, s)), f"quantity(sigma={sigma:g})"
+    raise ValueError(f"unknown partition {name!r}; allowed partitions are {', '.join(NAMES)}")
 
 
 # --------------------------------------------------------------------------- helpers

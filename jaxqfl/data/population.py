@@ -3,12 +3,16 @@
 A population of ``C`` clients holding ``N`` examples in all is
 
     x[N, *feature_shape]   float32 features, client-major
-    y[N]                   int32 labels in [0, num_classes) (classification)
-                           or float32 targets (regression, num_classes == 0)
+    y[N]                   int32 labels in [0, num_classes) (classification, clustering)
+    or y[N] / y[N, k]      float32 targets (regression, num_classes == 0)
     offsets[C]             int32, client i's rows are x[offsets[i] : offsets[i] + counts[i]]
     counts[C]              int32, >= 1
 
-plus a held-out test set ``(x_test, y_test)`` that travels with it. Memory is
+plus a held-out test set ``(x_test, y_test)`` that travels with it, and the
+``task`` the data is for (``"classification"``, ``"regression"`` or
+``"clustering"``; by default classification when ``num_classes > 0``, else
+regression). Clustering data carries the true component ids as labels (used
+only for reporting ARI / NMI). Memory is
 O(N), not O(C x largest client), and a client's local batch is a gather of
 ``batch_size`` row indices drawn in ``[0, counts[i])`` (DESIGN.md, "Data layout").
 The arrays live on the host (NumPy); the engine moves them to the devices.
@@ -20,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+#: The learning tasks a population can be for.
+TASKS = ("classification", "regression", "clustering")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Population:
@@ -33,12 +39,15 @@ class Population:
     y_test: np.ndarray
     num_classes: int
     name: str = ""
+    task: str = ""
 
     def __post_init__(self):
         # Accept array-likes (lists, JAX arrays) but store NumPy arrays: the population lives on the host.
         for field in ("x", "y", "offsets", "counts", "x_test", "y_test"):
             object.__setattr__(self, field, np.asarray(getattr(self, field)))
         object.__setattr__(self, "num_classes", int(self.num_classes))
+        if not self.task:
+            object.__setattr__(self, "task", "classification" if self.num_classes > 0 else "regression")
         _validate(self)
 
     @property
@@ -81,6 +90,7 @@ def from_client_indices(
     y_test: np.ndarray,
     num_classes: int,
     name: str = "",
+    task: str = "",
 ) -> Population:
     """Build a population from per-client row indices into ``(x, y)``.
 
@@ -112,13 +122,28 @@ def from_client_indices(
         y_test=np.asarray(y_test),
         num_classes=int(num_classes),
         name=name,
+        task=task,
     )
 
 
+#: Rows checked at a time for NaN/Inf: the check's temporary stays small for a million clients.
+_FINITE_CHECK_ROWS = 1 << 16
+
+
 def _check_finite(name: str, a: np.ndarray) -> None:
-    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-        raise ValueError(f"{name} holds {bad} NaN or Inf values; features and targets must be finite")
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    bad, first = 0, None
+    for start in range(0, max(a.shape[0], 1), _FINITE_CHECK_ROWS):
+        finite = np.isfinite(a[start:start + _FINITE_CHECK_ROWS])
+        if not finite.all():
+            bad += int(finite.size - np.count_nonzero(finite))
+            if first is None:
+                first = start + int(np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(axis=1))[0])
+    if bad:
+        raise ValueError(
+            f"{name} holds {bad} NaN or Inf values (the first in row {first}); features and targets must be finite"
+        )
 
 
 def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
@@ -140,14 +165,27 @@ def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
 def _validate(p: Population) -> None:
     if p.num_classes < 0:
         raise ValueError(f"num_classes must be >= 0 (0 means regression), got {p.num_classes}")
+    if p.task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {p.task!r}")
+    if (p.task == "regression") != (p.num_classes == 0):
+        raise ValueError(
+            f"task {p.task!r} with num_classes={p.num_classes}: regression has num_classes 0, "
+            "classification and clustering have num_classes >= 1"
+        )
     if p.x.ndim < 1 or p.x.shape[0] == 0:
         raise ValueError(f"the population is empty: x has shape {p.x.shape}")
-    if p.y.shape != (p.x.shape[0],):
-        raise ValueError(f"y has shape {p.y.shape}, but x has {p.x.shape[0]} rows: lengths must match")
+    # Targets: [N] labels; regression also [N, k].
+    allowed_ndim = (1, 2) if p.task == "regression" else (1,)
+    if p.y.ndim not in allowed_ndim or p.y.shape[0] != p.x.shape[0]:
+        shape = "[N] or [N, k]" if p.task == "regression" else "[N]"
+        raise ValueError(f"y has shape {p.y.shape}, but x has {p.x.shape[0]} rows: y must be {shape} with N rows")
     if p.x_test.ndim < 1 or p.x_test.shape[0] == 0:
         raise ValueError(f"the test set is empty: x_test has shape {p.x_test.shape}")
-    if p.y_test.shape != (p.x_test.shape[0],):
-        raise ValueError(f"y_test has shape {p.y_test.shape}, but x_test has {p.x_test.shape[0]} rows")
+    if p.y_test.shape != (p.x_test.shape[0],) + p.y.shape[1:]:
+        raise ValueError(
+            f"y_test has shape {p.y_test.shape}, but x_test has {p.x_test.shape[0]} rows "
+            f"and y has shape {p.y.shape}"
+        )
     if p.x_test.shape[1:] != p.x.shape[1:]:
         raise ValueError(f"test features have shape {p.x_test.shape[1:]}, training features {p.x.shape[1:]}")
     if p.offsets.shape != p.counts.shape or p.counts.ndim != 1:

@@ -26,11 +26,23 @@ within a client, so this is a random split). The clients' training rows form the
 federated population, in the natural partition (client k's data is client k's);
 the pooled test rows are its held-out test set.
 
-Randomness: one ``np.random.SeedSequence(seed)`` spawns a stream for the client
-parameters and one stream per client for its examples, so
-:func:`synthetic_parameters` with the same arguments returns exactly the
-parameters :func:`synthetic` used, and a client's examples depend only on its
-own parameters, size and index.
+Generation is streamed (:mod:`jaxqfl.data.generate`): sizes first, then the
+clients in chunks, each chunk's models and rows drawn together in float32
+(the labels' logits in float64), written straight into the float32 population.
+Memory is the population plus one chunk, so a million clients fit whenever
+their rows do; :func:`synthetic_parameters` (which returns every client's model,
+``O(K d C)`` floats) is for inspection and tests.
+
+Randomness: ``np.random.SeedSequence(seed)`` has three children: the sizes, the
+shared model of the IID control, and the chunks (chunk ``j`` draws from the
+chunk sequence's ``j``-th child: first its clients' models, then their rows).
+So :func:`synthetic_parameters` with the same arguments returns exactly the
+parameters :func:`synthetic` used. (Before the streamed generator, a seed drew
+other numbers from the same law.)
+
+:func:`synthetic_regression` is the regression counterpart: the same clients,
+features and heterogeneity, with real targets ``y = W_k^T x + b_k + noise * e``,
+``e ~ N(0, I)``, ``W_k: [d, k_out]`` (targets ``[N]`` for ``k_out = 1``, else ``[N, k_out]``).
 
 Reference:
     Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith. Federated Optimization in
@@ -44,9 +56,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxqfl.data.generate import check_test_rows, chunk_bounds, chunk_rng, fill_population, lognormal_sizes
 from jaxqfl.data.population import Population
 
-__all__ = ["SyntheticParameters", "synthetic", "synthetic_parameters", "feature_variance"]
+__all__ = ["SyntheticParameters", "synthetic", "synthetic_parameters", "synthetic_regression", "feature_variance"]
 
 #: Exponent of the feature covariance: Sigma_jj = j ** -FEATURE_DECAY.
 FEATURE_DECAY = 1.2
@@ -55,9 +68,9 @@ FEATURE_DECAY = 1.2
 class SyntheticParameters(NamedTuple):
     """The per-client draws of Synthetic(alpha, beta); ``K`` clients, ``d`` features, ``C`` classes."""
 
-    weights: np.ndarray  # [K, d, C] float64, W_k
-    biases: np.ndarray  # [K, C] float64, b_k
-    feature_means: np.ndarray  # [K, d] float64, v_k
+    weights: np.ndarray  # [K, d, C] float64 (drawn in float32), W_k
+    biases: np.ndarray  # [K, C] float64 (drawn in float32), b_k
+    feature_means: np.ndarray  # [K, d] float64 (drawn in float32), v_k
     feature_variance: np.ndarray  # [d] float64, diag(Sigma) = j ** -1.2
     sizes: np.ndarray  # [K] int64, n_k (train + test)
 
@@ -84,23 +97,14 @@ def synthetic_parameters(
     """Draw the client models, feature means and sizes of Synthetic(alpha, beta) (see module docstring).
 
     Same arguments as :func:`synthetic` (less ``test_fraction``), same result as
-    the parameters :func:`synthetic` draws with them.
+    the parameters :func:`synthetic` draws with them. Holds ``K d C`` float64s.
     """
     _validate(alpha, beta, num_clients, num_features, num_classes, size_mean, size_sigma, min_size, max_size)
-    params_seq, _ = _streams(seed, num_clients)
-    return _draw_parameters(
-        np.random.default_rng(params_seq),
-        float(alpha),
-        float(beta),
-        int(num_clients),
-        int(num_features),
-        int(num_classes),
-        float(size_mean),
-        float(size_sigma),
-        int(min_size),
-        max_size,
-        bool(iid),
-    )
+    sizes, shared, chunks = _sizes_and_streams(seed, num_clients, size_mean, size_sigma, min_size, max_size)
+    draw = _model_drawer(float(alpha), float(beta), int(num_features), int(num_classes), bool(iid), shared)
+    parts = [draw(chunk_rng(chunks, j), hi - lo) for j, (lo, hi) in enumerate(chunk_bounds(sizes))]
+    weights, biases, means = (np.concatenate(p).astype(np.float64) for p in zip(*parts))
+    return SyntheticParameters(weights, biases, means, feature_variance(int(num_features)), sizes)
 
 
 def synthetic(
@@ -139,82 +143,150 @@ def synthetic(
         The population: ``x`` float32 ``[N, d]``, ``y`` int32 ``[N]``, client k
         holding its own training rows; ``x_test, y_test`` the pooled test rows.
     """
+
+    def labels(x, weights, biases, rng):  # softmax is monotone: the label is the argmax of the logits
+        return np.argmax(np.matmul(x.astype(np.float64), weights) + biases[:, None, :], axis=-1)
+
+    name = "synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})"
+    return _generate(alpha, beta, num_clients, seed, num_features, num_classes, size_mean, size_sigma, min_size,
+                     max_size, test_fraction, iid, labels, (), np.int32, num_classes, name, "classification")
+
+
+def synthetic_regression(
+    alpha: float,
+    beta: float,
+    num_clients: int,
+    seed,
+    *,
+    num_features: int = 60,
+    num_outputs: int = 1,
+    noise: float = 0.5,
+    size_mean: float = 4.0,
+    size_sigma: float = 2.0,
+    min_size: int = 50,
+    max_size: int | None = None,
+    test_fraction: float = 0.1,
+    iid: bool = False,
+) -> Population:
+    """Synthetic(alpha, beta) with linear-regression targets (module docstring), a :class:`Population`.
+
+    Client ``k`` draws ``u_k, W_k [d, k_out], b_k, v_k`` and its features exactly
+    as Synthetic(alpha, beta) does (``alpha``: model heterogeneity, ``beta``:
+    feature heterogeneity; ``iid=True``: one shared model and ``x ~ N(0, Sigma)``)
+    and labels each row with
+
+        y = W_k^T x + b_k + noise * e,   e ~ N(0, I_k_out).
+
+    Args:
+        num_outputs: ``k_out >= 1``; targets ``[N]`` when 1, else ``[N, k_out]``.
+        noise: standard deviation of the target noise, ``>= 0``.
+        the rest: as :func:`synthetic`.
+
+    Returns:
+        A regression population (``num_classes = 0``, ``task = "regression"``),
+        ``y`` float32.
+    """
+    if not _is_real(noise) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    if not isinstance(num_outputs, numbers.Integral) or isinstance(num_outputs, bool) or num_outputs < 1:
+        raise ValueError(f"num_outputs must be an integer >= 1, got {num_outputs!r}")
+    squeeze = num_outputs == 1
+
+    def targets(x, weights, biases, rng):
+        y = np.matmul(x.astype(np.float64), weights) + biases[:, None, :]  # [g, s, k_out]
+        y += noise * rng.standard_normal(y.shape)
+        return (y[..., 0] if squeeze else y).astype(np.float32)
+
+    name = "synthetic_regression_iid" if iid else f"synthetic_regression({alpha:g},{beta:g})"
+    shape = () if squeeze else (int(num_outputs),)
+    # num_classes=2 passes the shared validation; the models have num_outputs columns.
+    return _generate(alpha, beta, num_clients, seed, num_features, int(num_outputs), size_mean, size_sigma, min_size,
+                     max_size, test_fraction, iid, targets, shape, np.float32, 0, name, "regression",
+                     classes_checked=False)
+
+
+def _generate(alpha, beta, num_clients, seed, num_features, num_columns, size_mean, size_sigma, min_size, max_size,
+              test_fraction, iid, label_fn, target_shape, target_dtype, num_classes, name, task,
+              classes_checked: bool = True) -> Population:
+    """The shared streamed generator of :func:`synthetic` and :func:`synthetic_regression`."""
     if not _is_real(test_fraction) or not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-    params = synthetic_parameters(
-        alpha,
-        beta,
-        num_clients,
-        seed,
-        num_features=num_features,
-        num_classes=num_classes,
-        size_mean=size_mean,
-        size_sigma=size_sigma,
-        min_size=min_size,
-        max_size=max_size,
-        iid=iid,
-    )
-    _, client_seqs = _streams(seed, num_clients)
-    std = np.sqrt(params.feature_variance)  # [d]
-    xs_train, ys_train, xs_test, ys_test = [], [], [], []
-    for k, seq in enumerate(client_seqs):
-        rng = np.random.default_rng(seq)
-        n = int(params.sizes[k])
-        x = params.feature_means[k] + std * rng.standard_normal((n, num_features))  # [n, d]
-        y = np.argmax(x @ params.weights[k] + params.biases[k], axis=1)  # [n]; softmax is monotone
-        n_train = n - math.floor(test_fraction * n)
-        xs_train.append(x[:n_train])
-        ys_train.append(y[:n_train])
-        xs_test.append(x[n_train:])
-        ys_test.append(y[n_train:])
-    counts = np.array([len(y) for y in ys_train], dtype=np.int64)
-    x_test = np.concatenate(xs_test).astype(np.float32)
-    if x_test.shape[0] == 0:
-        raise ValueError(
-            f"test_fraction={test_fraction} holds out no example from any client (sizes {params.sizes.min()}"
-            f"..{params.sizes.max()}): raise test_fraction to at least 1/{params.sizes.max()}"
-        )
-    name = "synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})"
+    _validate(alpha, beta, num_clients, num_features, num_columns if classes_checked else 2, size_mean, size_sigma,
+              min_size, max_size)
+    sizes, shared, chunks = _sizes_and_streams(seed, num_clients, size_mean, size_sigma, min_size, max_size)
+    check_test_rows(test_fraction, sizes)
+    d = int(num_features)
+    draw_models = _model_drawer(float(alpha), float(beta), d, int(num_columns), bool(iid), shared)
+    std = np.sqrt(feature_variance(d)).astype(np.float32)  # [d]
+
+    def draw_chunk(rng, lo, hi):
+        weights, biases, means = draw_models(rng, hi - lo)  # [k, d, C], [k, C], [k, d]
+        n = sizes[lo:hi]
+        client = np.repeat(np.arange(hi - lo), n)  # [R] chunk-local client of each row
+        x = rng.standard_normal((client.size, d), dtype=np.float32)  # [R, d]
+        x *= std
+        x += means.astype(np.float32)[client]
+        y = np.empty((client.size,) + target_shape, target_dtype)
+        starts = np.cumsum(n) - n
+        for size in np.unique(n):  # the clients of one size together: a batched matmul
+            group = np.flatnonzero(n == size)
+            rows = starts[group][:, None] + np.arange(size)  # [g, size]
+            y[rows] = label_fn(x[rows], weights[group].astype(np.float64), biases[group].astype(np.float64), rng)
+        return x, y
+
+    x, y, counts, x_test, y_test = fill_population(sizes, test_fraction, d, target_shape, target_dtype, chunks,
+                                                   draw_chunk)
     return Population(
-        x=np.concatenate(xs_train).astype(np.float32),
-        y=np.concatenate(ys_train).astype(np.int32),
+        x=x,
+        y=y,
         offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32),
         counts=counts.astype(np.int32),
         x_test=x_test,
-        y_test=np.concatenate(ys_test).astype(np.int32),
-        num_classes=int(num_classes),
+        y_test=y_test,
+        num_classes=num_classes,
         name=name,
+        task=task,
     )
 
 
-def _streams(seed, num_clients: int):
-    """One SeedSequence for the parameters, one per client for its examples."""
+def _child(seq: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
+    """The ``i``-th child of ``seq`` (what ``seq.spawn`` would give), without changing ``seq``."""
+    return np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (i,), pool_size=seq.pool_size)
+
+
+def _sizes_and_streams(seed, num_clients, size_mean, size_sigma, min_size, max_size):
+    """Client sizes (from the first child of the seed), and the shared-model and chunk sequences."""
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    params_seq, examples_seq = root.spawn(2)
-    return params_seq, examples_seq.spawn(num_clients)
+    sizes = lognormal_sizes(np.random.default_rng(_child(root, 0)), int(num_clients), float(size_mean),
+                            float(size_sigma), int(min_size), max_size)
+    return sizes, _child(root, 1), _child(root, 2)
 
 
-def _draw_parameters(
-    rng, alpha, beta, num_clients, num_features, num_classes, size_mean, size_sigma, min_size, max_size, iid
-) -> SyntheticParameters:
-    k, d, c = num_clients, num_features, num_classes
-    raw = rng.lognormal(size_mean, size_sigma, k)
-    if max_size is not None:
-        raw = np.minimum(raw, max_size - min_size)  # cap before the cast: no integer overflow
-    sizes = raw.astype(np.int64) + min_size  # [K]
+def _model_drawer(alpha, beta, d, c, iid, shared_seq):
+    """``draw(rng, k) -> (W [k, d, c], b [k, c], v [k, d])`` float32, the models of ``k`` clients.
+
+    ``N(m, 1)`` draws are ``m + z`` with ``z`` a float32 standard normal.
+    """
+    f32 = np.float32
     if iid:
-        w = rng.normal(0.0, 1.0, (d, c))
-        b = rng.normal(0.0, 1.0, c)
-        weights = np.broadcast_to(w, (k, d, c)).copy()
-        biases = np.broadcast_to(b, (k, c)).copy()
-        means = np.zeros((k, d))
-    else:
-        u = rng.normal(0.0, alpha, k)  # [K] model mean of each client
-        weights = rng.normal(u[:, None, None], 1.0, (k, d, c))
-        biases = rng.normal(u[:, None], 1.0, (k, c))
-        centres = rng.normal(0.0, beta, k)  # [K] B_k
-        means = rng.normal(centres[:, None], 1.0, (k, d))
-    return SyntheticParameters(weights, biases, means, feature_variance(d), sizes)
+        rng = np.random.default_rng(shared_seq)
+        w = rng.standard_normal((d, c), dtype=f32)
+        b = rng.standard_normal(c, dtype=f32)
+
+        def draw_iid(_, k):
+            return np.broadcast_to(w, (k, d, c)), np.broadcast_to(b, (k, c)), np.zeros((k, d), f32)
+
+        return draw_iid
+
+    def draw(rng, k):
+        u = (alpha * rng.standard_normal(k)).astype(f32)  # [k] model mean of each client
+        weights = rng.standard_normal((k, d, c), dtype=f32) + u[:, None, None]
+        biases = rng.standard_normal((k, c), dtype=f32) + u[:, None]
+        centres = (beta * rng.standard_normal(k)).astype(f32)  # [k] B_k
+        means = rng.standard_normal((k, d), dtype=f32) + centres[:, None]
+        return weights, biases, means
+
+    return draw
 
 
 def _is_real(value) -> bool:

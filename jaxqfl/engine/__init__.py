@@ -4,11 +4,11 @@ Rooms (one concept each): ``state`` (ServerState, RoundMetrics, the initial
 state), ``layout`` (devices x chunks x clients), ``chunking`` (the chunk cost
 model), ``client_update`` (one client's round), ``round`` (the round program),
 ``simulation`` (build: the block program), ``host_loop`` and ``streaming``
-(rounds driven from the host), ``homes`` (where per-client states live),
+(rounds driven from the host), ``sweep`` (many configs in one program), ``homes`` (where per-client states live),
 ``evaluation``, ``driver`` (``run``).
 """
 from jaxqfl.engine.chunking import auto_chunk_size
-from jaxqfl.engine.driver import RunResult, run
+from jaxqfl.engine.driver import RunResult, run, run_sweep
 from jaxqfl.engine.homes import HOMES
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.engine.round import CohortBlock, DeviceData, sample_cohort
@@ -16,6 +16,7 @@ from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.simulation import Simulation, build
 from jaxqfl.engine.state import RoundMetrics, ServerState
 from jaxqfl.engine.streaming import StreamingSimulation, build_streaming
+from jaxqfl.engine.sweep import SweepSimulation, build_sweep, grid
 
 __all__ = [
     "CLIENTS",
@@ -28,10 +29,14 @@ __all__ = [
     "ServerState",
     "Simulation",
     "StreamingSimulation",
+    "SweepSimulation",
     "auto_chunk_size",
     "build",
     "build_streaming",
+    "build_sweep",
     "client_mesh",
+    "grid",
     "run",
+    "run_sweep",
     "sample_cohort",
 ]

@@ -31,6 +31,17 @@ widest chunk that fits.
 
 The chosen width is then balanced: with ``n = ceil(per_device / chunk)``
 chunks, ``chunk = ceil(per_device / n)``, which pads the cohort least.
+
+Reported cache sizes are clamped to plausible values before use, because a VM
+can report its host's whole cache (a 2-core Xeon VM reported a 480 MiB L3 and
+the model chose chunks 10x too wide): the L2 per core to [128 KiB, 2 MiB] (the
+range of current x86 and Arm server cores), the last-level cache to [1 MiB,
+max(32 MiB, 4 MiB per visible core)] (4 MiB per core is the largest share among
+common server parts, e.g. AMD Zen 4's 32 MiB per 8-core CCD).
+
+The model is only the seed of a measured search (``jaxqfl.engine.autotune``):
+:func:`candidate_chunks` lists the seed's neighbours (powers of two and divisors
+of the share around it) within :func:`max_chunk_for_memory`.
 """
 from __future__ import annotations
 
@@ -42,6 +53,8 @@ MIN_L2_CHUNK = 16
 DEFAULT_L2_BYTES = 1 * 2**20
 DEFAULT_L3_BYTES = 32 * 2**20
 DEFAULT_ACCELERATOR_BYTES = 16 * 2**30
+L2_RANGE = (128 * 2**10, 2 * 2**20)  # plausible L2 bytes per core
+LLC_MIN, LLC_MAX, LLC_PER_CORE_MAX = 1 * 2**20, 32 * 2**20, 4 * 2**20
 
 
 def client_working_set(num_params: int, batch: int, features: int, optimizer_floats: int = 0) -> int:
@@ -70,7 +83,18 @@ def cpu_caches() -> tuple[int, int]:
     except (OSError, ValueError):
         pass
     l2 = sizes.get(2, DEFAULT_L2_BYTES)
-    return l2, max(sizes.values()) if sizes else DEFAULT_L3_BYTES
+    return clamp_caches(l2, max(sizes.values()) if sizes else DEFAULT_L3_BYTES, _visible_cores())
+
+
+def _visible_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def clamp_caches(l2: int, llc: int, cores: int) -> tuple[int, int]:
+    """Reported ``(L2 per core, last-level)`` bytes clamped to plausible values (module docstring)."""
+    l2 = min(max(l2, L2_RANGE[0]), L2_RANGE[1])
+    llc = min(max(llc, LLC_MIN, l2), max(LLC_MAX, LLC_PER_CORE_MAX * max(1, cores)))
+    return l2, llc
 
 
 def _balanced(per_device: int, chunk: int) -> int:
@@ -113,3 +137,48 @@ def padded_layout(cohort_size: int, num_devices: int, chunk: int) -> tuple[int, 
     chunk = min(chunk, per_device)
     num_chunks = math.ceil(per_device / chunk)
     return num_chunks * chunk, num_chunks
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of the host (``sysconf``), or 8 GiB when unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 8 * 2**30
+
+
+def max_chunk_for_memory(
+    working_set: int, platform: str, *, num_devices: int = 1, device_memory: int | None = None,
+) -> int:
+    """The widest chunk whose working set ``chunk * w`` stays under half of a device's memory.
+
+    Accelerators: half of ``device_memory`` (``DEFAULT_ACCELERATOR_BYTES`` when
+    unknown). CPU: half of the host's memory divided among its ``num_devices``
+    XLA devices (they share it). At least 1.
+    """
+    if platform == "cpu":
+        budget = host_memory_bytes() // max(1, num_devices) // 2
+    else:
+        budget = (device_memory or DEFAULT_ACCELERATOR_BYTES) // 2
+    return max(1, budget // max(1, working_set))
+
+
+def candidate_chunks(per_device: int, seed: int, max_chunk: int, *, limit: int = 6) -> list[int]:
+    """Chunk sizes worth timing around the cost model's ``seed``, nearest first (seed first).
+
+    The seed's neighbours by factors of 2 and 4, the divisors of ``per_device``
+    between ``seed / 4`` and ``4 seed`` (no padding) and 1; each
+    balanced (``_balanced``: the same number of chunks, least padding) and kept
+    within ``[1, min(per_device, max_chunk)]``; at most ``limit``, ordered by
+    ``|log(c / seed)|`` so that a search cut short by its budget has timed the
+    closest ones.
+    """
+    if per_device < 1 or limit < 1:
+        raise ValueError(f"per_device and limit must be >= 1, got {per_device} and {limit}")
+    top = max(1, min(per_device, max_chunk))
+    seed = _balanced(per_device, min(max(1, seed), top))
+    raw = {seed, seed * 2, seed * 4, seed // 2, seed // 4, 1}
+    raw |= {d for d in range(max(1, seed // 4), min(per_device, 4 * seed) + 1) if per_device % d == 0}
+    chunks = {_balanced(per_device, min(max(1, c), top)) for c in raw}
+    ordered = sorted(chunks, key=lambda c: (abs(math.log(c / seed)), c))
+    return ordered[:limit]

@@ -88,3 +88,55 @@ def run(
         if on_eval is not None:
             on_eval(rec)
     return RunResult(state, records, compile_seconds, train_seconds, rounds, up_total, down_total)
+
+
+def run_sweep(
+    sim,
+    *,
+    rounds: int,
+    eval_every: int,
+    on_eval: Callable[[int, dict], None] | None = None,
+) -> list[RunResult]:
+    """Run a ``SweepSimulation`` (``jaxqfl.engine.sweep``): one ``RunResult`` per config.
+
+    Blocks of ``eval_every`` rounds run all configs in one program; after each
+    block every config's model is evaluated and ``on_eval(config_index, record)``
+    is called. Times are the sweep's (shared by all configs).
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    if not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
+    S = len(sim.configs)
+    block = min(eval_every, rounds)
+    compile_seconds = sim.compile_block(block)
+    states = sim.init()
+    records = [[] for _ in range(S)]
+    up, down = np.zeros(S, np.int64), np.zeros(S, np.int64)
+    train_seconds, done = 0.0, 0
+    while done < rounds:
+        active = min(block, rounds - done)
+        t0 = time.perf_counter()
+        states, metrics = sim.run_block(states, block, active)
+        metrics = jax.device_get(metrics)  # every leaf [R, S, ...]
+        train_seconds += time.perf_counter() - t0
+        up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
+        down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
+        done += active
+        for s, ev in enumerate(sim.evaluate(states)):
+            rec = {
+                "round": done,
+                "test_loss": ev["loss"],
+                **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
+                "train_loss": float(metrics.train_loss[active - 1, s]),
+                "uplink_bits_total": int(up[s]),
+                "downlink_bits_total": int(down[s]),
+                "seconds": train_seconds,
+                **{f"server_{k}": float(np.asarray(v)[active - 1, s]) for k, v in metrics.server.items()},
+            }
+            records[s].append(rec)
+            if on_eval is not None:
+                on_eval(s, rec)
+    config_state = lambda s: jax.tree.map(lambda a: a[s], states)
+    return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, rounds, int(up[s]), int(down[s]))
+            for s in range(S)]

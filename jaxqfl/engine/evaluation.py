@@ -50,8 +50,11 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
         )
     )
 
+    finish = task.finish(population.y_test) if getattr(task, "finish", None) else None
+
     def evaluate(params) -> dict[str, float]:
         sums = jax.device_get(fn(params, x, y, mask))
-        return {k: float(v) / n for k, v in sums.items()}
+        means = {k: float(v) / n for k, v in sums.items()}
+        return finish(means) if finish is not None else means
 
     return evaluate

@@ -55,7 +55,7 @@ class CohortBlock(NamedTuple):
     """
 
     x: jax.Array  # [M_pad, max_count, *F] float32
-    y: jax.Array  # [M_pad, max_count]
+    y: jax.Array  # [M_pad, max_count] (or [M_pad, max_count, k] regression targets)
     counts: jax.Array  # [M_pad] int32 (>= 1; padding slots 1)
 
 
@@ -130,7 +130,7 @@ def round_program(
         if isinstance(data, CohortBlock):  # this device's slots of the streamed block
             data = DeviceData(
                 x=data.x.reshape((per_device * max_count,) + data.x.shape[2:]),
-                y=data.y.reshape((per_device * max_count,)),
+                y=data.y.reshape((per_device * max_count,) + data.y.shape[2:]),
                 offsets=jnp.arange(per_device, dtype=jnp.int32) * max_count,
                 counts=data.counts,
             )

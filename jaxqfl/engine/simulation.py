@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.data.population import Population
 from jaxqfl.engine import homes
+from jaxqfl.engine.autotune import autotune_default
 from jaxqfl.engine.evaluation import build_evaluate, label_dtype
 from jaxqfl.engine.host_loop import host_loop
 from jaxqfl.engine.layout import ClientLayout, check_cohort_and_chunk, client_layout
@@ -54,6 +55,7 @@ class Simulation(NamedTuple):
     client_state_home: str  # "replicated", "sharded" or "host"
     stream_stats: Callable | None = None  # host-driven rounds: stream_stats() -> StreamStats
     cohort: Callable | None = None  # host-driven rounds: cohort(run_key_data, round) -> [M] ids
+    tuning: dict | None = None  # the chunk-size search (jaxqfl.engine.autotune.TuningRecord), when one ran
 
 
 class RoundSetup(NamedTuple):
@@ -68,6 +70,7 @@ class RoundSetup(NamedTuple):
     abstract_state: Callable  # () -> ServerState of ShapeDtypeStructs (with shardings for device homes)
     state_sharding: Any  # pytree of NamedShardings of the state (device homes)
     evaluate: Callable
+    tuning: dict | None = None  # the chunk-size search record, when one ran
 
 
 def default_aggregator():
@@ -78,7 +81,7 @@ def default_aggregator():
 
 def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
-    num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int,
+    num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state."""
     check_cohort_and_chunk(population, cohort_size, chunk_size)
@@ -90,7 +93,15 @@ def setup_round(
     mesh = client_mesh(num_devices)
     D, C = mesh.devices.size, population.num_clients
     device = mesh.devices.flat[0]
-    layout = client_layout(population, model, algorithm, schedule, cohort_size, D, chunk_size, device)
+    tuning = None
+    if chunk_size is None and (autotune_default() if autotune is None else autotune) and jax.process_count() == 1:
+        from jaxqfl.engine.layout_search import tuned_layout  # measures candidate chunks (processes would disagree)
+
+        layout, record = tuned_layout(population, model, algorithm, aggregator, schedule, task, mesh,
+                                      cohort_size=cohort_size, uplink=uplink, downlink=downlink)
+        tuning = record._asdict()
+    else:
+        layout = client_layout(population, model, algorithm, schedule, cohort_size, D, chunk_size, device)
 
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
     per_client = one_client_states(model, algorithm, aggregator, population.feature_shape, uplink=uplink,
@@ -130,7 +141,7 @@ def setup_round(
                             state_sharding)
 
     evaluate = build_evaluate(population, model, task, mesh, eval_batch_size)
-    return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate)
+    return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate, tuning)
 
 
 def device_data(population: Population, mesh) -> DeviceData:
@@ -159,6 +170,7 @@ def build(
     downlink=None,
     client_state: str = "auto",
     eval_batch_size: int = 1024,
+    autotune: bool | None = None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -167,18 +179,20 @@ def build(
       uplink / downlink: codecs (``jaxqfl.compress``) or None for 32-bit floats.
       client_state: home of the per-client states: ``"auto"``, ``"replicated"``,
         ``"sharded"`` or ``"host"`` (``jaxqfl.engine.homes``); results do not depend on it.
-      chunk_size: clients per vmap; None picks one per backend (``jaxqfl.engine.chunking``).
+      chunk_size: clients per vmap; None picks one: by measuring a few candidates
+        (``autotune``, default on unless ``JAXQFL_AUTOTUNE=off``; ``jaxqfl.engine.layout_search``,
+        cached on disk) or from the cost model (``jaxqfl.engine.chunking``) when tuning is off.
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
-        client_state=client_state, eval_batch_size=eval_batch_size,
+        client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh)
     common = dict(init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
                   cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
-                  client_state_home=setup.home)
+                  client_state_home=setup.home, tuning=setup.tuning)
     if setup.home == "host":
         compile_round, run_block, stats, cohort, traces = host_loop(
             mesh=mesh, layout=layout, num_clients=population.num_clients, one_round=one_round,

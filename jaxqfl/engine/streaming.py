@@ -80,6 +80,7 @@ def build_streaming(
     client_state: str = "auto",
     eval_batch_size: int = 1024,
     prefetch: bool = True,
+    autotune: bool | None = None,
 ) -> Simulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
@@ -88,7 +89,7 @@ def build_streaming(
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
-        client_state=client_state, eval_batch_size=eval_batch_size,
+        client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
     )
     mesh, layout = setup.mesh, setup.layout
     sharded = NamedSharding(mesh, P(CLIENTS))
@@ -111,7 +112,7 @@ def build_streaming(
         init=setup.init, run_block=run_block, compile_block=lambda num_rounds: compile_round(),
         evaluate=setup.evaluate, trace_count=traces, num_devices=mesh.devices.size, chunk_size=layout.chunk,
         cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
-        client_state_home=setup.home, stream_stats=stats, cohort=cohort,
+        client_state_home=setup.home, stream_stats=stats, cohort=cohort, tuning=setup.tuning,
     )
 
 

@@ -1,0 +1,153 @@
+"""The data flags of ``jaxqfl run``: datasets, the user's files, the task, generated client sizes.
+
+Checked before JAX starts (``validate``); the population is built by
+``build_population``, which turns a loader's refusal (a malformed file) into a
+message and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from jaxqfl.cli.argtypes import positive_float, positive_int
+from jaxqfl.data.build import DATASETS, DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
+from jaxqfl.data.population import TASKS
+
+#: Per dataset: the defaults of the flags left unset.
+DEFAULTS = {
+    "synthetic": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 300, "client_lr": 0.01,
+                  "local_steps": 20, "batch_size": 10, "eval_every": 20},
+    "synthetic-regression": {"model": "linear", "num_clients": 1000, "cohort_size": 100, "rounds": 100,
+                             "client_lr": 0.001, "local_steps": 20, "batch_size": 10, "eval_every": 10},
+    "gaussian-mixture": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 100,
+                         "client_lr": 0.01, "local_steps": 20, "batch_size": 10, "eval_every": 10},
+    "mnist": {"model": "mlp", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
+              "local_epochs": 1, "batch_size": 32, "eval_every": 5},
+    # npz / leaf: num_clients None = the file's natural clients (or 100 for a partitioner)
+    "npz": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
+            "local_epochs": 1, "batch_size": 32, "eval_every": 5},
+    "leaf": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
+             "local_epochs": 1, "batch_size": 32, "eval_every": 5},
+}
+GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return v
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="synthetic")
+    g.add_argument("--data-path", default=None,
+                   help="mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, "
+                        "x_test, y_test; leaf: a folder with train/*.json and test/*.json")
+    g.add_argument("--task", choices=TASKS, default=None,
+                   help="what is learnt (default: the dataset's: classification for synthetic and mnist, "
+                        "regression for synthetic-regression, clustering for gaussian-mixture, inferred from "
+                        "the targets for npz and leaf)")
+    g.add_argument("--partition", choices=PARTITIONS, default=None,
+                   help="how examples are split over clients (default: natural for generated data, leaf and npz "
+                        "with client_id; iid otherwise); a partitioner given for natural data re-splits its "
+                        "pooled training rows")
+    g.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (--partition dirichlet)")
+    g.add_argument("--shards-per-client", type=positive_int, default=2, help="label shards per client (--partition shards)")
+    g.add_argument("--sigma", type=float, default=1.0, help="log-normal size spread (--partition quantity)")
+    g.add_argument("--num-clients", type=positive_int, default=None)
+    g = p.add_argument_group("generated data (synthetic, synthetic-regression, gaussian-mixture)")
+    g.add_argument("--synthetic-alpha", type=_nonneg_float, default=1.0, help="model heterogeneity alpha (1)")
+    g.add_argument("--synthetic-beta", type=_nonneg_float, default=1.0, help="feature heterogeneity beta (1)")
+    g.add_argument("--num-features", type=positive_int, default=None, help="features (60; mixture 10)")
+    g.add_argument("--client-size-mean", type=_finite_float, default=4.0,
+                   help="n_k = floor(LogNormal(mean, sigma)) + min, capped at max (4)")
+    g.add_argument("--client-size-sigma", type=_nonneg_float, default=2.0, help="(2)")
+    g.add_argument("--min-client-size", type=positive_int, default=50, help="(50)")
+    g.add_argument("--max-client-size", type=positive_int, default=None, help="(no cap)")
+    g.add_argument("--num-outputs", type=positive_int, default=1, help="synthetic-regression target dimension (1)")
+    g.add_argument("--noise", type=_nonneg_float, default=0.5, help="synthetic-regression target noise std (0.5)")
+    g.add_argument("--components", type=positive_int, default=10, help="gaussian-mixture components K (10)")
+    g.add_argument("--concentration", type=positive_float, default=0.3,
+                   help="gaussian-mixture: Dirichlet concentration of each client's component weights; "
+                        "small = few components per client (0.3)")
+    g.add_argument("--separation", type=_nonneg_float, default=4.0,
+                   help="gaussian-mixture: std of the component means, in units of the within-component std (4)")
+
+
+def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse inconsistent data flags; fill the dataset's task."""
+    needs_file = {"mnist": "file", "npz": "file", "leaf": "folder"}
+    kind = needs_file.get(args.dataset)
+    if kind is not None:
+        if args.data_path is None:
+            what = {"mnist": "PATH/mnist.npz (the Keras mnist.npz layout)", "npz": "FILE.npz (keys x, y, ...)",
+                    "leaf": "DIR (holding train/*.json and test/*.json)"}[args.dataset]
+            parser.error(f"--dataset {args.dataset} needs --data-path {what}")
+        if kind == "file" and not os.path.isfile(args.data_path):
+            parser.error(f"--data-path {args.data_path!r}: no such file")
+        if kind == "folder" and not os.path.isdir(args.data_path):
+            parser.error(f"--data-path {args.data_path!r}: no such folder (LEAF data is a folder with train/ "
+                         "and test/)")
+    elif args.data_path is not None:
+        parser.error(f"--data-path applies to --dataset mnist, npz or leaf; {args.dataset} data is generated")
+    if args.partition == "natural" and args.dataset == "mnist":
+        parser.error(f"--partition natural does not exist for mnist; choose one of "
+                     f"{[p for p in PARTITIONS if p != 'natural']}")
+    if not (args.sigma >= 0 and math.isfinite(args.sigma)):
+        parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
+    if args.max_client_size is not None and args.max_client_size < args.min_client_size:
+        parser.error(f"--max-client-size {args.max_client_size} is below --min-client-size {args.min_client_size}")
+    task = args.task or DEFAULT_TASK[args.dataset]
+    if task == "clustering":
+        parser.error("--task clustering (the default of gaussian-mixture) needs the federated k-means algorithm, "
+                     "which this build of jaxqfl run does not have yet; pass --task classification to train a "
+                     "classifier on the component labels")
+    if args.dataset in GENERATED or args.dataset == "mnist":
+        own = DEFAULT_TASK[args.dataset]
+        if (task == "regression") != (own == "regression"):
+            parser.error(f"--task {task} does not fit --dataset {args.dataset}, which holds "
+                         f"{'real targets' if own == 'regression' else 'integer labels'}")
+    if task == "regression" and args.partition in ("dirichlet", "shards"):
+        parser.error(f"--partition {args.partition} splits by class label; regression targets have none "
+                     "(use iid or quantity)")
+
+
+def build_population(args: argparse.Namespace):
+    """The population of the data flags; a malformed file ends the run with its message and status 2."""
+    from jaxqfl import data
+
+    try:
+        return data.build(
+            args.dataset, num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
+            shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path, seed=args.seed,
+            synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
+            size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
+            max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,
+            components=args.components, concentration=args.concentration, separation=args.separation,
+            num_features=args.num_features,
+        )
+    except (ValueError, OSError) as err:
+        fail(f"--dataset {args.dataset}: {err}")
+
+
+def fail(message: str):
+    """End the run as argparse does for a bad flag: the message on stderr, exit status 2."""
+    print(f"jaxqfl run: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,191 @@
+"""The user's own data from files: an ``.npz`` archive, or a folder in LEAF's JSON layout.
+
+``.npz`` (``--dataset npz --data-path FILE``) holds
+
+    x          [N, ...]        numeric features
+    y          [N] or [N, k]   labels (integer) or regression targets
+    client_id  [N]  optional   the client of each row (integers or strings): natural clients
+    x_test     [M, ...]  optional, with y_test: the test set (else rows are held out)
+    y_test     [M] or [M, k]
+
+LEAF (Caldas et al. 2018; ``--dataset leaf --data-path DIR``): ``DIR/train/*.json``
+and ``DIR/test/*.json``, each file an object
+
+    {"users": [u, ...], "num_samples": [n_u, ...],
+     "user_data": {u: {"x": [row, ...], "y": [label, ...]}, ...}}
+
+(the layout FEMNIST and Synthetic ship in; rows are numbers or nested lists of
+numbers). The training users, in the order of the sorted file names and then
+of ``users``, are the natural clients; the test files' rows, pooled, are the
+test set. A user listed with no training rows is left out (it cannot train).
+Text datasets (Shakespeare's rows are strings) are refused: they need a
+vocabulary and a sequence model jaxqfl does not ship.
+
+Both loaders hand the arrays to :func:`jaxqfl.data.arrays.from_arrays` and
+refuse malformed input with a ``ValueError`` naming the file, the key and the value.
+
+Reference:
+    Caldas, Duddu, Wu, Li, Konečný, McMahan, Smith, Talwalkar. LEAF: A
+    Benchmark for Federated Settings. arXiv:1812.01097, 2018.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from jaxqfl.data.arrays import from_arrays
+
+__all__ = ["load_npz", "load_leaf", "NPZ_KEYS"]
+
+#: The keys an ``.npz`` may hold (``x`` and ``y`` are required).
+NPZ_KEYS = ("x", "y", "client_id", "x_test", "y_test")
+
+
+def _exists(path: str, kind: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"no {kind} at {path!r}", path)
+
+
+def load_npz(path, **kwargs):
+    """The population of the ``.npz`` at ``path`` (see module docstring).
+
+    ``kwargs`` go to :func:`from_arrays` (``task``, ``partition``,
+    ``num_clients``, ``seed``, ...). Natural clients when the file has ``client_id``.
+    """
+    path = os.fspath(path)
+    _exists(path, ".npz file")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory; expected an .npz file with keys {list(NPZ_KEYS)}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path!r} is not a readable .npz archive: {err}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} holds a single array (a .npy file), not an .npz archive with keys x, y")
+    with archive:
+        missing = [k for k in ("x", "y") if k not in archive.files]
+        if missing:
+            raise ValueError(f"{path!r} lacks the key(s) {missing}; it has {sorted(archive.files)}, "
+                             f"needs x and y (optional: client_id, x_test, y_test)")
+        unknown = sorted(set(archive.files) - set(NPZ_KEYS))
+        if unknown:
+            raise ValueError(f"{path!r} has the unknown key(s) {unknown}; allowed keys are {list(NPZ_KEYS)}")
+        arrays = {}
+        for k in archive.files:
+            try:
+                arrays[k] = archive[k]
+            except ValueError as err:  # object arrays need pickle, which is refused
+                raise ValueError(f"{path!r}: key {k!r} cannot be read without pickle ({err}); "
+                                 "store numeric (or, for client_id, string) arrays") from err
+            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                raise ValueError(f"{path!r}: key {k!r} cannot be read: {err}") from err
+    kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return from_arrays(
+        arrays["x"], arrays["y"], client_ids=arrays.get("client_id"), x_test=arrays.get("x_test"),
+        y_test=arrays.get("y_test"), source=repr(path),
+        key_names={k: f"key {k!r}" for k in ("x", "y", "x_test", "y_test")} | {"client_ids": "key 'client_id'"},
+        **kwargs,
+    )
+
+
+def _leaf_split(folder: str, split: str):
+    """Rows of every user of ``folder/split/*.json``: (users, list of x arrays, list of y arrays, files)."""
+    files = sorted(glob.glob(os.path.join(folder, split, "*.json")))
+    if not files:
+        raise ValueError(f"{os.path.join(folder, split)!r} holds no *.json file; LEAF's layout is "
+                         f"DIR/train/*.json and DIR/test/*.json")
+    users, xs, ys, seen = [], [], [], {}
+    for f in files:
+        try:
+            with open(f) as fh:
+                blob = json.load(fh)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{f!r} is not readable JSON: {err}") from err
+        if not isinstance(blob, dict):
+            raise ValueError(f"{f!r} holds a JSON {type(blob).__name__}; expected an object with keys "
+                             "users, num_samples, user_data")
+        missing = [k for k in ("users", "num_samples", "user_data") if k not in blob]
+        if missing:
+            raise ValueError(f"{f!r} lacks the key(s) {missing}; it has {sorted(blob)}")
+        names, counts, data = blob["users"], blob["num_samples"], blob["user_data"]
+        if not isinstance(names, list) or not isinstance(counts, list) or not isinstance(data, dict):
+            raise ValueError(f"{f!r}: 'users' and 'num_samples' must be lists and 'user_data' an object, got "
+                             f"{type(names).__name__}, {type(counts).__name__}, {type(data).__name__}")
+        if len(names) != len(counts):
+            raise ValueError(f"{f!r}: 'users' lists {len(names)} users but 'num_samples' has {len(counts)} entries")
+        for u, count in zip(names, counts):
+            if u in seen:
+                raise ValueError(f"{f!r}: user {u!r} is listed again (first in {seen[u]!r}); users must be unique")
+            seen[u] = f
+            if u not in data:
+                raise ValueError(f"{f!r}: user {u!r} is in 'users' but not in 'user_data'")
+            record = data[u]
+            if not isinstance(record, dict) or "x" not in record or "y" not in record:
+                raise ValueError(f"{f!r}: user_data[{u!r}] must be an object with keys 'x' and 'y', got "
+                                 f"{record if not isinstance(record, dict) else sorted(record)!r}")
+            x, y = _leaf_rows(f, u, "x", record["x"]), _leaf_rows(f, u, "y", record["y"])
+            if not isinstance(count, int) or isinstance(count, bool) or not (len(x) == len(y) == count):
+                raise ValueError(f"{f!r}: user {u!r} has num_samples {count!r}, but {len(x)} rows in "
+                                 f"user_data[{u!r}]['x'] and {len(y)} in ['y']: they must be equal")
+            if count == 0:
+                continue
+            if xs and x.shape[1:] != xs[0].shape[1:]:
+                raise ValueError(f"{f!r}: user_data[{u!r}]['x'] has rows of shape {x.shape[1:]}, but user "
+                                 f"{users[0]!r}'s have shape {xs[0].shape[1:]}")
+            if ys and y.shape[1:] != ys[0].shape[1:]:
+                raise ValueError(f"{f!r}: user_data[{u!r}]['y'] has entries of shape {y.shape[1:]}, but user "
+                                 f"{users[0]!r}'s have shape {ys[0].shape[1:]}")
+            users.append(u)
+            xs.append(x)
+            ys.append(y)
+    if not users:
+        raise ValueError(f"{os.path.join(folder, split)!r}: no user holds any row")
+    return users, xs, ys
+
+
+def _leaf_rows(f: str, user, key: str, rows) -> np.ndarray:
+    where = f"{f!r}: user_data[{user!r}][{key!r}]"
+    if not isinstance(rows, list):
+        raise ValueError(f"{where} is a {type(rows).__name__}; expected a list with one entry per example")
+    if rows and isinstance(rows[0], str):
+        raise ValueError(f"{where} holds text ({rows[0][:20]!r}...); only numeric rows are supported "
+                         "(text datasets such as Shakespeare need a vocabulary and a sequence model)")
+    try:
+        a = np.asarray(rows)
+    except ValueError as err:  # ragged lists
+        raise ValueError(f"{where} has rows of different lengths: {err}") from err
+    if rows and not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ValueError(f"{where} holds non-numeric values (dtype {a.dtype}); expected numbers")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError(f"{where} holds NaN or Inf values; expected finite numbers")
+    return a
+
+
+def load_leaf(folder, **kwargs):
+    """The population of a LEAF folder ``folder/{train,test}/*.json``, natural clients (see module docstring).
+
+    ``kwargs`` go to :func:`from_arrays` (``task``, ``seed``, ...; a
+    ``partition`` re-splits the pooled training rows).
+    """
+    folder = os.fspath(folder)
+    _exists(folder, "LEAF folder")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder!r} is a file; expected a LEAF folder holding train/ and test/")
+    for split in ("train", "test"):
+        if not os.path.isdir(os.path.join(folder, split)):
+            raise ValueError(f"{folder!r} has no {split}/ folder; LEAF's layout is DIR/train/*.json and DIR/test/*.json")
+    users, xs, ys = _leaf_split(folder, "train")
+    _, xs_test, ys_test = _leaf_split(folder, "test")
+    if xs_test[0].shape[1:] != xs[0].shape[1:]:
+        raise ValueError(f"{folder!r}: test rows have shape {xs_test[0].shape[1:]}, training rows {xs[0].shape[1:]}")
+    client_ids = np.repeat(np.arange(len(users)), [len(x) for x in xs])  # in file order: 0, 1, ...
+    kwargs.setdefault("name", f"leaf:{os.path.basename(os.path.normpath(folder))}")
+    return from_arrays(
+        np.concatenate(xs), np.concatenate(ys), client_ids=client_ids, x_test=np.concatenate(xs_test),
+        y_test=np.concatenate(ys_test), source=repr(folder), **kwargs,
+    )

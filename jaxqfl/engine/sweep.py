@@ -1,0 +1,206 @@
+"""Sweeps: S configurations (seeds, hyper-parameters) of one experiment as ONE compiled program.
+
+A sweep puts the configurations on a leading axis and ``vmap``s the whole
+round over it::
+
+    states  = vmap(init)(run keys)                        every ServerState leaf gets a leading [S]
+    block   = lax.scan over rounds of
+                vmap over configs s of round_program(make_algorithm(hp[s]), make_aggregator(hp[s]))(states[s])
+
+so S configurations cost one build and one compilation, and fill the device
+with S times the work of one. Hyper-parameters reach the round as traced
+float32 scalars: ``make_algorithm(hp)`` and ``make_aggregator(hp)`` receive a
+dict ``{name: traced scalar}`` and must build their pieces from those values
+(optax optimizers accept traced learning rates), never from Python floats
+closed over at build time. Each configuration has its own run key
+(``jax.random.key(seed)``); the population and its partition are shared by
+all configurations (built once, by the caller).
+
+Config ``s`` of a sweep equals the single run of config ``s`` (``engine.build``
+with ``make_algorithm(hp[s])`` and seed ``s``) to float tolerance: the vmap
+batches the same arithmetic, with every random draw keyed by the config's own
+run key.
+
+Layout: the mesh stays 1-D over ``"clients"``; each device trains its share of
+every configuration's cohort (the config axis is vmapped inside the device
+share, clients stay sharded), so results stay invariant to the device count.
+The chunk size accounts for the config axis: a chunk of ``c`` clients now holds
+``S x c`` client working sets, so the automatic chunk is the single-config one
+divided by S (at least 1). Per-client states live replicated (``[S, C, ...]``
+on every device).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxqfl.aggregate.base import check_aggregator
+from jaxqfl.data.population import Population
+from jaxqfl.engine.evaluation import build_evaluate
+from jaxqfl.engine.layout import check_cohort_and_chunk, client_layout, layout_for_chunk
+from jaxqfl.engine.mesh import client_mesh
+from jaxqfl.engine.round import round_program
+from jaxqfl.engine.schedule import LocalSchedule
+from jaxqfl.engine.simulation import default_aggregator, device_data
+from jaxqfl.engine.state import initial_state
+from jaxqfl.tasks import for_num_classes
+
+
+class SweepSimulation(NamedTuple):
+    """A built sweep: pure functions over a config-stacked ``ServerState``."""
+
+    init: Callable  # init() -> ServerState, every leaf [S, ...]
+    run_block: Callable  # run_block(states, num_rounds, num_active=None) -> (states, RoundMetrics [R, S, ...])
+    compile_block: Callable  # compile_block(num_rounds) -> seconds (cached)
+    evaluate: Callable  # evaluate(states) -> [S] list of test-metric dicts
+    trace_count: Callable
+    configs: tuple  # the S config dicts ({"seed": ..., hyper-parameters ...})
+    num_devices: int
+    chunk_size: int
+    cohort_size: int
+    clients_per_device: int
+    num_params: int
+
+
+def grid(seeds: Sequence[int], **values: Sequence[float]) -> list[dict]:
+    """The Cartesian product of hyper-parameter values and seeds, seeds varying fastest.
+
+    ``grid([0, 1], client_lr=[0.1, 0.3])`` ->
+    ``[{"client_lr": 0.1, "seed": 0}, {"client_lr": 0.1, "seed": 1}, {"client_lr": 0.3, "seed": 0}, ...]``.
+    """
+    names = list(values)
+    configs = []
+    for combo in itertools.product(*(values[n] for n in names)):
+        for seed in seeds:
+            configs.append({**dict(zip(names, combo)), "seed": seed})
+    return configs
+
+
+def check_configs(configs: Sequence[Mapping[str, Any]]) -> tuple[tuple[dict, ...], tuple[str, ...]]:
+    """Refuse an empty sweep, configs with different keys, a bad seed or a non-finite value."""
+    configs = tuple(dict(c) for c in configs)
+    if not configs:
+        raise ValueError("a sweep needs at least one config")
+    names = tuple(sorted(k for k in configs[0] if k != "seed"))
+    for i, c in enumerate(configs):
+        if tuple(sorted(k for k in c if k != "seed")) != names or "seed" not in c:
+            raise ValueError(f"every config needs the keys seed and {list(names)}; config {i} has {sorted(c)}")
+        if not isinstance(c["seed"], (int, np.integer)) or c["seed"] < 0:
+            raise ValueError(f"config {i}: seed must be a non-negative integer, got {c['seed']!r}")
+        for n in names:
+            if not np.isfinite(float(c[n])):
+                raise ValueError(f"config {i}: {n} must be a finite number, got {c[n]!r}")
+    return configs, names
+
+
+def build_sweep(
+    population: Population,
+    model,
+    make_algorithm: Callable[[dict], Any],
+    schedule: LocalSchedule,
+    *,
+    configs: Sequence[Mapping[str, Any]],
+    cohort_size: int,
+    make_aggregator: Callable[[dict], Any] | None = None,
+    task=None,
+    num_devices: int | None = None,
+    chunk_size: int | None = None,
+    uplink=None,
+    downlink=None,
+    eval_batch_size: int = 1024,
+) -> SweepSimulation:
+    """Build S configurations of one experiment as one program (module docstring).
+
+    Args:
+      make_algorithm: ``hp -> Algorithm`` from a dict of traced float32 hyper-parameters.
+      configs: S dicts, each ``{"seed": int, name: float, ...}`` with the same names (see :func:`grid`).
+      make_aggregator: ``hp -> Aggregator`` (default: the mean for every config).
+    """
+    configs, names = check_configs(configs)
+    check_cohort_and_chunk(population, cohort_size, chunk_size)
+    S = len(configs)
+    hp_values = {n: jnp.asarray([float(c[n]) for c in configs], jnp.float32) for n in names}
+    hp0 = {n: v[0] for n, v in hp_values.items()}
+    make_aggregator = make_aggregator or (lambda hp: default_aggregator())
+    algorithm0, aggregator0 = make_algorithm(hp0), check_aggregator(make_aggregator(hp0))
+    task = task or for_num_classes(population.num_classes)
+    mesh = client_mesh(num_devices)
+    D, C = mesh.devices.size, population.num_clients
+    layout = client_layout(population, model, algorithm0, schedule, cohort_size, D, chunk_size,
+                           mesh.devices.flat[0])
+    if chunk_size is None:  # S configs share each chunk's working set
+        layout = layout_for_chunk(cohort_size, D, max(1, layout.chunk // S), layout.num_params)
+    data = device_data(population, mesh)
+    replicated = NamedSharding(mesh, P())
+    init_from_key = initial_state(model, algorithm0, aggregator0, population.feature_shape, C, uplink=uplink,
+                                  downlink=downlink)
+
+    def config_round(state, hp):
+        one_round = round_program(model, make_algorithm(hp), make_aggregator(hp), schedule, task, mesh, layout,
+                                  num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink)
+        return one_round(state, data)
+
+    swept_round = jax.vmap(config_round)
+    traces = [0]
+
+    def block(states, hp, num_active, *, num_rounds: int):
+        traces[0] += 1
+
+        def body(states, i):
+            def skip(states):
+                zeros = jax.eval_shape(lambda s: swept_round(s, hp)[1], states)
+                return states, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)._replace(
+                    active=jnp.zeros((S,), bool))
+
+            return jax.lax.cond(i < num_active, lambda s: swept_round(s, hp), skip, states)
+
+        return jax.lax.scan(body, states, jnp.arange(num_rounds))
+
+    init_program = jax.jit(jax.vmap(init_from_key), out_shardings=replicated)
+    run_keys = jnp.stack([jax.random.key(int(c["seed"])) for c in configs])
+    compiled: dict[int, Any] = {}
+
+    def init():
+        return init_program(run_keys)
+
+    def compile_block(num_rounds: int) -> float:
+        if not isinstance(num_rounds, int) or num_rounds < 1:
+            raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
+        if num_rounds in compiled:
+            return 0.0
+        t0 = time.perf_counter()
+
+        def sweep_block(states, hp, n):
+            return block(states, hp, n, num_rounds=num_rounds)
+
+        fn = jax.jit(sweep_block, donate_argnums=(0,), out_shardings=replicated)
+        states_abs = jax.eval_shape(jax.vmap(init_from_key), run_keys)
+        states_abs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), states_abs)
+        compiled[num_rounds] = fn.lower(states_abs, hp_values, jnp.int32(num_rounds)).compile()
+        return time.perf_counter() - t0
+
+    def run_block(states, num_rounds: int, num_active: int | None = None):
+        compile_block(num_rounds)
+        num_active = num_rounds if num_active is None else num_active
+        if not 0 <= num_active <= num_rounds:
+            raise ValueError(f"num_active must lie in [0, {num_rounds}], got {num_active}")
+        states = jax.device_put(states, replicated)
+        return compiled[num_rounds](states, hp_values, jnp.int32(num_active))
+
+    evaluate_one = build_evaluate(population, model, task, mesh, eval_batch_size)
+
+    def evaluate(states) -> list[dict]:
+        return [evaluate_one(jax.tree.map(lambda a: a[s], states.params)) for s in range(S)]
+
+    return SweepSimulation(
+        init=init, run_block=run_block, compile_block=compile_block, evaluate=evaluate,
+        trace_count=lambda: traces[0], configs=configs, num_devices=D, chunk_size=layout.chunk,
+        cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
+    )
