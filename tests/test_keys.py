@@ -19,7 +19,7 @@ from jaxqfl import algorithms, compress, engine, keys, models
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from populations import regression_population
 
-ROUNDS, CLIENTS, STEPS, EPOCHS = 2, 3, 4, 2
+ROUNDS, CLIENTS, STEPS, EPOCHS = 2, 2, 4, 2
 
 
 def _data(k):
