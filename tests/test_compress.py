@@ -225,13 +225,20 @@ def test_topk_count_larger_than_a_tensor_raises_at_init():
 
 
 def test_randk_decoder_regenerates_positions_from_seed():
-    x = mixed_vector(30)
+    """The decoder rebuilds exactly the k = 6 kept positions from the message's seed alone and
+    scales their values by n / k = 5; different keys keep different positions."""
+    x = mixed_vector(30).at[3].set(0.25)  # no zero entry: every kept position decodes nonzero
     codec = C.randk(k=6)
-    message, _ = jax.jit(codec.encode)(x, (), jax.random.key(3))
-    out = np.asarray(jax.jit(codec.decode)(message))
-    kept = np.flatnonzero(out)
-    assert kept.size <= 6
-    np.testing.assert_allclose(out[kept], 5.0 * np.asarray(x)[kept], rtol=1e-6)
+    encode, decode = jax.jit(codec.encode), jax.jit(codec.decode)
+    positions = []
+    for seed in (3, 4, 5):
+        message, _ = encode(x, (), jax.random.key(seed))
+        out = np.asarray(decode(message))
+        kept = np.flatnonzero(out)
+        assert kept.size == 6
+        np.testing.assert_allclose(out[kept], 5.0 * np.asarray(x)[kept], rtol=1e-6)
+        positions.append(tuple(kept))
+    assert len(set(positions)) == 3
 
 
 # ---------------------------------------------------------------- sign (Bernstein et al. 2018)

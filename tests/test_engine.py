@@ -68,22 +68,33 @@ def test_aggregate_equals_numpy_weighted_mean_of_client_deltas():
 
 
 def test_uniform_weighting_gives_plain_mean():
+    """weighting="uniform" moves the model by the plain mean of the client deltas,
+    weighting="examples" by their mean weighted by example counts (NumPy references)."""
     sizes = [2, 30]
+    lr = 0.1
     pop = _regression_population(sizes, seed=4)
     make = lambda weighting: engine.build(
-        pop, models.linear_regression(1), algorithms.fedavg(optax.sgd(0.1), weighting=weighting),
+        pop, models.linear_regression(1), algorithms.fedavg(optax.sgd(lr), weighting=weighting),
         LocalSchedule(local_steps=1, batch_size=None), cohort_size=2, num_devices=1,
     )
-    results = {}
-    for weighting in ("examples", "uniform"):
+    for weighting, weights in (("examples", sizes), ("uniform", [1, 1])):
         sim = make(weighting)
         s0 = sim.init(0)
-        p0 = jax.tree.map(np.asarray, s0.params)
+        w0 = np.asarray(s0.params["Dense_0"]["kernel"], np.float64)[:, 0]
+        b0 = float(s0.params["Dense_0"]["bias"][0])
         s1, m = sim.run_block(s0, 1)
-        results[weighting] = jax.tree.map(lambda a, b: np.asarray(a) - b, s1.params, p0)
-        assert float(m.total_weight[0]) == (32.0 if weighting == "examples" else 2.0)
-    # the two weightings disagree whenever client deltas differ and sizes differ
-    assert _max_abs_diff(results["examples"], results["uniform"]) > 1e-4
+        deltas = []
+        for i in range(len(sizes)):  # one full-batch GD step on mean (x w + b - y)^2
+            x, y = (a.astype(np.float64) for a in pop.client(i))
+            r = x @ w0 + b0 - y
+            deltas.append(np.concatenate([-lr * 2 * x.T @ r / len(y), [-lr * 2 * r.mean()]]))
+        expected = np.average(deltas, axis=0, weights=weights)
+        got = np.concatenate([np.asarray(s1.params["Dense_0"]["kernel"])[:, 0] - w0,
+                              np.asarray(s1.params["Dense_0"]["bias"]) - b0])
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert float(m.total_weight[0]) == sum(weights)
+        # the two weightings are far apart here, so the check above tells them apart
+        assert np.max(np.abs(np.mean(deltas, axis=0) - np.average(deltas, axis=0, weights=sizes))) > 1e-3
 
 
 @pytest.fixture(scope="module")

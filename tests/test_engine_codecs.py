@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxqfl import aggregate, algorithms, compress, engine, models
+from jaxqfl import aggregate, algorithms, compress, engine, keys, models
 from populations import regression_population
 
 
@@ -119,18 +119,43 @@ def test_stochastic_codecs_with_state_are_invariant_to_devices_and_chunks(
     np.testing.assert_array_equal(np.asarray(m.uplink_bits), np.asarray(m_ref.uplink_bits))
 
 
-def test_downlink_codec_changes_what_clients_start_from():
-    """With a 1-bit downlink every client trains from the quantized model, so the round differs
-    from the float round, and the downlink bits are the codec's."""
-    pop = _regression_population([6, 6, 6])
+def test_one_bit_downlink_round_matches_numpy_reference():
+    """With a downlink codec, client i trains from the model it *received*,
+    ``v_i = decode(encode(w_t, key_i))`` with ``key_i = purpose_key(client_key(round_key(run, t), i),
+    DOWNLINK)``, and its delta is relative to that model: ``Delta_i = w_i - v_i``. The server adds
+    the weighted mean of the deltas to its own model: ``w_{t+1} = w_t + sum_i n_i Delta_i / sum_i n_i``.
+    The downlink bits are the codec's."""
+    sizes = [5, 9, 7, 12]
+    pop = _regression_population(sizes)
+    K, lr, seed = 2, 0.05, 3
     codec = compress.from_spec("uniform:1")
-    a, b = _build(pop), _build(pop, downlink=codec)
-    sa, _ = a.run_block(a.init(0), 1)
-    sb, mb = b.run_block(b.init(0), 1)
-    diff = max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
-               for u, v in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)))
-    assert diff > 1e-4
-    assert np.all(np.asarray(mb.downlink_bits) == compress.bits_per_message(codec, jax.tree.map(np.asarray, sb.params)))
+    sim = _build(pop, downlink=codec, num_devices=2, chunk_size=1, K=K, lr=lr)
+    state = sim.init(seed)
+    p0 = jax.tree.map(np.asarray, state.params)
+    w0 = p0["Dense_0"]["kernel"].astype(np.float64)[:, 0]
+    b0 = float(p0["Dense_0"]["bias"][0])
+    state, metrics = sim.run_block(state, 1)
+
+    rkey = keys.round_key(jax.random.key(seed), 0)
+    deltas, received = [], []
+    for i in range(len(sizes)):
+        message, _ = codec.encode(p0, codec.init(p0), keys.purpose_key(keys.client_key(rkey, i), keys.DOWNLINK))
+        v = jax.tree.map(np.asarray, codec.decode(message))["Dense_0"]
+        v_w, v_b = v["kernel"].astype(np.float64)[:, 0], float(v["bias"][0])
+        received.append(np.concatenate([v_w, [v_b]]))
+        x, y = (a.astype(np.float64) for a in pop.client(i))
+        w, b = v_w.copy(), v_b
+        for _ in range(K):
+            r = x @ w + b - y
+            w, b = w - lr * 2 * x.T @ r / len(y), b - lr * 2 * r.mean()
+        deltas.append(np.concatenate([w - v_w, [b - v_b]]))
+    start = np.concatenate([w0, [b0]])
+    expected = start + np.average(deltas, axis=0, weights=sizes)
+    got = np.concatenate([np.asarray(state.params["Dense_0"]["kernel"])[:, 0], np.asarray(state.params["Dense_0"]["bias"])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # the 1-bit models are far from w_t: a delta taken against w_t would miss by about this much
+    assert np.max(np.abs(np.average(received, axis=0, weights=sizes) - start)) > 1e-2
+    assert np.all(np.asarray(metrics.downlink_bits) == compress.bits_per_message(codec, p0))
 
 
 def _integer_run(num_devices, chunk_size, spec="uniform:16:bucket=4", integer=True, rounds=2):

@@ -64,6 +64,23 @@ def test_qconv_without_quantizers_equals_flax_conv():
     np.testing.assert_allclose(qconv.apply(p, x), conv.apply(p, x), rtol=1e-5, atol=1e-5)
 
 
+def _nearest_linear_reference(params, x):
+    """NumPy round-to-nearest forward of ``linear_regression`` under the policy of the test below:
+    kernel symmetric 3-bit per output channel (``s = max |w| / 3``), input asymmetric 4-bit per
+    tensor (``z = rn(-lo / s0)``, ``s = max(-lo / z, hi / (15 - z))``), ``rn(v) = floor(v + 1/2)``."""
+    rn = lambda v: np.floor(v + np.float32(0.5))
+    w = np.asarray(params["Dense_0"]["kernel"], np.float32)
+    s_w = np.max(np.abs(w), axis=0, keepdims=True) / np.float32(3)
+    w_q = np.clip(rn(w / s_w), -3, 3) * s_w
+    x = np.asarray(x, np.float32)
+    lo, hi = x.min(), x.max()
+    assert lo < 0 < hi
+    z = np.clip(rn(-lo / ((hi - lo) / np.float32(15))), 1, 14)
+    s_x = max(-lo / z, hi / (np.float32(15) - z))
+    x_q = (np.clip(rn(x / s_x) + z, 0, 15) - z) * s_x
+    return x_q @ w_q + np.asarray(params["Dense_0"]["bias"], np.float32)
+
+
 def test_qat_keys_flow_per_client_under_vmap():
     """Stochastic rounding draws from apply's key: vmapped clients with per-client keys
     match a loop, differ from each other, and key=None is round-to-nearest."""
@@ -82,7 +99,7 @@ def test_qat_keys_flow_per_client_under_vmap():
     p0 = jax.tree_util.tree_map(lambda a: a[0], params)
     assert not np.allclose(one(p0, ckeys[0]), one(p0, ckeys[1]))
     det = jax.jit(lambda p: m.apply(p, x, key=None))
-    np.testing.assert_array_equal(det(p0), det(p0))
+    np.testing.assert_allclose(det(p0), _nearest_linear_reference(p0, x), rtol=1e-5, atol=1e-5)
     nearest = quant.Policy((quant.Rule("kernel", quant.uniform(3, axis=-1), quant.uniform(4, symmetric=False)),))
     m_near = models.linear_regression(2, policy=nearest)
     np.testing.assert_array_equal(det(p0), jax.jit(lambda p: m_near.apply(p, x))(p0))
@@ -147,6 +164,18 @@ def test_export_reports_bytes_before_and_after_for_the_cnn():
     ex4 = quant.export(p, "w4a8")  # 4-bit codes, packed two per byte
     assert ex4.quantized_bytes == sum((k + 1) // 2 for k in (800, 51200, 3136 * 512, 5120)) + scales + 4 * n_bias
     assert ex4.stored_bytes == ex.stored_bytes  # int8 containers before packing
+
+
+@pytest.mark.parametrize("bits,n", [(4, 3), (3, 5), (1, 9), (4, 8), (6, 7)])
+def test_export_packs_codes_into_the_ceiling_of_bits_over_eight(bits, n):
+    """``n`` codes of ``bits`` bits take ``ceil(n * bits / 8)`` bytes packed, odd counts included
+    (a partial last byte is still a byte), plus the float32 per-tensor scale and the float bias."""
+    weights = quant.binary() if bits == 1 else quant.uniform(bits)
+    policy = quant.Policy((quant.Rule("kernel", weights),))
+    params = {"Dense_0": {"kernel": jnp.linspace(-1.0, 1.0, n).reshape(n, 1), "bias": jnp.zeros((1,))}}
+    ex = quant.export(params, policy)
+    assert ex.quantized_bytes == -(-n * bits // 8) + 4 + 4
+    assert ex.float_bytes == 4 * n + 4
 
 
 class TinyCNN(nn.Module):

@@ -105,6 +105,21 @@ def test_binary_uses_mean_abs_scale_and_sign_codes():
     np.testing.assert_array_equal(np.asarray(qt.codes), [[-1, 1, 1], [1, -1, 1]])
 
 
+@pytest.mark.parametrize("axis", [None, 0])
+def test_binary_clipped_ste_passes_gradient_where_x_over_scale_is_within_one(axis):
+    """Hardtanh STE of Hubara et al. 2016 on the *scaled* input: d fq(x) / dx = 1 where
+    ``|x / s| <= 1`` (s = mean |x|, here far from 1), else 0; a NumPy reference of the mask."""
+    x = np.array([[2.0, -3.0, 0.5, 20.0, -0.8], [9.0, -1.5, 4.0, -30.0, 0.2]], np.float32)
+    q = quant.binary(axis=axis)
+    upstream = np.arange(1.0, 11.0, dtype=np.float32).reshape(x.shape)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(q.fake_quant(v) * upstream))(jnp.asarray(x)))
+    s = np.mean(np.abs(x), axis=None if axis is None else 1, keepdims=True)
+    assert np.all(s > 2.0)  # a scale of 1 would hide the bug of masking |x| <= 1
+    expected = upstream * (np.abs(x / s) <= 1.0)
+    np.testing.assert_array_equal(g, expected)
+    assert np.any((np.abs(x) > 1.0) & (np.abs(x / s) <= 1.0))
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2, -1, -3])
 def test_per_channel_has_one_scale_per_channel(axis):
     x = jax.random.normal(jax.random.key(0), (3, 4, 5)) * jnp.arange(1, 6)

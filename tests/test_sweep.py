@@ -85,3 +85,26 @@ def test_grid_and_bad_configs():
         check_configs([{"seed": -1, "lr": 0.1}])
     with pytest.raises(ValueError, match="at least one config"):
         check_configs([])
+
+
+def test_cli_sweep_writes_one_folder_per_config_and_the_mean_over_seeds(tmp_path):
+    import json
+
+    from jaxqfl.cli.main import main
+
+    common = ["run", "--num-clients", "40", "--cohort-size", "8", "--rounds", "4", "--eval-every", "2",
+              "--devices", "2", "--chunk-size", "2", "--no-progress"]
+    assert main(common + ["--seeds", "0-1", "--client-lr", "0.01,0.05", "--out", str(tmp_path / "sw")]) == 0
+    strict = lambda text: json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    report = strict((tmp_path / "sw" / "sweep.json").read_text())
+    assert report["num_configs"] == 4 and report["swept"] == ["client_lr"]
+    for row in report["by_hyperparameters"]:
+        finals = [strict((tmp_path / "sw" / f"client_lr={row['client_lr']:g},seed={s}" / "summary.json")
+                         .read_text())["final_loss"] for s in (0, 1)]
+        assert row["seeds"] == [0, 1]
+        np.testing.assert_allclose(row["test_loss_mean"], np.mean(finals), rtol=1e-12)
+        np.testing.assert_allclose(row["test_loss_std"], np.std(finals, ddof=1), rtol=1e-9)
+        assert len((tmp_path / "sw" / f"client_lr={row['client_lr']:g},seed=0" / "metrics.jsonl")
+                   .read_text().splitlines()) == 2
+    losses = [r["test_loss_mean"] for r in report["by_hyperparameters"]]
+    assert losses[0] != losses[1]  # the two learning rates trained differently

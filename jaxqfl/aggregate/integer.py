@@ -9,7 +9,7 @@ and applies the scale once (``jaxqfl.compress.integer_sum``)::
 with integer weights ``w_i`` (example counts or 1). The pre-pass collects each
 client's scale statistic; the cohort's elementwise maximum (``pmax`` over
 devices) is the shared scale ``S``. Each client then quantizes against ``S``
-(its uplink key: ``fold_in(client key, UPLINK)``), the engine sums the int32
+(its uplink key: ``keys.purpose_key(client key, UPLINK)``), the engine sums the int32
 ``w_i c_i`` (``psum``), and the server returns ``dequantize_sum(sum, S, W) / W``.
 
 Overflow: codes are summed in int32, so ``W * max_abs_code`` must stay below 2^31.

@@ -46,7 +46,7 @@ class ClientInfo(NamedTuple):
     client_id: jax.Array  # () int32, the client's index in the population
     num_examples: jax.Array  # () int32, its example count n_i
     num_steps: jax.Array  # () int32, local steps it takes this round (masked steps excluded)
-    key: jax.Array  # its round key fold_in(round_key, client id); derive purposes with jaxqfl.keys
+    key: jax.Array  # its round key keys.client_key(round_key, client id); derive purposes with jaxqfl.keys
     round: jax.Array  # () int32, the round index (0-based)
 
 

@@ -117,7 +117,7 @@ def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float =
     ``tau`` is the adaptivity constant of Reddi et al. 2021 (their recommended 1e-3),
     passed as the optimizers' epsilon.
     """
-    if not learning_rate > 0:
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:  # (a sweep passes traced values)
         raise ValueError(f"server learning rate must be > 0, got {learning_rate}")
     if name == "sgd":
         return optax.sgd(learning_rate)

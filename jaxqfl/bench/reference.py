@@ -3,7 +3,7 @@
 One round of the reference:
 
     cohort = the same ids the engine samples (``jax.random.choice`` under the
-             ``fold_in(run_key, round), COHORT`` key of ``jaxqfl.keys``)
+             ``purpose_key(round_key(run_key, round), COHORT)`` key of ``jaxqfl.keys``)
     for i in cohort:                                   # a Python loop, one dispatch per client
         acc <- train_client(acc, params, i, round_key) # one jitted program per call
     params, opt_state <- server_update(params, opt_state, acc.update_sum / acc.weight_sum)

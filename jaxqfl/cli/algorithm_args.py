@@ -56,34 +56,42 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--feddyn-alpha applies to --algorithm feddyn, got --algorithm {a}")
     if a in ("scaffold", "feddyn") and args.server_opt != "sgd":
         parser.error(f"--algorithm {a} has no server optimizer; --server-opt must be sgd, got {args.server_opt}")
+    if a in ("feddyn", "mimelite") and "server_lr" in getattr(args, "sweep_values", {}):
+        parser.error(f"--algorithm {a} has no server learning rate; --server-lr takes no list")
     if a in ("feddyn", "mimelite") and args.server_lr != 1.0:
         parser.error(f"--algorithm {a} has no server learning rate; --server-lr must be 1, got {args.server_lr}")
     args.mu = DEFAULT_MU if args.mu is None else args.mu
     args.feddyn_alpha = DEFAULT_FEDDYN_ALPHA if args.feddyn_alpha is None else args.feddyn_alpha
 
 
-def build(args: argparse.Namespace):
-    """``(algorithm, hyper-parameters dict)`` for the validated flags."""
+def build(args: argparse.Namespace, hp: dict | None = None):
+    """``(algorithm, hyper-parameters dict)`` for the validated flags.
+
+    ``hp`` (a sweep) overrides ``client_lr`` / ``server_lr`` with traced values; the
+    returned dict records the flags' (first) values.
+    """
     import optax
 
     from jaxqfl import algorithms
 
-    a, lr = args.algorithm, args.client_lr
-    server = lambda: algorithms.server_optimizer(args.server_opt, args.server_lr)
-    fedopt = {"client_lr": lr, "server_opt": args.server_opt, "server_lr": args.server_lr, "weighting": args.weighting}
+    hp = hp or {}
+    a, lr, server_lr = args.algorithm, hp.get("client_lr", args.client_lr), hp.get("server_lr", args.server_lr)
+    server = lambda: algorithms.server_optimizer(args.server_opt, server_lr)
+    fedopt = {"client_lr": args.client_lr, "server_opt": args.server_opt, "server_lr": args.server_lr,
+              "weighting": args.weighting}
     if a == "fedavg":
         return algorithms.fedavg(optax.sgd(lr), server(), weighting=args.weighting), fedopt
     if a == "fedprox":
         return (algorithms.fedprox(optax.sgd(lr), args.mu, server(), weighting=args.weighting),
                 {**fedopt, "mu": args.mu})
     if a == "scaffold":
-        return (algorithms.scaffold(lr, global_lr=args.server_lr),
-                {"local_lr": lr, "global_lr": args.server_lr, "weighting": "uniform"})
+        return (algorithms.scaffold(lr, global_lr=server_lr),
+                {"local_lr": args.client_lr, "global_lr": args.server_lr, "weighting": "uniform"})
     if a == "fednova":
         return algorithms.fednova(lr, 0.0, server(), weighting=args.weighting), {**fedopt, "momentum": 0.0}
     if a == "feddyn":
         return (algorithms.feddyn(optax.sgd(lr), alpha=args.feddyn_alpha),
-                {"client_lr": lr, "alpha": args.feddyn_alpha, "weighting": "uniform"})
+                {"client_lr": args.client_lr, "alpha": args.feddyn_alpha, "weighting": "uniform"})
     base = algorithms.server_optimizer(args.server_opt, lr)
     return algorithms.mimelite(base, weighting=args.weighting), {
-        "base_optimizer": args.server_opt, "learning_rate": lr, "weighting": args.weighting}
+        "base_optimizer": args.server_opt, "learning_rate": args.client_lr, "weighting": args.weighting}

@@ -54,3 +54,31 @@ def on_off(text: str) -> bool:
     if value not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {text!r}")
     return value == "on"
+
+
+def positive_floats(text: str) -> tuple[float, ...]:
+    """An argparse type: one positive number, or a comma-separated list of them (a sweep)."""
+    values = tuple(positive_float(t.strip()) for t in text.split(",") if t.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """An argparse type for ``--seeds``: ``0-7`` (inclusive), ``0,3,5``, or a mix (``0-3,9``); distinct, >= 0."""
+    seeds: list[int] = []
+    try:
+        for part in (t.strip() for t in text.split(",") if t.strip()):
+            if "-" in part[1:]:
+                lo, hi = (int(p) for p in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"--seeds takes distinct non-negative integers as ranges and lists, e.g. 0-7 or 0,3,5; got {text!r}")
+    return tuple(seeds)

@@ -26,7 +26,9 @@ from jaxqfl.cli.argtypes import chunk_size as _chunk_size
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_float as _positive_float
+from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
+from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 
@@ -51,9 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local-steps", type=_positive_int, default=None)
     g.add_argument("--local-epochs", type=_positive_int, default=None)
     g.add_argument("--batch-size", type=_nonneg_int, default=None, help="0 means full batch (FedSGD with 1 local step)")
-    g.add_argument("--client-lr", type=_positive_float, default=None)
+    g.add_argument("--client-lr", type=_positive_floats, default=None,
+                   help="client learning rate; a comma-separated list sweeps it (one program for all values)")
     g.add_argument("--server-opt", choices=SERVER_OPTIMIZERS, default="sgd")
-    g.add_argument("--server-lr", type=_positive_float, default=1.0)
+    g.add_argument("--server-lr", type=_positive_floats, default=1.0,
+                   help="server learning rate (default 1); a comma-separated list sweeps it")
     g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
     algorithm_args.add_arguments(g)
     g = p.add_argument_group("model")
@@ -84,7 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every device, sharded over the devices, or on the host and streamed with the cohort "
                         "(default: auto, by size)")
     g.add_argument("--eval-every", type=_positive_int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
+    g.add_argument("--seeds", type=_seed_list, default=None,
+                   help="run several seeds as one program (a sweep), e.g. 0-7 or 0,3,5; with list-valued flags "
+                        "the Cartesian product runs; writes OUT/<config>/ per config and OUT/sweep.{json,md}")
     g.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<time>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--stream", action="store_true",
@@ -96,6 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
     d = DEFAULTS[args.dataset]
+    _split_sweep(parser, args)
     if args.local_steps is not None and args.local_epochs is not None:
         parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
     if args.local_steps is None and args.local_epochs is None:
@@ -142,6 +150,31 @@ def _model(args, population):
     return models.logistic_regression(num_outputs=k, policy=args.quant)  # linear = logreg: one dense layer
 
 
+def _algorithm(args, hp: dict | None = None):
+    """The run's algorithm; ``hp`` overrides swept hyper-parameters with traced values (a sweep)."""
+    return algorithm_args.build(args, hp)[0]
+
+
+SWEEPABLE = ("client_lr", "server_lr")  # flags that take comma-separated lists
+
+
+def _split_sweep(parser, args) -> None:
+    """``args.sweep_values``: the swept flags' value lists; the flags themselves keep their first value."""
+    args.sweep_values = {}
+    for name in SWEEPABLE:
+        value = getattr(args, name)
+        if isinstance(value, tuple):
+            if len(value) > 1:
+                args.sweep_values[name] = list(value)
+            setattr(args, name, value[0])
+    if args.seeds is not None and args.seed is not None:
+        parser.error("give --seed or --seeds, not both")
+    if args.seed is None:
+        args.seed = args.seeds[0] if args.seeds is not None else 0
+    if args.sweep_values and args.stream:
+        parser.error("a sweep (--seeds or a list of values) runs on-device; drop --stream")
+
+
 def main(args: argparse.Namespace) -> int:
     import jax
 
@@ -157,6 +190,11 @@ def main(args: argparse.Namespace) -> int:
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
+    if args.sweep_values or args.seeds is not None:  # many configs, one program
+        from jaxqfl.cli.sweep_command import run_sweep_cli
+
+        return run_sweep_cli(args, population, task, _model(args, population), schedule, uplink,
+                             make_algorithm=lambda hp: _algorithm(args, hp), t_start=t_start)
     build = engine.build_streaming if args.stream else engine.build
     sim = build(
         population,

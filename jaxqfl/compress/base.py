@@ -55,6 +55,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxqfl import keys
 from jaxqfl.quant.rounding import round_stochastic
 
 PyTree = Any
@@ -146,8 +147,8 @@ def draw_seed(key: jax.Array) -> jax.Array:
 
 
 def key_from_seed(seed: jax.Array) -> jax.Array:
-    """The key both sides derive from a message's 32-bit seed (the default PRNG implementation)."""
-    return jax.random.key(seed)
+    """The key both sides derive from a message's 32-bit seed: ``jaxqfl.keys.seed_key(seed)``."""
+    return keys.seed_key(seed)
 
 
 def split_flat(flat: jax.Array, shapes: Sequence[tuple]) -> list:

@@ -15,9 +15,11 @@ rotated on its own (less padding, less mixing). The inner codec encodes the
 rotated 1-D vectors of length ``m``; padding is real signal after the
 rotation, so the inner codec's bits count all ``m`` coordinates.
 
-The signs: the client draws a 32-bit seed, the message carries it (32 bits per
-message), and both ends draw all tensors' signs from ``key(seed)`` in one call
-(:func:`rotation_signs`). The server therefore needs nothing but the message.
+The signs: the client draws a 32-bit seed from ``purpose_key(key, ROTATION)``,
+the message carries it (32 bits per message), and both ends draw all tensors'
+signs from ``keys.seed_key(seed)`` in one call (:func:`rotation_signs`). The
+server therefore needs nothing but the message. The inner codec encodes with
+``purpose_key(key, INNER)`` (``jaxqfl.keys``: sub-keys in their own domain).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxqfl import keys
 from jaxqfl.compress.base import (
     SEED_BITS,
     Codec,
@@ -40,7 +43,6 @@ from jaxqfl.compress.base import (
     to_bits_scalar,
 )
 
-_SEED_PURPOSE, _INNER_PURPOSE = 0, 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,12 +153,12 @@ def hadamard(inner: Optional[Codec] = None, *, block_size: Optional[int] = None)
         return inner.init(rotated_zeros(params))
 
     def encode(delta, state, key):
-        seed = draw_seed(jax.random.fold_in(key, _SEED_PURPOSE))
+        seed = draw_seed(keys.purpose_key(key, keys.ROTATION))
         leaves, treedef = jax.tree.flatten(delta)
         signs = rotation_signs(seed, [math.prod(jnp.shape(x)) for x in leaves], block_size)
         rotated = [rotate(x, d, block_size) for x, d in zip(leaves, signs)]
         inner_message, state = inner.encode(
-            jax.tree.unflatten(treedef, rotated), state, jax.random.fold_in(key, _INNER_PURPOSE))
+            jax.tree.unflatten(treedef, rotated), state, keys.purpose_key(key, keys.INNER))
         shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
         return HadamardMessage(seed, inner_message, shapes), state
 

@@ -9,7 +9,7 @@
 
 ``train_client`` covers receive/train/finish and ``send_update`` the rest, so a
 round whose aggregator needs a cohort pre-pass can run the two halves apart.
-A client's keys come from its id (``info.key = fold_in(round_key, id)``), never
+A client's keys come from its id (``info.key = keys.client_key(round_key, id)``), never
 from its slot, so results do not depend on the layout.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ devices (``build_streaming``) or gather and write back the cohort's client
 states (the ``"host"`` home) -- a block of R rounds runs as R calls of one
 compiled round program::
 
-    host:   cohort_r = sample_cohort(fold_in(run_key, r), C, M)     (the same keys as on device)
+    host:   cohort_r = sample_cohort(keys.round_key(run_key, r), C, M)     (the same keys as on device)
             [block_r = the cohort's data rows]                      (streamed data)
             [rows_r  = the cohort's client-state rows]              (host home)
     device: state, metrics[, new rows] = round(state, data or block_r, cohort_r[, rows_r])

@@ -60,7 +60,7 @@ class CohortBlock(NamedTuple):
 
 
 def sample_cohort(rkey: jax.Array, num_clients: int, cohort_size: int) -> jax.Array:
-    """[M] int32 ids drawn uniformly without replacement with ``fold_in(round_key, COHORT)``.
+    """[M] int32 ids drawn uniformly without replacement with ``keys.purpose_key(round_key, COHORT)``.
 
     The M clients with the largest of C i.i.d. uniforms: every M-subset is equally
     likely (the uniforms' order is a uniform random permutation). ``lax.top_k`` is

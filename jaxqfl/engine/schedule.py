@@ -4,11 +4,15 @@ Two modes, both with static shapes (the number of scanned steps is the same for
 every client; steps a small client does not take are masked out):
 
 * ``local_steps=K``: K steps. Each step's batch is ``batch_size`` row indices
-  drawn uniformly *with replacement* from ``[0, n_i)`` (i.i.d. minibatch SGD), so
-  the cost of a step never depends on the size of the largest client.
+  drawn uniformly *with replacement* from ``[0, n_i)`` (i.i.d. minibatch SGD):
+  ``row = floor(u * n_i)``, ``u ~ U[0, 1)`` from step s's key
+  ``purpose_key(step_key(ckey, s), BATCH)``, so every row, the last included,
+  has probability ``1 / n_i``. The cost of a step never depends on the size of
+  the largest client.
 * ``local_epochs=E``: E passes over the client's data in a per-client random
   order: epoch e reads the permutation ``pi_e`` of ``[0, n_i)`` (argsort of
-  uniforms, padded entries pushed to the end). Step s reads positions
+  uniforms drawn from ``purpose_key(epoch_key(ckey, e), BATCH)``, padded
+  entries pushed to the end). Step s reads positions
   ``p = s*B .. s*B + B - 1`` of the sequence ``pi_0 ++ pi_1 ++ ...`` of length
   ``E * n_i``; positions past the end are masked. The scan runs
   ``ceil(E * n_max / B)`` steps; client i takes ``ceil(E * n_i / B)`` of them.
@@ -108,11 +112,10 @@ def make_batch_fn(schedule: LocalSchedule, max_count: int):
     E = schedule.local_epochs
 
     def prepare(ckey, count):
-        bkey = keys.purpose_key(ckey, keys.BATCH)
         idx = jnp.arange(max_count)
 
         def perm(e):
-            u = jax.random.uniform(jax.random.fold_in(bkey, e), (max_count,))
+            u = jax.random.uniform(keys.purpose_key(keys.epoch_key(ckey, e), keys.BATCH), (max_count,))
             return jnp.argsort(jnp.where(idx < count, u, 2.0)).astype(jnp.int32)
 
         return jax.vmap(perm)(jnp.arange(E))  # [E, max_count]

@@ -88,7 +88,7 @@ def update_template(algorithm, params, feature_shape=None):
 
 def initial_state(model, algorithm, aggregator, feature_shape, num_clients: int, *, uplink=None, downlink=None,
                   client_rows: int | None = None):
-    """``init_from_key(run_key) -> ServerState``: round 0, params from ``fold_in(run_key, INIT)``.
+    """``init_from_key(run_key) -> ServerState``: round 0, params from ``keys.purpose_key(run_key, INIT)``.
 
     ``client_rows`` (default ``num_clients``) is the length of the stacked client
     states (a sharded home pads it to a multiple of the device count).

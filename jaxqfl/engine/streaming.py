@@ -4,7 +4,7 @@
 fit (a million clients), ``build_streaming`` keeps it in host memory and, per
 round ``r`` (``jaxqfl.engine.host_loop``):
 
-    host:   cohort_r = sample_cohort(fold_in(run_key, r), C, M)    (the same keys as on device)
+    host:   cohort_r = sample_cohort(keys.round_key(run_key, r), C, M)    (the same keys as on device)
             block_r  = the cohort's rows, slot-major [M_pad, max_count, *F] (a NumPy gather),
                        put on the devices sharded over "clients" (each device gets its share)
     device: (state, metrics) = round(state, block_r, cohort_r)     (the engine's own round)
