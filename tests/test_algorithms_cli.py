@@ -19,6 +19,15 @@ def test_run_records_the_algorithm_and_its_hyper_parameters(tmp_path, capsys):
     assert "of scaffold" in capsys.readouterr().out
 
 
+def test_a_swept_client_lr_reaches_the_algorithm(tmp_path):
+    """``--client-lr 0.01,0.05`` with SCAFFOLD: one sweep program; the two configs differ."""
+    out = tmp_path / "sweep"
+    assert main(["run", *SMALL, "--out", str(out), "--algorithm", "scaffold", "--client-lr", "0.01,0.05"]) == 0
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
+    assert len(summaries) == 2
+    assert summaries[0]["final_loss"] != summaries[1]["final_loss"]
+
+
 @pytest.mark.parametrize(
     "argv,hparams",
     [
@@ -62,6 +71,7 @@ def test_flags_build_the_named_algorithm(argv, hparams):
         (["--algorithm", "feddyn", "--feddyn-alpha", "0"], "positive"),
         (["--algorithm", "scaffold", "--server-opt", "adam"], "--server-opt must be sgd"),
         (["--algorithm", "mimelite", "--server-lr", "0.5"], "--server-lr must be 1"),
+        (["--algorithm", "feddyn", "--server-lr", "1,0.5"], "--server-lr takes no list"),
     ],
 )
 def test_bad_algorithm_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
