@@ -2,7 +2,8 @@
 
     round 0        sample_rows: each sampled client uploads s of its rows in hashed
                    slots (jaxqfl.algorithms.kmeans_seeding), through the aggregator
-    server         k-means++ on the surviving sample, key fold_in(round_key(run_key, 0), SEEDING)
+    server         k-means++ on the surviving sample, best of 10 restarts (each refined by Lloyd on
+                   the sample), key fold_in(round_key(run_key, 0), SEEDING)
     rounds 1, ...  lloyd() or minibatch_kmeans() (jaxqfl.algorithms.kmeans) from those seeds
 
 ``seed`` builds and runs the seeding round (its own one-round program: its
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl import keys, metrics, tasks
-from jaxqfl.algorithms.kmeans_seeding import kmeans_plus_plus, sample_rows
+from jaxqfl.algorithms.kmeans_seeding import best_of_restarts, sample_rows
 from jaxqfl.data.population import Population
 
 __all__ = ["Seeds", "seed", "start_state", "scores", "default_points_per_client"]
@@ -38,13 +39,19 @@ class Seeds(NamedTuple):
 
 
 def default_points_per_client(num_clusters: int, cohort_size: int) -> int:
-    """Rows each sampled client sends in the seeding round: about 20 K sampled points in all (at least 1 each)."""
-    return max(1, math.ceil(20 * num_clusters / cohort_size))
+    """Rows each sampled client sends in the seeding round: about 50 K sampled points in all (at least 1 each)."""
+    return max(1, math.ceil(50 * num_clusters / cohort_size))
 
 
 def seed(population: Population, model, num_clusters: int, *, cohort_size: int, run_seed: int,
-         points_per_client: int | None = None, build=None, **build_kwargs) -> Seeds:
+         points_per_client: int | None = None, restarts: int = 10, lloyd_iterations: int = 20, build=None,
+         **build_kwargs) -> Seeds:
     """Run the seeding round (round 0 of run ``run_seed``) and k-means++ on its sample.
+
+    The server keeps the best of ``restarts`` k-means++ runs on the sample, each
+    refined by ``lloyd_iterations`` Lloyd iterations on the sample
+    (``kmeans_seeding.best_of_restarts``); ``restarts=1, lloyd_iterations=0`` is
+    plain k-means++.
 
     Args:
       model: the centroids model (``jaxqfl.models.centroids(num_clusters)``).
@@ -73,8 +80,9 @@ def seed(population: Population, model, num_clusters: int, *, cohort_size: int, 
             f"the seeding round kept {int(valid.sum())} sampled points, fewer than the {num_clusters} clusters; "
             f"send more points per client (points_per_client={s}) or sample more clients")
     key = keys.purpose_key(keys.round_key(state.key, 0), keys.SEEDING)
-    centroids = jax.jit(kmeans_plus_plus, static_argnums=2)(
-        jnp.asarray(sample.points), jnp.asarray(valid), num_clusters, key)
+    centroids = jax.jit(best_of_restarts, static_argnums=2, static_argnames=("restarts", "lloyd_iterations"))(
+        jnp.asarray(sample.points), jnp.asarray(valid), num_clusters, key, restarts=restarts,
+        lloyd_iterations=lloyd_iterations)
     up = int(np.sum(np.asarray(round_metrics.uplink_bits), dtype=np.int64))
     down = int(np.sum(np.asarray(round_metrics.downlink_bits), dtype=np.int64))
     return Seeds(np.asarray(centroids, np.float32), int(valid.sum()), up, down)

@@ -21,7 +21,8 @@ cohort, the uplink codec and the aggregator act on its uploads as on any other:
    uniform sample of the drawn points (a collision does not depend on the point).
 
 The server then runs k-means++ (``kmeans_plus_plus``, Arthur and Vassilvitskii
-2007) on the surviving sample, keyed by the run key. The whole buffer travels
+2007) on the surviving sample, keyed by the run key, and keeps the best of
+several restarts refined on the sample (``best_of_restarts``). The whole buffer travels
 (``R (d + 1)`` floats a client), once per run.
 
 References:
@@ -38,7 +39,7 @@ from jaxqfl import keys
 from jaxqfl.algorithms.base import Algorithm, ClientOutput, ServerMessage, no_client_state
 from jaxqfl.algorithms.kmeans import batch_statistics
 
-__all__ = ["RowSample", "SampleUpload", "sample_rows", "kmeans_plus_plus"]
+__all__ = ["RowSample", "SampleUpload", "sample_rows", "kmeans_plus_plus", "best_of_restarts"]
 
 
 class SampleUpload(NamedTuple):
@@ -116,30 +117,75 @@ def sample_rows(num_slots: int) -> Algorithm:
     )
 
 
-def kmeans_plus_plus(points: jax.Array, valid: jax.Array, num_clusters: int, key: jax.Array) -> jax.Array:
-    """k-means++ seeds ``[K, d]`` from the valid rows of ``points [R, d]`` (Arthur and Vassilvitskii 2007).
+def kmeans_plus_plus(points: jax.Array, valid: jax.Array, num_clusters: int, key: jax.Array,
+                     trials: int | None = None) -> jax.Array:
+    """Greedy k-means++ seeds ``[K, d]`` from the valid rows of ``points [R, d]`` (Arthur and Vassilvitskii 2007).
 
-    The first centre is a uniform valid row; each next one is a valid row drawn
-    with probability ``D(x)^2 / sum D^2``, ``D(x)`` the distance to the nearest
-    centre chosen so far (uniform over the valid rows when every ``D`` is 0).
-    Draw ``k`` uses ``fold_in(key, k)``. Pure ``jnp``; needs at least one valid row.
+    The first centre is a uniform valid row. Each next one: draw ``trials``
+    candidates, each a valid row with probability ``D(x)^2 / sum D^2`` (``D(x)``:
+    the distance to the nearest centre so far; uniform over the valid rows when
+    every ``D`` is 0), and keep the candidate that leaves the smallest potential
+    ``sum_x min(D(x)^2, ||x - candidate||^2)``. ``trials = 1`` is plain k-means++;
+    the default ``2 + floor(ln K)`` is the greedy variant the paper's section 6
+    suggests (also scikit-learn's default). Draw ``k`` uses ``fold_in(key, k)``.
+    Pure ``jnp``; needs at least one valid row.
     """
-    points = points.astype(jnp.float32)
-    validf = valid.astype(jnp.float32)
+    import math
 
-    def draw(k, weights):
+    trials = 2 + int(math.log(num_clusters)) if trials is None else int(trials)
+    points = jnp.asarray(points, jnp.float32)
+    validf = jnp.asarray(valid).astype(jnp.float32)
+
+    def draw(k, weights, shape=()):
         w = jnp.where(jnp.sum(weights) > 0, weights, validf)
-        return jax.random.categorical(jax.random.fold_in(key, k), jnp.where(w > 0, jnp.log(w), -jnp.inf))
+        return jax.random.categorical(jax.random.fold_in(key, k), jnp.where(w > 0, jnp.log(w), -jnp.inf),
+                                      shape=shape)
+
+    def distances(c):
+        return jnp.sum((points - c) ** 2, axis=-1) * validf
 
     first = points[draw(0, validf)]
-    d2 = jnp.sum((points - first) ** 2, axis=-1) * validf
+    d2 = distances(first)
 
     def body(k, carry):
         centres, d2 = carry
-        c = points[draw(k, d2)]
-        d2 = jnp.minimum(d2, jnp.sum((points - c) ** 2, axis=-1) * validf)
-        return centres.at[k].set(c), d2
+        candidates = draw(k, d2, (trials,))  # [trials] row indices
+        new_d2 = jnp.minimum(d2[None, :], jax.vmap(lambda i: distances(points[i]))(candidates))  # [trials, R]
+        best = jnp.argmin(jnp.sum(new_d2, axis=1))
+        return centres.at[k].set(points[candidates[best]]), new_d2[best]
 
     centres = jnp.zeros((num_clusters, points.shape[1]), jnp.float32).at[0].set(first)
     centres, _ = jax.lax.fori_loop(1, num_clusters, body, (centres, d2))
     return centres
+
+
+def best_of_restarts(points: jax.Array, valid: jax.Array, num_clusters: int, key: jax.Array, *,
+                     restarts: int = 10, lloyd_iterations: int = 20) -> jax.Array:
+    """The server's seeds: the best of ``restarts`` k-means++ runs, each refined by Lloyd on the sample.
+
+    Restart ``r`` seeds with ``kmeans_plus_plus(..., fold_in(key, r))`` and runs
+    ``lloyd_iterations`` Lloyd iterations over the valid sample rows (an empty
+    cluster keeps its centroid); the restart with the smallest sample inertia
+    ``sum_x min_k ||x - c_k||^2`` wins (scikit-learn's ``n_init``, on the sample
+    only: no extra round). Bahmani et al. 2012 (k-means||) likewise recluster a
+    sample on the server. Pure ``jnp``.
+    """
+    points = jnp.asarray(points, jnp.float32)
+    validf = jnp.asarray(valid).astype(jnp.float32)
+
+    def d2(c):
+        return jnp.sum((points[:, None, :] - c[None]) ** 2, axis=-1)  # [R, K]
+
+    def refine(c, _):
+        a = jax.nn.one_hot(jnp.argmin(d2(c), axis=1), num_clusters) * validf[:, None]  # [R, K]
+        n = jnp.sum(a, axis=0)
+        s = a.T @ points
+        return jnp.where((n > 0)[:, None], s / jnp.where(n > 0, n, 1.0)[:, None], c), None
+
+    def one(r):
+        c = kmeans_plus_plus(points, valid, num_clusters, jax.random.fold_in(key, r))
+        c, _ = jax.lax.scan(refine, c, None, length=lloyd_iterations)
+        return c, jnp.sum(jnp.min(d2(c), axis=1) * validf)
+
+    seeds, cost = jax.vmap(one)(jnp.arange(restarts))
+    return seeds[jnp.argmin(cost)]
