@@ -35,6 +35,7 @@ def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tm
         (["--dataset", "gaussian-mixture", "--local-steps", "3"], "--local-steps applies to --kmeans minibatch"),
         (["--dataset", "gaussian-mixture", "--kmeans", "minibatch", "--local-epochs", "1"], "fixed batch"),
         (["--clusters", "3"], "--clusters applies to --task clustering"),
+        (["--dataset", "gaussian-mixture", "--kmeans", "minibatch", "--client-lr", "0.1"], "--client-lr does not apply"),
         (["--dataset", "gaussian-mixture", "--clusters", "0"], "positive integer"),
     ],
 )

@@ -50,16 +50,18 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         return
     if args.model is not None or args.quant != "none":
         parser.error("--task clustering learns K centroids (federated k-means); --model and --quant do not apply")
+    if args.client_lr is not None:
+        parser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
+                     "steps by 1/count per centroid (Sculley 2010)")
     if args.kmeans == "lloyd":
-        given = [f for f in ("local_steps", "local_epochs", "batch_size", "client_lr") if getattr(args, f) is not None]
+        given = [f for f in ("local_steps", "local_epochs", "batch_size") if getattr(args, f) is not None]
         if given:
             parser.error(f"--kmeans lloyd takes one full-batch step per client and round; "
                          f"--{given[0].replace('_', '-')} applies to --kmeans minibatch")
         args.local_steps, args.batch_size = 1, 0
     elif args.local_epochs is not None:
         parser.error("--kmeans minibatch needs a fixed batch per step: give --local-steps, not --local-epochs")
-    if args.client_lr is None:
-        args.client_lr = 1.0  # unused: k-means has its own step sizes
+    args.client_lr = 1.0  # unused: k-means has its own step sizes
 
 
 def main(args: argparse.Namespace, population, t_start: float, data_seconds: float) -> int:
