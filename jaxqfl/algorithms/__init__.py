@@ -14,6 +14,8 @@ from jaxqfl.algorithms.fedavg import (
     fedsgd,
     server_optimizer,
 )
+from jaxqfl.algorithms.kmeans import KMeansUpdate, lloyd, minibatch_kmeans
+from jaxqfl.algorithms.kmeans_seeding import kmeans_plus_plus, sample_rows
 
 __all__ = [
     "Algorithm",
@@ -26,5 +28,10 @@ __all__ = [
     "WEIGHTINGS",
     "fedavg",
     "fedsgd",
+    "KMeansUpdate",
+    "kmeans_plus_plus",
+    "lloyd",
+    "minibatch_kmeans",
+    "sample_rows",
     "server_optimizer",
 ]
