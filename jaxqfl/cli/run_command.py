@@ -197,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
     task = tasks.for_population(population)
     data_seconds = time.perf_counter() - t_start
     if task.name == "clustering":  # federated k-means: seeding round, then Lloyd / mini-batch rounds
+        if args.sweep_values or args.seeds is not None:
+            fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
+                 "run one seed at a time with --seed")
         return clustering_flags.main(args, population, t_start, data_seconds)
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
