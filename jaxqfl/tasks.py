@@ -28,6 +28,20 @@ only, so ``finish`` computes it once, exactly, in float64 on the host (two
 passes: the means, then the centred squares); only SSE comes from the devices
 (a float32 sum of the per-example losses). When the test targets are constant
 (SST = 0) R^2 is undefined and reported as ``None``.
+
+Clustering (k-means), with model outputs ``D [B, K]``, ``D_bk = 1/2 ||x_b - c_k||^2
++ p_k`` (``jaxqfl.models.centroids``; the probe ``p`` is 0):
+
+    a(x)   = argmin_k D_xk           (first index on ties, as ``np.argmin``)
+    loss_x = D_{x a(x)}              (the assignment is constant under differentiation)
+    inertia on the test rows = sum_x min_k ||x - c_k||^2 = 2 sum_x loss_x
+
+The per-example loss is a *sum* term (1/2 the squared distance, no division by
+K or d), so the gradient of a batch's summed loss is exactly the sufficient
+statistics of Lloyd's step (counts from the probe, ``n_j c_j - S_j`` for the
+centroids; see ``jaxqfl.models.centroids``). Labels are never used for
+training; ARI and NMI against them are computed on the host
+(``jaxqfl.metrics``, ``jaxqfl.clustering``).
 """
 from __future__ import annotations
 
@@ -38,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["Task", "classification", "regression", "for_num_classes", "for_population", "r2_denominator"]
+__all__ = ["Task", "classification", "regression", "clustering", "for_num_classes", "for_population", "r2_denominator"]
 
 
 class Task(NamedTuple):
@@ -99,24 +113,47 @@ def regression() -> Task:
     return Task("regression", loss, metrics, finish)
 
 
+def clustering() -> Task:
+    """k-means: loss = 1/2 squared distance to the nearest centroid; ``inertia`` = the test rows' sum of squares."""
+    import jax
+
+    def loss(outputs, y):
+        del y
+        assigned = jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmin(outputs, axis=-1), outputs.shape[-1],
+                                                        dtype=outputs.dtype))
+        return jnp.sum(assigned * outputs, axis=-1)
+
+    def metrics(outputs, y):
+        per_example = loss(outputs, y)
+        return {"loss": per_example, "inertia": 2.0 * per_example}
+
+    def finish(y_test):
+        n = int(np.shape(y_test)[0])
+
+        def report(means):  # evaluation divides the device sums by n: inertia is a sum
+            return {**means, "inertia": means["inertia"] * n}
+
+        return report
+
+    return Task("clustering", loss, metrics, finish)
+
+
 def for_num_classes(num_classes: int) -> Task:
     """The task a population implies: classification if it has classes, else regression."""
     return classification() if num_classes > 0 else regression()
 
 
 def for_population(population) -> Task:
-    """The task object of ``population.task`` ("classification" or "regression").
+    """The task object of ``population.task`` ("classification", "regression" or "clustering").
 
-    Raises:
-        ValueError: for ``"clustering"``, whose uploads are sufficient statistics
-            rather than gradients of a per-example loss (federated k-means).
+    Clustering trains the centroids model (``jaxqfl.models.centroids``) with the
+    federated k-means algorithms (``jaxqfl.algorithms.kmeans``).
     """
     name = getattr(population, "task", "") or ("classification" if population.num_classes > 0 else "regression")
     if name == "classification":
         return classification()
     if name == "regression":
         return regression()
-    raise ValueError(
-        f"task {name!r} has no per-example loss to train a model on; clustering runs through "
-        "the federated k-means algorithm"
-    )
+    if name == "clustering":
+        return clustering()
+    raise ValueError(f"task must be one of classification, regression, clustering; got {name!r}")

@@ -70,13 +70,13 @@ def test_mixture_validation_names_the_bad_value():
         data.gaussian_mixture(0, 5, seed=0)
 
 
-def test_build_relabels_the_mixture_for_classification_and_the_cli_names_the_missing_algorithm(capsys):
+def test_build_relabels_the_mixture_for_classification_and_the_cli_refuses_regression_on_it(capsys):
     pop = data.build("gaussian-mixture", num_clients=5, task="classification", components=3, max_size=60)
     assert pop.task == "classification" and pop.num_classes == 3
     with pytest.raises(ValueError, match=r"task 'regression' needs real targets"):
         data.build("gaussian-mixture", num_clients=5, task="regression")
     from jaxqfl.cli.main import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--dataset", "gaussian-mixture", "--no-progress"])
-    assert exc.value.code == 2 and "federated k-means" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # clustering runs (tests/test_kmeans_cli.py); regression has no targets
+        main(["run", "--dataset", "gaussian-mixture", "--task", "regression", "--no-progress"])
+    assert exc.value.code == 2 and "does not fit --dataset gaussian-mixture" in capsys.readouterr().err

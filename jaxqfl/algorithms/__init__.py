@@ -17,6 +17,8 @@ from jaxqfl.algorithms.fedavg import (
 from jaxqfl.algorithms.feddyn import feddyn
 from jaxqfl.algorithms.fednova import fednova
 from jaxqfl.algorithms.fedprox import fedprox
+from jaxqfl.algorithms.kmeans import KMeansUpdate, lloyd, minibatch_kmeans
+from jaxqfl.algorithms.kmeans_seeding import kmeans_plus_plus, sample_rows
 from jaxqfl.algorithms.mimelite import mimelite
 from jaxqfl.algorithms.scaffold import scaffold
 
@@ -34,7 +36,12 @@ __all__ = [
     "fednova",
     "fedprox",
     "fedsgd",
+    "KMeansUpdate",
+    "kmeans_plus_plus",
+    "lloyd",
     "mimelite",
+    "minibatch_kmeans",
+    "sample_rows",
     "scaffold",
     "server_optimizer",
 ]

@@ -115,10 +115,6 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if args.max_client_size is not None and args.max_client_size < args.min_client_size:
         parser.error(f"--max-client-size {args.max_client_size} is below --min-client-size {args.min_client_size}")
     task = args.task or DEFAULT_TASK[args.dataset]
-    if task == "clustering":
-        parser.error("--task clustering (the default of gaussian-mixture) needs the federated k-means algorithm, "
-                     "which this build of jaxqfl run does not have yet; pass --task classification to train a "
-                     "classifier on the component labels")
     if args.dataset in GENERATED or args.dataset == "mnist":
         own = DEFAULT_TASK[args.dataset]
         if (task == "regression") != (own == "regression"):

@@ -30,6 +30,7 @@ from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 
 MODELS = ("mlp", "cnn", "logreg", "linear")
@@ -98,12 +99,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the population in host memory and stream each round's cohort to the devices "
                         "(engine.build_streaming), for populations larger than device memory")
     g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
+    clustering_flags.add_arguments(p)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
     d = DEFAULTS[args.dataset]
     _split_sweep(parser, args)
+    clustering_flags.check(parser, args)  # k-means fixes its own local work: before the defaults
     if args.local_steps is not None and args.local_epochs is not None:
         parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
     if args.local_steps is None and args.local_epochs is None:
@@ -186,6 +189,11 @@ def main(args: argparse.Namespace) -> int:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
     data_seconds = time.perf_counter() - t_start
+    if task.name == "clustering":  # federated k-means: seeding round, then Lloyd / mini-batch rounds
+        if args.sweep_values or args.seeds is not None:
+            fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
+                 "run one seed at a time with --seed")
+        return clustering_flags.main(args, population, t_start, data_seconds)
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)

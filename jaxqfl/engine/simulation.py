@@ -144,6 +144,26 @@ def setup_round(
     return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate, tuning)
 
 
+def block_compiler(lower_block: Callable[[int], Any]):
+    """``(compile_block(num_rounds) -> seconds, compiled)``: one program per block length, compiled once.
+
+    ``lower_block(num_rounds)`` returns the lowered block program; ``compiled`` maps
+    block lengths to their executables.
+    """
+    compiled: dict[int, Any] = {}
+
+    def compile_block(num_rounds: int) -> float:
+        if not isinstance(num_rounds, int) or num_rounds < 1:
+            raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
+        if num_rounds in compiled:
+            return 0.0
+        t0 = time.perf_counter()
+        compiled[num_rounds] = lower_block(num_rounds).compile()
+        return time.perf_counter() - t0
+
+    return compile_block, compiled
+
+
 def device_data(population: Population, mesh) -> DeviceData:
     """The population's training arrays, replicated on every device of the mesh."""
     replicated = NamedSharding(mesh, P())
@@ -217,23 +237,17 @@ def build(
 
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
-    compiled: dict[int, Any] = {}
     replicated = NamedSharding(mesh, P())
 
-    def compile_block(num_rounds: int) -> float:
-        if not isinstance(num_rounds, int) or num_rounds < 1:
-            raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
-        if num_rounds in compiled:
-            return 0.0
-        t0 = time.perf_counter()
-
+    def lower_block(num_rounds: int):
         def round_block(s, d, n):
             return block(s, d, n, num_rounds=num_rounds)
 
         # state in its home's shardings; metrics replicated (every process of a multi-process run reads them)
         fn = jax.jit(round_block, donate_argnums=(0,), out_shardings=(setup.state_sharding, replicated))
-        compiled[num_rounds] = fn.lower(setup.abstract_state(), data, jnp.int32(num_rounds)).compile()
-        return time.perf_counter() - t0
+        return fn.lower(setup.abstract_state(), data, jnp.int32(num_rounds))
+
+    compile_block, compiled = block_compiler(lower_block)
 
     def run_block(state: ServerState, num_rounds: int, num_active: int | None = None):
         """Run ``num_active`` (default all) of a block of ``num_rounds`` rounds; one program per block size."""

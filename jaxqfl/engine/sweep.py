@@ -32,7 +32,6 @@ on every device).
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -48,7 +47,7 @@ from jaxqfl.engine.layout import check_cohort_and_chunk, client_layout, layout_f
 from jaxqfl.engine.mesh import client_mesh
 from jaxqfl.engine.round import round_program
 from jaxqfl.engine.schedule import LocalSchedule
-from jaxqfl.engine.simulation import default_aggregator, device_data
+from jaxqfl.engine.simulation import block_compiler, default_aggregator, device_data
 from jaxqfl.engine.state import initial_state
 from jaxqfl.tasks import for_num_classes
 
@@ -165,26 +164,19 @@ def build_sweep(
 
     init_program = jax.jit(jax.vmap(init_from_key), out_shardings=replicated)
     run_keys = jnp.stack([jax.random.key(int(c["seed"])) for c in configs])
-    compiled: dict[int, Any] = {}
-
     def init():
         return init_program(run_keys)
 
-    def compile_block(num_rounds: int) -> float:
-        if not isinstance(num_rounds, int) or num_rounds < 1:
-            raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
-        if num_rounds in compiled:
-            return 0.0
-        t0 = time.perf_counter()
-
+    def lower_block(num_rounds: int):
         def sweep_block(states, hp, n):
             return block(states, hp, n, num_rounds=num_rounds)
 
         fn = jax.jit(sweep_block, donate_argnums=(0,), out_shardings=replicated)
         states_abs = jax.eval_shape(jax.vmap(init_from_key), run_keys)
         states_abs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), states_abs)
-        compiled[num_rounds] = fn.lower(states_abs, hp_values, jnp.int32(num_rounds)).compile()
-        return time.perf_counter() - t0
+        return fn.lower(states_abs, hp_values, jnp.int32(num_rounds))
+
+    compile_block, compiled = block_compiler(lower_block)
 
     def run_block(states, num_rounds: int, num_active: int | None = None):
         compile_block(num_rounds)

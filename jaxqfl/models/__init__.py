@@ -6,6 +6,7 @@
 Every factory takes ``policy`` (a ``jaxqfl.quant`` policy, its preset name, or
 ``None`` for float) and then trains with quantization-aware fake quantization.
 """
+from jaxqfl.models.centroids import centroids
 from jaxqfl.models.core import Model, from_flax, from_functions
 from jaxqfl.models.layers import QATLayers, QConv, QDense
 from jaxqfl.models.qat import qat_model
@@ -19,6 +20,7 @@ __all__ = [
     "cnn",
     "logistic_regression",
     "linear_regression",
+    "centroids",
     "MLP",
     "CNN",
     "QDense",

@@ -1,0 +1,158 @@
+"""``jaxqfl run --task clustering``: federated k-means from the command line.
+
+Round 0 is the seeding round (each sampled client uploads ``--seed-points`` of its
+rows; k-means++ on the server; ``jaxqfl.clustering``), then ``--rounds`` rounds of
+``--kmeans lloyd`` (one full-batch step a round) or ``--kmeans minibatch``
+(Sculley's per-centroid rate over ``--local-steps`` steps of ``--batch-size``
+rows). The uplink/downlink codecs, ``--integer-aggregation``, the devices and the
+client-state home apply to every round, the seeding round included.
+
+Writes ``metrics.jsonl`` (test loss = mean 1/2 squared distance to the nearest
+centroid, test inertia, per evaluation) and ``summary.json`` with
+``final_inertia`` (float64, test rows), ``final_ari`` and ``final_nmi`` (against
+the test labels; null when the data has none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from jaxqfl.cli.argtypes import positive_int
+from jaxqfl.data.build import DEFAULT_TASK
+
+KMEANS = ("lloyd", "minibatch")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("clustering (--task clustering, the default of gaussian-mixture)")
+    g.add_argument("--clusters", type=positive_int, default=None,
+                   help="K centroids (default: the number of labels of the data, e.g. --components)")
+    g.add_argument("--kmeans", choices=KMEANS, default="lloyd",
+                   help="lloyd: each round one full-batch Lloyd step per client, the server divides sums by "
+                        "counts; minibatch: Sculley's mini-batch k-means over --local-steps of --batch-size rows")
+    g.add_argument("--seed-points", type=positive_int, default=None,
+                   help="rows each client of the seeding round uploads for k-means++ (default: about 50 K in all)")
+
+
+def is_clustering(args: argparse.Namespace) -> bool:
+    return (args.task or DEFAULT_TASK.get(args.dataset)) == "clustering"
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flags that do not apply to k-means (called before the dataset's defaults fill the unset flags)."""
+    if not is_clustering(args):
+        for flag in ("clusters", "seed_points"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} applies to --task clustering")
+        return
+    if args.model is not None or args.quant != "none":
+        parser.error("--task clustering learns K centroids (federated k-means); --model and --quant do not apply")
+    if args.client_lr is not None:
+        parser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
+                     "steps by 1/count per centroid (Sculley 2010)")
+    if args.kmeans == "lloyd":
+        given = [f for f in ("local_steps", "local_epochs", "batch_size") if getattr(args, f) is not None]
+        if given:
+            parser.error(f"--kmeans lloyd takes one full-batch step per client and round; "
+                         f"--{given[0].replace('_', '-')} applies to --kmeans minibatch")
+        args.local_steps, args.batch_size = 1, 0
+    elif args.local_epochs is not None:
+        parser.error("--kmeans minibatch needs a fixed batch per step: give --local-steps, not --local-epochs")
+    args.client_lr = 1.0  # unused: k-means has its own step sizes
+
+
+def main(args: argparse.Namespace, population, t_start: float, data_seconds: float) -> int:
+    import jax
+
+    from jaxqfl import aggregate, clustering, engine, models, tasks
+    from jaxqfl.algorithms import kmeans
+    from jaxqfl.cli.data_flags import fail
+    from jaxqfl.cli.run_command import _finite_or_null, _progress
+
+    K = args.clusters if args.clusters is not None else population.num_classes
+    if K < 1:
+        fail(f"{population.name} has no labels to count clusters from; give --clusters K")
+    if args.cohort_size > population.num_clients:
+        fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
+    model = models.centroids(K)
+    uplink = None if args.uplink == "none" else args.uplink_codec
+    common = dict(
+        aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
+        num_devices=args.devices, chunk_size=args.chunk_size, uplink=uplink,
+        downlink=None if args.downlink == "none" else args.downlink_codec, client_state=args.client_state,
+    )
+    build = engine.build_streaming if args.stream else engine.build
+    try:
+        seeds = clustering.seed(population, model, K, cohort_size=args.cohort_size, run_seed=args.seed,
+                                points_per_client=args.seed_points, build=build, **common)
+    except ValueError as err:
+        fail(f"k-means++ seeding: {err}")
+    if args.kmeans == "lloyd":
+        algorithm, schedule = kmeans.lloyd(), engine.LocalSchedule(local_steps=1, batch_size=None)
+    else:
+        batch = None if args.batch_size == 0 else args.batch_size
+        algorithm, schedule = kmeans.minibatch_kmeans(), engine.LocalSchedule(local_steps=args.local_steps,
+                                                                               batch_size=batch)
+    sim = build(population, model, algorithm, schedule, cohort_size=args.cohort_size, task=tasks.clustering(),
+                **common)
+    state = clustering.start_state(sim, args.seed, seeds.centroids)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_seconds = time.perf_counter() - t_start
+    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds + 1, not args.no_progress) as show:
+
+        def on_eval(rec):
+            f.write(json.dumps(_finite_or_null(rec), allow_nan=False) + "\n")
+            f.flush()
+            show(rec)
+
+        result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, state=state,
+                            on_eval=on_eval)
+    final = result.final
+    score = clustering.scores(population, jax.device_get(result.state.params["centroids"]))
+    summary = {
+        "dataset": args.dataset, "population": population.name, "task": "clustering", "stream": bool(args.stream),
+        "kmeans": args.kmeans, "clusters": K, "uplink": args.uplink, "downlink": args.downlink,
+        "final_inertia": score["inertia"], "final_ari": score["ari"], "final_nmi": score["nmi"],
+        "final_loss": final.get("test_loss"), "final_train_loss": final.get("train_loss"),
+        "seeding_sample_size": seeds.sample_size, "seeding_inertia": clustering.scores(population, seeds.centroids)[
+            "inertia"],
+        "rounds": result.rounds, "seeding_rounds": 1, "num_clients": population.num_clients,
+        "num_examples": population.num_examples, "cohort_size": sim.cohort_size, "num_devices": sim.num_devices,
+        "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
+        "client_state_home": sim.client_state_home, "num_params": sim.num_params, "setup_seconds": setup_seconds,
+        "data_seconds": data_seconds, "compile_seconds": result.compile_seconds,
+        "seconds_per_round": result.seconds_per_round,
+        "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
+        "uplink_bits_total": result.uplink_bits_total + seeds.uplink_bits,
+        "downlink_bits_total": result.downlink_bits_total + seeds.downlink_bits,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+                   if not k.endswith("_codec")},
+    }
+    summary = _finite_or_null(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(s: dict, out: pathlib.Path) -> None:
+    def num(v, fmt):
+        return "n/a (no labels)" if v is None else format(v, fmt)
+
+    lines = [
+        "",
+        f"jaxqfl run: {s['dataset']} / k-means ({s['kmeans']}), K = {s['clusters']}",
+        f"  clients          {s['num_clients']:,} ({s['num_examples']:,} examples), {s['cohort_size']} per round",
+        f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap",
+        f"  rounds           1 seeding (k-means++ on {s['seeding_sample_size']} sampled rows) + {s['rounds']}",
+        f"  test inertia     {num(s['final_inertia'], '.6g')} (k-means++ seeds: {num(s['seeding_inertia'], '.6g')})",
+        f"  test ARI / NMI   {num(s['final_ari'], '.4f')} / {num(s['final_nmi'], '.4f')}",
+        f"  compile          {s['compile_seconds']:.2f} s",
+        f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
+        f"  uplink           {s['uplink']}; {s['uplink_bits_total'] / 8e6:,.3f} MB in all (seeding included)",
+        f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}",
+    ]
+    print("\n".join(lines), file=sys.stdout)

@@ -1,0 +1,54 @@
+"""``jaxqfl run --task clustering``: the summary's numbers and traffic, and k-means flags refused before any work."""
+import json
+import math
+
+import pytest
+
+from jaxqfl.cli.main import main
+
+
+def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tmp_path, capsys):
+    out = tmp_path / "km"
+    rc = main(["run", "--dataset", "gaussian-mixture", "--num-clients", "20", "--cohort-size", "10",
+               "--components", "4", "--rounds", "4", "--eval-every", "2", "--devices", "2", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [3, 5]  # round 1 of the run is the seeding round
+    s = json.loads((out / "summary.json").read_text())
+    assert s["task"] == "clustering" and s["clusters"] == 4 and s["kmeans"] == "lloyd"
+    assert 0.0 <= s["final_ari"] <= 1.0 and 0.0 <= s["final_nmi"] <= 1.0
+    # the host's float64 inertia of the final centroids is the devices' float32 one of the last evaluation
+    assert s["final_inertia"] == pytest.approx(records[-1]["test_inertia"], rel=1e-4)
+    assert s["final_inertia"] <= s["seeding_inertia"]
+    d, K, M = 10, 4, 10
+    points = math.ceil(50 * K / M)  # rows per client in the seeding round, 4 slots per row
+    seeding_bits = M * 32 * (4 * M * points) * (d + 1)
+    assert s["uplink_bits_total"] == seeding_bits + 4 * M * 32 * (K * d + K)
+    assert "test ARI / NMI" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset", "gaussian-mixture", "--model", "mlp"], "--model and --quant do not apply"),
+        (["--dataset", "gaussian-mixture", "--local-steps", "3"], "--local-steps applies to --kmeans minibatch"),
+        (["--dataset", "gaussian-mixture", "--kmeans", "minibatch", "--local-epochs", "1"], "fixed batch"),
+        (["--clusters", "3"], "--clusters applies to --task clustering"),
+        (["--dataset", "gaussian-mixture", "--kmeans", "minibatch", "--client-lr", "0.1"], "--client-lr does not apply"),
+        (["--dataset", "gaussian-mixture", "--clusters", "0"], "positive integer"),
+    ],
+)
+def test_bad_clustering_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    import jaxqfl.engine
+
+    def no_build(*a, **k):
+        raise AssertionError("engine.build was called for a bad flag")
+
+    monkeypatch.setattr(jaxqfl.engine, "build", no_build)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
