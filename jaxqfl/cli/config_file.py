@@ -114,7 +114,7 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
             known = sorted(k.replace("_", "-") for k in by_dest if k not in NOT_CONFIG and k != "help")
             raise ConfigError(f"{source}: unknown key {key.replace('_', '-')!r}; keys are the flags' names: "
                               f"{', '.join(known)}")
-        if key in explicit:
+        if key in explicit or value is None:  # None: the automatic value (the flag's default)
             continue
         action = by_dest[key]
         flag = action.option_strings[-1]

@@ -21,6 +21,7 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self._previous = {}
 
     def _handle(self, signum, frame):
         del frame
@@ -30,8 +31,14 @@ class StopRequest:
 
     def install(self) -> "StopRequest":
         for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
+            self._previous[s] = signal.signal(s, self._handle)
         return self
+
+    def uninstall(self) -> None:
+        """Put back the handlers found by ``install`` (the command may run inside another program)."""
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
 
     @property
     def requested(self) -> bool:

@@ -60,9 +60,18 @@ def _force_cpu_devices(n: int | None) -> None:
 
 def _run(parser, args, argv: list[str]) -> int:
     """``jaxqfl run``: every check that needs no data or device first, then the run."""
-    from jaxqfl.cli import config_file, interrupts, memory_guard, outputs, run_setup
+    from jaxqfl.cli import interrupts
 
     stop = interrupts.StopRequest().install()  # before JAX starts: a signal from now on ends at a safe point
+    try:
+        return _run_with(parser, args, argv, stop)
+    finally:
+        stop.uninstall()
+
+
+def _run_with(parser, args, argv, stop) -> int:
+    from jaxqfl.cli import config_file, memory_guard, outputs, run_setup
+
     run_argv = argv[argv.index("run") + 1:] if "run" in argv else argv
     try:
         run_setup.prepare(parser.run_parser, args, run_argv)
