@@ -27,7 +27,7 @@ from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli import run_setup
-from jaxqfl.cli.outputs import strict_dumps, write_json
+from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
 
@@ -236,12 +236,11 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     setup_seconds = time.perf_counter() - t_start
 
     def meta_for(rec_list, t: engine.RunTotals) -> dict:
-        import json as _json
-
-        return _json.loads(strict_dumps({
+        """The checkpoint's JSON record: what a resumed run needs besides the state (strict: NaN -> null)."""
+        return finite_or_none({
             "config": config, "fingerprint": fp, "records": rec_list, "block_rounds": block,
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
-        }))
+        })
 
     saved_rounds = set()
     if start_round > 0:
