@@ -127,7 +127,7 @@ def test_interrupts_kill_and_resume_equal_the_uninterrupted_run(reference_run, t
 
 
 def test_resumed_engine_state_equals_uninterrupted_bit_for_bit(tmp_path):
-    """Checkpoint after 4 rounds, restore into a fresh simulation, run 6 more: the whole state matches."""
+    """Checkpoint after 4 rounds, restore into a blank template, run 6 more: the whole state matches."""
     import jax
     import optax
 
@@ -142,7 +142,7 @@ def test_resumed_engine_state_equals_uninterrupted_bit_for_bit(tmp_path):
                             cohort_size=4, num_devices=2, uplink=compress.from_spec("topk:0.1+ef"),
                             client_state=home)
 
-    for home in ("replicated", "host"):  # device arrays; NumPy rows on the host
+    for home in ("host",):  # NumPy rows on the host (the CLI test below resumes device-resident states)
         sim = make(home)
         full = engine.run(sim, rounds=10, eval_every=2, seed=3)
         part = engine.run(sim, rounds=4, eval_every=2, seed=3)
@@ -295,3 +295,21 @@ def test_negative_seed_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--seed", "-1"])
     assert exc.value.code == 2 and "non-negative" in capsys.readouterr().err
+
+
+def test_plot_asks_for_matplotlib_when_missing(reference_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["plot", str(reference_run), "--out", str(tmp_path / "f.png")]) == 2
+    assert 'pip install "jaxqfl[plot]"' in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_a_model_too_narrow_for_the_task_is_refused_before_training():
+    import optax
+
+    from jaxqfl import algorithms, data, engine, models
+
+    population = data.build("synthetic", num_clients=6, seed=0)  # 10 classes
+    with pytest.raises(ValueError, match="outputs \\(5,\\) per example but the task has 10 classes"):
+        engine.build(population, models.logistic_regression(num_outputs=5), algorithms.fedavg(optax.sgd(0.1)),
+                     engine.LocalSchedule(local_steps=1, batch_size=4), cohort_size=2)
