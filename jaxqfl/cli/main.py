@@ -90,15 +90,17 @@ def _run_with(parser, args, argv, stop) -> int:
     if cpu and args.devices is not None and args.devices > memory_guard.cpu_cores():
         print(f"jaxqfl run: warning: --devices {args.devices} exceeds this host's {memory_guard.cpu_cores()} CPU "
               f"cores; the devices will share them (and each holds a copy of the population)", file=sys.stderr)
-    try:
-        n_train, n_test, dim, classes, clients = memory_guard.population_sizes_from_flags(args)
+    sizes = memory_guard.population_sizes_from_flags(args)
+    if sizes is not None and not getattr(args, "stream", False):
+        n_train, n_test, dim, classes, clients = sizes
         devices = args.devices or (memory_guard.cpu_cores() if cpu else 1)
         est = memory_guard.estimate(args, num_devices=devices, examples=n_train, test_examples=n_test,
                                     feature_dim=dim, num_classes=classes, num_clients=clients,
                                     home=args.client_state, cpu=cpu)
-        memory_guard.check(est, num_devices=devices, cpu=cpu)
-    except memory_guard.MemoryRefusal as e:
-        parser.run_parser.error(str(e))
+        try:
+            memory_guard.check(est, num_devices=devices, cpu=cpu, stream_available=hasattr(args, "stream"))
+        except memory_guard.MemoryRefusal as e:
+            parser.run_parser.error(str(e))
     if args.resume is not None:
         out = outputs.pathlib.Path(args.resume)
     else:

@@ -113,7 +113,7 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
 
 
 def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
-          available: int | None = None) -> None:
+          available: int | None = None, stream_available: bool = False) -> None:
     """Raise ``MemoryRefusal`` when the estimate exceeds what the host (CPU) or a device can hold."""
     if cpu:
         need = est.host_bytes + num_devices * est.per_device_bytes
@@ -131,6 +131,8 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
     if num_devices > 1:
         advice.append(f"fewer --devices (each holds a copy of the training rows; try --devices "
                       f"{max(1, min(num_devices // 2, cpu_cores()))})")
+    if stream_available:
+        advice.append("--stream (the population stays in host memory; each round's cohort is streamed in)")
     advice.append("a smaller population (--num-clients)")
     if "per-client states" in top:
         advice.append("--client-state host (per-client states stay in host memory)")
@@ -139,8 +141,14 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
         f"Dominant term: {top}: {_gib(est.terms[top])}. Try " + ", or ".join(advice) + ".")
 
 
-def population_sizes_from_flags(args) -> tuple[int, int, int, int, int]:
-    """(train examples, test examples, feature dim, classes, clients) from the flags alone, without the data."""
+def population_sizes_from_flags(args) -> tuple[int, int, int, int, int] | None:
+    """(train examples, test examples, feature dim, classes, clients) from the flags alone, without the data.
+
+    None for a dataset whose size is not known before it is read (the check after
+    building the population still applies).
+    """
+    if args.dataset not in ("mnist", "synthetic") or args.num_clients is None:
+        return None
     if args.dataset == "mnist":
         import numpy as np
 

@@ -194,7 +194,9 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         num_clients=population.num_clients, home=args.client_state, cpu=cpu)
     limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     try:
-        memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit)
+        if not getattr(args, "stream", False):  # a streamed population is not replicated on the devices
+            memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
+                               stream_available=hasattr(args, "stream"))
     except memory_guard.MemoryRefusal as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return 2
