@@ -76,11 +76,12 @@ def run(
     metrics (the algorithm's and the aggregator's, prefixed ``server_``).
 
     Args:
-      block_rounds: rounds per compiled block (default ``min(eval_every, rounds)``);
-        evaluation happens at the end of a block whose last round is a multiple of
-        ``eval_every`` (counted from round 0 of the run) or the last round. A run
-        resumed from a checkpoint passes the original run's block size, so its
-        blocks (and results, bit for bit) are the uninterrupted run's.
+      block_rounds: rounds per compiled block. Default ``min(eval_every, rounds)``,
+        evaluated after every block. When given, evaluation happens at the end of a
+        block whose last round is a multiple of ``eval_every`` (counted from round 0
+        of the run, whatever ``state.round``) or the last round. A run resumed from
+        a checkpoint passes the original run's block size, so its blocks (and
+        results, bit for bit) and evaluations are the uninterrupted run's.
       totals: bit totals and seconds of the rounds before ``state`` (a resumed run).
       should_stop: checked after compilation and after every block; True ends the
         run there (``RunResult.stopped``), the state being the last block's.
@@ -128,7 +129,7 @@ def run(
         elif not bool(jax.device_get(_all_finite(state.params))):
             diverged = now
         rec = None
-        if now % eval_every == 0 or done == rounds or diverged is not None:
+        if block_rounds is None or now % eval_every == 0 or done == rounds or diverged is not None:
             ev = sim.evaluate(state.params)
             rec = {
                 "round": now,
