@@ -1,9 +1,11 @@
 """End to end on real data: FedAvg on MNIST, 100 IID clients, MLP, reaches >= 95% test accuracy."""
 import optax
+import pytest
 
 from jaxqfl import algorithms, data, engine, models
 
 
+@pytest.mark.slow  # 100 rounds of 20 MNIST clients x 2 epochs: minutes on a 2-core CPU
 def test_fedavg_mnist_iid_mlp_reaches_95_percent(mnist_path):
     population = data.build("mnist", data_path=mnist_path, num_clients=100, partition="iid", seed=0)
     sim = engine.build(

@@ -1,7 +1,10 @@
 """The ``jaxqfl`` command.
 
     jaxqfl run [flags]      simulate federated training and write metrics
+    jaxqfl run --resume OUT continue a stopped run from its latest checkpoint
+    jaxqfl plot RUN [RUN ...] --out fig.png   accuracy and loss against rounds and uplink bits
     jaxqfl bench [flags]    speed benchmarks against the roofline and a per-client loop
+    jaxqfl --version
 
 Flags are parsed and checked before any data is built or any program compiled,
 so a bad value is refused with a message at once.
@@ -12,16 +15,23 @@ import argparse
 import os
 import sys
 
-from jaxqfl.cli import run_command
+import jaxqfl
+from jaxqfl.cli import plot_command, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxqfl", description="Quantized federated learning, simulated on accelerators with JAX."
     )
+    parser.add_argument("--version", action="version", version=f"jaxqfl {jaxqfl.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_command.add_arguments(sub.add_parser("run", help="simulate federated training", description=run_command.__doc__,
-                                             formatter_class=argparse.RawDescriptionHelpFormatter))
+    run_parser = sub.add_parser("run", help="simulate federated training", description=run_command.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_command.add_arguments(run_parser)
+    parser.run_parser = run_parser
+    plot_command.add_arguments(sub.add_parser("plot", help="plot runs' accuracy and loss",
+                                              description=plot_command.__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
     try:
         from jaxqfl.bench import cli as bench_cli
     except ImportError:
@@ -48,13 +58,68 @@ def _force_cpu_devices(n: int | None) -> None:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 
+def _run(parser, args, argv: list[str]) -> int:
+    """``jaxqfl run``: every check that needs no data or device first, then the run."""
+    from jaxqfl.cli import interrupts
+
+    stop = interrupts.StopRequest().install()  # before JAX starts: a signal from now on ends at a safe point
+    try:
+        return _run_with(parser, args, argv, stop)
+    finally:
+        stop.uninstall()
+
+
+def _run_with(parser, args, argv, stop) -> int:
+    from jaxqfl.cli import config_file, memory_guard, outputs, run_setup
+
+    run_argv = argv[argv.index("run") + 1:] if "run" in argv else argv
+    try:
+        run_setup.prepare(parser.run_parser, args, run_argv)
+    except config_file.ConfigError as e:
+        parser.run_parser.error(str(e))
+    _force_cpu_devices(args.devices)  # before validate(), which may import JAX to parse codec specs
+    run_command.validate(parser.run_parser, args)
+    try:
+        run_setup.check_resume(args)
+    except config_file.ConfigError as e:
+        parser.run_parser.error(str(e))
+    if args.print_config:
+        print(config_file.to_toml(config_file.config_of(args)), end="")
+        return 0
+    cpu = memory_guard.likely_cpu()
+    if cpu and args.devices is not None and args.devices > memory_guard.cpu_cores():
+        print(f"jaxqfl run: warning: --devices {args.devices} exceeds this host's {memory_guard.cpu_cores()} CPU "
+              f"cores; the devices will share them (and each holds a copy of the population)", file=sys.stderr)
+    sizes = memory_guard.population_sizes_from_flags(args)
+    if sizes is not None and not getattr(args, "stream", False):
+        n_train, n_test, dim, classes, clients = sizes
+        devices = args.devices or (memory_guard.cpu_cores() if cpu else 1)
+        est = memory_guard.estimate(args, num_devices=devices, examples=n_train, test_examples=n_test,
+                                    feature_dim=dim, num_classes=classes, num_clients=clients,
+                                    home=args.client_state, cpu=cpu)
+        try:
+            memory_guard.check(est, num_devices=devices, cpu=cpu, stream_available=hasattr(args, "stream"))
+        except memory_guard.MemoryRefusal as e:
+            parser.run_parser.error(str(e))
+    if args.resume is not None:
+        out = outputs.pathlib.Path(args.resume)
+    else:
+        try:
+            out = outputs.prepare_out(args.out, dataset=args.dataset, seed=args.seed, overwrite=args.overwrite)
+        except outputs.OutputError as e:
+            parser.run_parser.error(str(e))
+        args.out = str(out)
+    return run_command.main(args, stop=stop, out=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "run":
-        _force_cpu_devices(args.devices)  # before validate(), which may import JAX to parse codec specs
-        run_command.validate(parser, args)
-        return run_command.main(args)
+        return _run(parser, args, argv)
+    if args.command == "plot":
+        return plot_command.main(args)
     if args.command == "bench":
         from jaxqfl.bench import cli as bench_cli
 

@@ -5,14 +5,18 @@ round, multinomial logistic regression, 300 rounds of 20 local SGD steps (batch 
 lr 0.01). For reference, centralized logistic regression on the pooled training
 rows reaches about 0.57 test accuracy on this population (seed 0).
 
-Writes OUT/metrics.jsonl (one JSON object per evaluated round) and
-OUT/summary.json, and prints a one-screen summary.
+Writes OUT/metrics.jsonl (one JSON object per evaluated round), OUT/summary.json,
+OUT/config.toml, OUT/final_params.msgpack and OUT/checkpoints/, and prints a
+one-screen summary. JSON is strict: a non-finite number is written as null.
+
+Exit status: 0 done; 2 a bad flag or config; 3 the run diverged (a non-finite
+loss or parameter); 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written,
+continue with --resume OUT).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import pathlib
@@ -29,6 +33,8 @@ from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import seed_list as _seed_list
+from jaxqfl.cli import run_setup
+from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
@@ -89,17 +95,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every device, sharded over the devices, or on the host and streamed with the cohort "
                         "(default: auto, by size)")
     g.add_argument("--eval-every", type=_positive_int, default=None)
-    g.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
+    g.add_argument("--seed", type=_nonneg_int, default=None, help="run seed (default 0)")
     g.add_argument("--seeds", type=_seed_list, default=None,
                    help="run several seeds as one program (a sweep), e.g. 0-7 or 0,3,5; with list-valued flags "
                         "the Cartesian product runs; writes OUT/<config>/ per config and OUT/sweep.{json,md}")
-    g.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<time>)")
+    g.add_argument("--out", default=None,
+                   help="output folder (default: a fresh runs/<dataset>-<date-time.ms>-s<seed>); an existing "
+                        "non-empty folder is refused unless --overwrite")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--stream", action="store_true",
                    help="keep the population in host memory and stream each round's cohort to the devices "
                         "(engine.build_streaming), for populations larger than device memory")
     g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
     clustering_flags.add_arguments(p)
+    run_setup.add_arguments(p)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -135,8 +144,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.integer_aggregation and getattr(args.uplink_codec, "integer_sum", None) is None:
         parser.error(f"--integer-aggregation needs an --uplink codec whose codes can be summed as integers "
                      f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {args.uplink!r}")
-    if args.out is None:
-        args.out = os.path.join("runs", f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.checkpoint_every is None:
+        args.checkpoint_every = args.eval_every
 
 
 def _model(args, population):
@@ -178,11 +187,23 @@ def _split_sweep(parser, args) -> None:
         parser.error("a sweep (--seeds or a list of values) runs on-device; drop --stream")
 
 
-def main(args: argparse.Namespace) -> int:
+EXIT_DIVERGED = 3
+
+
+def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -> int:
+    """Build, run (or resume), checkpoint, and write the run's files into ``out``.
+
+    ``stop``: a ``jaxqfl.cli.interrupts.StopRequest`` (installed by ``jaxqfl.cli.main``).
+    """
     import jax
 
     from jaxqfl import aggregate, engine, tasks
+    from jaxqfl.cli import config_file, memory_guard
+    from jaxqfl.cli.outputs import versions
+    from jaxqfl.engine import checkpoint
 
+    out = pathlib.Path(args.out) if out is None else out
+    stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
     t_start = time.perf_counter()
     population = build_population(args)
     if args.cohort_size > population.num_clients:
@@ -194,6 +215,20 @@ def main(args: argparse.Namespace) -> int:
             fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
                  "run one seed at a time with --seed")
         return clustering_flags.main(args, population, t_start, data_seconds)
+    num_devices = args.devices or len(jax.devices())
+    cpu = jax.devices()[0].platform == "cpu"
+    est = memory_guard.estimate(
+        args, num_devices=num_devices, examples=population.num_examples, test_examples=population.x_test.shape[0],
+        feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
+        num_clients=population.num_clients, home=args.client_state, cpu=cpu)
+    limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    try:
+        if not getattr(args, "stream", False):  # a streamed population is not replicated on the devices
+            memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
+                               stream_available=hasattr(args, "stream"))
+    except memory_guard.MemoryRefusal as e:
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        return 2
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
@@ -221,18 +256,70 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.verbose:
         print(_chunk_line(sim), flush=True)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = config_file.config_of(args)
+    fp = run_setup.fingerprint(config)
+    (out / "config.toml").write_text(config_file.to_toml(config))
+    ckpt_dir = run_setup.checkpoint_dir(out)
+    block = run_setup.block_rounds(args)
+
+    records, totals, state = [], engine.RunTotals(), None
+    if getattr(args, "_resume_meta", None) is not None:
+        state, meta = checkpoint.restore(ckpt_dir, sim.init(args.seed), step=args._resume_step)
+        records = list(meta["records"])
+        totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
+                                  float(meta["train_seconds"]))
+        block = int(meta["block_rounds"])
+    start_round = 0 if state is None else int(jax.device_get(state.round))
     setup_seconds = time.perf_counter() - t_start
-    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds, not args.no_progress) as show:
+
+    def meta_for(rec_list, t: engine.RunTotals) -> dict:
+        """The checkpoint's JSON record: what a resumed run needs besides the state (strict: NaN -> null)."""
+        return finite_or_none({
+            "config": config, "fingerprint": fp, "records": rec_list, "block_rounds": block,
+            "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
+        })
+
+    saved_rounds = set()
+    if start_round > 0:
+        saved_rounds.add(start_round)
+
+    def save_checkpoint(state, rec_list, t):
+        r = int(jax.device_get(state.round))
+        if r not in saved_rounds:
+            checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
+            saved_rounds.add(r)
+
+    all_records = list(records)
+    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds, not args.no_progress, start_round) as show:
+        for rec in records:
+            f.write(strict_dumps(rec) + "\n")
+        f.flush()
 
         def on_eval(rec):
-            f.write(json.dumps(_finite_or_null(rec), allow_nan=False) + "\n")
+            all_records.append(rec)
+            f.write(strict_dumps(rec) + "\n")
             f.flush()
             show(rec)
 
-        result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, on_eval=on_eval)
-    final = result.final
+        def after_block(state, rec, t):
+            r = int(jax.device_get(state.round))
+            if r % args.checkpoint_every == 0 or r == args.rounds:
+                save_checkpoint(state, all_records, t)
+
+        if start_round >= args.rounds:
+            result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits)
+        else:
+            result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every, seed=args.seed,
+                                state=state, on_eval=on_eval, block_rounds=block, totals=totals,
+                                should_stop=stop_requested, after_block=after_block)
+    final_state = result.state
+    totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
+    if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
+        save_checkpoint(final_state, all_records, totals_now)
+    checkpoint.save_params(out / checkpoint.FINAL_PARAMS, final_state.params)
+    done_round = int(jax.device_get(final_state.round))
+    final = all_records[-1] if all_records else {}
+    interrupted = result.stopped or (stop is not None and stop.requested and done_round < args.rounds)
     summary = {
         "dataset": args.dataset,
         "population": population.name,
@@ -250,12 +337,18 @@ def main(args: argparse.Namespace) -> int:
         "final_rmse": final.get("test_rmse"),
         "final_r2": final.get("test_r2"),
         "final_train_loss": final.get("train_loss"),
-        "rounds": result.rounds,
+        "rounds": done_round,
+        "rounds_requested": args.rounds,
+        "completed": done_round >= args.rounds and result.diverged_round is None,
+        "interrupted": bool(interrupted),
+        "signal": stop.name if interrupted and stop is not None else None,
+        "diverged": result.diverged_round is not None,
+        "diverged_round": result.diverged_round,
+        "resumed_from_round": start_round if start_round > 0 else None,
         "num_clients": population.num_clients,
         "num_examples": population.num_examples,
         "cohort_size": sim.cohort_size,
         "num_devices": sim.num_devices,
-        "platform": jax.devices()[0].platform,
         "chunk_size": sim.chunk_size,
         "client_state_home": sim.client_state_home,
         "chunk_size_from": _chunk_source(args, sim),
@@ -264,31 +357,41 @@ def main(args: argparse.Namespace) -> int:
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,
         "compile_seconds": result.compile_seconds,
-        "seconds_per_round": result.seconds_per_round,
-        "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
+        "seconds_per_round": result.train_seconds / max(done_round, 1),
+        "rounds_per_second": done_round / max(result.train_seconds, 1e-12),
         "uplink_bits_total": result.uplink_bits_total,
         "downlink_bits_total": result.downlink_bits_total,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                   if not k.endswith("_codec")},
+        "memory_estimate_bytes": {"host": est.host_bytes, "per_device": est.per_device_bytes},
+        "versions": versions(),
+        "platform": jax.devices()[0].platform,
+        "config": config,
+        "config_fingerprint": fp,
+        "checkpoint": str(ckpt_dir / str(max(saved_rounds))) if saved_rounds else None,
+        "final_params": str(out / checkpoint.FINAL_PARAMS),
     }
-    if final and not math.isfinite(final.get("test_loss", 0.0)):
-        print(f"jaxqfl run: warning: the test loss is {final['test_loss']} (training diverged); "
-              "its metrics are written as null: lower --client-lr", file=sys.stderr)
-    summary = _finite_or_null(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_json(out / "summary.json", summary)
+    if result.diverged_round is not None:
+        print(f"jaxqfl run: diverged at round {result.diverged_round}: the train loss or the parameters are not "
+              f"finite (try a smaller --client-lr or --server-lr). Wrote {out / 'summary.json'}.", file=sys.stderr)
+        return EXIT_DIVERGED
+    if interrupted:
+        print(f"jaxqfl run: stopped by {stop.name} after round {done_round} of {args.rounds}; checkpoint written. "
+              f"Continue with: jaxqfl run --resume {out}", file=sys.stderr)
+        return stop.exit_status
     _print_summary(summary, out)
     return 0
 
 
 @contextlib.contextmanager
-def _progress(total_rounds: int, enabled: bool):
+def _progress(total_rounds: int, enabled: bool, start: int = 0):
     """A tqdm bar over rounds (loss, accuracy, rounds/s) fed by ``engine.run``'s records; yields ``show(record)``."""
     if not enabled:
         yield lambda rec: None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_rounds, unit="round", dynamic_ncols=True)
+    bar = tqdm(total=total_rounds, initial=start, unit="round", dynamic_ncols=True)
+
     def show(rec):
         post = {"loss": f"{rec['test_loss']:.4f}",
                 "rounds/s": f"{rec['round'] / max(rec['seconds'], 1e-9):.2f}"}
@@ -301,11 +404,6 @@ def _progress(total_rounds: int, enabled: bool):
         yield show
     finally:
         bar.close()
-
-
-def _finite_or_null(record: dict) -> dict:
-    """Strict JSON: a NaN or infinite metric (a diverged run) becomes null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 def _print_summary(s: dict, out: pathlib.Path) -> None:
@@ -326,7 +424,8 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
-        f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}",
+        f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}, {out / 'config.toml'},",
+        f"                   {out / 'final_params.msgpack'}, checkpoints in {out / 'checkpoints'}",
     ]
     print("\n".join(line for line in lines if line))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -84,7 +85,9 @@ class SparsityLevel(NamedTuple):
                     f"use a fraction (e.g. {codec_name}(fraction=...)) or k <= {n}"
                 )
             return self.count
-        return min(n, max(1, math.ceil(self.fraction * n)))
+        # exact: the fraction as the decimal it was written as (0.07 -> 7/100), not its binary float
+        # (0.07 * 100 = 7.000000000000001 in floating point, whose ceil would keep 8)
+        return min(n, max(1, math.ceil(Fraction(repr(float(self.fraction))) * n)))
 
     def check(self, params, codec_name: str) -> None:
         for x in jax.tree.leaves(params):

@@ -8,7 +8,7 @@ model), ``client_update`` (one client's round), ``round`` (the round program),
 ``evaluation``, ``driver`` (``run``).
 """
 from jaxqfl.engine.chunking import auto_chunk_size
-from jaxqfl.engine.driver import RunResult, run, run_sweep
+from jaxqfl.engine.driver import RunResult, RunTotals, run, run_sweep
 from jaxqfl.engine.homes import HOMES
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.engine.round import CohortBlock, DeviceData, sample_cohort
@@ -25,6 +25,7 @@ __all__ = [
     "HOMES",
     "LocalSchedule",
     "RunResult",
+    "RunTotals",
     "RoundMetrics",
     "ServerState",
     "Simulation",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl.engine.simulation import Simulation
@@ -22,12 +23,14 @@ from jaxqfl.engine.state import ServerState
 @dataclasses.dataclass
 class RunResult:
     state: ServerState
-    records: list[dict]  # one per evaluated round
+    records: list[dict]  # one per evaluated round (of this call)
     compile_seconds: float
-    train_seconds: float  # device time of the rounds, compilation excluded
-    rounds: int
+    train_seconds: float  # device time of the rounds, compilation excluded (earlier calls' included when resumed)
+    rounds: int  # rounds run by this call
     uplink_bits_total: int
     downlink_bits_total: int
+    diverged_round: int | None = None  # first round whose train loss or params are not finite
+    stopped: bool = False  # should_stop() ended the run before its last round
 
     @property
     def seconds_per_round(self) -> float:
@@ -38,6 +41,20 @@ class RunResult:
         return self.records[-1] if self.records else {}
 
 
+class RunTotals(NamedTuple):
+    """What a resumed run carries over from the rounds before it (bit totals, device seconds)."""
+
+    uplink_bits: int = 0
+    downlink_bits: int = 0
+    seconds: float = 0.0
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def run(
     sim: Simulation,
     *,
@@ -46,6 +63,10 @@ def run(
     seed: int = 0,
     state: ServerState | None = None,
     on_eval: Callable[[dict], None] | None = None,
+    block_rounds: int | None = None,
+    totals: RunTotals = RunTotals(),
+    should_stop: Callable[[], bool] | None = None,
+    after_block: Callable[[ServerState, dict | None, RunTotals], None] | None = None,
 ) -> RunResult:
     """Run ``rounds`` rounds, evaluating every ``eval_every`` rounds and after the last one.
 
@@ -53,18 +74,46 @@ def run(
     bar from it); a record holds the round, the test metrics, the last round's train
     loss, the bit totals so far, the seconds so far and the last round's server
     metrics (the algorithm's and the aggregator's, prefixed ``server_``).
+
+    Args:
+      block_rounds: rounds per compiled block. Default ``min(eval_every, rounds)``,
+        evaluated after every block. When given, evaluation happens at the end of a
+        block whose last round is a multiple of ``eval_every`` (counted from round 0
+        of the run, whatever ``state.round``) or the last round. A run resumed from
+        a checkpoint passes the original run's block size, so its blocks (and
+        results, bit for bit) and evaluations are the uninterrupted run's.
+      totals: bit totals and seconds of the rounds before ``state`` (a resumed run).
+      should_stop: checked after compilation and after every block; True ends the
+        run there (``RunResult.stopped``), the state being the last block's.
+      after_block: ``after_block(state, record_or_None, totals)`` after every block (and
+        its evaluation), not after a diverged one; the CLI writes checkpoints from it.
+        The state is donated to the next block, so anything kept must be copied (or
+        saved) before returning.
+
+    Divergence: after every block the train losses of its rounds and the new
+    parameters are checked; a non-finite value ends the run at that block with
+    ``RunResult.diverged_round`` set to the first non-finite round (the block's last
+    round when only the parameters show it). The block is still evaluated (its record,
+    with the non-finite values, is passed to ``on_eval``).
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
-    block = min(eval_every, rounds)
+    block = min(eval_every, rounds) if block_rounds is None else block_rounds
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block_rounds must be a positive integer, got {block_rounds!r}")
     compile_seconds = sim.compile_block(block)
     state = sim.init(seed) if state is None else state
     start_round = int(state.round)
 
-    records, train_seconds, up_total, down_total, done = [], 0.0, 0, 0, 0
+    records, done = [], 0
+    train_seconds, up_total, down_total = float(totals.seconds), int(totals.uplink_bits), int(totals.downlink_bits)
+    diverged, stopped = None, False
     while done < rounds:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         active = min(block, rounds - done)
         t0 = time.perf_counter()
         state, metrics = sim.run_block(state, block, active)
@@ -73,21 +122,33 @@ def run(
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
         done += active
-        ev = sim.evaluate(state.params)
-        rec = {
-            "round": start_round + done,
-            "test_loss": ev["loss"],
-            **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
-            "train_loss": float(metrics.train_loss[active - 1]),
-            "uplink_bits_total": up_total,
-            "downlink_bits_total": down_total,
-            "seconds": train_seconds,
-            **{f"server_{k}": float(np.asarray(v)[active - 1]) for k, v in metrics.server.items()},
-        }
-        records.append(rec)
-        if on_eval is not None:
-            on_eval(rec)
-    return RunResult(state, records, compile_seconds, train_seconds, rounds, up_total, down_total)
+        now = start_round + done
+        losses = np.asarray(metrics.train_loss[:active])
+        if not np.all(np.isfinite(losses)):
+            diverged = start_round + done - active + 1 + int(np.argmin(np.isfinite(losses)))
+        elif not bool(jax.device_get(_all_finite(state.params))):
+            diverged = now
+        rec = None
+        if block_rounds is None or now % eval_every == 0 or done == rounds or diverged is not None:
+            ev = sim.evaluate(state.params)
+            rec = {
+                "round": now,
+                "test_loss": ev["loss"],
+                **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
+                "train_loss": float(metrics.train_loss[active - 1]),
+                "uplink_bits_total": up_total,
+                "downlink_bits_total": down_total,
+                "seconds": train_seconds,
+                **{f"server_{k}": float(np.asarray(v)[active - 1]) for k, v in metrics.server.items()},
+            }
+            records.append(rec)
+            if on_eval is not None:
+                on_eval(rec)
+        if diverged is not None:
+            break
+        if after_block is not None:
+            after_block(state, rec, RunTotals(up_total, down_total, train_seconds))
+    return RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped)
 
 
 def run_sweep(

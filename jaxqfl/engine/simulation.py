@@ -107,6 +107,7 @@ def setup_round(
     per_client = one_client_states(model, algorithm, aggregator, population.feature_shape, uplink=uplink,
                                    downlink=downlink)
     params_abs = jax.eval_shape(model.init, jax.random.key(0), sample_x)
+    check_model_outputs(model, params_abs, population)
     one_abs = jax.eval_shape(per_client, params_abs)
     state_bytes = C * sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(one_abs))
     home = homes.resolve_home(client_state, state_bytes, D, device)
@@ -162,6 +163,22 @@ def block_compiler(lower_block: Callable[[int], Any]):
         return time.perf_counter() - t0
 
     return compile_block, compiled
+
+
+def check_model_outputs(model, params_abs, population: Population) -> None:
+    """Refuse a model whose output width does not fit the task (before anything trains).
+
+    Classification needs ``num_classes`` logits per example; regression one output
+    per target value. A narrower classifier would index past its logits (NaN loss).
+    """
+    x = jax.ShapeDtypeStruct((2,) + tuple(population.feature_shape), jnp.float32)
+    out = jax.eval_shape(lambda p, x: model.apply(p, x, key=None), params_abs, x)
+    width = int(np.prod(out.shape[1:]))
+    want = population.num_classes if population.is_classification else int(np.prod(population.y_test.shape[1:]))
+    what = f"{want} classes" if population.is_classification else f"{want} target value(s) per example"
+    if out.shape[0] != 2 or width != want:
+        raise ValueError(f"the model outputs {out.shape[1:]} per example but the task has {what}; "
+                         f"build the model with {want} outputs")
 
 
 def device_data(population: Population, mesh) -> DeviceData:

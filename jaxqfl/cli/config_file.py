@@ -1,0 +1,136 @@
+"""Run configs as TOML: the flags' names are the keys (``client-lr`` or ``client_lr``).
+
+Precedence: a flag given on the command line > the ``--config`` file > the
+built-in default. A key the command does not know is refused, naming it. A
+run's folder holds ``config.toml``, the resolved config (dataset-dependent
+defaults filled in), so ``jaxqfl run --config OUT/config.toml`` repeats it.
+TOML has no null: a setting left to its automatic value (``devices``,
+``chunk-size``, ...) is simply absent.
+
+Reading uses ``tomllib`` (Python >= 3.11, which the project requires); writing
+uses the small writer below (flat tables of strings, numbers, booleans and
+lists of those are all a run config holds).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import tomllib
+
+#: Flags that say how to run, not what: never stored in config.toml nor part of a run's fingerprint.
+NOT_CONFIG = frozenset({"command", "config", "print_config", "out", "overwrite", "resume", "no_progress"})
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with the reason."""
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)
+    if isinstance(v, str):
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
+
+
+def to_toml(config: dict) -> str:
+    """A flat dict as TOML key = value lines (keys with dashes, as the flags); None values are left out."""
+    lines = []
+    for k, v in config.items():
+        if v is None:
+            continue
+        lines.append(f"{k.replace('_', '-')} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    """The run config of parsed, resolved args: plain values only (codec objects and how-to-run flags left out)."""
+    out = {}
+    for k, v in vars(args).items():
+        if k in NOT_CONFIG or k.startswith("_"):
+            continue
+        if isinstance(v, tuple):
+            v = list(v)
+        if v is None or isinstance(v, (bool, int, float, str)) or (
+                isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v)):
+            out[k] = v
+    return out
+
+
+def read_toml(path: str) -> dict:
+    """The file's keys (dashes turned to underscores) and values; ``ConfigError`` naming the problem."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path!r}: no such file")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path!r} is not valid TOML: {e}") from None
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            raise ConfigError(f"--config {path!r}: tables ([{k}]) are not used; write every setting as key = value "
+                              f"at the top level")
+        out[k.replace("-", "_")] = v
+    return out
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every flag given in ``argv`` (parsed by ``parser``, defaults ignored)."""
+    actions = {}
+    for action in parser._actions:  # argparse has no public list of a parser's actions
+        for opt in action.option_strings:
+            actions[opt] = action.dest
+    given = set()
+    for token in argv:
+        if not token.startswith("-") or token == "-":
+            continue
+        opt = token.split("=", 1)[0]
+        if opt in actions:
+            given.add(actions[opt])
+        else:  # an unambiguous prefix, as argparse accepts
+            hits = {d for o, d in actions.items() if o.startswith(opt)}
+            if len(hits) == 1:
+                given |= hits
+    return given
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict, explicit: set[str],
+                 source: str) -> None:
+    """Set ``args`` from ``values`` (a config file) where no flag was given; checks each value as its flag would."""
+    by_dest = {a.dest: a for a in parser._actions if a.option_strings}
+    for key, value in values.items():
+        if key in NOT_CONFIG or key not in by_dest:
+            known = sorted(k.replace("_", "-") for k in by_dest if k not in NOT_CONFIG and k != "help")
+            raise ConfigError(f"{source}: unknown key {key.replace('_', '-')!r}; keys are the flags' names: "
+                              f"{', '.join(known)}")
+        if key in explicit or value is None:  # None: the automatic value (the flag's default)
+            continue
+        action = by_dest[key]
+        flag = action.option_strings[-1]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: {key.replace('_', '-')} takes true or false, got {value!r}")
+            setattr(args, key, value)
+            continue
+        text = ",".join(str(x) for x in value) if isinstance(value, list) else str(value)
+        if isinstance(value, bool):
+            text = text.lower()
+        try:
+            parsed = action.type(text) if action.type is not None else text
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            raise ConfigError(f"{source}: {key.replace('_', '-')} = {value!r}: {e}") from None
+        if action.choices is not None and parsed not in action.choices:
+            raise ConfigError(f"{source}: {key.replace('_', '-')} = {value!r} is not one of "
+                              f"{', '.join(map(str, action.choices))}")
+        setattr(args, key, parsed)

@@ -1,0 +1,172 @@
+"""Refuse a run that cannot fit in memory, before anything is allocated.
+
+The engine replicates the training population on every device of the mesh
+(``DeviceData``), so on a CPU host, whose XLA "devices" all share the host's RAM,
+``--devices D`` costs ``D`` copies of the population. The estimate (bytes):
+
+    host        = P + P_test                               (the NumPy population)
+    per device  = P                                        (replicated training rows)
+                + P_test / D                               (test rows, split)
+                + S_rows                                   (per-client states: C x s replicated,
+                                                            C x s / D sharded, M_pad x s / D host home)
+                + ceil(M / D) x 4 x 4 n                    (a cohort block: params, grads,
+                                                            update and codec state per client, float32)
+    CPU total   = host + D x per device   against the host's available memory
+    accelerator = per device              against the device's memory limit
+
+``P = examples x features x 4 + examples x 4`` (float32 rows, int32 labels),
+``n`` the model's parameter count, ``s`` a client's persistent state (``4 n`` per
+error-feedback codec). It is an estimate (XLA's temporaries and the compiled
+programs are not counted); a run refused here could not have fitted.
+
+``estimate_from_flags`` needs no data (the population's size comes from the
+dataset's generator parameters or the file's array headers), so ``--devices
+1000`` is refused in about a second; ``estimate`` repeats the check with the
+built population's exact sizes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+FIT_FRACTION = 0.9  # share of the available memory a run may plan to use
+
+
+class MemoryRefusal(ValueError):
+    """The run would not fit; the message holds the estimate, what dominates it and what to change."""
+
+
+class Estimate(NamedTuple):
+    host_bytes: int
+    per_device_bytes: int
+    terms: dict  # name -> bytes, summed over the devices where they repeat (for "what dominates")
+
+
+def host_available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else total physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.1f} GiB"
+
+
+def model_num_params(args, feature_dim: int, num_classes: int) -> int:
+    """Parameters of the CLI's models (logreg, mlp, cnn), counted from their layer sizes."""
+    if args.model == "logreg":
+        return feature_dim * num_classes + num_classes
+    if args.model == "mlp":
+        sizes = [feature_dim, *args.hidden, num_classes]
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    # cnn (McMahan et al. 2017): conv5x5x32, conv5x5x64, dense 512, dense classes; 28x28 input, two 2x2 pools
+    return (5 * 5 * 1 * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (7 * 7 * 64 * 512 + 512) + (512 * num_classes + num_classes)
+
+
+def client_state_floats(args, n: int) -> int:
+    """Floats of one client's persistent state: ``n`` per error-feedback codec (and per SCAFFOLD-like algorithm)."""
+    count = sum(spec.count("+ef") + spec.startswith("ef+") for spec in (args.uplink, args.downlink))
+    if getattr(args, "algorithm", None) in ("scaffold", "feddyn", "mime"):
+        count += 1
+    return count * n
+
+
+def estimate(args, *, num_devices: int, examples: int, test_examples: int, feature_dim: int, num_classes: int,
+             num_clients: int, home: str = "auto", cpu: bool = True) -> Estimate:
+    """The estimate above for the parsed ``args`` and the population's sizes."""
+    D = num_devices
+    P = examples * (feature_dim + 1) * 4
+    P_test = test_examples * (feature_dim + 1) * 4
+    n = model_num_params(args, feature_dim, num_classes)
+    s = client_state_floats(args, n) * 4
+    M = args.cohort_size
+    per_dev_clients = math.ceil(M / D)
+    if home == "auto":
+        home = "replicated" if num_clients * s * D <= 2 * 2**30 else "sharded"
+    if home == "replicated":
+        states = num_clients * s
+    elif home == "sharded":
+        states = math.ceil(num_clients * s / D)
+    else:
+        states = per_dev_clients * s
+    cohort = per_dev_clients * 4 * 4 * n
+    per_device = P + math.ceil(P_test / D) + states + cohort
+    host = P + P_test + (num_clients * s if home == "host" else 0)
+    terms = {
+        f"the training rows, one copy per device ({D} x {_gib(P)})": D * P,
+        f"per-client states ({num_clients:,} clients x {s:,} bytes, {home})": states * (D if cpu else 1),
+        f"cohort blocks ({per_dev_clients} clients per device x {4 * 4 * n:,} bytes)": D * cohort,
+        "the population on the host": host,
+    }
+    return Estimate(host, per_device, terms)
+
+
+def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
+          available: int | None = None, stream_available: bool = False) -> None:
+    """Raise ``MemoryRefusal`` when the estimate exceeds what the host (CPU) or a device can hold."""
+    if cpu:
+        need = est.host_bytes + num_devices * est.per_device_bytes
+        have = host_available_bytes() if available is None else available
+        where = f"the host ({_gib(have)} available)"
+    else:
+        need, have = est.per_device_bytes, device_limit
+        where = f"one device ({_gib(have)})" if have else ""
+        if not have:
+            return
+    if need <= FIT_FRACTION * have:
+        return
+    top = max(est.terms, key=est.terms.get)
+    advice = []
+    if num_devices > 1:
+        advice.append(f"fewer --devices (each holds a copy of the training rows; try --devices "
+                      f"{max(1, min(num_devices // 2, cpu_cores()))})")
+    if stream_available:
+        advice.append("--stream (the population stays in host memory; each round's cohort is streamed in)")
+    advice.append("a smaller population (--num-clients)")
+    if "per-client states" in top:
+        advice.append("--client-state host (per-client states stay in host memory)")
+    raise MemoryRefusal(
+        f"this run needs about {_gib(need)} but {where} cannot hold it; refused before allocating. "
+        f"Dominant term: {top}: {_gib(est.terms[top])}. Try " + ", or ".join(advice) + ".")
+
+
+def population_sizes_from_flags(args) -> tuple[int, int, int, int, int] | None:
+    """(train examples, test examples, feature dim, classes, clients) from the flags alone, without the data.
+
+    None for a dataset whose size is not known before it is read (the check after
+    building the population still applies).
+    """
+    if args.dataset not in ("mnist", "synthetic") or args.num_clients is None:
+        return None
+    if args.dataset == "mnist":
+        import numpy as np
+
+        with np.load(args.data_path, mmap_mode="r") as z:
+            n_train, n_test = z["x_train"].shape[0], z["x_test"].shape[0]
+        return n_train, n_test, 28 * 28, 10, args.num_clients
+    # Synthetic(1,1): n_k = floor(LogNormal(4, 2)) + 50 examples per client, 20% held out (its generator's defaults)
+    mean_size = math.exp(4.0 + 2.0**2 / 2) + 50
+    total = int(args.num_clients * mean_size)
+    return int(0.8 * total), total - int(0.8 * total), 60, 10, args.num_clients
+
+
+def likely_cpu() -> bool:
+    """Whether JAX will run on the CPU, decided without starting a backend."""
+    import importlib.util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(m) is not None
+                   for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu"))

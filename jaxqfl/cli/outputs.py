@@ -1,0 +1,126 @@
+"""A run's output folder and its files: a unique default name, refusal to overwrite, strict JSON.
+
+Every check here runs before any data is built or program compiled, so an
+unusable ``--out`` is refused at once. JSON written by a run is strict (RFC 8259):
+a non-finite number (NaN, +-Infinity: a diverged loss) is written as ``null``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+
+#: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first.
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.toml", "final_params.msgpack", "checkpoints")
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be used, with the reason and what to do."""
+
+
+def finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None, NumPy scalars and arrays made plain Python."""
+    if isinstance(obj, dict):
+        return {str(k): finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_or_none(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def strict_dumps(obj, **kwargs) -> str:
+    """``json.dumps`` that never writes NaN or Infinity: those become ``null``."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def _unique_default(dataset: str, seed: int, root: str = "runs") -> pathlib.Path:
+    """``runs/<dataset>-<YYYYmmdd-HHMMSS.mmm>-s<seed>[-N]``, created atomically (``mkdir`` fails if taken)."""
+    base = pathlib.Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    name = f"{dataset}-{stamp}-s{seed}"
+    for n in range(10_000):
+        path = base / (name if n == 0 else f"{name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise OutputError(f"could not create a fresh folder under {base}/ named {name}-N")
+
+
+def _check_writable(path: pathlib.Path) -> None:
+    probe = path / f".jaxqfl-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"--out {str(path)!r} is not writable ({e.strerror}); choose another folder") from None
+
+
+def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) -> pathlib.Path:
+    """Create (or check) the output folder and return it; raises ``OutputError`` with what to do.
+
+    ``out=None``: a fresh folder under ``runs/``. An existing non-empty ``out`` is
+    refused unless ``overwrite``, which removes a previous run's files
+    (``RUN_FILES``) and nothing else.
+    """
+    if out is None:
+        try:
+            path = _unique_default(dataset, seed)
+        except OSError as e:
+            raise OutputError(f"cannot create a run folder under runs/ ({e.strerror}); give --out FOLDER") from None
+        _check_writable(path)
+        return path
+    path = pathlib.Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {out!r} exists and is not a folder; choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise OutputError(f"--out {out!r} exists and is not empty; add --overwrite to replace the run in it, "
+                              f"--resume {out} to continue it, or choose another folder")
+        for name in RUN_FILES:
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"--out {out!r} cannot be created ({e.strerror}); choose another folder") from None
+    _check_writable(path)
+    return path
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    """Write strict JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(strict_dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def versions() -> dict:
+    """The versions of jaxqfl, jax and jaxlib, and the device kind of the first device."""
+    import jax
+    import jaxlib
+
+    import jaxqfl
+
+    dev = jax.devices()[0]
+    return {"jaxqfl": jaxqfl.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count()}

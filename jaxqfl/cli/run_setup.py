@@ -1,0 +1,89 @@
+"""Around a run: the config (flags, ``--config`` file, ``--resume``), its fingerprint, the output folder.
+
+``prepare(parser, run_parser, args, argv)`` runs before JAX starts any device:
+it merges the config file (or, for ``--resume OUT``, the checkpoint's config)
+under the flags given on the command line, and is followed by the command's own
+``validate``; ``check_resume`` then refuses a resumed run whose resolved config
+differs from the checkpoint's, naming the field.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import pathlib
+
+from jaxqfl.cli import config_file
+from jaxqfl.cli.argtypes import positive_int
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configs, outputs, checkpoints")
+    g.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="read settings from a TOML file whose keys are the flags' names (flags given here override it)")
+    g.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in an existing non-empty --out")
+    g.add_argument("--resume", default=None, metavar="OUT",
+                   help="continue the run in folder OUT from its latest checkpoint (its config is reused)")
+    g.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
+                   help="write a checkpoint every K rounds (default: at every evaluation, --eval-every)")
+
+
+def fingerprint(config: dict) -> str:
+    """sha256 of the config as canonical JSON (sorted keys): equal configs, equal fingerprints."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def block_rounds(args) -> int:
+    """Rounds per compiled block: evaluations and checkpoints both fall on block ends."""
+    k = args.checkpoint_every or args.eval_every
+    return min(math.gcd(args.eval_every, k), args.rounds)
+
+
+def checkpoint_dir(out) -> pathlib.Path:
+    return pathlib.Path(out) / "checkpoints"
+
+
+def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_argv: list[str]) -> None:
+    """Merge ``--config`` (or the resumed run's config) under the flags given; raises ``ConfigError``."""
+    explicit = config_file.explicit_dests(run_parser, run_argv)
+    if args.resume is not None:
+        if args.config is not None:
+            raise config_file.ConfigError("give --resume OUT or --config FILE, not both: a resumed run keeps its config")
+        if args.out is not None and pathlib.Path(args.out) != pathlib.Path(args.resume):
+            raise config_file.ConfigError(f"--resume {args.resume} continues the run in that folder; "
+                                          f"--out {args.out} cannot move it")
+        from jaxqfl.engine import checkpoint
+
+        ckpt = checkpoint_dir(args.resume)
+        if not pathlib.Path(args.resume).is_dir():
+            raise config_file.ConfigError(f"--resume {args.resume!r}: no such folder")
+        step = checkpoint.latest_round(ckpt)
+        if step is None:
+            raise config_file.ConfigError(f"--resume {args.resume!r}: no checkpoint in {ckpt} (the run was stopped "
+                                          f"before its first checkpoint); start it again instead")
+        meta = checkpoint.read_meta(ckpt, step)
+        args._resume_meta = meta
+        args._resume_step = step
+        config_file.apply_config(run_parser, args, meta["config"], explicit, f"checkpoint {ckpt}")
+        args.out = args.resume
+    elif args.config is not None:
+        config_file.apply_config(run_parser, args, config_file.read_toml(args.config), explicit,
+                                 f"--config {args.config}")
+
+
+def check_resume(args: argparse.Namespace) -> None:
+    """Refuse a resumed run whose resolved config differs from its checkpoint's, naming the field."""
+    meta = getattr(args, "_resume_meta", None)
+    if meta is None:
+        return
+    saved, now = meta["config"], config_file.config_of(args)
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise config_file.ConfigError(
+                f"--resume {args.resume}: the config differs from the checkpoint's in {key.replace('_', '-')!r} "
+                f"(checkpoint: {saved.get(key)!r}, now: {now.get(key)!r}); a resumed run must keep its config")
+    if meta.get("fingerprint") != fingerprint(saved):
+        raise config_file.ConfigError(f"--resume {args.resume}: the checkpoint's config does not match its "
+                                      f"fingerprint; the checkpoint was edited or is damaged")
