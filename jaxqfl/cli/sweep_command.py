@@ -83,9 +83,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         (out / n).mkdir(parents=True, exist_ok=True)
         files.append(open(out / n / "metrics.jsonl", "w"))
     setup_seconds = time.perf_counter() - t_start
-    print(f"jaxqfl run: a sweep of {len(configs)} configs in one program "
-          f"({', '.join(f'{k}: {len(v)} values' for k, v in args.sweep_values.items()) or 'seeds only'}"
-          f"{', ' if args.sweep_values else ''}{len(seeds)} seeds)", flush=True)
+    swept = [f"{k}: {len(v)} values" for k, v in args.sweep_values.items()] + [f"{len(seeds)} seeds"]
+    print(f"jaxqfl run: a sweep of {len(configs)} configs in one program ({', '.join(swept)})", flush=True)
 
     def on_eval(s, rec):
         files[s].write(json.dumps({k: _finite(v) for k, v in rec.items()}, allow_nan=False) + "\n")
