@@ -17,8 +17,14 @@ Quantizer factories (hyper-parameters in, NamedTuple of pure functions out):
 
 Policies: ``Policy(rules)``, ``Rule(pattern, weights, activations)``,
 ``preset(name)``, ``bind(policy, params) -> Binding``; export: ``export(params, policy)``.
+
+Post-training quantization: ``static_uniform(bits, lo, hi)`` (calibrated fixed-range
+quantizer), ``calibrate`` (range statistics, ``calibrate.calibrate(inputs, method)``),
+``calibrated_policy(policy, params, ranges)``.
 """
-from jaxqfl.quant import rounding
+from jaxqfl.quant import calibrate, rounding
+from jaxqfl.quant.calibrate import calibrated_policy
+from jaxqfl.quant.static import static_uniform
 from jaxqfl.quant.export import Exported, export
 from jaxqfl.quant.floats import cast, round_float_stochastic
 from jaxqfl.quant.learned import lsq, lsq_grid, lsq_step_grad, pact
@@ -29,6 +35,9 @@ from jaxqfl.quant.uniform import binary, code_range, uniform
 
 __all__ = [
     "rounding",
+    "calibrate",
+    "calibrated_policy",
+    "static_uniform",
     "QTensor",
     "Quantizer",
     "LearnedQuantizer",
