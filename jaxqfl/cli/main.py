@@ -2,6 +2,7 @@
 
     jaxqfl run [flags]      simulate federated training and write metrics
     jaxqfl bench [flags]    speed benchmarks against the roofline and a per-client loop
+    jaxqfl quantize RUN_DIR post-training quantization of a run's final model (integer export)
 
 Flags are parsed and checked before any data is built or any program compiled,
 so a bad value is refused with a message at once.
@@ -12,7 +13,7 @@ import argparse
 import os
 import sys
 
-from jaxqfl.cli import run_command
+from jaxqfl.cli import quantize_command, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run_command.add_arguments(sub.add_parser("run", help="simulate federated training", description=run_command.__doc__,
                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    quantize_command.add_arguments(sub.add_parser("quantize", help="post-training quantization of a run's model",
+                                                  description=quantize_command.__doc__,
+                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
     try:
         from jaxqfl.bench import cli as bench_cli
     except ImportError:
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         _force_cpu_devices(args.devices)  # before validate(), which may import JAX to parse codec specs
         run_command.validate(parser, args)
         return run_command.main(args)
+    if args.command == "quantize":
+        quantize_command.validate(parser, args)
+        _force_cpu_devices(None)
+        return quantize_command.main(args)
     if args.command == "bench":
         from jaxqfl.bench import cli as bench_cli
 
