@@ -51,14 +51,12 @@ def numpy_mse_range(x, lo, hi, bins, bits, k=100):
     c = 0.5 * (edges[1:] + edges[:-1])
     best = None
     for a in np.arange(1, k + 1) / k:
-        q = quant.uniform(bits, symmetric=False)  # grid of the candidate range, via the library's asymmetric rule
         s, z = quant.calibrate.grid_of_range(a * lo, a * hi, bits)
         s, z = float(s), float(z)
         fq = (np.clip(np.floor(c / s + 0.5) + z, 0, 2**bits - 1) - z) * s
         err = np.sum(n * (c - fq) ** 2)
         if best is None or err < best[0]:
             best = (err, a * min(lo, 0), a * max(hi, 0))
-        del q
     return best[1], best[2]
 
 

@@ -24,10 +24,12 @@ grid position: at most one grid step from ``W``; the largest-magnitude weight of
 channel keeps its nearest code (``+-Q``), so the exported scale is unchanged.
 
 Each layer's problem is one compiled ``lax.scan`` over optimisation steps, on
-``batch_size`` rows drawn per step (``fold_in`` of ``key`` by the step); layers
+``batch_size`` rows drawn per step with replacement (``fold_in`` of ``key`` by the step); layers
 have different shapes and run one after the other.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,24 +62,29 @@ def adaround_layer(op, kernel, x, weight_q, act_q=None, *, steps: int = 500, bat
                    learning_rate: float = 0.1, reg: float = 2.0, warmup: float = 0.2, key=None):
     """AdaRounded kernel of one layer (module docstring): on the grid, within one step of ``kernel``."""
     s, qmax = _grid(weight_q, kernel)
+    x = jnp.asarray(x, jnp.float32)
+    xq = x if act_q is None else act_q.fake_quant(x, None)
+    key = jax.random.key(0) if key is None else key
+    return _solve(op, steps, min(batch_size, x.shape[0]), learning_rate, reg, int(warmup * steps), qmax,
+                  kernel, s, x, xq, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _solve(op, steps, b, learning_rate, reg, warm, qmax, kernel, s, x, xq_all, key):
+    """One layer's AdaRound problem as one program: setup, ``lax.scan`` over Adam steps, hard rounding."""
+    n = x.shape[0]
     w = kernel / s
     w_floor = jnp.floor(w)
     rest = jnp.clip(w - w_floor, 0.0, 1.0)
     v0 = -jnp.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)  # h(v0) = rest
-    x = jnp.asarray(x, jnp.float32)
-    n = x.shape[0]
-    b = min(batch_size, n)
-    key = jax.random.key(0) if key is None else key
-    xq_all = x if act_q is None else act_q.fake_quant(x, None)
     opt = optax.adam(learning_rate)
-    warm = int(warmup * steps)
+    nearest = jnp.clip(rnd.round_nearest(w), -qmax, qmax)
+    # scale-free: the reconstruction error relative to that of nearest rounding on all rows
+    nearest_err = jnp.mean((g.linear(op, x, kernel) - g.linear(op, xq_all, s * nearest)) ** 2)
+    norm = 1.0 / jnp.maximum(nearest_err, jnp.finfo(jnp.float32).tiny)
 
     def soft_kernel(v):
         return s * jnp.clip(w_floor + rectified_sigmoid(v), -qmax, qmax)
-
-    # scale-free: the reconstruction error relative to that of nearest rounding on all rows
-    nearest_err = jnp.mean((g.linear(op, x, kernel) - g.linear(op, xq_all, s * jnp.clip(rnd.round_nearest(w), -qmax, qmax))) ** 2)
-    norm = 1.0 / jnp.maximum(nearest_err, jnp.finfo(jnp.float32).tiny)
 
     def loss(v, xb, xqb, beta, lam):
         rec = jnp.mean((g.linear(op, xb, kernel) - g.linear(op, xqb, soft_kernel(v))) ** 2) * norm
@@ -86,7 +93,7 @@ def adaround_layer(op, kernel, x, weight_q, act_q=None, *, steps: int = 500, bat
 
     def step(carry, i):
         v, st = carry
-        idx = jax.random.choice(jax.random.fold_in(key, i), n, (b,), replace=False)
+        idx = jax.random.randint(jax.random.fold_in(key, i), (b,), 0, n)  # rows with replacement
         t = jnp.clip((i - warm) / max(steps - warm, 1), 0.0, 1.0)
         beta = 20.0 + (2.0 - 20.0) * t
         lam = jnp.where(i < warm, 0.0, reg)
@@ -94,15 +101,9 @@ def adaround_layer(op, kernel, x, weight_q, act_q=None, *, steps: int = 500, bat
         upd, st = opt.update(grad, st, v)
         return (optax.apply_updates(v, upd), st), None
 
-    @jax.jit
-    def run(v0):
-        (v, _), _ = jax.lax.scan(step, (v0, opt.init(v0)), jnp.arange(steps))
-        return v
-
-    v = run(v0)
-    nearest = rnd.round_nearest(w)
+    (v, _), _ = jax.lax.scan(step, (v0, opt.init(v0)), jnp.arange(steps))
     codes = jnp.clip(w_floor + (v >= 0).astype(w.dtype), -qmax, qmax)
-    codes = jnp.where(jnp.abs(nearest) >= qmax, jnp.clip(nearest, -qmax, qmax), codes)
+    codes = jnp.where(jnp.abs(nearest) >= qmax, nearest, codes)  # keep each channel's +-Q: same exported scale
     return (codes * s).astype(kernel.dtype)
 
 

@@ -33,6 +33,7 @@ quantizers stay as they are.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping, NamedTuple
 
 import jax
@@ -41,8 +42,8 @@ import numpy as np
 
 from jaxqfl.quant.policy import Policy, Rule, bind, resolve
 from jaxqfl.quant.static import grid_of_range, static_uniform
-from jaxqfl.quant.uniform import code_range
 from jaxqfl.quant import rounding as rnd
+from jaxqfl.quant.uniform import code_range
 
 METHODS = ("minmax", "percentile", "mse")
 
@@ -195,5 +196,5 @@ def calibrated_policy(policy, params, ranges: Mapping[str, tuple]) -> Policy:
         bits = act.bits if act is not None and 2 <= act.bits <= 16 else 8
         lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
         q = static_uniform(bits, lo, hi, axis=-1 if lo.ndim == 1 else None)
-        rules.append(Rule("^" + kernel.replace("/", "/") + "$", binding.weight(kernel), q))
+        rules.append(Rule("^" + re.escape(kernel) + "$", binding.weight(kernel), q))
     return Policy(tuple(rules) + tuple(policy.rules), f"{policy.name}+static")

@@ -10,8 +10,6 @@ integers by default), rounded and shifted as a (high, low) pair of 32-bit words.
 """
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,5 +88,3 @@ def reference_mul_shift(a: int, m0: int, n: int) -> int:
 def multiplier_value(m0, n) -> np.ndarray:
     return np.asarray(m0, np.float64) * np.exp2(-np.asarray(n, np.float64))
 
-
-__all__ = ["quantize_multiplier", "mul_shift", "reference_mul_shift", "multiplier_value", "math"]

@@ -92,8 +92,7 @@ def static_uniform(bits: int, lo, hi, *, symmetric: bool = False, axis: int | No
     fake_quant = straight_through(quantize, dequantize, in_range)
     kind = "sym" if symmetric else "asym"
     name = f"int{bits}/{kind}/static/{'tensor' if lo_a.ndim == 0 else f'axis={axis}'}"
-    q = Quantizer(quantize, dequantize, fake_quant, bits, name, False)
-    return q
+    return Quantizer(quantize, dequantize, fake_quant, bits, name, False)
 
 
 def static_grid(q: Quantizer):
