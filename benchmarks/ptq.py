@@ -136,7 +136,18 @@ def main():
     p.add_argument("--timing-repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+    p.add_argument("--merge", default=None,
+                   help="comma-separated ptq.json files of runs with different --models (same other flags): "
+                        "write their union instead of running")
     args = p.parse_args()
+    if args.merge:
+        results = {}
+        for f in args.merge.split(","):
+            results.update(json.loads(pathlib.Path(f).read_text())["results"])
+        args.models = ",".join(results)
+        args.merged_from = len(args.merge.split(","))
+        write(results, args)
+        return
 
     _, _, x_test, y_test = data.load_mnist(args.data_path)
     population = data.build("mnist", data_path=args.data_path, num_clients=args.num_clients,
@@ -190,8 +201,12 @@ def write(results, args):
                     "cpu": platform.processor() or platform.machine()},
         "jax": jax.__version__,
         "command": "python benchmarks/ptq.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+            if k not in ("out", "merge", "merged_from") and v is not None),
     }
+    if getattr(args, "merged_from", 0):
+        meta["command"] += (f" (run as {args.merged_from} processes, one per --models entry, in parallel, "
+                            "then merged with --merge)")
     (out / "ptq.json").write_text(json.dumps({**meta, "results": results}, indent=2, allow_nan=False) + "\n")
     lines = ["# Post-training quantization: calibrate, adjust, integer inference", "",
              f"Training: {meta['training']}.", "", f"Calibration: {meta['calibration']}.", "",
