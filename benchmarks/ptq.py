@@ -216,7 +216,9 @@ def write(results, args):
              "`+ bias correction` = MSE calibration + bias correction; `+ equalization` adds cross-layer "
              "equalization before calibration; `+ AdaRound` adds AdaRound before bias correction. QAT = FedAvg with "
              "the policy's fake quantization (dynamic per-example input ranges), evaluated in fake quantization.", "",
-             f"Machine: {meta['machine']}, jax {meta['jax']}; timings on a shared 2-core machine are noisy.", "",
+             f"Machine: {meta['machine']}, jax {meta['jax']}; timings on a shared 2-core machine are noisy "
+             "(other jobs kept the load average at 12-20 during the recorded run). XLA's CPU backend has no "
+             "fast int8 convolution: the CNN's integer path is far slower than float there.", "",
              f"Command: `{meta['command']}`", ""]
     for kind, res in results.items():
         lines += [f"## {'MLP 784-200-200-10' if kind == 'mlp' else 'CNN (McMahan et al. 2017)'}", "",
