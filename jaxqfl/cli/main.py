@@ -4,6 +4,7 @@
     jaxqfl run --resume OUT continue a stopped run from its latest checkpoint
     jaxqfl plot RUN [RUN ...] --out fig.png   accuracy and loss against rounds and uplink bits
     jaxqfl bench [flags]    speed benchmarks against the roofline and a per-client loop
+    jaxqfl quantize RUN_DIR post-training quantization of a run's final model (integer export)
     jaxqfl --version
 
 Flags are parsed and checked before any data is built or any program compiled,
@@ -16,7 +17,7 @@ import os
 import sys
 
 import jaxqfl
-from jaxqfl.cli import plot_command, run_command
+from jaxqfl.cli import plot_command, quantize_command, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     plot_command.add_arguments(sub.add_parser("plot", help="plot runs' accuracy and loss",
                                               description=plot_command.__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    quantize_command.add_arguments(sub.add_parser("quantize", help="post-training quantization of a run's model",
+                                                  description=quantize_command.__doc__,
+                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
     try:
         from jaxqfl.bench import cli as bench_cli
     except ImportError:
@@ -120,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(parser, args, argv)
     if args.command == "plot":
         return plot_command.main(args)
+    if args.command == "quantize":
+        quantize_command.validate(parser, args)
+        _force_cpu_devices(None)
+        return quantize_command.main(args)
     if args.command == "bench":
         from jaxqfl.bench import cli as bench_cli
 

@@ -101,14 +101,10 @@ def restore(directory, template: ServerState, step: int | None = None) -> tuple[
 
 
 def save_params(path, params) -> None:
-    """Write ``params`` as Flax msgpack (``flax.serialization.to_bytes`` of the params pytree)."""
-    from flax import serialization
+    """Write ``params`` as Flax msgpack (``jaxqfl.models.serialization.save_params``)."""
+    from jaxqfl.models.serialization import save_params as write
 
-    data = serialization.to_bytes(jax.device_get(params))
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write(path, jax.device_get(params))
 
 
 def load_final_model(run_dir):
@@ -117,10 +113,10 @@ def load_final_model(run_dir):
     ``params = jaxqfl.load_final_model("runs/my-run")``; use it with the run's model,
     e.g. ``model.apply(params, x, key=None)``.
     """
-    from flax import serialization
+    from jaxqfl.models.serialization import load_params
 
     path = pathlib.Path(run_dir)
     path = path / FINAL_PARAMS if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no {FINAL_PARAMS} in {run_dir}: is it a jaxqfl run folder?")
-    return serialization.msgpack_restore(path.read_bytes())
+    return load_params(path)

@@ -7,7 +7,9 @@ Every factory takes ``policy`` (a ``jaxqfl.quant`` policy, its preset name, or
 ``None`` for float) and then trains with quantization-aware fake quantization.
 """
 from jaxqfl.models.centroids import centroids
+from jaxqfl.models.capture import layer_inputs
 from jaxqfl.models.core import Model, from_flax, from_functions
+from jaxqfl.models.graphs import cnn_graph, mlp_graph
 from jaxqfl.models.layers import QATLayers, QConv, QDense
 from jaxqfl.models.qat import qat_model
 from jaxqfl.models.zoo import CNN, MLP, cnn, linear_regression, logistic_regression, mlp
@@ -27,4 +29,7 @@ __all__ = [
     "QConv",
     "QATLayers",
     "qat_model",
+    "layer_inputs",
+    "mlp_graph",
+    "cnn_graph",
 ]

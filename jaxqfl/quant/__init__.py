@@ -17,8 +17,21 @@ Quantizer factories (hyper-parameters in, NamedTuple of pure functions out):
 
 Policies: ``Policy(rules)``, ``Rule(pattern, weights, activations)``,
 ``preset(name)``, ``bind(policy, params) -> Binding``; export: ``export(params, policy)``.
+
+Post-training quantization: ``static_uniform(bits, lo, hi)`` (calibrated fixed-range
+quantizer), ``calibrate`` (range statistics, ``calibrate.calibrate(inputs, method)``),
+``calibrated_policy(policy, params, ranges)``; adjust: ``bias_correction``, ``equalize``,
+``adaround`` (each ``(params, policy / graph, inputs) -> params``); integer inference:
+``export_integer(params, calibrated_policy, graph) -> IntegerModel``,
+``integer_apply(model, x)``.
 """
-from jaxqfl.quant import rounding
+from jaxqfl.quant import calibrate, graph, rounding
+from jaxqfl.quant.adaround import adaround
+from jaxqfl.quant.bias_correction import bias_correction
+from jaxqfl.quant.equalize import equalize
+from jaxqfl.quant.integer import IntegerModel, bias_to_grid, export_integer, integer_apply
+from jaxqfl.quant.calibrate import calibrated_policy
+from jaxqfl.quant.static import static_uniform
 from jaxqfl.quant.export import Exported, export
 from jaxqfl.quant.floats import cast, round_float_stochastic
 from jaxqfl.quant.learned import lsq, lsq_grid, lsq_step_grad, pact
@@ -29,6 +42,17 @@ from jaxqfl.quant.uniform import binary, code_range, uniform
 
 __all__ = [
     "rounding",
+    "calibrate",
+    "calibrated_policy",
+    "static_uniform",
+    "graph",
+    "bias_correction",
+    "equalize",
+    "adaround",
+    "bias_to_grid",
+    "export_integer",
+    "integer_apply",
+    "IntegerModel",
     "QTensor",
     "Quantizer",
     "LearnedQuantizer",

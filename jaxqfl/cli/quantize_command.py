@@ -1,0 +1,144 @@
+"""jaxqfl quantize: post-training quantization of a run's final model.
+
+    jaxqfl quantize RUN_DIR --policy full --calibrate mse --calibration-clients 10 \\
+        --adjust equalize,adaround,bias --out model.msgpack
+
+Reads RUN_DIR/summary.json (its "config" rebuilds the run's data and model) and
+RUN_DIR/final_params.msgpack (written by ``jaxqfl run``), then:
+
+1. ``--adjust equalize``: cross-layer equalization of the float weights;
+2. federated calibration of every layer's input range (``--calibrate``) on the
+   first ``--rows-per-client`` rows of clients 0..N-1 (``--calibration-clients N``);
+3. ``--adjust adaround`` then ``bias``: AdaRound and bias correction on those rows;
+4. integer export (4-bit codes packed two per byte) and integer inference on the
+   test set.
+
+Prints float vs quantized test accuracy and model size, and writes the integer
+model (``jaxqfl.models.serialization.load_integer_model`` reads it back).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+
+from jaxqfl.cli.argtypes import positive_int as _positive_int
+
+POLICIES = ("full", "w4a8", "mixed", "w8")  # presets whose weights are uniform symmetric, <= 8 bits
+METHODS = ("minmax", "percentile", "mse")
+ADJUSTMENTS = ("bias", "equalize", "adaround")
+
+
+def _adjust(text: str) -> tuple[str, ...]:
+    steps = tuple(t.strip() for t in text.split(",") if t.strip())
+    if steps == ("none",):
+        return ()
+    bad = [s for s in steps if s not in ADJUSTMENTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--adjust takes a comma-separated subset of {', '.join(ADJUSTMENTS)} "
+                                         f"(or none); got {bad[0]!r}")
+    return steps
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a `jaxqfl run` output folder (summary.json + final_params.msgpack)")
+    p.add_argument("--policy", default="full", help=f"quantization preset: {', '.join(POLICIES)}")
+    p.add_argument("--calibrate", choices=METHODS, default="minmax", help="activation range method")
+    p.add_argument("--calibration-clients", type=_positive_int, default=10, help="clients 0..N-1 calibrate")
+    p.add_argument("--rows-per-client", type=_positive_int, default=64, help="rows each calibration client uses")
+    p.add_argument("--adjust", type=_adjust, default=(), help="comma-separated: bias, equalize, adaround (default none)")
+    p.add_argument("--adaround-steps", type=_positive_int, default=300)
+    p.add_argument("--out", default=None, help="integer model file (default RUN_DIR/quantized_<policy>.msgpack)")
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad input before JAX starts: exit code 2 with a message, no traceback."""
+    if args.policy not in POLICIES:
+        parser.error(f"--policy {args.policy!r}: integer inference supports {', '.join(POLICIES)}")
+    run = pathlib.Path(args.run_dir)
+    if not run.is_dir():
+        parser.error(f"RUN_DIR {args.run_dir!r}: no such directory")
+    for name in ("summary.json", "final_params.msgpack"):
+        if not (run / name).is_file():
+            parser.error(f"RUN_DIR {args.run_dir!r} has no {name} (a `jaxqfl run` output folder has both)")
+    try:
+        args.config = json.loads((run / "summary.json").read_text())["config"]
+    except (ValueError, KeyError) as e:
+        parser.error(f"{run / 'summary.json'}: not a jaxqfl run summary ({e})")
+    cfg = args.config
+    if cfg.get("model") not in ("mlp", "cnn", "logreg"):
+        parser.error(f"{run / 'summary.json'}: unknown model {cfg.get('model')!r}")
+    if cfg.get("dataset") == "mnist" and not os.path.isfile(str(cfg.get("data_path"))):
+        parser.error(f"the run's --data-path {cfg.get('data_path')!r} is not a file any more")
+    if cfg.get("num_clients") is not None and args.calibration_clients > int(cfg["num_clients"]):
+        parser.error(f"--calibration-clients {args.calibration_clients} exceeds the run's {cfg['num_clients']} clients")
+    if args.out is None:
+        args.out = str(run / f"quantized_{args.policy}.msgpack")
+
+
+def _accuracy(predict, x, y, batch=1000) -> float:
+    import numpy as np
+
+    hits = sum(int(np.sum(np.asarray(predict(x[i:i + batch])).argmax(1) == y[i:i + batch]))
+               for i in range(0, x.shape[0], batch))
+    return hits / x.shape[0]
+
+
+def main(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from jaxqfl import data, models, quant
+    from jaxqfl.models.serialization import load_params, save_integer_model
+    from jaxqfl.ptq import federated_calibrate
+
+    cfg = args.config
+    population = data.build(cfg["dataset"], num_clients=cfg.get("num_clients"), partition=cfg.get("partition"),
+                            alpha=cfg.get("alpha", 0.5), shards_per_client=cfg.get("shards_per_client", 2),
+                            sigma=cfg.get("sigma", 1.0), data_path=cfg.get("data_path"), seed=cfg.get("seed", 0))
+    k = population.num_classes
+    if cfg["model"] == "mlp":
+        hidden = tuple(cfg.get("hidden", (200, 200)))
+        model, graph = models.mlp(hidden, k), models.mlp_graph(len(hidden))
+    elif cfg["model"] == "cnn":
+        model, graph = models.cnn(k), models.cnn_graph()
+    else:
+        model, graph = models.logistic_regression(k), models.mlp_graph(0)
+    params = load_params(pathlib.Path(args.run_dir) / "final_params.msgpack")
+    params = {n: {p: v for p, v in layer.items() if ":" not in p} for n, layer in params.items()}  # drop QAT state
+    params = jax.tree.map(jax.numpy.asarray, params)
+    x_test, y_test = np.asarray(population.x_test), np.asarray(population.y_test)
+    float_apply = jax.jit(model.apply)
+    float_acc = _accuracy(lambda xb: float_apply(params, xb), x_test, y_test)
+
+    if "equalize" in args.adjust:
+        params = quant.equalize(params, graph)
+    ids = np.arange(args.calibration_clients)
+    ranges = federated_calibrate(model, params, population, args.calibrate, client_ids=ids,
+                                 rows_per_client=args.rows_per_client)
+    policy = quant.calibrated_policy(args.policy, params, ranges)
+    if "adaround" in args.adjust or "bias" in args.adjust:
+        rows = np.concatenate([population.client(int(i))[0][:args.rows_per_client] for i in ids])
+        inputs = models.layer_inputs(model, params, rows)
+        if "adaround" in args.adjust:
+            params = quant.adaround(params, policy, inputs, graph, steps=args.adaround_steps)
+        if "bias" in args.adjust:
+            params = quant.bias_correction(params, policy, inputs, graph)
+    params = quant.bias_to_grid(params, policy, graph)
+    int_model = quant.export_integer(params, policy, graph)
+    int_acc = _accuracy(lambda xb: quant.integer_apply(int_model, xb), x_test, y_test)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_integer_model(out, int_model)
+    print("\n".join([
+        "",
+        f"jaxqfl quantize: {args.run_dir} ({cfg['dataset']} / {cfg['model']}), policy {args.policy}",
+        f"  calibration      {args.calibrate}, clients 0..{args.calibration_clients - 1}, "
+        f"{args.rows_per_client} rows each; adjust: {', '.join(args.adjust) or 'none'}",
+        f"  test accuracy    float {float_acc:.4f}   integer {int_acc:.4f}   ({100 * (int_acc - float_acc):+.2f} pp)",
+        f"  model size       float {int_model.float_bytes:,} B   integer {int_model.int_bytes:,} B   "
+        f"({int_model.float_bytes / int_model.int_bytes:.1f}x smaller)",
+        f"  written          {out}",
+    ]))
+    return 0
