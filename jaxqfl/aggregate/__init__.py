@@ -6,6 +6,7 @@ from jaxqfl.aggregate.base import (
     CohortStatistics,
     check_aggregator,
 )
+from jaxqfl.aggregate.dp import dp_mean
 from jaxqfl.aggregate.integer import integer_mean
 from jaxqfl.aggregate.mean import gather_mean, mean
 
@@ -15,6 +16,7 @@ __all__ = [
     "CohortStatistics",
     "REDUCTIONS",
     "check_aggregator",
+    "dp_mean",
     "gather_mean",
     "integer_mean",
     "mean",
