@@ -9,6 +9,7 @@ from jaxqfl.aggregate.base import (
 from jaxqfl.aggregate.dp import dp_mean
 from jaxqfl.aggregate.integer import integer_mean
 from jaxqfl.aggregate.mean import gather_mean, mean
+from jaxqfl.aggregate.secure import secure_sum
 
 __all__ = [
     "Aggregator",
@@ -20,4 +21,5 @@ __all__ = [
     "gather_mean",
     "integer_mean",
     "mean",
+    "secure_sum",
 ]
