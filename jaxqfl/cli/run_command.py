@@ -21,6 +21,7 @@ import time
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
+from jaxqfl.cli import privacy_flags
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
 
@@ -90,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<time>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    privacy_flags.add_arguments(p)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -132,6 +134,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.integer_aggregation and getattr(args.uplink_codec, "integer_sum", None) is None:
         parser.error(f"--integer-aggregation needs an --uplink codec whose codes can be summed as integers "
                      f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {args.uplink!r}")
+    privacy_flags.validate(parser, args)
     if args.out is None:
         args.out = os.path.join("runs", f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -172,13 +175,16 @@ def main(args: argparse.Namespace) -> int:
         weighting=args.weighting,
     )
     uplink = None if args.uplink == "none" else args.uplink_codec
+    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink)
+    if aggregator is None and args.integer_aggregation:
+        aggregator = aggregate.integer_mean(uplink)
     sim = engine.build(
         population,
         _model(args, population),
         algorithm,
         schedule,
         cohort_size=args.cohort_size,
-        aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
+        aggregator=aggregator,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
         uplink=uplink,
@@ -191,11 +197,16 @@ def main(args: argparse.Namespace) -> int:
     with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds, not args.no_progress) as show:
 
         def on_eval(rec):
+            rec.update(privacy_flags.record_fields(args, population.num_clients, rec))
             f.write(json.dumps(rec) + "\n")
             f.flush()
             show(rec)
 
-        result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, on_eval=on_eval)
+        try:
+            result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, on_eval=on_eval)
+        except privacy_flags.RoundFailed as e:
+            print(f"error: {e}")
+            return 1
     final = result.final
     summary = {
         "dataset": args.dataset,
@@ -221,6 +232,7 @@ def main(args: argparse.Namespace) -> int:
         "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
         "uplink_bits_total": result.uplink_bits_total,
         "downlink_bits_total": result.downlink_bits_total,
+        **privacy_flags.summary_fields(args, population.num_clients),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                    if not k.endswith("_codec")},
     }
@@ -243,6 +255,8 @@ def _progress(total_rounds: int, enabled: bool):
                 "rounds/s": f"{rec['round'] / max(rec['seconds'], 1e-9):.2f}"}
         if "test_accuracy" in rec:
             post["acc"] = f"{rec['test_accuracy']:.4f}"
+        if rec.get("dp_epsilon") is not None:
+            post["eps"] = f"{rec['dp_epsilon']:.2f}"
         bar.set_postfix(post)
         bar.update(rec["round"] - bar.n)
 
