@@ -139,3 +139,25 @@ def test_noise_for_epsilon_round_trip():
     assert privacy.epsilon(z, 1e-5, 10, sampling="poisson", **kw) == pytest.approx(2.0, rel=0.01)
     with pytest.raises(ValueError, match="count noise"):
         privacy.noise_for_epsilon(0.5, 1e-5, 30, count_noise_std=0.5, **kw)
+
+
+def test_cli_dp_run_reports_the_accounted_epsilon(tmp_path, capsys):
+    """--dp-epsilon: the run spends exactly the target by its last round; rows grow; delta is printed."""
+    import json
+
+    from jaxqfl.cli.main import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "--num-clients", "60", "--cohort-size", "12", "--rounds", "4", "--eval-every", "2",
+               "--local-steps", "1", "--dp-clip", "1.0", "--dp-epsilon", "5", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "delta" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    z, delta = summary["dp_noise_multiplier"], summary["dp_delta"]
+    assert delta == pytest.approx(1 / 60 ** 1.1)
+    assert summary["dp_epsilon"] == pytest.approx(5.0, rel=0.01)
+    assert summary["dp_epsilon"] == privacy.epsilon(z, delta, 4, num_clients=60, cohort_size=12)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [2, 4]
+    assert rows[0]["dp_epsilon"] == privacy.epsilon(z, delta, 2, num_clients=60, cohort_size=12) < rows[1]["dp_epsilon"]
+    assert rows[1]["server_dp_noise_std"] == pytest.approx(z * 1.0, rel=1e-6)
