@@ -60,7 +60,8 @@ def _round_impl(agg, ids, updates, rkey):
     return out, ref, sm, m, reduced, code_sum, new_state
 
 
-@pytest.mark.parametrize("protocol,dropout", [("secagg+", 0.0), ("secagg+", 0.1), ("secagg+", 0.3), ("secagg", 0.3)])
+@pytest.mark.parametrize("protocol,dropout", [
+    ("secagg+", 0.0), ("secagg+", 0.1), ("secagg+", 0.3), pytest.param("secagg", 0.3, marks=pytest.mark.slow)])
 def test_secure_sum_equals_plain_integer_sum_with_dropouts(protocol, dropout):
     ids, updates = _cohort()
     bits = aggregate.secure.modulus_bits(M, CODEC.integer_sum.max_abs_code)

@@ -33,8 +33,6 @@ without replacement), ``PLDAccountant(ADD_OR_REMOVE_ONE)`` for Poisson sampling.
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import dp_accounting
 from dp_accounting import rdp
 
