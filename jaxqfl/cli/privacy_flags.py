@@ -129,7 +129,8 @@ def record_fields(args, num_clients: int, record: dict) -> dict:
 def summary_fields(args, num_clients: int) -> dict:
     if args.secure_aggregation is not None:
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
-                "secagg_threshold": args.secagg_threshold}
+                "secagg_threshold": args.secagg_threshold,
+                "secagg_weighting": "uniform: the mean over the surviving clients (example weights are not used)"}
     if not args.dp:
         return {}
     from jaxqfl import privacy
