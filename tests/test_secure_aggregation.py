@@ -109,7 +109,7 @@ def test_masked_codes_are_uniform():
         summand = agg.client(first[0], jnp.float32(1), (), agg.init(None), stats, first[1])[0]
         return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(summand["masked"])])
 
-    w = np.asarray(jax.jit(jax.vmap(words))(jnp.arange(800))).ravel()
+    w = np.asarray(jax.jit(jax.vmap(words))(jnp.arange(400))).ravel()
     bits = aggregate.secure.modulus_bits(M, CODEC.integer_sum.max_abs_code)
     counts = np.bincount(w, minlength=2 ** bits)
     assert counts.size == 2 ** bits  # words stay below 2^b
