@@ -6,8 +6,10 @@ from jaxqfl.aggregate.base import (
     CohortStatistics,
     check_aggregator,
 )
+from jaxqfl.aggregate.dp import dp_mean
 from jaxqfl.aggregate.integer import integer_mean
 from jaxqfl.aggregate.mean import gather_mean, mean
+from jaxqfl.aggregate.secure import secure_sum
 
 __all__ = [
     "Aggregator",
@@ -15,7 +17,9 @@ __all__ = [
     "CohortStatistics",
     "REDUCTIONS",
     "check_aggregator",
+    "dp_mean",
     "gather_mean",
     "integer_mean",
     "mean",
+    "secure_sum",
 ]

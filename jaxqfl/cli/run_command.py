@@ -35,6 +35,7 @@ from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
+from jaxqfl.cli import privacy_flags
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
@@ -109,6 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
     clustering_flags.add_arguments(p)
     run_setup.add_arguments(p)
+    privacy_flags.add_arguments(p)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -146,6 +148,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {args.uplink!r}")
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
+    privacy_flags.validate(parser, args)
 
 
 def _model(args, population):
@@ -233,6 +236,9 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
+    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink)
+    if aggregator is None and args.integer_aggregation:
+        aggregator = aggregate.integer_mean(uplink)
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.cli.sweep_command import run_sweep_cli
 
@@ -245,7 +251,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         algorithm,
         schedule,
         cohort_size=args.cohort_size,
-        aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
+        aggregator=aggregator,
         task=task,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
@@ -296,6 +302,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         f.flush()
 
         def on_eval(rec):
+            rec.update(privacy_flags.record_fields(args, population.num_clients, rec))
             all_records.append(rec)
             f.write(strict_dumps(rec) + "\n")
             f.flush()
@@ -309,9 +316,13 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         if start_round >= args.rounds:
             result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits)
         else:
-            result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every, seed=args.seed,
-                                state=state, on_eval=on_eval, block_rounds=block, totals=totals,
-                                should_stop=stop_requested, after_block=after_block)
+            try:
+                result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
+                                    seed=args.seed, state=state, on_eval=on_eval, block_rounds=block, totals=totals,
+                                    should_stop=stop_requested, after_block=after_block)
+            except privacy_flags.RoundFailed as e:
+                print(f"jaxqfl run: error: {e}", file=sys.stderr)
+                return 1
     final_state = result.state
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
@@ -368,6 +379,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "config_fingerprint": fp,
         "checkpoint": str(ckpt_dir / str(max(saved_rounds))) if saved_rounds else None,
         "final_params": str(out / checkpoint.FINAL_PARAMS),
+        **privacy_flags.summary_fields(args, population.num_clients),
     }
     write_json(out / "summary.json", summary)
     if result.diverged_round is not None:
@@ -397,6 +409,8 @@ def _progress(total_rounds: int, enabled: bool, start: int = 0):
                 "rounds/s": f"{rec['round'] / max(rec['seconds'], 1e-9):.2f}"}
         if "test_accuracy" in rec:
             post["acc"] = f"{rec['test_accuracy']:.4f}"
+        if rec.get("dp_epsilon") is not None:
+            post["eps"] = f"{rec['dp_epsilon']:.2f}"
         bar.set_postfix(post)
         bar.update(rec["round"] - bar.n)
 

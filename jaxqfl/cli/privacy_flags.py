@@ -1,0 +1,142 @@
+"""The privacy and secure-aggregation flags of ``jaxqfl run`` (DP-FedAvg, SecAgg / SecAgg+).
+
+Kept apart from ``run_command`` so the run command only calls four hooks:
+``add_arguments``, ``validate`` (before JAX starts), ``make_aggregator`` and
+``record_fields`` / ``summary_fields``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from jaxqfl.cli.argtypes import positive_float
+
+SECURE_PROTOCOLS = ("secagg", "secagg+")  # jaxqfl.aggregate.secure.PROTOCOLS
+
+
+class RoundFailed(RuntimeError):
+    """A round the protocol could not complete (secure aggregation below its threshold)."""
+
+
+def _fraction(lo_open: bool, hi_open: bool, what: str):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        ok = (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("privacy (DP-FedAvg, user-level) and secure aggregation")
+    g.add_argument("--dp-clip", type=positive_float, default=None,
+                   help="L2 clip norm C of each client's whole update (turns DP-FedAvg on; uniform client weights)")
+    g.add_argument("--dp-noise", type=_nonneg_float, default=None, help="noise multiplier z (noise std z C on the sum)")
+    g.add_argument("--dp-epsilon", type=positive_float, default=None,
+                   help="target epsilon: the noise multiplier is calibrated to the run's rounds (dp-accounting)")
+    g.add_argument("--dp-delta", type=_fraction(True, True, "--dp-delta must be in (0, 1)"), default=None,
+                   help="delta (default 1 / num_clients^1.1)")
+    g.add_argument("--dp-adaptive-quantile", type=_fraction(True, True, "--dp-adaptive-quantile must be in (0, 1)"),
+                   default=None, help="adaptive clipping (Andrew et al. 2021): C tracks this quantile of update norms")
+    g.add_argument("--secure-aggregation", choices=SECURE_PROTOCOLS, default=None,
+                   help="sum the integer uplink codes under simulated secure aggregation")
+    g.add_argument("--dropout", type=_fraction(False, True, "--dropout must be in [0, 1)"), default=0.0,
+                   help="fraction of the cohort dropping out after masking (secure aggregation)")
+    g.add_argument("--secagg-threshold", type=_fraction(True, False, "--secagg-threshold must be in (0, 1]"),
+                   default=0.5, help="Shamir threshold t as a fraction of a client's neighbours (t = floor(f k) + 1)")
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    dp_flags = [f for f in ("dp_noise", "dp_epsilon", "dp_delta", "dp_adaptive_quantile") if getattr(args, f) is not None]
+    args.dp = args.dp_clip is not None
+    if not args.dp and dp_flags:
+        parser.error(f"--{dp_flags[0].replace('_', '-')} needs --dp-clip C")
+    if args.dp and (args.dp_noise is None) == (args.dp_epsilon is None):
+        parser.error("DP-FedAvg needs exactly one of --dp-noise z or --dp-epsilon E")
+    args.dp_delta_default = args.dp and args.dp_delta is None
+    if args.dp_delta_default:
+        args.dp_delta = 1.0 / args.num_clients ** 1.1
+    if args.secure_aggregation is None and (args.dropout > 0 or args.secagg_threshold != 0.5):
+        parser.error("--dropout and --secagg-threshold apply to --secure-aggregation")
+    if args.secure_aggregation is not None:
+        if args.dp:
+            parser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
+                         "needs distributed DP); choose one")
+        if getattr(args.uplink_codec, "integer_sum", None) is None or args.uplink == "none":
+            parser.error(f"--secure-aggregation needs an --uplink codec whose codes can be summed as integers "
+                         f"(uniform, qsgd, terngrad); got --uplink {args.uplink!r}")
+        if args.integer_aggregation:
+            parser.error("--secure-aggregation already sums integer codes; drop --integer-aggregation")
+        if args.cohort_size < 2:
+            parser.error(f"--secure-aggregation needs --cohort-size >= 2, got {args.cohort_size}")
+    if args.dp and args.integer_aggregation:
+        parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
+
+
+def make_aggregator(args, num_clients: int, uplink):
+    """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta."""
+    from jaxqfl import aggregate, privacy
+
+    if args.secure_aggregation is not None:
+        return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
+                                    protocol=args.secure_aggregation, threshold=args.secagg_threshold,
+                                    dropout=args.dropout)
+    if not args.dp:
+        return None
+    args.dp_count_noise = args.cohort_size / 20.0 if args.dp_adaptive_quantile is not None else 0.0
+    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise)
+    if args.dp_epsilon is not None:
+        args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds, **acct)
+    print(f"DP-FedAvg: clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f}, delta {args.dp_delta:.3g}"
+          f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}, accountant "
+          f"{privacy.accountant_name('fixed')}")
+    return aggregate.dp_mean(args.dp_clip, args.dp_noise, target_quantile=args.dp_adaptive_quantile,
+                             count_noise_std=args.dp_count_noise)
+
+
+def record_fields(args, num_clients: int, record: dict) -> dict:
+    """Per-evaluation fields: epsilon spent so far; raises RoundFailed on a failed secure round."""
+    out = {}
+    if args.dp:
+        from jaxqfl import privacy
+
+        eps = privacy.epsilon(args.dp_noise, args.dp_delta, record["round"], num_clients=num_clients,
+                              cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise)
+        out["dp_epsilon"] = eps if math.isfinite(eps) else None
+    failed = record.get("server_secagg_failed_rounds", 0)
+    if failed:
+        raise RoundFailed(f"secure aggregation failed in {int(failed)} round(s) by round {record['round']}: "
+                          f"fewer than t surviving holders of some client's shares (--dropout {args.dropout}, "
+                          f"--secagg-threshold {args.secagg_threshold}); lower the dropout or the threshold")
+    return out
+
+
+def summary_fields(args, num_clients: int) -> dict:
+    if args.secure_aggregation is not None:
+        return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
+                "secagg_threshold": args.secagg_threshold,
+                "secagg_weighting": "uniform: the mean over the surviving clients (example weights are not used)"}
+    if not args.dp:
+        return {}
+    from jaxqfl import privacy
+
+    d = privacy.describe(args.dp_noise, args.dp_delta, args.rounds, num_clients=num_clients,
+                         cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise)
+    return {**d, "dp_noise_multiplier": args.dp_noise, "dp_clip": args.dp_clip,
+            "dp_adaptive_quantile": args.dp_adaptive_quantile, "dp_count_noise_std": args.dp_count_noise,
+            "dp_weighting": "uniform (the algorithm's example weights are not used: sensitivity C)"}
