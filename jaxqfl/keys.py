@@ -25,6 +25,7 @@ DP = 5  # differential-privacy noise
 AGGREGATE = 6  # randomness of the aggregator (e.g. secure-sum masks)
 INIT = 7  # parameter initialisation
 DROPOUT = 8  # model-internal randomness
+ATTACK = 9  # a simulated malicious client's randomness (jaxqfl.aggregate.threat)
 
 
 def round_key(run_key: jax.Array, round_index) -> jax.Array:

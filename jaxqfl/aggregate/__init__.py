@@ -1,4 +1,5 @@
 """Aggregators: how the cohort's client outputs become one aggregate (``jaxqfl.aggregate.base``)."""
+from jaxqfl.aggregate import attacks
 from jaxqfl.aggregate.base import (
     REDUCTIONS,
     Aggregator,
@@ -6,16 +7,33 @@ from jaxqfl.aggregate.base import (
     CohortStatistics,
     check_aggregator,
 )
+from jaxqfl.aggregate.clipping import centered_clip, norm_bound
+from jaxqfl.aggregate.coordinatewise import median, trimmed_mean
+from jaxqfl.aggregate.geomed import geometric_median
 from jaxqfl.aggregate.integer import integer_mean
+from jaxqfl.aggregate.krum import bulyan, krum, multi_krum
 from jaxqfl.aggregate.mean import gather_mean, mean
+from jaxqfl.aggregate.threat import label_flip_transform, malicious_mask, with_attack
 
 __all__ = [
     "Aggregator",
     "CohortInfo",
     "CohortStatistics",
     "REDUCTIONS",
+    "attacks",
+    "bulyan",
+    "centered_clip",
     "check_aggregator",
     "gather_mean",
+    "geometric_median",
     "integer_mean",
+    "krum",
+    "label_flip_transform",
+    "malicious_mask",
     "mean",
+    "median",
+    "multi_krum",
+    "norm_bound",
+    "trimmed_mean",
+    "with_attack",
 ]

@@ -78,7 +78,7 @@ def default_aggregator():
 
 def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
-    num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int,
+    num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, label_transform=None,
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state."""
     check_cohort_and_chunk(population, cohort_size, chunk_size)
@@ -102,7 +102,8 @@ def setup_round(
     rows = homes.state_rows(home, C, D)
 
     one_round = round_program(model, algorithm, aggregator, schedule, task, mesh, layout, num_clients=C,
-                              max_count=population.max_count, uplink=uplink, downlink=downlink)
+                              max_count=population.max_count, uplink=uplink, downlink=downlink,
+                              label_transform=label_transform)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -159,6 +160,7 @@ def build(
     downlink=None,
     client_state: str = "auto",
     eval_batch_size: int = 1024,
+    label_transform=None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -168,11 +170,13 @@ def build(
       client_state: home of the per-client states: ``"auto"``, ``"replicated"``,
         ``"sharded"`` or ``"host"`` (``jaxqfl.engine.homes``); results do not depend on it.
       chunk_size: clients per vmap; None picks one per backend (``jaxqfl.engine.chunking``).
+      label_transform: None, or ``fn(y, info) -> y`` applied to every training batch's labels
+        (``info``: the client's ``ClientInfo``), e.g. ``aggregate.label_flip_transform``.
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
-        client_state=client_state, eval_batch_size=eval_batch_size,
+        client_state=client_state, eval_batch_size=eval_batch_size, label_transform=label_transform,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh)

@@ -80,6 +80,7 @@ def build_streaming(
     client_state: str = "auto",
     eval_batch_size: int = 1024,
     prefetch: bool = True,
+    label_transform=None,
 ) -> Simulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
@@ -88,7 +89,7 @@ def build_streaming(
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
-        client_state=client_state, eval_batch_size=eval_batch_size,
+        client_state=client_state, eval_batch_size=eval_batch_size, label_transform=label_transform,
     )
     mesh, layout = setup.mesh, setup.layout
     sharded = NamedSharding(mesh, P(CLIENTS))
