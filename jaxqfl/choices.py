@@ -6,3 +6,6 @@ Each list is defined here once; the modules that implement the choices import it
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")  # jaxqfl.algorithms.fedavg.server_optimizer
 WEIGHTINGS = ("examples", "uniform")  # p_i = n_i or 1 (jaxqfl.algorithms.base.client_weight)
 CLIENT_STATE_HOMES = ("auto", "replicated", "sharded", "host")  # jaxqfl.engine.homes
+AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomed", "centered-clip",
+               "norm-bound")  # jaxqfl.aggregate.named
+ATTACK_NAMES = ("none", "sign-flip", "scale", "gaussian", "label-flip", "alie", "ipm", "minmax")  # aggregate.attacks

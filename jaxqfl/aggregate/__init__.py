@@ -13,6 +13,7 @@ from jaxqfl.aggregate.geomed import geometric_median
 from jaxqfl.aggregate.integer import integer_mean
 from jaxqfl.aggregate.krum import bulyan, krum, multi_krum
 from jaxqfl.aggregate.mean import gather_mean, mean
+from jaxqfl.aggregate.named import aggregator_by_name, attacked
 from jaxqfl.aggregate.threat import label_flip_transform, malicious_mask, with_attack
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "CohortInfo",
     "CohortStatistics",
     "REDUCTIONS",
+    "aggregator_by_name",
+    "attacked",
     "attacks",
     "bulyan",
     "centered_clip",

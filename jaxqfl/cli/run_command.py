@@ -21,7 +21,7 @@ import time
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_int as _positive_int
-from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.data.build import DATASETS, PARTITIONS  # NumPy only: JAX is not started yet
 
 MODELS = ("mlp", "cnn", "logreg")
@@ -79,6 +79,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sum the uplink codes as integers on a cohort-shared scale (uniform, qsgd, terngrad)")
     g.add_argument("--downlink", default="none",
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
+    g = p.add_argument_group("robust aggregation and attacks")
+    g.add_argument("--aggregator", choices=AGGREGATORS, default="mean")
+    g.add_argument("--trim-fraction", type=float, default=0.2,
+                   help="fraction of rows a robust rule assumes adversarial (trimmed mean, Krum, Bulyan)")
+    g.add_argument("--krum-m", type=_positive_int, default=None, help="Multi-Krum's m (default n - f)")
+    g.add_argument("--clip-radius", type=_positive_float, default=1.0, help="norm-bound / centered-clip radius")
+    g.add_argument("--attack", choices=ATTACK_NAMES, default="none")
+    g.add_argument("--byzantine-fraction", type=float, default=0.2, help="malicious share of the population")
+    g.add_argument("--attack-scale", type=float, default=None, help="attack strength (default: the attack's own)")
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_positive_int, default=None, help="clients per vmap (default: automatic)")
@@ -132,6 +141,16 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.integer_aggregation and getattr(args.uplink_codec, "integer_sum", None) is None:
         parser.error(f"--integer-aggregation needs an --uplink codec whose codes can be summed as integers "
                      f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {args.uplink!r}")
+    if args.aggregator != "mean" and args.integer_aggregation:
+        parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
+    high = 0.25 if args.aggregator == "bulyan" else 0.5
+    if not 0.0 <= args.trim_fraction < high:
+        parser.error(f"--trim-fraction must lie in [0, {high}) for --aggregator {args.aggregator}, "
+                     f"got {args.trim_fraction}")
+    if not 0.0 <= args.byzantine_fraction <= 1.0:
+        parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
+    if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):
+        parser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
     if args.out is None:
         args.out = os.path.join("runs", f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -172,13 +191,19 @@ def main(args: argparse.Namespace) -> int:
         weighting=args.weighting,
     )
     uplink = None if args.uplink == "none" else args.uplink_codec
+    agg = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
+        args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
+    agg, label_transform = aggregate.attacked(
+        agg, args.attack, args.byzantine_fraction, num_clients=population.num_clients,
+        num_classes=population.num_classes, seed=args.seed, scale=args.attack_scale)
     sim = engine.build(
         population,
         _model(args, population),
         algorithm,
         schedule,
         cohort_size=args.cohort_size,
-        aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
+        aggregator=agg,
+        label_transform=label_transform,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
         uplink=uplink,
@@ -203,6 +228,11 @@ def main(args: argparse.Namespace) -> int:
         "quant": args.quant,
         "uplink": args.uplink,
         "downlink": args.downlink,
+        "aggregator": args.aggregator,
+        "attack": args.attack,
+        "byzantine_fraction": args.byzantine_fraction if args.attack != "none" else 0.0,
+        "malicious_in_cohort_at_evaluations": [r["server_malicious_in_cohort"] for r in result.records
+                                if "server_malicious_in_cohort" in r],
         "final_accuracy": final.get("test_accuracy"),
         "final_loss": final.get("test_loss"),
         "final_train_loss": final.get("train_loss"),
