@@ -17,6 +17,7 @@ Behaviours (``scale`` is the attack's strength; None picks the default in bracke
 * label flipping: u unchanged; the client trained on labels y -> K - 1 - y
                   (``threat.label_flip_transform`` hands the engine the relabelling)
 * ALIE:           mu - z sigma,  z = Phi^-1((n - s) / n),  s = floor(n/2 + 1) - f    (Baruch et al. 2019)
+                  (the ratio is clamped to [0.5, 1 - 1e-6]: z <= 4.75 when f >= n/2, where the paper's z is infinite)
 * IPM:            -eps mu                                    [eps = 0.1]   (Xie et al. 2020)
 * min-max / min-sum (Shejwalkar & Houmansadr 2021, AGR-agnostic): mu + gamma p with
                   p = -mu / ||mu|| (their inverse-unit-vector perturbation) and the largest
