@@ -10,8 +10,8 @@ at cohorts of 100 and 1,000 (MNIST over 1,000 IID clients, one local step), in
 the same process after compilation.
 
 The defaults are scaled down (``--rounds``, a linear model) so the whole grid
-runs in about 15 minutes on a shared 2-core CPU; timings on such a machine are
-noisy. Writes benchmarks/results/robustness.{json,md,png} (or ``--out``).
+runs in about 15 minutes on an idle 2-core CPU (35 minutes when it was shared
+with other jobs); timings on such a machine are noisy. Writes benchmarks/results/robustness.{json,md,png} (or ``--out``).
 
     python benchmarks/robustness.py --data-path ../shared/data/mnist/mnist.npz
 """
@@ -90,7 +90,7 @@ def holds(grid):
     return out
 
 
-def write(args, out, grid, times):
+def write(args, out, grid, times, elapsed):
     held = holds(grid)
     mean_free = grid["mean/none"]["accuracy"]
     collapses = [a for a in ATTACK_NAMES[1:]
@@ -105,14 +105,17 @@ def write(args, out, grid, times):
              f"{args.byzantine_fraction:.0%} malicious)", "",
              f"Logistic regression, {args.rounds} rounds of {args.local_steps} local SGD steps (batch 32, lr "
              f"{args.client_lr}); trim/assumed fraction {args.trim_fraction}, clip radius {args.clip_radius}, "
-             "attack strengths at their defaults (jaxqfl.aggregate.attacks). Scaled down to run in ~15 minutes "
-             "on a shared 2-core CPU. Final test accuracy:", "",
+             "attack strengths at their defaults (jaxqfl.aggregate.attacks). Scaled down (a linear model, "
+             f"{args.rounds} rounds) for a shared 2-core CPU; this run took {elapsed:.0f} s there, timings noisy. "
+             "Final test accuracy:", "",
              "| aggregator | " + " | ".join(ATTACK_NAMES) + " |", "|---" * (len(ATTACK_NAMES) + 1) + "|"]
     for rule in AGGREGATORS:
         lines.append(f"| {rule} | " + " | ".join(fmt(grid[f"{rule}/{a}"]["accuracy"]) for a in ATTACK_NAMES) + " |")
     lines += ["", "Within 3 points of the rule's own attack-free accuracy:", ""]
     lines += [f"- {rule}: {', '.join(a) if a else 'none'}" for rule, a in held.items()]
-    lines += ["", f"The mean loses more than 3 points under: {', '.join(collapses) or 'none'}.", ""]
+    broken = [k for k, v in grid.items() if v["accuracy"] is None or v["accuracy"] < 0.5]
+    lines += ["", f"The mean loses more than 3 points under: {', '.join(collapses) or 'none'}. "
+              f"Below 0.5 accuracy (collapse): {', '.join(broken) or 'none'}.", ""]
     if times:
         lines += ["## Round time (MNIST, 1,000 IID clients, logistic regression, 1 local step; "
                   "noisy: shared 2-core machine)", "", "| aggregator | cohort 100 (ms) | x mean | cohort 1,000 (ms) "
@@ -166,7 +169,7 @@ def main():
     t0 = time.perf_counter()
     grid = accuracy_grid(args, out)
     times = {} if args.no_timing else round_times(args)
-    write(args, out, grid, times)
+    write(args, out, grid, times, time.perf_counter() - t0)
     (out / "robustness.partial.json").unlink(missing_ok=True)
     print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}/robustness.{{json,md,png}}")
 
