@@ -9,9 +9,9 @@ final test accuracy. Round time: each rule's seconds per round against the mean
 at cohorts of 100 and 1,000 (MNIST over 1,000 IID clients, one local step), in
 the same process after compilation.
 
-The defaults are scaled down (``--rounds``, a linear model) so the whole grid
-runs in about 15 minutes on an idle 2-core CPU (35 minutes when it was shared
-with other jobs); timings on such a machine are noisy. Writes benchmarks/results/robustness.{json,md,png} (or ``--out``).
+The defaults are scaled down (``--rounds``, a linear model) so the grid fits a
+small CPU budget (72 compilations dominate: 35 minutes measured on a 2-core CPU
+shared with other jobs, less when idle); timings on such a machine are noisy. Writes benchmarks/results/robustness.{json,md,png} (or ``--out``).
 
     python benchmarks/robustness.py --data-path ../shared/data/mnist/mnist.npz
 """
