@@ -1,4 +1,5 @@
 """Aggregators: how the cohort's client outputs become one aggregate (``jaxqfl.aggregate.base``)."""
+from jaxqfl.aggregate import attacks
 from jaxqfl.aggregate.base import (
     REDUCTIONS,
     Aggregator,
@@ -7,19 +8,39 @@ from jaxqfl.aggregate.base import (
     check_aggregator,
 )
 from jaxqfl.aggregate.dp import dp_mean
+from jaxqfl.aggregate.clipping import centered_clip, norm_bound
+from jaxqfl.aggregate.coordinatewise import median, trimmed_mean
+from jaxqfl.aggregate.geomed import geometric_median
 from jaxqfl.aggregate.integer import integer_mean
+from jaxqfl.aggregate.krum import bulyan, krum, multi_krum
 from jaxqfl.aggregate.mean import gather_mean, mean
 from jaxqfl.aggregate.secure import secure_sum
+from jaxqfl.aggregate.named import aggregator_by_name, attacked
+from jaxqfl.aggregate.threat import label_flip_transform, malicious_mask, with_attack
 
 __all__ = [
     "Aggregator",
     "CohortInfo",
     "CohortStatistics",
     "REDUCTIONS",
+    "aggregator_by_name",
+    "attacked",
+    "attacks",
+    "bulyan",
+    "centered_clip",
     "check_aggregator",
     "dp_mean",
     "gather_mean",
+    "geometric_median",
     "integer_mean",
+    "krum",
+    "label_flip_transform",
+    "malicious_mask",
     "mean",
     "secure_sum",
+    "median",
+    "multi_krum",
+    "norm_bound",
+    "trimmed_mean",
+    "with_attack",
 ]

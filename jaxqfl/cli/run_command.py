@@ -36,7 +36,7 @@ from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
-from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 
@@ -84,6 +84,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sum the uplink codes as integers on a cohort-shared scale (uniform, qsgd, terngrad)")
     g.add_argument("--downlink", default="none",
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
+    g = p.add_argument_group("robust aggregation and attacks")
+    g.add_argument("--aggregator", choices=AGGREGATORS, default="mean")
+    g.add_argument("--trim-fraction", type=float, default=0.2,
+                   help="fraction of rows a robust rule assumes adversarial (trimmed mean, Krum, Bulyan)")
+    g.add_argument("--krum-m", type=_positive_int, default=None, help="Multi-Krum's m (default n - f)")
+    g.add_argument("--clip-radius", type=_positive_float, default=1.0, help="norm-bound / centered-clip radius")
+    g.add_argument("--attack", choices=ATTACK_NAMES, default="none")
+    g.add_argument("--byzantine-fraction", type=float, default=0.2, help="malicious share of the population")
+    g.add_argument("--attack-scale", type=float, default=None, help="attack strength (default: the attack's own)")
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_chunk_size, default=None,
@@ -149,6 +158,20 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
     privacy_flags.validate(parser, args)
+    if args.aggregator != "mean" and args.integer_aggregation:
+        parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
+    high = 0.25 if args.aggregator == "bulyan" else 0.5
+    if not 0.0 <= args.trim_fraction < high:
+        parser.error(f"--trim-fraction must lie in [0, {high}) for --aggregator {args.aggregator}, "
+                     f"got {args.trim_fraction}")
+    if not 0.0 <= args.byzantine_fraction <= 1.0:
+        parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
+    if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):
+        parser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
+    private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
+    if private and args.aggregator != "mean":
+        parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
+                     "aggregation (both are sums); use --aggregator mean")
 
 
 def _model(args, population):
@@ -237,10 +260,19 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
     aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink)
-    if aggregator is None and args.integer_aggregation:
-        aggregator = aggregate.integer_mean(uplink)
+    if aggregator is None:
+        aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
+            args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
+    aggregator, label_transform = aggregate.attacked(
+        aggregator, args.attack, args.byzantine_fraction, num_clients=population.num_clients,
+        num_classes=population.num_classes, seed=args.seed, scale=args.attack_scale)
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.cli.sweep_command import run_sweep_cli
+
+        if (args.aggregator != "mean" or args.attack != "none" or args.integer_aggregation or args.dp
+                or args.secure_aggregation is not None):
+            fail("a sweep (--seeds or list-valued flags) runs the plain mean aggregator for now; drop --aggregator, "
+                 "--attack, --integer-aggregation, the DP and secure-aggregation flags, or run one config at a time")
 
         return run_sweep_cli(args, population, task, _model(args, population), schedule, uplink,
                              make_algorithm=lambda hp: _algorithm(args, hp), t_start=t_start)
@@ -252,6 +284,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         schedule,
         cohort_size=args.cohort_size,
         aggregator=aggregator,
+        label_transform=label_transform,
         task=task,
         num_devices=args.devices,
         chunk_size=args.chunk_size,
@@ -342,6 +375,11 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "quant": args.quant,
         "uplink": args.uplink,
         "downlink": args.downlink,
+        "aggregator": args.aggregator,
+        "attack": args.attack,
+        "byzantine_fraction": args.byzantine_fraction if args.attack != "none" else 0.0,
+        "malicious_in_cohort_at_evaluations": [r["server_malicious_in_cohort"] for r in result.records
+                                if "server_malicious_in_cohort" in r],
         "final_accuracy": final.get("test_accuracy"),
         "final_loss": final.get("test_loss"),
         "final_mse": final.get("test_mse"),

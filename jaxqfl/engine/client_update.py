@@ -42,8 +42,12 @@ def float_bits(tree) -> int:
     return FLOAT_BITS * num_params(tree)
 
 
-def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_count: int, downlink, platform: str):
-    """``train_client(message, cid, slot, valid, cstates, data, rkey, round) -> TrainedClient``."""
+def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_count: int, downlink, platform: str,
+                      label_transform=None):
+    """``train_client(message, cid, slot, valid, cstates, data, rkey, round) -> TrainedClient``.
+
+    ``label_transform(y, info) -> y``, when given, maps each batch's labels before the loss.
+    """
     S = schedule.num_steps(max_count)
     prepare_plan, step_batch = make_batch_fn(schedule, max_count)
     every_step_active = schedule.local_steps is not None  # no masked steps: skip the select over the params
@@ -72,6 +76,8 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
             s, sb = step
             rows = offset + sb.rows
             xb, yb = data.x[rows], data.y[rows]
+            if label_transform is not None:
+                yb = label_transform(yb, info)
             qkey = keys.purpose_key(keys.step_key(ckey, s), keys.QUANT)
             m = sb.mask.astype(jnp.float32)
 

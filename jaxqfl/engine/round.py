@@ -93,7 +93,7 @@ def masked_max(tree, valid):
 
 def round_program(
     model, algorithm, aggregator, schedule: LocalSchedule, task, mesh, layout: ClientLayout, *,
-    num_clients: int, max_count: int, uplink=None, downlink=None,
+    num_clients: int, max_count: int, uplink=None, downlink=None, label_transform=None,
 ) -> Callable:
     """``one_round(state, data, cohort=None, cohort_states=None) -> (state, RoundMetrics[, new cohort states])``.
 
@@ -109,7 +109,7 @@ def round_program(
     M_pad = layout.padded_cohort
     platform = mesh.devices.flat[0].platform
     train_client = make_train_client(model, algorithm, schedule, task, max_count=max_count, downlink=downlink,
-                                     platform=platform)
+                                     platform=platform, label_transform=label_transform)
     send_update = make_send_update(aggregator, uplink)
     generic_codec = uplink is not None and not aggregator.encodes_uplink
     gather = aggregator.reduction == "gather"

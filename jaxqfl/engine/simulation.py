@@ -82,6 +82,7 @@ def default_aggregator():
 def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
+    label_transform=None,
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state."""
     check_cohort_and_chunk(population, cohort_size, chunk_size)
@@ -114,7 +115,8 @@ def setup_round(
     rows = homes.state_rows(home, C, D)
 
     one_round = round_program(model, algorithm, aggregator, schedule, task, mesh, layout, num_clients=C,
-                              max_count=population.max_count, uplink=uplink, downlink=downlink)
+                              max_count=population.max_count, uplink=uplink, downlink=downlink,
+                              label_transform=label_transform)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -208,6 +210,7 @@ def build(
     client_state: str = "auto",
     eval_batch_size: int = 1024,
     autotune: bool | None = None,
+    label_transform=None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -219,11 +222,14 @@ def build(
       chunk_size: clients per vmap; None picks one: by measuring a few candidates
         (``autotune``, default on unless ``JAXQFL_AUTOTUNE=off``; ``jaxqfl.engine.layout_search``,
         cached on disk) or from the cost model (``jaxqfl.engine.chunking``) when tuning is off.
+      label_transform: None, or ``fn(y, info) -> y`` applied to every training batch's labels
+        (``info``: the client's ``ClientInfo``), e.g. ``aggregate.label_flip_transform``.
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
+        label_transform=label_transform,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh)

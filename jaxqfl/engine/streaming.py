@@ -81,6 +81,7 @@ def build_streaming(
     eval_batch_size: int = 1024,
     prefetch: bool = True,
     autotune: bool | None = None,
+    label_transform=None,
 ) -> Simulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
@@ -90,6 +91,7 @@ def build_streaming(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
+        label_transform=label_transform,
     )
     mesh, layout = setup.mesh, setup.layout
     sharded = NamedSharding(mesh, P(CLIENTS))
