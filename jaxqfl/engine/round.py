@@ -77,8 +77,18 @@ def _slot_mask(valid, leaf):
 
 
 def masked_sum(tree, valid):
-    """Sum over the leading (client) axis of every leaf, padding slots excluded."""
-    return jax.tree.map(lambda a: jnp.sum(jnp.where(_slot_mask(valid, a), a, jnp.zeros_like(a)), axis=0), tree)
+    """Sum over the leading (client) axis of every leaf, padding slots excluded.
+
+    Written as a dot with the 0/1 slot vector (after zeroing padding, which may
+    hold garbage): measured on XLA:CPU, ``jnp.sum(..., axis=0)`` over a chunk of
+    the MLP's updates made the whole round 2.5x slower than this contraction.
+    """
+
+    def one(a):
+        kept = jnp.where(_slot_mask(valid, a), a, jnp.zeros_like(a))
+        return jnp.tensordot(valid.astype(a.dtype), kept, 1)
+
+    return jax.tree.map(one, tree)
 
 
 def masked_max(tree, valid):
