@@ -378,8 +378,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "aggregator": args.aggregator,
         "attack": args.attack,
         "byzantine_fraction": args.byzantine_fraction if args.attack != "none" else 0.0,
-        "malicious_in_cohort_at_evaluations": [r["server_malicious_in_cohort"] for r in result.records
-                                if "server_malicious_in_cohort" in r],
+        "malicious_in_cohort_per_round": [int(x) for r in all_records
+                                          for x in r.get("server_malicious_in_cohort_per_round", [])],
         "final_accuracy": final.get("test_accuracy"),
         "final_loss": final.get("test_loss"),
         "final_mse": final.get("test_mse"),

@@ -73,7 +73,8 @@ def run(
     ``on_eval(record)`` is called after each evaluation (the CLI draws its progress
     bar from it); a record holds the round, the test metrics, the last round's train
     loss, the bit totals so far, the seconds so far and the last round's server
-    metrics (the algorithm's and the aggregator's, prefixed ``server_``).
+    metrics (the algorithm's and the aggregator's, prefixed ``server_``), and each such metric
+    for every round of the block just run (``server_<name>_per_round``, a list).
 
     Args:
       block_rounds: rounds per compiled block. Default ``min(eval_every, rounds)``,
@@ -140,6 +141,9 @@ def run(
                 "downlink_bits_total": down_total,
                 "seconds": train_seconds,
                 **{f"server_{k}": float(np.asarray(v)[active - 1]) for k, v in metrics.server.items()},
+                # every round of the block, e.g. how many malicious clients took part in each
+                **{f"server_{k}_per_round": [float(x) for x in np.asarray(v)[:active]]
+                   for k, v in metrics.server.items()},
             }
             records.append(rec)
             if on_eval is not None:
