@@ -77,7 +77,15 @@ def fedavg(
     """
     check_weighting(weighting)
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer
-    client_init, client_step = local_sgd(client_optimizer)
+    return delta_algorithm(*local_sgd(client_optimizer), server_optimizer, weighting)
+
+
+def delta_algorithm(client_init, client_step, server_optimizer, weighting: str) -> Algorithm:
+    """FedAvg's shape around a given local step: clients upload ``Delta_i = w_i - received``
+    with weight ``p_i``; the server applies ``w + server_opt(-sum p_i Delta_i / sum p_i)``.
+
+    Shared by the algorithms that change only the local step (FedAvg, FedProx).
+    """
 
     def client_final(local, message, client_state, info):
         delta = jax.tree.map(jnp.subtract, local.params, message.params)

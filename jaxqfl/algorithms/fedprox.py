@@ -17,18 +17,10 @@ then equals FedAvg bit for bit.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from jaxqfl.algorithms.base import (
-    Algorithm,
-    ClientOutput,
-    broadcast_params,
-    check_weighting,
-    client_weight,
-    no_client_state,
-)
-from jaxqfl.algorithms.fedavg import ClientLocalState, apply_server_optimizer
+from jaxqfl.algorithms.base import Algorithm, check_weighting
+from jaxqfl.algorithms.fedavg import ClientLocalState, delta_algorithm
 from jaxqfl.algorithms.hparams import check_number
 
 
@@ -70,21 +62,4 @@ def fedprox(
         updates, opt_state = client_optimizer.update(grads, local.opt_state, local.params)
         return ClientLocalState(optax.apply_updates(local.params, updates), opt_state)
 
-    def client_final(local, message, client_state, info):
-        delta = jax.tree.map(jnp.subtract, local.params, message.params)
-        return ClientOutput(delta, client_weight(weighting, info), client_state, {})
-
-    def server_update(params, opt_state, mean_delta, info):
-        del info
-        params, opt_state = apply_server_optimizer(server_optimizer, params, opt_state, mean_delta)
-        return params, opt_state, {}
-
-    return Algorithm(
-        init=server_optimizer.init,
-        client_state_init=no_client_state,
-        broadcast=broadcast_params,
-        client_init=client_init,
-        client_step=client_step,
-        client_final=client_final,
-        server_update=server_update,
-    )
+    return delta_algorithm(client_init, client_step, server_optimizer, weighting)
