@@ -117,7 +117,6 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
         if key in explicit or value is None:  # None: the automatic value (the flag's default)
             continue
         action = by_dest[key]
-        flag = action.option_strings[-1]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{source}: {key.replace('_', '-')} takes true or false, got {value!r}")
