@@ -92,7 +92,8 @@ def normalized_mutual_info(labels_true, labels_pred) -> float:
     mi = max(mi, 0.0)  # rounding can leave -1e-17 for independent labelings
     if mi == 0.0:
         return 0.0
-    return mi / max((_entropy(a) + _entropy(b)) / 2, np.finfo(np.float64).eps)
+    # NMI lies in [0, 1]; float rounding of identical partitions can give 1 + 2e-16
+    return float(min(1.0, mi / max((_entropy(a) + _entropy(b)) / 2, np.finfo(np.float64).eps)))
 
 
 def nearest_centroid(x, centroids) -> np.ndarray:

@@ -60,8 +60,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--algorithm {a} has no server learning rate; --server-lr takes no list")
     if a in ("feddyn", "mimelite") and args.server_lr != 1.0:
         parser.error(f"--algorithm {a} has no server learning rate; --server-lr must be 1, got {args.server_lr}")
-    args.mu = DEFAULT_MU if args.mu is None else args.mu
-    args.feddyn_alpha = DEFAULT_FEDDYN_ALPHA if args.feddyn_alpha is None else args.feddyn_alpha
+    if a == "fedprox" and args.mu is None:  # defaults only for the algorithm that reads them (a config file
+        args.mu = DEFAULT_MU                 # written from these args must not name another's flag)
+    if a == "feddyn" and args.feddyn_alpha is None:
+        args.feddyn_alpha = DEFAULT_FEDDYN_ALPHA
 
 
 def build(args: argparse.Namespace, hp: dict | None = None):

@@ -48,12 +48,14 @@ def chunk_size(text: str) -> int | None:
     return v
 
 
-def on_off(text: str) -> bool:
-    """An argparse type: ``on`` or ``off``."""
-    value = text.strip().lower()
-    if value not in ("on", "off"):
+def on_off(text) -> bool:
+    """An argparse type: ``on`` or ``off`` (a config file's ``true`` / ``false`` too)."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value not in ("on", "off", "true", "false"):
         raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {text!r}")
-    return value == "on"
+    return value in ("on", "true")
 
 
 def positive_floats(text: str) -> tuple[float, ...]:

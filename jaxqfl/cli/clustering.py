@@ -70,7 +70,8 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     from jaxqfl import aggregate, clustering, engine, models, tasks
     from jaxqfl.algorithms import kmeans
     from jaxqfl.cli.data_flags import fail
-    from jaxqfl.cli.run_command import _finite_or_null, _progress
+    from jaxqfl.cli.outputs import finite_or_none as _finite_or_null
+    from jaxqfl.cli.run_command import _progress
 
     K = args.clusters if args.clusters is not None else population.num_classes
     if K < 1:
