@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from jaxqfl import algorithms, engine, models  # noqa: E402
 from jaxqfl.bench.memory import PeakRSS, current_rss  # noqa: E402
 from jaxqfl.bench.workloads import random_population  # noqa: E402
+from jaxqfl.engine.chunking import cpu_model  # noqa: E402
 
 out = pathlib.Path(args.out or f"runs/homes-{time.strftime('%Y%m%d-%H%M%S')}")
 out.mkdir(parents=True, exist_ok=False)
@@ -58,7 +59,7 @@ result = {
     "rss_after_population_bytes": rss_population, "peak_rss_bytes": mem.peak, "compile_s": compile_s,
     "round_ms_median": 1e3 * float(np.median(seconds)), "round_ms_all": [1e3 * s for s in seconds],
     "num_devices": sim.num_devices, "chunk_size": sim.chunk_size,
-    "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?"),
+    "cpu": cpu_model(),
 }
 (out / "client_state_homes.json").write_text(json.dumps(result, indent=2) + "\n")
 md = ("| clients | home | client states | population | peak RSS | compile | round (median) |\n"

@@ -63,6 +63,7 @@ import numpy as np  # noqa: E402
 from jaxqfl import engine  # noqa: E402
 from jaxqfl.bench import workloads  # noqa: E402
 from jaxqfl.bench.memory import PeakRSS  # noqa: E402
+from jaxqfl.engine.chunking import cpu_model  # noqa: E402
 
 device_view = []
 for name in args.workloads.split(","):
@@ -98,7 +99,7 @@ for name in args.workloads.split(","):
     print(f"(b) {name}: single {row['single_round_ms']:.1f} ms/round, sweep of {S} {row['sweep_round_ms']:.1f} ms/round "
           f"-> {row['ratio']:.2f}x config-rounds/s; compile {single_compile:.1f} s vs {sweep_compile:.1f} s", flush=True)
 
-machine = {"cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?"),
+machine = {"cpu": cpu_model(),
            "cores": len(os.sched_getaffinity(0)), "backend": jax.default_backend(), "devices": jax.device_count()}
 (out / "sweep.json").write_text(json.dumps({"machine": machine, "user_view": user_view,
                                             "device_view": device_view}, indent=2) + "\n")

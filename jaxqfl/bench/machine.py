@@ -28,6 +28,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxqfl.engine.chunking import cpu_model as _cpu_model
+
 
 class Peaks(NamedTuple):
     flops: float  # FLOP/s, large float32 matmul
@@ -76,17 +78,6 @@ def copy_bandwidth(mebibytes: int = 256, repeats: int = 9) -> float:
 def measure_peaks(repeats: int = 7) -> Peaks:
     """Both peaks of this machine, measured now (a few seconds)."""
     return Peaks(flops=matmul_flops(repeats=repeats), bandwidth=copy_bandwidth(repeats=repeats + 2))
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_bytes() -> int | None:

@@ -17,22 +17,12 @@ mimelite   base optimizer ``--server-opt`` whose learning rate is ``--client-lr`
 from __future__ import annotations
 
 import argparse
-import math
 
+from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
 from jaxqfl.choices import ALGORITHMS
 
 DEFAULT_MU = 0.01
 DEFAULT_FEDDYN_ALPHA = 0.01
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text}")
-    return v
 
 
 def add_arguments(g) -> None:

@@ -35,6 +35,17 @@ def positive_float(text: str) -> float:
     return v
 
 
+def nonneg_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text!r}")
+    return v
+
+
 def chunk_size(text: str) -> int | None:
     """An argparse type for ``--chunk-size``: ``auto`` (None: tuned or modelled) or a positive integer."""
     if text.strip().lower() == "auto":

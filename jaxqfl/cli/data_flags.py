@@ -11,6 +11,7 @@ import math
 import os
 import sys
 
+from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
 from jaxqfl.cli.argtypes import positive_float, positive_int
 from jaxqfl.data.build import DATASETS, DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
 from jaxqfl.data.population import TASKS
@@ -32,16 +33,6 @@ DEFAULTS = {
              "local_epochs": 1, "batch_size": 32, "eval_every": 5},
 }
 GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
 
 
 def _finite_float(text: str) -> float:

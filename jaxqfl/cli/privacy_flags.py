@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
 from jaxqfl.cli.argtypes import positive_float
 
 SECURE_PROTOCOLS = ("secagg", "secagg+")  # jaxqfl.aggregate.secure.PROTOCOLS
@@ -30,16 +31,6 @@ def _fraction(lo_open: bool, hi_open: bool, what: str):
         return v
 
     return parse
-
-
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -97,6 +97,20 @@ def clamp_caches(l2: int, llc: int, cores: int) -> tuple[int, int]:
     return l2, llc
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` reports."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _balanced(per_device: int, chunk: int) -> int:
     chunk = max(1, min(chunk, per_device))
     return math.ceil(per_device / math.ceil(per_device / chunk))

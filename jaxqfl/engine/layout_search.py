@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform as platform_lib
 import time
 
 import jax
@@ -112,17 +111,6 @@ def _shapes(tree) -> list:
     return [[jax.tree_util.keystr(p), list(a.shape), str(a.dtype)] for p, a in leaves]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform_lib.processor() or platform_lib.machine()
-
-
 def tuned_layout(
     population, model, algorithm, aggregator, schedule, task, mesh, *, cohort_size: int, uplink=None,
     downlink=None, budget_seconds: float | None = None, cache_dir="default", describe: str = "",
@@ -196,7 +184,7 @@ def tuned_layout(
             "device_kind": getattr(device, "device_kind", ""),
             "num_devices": D,
             "process_count": jax.process_count(),
-            "cpu": (_cpu_model(), chunking._visible_cores()) if device.platform == "cpu" else None,
+            "cpu": (chunking.cpu_model(), chunking._visible_cores()) if device.platform == "cpu" else None,
             "params": _shapes(params),
             "local_state_floats": optimizer_floats + seed_layout.num_params,
             "feature_shape": list(population.feature_shape),
