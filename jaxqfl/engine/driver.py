@@ -131,20 +131,7 @@ def run(
             diverged = now
         rec = None
         if block_rounds is None or now % eval_every == 0 or done == rounds or diverged is not None:
-            ev = sim.evaluate(state.params)
-            rec = {
-                "round": now,
-                "test_loss": ev["loss"],
-                **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
-                "train_loss": float(metrics.train_loss[active - 1]),
-                "uplink_bits_total": up_total,
-                "downlink_bits_total": down_total,
-                "seconds": train_seconds,
-                **{f"server_{k}": float(np.asarray(v)[active - 1]) for k, v in metrics.server.items()},
-                # every round of the block, e.g. how many malicious clients took part in each
-                **{f"server_{k}_per_round": [float(x) for x in np.asarray(v)[:active]]
-                   for k, v in metrics.server.items()},
-            }
+            rec = block_record(now, sim.evaluate(state.params), metrics, active, up_total, down_total, train_seconds)
             records.append(rec)
             if on_eval is not None:
                 on_eval(rec)
@@ -153,6 +140,27 @@ def run(
         if after_block is not None:
             after_block(state, rec, RunTotals(up_total, down_total, train_seconds))
     return RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped)
+
+
+def block_record(round_index: int, ev: dict, metrics, active: int, up_total: int, down_total: int,
+                 seconds: float) -> dict:
+    """The record of an evaluated block: test metrics ``ev``, the block's ``RoundMetrics`` (leading [R]).
+
+    Holds the last active round's train loss and server metrics (``server_<name>``)
+    and every active round's server metrics (``server_<name>_per_round``, e.g. how
+    many malicious clients took part in each round).
+    """
+    return {
+        "round": round_index,
+        "test_loss": ev["loss"],
+        **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
+        "train_loss": float(metrics.train_loss[active - 1]),
+        "uplink_bits_total": up_total,
+        "downlink_bits_total": down_total,
+        "seconds": seconds,
+        **{f"server_{k}": float(np.asarray(v)[active - 1]) for k, v in metrics.server.items()},
+        **{f"server_{k}_per_round": [float(x) for x in np.asarray(v)[:active]] for k, v in metrics.server.items()},
+    }
 
 
 def run_sweep(
@@ -189,16 +197,8 @@ def run_sweep(
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
         done += active
         for s, ev in enumerate(sim.evaluate(states)):
-            rec = {
-                "round": done,
-                "test_loss": ev["loss"],
-                **{f"test_{k}": v for k, v in ev.items() if k != "loss"},
-                "train_loss": float(metrics.train_loss[active - 1, s]),
-                "uplink_bits_total": int(up[s]),
-                "downlink_bits_total": int(down[s]),
-                "seconds": train_seconds,
-                **{f"server_{k}": float(np.asarray(v)[active - 1, s]) for k, v in metrics.server.items()},
-            }
+            config_metrics = jax.tree.map(lambda a: a[:, s], metrics)
+            rec = block_record(done, ev, config_metrics, active, int(up[s]), int(down[s]), train_seconds)
             records[s].append(rec)
             if on_eval is not None:
                 on_eval(s, rec)

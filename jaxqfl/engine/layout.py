@@ -12,6 +12,7 @@ from jaxqfl.data.population import Population
 from jaxqfl.engine.chunking import auto_chunk_size, padded_layout
 from jaxqfl.engine.conv_layout import contains_convolution
 from jaxqfl.engine.schedule import LocalSchedule
+from jaxqfl.engine.state import client_start
 from jaxqfl.engine.state import num_params as _num_params
 
 
@@ -74,11 +75,4 @@ def _device_memory(device):
 
 def local_state_floats(algorithm, params) -> int:
     """Floats of one client's local state (params plus optimizer and algorithm extras), traced abstractly."""
-    from jaxqfl.algorithms.base import ClientInfo
-
-    def local(p):
-        info = ClientInfo(jnp.int32(0), jnp.int32(1), jnp.int32(1), jax.random.key(0), jnp.int32(0))
-        message = algorithm.broadcast(p, algorithm.init(p))
-        return algorithm.client_init(message, algorithm.client_state_init(p), info)
-
-    return _num_params(jax.eval_shape(local, params))
+    return _num_params(jax.eval_shape(lambda p: client_start(algorithm, p)[3], params))

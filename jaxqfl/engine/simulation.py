@@ -105,8 +105,7 @@ def setup_round(
         layout = client_layout(population, model, algorithm, schedule, cohort_size, D, chunk_size, device)
 
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
-    per_client = one_client_states(model, algorithm, aggregator, population.feature_shape, uplink=uplink,
-                                   downlink=downlink)
+    per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink)
     params_abs = jax.eval_shape(model.init, jax.random.key(0), sample_x)
     if task.name in ("classification", "regression"):  # the built-in tasks whose output width is known
         check_model_outputs(model, params_abs, population)

@@ -55,14 +55,14 @@ def num_params(tree) -> int:
     return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(tree)))
 
 
-def one_client_states(model, algorithm, aggregator, feature_shape, *, uplink=None, downlink=None):
+def one_client_states(algorithm, aggregator, *, uplink=None, downlink=None):
     """``init(params) -> one client's state dict`` (algorithm, aggregator, codecs)."""
 
     def init(params):
         states = {"algorithm": algorithm.client_state_init(params),
                   "aggregator": aggregator.client_state_init(params)}
         if uplink is not None and not aggregator.encodes_uplink:
-            states["uplink"] = uplink.init(update_template(algorithm, params, feature_shape))
+            states["uplink"] = uplink.init(update_template(algorithm, params))
         if downlink is not None:
             states["downlink"] = downlink.init(params)
         return states
@@ -70,17 +70,22 @@ def one_client_states(model, algorithm, aggregator, feature_shape, *, uplink=Non
     return init
 
 
-def update_template(algorithm, params, feature_shape=None):
-    """Zeros shaped like a client's ``update`` (what the uplink codec encodes), traced abstractly."""
-    del feature_shape
+def client_start(algorithm, params):
+    """``(message, client_state, info, local)`` of a client at round 0, placeholder info: for shape inference."""
     from jaxqfl.algorithms.base import ClientInfo
 
+    info = ClientInfo(jnp.int32(0), jnp.int32(1), jnp.int32(1), jax.random.key(0), jnp.int32(0))
+    message = algorithm.broadcast(params, algorithm.init(params))
+    client_state = algorithm.client_state_init(params)
+    return message, client_state, info, algorithm.client_init(message, client_state, info)
+
+
+def update_template(algorithm, params):
+    """Zeros shaped like a client's ``update`` (what the uplink codec encodes), traced abstractly."""
+
     def upload(p):
-        info = ClientInfo(jnp.int32(0), jnp.int32(1), jnp.int32(1), jax.random.key(0), jnp.int32(0))
-        message = algorithm.broadcast(p, algorithm.init(p))
-        cstate = algorithm.client_state_init(p)
-        local = algorithm.client_init(message, cstate, info)
-        return algorithm.client_final(local, message, cstate, info).update
+        message, client_state, info, local = client_start(algorithm, p)
+        return algorithm.client_final(local, message, client_state, info).update
 
     shapes = jax.eval_shape(upload, params)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -94,7 +99,7 @@ def initial_state(model, algorithm, aggregator, feature_shape, num_clients: int,
     states (a sharded home pads it to a multiple of the device count).
     """
     sample_x = jnp.zeros((1,) + tuple(feature_shape), jnp.float32)
-    per_client = one_client_states(model, algorithm, aggregator, feature_shape, uplink=uplink, downlink=downlink)
+    per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink)
     rows = num_clients if client_rows is None else client_rows
 
     def init_from_key(run_key) -> ServerState:
