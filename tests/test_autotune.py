@@ -274,3 +274,36 @@ def test_chunk_sweep_times_every_candidate_and_names_the_tuners_pick(population,
                                                            "backend": "cpu", "num_devices": 2},
                                                "peaks": {"flops": 1e9, "bandwidth": 1e9}, "results": [r]})
     assert json.loads(json_path.read_text())["results"][0]["tuned_chunk"] == r["tuned_chunk"]
+
+
+@pytest.mark.parametrize("faster", [1, 8])
+def test_cpu_device_split_is_tuned_the_faster_mesh_is_picked_cached_and_results_do_not_change(
+        population, monkeypatch, tmp_path, faster):
+    """With no device count fixed, the tuner times the all-device mesh and a one-device mesh (faked
+    times: ``faster`` devices win), picks the faster, caches the choice, and computes the same round."""
+    from jaxqfl.engine import device_split
+
+    class FakeTimedRound:  # the seconds of a round depend only on the mesh it runs on
+        def __init__(self, lowered, init_state, data):
+            self.devices = jax.tree.leaves(init_state)[0].sharding.mesh.devices.size
+
+        def __call__(self):
+            return 0.001 if self.devices == faster else 0.002
+
+    assert device_split.split_candidates(None) == [8, 1] and device_split.split_candidates(2) == []
+    monkeypatch.setenv(autotune.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(layout_search, "TimedRound", FakeTimedRound)
+    monkeypatch.setattr(layout_search.chunking, "candidate_chunks", lambda per_device, seed, top: [seed])
+    sim = engine.build(*_args(population), cohort_size=24, autotune=True)
+    split = sim.tuning["device_split"]
+    assert sim.num_devices == split["picked"] == faster and split["candidates"] == [8, 1] and not split["cache_hit"]
+    assert split["seconds"][split["candidates"].index(faster)] < max(split["seconds"])
+    with CompilationLog() as second:
+        again = engine.build(*_args(population), cohort_size=24, autotune=True)
+    assert second.count(MEASURED) == 0 and again.tuning["device_split"]["cache_hit"]
+    assert again.num_devices == faster and again.chunk_size == sim.chunk_size
+    reference = engine.build(*_args(population), cohort_size=24, num_devices=2, chunk_size=3, autotune=False)
+    ref_state, _ = reference.run_block(reference.init(0), 2)
+    state, _ = sim.run_block(sim.init(0), 2)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -5,8 +5,11 @@ For one workload:
 1. build it with ``chunk_size=None`` and tuning on: the tuner's candidates (the
    cost model's seed and its neighbours), its predicted times, its pick, and
    whether the pick came from the on-disk cache (``tuning_seconds`` is the
-   search's wall time; a cache hit costs only the key);
-2. build one simulation per candidate (the tuned one serves its own chunk),
+   search's wall time; a cache hit costs only the key). On a CPU host split
+   into several devices with no ``--devices``, the tuner also picks the device
+   count (``jaxqfl.engine.device_split``): every device count's candidate
+   chunks are swept, labelled ``chunk x devices``;
+2. build one simulation per candidate (the tuned one serves its own layout),
    compile the one-round block and run a warm-up round;
 3. time ``rounds`` rounds of every candidate and of the per-client loop,
    *interleaved* (one round of each in turn), so all see the same machine load;
@@ -50,13 +53,24 @@ def sweep_workload(w: Workload, *, rounds: int = 5, num_devices=None, run_loop: 
     tuned = engine.build(w.population, w.model, w.algorithm, w.schedule, autotune=True, **kwargs)
     build_s = time.perf_counter() - t0
     record = tuned.tuning
-    picked = tuned.chunk_size
+    split = record.get("device_split")
+    layouts = [(c, tuned.num_devices) for c in record["candidates"]]  # (chunk, devices)
+    if split is not None:  # every other device count's candidates too (its search is cached by now)
+        for D in split["candidates"]:
+            if D != tuned.num_devices:
+                other = engine.build(w.population, w.model, w.algorithm, w.schedule, autotune=True,
+                                     **{**kwargs, "num_devices": D})
+                layouts += [(c, D) for c in other.tuning["candidates"]]
+                del other
+    label = (lambda c, D: f"{c}x{D}") if split is not None else (lambda c, D: c)
+    candidates = [label(c, D) for c, D in layouts]
+    picked = label(tuned.chunk_size, tuned.num_devices)
     steps, compile_s = {}, {}
-    for c in record["candidates"]:
-        sim = tuned if c == picked else engine.build(w.population, w.model, w.algorithm, w.schedule, chunk_size=c,
-                                                     **kwargs)
-        compile_s[c] = sim.compile_block(1)
-        steps[c] = _timer(sim, seed)
+    for (c, D), name in zip(layouts, candidates):
+        sim = tuned if name == picked else engine.build(w.population, w.model, w.algorithm, w.schedule,
+                                                        chunk_size=c, **{**kwargs, "num_devices": D})
+        compile_s[name] = sim.compile_block(1)
+        steps[name] = _timer(sim, seed)
     if run_loop:
         from jaxqfl.bench.reference import per_client_loop
 
@@ -78,21 +92,23 @@ def sweep_workload(w: Workload, *, rounds: int = 5, num_devices=None, run_loop: 
         for c, step in steps.items():
             times[c].append(step())
     median = {c: statistics.median(t) for c, t in times.items()}
-    swept = {c: median[c] for c in record["candidates"]}
+    swept = {c: median[c] for c in candidates}
     best = min(swept, key=swept.get)
+    predicted = dict(zip(record["candidates"], record["seconds"]))
     result = {
         "workload": w.name,
         "description": w.description,
         "cohort_size": w.cohort_size,
         "num_devices": tuned.num_devices,
         "clients_per_device": tuned.clients_per_device,
-        "candidates": record["candidates"],
-        "round_s": {str(c): swept[c] for c in record["candidates"]},
-        "round_times_s": {str(c): times[c] for c in record["candidates"]},
-        "compile_s": {str(c): compile_s[c] for c in record["candidates"]},
-        "predicted_s": {str(c): s for c, s in zip(record["candidates"], record["seconds"])},
+        "candidates": candidates,
+        "round_s": {str(c): swept[c] for c in candidates},
+        "round_times_s": {str(c): times[c] for c in candidates},
+        "compile_s": {str(c): compile_s[c] for c in candidates},
+        "predicted_s": {str(label(c, tuned.num_devices)): predicted[c] for c in record["candidates"]},
+        "device_split": split,
         "skipped": record["skipped"],
-        "seed_chunk": record["seed"],
+        "seed_chunk": label(record["seed"], tuned.num_devices),
         "tuned_chunk": picked,
         "tuned_round_s": swept[picked],
         "best_chunk": best,
@@ -124,7 +140,7 @@ def _chunk_cells(r: dict) -> str:
 
 def markdown_table(results: list[dict]) -> str:
     """One row per workload: every candidate's round (ms; the tuner's pick in bold), pick, best, loop."""
-    head = ("| workload | round (ms) by chunk, tuner's pick in bold | model's seed | tuned | best | "
+    head = ("| workload | round (ms) by chunk (x devices), tuner's pick in bold | model's seed | tuned | best | "
             "tuned / best | loop (ms) | tuned vs loop | tuning (s) |")
     rule = "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"
     rows = []

@@ -65,6 +65,9 @@ class TuningRecord(NamedTuple):
     tuning_seconds: float  # wall time of the search (0 on a cache hit, besides the key)
     budget_seconds: float
     key: str  # the cache key (hex digest), "" when no cache
+    # on a CPU host split into several XLA devices, the device-count search (jaxqfl.engine.device_split):
+    # {"candidates": [D, ...], "seconds": [predicted round s per D], "picked": D, "cache_hit": bool}
+    device_split: dict | None = None
 
     def summary_line(self) -> str:
         """One line for ``--verbose`` output."""
@@ -73,7 +76,13 @@ class TuningRecord(NamedTuple):
         )
         how = "cache hit" if self.cache_hit else f"tuned in {self.tuning_seconds:.1f} s"
         extra = f"; not timed: {', '.join(f'{c} ({why})' for c, why in self.skipped.items())}" if self.skipped else ""
-        return f"autotune: chunk {self.picked} (model's seed {self.seed}; {how}) [{timed}]{extra}"
+        split = ""
+        if self.device_split is not None:
+            d = self.device_split
+            split = " on {} device(s) ({}{})".format(d["picked"], ", ".join(
+                f"{n}: {s * 1e3:.1f} ms" for n, s in zip(d["candidates"], d["seconds"]) if s is not None),
+                ", cache hit" if d["cache_hit"] else "")
+        return f"autotune: chunk {self.picked}{split} (model's seed {self.seed}; {how}) [{timed}]{extra}"
 
 
 class MeasureFn(Protocol):

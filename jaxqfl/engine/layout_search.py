@@ -114,11 +114,15 @@ def _shapes(tree) -> list:
 def tuned_layout(
     population, model, algorithm, aggregator, schedule, task, mesh, *, cohort_size: int, uplink=None,
     downlink=None, budget_seconds: float | None = None, cache_dir="default", describe: str = "",
+    keep: dict | None = None,
 ) -> tuple[ClientLayout, autotune.TuningRecord]:
     """The fastest measured layout of the cohort, and the record of the search (module docstring).
 
     ``cache_dir="default"`` uses ``autotune.default_cache_dir()``; None disables the cache.
-    ``budget_seconds=None``: ``autotune.default_budget()``.
+    ``budget_seconds=None``: ``autotune.default_budget()``. ``keep`` (a dict) receives
+    ``"timed_round"``, a function returning a ``TimedRound`` of the picked layout (which
+    compiles it on a cache hit), and ``"scale"``, the factor from its measured share to the
+    real one: what ``jaxqfl.engine.device_split`` duels across meshes.
     """
     budget_seconds = autotune.default_budget() if budget_seconds is None else budget_seconds
     t_start = time.perf_counter()
@@ -214,6 +218,15 @@ def tuned_layout(
                 budget_seconds=float(budget_seconds),
                 key=key,
             )
+            if keep is not None:  # compiled only if the caller re-times the pick
+                def timed_pick(chunk=hit["chunk"]):
+                    timed = TimedRound(lower_round(round_for(layout_for(chunk, True)), state_abs, data),
+                                       init_program(jax.random.key(0)), data)
+                    timed()  # warm-up
+                    return timed
+
+                keep.update(timed_round=timed_pick, scale=layout_for(hit["chunk"], False).per_device
+                            / layout_for(hit["chunk"], True).per_device)
             return layout_for(hit["chunk"], False), record
 
     kept: dict[int, TimedRound] = {}
@@ -235,6 +248,8 @@ def tuned_layout(
 
     left = max(0.0, budget_seconds - (time.perf_counter() - t_start))  # the key and the seed's lowering count too
     record = autotune.tune(candidates, measure, lambda c: c <= max_chunk, left, confirm=confirm)
+    if keep is not None and record.picked in kept:
+        keep.update(timed_round=lambda timed=kept[record.picked]: timed, scale=scale(record.picked))
     kept.clear()
     record = record._replace(tuning_seconds=time.perf_counter() - t_start, budget_seconds=float(budget_seconds),
                              key=key)

@@ -92,17 +92,25 @@ def setup_round(
     aggregator = check_aggregator(default_aggregator() if aggregator is None else aggregator)
     task = task or for_num_classes(population.num_classes)
     mesh = client_mesh(num_devices)
-    D, C = mesh.devices.size, population.num_clients
-    device = mesh.devices.flat[0]
     tuning = None
     if chunk_size is None and (autotune_default() if autotune is None else autotune) and jax.process_count() == 1:
-        from jaxqfl.engine.layout_search import tuned_layout  # measures candidate chunks (processes would disagree)
+        from jaxqfl.engine import device_split  # measures candidate layouts (processes would disagree)
+        from jaxqfl.engine.layout_search import tuned_layout
 
-        layout, record = tuned_layout(population, model, algorithm, aggregator, schedule, task, mesh,
-                                      cohort_size=cohort_size, uplink=uplink, downlink=downlink)
+        split = device_split.split_candidates(num_devices)
+        if split:  # a CPU host split into devices: the device count is tuned too
+            mesh, layout, record = device_split.tuned_mesh_and_layout(
+                population, model, algorithm, aggregator, schedule, task, split, cohort_size=cohort_size,
+                uplink=uplink, downlink=downlink)
+        else:
+            layout, record = tuned_layout(population, model, algorithm, aggregator, schedule, task, mesh,
+                                          cohort_size=cohort_size, uplink=uplink, downlink=downlink)
         tuning = record._asdict()
     else:
-        layout = client_layout(population, model, algorithm, schedule, cohort_size, D, chunk_size, device)
+        layout = client_layout(population, model, algorithm, schedule, cohort_size, mesh.devices.size, chunk_size,
+                               mesh.devices.flat[0])
+    D, C = mesh.devices.size, population.num_clients
+    device = mesh.devices.flat[0]
 
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
     per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink)

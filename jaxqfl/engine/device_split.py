@@ -1,0 +1,106 @@
+"""On a CPU host: one XLA device per core, or one device using every core? Measured, like the chunk.
+
+``jaxqfl`` splits a CPU host into one XLA device per core before JAX starts
+(``--xla_force_host_platform_device_count``; the split cannot change once JAX
+runs). Inside that process a mesh of ONE of those devices still uses every
+core, through XLA's intra-op thread pool (on the 2-core EPYC of
+``benchmarks/RESULTS.md``: a 2048^2 float32 matmul on device 0 of a 2-device
+process runs at 192 GFLOP/s, against 207 in a 1-device process and 104 pinned
+to one core). So the split is a choice of mesh, made when the round is built:
+
+    candidates  D in (all devices, 1)
+    layout_D    = the chunk tuner's pick on a mesh of D devices   (jaxqfl.engine.layout_search)
+    t_D         = predicted round seconds of layout_D, the picks re-timed side by side
+                  (interleaved rounds, so both see the same load)
+    picked      = argmin_D t_D
+
+Why it matters: with D devices each core trains its share of the cohort with
+its own chunks (parallel over clients, single-threaded ops); with one device
+the whole cohort's chunks run one after another, each op spread over the cores
+(parallel inside the ops). Many small clients favour the split; a few clients
+with large layers can favour one device.
+
+The search runs only when it can matter: a CPU backend with several devices,
+one process, and no device count fixed by the caller (``num_devices=None``;
+``--devices`` on the command line). Each D's chunk search is cached on its
+own; the split decision is cached under a key derived from the all-device
+search's key, so a second run of the same shape times nothing. Results do not
+depend on the pick: a round's result is invariant to the device count (tested
+in ``tests/test_engine.py`` and ``tests/test_autotune.py``).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+
+from jaxqfl.engine import autotune
+from jaxqfl.engine.mesh import client_mesh
+
+
+def split_candidates(num_devices: int | None) -> list[int]:
+    """``[all devices, 1]`` when the split is worth tuning (module docstring), else ``[]``."""
+    devices = jax.devices()
+    if num_devices is not None or devices[0].platform != "cpu" or len(devices) == 1 or jax.process_count() > 1:
+        return []
+    return [len(devices), 1]
+
+
+def tuned_mesh_and_layout(
+    population, model, algorithm, aggregator, schedule, task, candidates: list[int], *, cohort_size: int,
+    uplink=None, downlink=None, cache_dir="default", budget_seconds: float | None = None, rounds: int = 3,
+):
+    """``(mesh, layout, record)``: the fastest of the device counts ``candidates`` (module docstring).
+
+    ``record`` is the picked mesh's ``TuningRecord`` with ``device_split`` filled in. The
+    budget (``autotune.default_budget()`` when None) is shared: each device count's chunk
+    search gets ``budget_seconds / len(candidates)``; the final duel adds ``rounds``
+    rounds of each pick.
+    """
+    from jaxqfl.engine.layout_search import tuned_layout
+
+    t_start = time.perf_counter()
+    budget_seconds = autotune.default_budget() if budget_seconds is None else budget_seconds
+    cache = autotune.TuningCache(autotune.default_cache_dir() if cache_dir == "default" else cache_dir)
+    searched: dict[int, tuple] = {}
+
+    def search(D: int):
+        keep: dict = {}
+        mesh = client_mesh(D)
+        layout, record = tuned_layout(population, model, algorithm, aggregator, schedule, task, mesh,
+                                      cohort_size=cohort_size, uplink=uplink, downlink=downlink,
+                                      cache_dir=cache_dir, keep=keep,
+                                      budget_seconds=budget_seconds / len(candidates))
+        searched[D] = (mesh, layout, record, keep)
+        return searched[D]
+
+    first = search(candidates[0])
+    key = autotune.cache_key({"device_split_of": first[2].key, "candidates": candidates}) if first[2].key else ""
+    hit = cache.get(key) if key else None
+    if hit is not None and hit.get("devices") in candidates:
+        D = hit["devices"]
+        mesh, layout, record, _ = searched.get(D) or search(D)
+        if layout.chunk != hit["chunk"]:  # the per-mesh cache moved on: decide again
+            hit = None
+        else:
+            old = hit.get("device_split", {})
+            split = {"candidates": candidates, "seconds": old.get("seconds", [None] * len(candidates)),
+                     "picked": D, "cache_hit": True, "tuning_seconds": time.perf_counter() - t_start}
+            return mesh, layout, record._replace(device_split=split)
+    for D in candidates:
+        if D not in searched:
+            search(D)
+    timed = {D: (s[3]["timed_round"](), s[3]["scale"]) for D, s in searched.items() if "timed_round" in s[3]}
+    seconds = {D: [] for D in timed}
+    for _ in range(rounds):  # interleaved: every pick sees the same load
+        for D, (timed_round, scale) in timed.items():
+            seconds[D].append(timed_round() * scale)
+    best = {D: min(t) for D, t in seconds.items()}
+    D = min(best, key=lambda d: (best[d], -d)) if best else candidates[0]
+    mesh, layout, record, _ = searched[D]
+    split = {"candidates": candidates, "seconds": [best.get(d) for d in candidates], "picked": D,
+             "cache_hit": False, "tuning_seconds": time.perf_counter() - t_start}
+    if key:
+        cache.put(key, {"chunk": layout.chunk, "devices": D, "device_split": split,
+                        "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return mesh, layout, record._replace(device_split=split)
