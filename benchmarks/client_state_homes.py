@@ -36,7 +36,9 @@ from jaxqfl.bench.workloads import random_population  # noqa: E402
 from jaxqfl.engine.chunking import cpu_model  # noqa: E402
 
 out = pathlib.Path(args.out or f"runs/homes-{time.strftime('%Y%m%d-%H%M%S')}")
-out.mkdir(parents=True, exist_ok=False)
+if out.exists() and any(out.iterdir()):
+    p.error(f"--out {out} exists and is not empty; give a new folder (results are never overwritten)")
+out.mkdir(parents=True, exist_ok=True)
 with PeakRSS() as mem:
     population = random_population(args.clients, 64, 784, 62)
     rss_population = current_rss()
