@@ -99,7 +99,7 @@ def population():
 
 
 def _run(population, *, num_devices, chunk_size, max_cohort=12, aggregator=None, rounds=3, cohort=6):
-    sim = engine.build(population, models.mlp(hidden=(6,), num_outputs=3), algorithms.fedavg(optax.sgd(0.1)),
+    sim = engine.build(population, models.logistic_regression(num_outputs=3), algorithms.fedavg(optax.sgd(0.1)),
                        engine.LocalSchedule(local_steps=2, batch_size=3), cohort_size=cohort,
                        num_devices=num_devices, chunk_size=chunk_size, aggregator=aggregator,
                        sampling="poisson", max_cohort=max_cohort)
@@ -113,11 +113,11 @@ def _max_diff(a, b):
 
 
 def test_poisson_round_invariant_to_devices_and_chunks(population):
-    """Same keys, same cohort, same model on 1, 2, 4 and 8 devices and chunks of 1, 3 and 12 (with DP noise)."""
+    """Same keys, same cohort, same model on 1, 2, 4 and 8 devices and chunks of 1, 2, 3 and 12 (with DP noise)."""
     agg = lambda: aggregate.dp_mean(clip=0.5, noise_multiplier=0.7, denominator=6.0)
     ref_state, ref_m = _run(population, num_devices=1, chunk_size=12, aggregator=agg())
     assert len(set(ref_m.joined.tolist())) > 1  # the cohort size varies from round to round
-    for D, chunk in ((2, 3), (4, 1), (8, 2), (1, 3)):
+    for D, chunk in ((2, 3), (4, 1), (8, 2)):
         s, m = _run(population, num_devices=D, chunk_size=chunk, aggregator=agg())
         np.testing.assert_array_equal(m.cohort, ref_m.cohort)
         np.testing.assert_array_equal(m.uplink_bits, ref_m.uplink_bits)
@@ -169,5 +169,5 @@ def test_cli_poisson_dp_epsilon_matches_accounting_and_reports_overflow(tmp_path
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     per_round = [x for r in records for x in r["server_cohort_overflow_per_round"]]
     assert summary["overflow_rounds"] == sum(x > 0 for x in per_round)
-    if summary["overflow_rounds"]:
-        assert "overflow" in capsys.readouterr().err
+    assert summary["overflow_rounds"] > 0  # P(Binomial(60, 0.1) > 4) ~ 0.28 a round; this seed has some
+    assert "cohort overflow" in capsys.readouterr().err
