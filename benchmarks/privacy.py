@@ -8,7 +8,8 @@ epsilon (delta 1e-5, accounted over the whole run by dp-accounting: RDP,
 sampled without replacement, replace-one) the noise multiplier is calibrated
 with ``privacy.noise_for_epsilon``; epsilon = inf means clipping without noise.
 Fixed clip C, and adaptive clipping (Andrew et al. 2021, median, count noise
-std M / 20, its privacy cost included in the calibration). Poisson rows
+std M / 20, raised where the count alone would spend more than epsilon / 4;
+its privacy cost included in the calibration). Poisson rows
 (``--poisson-epsilons``, IID, fixed clip): each client joins with probability
 q = M / N into the default M_max slots (``engine.sampling.default_max_cohort``),
 DP-FedAvg's fixed denominator is the expected cohort M, accounted with
@@ -53,6 +54,17 @@ def _sim(population, aggregator, args, cohort, uplink, **sampling):
     )
 
 
+def _count_noise(eps, args, N, M, sampling):
+    """Adaptive clipping's count noise std: M / 20 (Andrew et al. 2021), raised where that alone would spend
+    more than a quarter of the budget (small epsilon, many rounds) to the std whose count alone spends eps / 4."""
+    if not math.isfinite(eps):
+        return 0.0
+    kw = dict(num_clients=N, cohort_size=M, sampling=sampling)
+    # the count's multiplier is sigma_b (replace-one) or 2 sigma_b (add/remove): half of the update's z either way
+    quarter = privacy.noise_for_epsilon(eps / 4, args.delta, args.rounds, **kw) / 2.0
+    return max(M / 20.0, quarter)
+
+
 def _grid(args):
     """(partition, clip mode, sampling, epsilon) of every DP row."""
     for partition in args.partitions:
@@ -73,7 +85,7 @@ def dp_runs(args, log):
         population = populations[partition]
         N, M = population.num_clients, args.cohort_size
         poisson = sampling == "poisson"
-        count_std = M / 20.0 if (mode == "adaptive" and math.isfinite(eps)) else 0.0
+        count_std = _count_noise(eps, args, N, M, sampling) if mode == "adaptive" else 0.0
         kw = dict(num_clients=N, cohort_size=M, count_noise_std=count_std, sampling=sampling)
         z = 0.0 if not math.isfinite(eps) else privacy.noise_for_epsilon(eps, args.delta, args.rounds, **kw)
         agg = aggregate.dp_mean(args.clip, z, target_quantile=0.5 if mode == "adaptive" else None,
@@ -82,7 +94,7 @@ def dp_runs(args, log):
         sim = _sim(population, agg, args, M, uplink, **({"sampling": "poisson"} if poisson else {}))
         result = engine.run(sim, rounds=args.rounds, eval_every=args.rounds, seed=args.seed)
         spent = privacy.epsilon(z, args.delta, args.rounds, **kw) if z > 0 else math.inf
-        row = {"partition": partition, "clip_mode": mode, "sampling": sampling,
+        row = {"partition": partition, "clip_mode": mode, "sampling": sampling, "count_noise_std": count_std,
                "target_epsilon": eps if math.isfinite(eps) else None,
                "epsilon_spent": spent if math.isfinite(spent) else None, "noise_multiplier": z,
                "final_clip": result.final.get("server_dp_clip"),
