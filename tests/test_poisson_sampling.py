@@ -171,3 +171,20 @@ def test_cli_poisson_dp_epsilon_matches_accounting_and_reports_overflow(tmp_path
     assert summary["overflow_rounds"] == sum(x > 0 for x in per_round)
     assert summary["overflow_rounds"] > 0  # P(Binomial(60, 0.1) > 4) ~ 0.28 a round; this seed has some
     assert "cohort overflow" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-cohort", "5"], "--max-cohort applies to --sampling poisson"),
+    (["--sampling", "poisson", "--stream"], "--stream"),
+    (["--sampling", "poisson", "--client-state", "host"], "--client-state host"),
+    (["--sampling", "poisson", "--seeds", "0-1"], "--seeds"),
+    (["--sampling", "poisson", "--max-cohort", "500"], "exceeds --num-clients"),
+])
+def test_cli_refuses_bad_sampling_flags_before_running(tmp_path, capsys, flags, message):
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--dataset", "synthetic", "--num-clients", "60", "--cohort-size", "6", "--rounds", "1",
+              "--no-progress", "--out", str(tmp_path / "r"), *flags])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

@@ -294,7 +294,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         downlink=None if args.downlink == "none" else args.downlink_codec,
         client_state=args.client_state,
         autotune=args.autotune,
-        **sampling_flags.build_kwargs(args),
+        **sampling_flags.build_kwargs(args, population.num_clients),
     )
     if args.verbose:
         print(_chunk_line(sim), flush=True)

@@ -47,10 +47,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--max-cohort {args.max_cohort} exceeds --num-clients {args.num_clients}")
 
 
-def build_kwargs(args) -> dict:
+def build_kwargs(args, num_clients: int) -> dict:
     """``engine.build`` keywords of the flags (nothing for fixed-size sampling)."""
     if args.sampling != "poisson":
         return {}
+    if args.max_cohort is not None and args.max_cohort > num_clients:
+        from jaxqfl.cli.data_flags import fail
+
+        fail(f"--max-cohort {args.max_cohort} exceeds the {num_clients} clients of the population")
     return {"sampling": "poisson", "max_cohort": args.max_cohort}
 
 
