@@ -154,10 +154,20 @@ def write(out: pathlib.Path, meta, dp_rows, sa_rows):
     if poisson:
         lines += ["", "Sampling: fixed = a cohort of exactly M clients without replacement (RDP, replace-one); "
                   "poisson = each client joins with probability q = M / N (PLD, add/remove-one; the noisy sum is "
-                  "divided by the expected cohort M). Poisson rounds: "
+                  "divided by the expected cohort M). The two samplings' epsilons use different neighbouring "
+                  "relations: replacing a client moves the sum by up to 2C, adding/removing one by C, and PLD "
+                  "is tighter than RDP's bound, so the Poisson rows need much less noise at the same epsilon: they "
+                  "are not a like-for-like comparison of the two samplings. Poisson rounds: "
                   + "; ".join(f"eps {fmt(r['target_epsilon'])}: M_max {r['max_cohort']} slots, {r['mean_joined']:.1f} "
                               f"joiners a round on average, {r['overflow_rounds']} overflowing round(s)"
                               for r in poisson) + "."]
+    adaptive = [r for r in dp_rows if r["clip_mode"] == "adaptive" and r.get("count_noise_std")]
+    if adaptive:
+        lines += ["", "Adaptive clipping (target quantile 0.5, learning rate 0.2): the unclipped count's noise std is "
+                  "M/20 (Andrew et al. 2021) unless that alone would spend more than epsilon/4, then raised until "
+                  "it spends epsilon/4: " + ", ".join(f"eps {fmt(r['target_epsilon'])}: {r['count_noise_std']:.3g}"
+                                                      for r in adaptive if r["sampling"] == "fixed"
+                                                      and r["partition"] == adaptive[0]["partition"]) + "."]
     if meta.get("secagg_note"):
         lines += ["", meta["secagg_note"]]
     lines += ["", "## Secure aggregation against plain integer aggregation", "",
@@ -179,11 +189,13 @@ def write(out: pathlib.Path, meta, dp_rows, sa_rows):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        for part in sorted({r["partition"] for r in dp_rows}):
-            for mode in sorted({r["clip_mode"] for r in dp_rows}):
-                pts = [r for r in dp_rows if r["partition"] == part and r["clip_mode"] == mode]
-                xs = [r["target_epsilon"] or 32.0 for r in pts]
-                ax.plot(xs, [r["test_accuracy"] for r in pts], "o-", label=f"{part}, {mode} clip")
+        curves = sorted({(r["partition"], r["clip_mode"], r.get("sampling", "fixed")) for r in dp_rows})
+        for part, mode, sampling in curves:
+            pts = [r for r in dp_rows if (r["partition"], r["clip_mode"], r.get("sampling", "fixed"))
+                   == (part, mode, sampling)]
+            xs = [r["target_epsilon"] or 32.0 for r in pts]
+            style = "o--" if sampling == "poisson" else "o-"
+            ax.plot(xs, [r["test_accuracy"] for r in pts], style, label=f"{part}, {mode} clip, {sampling} sampling")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("epsilon (delta 1e-5; rightmost point: no noise)")
         ax.set_ylabel("test accuracy")
@@ -226,7 +238,7 @@ def main():
         secagg_note = (stored.get("meta", {}).get("secagg_note")
                        or f"The secure-aggregation table below is kept from an earlier run (not rerun here): "
                           f"{old.get('secagg_clients')} clients, {old.get('secagg_rounds')} timed rounds per "
-                          f"configuration.")
+                          f"configuration, on {stored.get('meta', {}).get('machine')}.")
     meta = {"args": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in vars(args).items()
                      if k not in ("epsilons", "poisson_epsilons")},
             "epsilons": [e if math.isfinite(e) else None for e in args.epsilons],
