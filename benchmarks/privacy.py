@@ -147,8 +147,8 @@ def write(out: pathlib.Path, meta, dp_rows, sa_rows):
              "| partition | clip | sampling | target eps | eps spent | z | final C | accuracy |",
              "|---|---|---|---|---|---|---|---|"]
     for r in dp_rows:
-        lines.append(f"| {r['partition']} | {r['clip_mode']} | {r.get('sampling', 'fixed')} | {fmt(r['target_epsilon'])} "
-                     f"| {fmt(r['epsilon_spent'])} | {r['noise_multiplier']:.3f} | {fmt(r['final_clip'])} "
+        lines.append(f"| {r['partition']} | {r['clip_mode']} | {r.get('sampling', 'fixed')} "
+                     f"| {fmt(r['target_epsilon'])} | {fmt(r['epsilon_spent'])} | {r['noise_multiplier']:.3f} | {fmt(r['final_clip'])} "
                      f"| {r['test_accuracy']:.4f} |")
     poisson = [r for r in dp_rows if r.get("sampling") == "poisson"]
     if poisson:

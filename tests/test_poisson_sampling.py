@@ -10,9 +10,8 @@ import optax
 import pytest
 from scipy import stats
 
-from jaxqfl import aggregate, algorithms, engine, keys, models, privacy
-from jaxqfl.engine.round import sample_poisson_cohort
-from jaxqfl.engine.sampling import default_max_cohort, overflow_probability
+from jaxqfl import aggregate, algorithms, engine, keys, models
+from jaxqfl.engine.sampling import default_max_cohort, overflow_probability, sample_poisson_cohort
 from populations import classification_population, regression_population
 
 

@@ -67,7 +67,8 @@ def warn_overflow(args, sim, record: dict) -> None:
     over = _overflows(record)
     if over:
         print(f"jaxqfl run: warning: cohort overflow in {len(over)} round(s) up to round {record['round']}: more "
-              f"Poisson joiners than the --max-cohort {sim.max_cohort} slots ({int(sum(over))} joiner(s) left out at random); "
+              f"Poisson joiners than the --max-cohort {sim.max_cohort} slots "
+              f"({int(sum(over))} joiner(s) left out at random); "
               f"the privacy accounting is an approximation for those rounds. Raise --max-cohort.",
               file=sys.stderr, flush=True)
 

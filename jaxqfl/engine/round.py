@@ -20,8 +20,8 @@ Padding slots train on a real client's data with weight 0, their summands are
 zeroed before the sum (or marked invalid for a gather) and their states are
 never written back. Weights: what the algorithm's ``client_final`` returns.
 
-Poisson sampling (``sampling="poisson"``, ``sample_poisson_cohort``): each of the
-C clients joins independently with probability q; the joiners fill the first of
+Poisson sampling (``sampling="poisson"``, ``jaxqfl.engine.sampling.sample_poisson_cohort``):
+each of the C clients joins independently with probability q; the joiners fill the first of
 ``M = layout.cohort_size`` static slots (M_max) and the other slots are masked
 out exactly like padding (``valid`` False: no summand, no weight, no state
 write-back, no bits, cohort id -1 in the metrics). More than M_max joiners is an
@@ -43,6 +43,7 @@ from jaxqfl.algorithms.base import ServerInfo
 from jaxqfl.engine.client_update import make_send_update, make_train_client
 from jaxqfl.engine.layout import ClientLayout
 from jaxqfl.engine.mesh import CLIENTS
+from jaxqfl.engine.sampling import sample_poisson_cohort
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import RoundMetrics, ServerState
 
@@ -79,25 +80,6 @@ def sample_cohort(rkey: jax.Array, num_clients: int, cohort_size: int) -> jax.Ar
     ckey = keys.purpose_key(rkey, keys.COHORT)
     _, ids = jax.lax.top_k(jax.random.uniform(ckey, (num_clients,)), cohort_size)
     return ids.astype(jnp.int32)
-
-
-def sample_poisson_cohort(rkey: jax.Array, num_clients: int, rate: float, max_cohort: int):
-    """``(ids [M_max] int32, joined [M_max] bool, num_joined () int32)``: Poisson sampling into M_max slots.
-
-    Client i joins iff ``u_i < q`` for C i.i.d. uniforms ``u`` drawn with
-    ``keys.purpose_key(round_key, COHORT)`` (independent Bernoulli(q) draws, one per
-    client). The slots hold the M_max clients with the SMALLEST ``u`` in increasing
-    order (``lax.top_k`` of ``-u``), so the joiners come first and ``joined`` is a
-    prefix mask. Given who joined, their ``u_i / q`` are i.i.d. uniform, so when more
-    than M_max join (an overflow) the kept ones are a uniformly random M_max-subset
-    of the joiners. ``num_joined`` is the true count (it may exceed M_max).
-    """
-    ckey = keys.purpose_key(rkey, keys.COHORT)
-    u = jax.random.uniform(ckey, (num_clients,))
-    neg_u, ids = jax.lax.top_k(-u, max_cohort)
-    joined = -neg_u < rate
-    num_joined = jnp.sum((u < rate).astype(jnp.int32))
-    return ids.astype(jnp.int32), joined, num_joined
 
 
 def _slot_mask(valid, leaf):

@@ -5,7 +5,7 @@
 * ``"poisson"``: each of the C clients joins independently with probability
   ``q = cohort_size / C`` (``cohort_size`` is then the EXPECTED cohort q C); the
   joiners fill ``max_cohort`` (M_max) static slots and the rest are masked out
-  (``round.sample_poisson_cohort``). Accounted as ``PoissonSampledDpEvent``
+  (``sample_poisson_cohort``). Accounted as ``PoissonSampledDpEvent``
   (McMahan et al. 2018; ``jaxqfl.privacy``).
 
 M_max is static (shapes never depend on data), so a round with more than M_max
@@ -19,6 +19,11 @@ JAX already depends on). Every slot trains (padding costs compute), so a
 smaller M_max is faster and overflows more often.
 """
 from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxqfl import keys
 
 SAMPLINGS = ("fixed", "poisson")
 OVERFLOW_TAIL = 1e-9  # the default M_max's overflow probability per round
@@ -64,3 +69,21 @@ def check_sampling(sampling: str, num_clients: int, cohort_size: int, max_cohort
         raise ValueError(f"max_cohort must be an integer in [1, num_clients={num_clients}], got {max_cohort!r}")
     return max_cohort
 
+
+def sample_poisson_cohort(rkey: jax.Array, num_clients: int, rate: float, max_cohort: int):
+    """``(ids [M_max] int32, joined [M_max] bool, num_joined () int32)``: Poisson sampling into M_max slots.
+
+    Client i joins iff ``u_i < q`` for C i.i.d. uniforms ``u`` drawn with
+    ``keys.purpose_key(round_key, COHORT)`` (independent Bernoulli(q) draws, one per
+    client). The slots hold the M_max clients with the SMALLEST ``u`` in increasing
+    order (``lax.top_k`` of ``-u``), so the joiners come first and ``joined`` is a
+    prefix mask. Given who joined, their ``u_i / q`` are i.i.d. uniform, so when more
+    than M_max join (an overflow) the kept ones are a uniformly random M_max-subset
+    of the joiners. ``num_joined`` is the true count (it may exceed M_max).
+    """
+    ckey = keys.purpose_key(rkey, keys.COHORT)
+    u = jax.random.uniform(ckey, (num_clients,))
+    neg_u, ids = jax.lax.top_k(-u, max_cohort)
+    joined = -neg_u < rate
+    num_joined = jnp.sum((u < rate).astype(jnp.int32))
+    return ids.astype(jnp.int32), joined, num_joined
