@@ -91,6 +91,10 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     n = model_num_params(args, feature_dim, num_classes)
     s = client_state_floats(args, n) * 4
     M = args.cohort_size
+    if getattr(args, "sampling", "fixed") == "poisson":  # every one of the M_max slots trains
+        from jaxqfl.engine.sampling import default_max_cohort
+
+        M = args.max_cohort or default_max_cohort(num_clients, min(1.0, M / num_clients))
     per_dev_clients = math.ceil(M / D)
     if home == "auto":
         home = "replicated" if num_clients * s * D <= 2 * 2**30 else "sharded"

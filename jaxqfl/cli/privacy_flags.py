@@ -90,14 +90,22 @@ def make_aggregator(args, num_clients: int, uplink):
     if not args.dp:
         return None
     args.dp_count_noise = args.cohort_size / 20.0 if args.dp_adaptive_quantile is not None else 0.0
-    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise)
+    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+                sampling=_sampling(args))
     if args.dp_epsilon is not None:
         args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds, **acct)
     print(f"DP-FedAvg: clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f}, delta {args.dp_delta:.3g}"
           f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}, accountant "
-          f"{privacy.accountant_name('fixed')}")
+          f"{privacy.accountant_name(_sampling(args))}")
+    # Poisson sampling: the FIXED denominator is the expected cohort q N (McMahan et al. 2018), never the realised one
     return aggregate.dp_mean(args.dp_clip, args.dp_noise, target_quantile=args.dp_adaptive_quantile,
-                             count_noise_std=args.dp_count_noise)
+                             count_noise_std=args.dp_count_noise,
+                             denominator=float(args.cohort_size) if _sampling(args) == "poisson" else None)
+
+
+def _sampling(args) -> str:
+    """The cohort sampling the accounting must match (``--sampling``, ``jaxqfl.cli.sampling_flags``)."""
+    return getattr(args, "sampling", "fixed")
 
 
 def record_fields(args, num_clients: int, record: dict) -> dict:
@@ -107,7 +115,8 @@ def record_fields(args, num_clients: int, record: dict) -> dict:
         from jaxqfl import privacy
 
         eps = privacy.epsilon(args.dp_noise, args.dp_delta, record["round"], num_clients=num_clients,
-                              cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise)
+                              cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+                              sampling=_sampling(args))
         out["dp_epsilon"] = eps if math.isfinite(eps) else None
     failed = record.get("server_secagg_failed_rounds", 0)
     if failed:
@@ -127,7 +136,8 @@ def summary_fields(args, num_clients: int) -> dict:
     from jaxqfl import privacy
 
     d = privacy.describe(args.dp_noise, args.dp_delta, args.rounds, num_clients=num_clients,
-                         cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise)
+                         cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+                         sampling=_sampling(args))
     return {**d, "dp_noise_multiplier": args.dp_noise, "dp_clip": args.dp_clip,
             "dp_adaptive_quantile": args.dp_adaptive_quantile, "dp_count_noise_std": args.dp_count_noise,
             "dp_weighting": "uniform (the algorithm's example weights are not used: sensitivity C)"}

@@ -35,6 +35,7 @@ from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
+from jaxqfl.cli import sampling_flags
 from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
@@ -67,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="server learning rate (default 1); a comma-separated list sweeps it")
     g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
     algorithm_args.add_arguments(g)
+    sampling_flags.add_arguments(g)
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=None,
                    help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
@@ -157,6 +159,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
     privacy_flags.validate(parser, args)
+    sampling_flags.validate(parser, args)
     if args.aggregator != "mean" and args.integer_aggregation:
         parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
     high = 0.25 if args.aggregator == "bulyan" else 0.5
@@ -291,6 +294,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         downlink=None if args.downlink == "none" else args.downlink_codec,
         client_state=args.client_state,
         autotune=args.autotune,
+        **sampling_flags.build_kwargs(args, population.num_clients),
     )
     if args.verbose:
         print(_chunk_line(sim), flush=True)
@@ -335,6 +339,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
 
         def on_eval(rec):
             rec.update(privacy_flags.record_fields(args, population.num_clients, rec))
+            sampling_flags.warn_overflow(args, sim, rec)
             all_records.append(rec)
             f.write(strict_dumps(rec) + "\n")
             f.flush()
@@ -417,6 +422,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "checkpoint": str(ckpt_dir / str(max(saved_rounds))) if saved_rounds else None,
         "final_params": str(out / checkpoint.FINAL_PARAMS),
         **privacy_flags.summary_fields(args, population.num_clients),
+        **sampling_flags.summary_fields(args, sim, population.num_clients, all_records),
     }
     write_json(out / "summary.json", summary)
     if result.diverged_round is not None:

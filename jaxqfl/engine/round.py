@@ -19,6 +19,15 @@ One round, as data (DESIGN.md, protocol v2):
 Padding slots train on a real client's data with weight 0, their summands are
 zeroed before the sum (or marked invalid for a gather) and their states are
 never written back. Weights: what the algorithm's ``client_final`` returns.
+
+Poisson sampling (``sampling="poisson"``, ``jaxqfl.engine.sampling.sample_poisson_cohort``):
+each of the C clients joins independently with probability q; the joiners fill the first of
+``M = layout.cohort_size`` static slots (M_max) and the other slots are masked
+out exactly like padding (``valid`` False: no summand, no weight, no state
+write-back, no bits, cohort id -1 in the metrics). More than M_max joiners is an
+*overflow*: the round keeps M_max of them chosen uniformly at random and reports
+it (``RoundMetrics.joined`` / ``overflow``, server metrics ``cohort_joined`` /
+``cohort_overflow``); never silently.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from jaxqfl.algorithms.base import ServerInfo
 from jaxqfl.engine.client_update import make_send_update, make_train_client
 from jaxqfl.engine.layout import ClientLayout
 from jaxqfl.engine.mesh import CLIENTS
+from jaxqfl.engine.sampling import sample_poisson_cohort
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import RoundMetrics, ServerState
 
@@ -104,6 +114,7 @@ def masked_max(tree, valid):
 def round_program(
     model, algorithm, aggregator, schedule: LocalSchedule, task, mesh, layout: ClientLayout, *,
     num_clients: int, max_count: int, uplink=None, downlink=None, label_transform=None,
+    sampling: str = "fixed", expected_cohort: float | None = None,
 ) -> Callable:
     """``one_round(state, data, cohort=None, cohort_states=None) -> (state, RoundMetrics[, new cohort states])``.
 
@@ -113,7 +124,16 @@ def round_program(
     client states); otherwise the program samples it. ``cohort_states`` (the
     cohort's [M_pad] rows of every client state, host home) replaces the gather
     from ``state.client_states``, and the new rows are returned instead of scattered.
+
+    ``sampling="poisson"``: each client joins with probability ``q = expected_cohort / num_clients``
+    into the layout's ``cohort_size`` (M_max) slots (``sample_poisson_cohort``); the
+    algorithm's ``ServerInfo.cohort_size`` is then the expected cohort ``q C``.
     """
+    if sampling not in ("fixed", "poisson"):
+        raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
+    poisson = sampling == "poisson"
+    if poisson and not (expected_cohort is not None and 0 < expected_cohort <= num_clients):
+        raise ValueError(f"Poisson sampling needs an expected cohort in (0, {num_clients}], got {expected_cohort!r}")
     C, M, D = num_clients, layout.cohort_size, layout.num_devices
     chunk, num_chunks, per_device = layout.chunk, layout.num_chunks, layout.per_device
     M_pad = layout.padded_cohort
@@ -192,10 +212,16 @@ def round_program(
     def one_round(state: ServerState, data, cohort=None, cohort_states=None):
         rkey = keys.round_key(state.key, state.round)
         data_is_block = isinstance(data, CohortBlock)
-        if cohort is None:
+        joined, num_joined = jnp.ones((M,), bool), jnp.int32(M)
+        if poisson:
+            if cohort is not None:
+                raise ValueError("Poisson sampling draws its cohort inside the program; a host-given cohort "
+                                 "(streamed data, host-home client states) is not supported")
+            cohort, joined, num_joined = sample_poisson_cohort(rkey, C, expected_cohort / C, M)
+        elif cohort is None:
             cohort = sample_cohort(rkey, C, M)
         ids = jnp.zeros((M_pad,), jnp.int32).at[:M].set(cohort)
-        valid = jnp.arange(M_pad) < M
+        valid = (jnp.arange(M_pad) < M) & jnp.zeros((M_pad,), bool).at[:M].set(joined)
         # on-device data is indexed by client id; a streamed block by its slot on the device
         slots = jnp.tile(jnp.arange(per_device, dtype=jnp.int32), D) if data_is_block else ids
         if cohort_states is None:
@@ -219,23 +245,32 @@ def round_program(
         if generic_codec:
             aggregate = uplink.finalize(aggregate)
         params, alg_state, alg_metrics = algorithm.server_update(
-            state.params, state.algorithm_state, aggregate, ServerInfo(state.round, C, M, weight_sum))
+            state.params, state.algorithm_state, aggregate,
+            ServerInfo(state.round, C, expected_cohort if poisson else M, weight_sum))
         if cohort_states is None:
             scatter_ids = jnp.where(valid, ids, state_rows(state))  # padding rows are dropped
             client_states = jax.tree.map(
                 lambda s, n: s.at[scatter_ids].set(n, mode="drop"), state.client_states, new_cstates)
         else:
             client_states = state.client_states
+        overflow = jnp.maximum(num_joined - M, 0).astype(jnp.int32)
+        sampling_metrics = {}
+        if poisson:  # per-round server metrics: they reach metrics.jsonl as server_cohort_*_per_round
+            sampling_metrics = {"cohort_joined": num_joined.astype(jnp.float32),
+                                "cohort_overflow": overflow.astype(jnp.float32)}
+        real = lambda a: jnp.where(_slot_mask(joined, a), a, jnp.zeros_like(a))  # masked slots report zeros
         metrics = RoundMetrics(
             train_loss=loss_sum / jnp.maximum(weight_sum, 1e-30),
             total_weight=weight_sum,
-            cohort=cohort,
-            uplink_bits=ub[:M],
-            downlink_bits=db[:M],
-            local_steps=steps[:M],
+            cohort=jnp.where(joined, cohort, -1),
+            uplink_bits=real(ub[:M]),
+            downlink_bits=real(db[:M]),
+            local_steps=real(steps[:M]),
             active=jnp.asarray(True),
-            clients=jax.tree.map(lambda a: a[:M], cmetrics),
-            server={**agg_metrics, **alg_metrics},
+            clients=jax.tree.map(lambda a: real(a[:M]), cmetrics),
+            server={**agg_metrics, **alg_metrics, **sampling_metrics},
+            joined=num_joined.astype(jnp.int32),
+            overflow=overflow,
         )
         new_state = ServerState(params, alg_state, agg_state, client_states, state.round + 1, state.key)
         if cohort_states is None:

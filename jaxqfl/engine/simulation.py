@@ -34,6 +34,7 @@ from jaxqfl.engine.host_loop import host_loop
 from jaxqfl.engine.layout import ClientLayout, check_cohort_and_chunk, client_layout
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.engine.round import DeviceData, round_program
+from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
 from jaxqfl.tasks import Task, for_num_classes
@@ -56,6 +57,8 @@ class Simulation(NamedTuple):
     stream_stats: Callable | None = None  # host-driven rounds: stream_stats() -> StreamStats
     cohort: Callable | None = None  # host-driven rounds: cohort(run_key_data, round) -> [M] ids
     tuning: dict | None = None  # the chunk-size search (jaxqfl.engine.autotune.TuningRecord), when one ran
+    sampling: str = "fixed"  # "fixed" or "poisson" (jaxqfl.engine.sampling)
+    max_cohort: int | None = None  # Poisson sampling: the static number of cohort slots M_max
 
 
 class RoundSetup(NamedTuple):
@@ -71,6 +74,8 @@ class RoundSetup(NamedTuple):
     state_sharding: Any  # pytree of NamedShardings of the state (device homes)
     evaluate: Callable
     tuning: dict | None = None  # the chunk-size search record, when one ran
+    sampling: str = "fixed"
+    max_cohort: int | None = None  # Poisson: M_max slots (None for fixed-size sampling)
 
 
 def default_aggregator():
@@ -82,11 +87,19 @@ def default_aggregator():
 def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
-    label_transform=None,
+    label_transform=None, sampling: str = "fixed", max_cohort: int | None = None,
 ) -> RoundSetup:
-    """Check the arguments, build the mesh, the layout, the round program and the initial state."""
+    """Check the arguments, build the mesh, the layout, the round program and the initial state.
+
+    With ``sampling="poisson"`` the layout (chunks, padding, autotuning) is sized for the
+    ``max_cohort`` slots, not for the expected ``cohort_size``.
+    """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
     homes.check_home(client_state)
+    slots = check_sampling(sampling, population.num_clients, cohort_size, max_cohort)
+    if sampling == "poisson" and client_state == "host":
+        raise ValueError("Poisson sampling draws the cohort inside the round program; the 'host' client-state "
+                         "home needs it on the host first: use client_state='replicated' or 'sharded'")
     if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
     aggregator = check_aggregator(default_aggregator() if aggregator is None else aggregator)
@@ -100,14 +113,14 @@ def setup_round(
         split = device_split.split_candidates(num_devices)
         if split:  # a CPU host split into devices: the device count is tuned too
             mesh, layout, record = device_split.tuned_mesh_and_layout(
-                population, model, algorithm, aggregator, schedule, task, split, cohort_size=cohort_size,
+                population, model, algorithm, aggregator, schedule, task, split, cohort_size=slots,
                 uplink=uplink, downlink=downlink)
         else:
             layout, record = tuned_layout(population, model, algorithm, aggregator, schedule, task, mesh,
-                                          cohort_size=cohort_size, uplink=uplink, downlink=downlink)
+                                          cohort_size=slots, uplink=uplink, downlink=downlink)
         tuning = record._asdict()
     else:
-        layout = client_layout(population, model, algorithm, schedule, cohort_size, mesh.devices.size, chunk_size,
+        layout = client_layout(population, model, algorithm, schedule, slots, mesh.devices.size, chunk_size,
                                mesh.devices.flat[0])
     D, C = mesh.devices.size, population.num_clients
     device = mesh.devices.flat[0]
@@ -120,11 +133,15 @@ def setup_round(
     one_abs = jax.eval_shape(per_client, params_abs)
     state_bytes = C * sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(one_abs))
     home = homes.resolve_home(client_state, state_bytes, D, device)
+    if sampling == "poisson" and home == "host":
+        raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, which Poisson "
+                         f"sampling does not support: pass client_state='sharded' (or 'replicated')")
     rows = homes.state_rows(home, C, D)
 
     one_round = round_program(model, algorithm, aggregator, schedule, task, mesh, layout, num_clients=C,
                               max_count=population.max_count, uplink=uplink, downlink=downlink,
-                              label_transform=label_transform)
+                              label_transform=label_transform, sampling=sampling,
+                              expected_cohort=cohort_size if sampling == "poisson" else None)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -152,7 +169,8 @@ def setup_round(
                             state_sharding)
 
     evaluate = build_evaluate(population, model, task, mesh, eval_batch_size)
-    return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate, tuning)
+    return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate, tuning,
+                      sampling, slots if sampling == "poisson" else None)
 
 
 def block_compiler(lower_block: Callable[[int], Any]):
@@ -219,6 +237,8 @@ def build(
     eval_batch_size: int = 1024,
     autotune: bool | None = None,
     label_transform=None,
+    sampling: str = "fixed",
+    max_cohort: int | None = None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -232,18 +252,28 @@ def build(
         cached on disk) or from the cost model (``jaxqfl.engine.chunking``) when tuning is off.
       label_transform: None, or ``fn(y, info) -> y`` applied to every training batch's labels
         (``info``: the client's ``ClientInfo``), e.g. ``aggregate.label_flip_transform``.
+      sampling: ``"fixed"`` (``cohort_size`` clients uniformly without replacement) or
+        ``"poisson"``: each client joins with probability ``q = cohort_size / num_clients``
+        (``cohort_size`` is the EXPECTED cohort) into ``max_cohort`` static slots, the
+        rest masked out; more joiners than slots is reported per round
+        (``RoundMetrics.overflow``), never silent (``jaxqfl.engine.sampling``). Not
+        available with the ``"host"`` client-state home nor with ``build_streaming``.
+        For DP under Poisson sampling give ``aggregate.dp_mean`` the fixed
+        ``denominator=cohort_size`` (the expected cohort, McMahan et al. 2018).
+      max_cohort: M_max for Poisson sampling (default: the smallest m with
+        ``P(Binomial(C, q) > m) <= 1e-9``, ``sampling.default_max_cohort``).
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
-        label_transform=label_transform,
+        label_transform=label_transform, sampling=sampling, max_cohort=max_cohort,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh)
     common = dict(init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
                   cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
-                  client_state_home=setup.home, tuning=setup.tuning)
+                  client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort)
     if setup.home == "host":
         compile_round, run_block, stats, cohort, traces = host_loop(
             mesh=mesh, layout=layout, num_clients=population.num_clients, one_round=one_round,

@@ -33,13 +33,15 @@ class RoundMetrics(NamedTuple):
 
     train_loss: jax.Array  # () weighted mean over the cohort of each client's mean local loss
     total_weight: jax.Array  # () sum of p_i over the cohort
-    cohort: jax.Array  # [M] int32 client ids
+    cohort: jax.Array  # [M] int32 client ids (-1: a Poisson slot no client filled)
     uplink_bits: jax.Array  # [M] int32 bits each client sent
     downlink_bits: jax.Array  # [M] int32 bits each client received
     local_steps: jax.Array  # [M] int32 local steps each client took
     active: jax.Array  # () bool, False for a skipped tail round
     clients: dict  # name -> [M]: the algorithm's and the aggregator's per-client metrics
     server: dict  # name -> (): the algorithm's and the aggregator's per-round metrics
+    joined: jax.Array  # () int32 clients that joined the round (M for fixed-size sampling; Poisson: may exceed M)
+    overflow: jax.Array  # () int32 joiners left out for lack of slots (Poisson sampling; 0 otherwise)
 
 
 def stack_states(state, n: int):
