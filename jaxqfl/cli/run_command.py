@@ -279,23 +279,27 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         return run_sweep_cli(args, population, task, _model(args, population), schedule, uplink,
                              make_algorithm=lambda hp: _algorithm(args, hp), t_start=t_start)
     build = engine.build_streaming if args.stream else engine.build
-    sim = build(
-        population,
-        _model(args, population),
-        algorithm,
-        schedule,
-        cohort_size=args.cohort_size,
-        aggregator=aggregator,
-        label_transform=label_transform,
-        task=task,
-        num_devices=args.devices,
-        chunk_size=args.chunk_size,
-        uplink=uplink,
-        downlink=None if args.downlink == "none" else args.downlink_codec,
-        client_state=args.client_state,
-        autotune=args.autotune,
-        **sampling_flags.build_kwargs(args, population.num_clients),
-    )
+    try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
+        sim = build(
+            population,
+            _model(args, population),
+            algorithm,
+            schedule,
+            cohort_size=args.cohort_size,
+            aggregator=aggregator,
+            label_transform=label_transform,
+            task=task,
+            num_devices=args.devices,
+            chunk_size=args.chunk_size,
+            uplink=uplink,
+            downlink=None if args.downlink == "none" else args.downlink_codec,
+            client_state=args.client_state,
+            autotune=args.autotune,
+            **sampling_flags.build_kwargs(args, population.num_clients),
+        )
+    except ValueError as e:
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        return 2
     if args.verbose:
         print(_chunk_line(sim), flush=True)
     config = config_file.config_of(args)
