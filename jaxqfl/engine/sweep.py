@@ -114,13 +114,18 @@ def build_sweep(
     uplink=None,
     downlink=None,
     eval_batch_size: int = 1024,
+    label_transform=None,
 ) -> SweepSimulation:
     """Build S configurations of one experiment as one program (module docstring).
 
     Args:
       make_algorithm: ``hp -> Algorithm`` from a dict of traced float32 hyper-parameters.
       configs: S dicts, each ``{"seed": int, name: float, ...}`` with the same names (see :func:`grid`).
-      make_aggregator: ``hp -> Aggregator`` (default: the mean for every config).
+      make_aggregator: ``hp -> Aggregator`` (default: the mean for every config). Its state
+        (``ServerState.aggregator_state``) and per-client states get the config axis like every
+        other leaf: DP (fixed or adaptive clip, a traced ``hp["dp_noise"]``), integer and secure
+        sums, robust rules and attacks run per config.
+      label_transform: ``fn(y, info) -> y`` shared by every config (``engine.build``'s).
     """
     configs, names = check_configs(configs)
     check_cohort_and_chunk(population, cohort_size, chunk_size)
@@ -143,7 +148,8 @@ def build_sweep(
 
     def config_round(state, hp):
         one_round = round_program(model, make_algorithm(hp), make_aggregator(hp), schedule, task, mesh, layout,
-                                  num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink)
+                                  num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
+                                  label_transform=label_transform)
         return one_round(state, data)
 
     swept_round = jax.vmap(config_round)
