@@ -83,6 +83,19 @@ def test_robust_aggregator_with_an_omniscient_attack_sweep_equals_single_runs(po
     _assert_config_equals_single(population, configs, fedavg, 1, make_aggregator=krum)
 
 
+def test_local_steps_sweep_pads_to_the_largest_and_each_config_equals_its_single_run(population):
+    """FedNova with momentum reads the step count (info.num_steps) and keeps an optimizer state:
+    the padded steps must neither move the parameters nor the momentum, nor count as steps."""
+    fednova = lambda hp: algorithms.fednova(0.1, 0.5)
+    configs = engine.grid([2], local_steps=[1, 3])
+    _, metrics = _assert_config_equals_single(population, configs, fednova, 0,
+                                              single_schedule=engine.LocalSchedule(local_steps=1, batch_size=3))
+    assert set(np.unique(metrics.local_steps[:, 0])) == {1} and set(np.unique(metrics.local_steps[:, 1])) == {3}
+    with pytest.raises(ValueError, match="local_steps must be positive integers"):
+        engine.build_sweep(population, MODEL, fednova, SCHEDULE, configs=engine.grid([0], local_steps=[1, 2.5]),
+                           cohort_size=4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["integer", "secure", "median"])
 def test_integer_secure_and_median_sweeps_equal_single_runs(population, kind):

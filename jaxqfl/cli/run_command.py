@@ -31,6 +31,7 @@ from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
+from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
@@ -57,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("federated training")
     g.add_argument("--cohort-size", type=_positive_int, default=None, help="clients per round")
     g.add_argument("--rounds", type=_positive_int, default=None)
-    g.add_argument("--local-steps", type=_positive_int, default=None)
+    g.add_argument("--local-steps", type=_positive_ints, default=None,
+                   help="local steps per round; a comma-separated list sweeps it (padded to the largest, masked)")
     g.add_argument("--local-epochs", type=_positive_int, default=None)
     g.add_argument("--batch-size", type=_nonneg_int, default=None, help="0 means full batch (FedSGD with 1 local step)")
     g.add_argument("--client-lr", type=_positive_floats, default=None,
@@ -209,7 +211,7 @@ def _algorithm(args, hp: dict | None = None):
     return algorithm_args.build(args, hp)[0]
 
 
-SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise")  # flags that take comma-separated lists
+SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise", "local_steps")  # flags that take comma-separated lists
 
 
 def _split_sweep(parser, args) -> None:
