@@ -135,3 +135,48 @@ def test_cli_dp_noise_sweep_reports_each_configs_own_epsilon(tmp_path):
                                    rtol=1e-9)
         epsilons.append(summary["dp_epsilon"])
     assert epsilons[0] > epsilons[1]  # more noise, less privacy spent
+    pytest.importorskip("matplotlib")
+    from jaxqfl.cli.plot_command import sweep_curves
+
+    curves = sweep_curves(str(out))  # the real sweep.json: one curve per noise, one seed each (no band)
+    assert [c["hyperparameters"] for c in curves] == [{"dp_noise": 0.7}, {"dp_noise": 1.5}]
+    assert all(c["std"]["test_loss"] == [0.0, 0.0] for c in curves)
+    assert main(["plot", str(out), "--out", str(tmp_path / "dp.png"), "--dpi", "40"]) == 0
+
+
+def _fake_sweep(folder, rng):
+    """A sweep folder as ``jaxqfl run --seeds 0-2 --client-lr 0.1,0.3`` writes it, with random metrics."""
+    configs = engine.grid([0, 1, 2], client_lr=[0.1, 0.3])
+    from jaxqfl.cli.sweep_command import config_name
+
+    rows = []
+    for c in configs:
+        name = config_name(c)
+        (folder / name).mkdir(parents=True)
+        records = [{"round": r, "test_loss": float(rng.uniform(0.5, 2)), "test_accuracy": float(rng.uniform()),
+                    "uplink_bits_total": int(rng.integers(1000, 2000)) * r} for r in (2, 4, 6)]
+        (folder / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        rows.append({**c, "folder": name, "records": records})
+    (folder / "sweep.json").write_text(json.dumps({"swept": ["client_lr"], "configs": [
+        {k: v for k, v in r.items() if k != "records"} for r in rows]}))
+    return rows
+
+
+def test_plot_of_a_sweep_draws_the_mean_over_seeds_with_a_one_std_band(tmp_path):
+    pytest.importorskip("matplotlib")
+    from jaxqfl.cli.main import main
+    from jaxqfl.cli.plot_command import sweep_curves
+
+    rows = _fake_sweep(tmp_path / "sw", np.random.default_rng(0))
+    curves = sweep_curves(str(tmp_path / "sw"))
+    assert [c["hyperparameters"] for c in curves] == [{"client_lr": 0.1}, {"client_lr": 0.3}]
+    for curve in curves:
+        members = [r for r in rows if r["client_lr"] == curve["hyperparameters"]["client_lr"]]
+        assert curve["seeds"] == [0, 1, 2] and curve["round"] == [2, 4, 6]
+        for metric in ("test_loss", "test_accuracy"):
+            per_config = np.array([[rec[metric] for rec in r["records"]] for r in members])  # [seeds, R]
+            np.testing.assert_allclose(curve["mean"][metric], per_config.mean(axis=0), rtol=1e-12)
+            np.testing.assert_allclose(curve["std"][metric], per_config.std(axis=0, ddof=1), rtol=1e-12)
+    fig = tmp_path / "sweep.png"
+    assert main(["plot", str(tmp_path / "sw"), "--out", str(fig), "--dpi", "40"]) == 0
+    assert fig.stat().st_size > 1000
