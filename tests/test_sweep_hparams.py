@@ -180,3 +180,21 @@ def test_plot_of_a_sweep_draws_the_mean_over_seeds_with_a_one_std_band(tmp_path)
     fig = tmp_path / "sweep.png"
     assert main(["plot", str(tmp_path / "sw"), "--out", str(fig), "--dpi", "40"]) == 0
     assert fig.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "0-1", "--client-state", "host"], "drop --client-state host"),
+    (["--local-steps", "2,4", "--local-epochs", "1"], "not both"),
+    (["--mu", "0.1,1"], "--mu applies to --algorithm fedprox"),
+    (["--dp-noise", "0.5,1"], "--dp-noise needs --dp-clip"),
+    (["--local-steps", "2,0"], "positive"),
+])
+def test_bad_sweep_flags_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    from jaxqfl.cli.main import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -229,6 +229,9 @@ def _split_sweep(parser, args) -> None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
     if args.sweep_values and args.stream:
         parser.error("a sweep (--seeds or a list of values) runs on-device; drop --stream")
+    if (args.sweep_values or args.seeds is not None) and args.client_state not in ("auto", "replicated"):
+        parser.error(f"a sweep keeps every config's per-client states replicated on the devices ([configs, clients, "
+                     f"...]); drop --client-state {args.client_state}")
 
 
 EXIT_DIVERGED = 3
