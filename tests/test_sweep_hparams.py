@@ -49,14 +49,23 @@ def _assert_config_equals_single(population, configs, make_algorithm, s, *, make
     return states, metrics
 
 
-def test_fedprox_mu_sweep_config_equals_the_single_run(population):
-    def fedprox(hp):
-        return algorithms.fedprox(optax.sgd(0.2), hp["mu"])
+def test_fedprox_mu_and_local_steps_sweep_config_equals_the_single_run(population):
+    """mu reaches the clients as a traced value; local steps pad to the sweep's largest count (3) and
+    the padded steps move neither the parameters nor the local momentum, nor count as steps."""
 
-    configs = engine.grid([1], mu=[0.0, 2.0])
-    states, _ = _assert_config_equals_single(population, configs, fedprox, 1)
-    gap = max(float(np.max(np.abs(a[0] - a[1]))) for a in jax.tree.leaves(states.params))
-    assert gap > 1e-4  # mu reached the clients: the two configs trained differently
+    def fedprox(hp):
+        return algorithms.fedprox(optax.sgd(0.2, momentum=0.5), hp["mu"])
+
+    configs = engine.grid([1], mu=[0.0, 2.0], local_steps=[2, 3])  # (mu, K): (0, 2) (0, 3) (2, 2) (2, 3)
+    states, metrics = _assert_config_equals_single(
+        population, configs, fedprox, 2, single_schedule=engine.LocalSchedule(local_steps=2, batch_size=3))
+    assert set(np.unique(metrics.local_steps[:, 2])) == {2} and set(np.unique(metrics.local_steps[:, 3])) == {3}
+    gap = max(float(np.max(np.abs(a[0] - a[2]))) for a in jax.tree.leaves(states.params))
+    assert gap > 1e-4  # mu changed the training: configs 0 and 2 differ in mu only
+    with pytest.raises(ValueError, match="local_steps must be positive integers"):
+        engine.build_sweep(population, MODEL, fedprox, SCHEDULE,
+                           configs=engine.grid([0], mu=[0.1], local_steps=[2.5]),
+                           cohort_size=4)
 
 
 def test_dp_noise_sweep_config_equals_the_single_dp_run(population):
@@ -81,19 +90,6 @@ def test_robust_aggregator_with_an_omniscient_attack_sweep_equals_single_runs(po
     fedavg = lambda hp: algorithms.fedavg(optax.sgd(hp["client_lr"]))
     configs = engine.grid([4], client_lr=[0.05, 0.3])
     _assert_config_equals_single(population, configs, fedavg, 1, make_aggregator=krum)
-
-
-def test_local_steps_sweep_pads_to_the_largest_and_each_config_equals_its_single_run(population):
-    """FedNova with momentum reads the step count (info.num_steps) and keeps an optimizer state:
-    the padded steps must neither move the parameters nor the momentum, nor count as steps."""
-    fednova = lambda hp: algorithms.fednova(0.1, 0.5)
-    configs = engine.grid([2], local_steps=[1, 3])
-    _, metrics = _assert_config_equals_single(population, configs, fednova, 0,
-                                              single_schedule=engine.LocalSchedule(local_steps=1, batch_size=3))
-    assert set(np.unique(metrics.local_steps[:, 0])) == {1} and set(np.unique(metrics.local_steps[:, 1])) == {3}
-    with pytest.raises(ValueError, match="local_steps must be positive integers"):
-        engine.build_sweep(population, MODEL, fednova, SCHEDULE, configs=engine.grid([0], local_steps=[1, 2.5]),
-                           cohort_size=4)
 
 
 @pytest.mark.slow

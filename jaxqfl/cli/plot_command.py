@@ -29,8 +29,9 @@ LABEL_KEYS = ("uplink", "downlink", "quant", "server_opt", "client_lr", "server_
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each with metrics.jsonl) or sweep folders (with sweep.json: "
-                                                          "mean over seeds with a band)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders (each with metrics.jsonl) or sweep folders (with sweep.json: the mean over "
+                        "seeds with a band)")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
     p.add_argument("--title", default=None)
     p.add_argument("--dpi", type=int, default=100)

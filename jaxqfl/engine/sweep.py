@@ -171,8 +171,8 @@ def build_sweep(
 
     def config_round(state, hp):
         one_round = round_program(model, make_algorithm(hp), make_aggregator(hp), schedule_of(hp), task, mesh,
-                                  layout, num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink,
-                                  label_transform=label_transform)
+                                  layout, num_clients=C, max_count=population.max_count, uplink=uplink,
+                                  downlink=downlink, label_transform=label_transform)
         return one_round(state, data)
 
     swept_round = jax.vmap(config_round)
