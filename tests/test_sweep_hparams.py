@@ -129,6 +129,7 @@ def test_cli_dp_noise_sweep_reports_each_configs_own_epsilon(tmp_path):
         np.testing.assert_allclose([r["dp_epsilon"] for r in records],
                                    [privacy.epsilon(noise, delta, r, num_clients=30, cohort_size=6) for r in (1, 2)],
                                    rtol=1e-9)
+        np.testing.assert_allclose([r["server_dp_noise_std"] for r in records], 0.5 * noise, rtol=1e-6)  # z C
         epsilons.append(summary["dp_epsilon"])
     assert epsilons[0] > epsilons[1]  # more noise, less privacy spent
     pytest.importorskip("matplotlib")
