@@ -131,6 +131,7 @@ def test_cli_dp_noise_sweep_reports_each_configs_own_epsilon(tmp_path):
                                    rtol=1e-9)
         np.testing.assert_allclose([r["server_dp_noise_std"] for r in records], 0.5 * noise, rtol=1e-6)  # z C
         epsilons.append(summary["dp_epsilon"])
+        assert [c["dp_epsilon"] for c in report["configs"] if c["dp_noise"] == noise] == [summary["dp_epsilon"]]
     assert epsilons[0] > epsilons[1]  # more noise, less privacy spent
     pytest.importorskip("matplotlib")
     from jaxqfl.cli.plot_command import sweep_curves

@@ -12,6 +12,9 @@ Writes, under OUT:
                                                      the swept hyper-parameters the mean and standard
                                                      deviation over seeds
     sweep.md                                         that table
+
+With DP, each config's rows, summary and ``sweep.json`` entry carry the epsilon of its own
+noise multiplier (``--dp-noise 0.5,1``: one accountant per config).
 """
 from __future__ import annotations
 
@@ -138,7 +141,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     swept = sorted(args.sweep_values)
     report = {
         "configs": [{**c, "folder": n, **{f"final_{k[5:] if k.startswith('test_') else k}": f.get(k)
-                                         for k in FINAL_KEYS if k in f}}
+                                         for k in FINAL_KEYS if k in f},
+                     **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {})}
                     for c, n, f in zip(configs, names, finals)],
         "by_hyperparameters": rows,
         "swept": swept,
