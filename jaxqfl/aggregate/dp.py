@@ -102,7 +102,9 @@ def dp_mean(
     Args:
       clip: the L2 clip norm C (the initial one with ``target_quantile``); ``inf``
         disables clipping (then no privacy, whatever the noise).
-      noise_multiplier: z, the update noise's standard deviation over C.
+      noise_multiplier: z, the update noise's standard deviation over C; a Python number or a
+        traced scalar (a sweep over z, ``jaxqfl.engine.build_sweep``: then the noise is always
+        drawn, ``z = 0`` adding exactly zero).
       target_quantile: gamma in (0, 1) for adaptive clipping (Andrew et al. 2021); None keeps C fixed.
       clip_learning_rate: eta of the geometric clip update.
       count_noise_std: sigma_b, the noise of the unclipped count (adaptive clipping only).
@@ -114,8 +116,12 @@ def dp_mean(
       this round), ``dp_noise_std`` (z C) and, adaptive only, ``dp_unclipped_fraction`` (b~).
     """
     _check("clip", clip, positive=True, allow_inf=True)
-    _check("noise_multiplier", noise_multiplier)
-    if not math.isfinite(clip) and noise_multiplier > 0:
+    traced_noise = isinstance(noise_multiplier, jax.Array)
+    if traced_noise and not math.isfinite(clip):
+        raise ValueError("a traced noise multiplier (a sweep) needs a finite clip (the noise std is z C), got clip=inf")
+    if not traced_noise:
+        _check("noise_multiplier", noise_multiplier)
+    if not traced_noise and not math.isfinite(clip) and noise_multiplier > 0:
         raise ValueError(f"noise needs a finite clip (the noise std is z C), got clip=inf, noise_multiplier={noise_multiplier}")
     adaptive = target_quantile is not None
     if adaptive:
@@ -159,10 +165,10 @@ def dp_mean(
         denom = jnp.float32(denominator) if denominator is not None else jnp.sum(cohort.valid).astype(jnp.float32)
         denom = jnp.maximum(denom, 1.0)
         dkey = keys.purpose_key(cohort.key, keys.DP)
-        std = jnp.float32(noise_multiplier) * state.clip
+        std = jnp.asarray(noise_multiplier, jnp.float32) * state.clip
         leaves, treedef = jax.tree.flatten(reduced["sum"])
         nkeys = jax.random.split(jax.random.fold_in(dkey, _UPDATE_NOISE), max(len(leaves), 1))
-        noisy = [s + std * jax.random.normal(k, s.shape, jnp.float32) if noise_multiplier > 0 else s
+        noisy = [s + std * jax.random.normal(k, s.shape, jnp.float32) if traced_noise or noise_multiplier > 0 else s
                  for s, k in zip(leaves, nkeys)]
         aggregate = jax.tree.unflatten(treedef, [n / denom for n in noisy])
         metrics = {"dp_clip": state.clip, "dp_noise_std": std}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
+from jaxqfl.cli.argtypes import nonneg_floats as _nonneg_floats
 from jaxqfl.choices import ALGORITHMS
 
 DEFAULT_MU = 0.01
@@ -31,8 +31,9 @@ def add_arguments(g) -> None:
 
     g.add_argument("--algorithm", choices=ALGORITHMS, default="fedavg",
                    help="FL algorithm (README: table of algorithms); default fedavg")
-    g.add_argument("--mu", type=_nonneg_float, default=None,
-                   help=f"FedProx proximal coefficient (--algorithm fedprox; default {DEFAULT_MU})")
+    g.add_argument("--mu", type=_nonneg_floats, default=None,
+                   help=f"FedProx proximal coefficient (--algorithm fedprox; default {DEFAULT_MU}); a "
+                        f"comma-separated list sweeps it")
     g.add_argument("--feddyn-alpha", type=positive_float, default=None,
                    help=f"FedDyn regularization alpha (--algorithm feddyn; default {DEFAULT_FEDDYN_ALPHA})")
 
@@ -40,6 +41,10 @@ def add_arguments(g) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse flags the chosen algorithm does not use; fill --mu / --feddyn-alpha defaults."""
     a = args.algorithm
+    if isinstance(args.mu, tuple):  # a list not split into a sweep by jaxqfl run: one value only
+        if len(args.mu) > 1:
+            parser.error(f"--mu takes one value here, got {','.join(f'{m:g}' for m in args.mu)}")
+        args.mu = args.mu[0]
     if args.mu is not None and a != "fedprox":
         parser.error(f"--mu applies to --algorithm fedprox, got --algorithm {a}")
     if args.feddyn_alpha is not None and a != "feddyn":
@@ -59,8 +64,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def build(args: argparse.Namespace, hp: dict | None = None):
     """``(algorithm, hyper-parameters dict)`` for the validated flags.
 
-    ``hp`` (a sweep) overrides ``client_lr`` / ``server_lr`` with traced values; the
-    returned dict records the flags' (first) values.
+    ``hp`` (a sweep) overrides ``client_lr`` / ``server_lr`` / ``mu`` with traced values;
+    the returned dict records the flags' (first) values.
     """
     import optax
 
@@ -74,7 +79,7 @@ def build(args: argparse.Namespace, hp: dict | None = None):
     if a == "fedavg":
         return algorithms.fedavg(optax.sgd(lr), server(), weighting=args.weighting), fedopt
     if a == "fedprox":
-        return (algorithms.fedprox(optax.sgd(lr), args.mu, server(), weighting=args.weighting),
+        return (algorithms.fedprox(optax.sgd(lr), hp.get("mu", args.mu), server(), weighting=args.weighting),
                 {**fedopt, "mu": args.mu})
     if a == "scaffold":
         return (algorithms.scaffold(lr, global_lr=server_lr),

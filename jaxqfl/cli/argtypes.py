@@ -77,6 +77,22 @@ def positive_floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def nonneg_floats(text: str) -> tuple[float, ...]:
+    """An argparse type: one number >= 0, or a comma-separated list of them (a sweep)."""
+    values = tuple(nonneg_float(t.strip()) for t in text.split(",") if t.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers separated by commas, got {text!r}")
+    return values
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """An argparse type: one positive integer, or a comma-separated list of them (a sweep)."""
+    values = tuple(positive_int(t.strip()) for t in text.split(",") if t.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
 def seed_list(text: str) -> tuple[int, ...]:
     """An argparse type for ``--seeds``: ``0-7`` (inclusive), ``0,3,5``, or a mix (``0-3,9``); distinct, >= 0."""
     seeds: list[int] = []

@@ -7,6 +7,12 @@ a 2 x 2 figure: test accuracy (top) and test loss (bottom), against the round
 (left) and against the cumulative uplink bits of all clients (right, log scale),
 one line per run, labelled by the settings in which the runs differ (or by the
 folder name). Needs matplotlib: ``pip install "jaxqfl[plot]"``.
+
+A sweep folder (``jaxqfl run --seeds ...``: it holds ``sweep.json``) draws one
+curve per combination of its swept hyper-parameters: the mean over its seeds,
+with a band of plus and minus one sample standard deviation over the seeds
+(``ddof=1``, as ``sweep.json``'s table; no band for a single seed). Against
+bits, the x value is the mean of the seeds' cumulative uplink bits.
 """
 from __future__ import annotations
 
@@ -15,13 +21,17 @@ import json
 import pathlib
 import sys
 
+import numpy as np
+
 #: Settings that make the best labels, in order, when runs differ in them.
 LABEL_KEYS = ("uplink", "downlink", "quant", "server_opt", "client_lr", "server_lr", "model", "partition",
               "cohort_size", "num_clients", "local_steps", "local_epochs", "batch_size", "seed", "dataset")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each with metrics.jsonl)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders (each with metrics.jsonl) or sweep folders (with sweep.json: the mean over "
+                        "seeds with a band)")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
     p.add_argument("--title", default=None)
     p.add_argument("--dpi", type=int, default=100)
@@ -43,6 +53,54 @@ def _load(run: str) -> tuple[list[dict], dict]:
     return records, config
 
 
+PLOTTED = ("test_accuracy", "test_loss")
+BAND = "mean over seeds ± one sample standard deviation"
+
+
+def sweep_curves(folder: str) -> list[dict]:
+    """Per combination of a sweep's swept hyper-parameters, the mean and std over its seeds of each metric.
+
+    Reads ``folder/sweep.json`` and every config's ``metrics.jsonl``. Returns one dict per
+    combination: ``hyperparameters`` ({name: value}), ``seeds``, ``label``, ``round`` [R],
+    ``uplink_bits_total`` [R] (mean over seeds), ``mean`` and ``std`` ({metric: [R]} for
+    ``PLOTTED``; sample std, ``ddof=1``, 0 for one seed). A null value (a diverged round) in
+    any seed makes that round's mean NaN: a gap, never a mean over the surviving seeds.
+    """
+    path = pathlib.Path(folder)
+    try:
+        report = json.loads((path / "sweep.json").read_text())
+        swept, configs = list(report["swept"]), list(report["configs"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{folder!r}: cannot read its sweep.json ({e})") from None
+    groups: dict[tuple, list[dict]] = {}
+    for c in configs:
+        groups.setdefault(tuple(c[k] for k in swept), []).append(c)
+    curves = []
+    for values, members in groups.items():
+        runs = [_load(str(path / m["folder"]))[0] for m in members]
+        n = min(len(r) for r in runs)
+        rounds = [rec["round"] for rec in runs[0][:n]]
+        if any([rec["round"] for rec in r[:n]] != rounds for r in runs):
+            raise ValueError(f"{folder!r}: the configs of {dict(zip(swept, values))} evaluated different rounds")
+
+        def column(name):  # [seeds, R]
+            return np.array([[np.nan if rec.get(name) is None else float(rec[name]) for rec in r[:n]] for r in runs])
+
+        stats = {m: column(m) for m in PLOTTED}
+        hp = dict(zip(swept, values))
+        seeds = [m["seed"] for m in members]
+        text = ", ".join(f"{k.replace('_', '-')}={v:g}" for k, v in hp.items())
+        count = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
+        curves.append({
+            "hyperparameters": hp, "seeds": seeds, "round": rounds,
+            "label": f"{text} ({count})" if text else f"mean of {count}",
+            "uplink_bits_total": column("uplink_bits_total").mean(axis=0).tolist(),
+            "mean": {m: v.mean(axis=0).tolist() for m, v in stats.items()},
+            "std": {m: (v.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(n)).tolist() for m, v in stats.items()},
+        })
+    return curves
+
+
 def labels(configs: list[dict], names: list[str]) -> list[str]:
     """Per run, ``key=value`` for the settings (LABEL_KEYS first) in which the runs differ; else the folder name."""
     keys = sorted({k for c in configs for k in c}, key=lambda k: (LABEL_KEYS.index(k) if k in LABEL_KEYS else 99, k))
@@ -61,13 +119,28 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print('jaxqfl plot: error: needs matplotlib; install it with: pip install "jaxqfl[plot]"', file=sys.stderr)
         return 2
+    is_sweep = [(pathlib.Path(r) / "sweep.json").is_file() for r in args.runs]
     try:
-        loaded = [_load(r) for r in args.runs]
+        loaded = [_load(r) for r, sweep in zip(args.runs, is_sweep) if not sweep]
+        sweeps = [(r, sweep_curves(r)) for r, sweep in zip(args.runs, is_sweep) if sweep]
     except ValueError as e:
         print(f"jaxqfl plot: error: {e}", file=sys.stderr)
         return 2
-    names = [pathlib.Path(r).name for r in args.runs]
+    names = [pathlib.Path(r).name for r, sweep in zip(args.runs, is_sweep) if not sweep]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
+    for folder, curves in sweeps:
+        prefix = f"{pathlib.Path(folder).name}: " if len(args.runs) > 1 else ""
+        for c in curves:
+            bits = np.asarray(c["uplink_bits_total"])
+            for row, metric in enumerate(PLOTTED):
+                mean, std = np.asarray(c["mean"][metric]), np.asarray(c["std"][metric])
+                for col, xs in enumerate((c["round"], bits)):
+                    if col == 1 and not np.all(bits > 0):
+                        continue
+                    line, = axes[row][col].plot(xs, mean, marker=".", label=prefix + c["label"])
+                    axes[row][col].fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    if sweeps:
+        axes[0][0].set_title(f"bands: {BAND}", fontsize="small")
     for (records, _), label in zip(loaded, labels([c for _, c in loaded], names)):
         rounds = [r["round"] for r in records]
         bits = [r.get("uplink_bits_total") for r in records]

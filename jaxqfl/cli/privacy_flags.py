@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
+from jaxqfl.cli.argtypes import nonneg_floats as _nonneg_floats
 from jaxqfl.cli.argtypes import positive_float
 
 SECURE_PROTOCOLS = ("secagg", "secagg+")  # jaxqfl.aggregate.secure.PROTOCOLS
@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("privacy (DP-FedAvg, user-level) and secure aggregation")
     g.add_argument("--dp-clip", type=positive_float, default=None,
                    help="L2 clip norm C of each client's whole update (turns DP-FedAvg on; uniform client weights)")
-    g.add_argument("--dp-noise", type=_nonneg_float, default=None, help="noise multiplier z (noise std z C on the sum)")
+    g.add_argument("--dp-noise", type=_nonneg_floats, default=None,
+                   help="noise multiplier z (noise std z C on the sum); a comma-separated list sweeps it")
     g.add_argument("--dp-epsilon", type=positive_float, default=None,
                    help="target epsilon: the noise multiplier is calibrated to the run's rounds (dp-accounting)")
     g.add_argument("--dp-delta", type=_fraction(True, True, "--dp-delta must be in (0, 1)"), default=None,
@@ -79,8 +80,13 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
 
 
-def make_aggregator(args, num_clients: int, uplink):
-    """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta."""
+def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None):
+    """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta.
+
+    ``hp`` (a sweep: ``engine.build_sweep``'s traced hyper-parameters, one config's): its
+    ``dp_noise`` replaces --dp-noise, and nothing is calibrated or printed: call this once
+    without ``hp`` first (that call calibrates and prints).
+    """
     from jaxqfl import aggregate, privacy
 
     if args.secure_aggregation is not None:
@@ -89,12 +95,18 @@ def make_aggregator(args, num_clients: int, uplink):
                                     dropout=args.dropout)
     if not args.dp:
         return None
+    if hp is not None:
+        return aggregate.dp_mean(args.dp_clip, hp.get("dp_noise", args.dp_noise),
+                                 target_quantile=args.dp_adaptive_quantile, count_noise_std=args.dp_count_noise)
     args.dp_count_noise = args.cohort_size / 20.0 if args.dp_adaptive_quantile is not None else 0.0
     acct = dict(num_clients=num_clients, cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
                 sampling=_sampling(args))
     if args.dp_epsilon is not None:
         args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds, **acct)
-    print(f"DP-FedAvg: clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f}, delta {args.dp_delta:.3g}"
+    swept = getattr(args, "sweep_values", {}).get("dp_noise")
+    noise = f"noise multiplier {args.dp_noise:.4f}" if swept is None else \
+        f"noise multipliers {', '.join(f'{z:g}' for z in swept)} (a sweep)"
+    print(f"DP-FedAvg: clip {args.dp_clip}, {noise}, delta {args.dp_delta:.3g}"
           f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}, accountant "
           f"{privacy.accountant_name(_sampling(args))}")
     # Poisson sampling: the FIXED denominator is the expected cohort q N (McMahan et al. 2018), never the realised one
@@ -108,13 +120,17 @@ def _sampling(args) -> str:
     return getattr(args, "sampling", "fixed")
 
 
-def record_fields(args, num_clients: int, record: dict) -> dict:
-    """Per-evaluation fields: epsilon spent so far; raises RoundFailed on a failed secure round."""
+def record_fields(args, num_clients: int, record: dict, noise: float | None = None) -> dict:
+    """Per-evaluation fields: epsilon spent so far; raises RoundFailed on a failed secure round.
+
+    ``noise``: the noise multiplier of one config of a sweep (default --dp-noise).
+    """
     out = {}
     if args.dp:
         from jaxqfl import privacy
 
-        eps = privacy.epsilon(args.dp_noise, args.dp_delta, record["round"], num_clients=num_clients,
+        z = args.dp_noise if noise is None else noise
+        eps = privacy.epsilon(z, args.dp_delta, record["round"], num_clients=num_clients,
                               cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
                               sampling=_sampling(args))
         out["dp_epsilon"] = eps if math.isfinite(eps) else None
@@ -126,7 +142,8 @@ def record_fields(args, num_clients: int, record: dict) -> dict:
     return out
 
 
-def summary_fields(args, num_clients: int) -> dict:
+def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
+    """summary.json's privacy fields; ``noise``: one sweep config's noise multiplier (default --dp-noise)."""
     if args.secure_aggregation is not None:
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
                 "secagg_threshold": args.secagg_threshold,
@@ -135,9 +152,10 @@ def summary_fields(args, num_clients: int) -> dict:
         return {}
     from jaxqfl import privacy
 
-    d = privacy.describe(args.dp_noise, args.dp_delta, args.rounds, num_clients=num_clients,
+    noise = args.dp_noise if noise is None else noise
+    d = privacy.describe(noise, args.dp_delta, args.rounds, num_clients=num_clients,
                          cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
                          sampling=_sampling(args))
-    return {**d, "dp_noise_multiplier": args.dp_noise, "dp_clip": args.dp_clip,
+    return {**d, "dp_noise_multiplier": noise, "dp_clip": args.dp_clip,
             "dp_adaptive_quantile": args.dp_adaptive_quantile, "dp_count_noise_std": args.dp_count_noise,
             "dp_weighting": "uniform (the algorithm's example weights are not used: sensitivity C)"}

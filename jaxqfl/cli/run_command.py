@@ -31,6 +31,7 @@ from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_float as _positive_float
 from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
+from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
@@ -58,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("federated training")
     g.add_argument("--cohort-size", type=_positive_int, default=None, help="clients per round")
     g.add_argument("--rounds", type=_positive_int, default=None)
-    g.add_argument("--local-steps", type=_positive_int, default=None)
+    g.add_argument("--local-steps", type=_positive_ints, default=None,
+                   help="local steps per round; a comma-separated list sweeps it (padded to the largest, masked)")
     g.add_argument("--local-epochs", type=_positive_int, default=None)
     g.add_argument("--batch-size", type=_nonneg_int, default=None, help="0 means full batch (FedSGD with 1 local step)")
     g.add_argument("--client-lr", type=_positive_floats, default=None,
@@ -190,12 +192,29 @@ def _model(args, population):
     return models.logistic_regression(num_outputs=k, policy=args.quant)  # linear = logreg: one dense layer
 
 
+def _aggregator(args, population, uplink, hp: dict | None = None):
+    """``(aggregator, label_transform)`` of the flags; ``hp`` (a sweep) gives one config's traced ``dp_noise``.
+
+    With an attack, the malicious set is drawn from ``--seed`` (a sweep's first seed) and shared
+    by every config of a sweep, as the population's partition is.
+    """
+    from jaxqfl import aggregate
+
+    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp)
+    if aggregator is None:
+        aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
+            args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
+    return aggregate.attacked(
+        aggregator, args.attack, args.byzantine_fraction, num_clients=population.num_clients,
+        num_classes=population.num_classes, seed=args.seed, scale=args.attack_scale)
+
+
 def _algorithm(args, hp: dict | None = None):
     """The run's algorithm; ``hp`` overrides swept hyper-parameters with traced values (a sweep)."""
     return algorithm_args.build(args, hp)[0]
 
 
-SWEEPABLE = ("client_lr", "server_lr")  # flags that take comma-separated lists
+SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise", "local_steps")  # flags that take comma-separated lists
 
 
 def _split_sweep(parser, args) -> None:
@@ -213,6 +232,9 @@ def _split_sweep(parser, args) -> None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
     if args.sweep_values and args.stream:
         parser.error("a sweep (--seeds or a list of values) runs on-device; drop --stream")
+    if (args.sweep_values or args.seeds is not None) and args.client_state not in ("auto", "replicated"):
+        parser.error(f"a sweep keeps every config's per-client states replicated on the devices ([configs, clients, "
+                     f"...]); drop --client-state {args.client_state}")
 
 
 EXIT_DIVERGED = 3
@@ -225,7 +247,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     """
     import jax
 
-    from jaxqfl import aggregate, engine, tasks
+    from jaxqfl import engine, tasks
     from jaxqfl.cli import config_file, memory_guard
     from jaxqfl.cli.outputs import versions
     from jaxqfl.engine import checkpoint
@@ -261,23 +283,14 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
-    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink)
-    if aggregator is None:
-        aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
-            args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
-    aggregator, label_transform = aggregate.attacked(
-        aggregator, args.attack, args.byzantine_fraction, num_clients=population.num_clients,
-        num_classes=population.num_classes, seed=args.seed, scale=args.attack_scale)
+    aggregator, label_transform = _aggregator(args, population, uplink)
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.cli.sweep_command import run_sweep_cli
 
-        if (args.aggregator != "mean" or args.attack != "none" or args.integer_aggregation or args.dp
-                or args.secure_aggregation is not None):
-            fail("a sweep (--seeds or list-valued flags) runs the plain mean aggregator for now; drop --aggregator, "
-                 "--attack, --integer-aggregation, the DP and secure-aggregation flags, or run one config at a time")
-
         return run_sweep_cli(args, population, task, _model(args, population), schedule, uplink,
-                             make_algorithm=lambda hp: _algorithm(args, hp), t_start=t_start)
+                             make_algorithm=lambda hp: _algorithm(args, hp),
+                             make_aggregator=lambda hp: _aggregator(args, population, uplink, hp)[0],
+                             label_transform=label_transform, t_start=t_start)
     build = engine.build_streaming if args.stream else engine.build
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
         sim = build(

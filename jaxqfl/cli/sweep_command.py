@@ -12,12 +12,16 @@ Writes, under OUT:
                                                      the swept hyper-parameters the mean and standard
                                                      deviation over seeds
     sweep.md                                         that table
+
+With DP, each config's rows, summary and ``sweep.json`` entry carry the epsilon of its own
+noise multiplier (``--dp-noise 0.5,1``: one accountant per config).
 """
 from __future__ import annotations
 
 import json
 import math
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -63,17 +67,25 @@ def markdown(rows: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algorithm, t_start: float) -> int:
+def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algorithm, make_aggregator=None,
+                  label_transform=None, t_start: float) -> int:
+    """Run the sweep of the flags; ``make_algorithm(hp)`` / ``make_aggregator(hp)`` build one config's pieces.
+
+    Every config's ``metrics.jsonl`` and ``summary.json`` carry the privacy fields of its own
+    noise multiplier (``privacy_flags.record_fields`` / ``summary_fields``: epsilon per config).
+    """
     import jax
 
     from jaxqfl import engine
+    from jaxqfl.cli import privacy_flags
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     configs = engine.grid(seeds, **args.sweep_values)
     sim = engine.build_sweep(
         population, model, make_algorithm, schedule, configs=configs, cohort_size=args.cohort_size, task=task,
         num_devices=args.devices, chunk_size=args.chunk_size, uplink=uplink,
-        downlink=None if args.downlink == "none" else args.downlink_codec,
+        downlink=None if args.downlink == "none" else args.downlink_codec, make_aggregator=make_aggregator,
+        label_transform=label_transform,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +99,11 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     print(f"jaxqfl run: a sweep of {len(configs)} configs in one program ({', '.join(swept)})", flush=True)
 
     def on_eval(s, rec):
+        try:
+            rec.update(privacy_flags.record_fields(args, population.num_clients, rec,
+                                                   noise=configs[s].get("dp_noise")))
+        except privacy_flags.RoundFailed as e:
+            raise privacy_flags.RoundFailed(f"config {names[s]}: {e}") from None
         files[s].write(json.dumps({k: _finite(v) for k, v in rec.items()}, allow_nan=False) + "\n")
         files[s].flush()
         if s == len(configs) - 1 and not args.no_progress:
@@ -94,6 +111,9 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
 
     try:
         results = engine.run_sweep(sim, rounds=args.rounds, eval_every=args.eval_every, on_eval=on_eval)
+    except privacy_flags.RoundFailed as e:
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        return 1
     finally:
         for f in files:
             f.close()
@@ -112,6 +132,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "num_devices": sim.num_devices, "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
             "compile_seconds": result.compile_seconds, "seconds_per_round": result.seconds_per_round,
             "uplink_bits_total": result.uplink_bits_total, "downlink_bits_total": result.downlink_bits_total,
+            "algorithm": args.algorithm, "aggregator": args.aggregator, "attack": args.attack,
+            **privacy_flags.summary_fields(args, population.num_clients, noise=config.get("dp_noise")),
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -119,7 +141,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     swept = sorted(args.sweep_values)
     report = {
         "configs": [{**c, "folder": n, **{f"final_{k[5:] if k.startswith('test_') else k}": f.get(k)
-                                         for k in FINAL_KEYS if k in f}}
+                                         for k in FINAL_KEYS if k in f},
+                     **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {})}
                     for c, n, f in zip(configs, names, finals)],
         "by_hyperparameters": rows,
         "swept": swept,

@@ -50,7 +50,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
     """
     S = schedule.num_steps(max_count)
     prepare_plan, step_batch = make_batch_fn(schedule, max_count)
-    every_step_active = schedule.local_steps is not None  # no masked steps: skip the select over the params
+    every_step_active = schedule.every_step_active  # no masked steps: skip the select over the params
     if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
         value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f))
     else:

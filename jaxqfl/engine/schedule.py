@@ -19,12 +19,20 @@ every client; steps a small client does not take are masked out):
 
 ``batch_size=None`` means full batch: every step reads all of the client's
 examples (``B = n_max``, masked), so ``local_steps=1, batch_size=None`` is FedSGD.
+
+A sweep over local steps (``jaxqfl.engine.build_sweep``) pads ``local_steps``
+to the sweep's maximum K_max and gives each config its count K as a traced
+``real_steps`` (``schedule.padded(K)``): the scan runs K_max steps and steps
+``s >= K`` are masked (the local state is kept as it was, their loss left out,
+``info.num_steps = K``). Step s's keys are ``step_key(ckey, s)`` whatever the
+number of steps, so the first K steps draw exactly what the unpadded run with
+``local_steps=K`` draws: config K of the sweep equals that run.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +47,9 @@ class LocalSchedule:
     local_steps: int | None = None
     local_epochs: int | None = None
     batch_size: int | None = 32
+    #: ``local_steps`` mode padded to ``local_steps``: a traced int32 count of real steps
+    #: (one sweep config's K <= local_steps); None: every scheduled step is real.
+    real_steps: Any = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         if (self.local_steps is None) == (self.local_epochs is None):
@@ -50,6 +61,19 @@ class LocalSchedule:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.real_steps is not None and self.local_steps is None:
+            raise ValueError("real_steps (padded local steps) needs local_steps, not local_epochs")
+
+    def padded(self, real_steps) -> "LocalSchedule":
+        """This schedule (``local_steps`` mode) with only ``real_steps`` (traced) of its steps real."""
+        if self.local_steps is None:
+            raise ValueError(f"only local_steps can be padded, got local_epochs={self.local_epochs}")
+        return dataclasses.replace(self, real_steps=jnp.asarray(real_steps, jnp.int32))
+
+    @property
+    def every_step_active(self) -> bool:
+        """True when no client ever has a masked step (fixed ``local_steps``, not padded)."""
+        return self.local_steps is not None and self.real_steps is None
 
     def batch(self, max_count: int) -> int:
         """Static batch width ``B``."""
@@ -64,7 +88,8 @@ class LocalSchedule:
     def steps_taken(self, count, max_count: int):
         """Number of real (unmasked) steps for a client with ``count`` examples."""
         if self.local_steps is not None:
-            return jnp.full_like(count, self.local_steps)
+            real = self.local_steps if self.real_steps is None else self.real_steps
+            return jnp.full_like(count, real)
         b = self.batch(max_count)
         return (self.local_epochs * count + b - 1) // b
 
@@ -105,7 +130,8 @@ def make_batch_fn(schedule: LocalSchedule, max_count: int):
             k = keys.purpose_key(keys.step_key(ckey, step), keys.BATCH)
             u = jax.random.uniform(k, (B,))
             rows = jnp.minimum((u * count).astype(jnp.int32), count - 1)
-            return StepBatch(rows, jnp.ones((B,), bool), jnp.asarray(True))
+            active = jnp.asarray(True) if schedule.real_steps is None else step < schedule.real_steps
+            return StepBatch(rows, jnp.ones((B,), bool), active)
 
         return prepare, batch
 

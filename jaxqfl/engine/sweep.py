@@ -16,6 +16,11 @@ closed over at build time. Each configuration has its own run key
 (``jax.random.key(seed)``); the population and its partition are shared by
 all configurations (built once, by the caller).
 
+Local steps can vary too: a config key ``"local_steps"`` (with a schedule in
+``local_steps`` mode) pads every config's local scan to the sweep's largest
+count and masks the steps past the config's own (``LocalSchedule.padded``), so
+a config costs the largest config's steps but computes its own.
+
 Config ``s`` of a sweep equals the single run of config ``s`` (``engine.build``
 with ``make_algorithm(hp[s])`` and seed ``s``) to float tolerance: the vmap
 batches the same arithmetic, with every random draw keyed by the config's own
@@ -31,6 +36,7 @@ on every device).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -99,6 +105,21 @@ def check_configs(configs: Sequence[Mapping[str, Any]]) -> tuple[tuple[dict, ...
     return configs, names
 
 
+def padded_schedule(schedule: LocalSchedule, configs) -> tuple[LocalSchedule, Callable[[dict], LocalSchedule]]:
+    """``(static schedule, hp -> config's schedule)``: local steps padded to the sweep's maximum when swept."""
+    if "local_steps" not in configs[0]:
+        return schedule, lambda hp: schedule
+    steps = [c["local_steps"] for c in configs]
+    bad = [k for k in steps if isinstance(k, bool) or not float(k).is_integer() or k < 1]
+    if bad:
+        raise ValueError(f"local_steps must be positive integers, got {bad[0]!r}")
+    if schedule.local_steps is None:
+        raise ValueError(f"a sweep over local_steps needs a schedule in local_steps mode, got local_epochs="
+                         f"{schedule.local_epochs}")
+    widest = dataclasses.replace(schedule, local_steps=int(max(steps)))
+    return widest, lambda hp: widest.padded(hp["local_steps"])
+
+
 def build_sweep(
     population: Population,
     model,
@@ -114,16 +135,23 @@ def build_sweep(
     uplink=None,
     downlink=None,
     eval_batch_size: int = 1024,
+    label_transform=None,
 ) -> SweepSimulation:
     """Build S configurations of one experiment as one program (module docstring).
 
     Args:
       make_algorithm: ``hp -> Algorithm`` from a dict of traced float32 hyper-parameters.
-      configs: S dicts, each ``{"seed": int, name: float, ...}`` with the same names (see :func:`grid`).
-      make_aggregator: ``hp -> Aggregator`` (default: the mean for every config).
+      configs: S dicts, each ``{"seed": int, name: float, ...}`` with the same names (see :func:`grid`);
+        ``"local_steps"`` (positive integers) sweeps the schedule's local steps, padded to their maximum.
+      make_aggregator: ``hp -> Aggregator`` (default: the mean for every config). Its state
+        (``ServerState.aggregator_state``) and per-client states get the config axis like every
+        other leaf: DP (fixed or adaptive clip, a traced ``hp["dp_noise"]``), integer and secure
+        sums, robust rules and attacks run per config.
+      label_transform: ``fn(y, info) -> y`` shared by every config (``engine.build``'s).
     """
     configs, names = check_configs(configs)
     check_cohort_and_chunk(population, cohort_size, chunk_size)
+    schedule, schedule_of = padded_schedule(schedule, configs)
     S = len(configs)
     hp_values = {n: jnp.asarray([float(c[n]) for c in configs], jnp.float32) for n in names}
     hp0 = {n: v[0] for n, v in hp_values.items()}
@@ -142,8 +170,9 @@ def build_sweep(
                                   downlink=downlink)
 
     def config_round(state, hp):
-        one_round = round_program(model, make_algorithm(hp), make_aggregator(hp), schedule, task, mesh, layout,
-                                  num_clients=C, max_count=population.max_count, uplink=uplink, downlink=downlink)
+        one_round = round_program(model, make_algorithm(hp), make_aggregator(hp), schedule_of(hp), task, mesh,
+                                  layout, num_clients=C, max_count=population.max_count, uplink=uplink,
+                                  downlink=downlink, label_transform=label_transform)
         return one_round(state, data)
 
     swept_round = jax.vmap(config_round)
