@@ -18,6 +18,11 @@ load averages at start and end are recorded with the numbers.
 
     python benchmarks/qat_overhead.py                            # a fresh runs/qat_overhead-<time>/
     python benchmarks/qat_overhead.py --out benchmarks/results   # update the stored result
+
+``--compare OLD.json [...]`` adds the rows of earlier results (e.g. this script run
+against an older checkout, ``PYTHONPATH=<old tree> python benchmarks/qat_overhead.py
+--label before``) to the markdown table, so a before/after pair measured in one
+sitting reads side by side; each row keeps its own load averages.
 """
 from __future__ import annotations
 
@@ -36,7 +41,12 @@ def _parse(argv):
     p.add_argument("--devices", type=int, default=2, help="XLA CPU devices in the mesh (default: %(default)s)")
     p.add_argument("--label", default="", help="free text stored with the result (e.g. the commit measured)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", nargs="*", default=[], metavar="JSON",
+                   help="earlier results of this script to show as extra rows of the table")
     args = p.parse_args(argv)
+    for path in args.compare:
+        if not os.path.isfile(path):
+            p.error(f"--compare: {path!r} is not a file")
     for name in ("blocks", "rounds_per_block", "chunk_size", "devices"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
@@ -132,22 +142,31 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     la = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    earlier = [json.loads(pathlib.Path(path).read_text()) for path in args.compare]
+    result["compared_with"] = earlier
+
+    def row(r):
+        return (f"| {r['label'] or '-'} | {r['float_round_s'] * 1e3:.2f} | {r['qat_round_s'] * 1e3:.2f} | "
+                f"{r['ratio']:.3f} | {r['ratio_paired']:.3f} | {r['blocks']} x {r['rounds_per_block']} | "
+                f"{la(r['loadavg_start'])} / {la(r['loadavg_end'])} |")
+
     md = "\n".join([
-        f"# QAT overhead on the `qfl` workload{f' ({args.label})' if args.label else ''}",
+        "# QAT overhead on the `qfl` workload",
         "",
         "`python benchmarks/qat_overhead.py`: the `qfl` bench round (int8 QAT, policy `full`, qsgd:127 uplink) "
-        "against the same round with policy `none`, one process, interleaved blocks "
-        f"({args.blocks} blocks x {args.rounds_per_block} rounds each), chunk {result['chunk_size']} x "
-        f"{result['num_devices']} devices, medians. Shared {os.cpu_count()}-core CPU: load average "
-        f"(1, 5, 15 min) {la(load_start)} at start, {la(load_end)} at end.",
+        "against the same round with policy `none`, one process per row, interleaved blocks "
+        "(float then QAT, QAT then float, ...), chunk {result['chunk_size']} x "
+        f"{result['num_devices']} devices, medians. Shared {os.cpu_count()}-core CPU with other jobs running "
+        "(absolute times are noisy; the ratio is the measurement); load average (1, 5, 15 min) at start / end.",
         "",
-        "| float round (ms) | QAT round (ms) | QAT / float | median of block ratios |",
-        "|---|---|---|---|",
-        f"| {t_float * 1e3:.2f} | {t_qat * 1e3:.2f} | {result['ratio']:.3f} | {result['ratio_paired']:.3f} |",
+        "| code | float round (ms) | QAT round (ms) | QAT / float | median of block ratios | blocks x rounds | load average |",
+        "|---|---|---|---|---|---|---|",
+        *[row(r) for r in earlier],
+        row(result),
         "",
     ])
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     (out / f"{args.name}.md").write_text(md)
     print(md)
     print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
