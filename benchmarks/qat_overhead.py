@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         "",
         "`python benchmarks/qat_overhead.py`: the `qfl` bench round (int8 QAT, policy `full`, qsgd:127 uplink) "
         "against the same round with policy `none`, one process per row, interleaved blocks "
-        "(float then QAT, QAT then float, ...), chunk {result['chunk_size']} x "
+        f"(float then QAT, QAT then float, ...), chunk {result['chunk_size']} x "
         f"{result['num_devices']} devices, medians. Shared {os.cpu_count()}-core CPU with other jobs running "
         "(absolute times are noisy; the ratio is the measurement); load average (1, 5, 15 min) at start / end.",
         "",
