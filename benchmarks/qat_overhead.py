@@ -68,7 +68,6 @@ def main(argv=None) -> int:
     import time
 
     import jax
-    import numpy as np
 
     from jaxqfl import engine
     from jaxqfl.bench import workloads
