@@ -127,26 +127,37 @@ def safe_scale(scale: jax.Array) -> jax.Array:
     return jnp.where(scale >= tiny, scale, jnp.ones_like(scale))
 
 
-def straight_through(quantize: Callable, dequantize: Callable, in_range: Callable | None) -> Callable:
+def straight_through(
+    quantize: Callable, dequantize: Callable, in_range: Callable | None, dequantized: Callable | None = None
+) -> Callable:
     """``fake_quant(x, key) = dequantize(quantize(x, key))`` with a straight-through VJP.
 
     Backward: ``dL/dx = dL/dy`` (identity STE, ``in_range=None``) or
     ``dL/dx = dL/dy * 1[x in representable range]`` (clipped STE, Bengio et al.
     2013; Hubara et al. 2016), where ``in_range(x, qtensor) -> bool mask``.
     Scales computed from ``x`` are treated as constants (no gradient through them).
-    The forward pass is literally ``dequantize(quantize(x))``, so fake-quant and
-    integer inference from exported codes agree bit for bit.
+    The forward pass is ``dequantize(quantize(x))``, so fake-quant and integer
+    inference from exported codes agree bit for bit.
+
+    ``dequantized(x, key)``, when given, must compute the same values as
+    ``dequantize(quantize(x, key))`` without building the integer codes (e.g.
+    ``clip(rn(x / s), q_min, q_max) * s`` kept in float32: every code is an integer of
+    at most 16 bits, exact in float32, so the two agree bit for bit); the identity-STE
+    forward then uses it, which saves the integer conversions of every element in
+    each training step. The clipped STE needs the codes' scale for its mask and
+    keeps the two-step path.
     """
+    forward = dequantized if dequantized is not None and in_range is None else (lambda x, key: dequantize(quantize(x, key)))
 
     @jax.custom_vjp
     def fq(x, key):
-        return dequantize(quantize(x, key)).astype(x.dtype)
+        return forward(x, key).astype(x.dtype)
 
     def fwd(x, key):
+        if in_range is None:
+            return forward(x, key).astype(x.dtype), None
         q = quantize(x, key)
-        y = dequantize(q).astype(x.dtype)
-        mask = None if in_range is None else in_range(x, q)
-        return y, mask
+        return dequantize(q).astype(x.dtype), in_range(x, q)
 
     def bwd(mask, g):
         gx = g if mask is None else jnp.where(mask, g, jnp.zeros_like(g))
