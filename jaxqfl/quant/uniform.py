@@ -7,10 +7,12 @@ Grids (``b`` = bits, ``s`` = scale, ``z`` = zero point, codes ``q``):
   ``x ~ s q``, ``s = r / Q`` where ``r`` is the range statistic (absmax by default).
   Codes are ``int8`` (``int16`` above 8 bits).
 * asymmetric, ``2 <= b <= 16``: ``q`` in ``[0, 2^b - 1]``, ``x ~ s (q - z)`` with
-  ``lo = min(stat_lo, 0)``, ``hi = max(stat_hi, 0)`` (the range always holds 0, so 0 is
-  exactly representable; Jacob et al. 2018), ``z = rn(-lo / s0)`` with
-  ``s0 = (hi - lo) / (2^b - 1)``, and ``s = max(-lo / z, hi / (2^b - 1 - z)) >= s0`` so the
-  grid covers ``[lo, hi]`` despite the rounded zero point (``_asymmetric_scale``).
+  ``lo``, ``hi`` the range statistics, ``z = rn(-lo / s0)`` with
+  ``s0 = (hi - lo) / (2^b - 1)``, kept in ``[1, 2^b - 2]`` unless ``lo`` or ``hi`` is exactly 0
+  (so 0 is always on the grid; Jacob et al. 2018), and ``s = max(-lo / z, hi / (2^b - 1 - z))
+  >= s0`` so the grid covers ``[lo, hi]`` despite the rounded zero point
+  (``_asymmetric_scale``). A range of one sign (e.g. ``lo > 0``) thus gets ``z = 1`` and
+  ``s = hi / (2^b - 2)``: one code below the range is spent on keeping 0 representable.
   Codes and zero point are ``uint8`` (``uint16`` above 8 bits).
 * binary, ``b = 1`` symmetric: ``q`` in ``{-1, +1}`` (``int8``), ``x ~ s q``; by default
   ``s = mean |x|``, the L2-optimal scale for sign codes (Rastegari et al. 2016,
@@ -130,7 +132,7 @@ def _range_stat(x, axes, symmetric, scale_method, percentile):
 
 def _asymmetric_scale(lo, hi, qmax: int):
     """Scale and zero point of an asymmetric grid ``s (q - z)``, ``q`` in ``[0, qmax]``,
-    that covers ``[lo, hi]`` (``lo <= 0 <= hi``) with 0 exactly on the grid.
+    that covers ``[lo, hi]`` and 0 (exactly on the grid).
 
     ``z = rn(-lo / s0)`` with ``s0 = (hi - lo) / qmax`` (kept in ``[1, qmax - 1]`` when the
     range has both signs), then ``s = max(-lo / z, hi / (qmax - z))``, at least ``s0``: the
