@@ -9,7 +9,9 @@ else. One round, for the cohort's M clients (all inside the round program):
    random position tag. The cohort's table ``[C, 3]`` is a ``pmax`` over devices.
 2. The graph: members sorted by tag; client at position a is the neighbour of
    the clients at ``a +- 1 .. a +- k/2`` (mod M): a random k-regular (Harary)
-   graph, k = O(log M) for SecAgg+; all M - 1 others for SecAgg.
+   graph for SecAgg+; all M - 1 others for SecAgg. SecAgg+'s k is the smallest even
+   k >= 2 ceil(log2 M) whose round fails (some member with fewer than t surviving
+   holders) with probability <= 1e-6 at the declared dropout rate (:func:`choose_neighbours`).
 3. ShareKeys: i shares ``sk_i`` and ``b_i`` t-of-k among its neighbours (Shamir
    over GF(32749), ``jaxqfl.aggregate.shamir``; holder at position a gets x = a + 1).
 4. MaskedInput: i quantizes its update on the cohort's shared scale
@@ -80,8 +82,68 @@ def modulus_bits(cohort_size: int, max_abs_code: int) -> int:
 
 
 def default_neighbours(cohort_size: int) -> int:
-    """SecAgg+'s k: an even ``2 ceil(log2 M)``, at most M - 1."""
+    """SecAgg+'s security floor on k: an even ``2 ceil(log2 M)``, at most M - 1."""
     return min(cohort_size - 1, 2 * math.ceil(math.log2(max(cohort_size, 2))))
+
+
+def shamir_threshold(neighbours: int, threshold: float = 0.5) -> int:
+    """t of a t-of-k sharing: ``min(k, floor(threshold k) + 1)`` (0.5: a strict majority of the k holders)."""
+    return min(neighbours, int(math.floor(threshold * neighbours)) + 1)
+
+
+def failure_bound(cohort_size: int, neighbours: int, dropout: float, threshold: float = 0.5) -> float:
+    """Union bound on P(the round fails): ``M P(Bin(k, 1 - p) <= t - 1)``, capped at 1.
+
+    Every member's k share holders drop out independently with probability p
+    (the simulation's dropout model), so a member's surviving holders are
+    ``Bin(k, 1 - p)`` and the round fails when some member has fewer than t.
+    The binomial tail is exact (``scipy.stats.binom``); the union over the M
+    members is the only slack.
+    """
+    from scipy import stats
+
+    t = shamir_threshold(neighbours, threshold)
+    return float(min(1.0, cohort_size * stats.binom.cdf(t - 1, neighbours, 1.0 - dropout)))
+
+
+def choose_neighbours(cohort_size: int, dropout: float, threshold: float = 0.5,
+                      failure_probability: float = 1e-6) -> int:
+    """SecAgg+'s degree k for a declared dropout rate: the smallest even k that fails rarely enough.
+
+    k is the smallest even number with ``default_neighbours(M) <= k <= M - 1`` and
+    ``failure_bound(M, k, dropout, threshold) <= failure_probability``; when none
+    exists, ``M - 1`` (every other member: the SecAgg graph), whose bound may
+    then exceed the target (:func:`failure_bound` says by how much).
+
+    Why these constraints (Bell et al. 2020):
+
+    * The threshold stays ``t = floor(k/2) + 1`` (``threshold = 0.5``): an honest
+      holder of client i's shares answers the server for the self-mask seed b_i
+      (i survived) or for the key sk_i (i dropped), never both; with t > k/2 the
+      server cannot collect t shares of BOTH secrets from i's k holders, so it
+      never learns b_i and sk_i together, which would unmask i's own input.
+      Lowering t to survive dropouts would give that up; raising k does not.
+    * k never goes below ``2 ceil(log2 M)``: SecAgg+'s privacy needs the graph
+      of honest clients to stay connected (k = O(log M) in Bell et al.), which
+      the dropout rate alone does not express (at p = 0 it would allow k = 2).
+
+    Args:
+      cohort_size: M.
+      dropout: p, the probability that a client drops out after masking (declared by the user).
+      threshold: t as a fraction of k (``t = floor(threshold k) + 1``).
+      failure_probability: the target bound on P(some member lacks t surviving holders) per round.
+    """
+    M = cohort_size
+    if not (0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not (0.0 < failure_probability < 1.0):
+        raise ValueError(f"failure_probability must be in (0, 1), got {failure_probability!r}")
+    floor = default_neighbours(M)
+    floor += floor % 2
+    for k in range(floor, M - 1, 2):
+        if failure_bound(M, k, dropout, threshold) <= failure_probability:
+            return k
+    return M - 1
 
 
 def neighbour_offsets(protocol: str, cohort_size: int, neighbours: int | None) -> np.ndarray:
@@ -151,6 +213,7 @@ def secure_sum(
     threshold: float = 0.5,
     dropout: float = 0.0,
     secret_bits: int = 256,
+    failure_probability: float = 1e-6,
 ) -> Aggregator:
     """The survivors' mean, summed under secure aggregation on ``codec``'s integer grid.
 
@@ -159,9 +222,11 @@ def secure_sum(
       num_clients: C, the population size (the key table of the pre-pass is [C, 3]).
       cohort_size: M, the number of real clients per round (fixed-size sampling).
       protocol: ``"secagg"`` (all pairs) or ``"secagg+"`` (k-regular graph).
-      neighbours: k for SecAgg+ (even; default ``2 ceil(log2 M)``).
+      neighbours: k for SecAgg+ (even), overriding the default :func:`choose_neighbours`
+        ``(M, dropout, threshold, failure_probability)``.
       threshold: t as a fraction of k: ``t = floor(threshold k) + 1`` (0.5: a strict majority).
-      dropout: probability that a client drops out after masking.
+      dropout: probability that a client drops out after masking (it also sets SecAgg+'s default k).
+      failure_probability: the per-round failure bound the default k meets (:func:`choose_neighbours`).
       secret_bits: key / secret size of a real deployment, for the bit accounting only.
     """
     isum = getattr(codec, "integer_sum", None)
@@ -181,9 +246,11 @@ def secure_sum(
     if not (isinstance(num_clients, int) and num_clients >= cohort_size):
         raise ValueError(f"num_clients must be an integer >= cohort_size={cohort_size}, got {num_clients!r}")
     M, C = cohort_size, num_clients
+    if protocol == "secagg+" and neighbours is None:
+        neighbours = choose_neighbours(M, dropout, threshold, failure_probability)
     offsets = neighbour_offsets(protocol, M, neighbours)
     k = len(offsets)
-    t = min(k, int(math.floor(threshold * k)) + 1)
+    t = shamir_threshold(k, threshold)
     bits = modulus_bits(M, isum.max_abs_code)
     if bits > 32:
         raise ValueError(f"a sum of {M} codes of magnitude {isum.max_abs_code} needs {bits} > 32 bits")

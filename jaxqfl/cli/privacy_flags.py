@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of the cohort dropping out after masking (secure aggregation)")
     g.add_argument("--secagg-threshold", type=_fraction(True, False, "--secagg-threshold must be in (0, 1]"),
                    default=0.5, help="Shamir threshold t as a fraction of a client's neighbours (t = floor(f k) + 1)")
+    g.add_argument("--secagg-degree", type=int, default=None,
+                   help="SecAgg+'s number of neighbours k (even); default: the smallest k >= 2 ceil(log2 M) whose "
+                        "round fails with probability <= 1e-6 at --dropout (all pairs when none does)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -64,6 +67,13 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.dp_delta = 1.0 / args.num_clients ** 1.1
     if args.secure_aggregation is None and (args.dropout > 0 or args.secagg_threshold != 0.5):
         parser.error("--dropout and --secagg-threshold apply to --secure-aggregation")
+    if args.secagg_degree is not None:
+        k = args.secagg_degree
+        if args.secure_aggregation != "secagg+":
+            parser.error("--secagg-degree applies to --secure-aggregation secagg+")
+        if not (k >= args.cohort_size - 1 or (k >= 2 and k % 2 == 0)):
+            parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1 = "
+                         f"{args.cohort_size - 1} for all pairs), got {k}")
     if args.secure_aggregation is not None:
         if args.dp:
             parser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
@@ -84,9 +94,12 @@ def make_aggregator(args, num_clients: int, uplink):
     from jaxqfl import aggregate, privacy
 
     if args.secure_aggregation is not None:
+        k, bound = secagg_degree(args)
+        print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
+              f"{bound:.3g} at --dropout {args.dropout} (union bound)")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
-                                    dropout=args.dropout)
+                                    dropout=args.dropout, neighbours=args.secagg_degree)
     if not args.dp:
         return None
     args.dp_count_noise = args.cohort_size / 20.0 if args.dp_adaptive_quantile is not None else 0.0
@@ -98,6 +111,20 @@ def make_aggregator(args, num_clients: int, uplink):
           f"{privacy.accountant_name('fixed')}")
     return aggregate.dp_mean(args.dp_clip, args.dp_noise, target_quantile=args.dp_adaptive_quantile,
                              count_noise_std=args.dp_count_noise)
+
+
+def secagg_degree(args) -> tuple:
+    """``(k, failure bound)``: the neighbours per client and the union bound on a round's failure."""
+    from jaxqfl.aggregate import secure
+
+    M = args.cohort_size
+    if args.secure_aggregation == "secagg":
+        k = M - 1
+    elif args.secagg_degree is not None:
+        k = min(args.secagg_degree, M - 1)
+    else:
+        k = secure.choose_neighbours(M, args.dropout, args.secagg_threshold)
+    return k, secure.failure_bound(M, k, args.dropout, args.secagg_threshold)
 
 
 def record_fields(args, num_clients: int, record: dict) -> dict:
@@ -119,8 +146,10 @@ def record_fields(args, num_clients: int, record: dict) -> dict:
 
 def summary_fields(args, num_clients: int) -> dict:
     if args.secure_aggregation is not None:
+        k, bound = secagg_degree(args)
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
-                "secagg_threshold": args.secagg_threshold,
+                "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k,
+                "secagg_failure_bound": bound,
                 "secagg_weighting": "uniform: the mean over the surviving clients (example weights are not used)"}
     if not args.dp:
         return {}
