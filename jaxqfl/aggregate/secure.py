@@ -55,7 +55,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,13 @@ import numpy as np
 from jaxqfl import keys
 from jaxqfl.aggregate import shamir
 from jaxqfl.aggregate.base import Aggregator, CohortStatistics, no_state
+from jaxqfl.aggregate.secagg_graph import (  # noqa: F401 (re-exported)
+    choose_neighbours,
+    default_neighbours,
+    failure_bound,
+    neighbour_offsets,
+    shamir_threshold,
+)
 
 PROTOCOLS = ("secagg", "secagg+")
 # sub-tags of fold_in(client key, AGGREGATE)
@@ -79,85 +86,6 @@ class SecureState(NamedTuple):
 def modulus_bits(cohort_size: int, max_abs_code: int) -> int:
     """The smallest b with ``2^b > 2 M max|c|`` (a signed sum of M codes fits mod 2^b)."""
     return max(1, math.ceil(math.log2(2 * cohort_size * max_abs_code + 1)))
-
-
-def default_neighbours(cohort_size: int) -> int:
-    """SecAgg+'s security floor on k: an even ``2 ceil(log2 M)``, at most M - 1."""
-    return min(cohort_size - 1, 2 * math.ceil(math.log2(max(cohort_size, 2))))
-
-
-def shamir_threshold(neighbours: int, threshold: float = 0.5) -> int:
-    """t of a t-of-k sharing: ``min(k, floor(threshold k) + 1)`` (0.5: a strict majority of the k holders)."""
-    return min(neighbours, int(math.floor(threshold * neighbours)) + 1)
-
-
-def failure_bound(cohort_size: int, neighbours: int, dropout: float, threshold: float = 0.5) -> float:
-    """Union bound on P(the round fails): ``M P(Bin(k, 1 - p) <= t - 1)``, capped at 1.
-
-    Every member's k share holders drop out independently with probability p
-    (the simulation's dropout model), so a member's surviving holders are
-    ``Bin(k, 1 - p)`` and the round fails when some member has fewer than t.
-    The binomial tail is exact (``scipy.stats.binom``); the union over the M
-    members is the only slack.
-    """
-    from scipy import stats
-
-    t = shamir_threshold(neighbours, threshold)
-    return float(min(1.0, cohort_size * stats.binom.cdf(t - 1, neighbours, 1.0 - dropout)))
-
-
-def choose_neighbours(cohort_size: int, dropout: float, threshold: float = 0.5,
-                      failure_probability: float = 1e-6) -> int:
-    """SecAgg+'s degree k for a declared dropout rate: the smallest even k that fails rarely enough.
-
-    k is the smallest even number with ``default_neighbours(M) <= k <= M - 1`` and
-    ``failure_bound(M, k, dropout, threshold) <= failure_probability``; when none
-    exists, ``M - 1`` (every other member: the SecAgg graph), whose bound may
-    then exceed the target (:func:`failure_bound` says by how much).
-
-    Why these constraints (Bell et al. 2020):
-
-    * The threshold stays ``t = floor(k/2) + 1`` (``threshold = 0.5``): an honest
-      holder of client i's shares answers the server for the self-mask seed b_i
-      (i survived) or for the key sk_i (i dropped), never both; with t > k/2 the
-      server cannot collect t shares of BOTH secrets from i's k holders, so it
-      never learns b_i and sk_i together, which would unmask i's own input.
-      Lowering t to survive dropouts would give that up; raising k does not.
-    * k never goes below ``2 ceil(log2 M)``: SecAgg+'s privacy needs the graph
-      of honest clients to stay connected (k = O(log M) in Bell et al.), which
-      the dropout rate alone does not express (at p = 0 it would allow k = 2).
-
-    Args:
-      cohort_size: M.
-      dropout: p, the probability that a client drops out after masking (declared by the user).
-      threshold: t as a fraction of k (``t = floor(threshold k) + 1``).
-      failure_probability: the target bound on P(some member lacks t surviving holders) per round.
-    """
-    M = cohort_size
-    if not (0.0 <= dropout < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if not (0.0 < failure_probability < 1.0):
-        raise ValueError(f"failure_probability must be in (0, 1), got {failure_probability!r}")
-    floor = default_neighbours(M)
-    floor += floor % 2
-    for k in range(floor, M - 1, 2):
-        if failure_bound(M, k, dropout, threshold) <= failure_probability:
-            return k
-    return M - 1
-
-
-def neighbour_offsets(protocol: str, cohort_size: int, neighbours: int | None) -> np.ndarray:
-    """Position offsets of a member's neighbours in the tag order (a symmetric set, mod M)."""
-    M = cohort_size
-    if protocol == "secagg":
-        return np.arange(1, M, dtype=np.int32)
-    k = default_neighbours(M) if neighbours is None else neighbours
-    if k >= M - 1:
-        return np.arange(1, M, dtype=np.int32)
-    if k < 2 or k % 2:
-        raise ValueError(f"SecAgg+ needs an even number of neighbours >= 2 (or >= M - 1 = {M - 1}), got {k}")
-    h = k // 2
-    return np.concatenate([np.arange(1, h + 1), -np.arange(1, h + 1)]).astype(np.int32)
 
 
 def _secret_material(ckey, t):
@@ -203,8 +131,61 @@ def to_signed(words, bits):
     return jax.lax.bitcast_convert_type(words, jnp.int32)
 
 
-def secure_sum(
-    codec,
+class IntegerEncoder(NamedTuple):
+    """How a secure sum turns a client's update into integer codes, and a sum of codes back into floats.
+
+    Attributes:
+      statistics: ``statistics(update, info) -> pytree``, the client's public statistic;
+        the cohort's elementwise maximum (``shared``) is known to every client and the server.
+      encode: ``encode(update, shared, info) -> (codes, metrics)``, an int32 pytree of codes
+        (summed mod 2^b) and a dict of per-client float32 metrics.
+      decode_sum: ``decode_sum(code_sum, shared, survivors) -> pytree``, the float32 sum of the
+        survivors' updates from the signed sum of their codes (int32, in ``[-2^(b-1), 2^(b-1))``).
+      modulus_bits: b.
+    """
+
+    statistics: Callable
+    encode: Callable
+    decode_sum: Callable
+    modulus_bits: int
+
+
+def codec_encoder(codec, cohort_size: int) -> IntegerEncoder:
+    """The encoder of an integer-summable codec: codes on the cohort's shared scale (``integer.py``).
+
+    b is the smallest width holding the signed sum of M codes, ``2^b > 2 M max|c|``.
+    """
+    isum = getattr(codec, "integer_sum", None)
+    if isum is None:
+        raise ValueError("secure aggregation needs an uplink codec whose codes can be summed as integers "
+                         "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation)")
+    finite = lambda shared: jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), shared)
+
+    def statistics(update, info):
+        del info
+        return isum.scale_stats(update)
+
+    def encode(update, shared, info):
+        return isum.quantize(update, finite(shared), keys.purpose_key(info.key, keys.UPLINK)), {}
+
+    def decode_sum(code_sum, shared, survivors):
+        return isum.dequantize_sum(code_sum, finite(shared), survivors)
+
+    return IntegerEncoder(statistics, encode, decode_sum, modulus_bits(cohort_size, isum.max_abs_code))
+
+
+def secure_sum(codec, *, cohort_size: int, **kw) -> Aggregator:
+    """The survivors' mean, summed under secure aggregation on ``codec``'s integer grid.
+
+    ``secure_sum(codec, num_clients=C, cohort_size=M, ...)`` is
+    ``secure_encoded_sum(codec_encoder(codec, M), num_clients=C, cohort_size=M, ...)``
+    (the arguments below).
+    """
+    return secure_encoded_sum(codec_encoder(codec, cohort_size), cohort_size=cohort_size, **kw)
+
+
+def secure_encoded_sum(
+    encoder: IntegerEncoder,
     *,
     num_clients: int,
     cohort_size: int,
@@ -214,11 +195,12 @@ def secure_sum(
     dropout: float = 0.0,
     secret_bits: int = 256,
     failure_probability: float = 1e-6,
+    min_survivors: int = 1,
 ) -> Aggregator:
-    """The survivors' mean, summed under secure aggregation on ``codec``'s integer grid.
+    """The survivors' mean of ``encoder``'s codes, summed under secure aggregation mod 2^b.
 
     Args:
-      codec: a codec whose ``integer_sum`` is not None (uniform, QSGD, TernGrad).
+      encoder: an :class:`IntegerEncoder` (:func:`codec_encoder` for a codec; distributed DP has its own).
       num_clients: C, the population size (the key table of the pre-pass is [C, 3]).
       cohort_size: M, the number of real clients per round (fixed-size sampling).
       protocol: ``"secagg"`` (all pairs) or ``"secagg+"`` (k-regular graph).
@@ -226,13 +208,10 @@ def secure_sum(
         ``(M, dropout, threshold, failure_probability)``.
       threshold: t as a fraction of k: ``t = floor(threshold k) + 1`` (0.5: a strict majority).
       dropout: probability that a client drops out after masking (it also sets SecAgg+'s default k).
-      failure_probability: the per-round failure bound the default k meets (:func:`choose_neighbours`).
       secret_bits: key / secret size of a real deployment, for the bit accounting only.
+      failure_probability: the per-round failure bound the default k meets (:func:`choose_neighbours`).
+      min_survivors: the round also fails (the clients refuse to unmask) when fewer clients survive.
     """
-    isum = getattr(codec, "integer_sum", None)
-    if isum is None:
-        raise ValueError("secure aggregation needs an uplink codec whose codes can be summed as integers "
-                         "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation)")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if not (isinstance(cohort_size, int) and cohort_size >= 2):
@@ -251,14 +230,16 @@ def secure_sum(
     offsets = neighbour_offsets(protocol, M, neighbours)
     k = len(offsets)
     t = shamir_threshold(k, threshold)
-    bits = modulus_bits(M, isum.max_abs_code)
-    if bits > 32:
-        raise ValueError(f"a sum of {M} codes of magnitude {isum.max_abs_code} needs {bits} > 32 bits")
+    if not (isinstance(min_survivors, int) and 1 <= min_survivors <= M):
+        raise ValueError(f"min_survivors must be an integer in [1, cohort_size={M}], got {min_survivors!r}")
+    bits = encoder.modulus_bits
+    if not 1 <= bits <= 32:
+        raise ValueError(f"the codes' sum needs {bits} bits; secure aggregation sums 1 to 32-bit words")
     modmask = jnp.uint32((1 << bits) - 1)
     offsets_j = jnp.asarray(offsets)
 
     def shared_scale(stats):
-        return jax.tree.map(lambda s: jnp.where(jnp.isfinite(s), s, 0.0), stats.maxes["scale"])
+        return stats.maxes["scale"]
 
     def statistics(update, weight, client_state, state, info):
         """AdvertiseKeys: the client's row (pk limbs, tag) at its id in a [C, 3] table (-1 elsewhere)."""
@@ -268,7 +249,7 @@ def secure_sum(
                                  0, 2 ** 30, jnp.int32)
         row = jnp.concatenate([shamir.public_key(sk), tag[None]])
         table = jnp.full((C, 3), -1, jnp.int32).at[info.client_id].set(row)
-        return CohortStatistics(maxes={"scale": isum.scale_stats(update), "table": table})
+        return CohortStatistics(maxes={"scale": encoder.statistics(update, info), "table": table})
 
     def _table(stats):
         return stats.maxes["table"]
@@ -276,7 +257,7 @@ def secure_sum(
     def client(update, weight, client_state, state, stats, info):
         del state
         table = _table(stats)
-        codes = isum.quantize(update, shared_scale(stats), keys.purpose_key(info.key, keys.UPLINK))
+        codes, encoder_metrics = encoder.encode(update, shared_scale(stats), info)
         codes = jax.tree.map(lambda c: c.astype(jnp.int32), codes)
         P = sum(c.size for c in jax.tree.leaves(codes))
         members = _member_order(table, M)
@@ -296,7 +277,8 @@ def secure_sum(
         protocol_bits = 2 * secret_bits + 2 * k * secret_bits
         sent_bits = bits * P + stat_bits + k * secret_bits
         uplink = jnp.int32(protocol_bits) + jnp.where(sends, jnp.int32(sent_bits), jnp.int32(0))
-        return summand, client_state, {"uplink_bits": uplink, "secagg_dropped": (~sends).astype(jnp.float32)}
+        metrics = {**encoder_metrics, "uplink_bits": uplink, "secagg_dropped": (~sends).astype(jnp.float32)}
+        return summand, client_state, metrics
 
     def server(reduced, state, stats, cohort):
         table = _table(stats)
@@ -345,8 +327,9 @@ def secure_sum(
 
         total, _ = jax.lax.scan(remove, total, jnp.arange(M))
         W = reduced["survivors"]
+        ok = ok & (W >= min_survivors)
         code_sum = jax.tree.map(lambda w: to_signed(w, bits), total)
-        summed = isum.dequantize_sum(code_sum, shared_scale(stats), W)
+        summed = encoder.decode_sum(code_sum, shared_scale(stats), W)
         mean = jax.tree.map(lambda s: jnp.where(ok, s / jnp.maximum(W, 1).astype(jnp.float32), 0.0), summed)
         failed = jnp.where(ok, 0, 1).astype(jnp.int32)
         new_state = SecureState(failed_rounds=state.failed_rounds + failed)
