@@ -215,3 +215,37 @@ def test_engine_distributed_dp_device_and_chunk_invariant(population, devices):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(m1.server["secagg_survivors"], md.server["secagg_survivors"])
     assert np.all(m1.server["secagg_failed"] == 0) and np.all(m1.server["dp_noise_std"] > 0)
+
+
+def test_cli_rejects_distributed_dp_without_clip_or_with_an_uplink(tmp_path, capsys):
+    from jaxqfl.cli.main import main
+
+    base = ["run", "--num-clients", "40", "--cohort-size", "10", "--rounds", "2", "--no-progress",
+            "--out", str(tmp_path / "x"), "--dp-distributed", "skellam"]
+    for extra, message in [([], "--dp-distributed needs --dp-clip"),
+                           (["--dp-clip", "1", "--dp-noise", "1", "--uplink", "qsgd:8"], "drop --uplink"),
+                           (["--dp-clip", "1", "--dp-noise", "1", "--dp-bits", "4"], "--dp-bits must be")]:
+        with pytest.raises(SystemExit) as e:
+            main(base + extra)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_distributed_dp_reports_the_accounted_epsilon(tmp_path, capsys):
+    import json
+
+    from jaxqfl.cli.main import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "--num-clients", "60", "--cohort-size", "12", "--rounds", "4", "--eval-every", "2",
+               "--local-steps", "1", "--dp-clip", "1.0", "--dp-epsilon", "5", "--dp-distributed", "skellam",
+               "--dropout", "0.1", "--dp-bits", "18", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "distributed DP" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dp_epsilon"] == pytest.approx(5.0, rel=0.01)
+    assert summary["dp_epsilon"] == privacy.distributed_epsilon(
+        summary["dp_effective_noise_multiplier"], summary["dp_delta"], 4, num_clients=60, cohort_size=12)
+    assert summary["dp_bits"] == 18 and summary["secure_aggregation"] == "secagg+"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["dp_epsilon"] < rows[1]["dp_epsilon"] == summary["dp_epsilon"]

@@ -258,7 +258,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
-    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink)
+    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, model=_model(args, population),
+                                               feature_shape=population.feature_shape)
     if aggregator is None:
         aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
             args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
