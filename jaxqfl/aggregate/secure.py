@@ -29,8 +29,12 @@ else. One round, for the cohort's M clients (all inside the round program):
    ``secagg_failed_rounds`` (the CLI turns it into an error).
 
 The engine's ``"sum"`` reduction adds the masked words as uint32, i.e. mod 2^32,
-hence mod 2^b for any b <= 32. b is the smallest width holding the signed sum
-of M codes: ``2^b > 2 M max|c|``.
+hence mod 2^b for any b <= 32. The codes come from an :class:`IntegerEncoder`:
+a codec's (:func:`codec_encoder`: b is the smallest width holding the signed sum
+of M codes, ``2^b > 2 M max|c|``) or distributed DP's noised codes
+(``jaxqfl.aggregate.distributed_dp``: b given, wrap-around improbable). With
+``min_survivors`` the round also fails when fewer clients survive (the clients
+refuse to unmask).
 
 Simulation shortcuts (documented, not hidden): the shares a holder stores are
 recomputed on the server side from the sharing client's key (standing in for
