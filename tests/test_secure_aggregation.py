@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from jaxqfl import aggregate, algorithms, compress, engine, keys, models
-from jaxqfl.aggregate import secure, shamir
+from jaxqfl.aggregate import secagg_graph as secure
+from jaxqfl.aggregate import shamir
 from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
 from jaxqfl.aggregate.secure import to_signed
 from jaxqfl.algorithms.base import ClientInfo

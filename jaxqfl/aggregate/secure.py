@@ -68,13 +68,7 @@ import numpy as np
 from jaxqfl import keys
 from jaxqfl.aggregate import shamir
 from jaxqfl.aggregate.base import Aggregator, CohortStatistics, no_state
-from jaxqfl.aggregate.secagg_graph import (  # noqa: F401 (re-exported)
-    choose_neighbours,
-    default_neighbours,
-    failure_bound,
-    neighbour_offsets,
-    shamir_threshold,
-)
+from jaxqfl.aggregate.secagg_graph import choose_neighbours, neighbour_offsets, shamir_threshold
 
 PROTOCOLS = ("secagg", "secagg+")
 # sub-tags of fold_in(client key, AGGREGATE)

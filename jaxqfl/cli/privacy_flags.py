@@ -192,7 +192,7 @@ def make_aggregator(args, num_clients: int, uplink, model=None, feature_shape=No
 
 def secagg_degree(args) -> tuple:
     """``(k, failure bound)``: the neighbours per client and the union bound on a round's failure."""
-    from jaxqfl.aggregate import secure
+    from jaxqfl.aggregate import secagg_graph as secure
 
     M = args.cohort_size
     if args.secure_aggregation == "secagg":
@@ -247,36 +247,27 @@ def summary_fields(args, num_clients: int) -> dict:
 
 
 def _distributed_summary(args, num_clients: int) -> dict:
+    import dp_accounting
+
     from jaxqfl import privacy
     from jaxqfl.privacy import distributed
 
     acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
     eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, args.rounds, **acct)
-    event = distributed.distributed_round_event(args._ddp_z_eff, **acct)
+    event = dp_accounting.SelfComposedDpEvent(distributed.distributed_round_event(args._ddp_z_eff, **acct), args.rounds)
     p = args._ddp_params
-    args_secure = args.secure_aggregation or "secagg+"
-    k = args.cohort_size - 1 if args_secure == "secagg" else (
-        min(args.secagg_degree, args.cohort_size - 1) if args.secagg_degree is not None else None)
-    from jaxqfl.aggregate import secure
-
-    k = secure.choose_neighbours(args.cohort_size, args.dropout, args.secagg_threshold) if k is None else k
+    protocol = args.secure_aggregation or "secagg+"
+    k, bound = secagg_degree(argparse.Namespace(**{**vars(args), "secure_aggregation": protocol}))
     return {
         "dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": args.dp_delta,
         "dp_accountant": "rdp (replace-one, integer orders) on the equivalent Gaussian",
-        "dp_event": repr(dp_self_composed(event, args.rounds)),
+        "dp_event": repr(event),
         "dp_effective_noise_multiplier": args._ddp_z_eff, "dp_noise_multiplier": args.dp_noise,
-        "dp_clip": args.dp_clip, "dp_mechanism": "distributed skellam (Agarwal et al. 2021) under " + args_secure,
+        "dp_clip": args.dp_clip, "dp_mechanism": "distributed skellam (Agarwal et al. 2021) under " + protocol,
         "dp_bits": p.modulus_bits, "ddp_scale": p.scale, "ddp_rotated_dimension": p.rotated_dimension,
         "ddp_l2_sensitivity": p.l2_sensitivity, "ddp_l1_sensitivity": p.l1_sensitivity,
         "ddp_central_variance": p.central_variance, "ddp_noise_shares": p.noise_shares,
-        "ddp_wrap_bound": p.wrap_bound, "secure_aggregation": args_secure, "secagg_dropout": args.dropout,
-        "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k,
-        "secagg_failure_bound": secure.failure_bound(args.cohort_size, k, args.dropout, args.secagg_threshold),
+        "ddp_wrap_bound": p.wrap_bound, "secure_aggregation": protocol, "secagg_dropout": args.dropout,
+        "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k, "secagg_failure_bound": bound,
         "dp_weighting": "uniform: the mean over the surviving clients (example weights are not used)",
     }
-
-
-def dp_self_composed(event, rounds):
-    import dp_accounting
-
-    return dp_accounting.SelfComposedDpEvent(event, rounds)
