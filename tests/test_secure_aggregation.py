@@ -1,4 +1,6 @@
 """Secure aggregation (SecAgg / SecAgg+) equals the plain integer sum of the survivors, bit for bit."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from jaxqfl import aggregate, algorithms, compress, engine, keys, models
+from jaxqfl.aggregate import secagg_graph as secure
 from jaxqfl.aggregate import shamir
 from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
 from jaxqfl.aggregate.secure import to_signed
@@ -155,3 +158,92 @@ def test_engine_secure_sum_device_and_chunk_invariant(population, devices):
     np.testing.assert_array_equal(m1.server["secagg_survivors"], md.server["secagg_survivors"])
     np.testing.assert_array_equal(m1.uplink_bits, md.uplink_bits)
     assert np.sum(m1.clients["secagg_dropped"]) > 0 and np.all(m1.server["secagg_failed"] == 0)
+
+
+def _binomial_tail(k, t, survive):
+    """P(Bin(k, survive) <= t - 1), summed term by term (independent of scipy)."""
+    return sum(math.comb(k, j) * survive ** j * (1 - survive) ** (k - j) for j in range(t))
+
+
+@pytest.mark.parametrize("M,p", [(100, 0.1), (100, 0.3), (1000, 0.1), (1000, 0.3), (50, 0.0)])
+def test_chosen_degree_meets_the_failure_bound_and_is_the_smallest(M, p):
+    target = 1e-6
+    k = secure.choose_neighbours(M, p)
+    floor = secure.default_neighbours(M)
+    direct = lambda k: M * _binomial_tail(k, k // 2 + 1, 1 - p)  # t = floor(k/2) + 1
+    assert k >= floor
+    if k < M - 1:
+        assert k % 2 == 0 and direct(k) <= target
+        assert math.isclose(secure.failure_bound(M, k, p), direct(k), rel_tol=1e-6, abs_tol=1e-300)
+        smaller = [j for j in range(floor + floor % 2, k, 2)]
+        assert all(direct(j) > target for j in smaller)  # nothing smaller meets the bound
+    else:  # fall back to all pairs: no even k <= M - 2 meets the bound
+        assert all(direct(j) > target for j in range(floor + floor % 2, M - 1, 2))
+    assert secure.shamir_threshold(k) == k // 2 + 1
+
+
+def _big_round(neighbours, M, dropout, rkey):
+    rng = np.random.default_rng(7)
+    ids = jnp.asarray(rng.choice(2 * M, M, replace=False), jnp.int32)
+    updates = {"w": jnp.asarray(rng.normal(size=(M, 6)), jnp.float32)}
+    agg = aggregate.secure_sum(CODEC, num_clients=2 * M, cohort_size=M, protocol="secagg+",
+                               neighbours=neighbours, dropout=dropout)
+    infos = jax.vmap(lambda i: ClientInfo(i, jnp.int32(5), jnp.int32(1), keys.client_key(rkey, i), jnp.int32(0)))(ids)
+
+    @jax.jit
+    def run(updates, infos):
+        st = jax.vmap(lambda u, inf: agg.statistics(u, 1.0, (), None, inf))(updates, infos)
+        stats = CohortStatistics(maxes=jax.tree.map(lambda a: a.max(0), st.maxes))
+        state = agg.init(None)
+        summands, _, m = jax.vmap(lambda u, inf: agg.client(u, jnp.float32(1), (), state, stats, inf))(updates, infos)
+        reduced = jax.tree.map(lambda a: a.sum(0), summands)
+        out, _, sm = agg.server(reduced, state, stats, CohortInfo(ids, jnp.ones(M, bool), rkey, jnp.int32(0)))
+        isum, scale = CODEC.integer_sum, stats.maxes["scale"]
+        codes = jax.vmap(lambda u, inf: isum.quantize(u, scale, keys.purpose_key(inf.key, keys.UPLINK)))(updates, infos)
+        alive = (1 - m["secagg_dropped"]).astype(jnp.int32)
+        W = jnp.sum(alive)
+        code_sum = jax.tree.map(lambda c: jnp.tensordot(alive, c.astype(jnp.int32), 1), codes)
+        ref = jax.tree.map(lambda s: s / jnp.maximum(W, 1), isum.dequantize_sum(code_sum, scale, W))
+        return out, ref, sm
+
+    return run(updates, infos)
+
+
+@pytest.mark.parametrize("dropout", [0.1, 0.3])
+def test_degree_from_dropout_completes_the_round_exactly(dropout):
+    """Cohort 100: the chosen k (34 at 10%, all pairs at 30%) completes the round, equal to the plain sum;
+    at 30% the old k = 2 ceil(log2 M) = 14 fails the same round (with 10% it fails ~2% of rounds only)."""
+    M, rkey = 100, jax.random.key(21)
+    if dropout == 0.3:
+        assert float(_big_round(secure.default_neighbours(M), M, dropout, rkey)[2]["secagg_failed"]) == 1.0
+    assert secure.choose_neighbours(M, dropout) == {0.1: 34, 0.3: M - 1}[dropout]
+    out, ref, sm = _big_round(None, M, dropout, rkey)  # k = choose_neighbours(100, dropout)
+    assert float(sm["secagg_failed"]) == 0.0 and float(sm["secagg_survivors"]) < M
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(a, b)
+
+
+_CLI_BASE = ["run", "--num-clients", "40", "--cohort-size", "20", "--rounds", "2", "--eval-every", "2",
+             "--local-steps", "1", "--uplink", "qsgd:8", "--secure-aggregation", "secagg+", "--dropout", "0.1",
+             "--no-progress"]
+
+
+def test_cli_rejects_an_odd_degree(tmp_path, capsys):
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(_CLI_BASE + ["--secagg-degree", "7", "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2 and "--secagg-degree must be an even number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_reports_the_degree(tmp_path, capsys):
+    import json
+
+    from jaxqfl.cli.main import main
+
+    assert main(_CLI_BASE + ["--secagg-degree", "12", "--out", str(tmp_path / "k12")]) == 0
+    summary = json.loads((tmp_path / "k12" / "summary.json").read_text())
+    assert summary["secagg_neighbours"] == 12
+    assert summary["secagg_failure_bound"] == pytest.approx(secure.failure_bound(20, 12, 0.1))
+    assert "12 neighbours per client" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from jaxqfl.aggregate.base import (
     CohortStatistics,
     check_aggregator,
 )
+from jaxqfl.aggregate.distributed_dp import distributed_skellam
 from jaxqfl.aggregate.dp import dp_mean
 from jaxqfl.aggregate.clipping import centered_clip, norm_bound
 from jaxqfl.aggregate.coordinatewise import median, trimmed_mean
@@ -29,6 +30,7 @@ __all__ = [
     "bulyan",
     "centered_clip",
     "check_aggregator",
+    "distributed_skellam",
     "dp_mean",
     "gather_mean",
     "geometric_median",

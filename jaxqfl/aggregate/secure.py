@@ -9,7 +9,9 @@ else. One round, for the cohort's M clients (all inside the round program):
    random position tag. The cohort's table ``[C, 3]`` is a ``pmax`` over devices.
 2. The graph: members sorted by tag; client at position a is the neighbour of
    the clients at ``a +- 1 .. a +- k/2`` (mod M): a random k-regular (Harary)
-   graph, k = O(log M) for SecAgg+; all M - 1 others for SecAgg.
+   graph for SecAgg+; all M - 1 others for SecAgg. SecAgg+'s k is the smallest even
+   k >= 2 ceil(log2 M) whose round fails (some member with fewer than t surviving
+   holders) with probability <= 1e-6 at the declared dropout rate (:func:`choose_neighbours`).
 3. ShareKeys: i shares ``sk_i`` and ``b_i`` t-of-k among its neighbours (Shamir
    over GF(32749), ``jaxqfl.aggregate.shamir``; holder at position a gets x = a + 1).
 4. MaskedInput: i quantizes its update on the cohort's shared scale
@@ -27,8 +29,12 @@ else. One round, for the cohort's M clients (all inside the round program):
    ``secagg_failed_rounds`` (the CLI turns it into an error).
 
 The engine's ``"sum"`` reduction adds the masked words as uint32, i.e. mod 2^32,
-hence mod 2^b for any b <= 32. b is the smallest width holding the signed sum
-of M codes: ``2^b > 2 M max|c|``.
+hence mod 2^b for any b <= 32. The codes come from an :class:`IntegerEncoder`:
+a codec's (:func:`codec_encoder`: b is the smallest width holding the signed sum
+of M codes, ``2^b > 2 M max|c|``) or distributed DP's noised codes
+(``jaxqfl.aggregate.distributed_dp``: b given, wrap-around improbable). With
+``min_survivors`` the round also fails when fewer clients survive (the clients
+refuse to unmask).
 
 Simulation shortcuts (documented, not hidden): the shares a holder stores are
 recomputed on the server side from the sharing client's key (standing in for
@@ -53,7 +59,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +68,7 @@ import numpy as np
 from jaxqfl import keys
 from jaxqfl.aggregate import shamir
 from jaxqfl.aggregate.base import Aggregator, CohortStatistics, no_state
+from jaxqfl.aggregate.secagg_graph import choose_neighbours, neighbour_offsets, shamir_threshold
 
 PROTOCOLS = ("secagg", "secagg+")
 # sub-tags of fold_in(client key, AGGREGATE)
@@ -77,25 +84,6 @@ class SecureState(NamedTuple):
 def modulus_bits(cohort_size: int, max_abs_code: int) -> int:
     """The smallest b with ``2^b > 2 M max|c|`` (a signed sum of M codes fits mod 2^b)."""
     return max(1, math.ceil(math.log2(2 * cohort_size * max_abs_code + 1)))
-
-
-def default_neighbours(cohort_size: int) -> int:
-    """SecAgg+'s k: an even ``2 ceil(log2 M)``, at most M - 1."""
-    return min(cohort_size - 1, 2 * math.ceil(math.log2(max(cohort_size, 2))))
-
-
-def neighbour_offsets(protocol: str, cohort_size: int, neighbours: int | None) -> np.ndarray:
-    """Position offsets of a member's neighbours in the tag order (a symmetric set, mod M)."""
-    M = cohort_size
-    if protocol == "secagg":
-        return np.arange(1, M, dtype=np.int32)
-    k = default_neighbours(M) if neighbours is None else neighbours
-    if k >= M - 1:
-        return np.arange(1, M, dtype=np.int32)
-    if k < 2 or k % 2:
-        raise ValueError(f"SecAgg+ needs an even number of neighbours >= 2 (or >= M - 1 = {M - 1}), got {k}")
-    h = k // 2
-    return np.concatenate([np.arange(1, h + 1), -np.arange(1, h + 1)]).astype(np.int32)
 
 
 def _secret_material(ckey, t):
@@ -141,8 +129,61 @@ def to_signed(words, bits):
     return jax.lax.bitcast_convert_type(words, jnp.int32)
 
 
-def secure_sum(
-    codec,
+class IntegerEncoder(NamedTuple):
+    """How a secure sum turns a client's update into integer codes, and a sum of codes back into floats.
+
+    Attributes:
+      statistics: ``statistics(update, info) -> pytree``, the client's public statistic;
+        the cohort's elementwise maximum (``shared``) is known to every client and the server.
+      encode: ``encode(update, shared, info) -> (codes, metrics)``, an int32 pytree of codes
+        (summed mod 2^b) and a dict of per-client float32 metrics.
+      decode_sum: ``decode_sum(code_sum, shared, survivors) -> pytree``, the float32 sum of the
+        survivors' updates from the signed sum of their codes (int32, in ``[-2^(b-1), 2^(b-1))``).
+      modulus_bits: b.
+    """
+
+    statistics: Callable
+    encode: Callable
+    decode_sum: Callable
+    modulus_bits: int
+
+
+def codec_encoder(codec, cohort_size: int) -> IntegerEncoder:
+    """The encoder of an integer-summable codec: codes on the cohort's shared scale (``integer.py``).
+
+    b is the smallest width holding the signed sum of M codes, ``2^b > 2 M max|c|``.
+    """
+    isum = getattr(codec, "integer_sum", None)
+    if isum is None:
+        raise ValueError("secure aggregation needs an uplink codec whose codes can be summed as integers "
+                         "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation)")
+    finite = lambda shared: jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), shared)
+
+    def statistics(update, info):
+        del info
+        return isum.scale_stats(update)
+
+    def encode(update, shared, info):
+        return isum.quantize(update, finite(shared), keys.purpose_key(info.key, keys.UPLINK)), {}
+
+    def decode_sum(code_sum, shared, survivors):
+        return isum.dequantize_sum(code_sum, finite(shared), survivors)
+
+    return IntegerEncoder(statistics, encode, decode_sum, modulus_bits(cohort_size, isum.max_abs_code))
+
+
+def secure_sum(codec, *, cohort_size: int, **kw) -> Aggregator:
+    """The survivors' mean, summed under secure aggregation on ``codec``'s integer grid.
+
+    ``secure_sum(codec, num_clients=C, cohort_size=M, ...)`` is
+    ``secure_encoded_sum(codec_encoder(codec, M), num_clients=C, cohort_size=M, ...)``
+    (the arguments below).
+    """
+    return secure_encoded_sum(codec_encoder(codec, cohort_size), cohort_size=cohort_size, **kw)
+
+
+def secure_encoded_sum(
+    encoder: IntegerEncoder,
     *,
     num_clients: int,
     cohort_size: int,
@@ -151,23 +192,24 @@ def secure_sum(
     threshold: float = 0.5,
     dropout: float = 0.0,
     secret_bits: int = 256,
+    failure_probability: float = 1e-6,
+    min_survivors: int = 1,
 ) -> Aggregator:
-    """The survivors' mean, summed under secure aggregation on ``codec``'s integer grid.
+    """The survivors' mean of ``encoder``'s codes, summed under secure aggregation mod 2^b.
 
     Args:
-      codec: a codec whose ``integer_sum`` is not None (uniform, QSGD, TernGrad).
+      encoder: an :class:`IntegerEncoder` (:func:`codec_encoder` for a codec; distributed DP has its own).
       num_clients: C, the population size (the key table of the pre-pass is [C, 3]).
       cohort_size: M, the number of real clients per round (fixed-size sampling).
       protocol: ``"secagg"`` (all pairs) or ``"secagg+"`` (k-regular graph).
-      neighbours: k for SecAgg+ (even; default ``2 ceil(log2 M)``).
+      neighbours: k for SecAgg+ (even), overriding the default :func:`choose_neighbours`
+        ``(M, dropout, threshold, failure_probability)``.
       threshold: t as a fraction of k: ``t = floor(threshold k) + 1`` (0.5: a strict majority).
-      dropout: probability that a client drops out after masking.
+      dropout: probability that a client drops out after masking (it also sets SecAgg+'s default k).
       secret_bits: key / secret size of a real deployment, for the bit accounting only.
+      failure_probability: the per-round failure bound the default k meets (:func:`choose_neighbours`).
+      min_survivors: the round also fails (the clients refuse to unmask) when fewer clients survive.
     """
-    isum = getattr(codec, "integer_sum", None)
-    if isum is None:
-        raise ValueError("secure aggregation needs an uplink codec whose codes can be summed as integers "
-                         "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation)")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if not (isinstance(cohort_size, int) and cohort_size >= 2):
@@ -181,17 +223,21 @@ def secure_sum(
     if not (isinstance(num_clients, int) and num_clients >= cohort_size):
         raise ValueError(f"num_clients must be an integer >= cohort_size={cohort_size}, got {num_clients!r}")
     M, C = cohort_size, num_clients
+    if protocol == "secagg+" and neighbours is None:
+        neighbours = choose_neighbours(M, dropout, threshold, failure_probability)
     offsets = neighbour_offsets(protocol, M, neighbours)
     k = len(offsets)
-    t = min(k, int(math.floor(threshold * k)) + 1)
-    bits = modulus_bits(M, isum.max_abs_code)
-    if bits > 32:
-        raise ValueError(f"a sum of {M} codes of magnitude {isum.max_abs_code} needs {bits} > 32 bits")
+    t = shamir_threshold(k, threshold)
+    if not (isinstance(min_survivors, int) and 1 <= min_survivors <= M):
+        raise ValueError(f"min_survivors must be an integer in [1, cohort_size={M}], got {min_survivors!r}")
+    bits = encoder.modulus_bits
+    if not 1 <= bits <= 32:
+        raise ValueError(f"the codes' sum needs {bits} bits; secure aggregation sums 1 to 32-bit words")
     modmask = jnp.uint32((1 << bits) - 1)
     offsets_j = jnp.asarray(offsets)
 
     def shared_scale(stats):
-        return jax.tree.map(lambda s: jnp.where(jnp.isfinite(s), s, 0.0), stats.maxes["scale"])
+        return stats.maxes["scale"]
 
     def statistics(update, weight, client_state, state, info):
         """AdvertiseKeys: the client's row (pk limbs, tag) at its id in a [C, 3] table (-1 elsewhere)."""
@@ -201,7 +247,7 @@ def secure_sum(
                                  0, 2 ** 30, jnp.int32)
         row = jnp.concatenate([shamir.public_key(sk), tag[None]])
         table = jnp.full((C, 3), -1, jnp.int32).at[info.client_id].set(row)
-        return CohortStatistics(maxes={"scale": isum.scale_stats(update), "table": table})
+        return CohortStatistics(maxes={"scale": encoder.statistics(update, info), "table": table})
 
     def _table(stats):
         return stats.maxes["table"]
@@ -209,7 +255,7 @@ def secure_sum(
     def client(update, weight, client_state, state, stats, info):
         del state
         table = _table(stats)
-        codes = isum.quantize(update, shared_scale(stats), keys.purpose_key(info.key, keys.UPLINK))
+        codes, encoder_metrics = encoder.encode(update, shared_scale(stats), info)
         codes = jax.tree.map(lambda c: c.astype(jnp.int32), codes)
         P = sum(c.size for c in jax.tree.leaves(codes))
         members = _member_order(table, M)
@@ -229,7 +275,8 @@ def secure_sum(
         protocol_bits = 2 * secret_bits + 2 * k * secret_bits
         sent_bits = bits * P + stat_bits + k * secret_bits
         uplink = jnp.int32(protocol_bits) + jnp.where(sends, jnp.int32(sent_bits), jnp.int32(0))
-        return summand, client_state, {"uplink_bits": uplink, "secagg_dropped": (~sends).astype(jnp.float32)}
+        metrics = {**encoder_metrics, "uplink_bits": uplink, "secagg_dropped": (~sends).astype(jnp.float32)}
+        return summand, client_state, metrics
 
     def server(reduced, state, stats, cohort):
         table = _table(stats)
@@ -278,8 +325,9 @@ def secure_sum(
 
         total, _ = jax.lax.scan(remove, total, jnp.arange(M))
         W = reduced["survivors"]
+        ok = ok & (W >= min_survivors)
         code_sum = jax.tree.map(lambda w: to_signed(w, bits), total)
-        summed = isum.dequantize_sum(code_sum, shared_scale(stats), W)
+        summed = encoder.decode_sum(code_sum, shared_scale(stats), W)
         mean = jax.tree.map(lambda s: jnp.where(ok, s / jnp.maximum(W, 1).astype(jnp.float32), 0.0), summed)
         failed = jnp.where(ok, 0, 1).astype(jnp.int32)
         new_state = SecureState(failed_rounds=state.failed_rounds + failed)

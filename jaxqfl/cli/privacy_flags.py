@@ -13,6 +13,8 @@ from jaxqfl.cli.argtypes import nonneg_floats as _nonneg_floats
 from jaxqfl.cli.argtypes import positive_float
 
 SECURE_PROTOCOLS = ("secagg", "secagg+")  # jaxqfl.aggregate.secure.PROTOCOLS
+DISTRIBUTED_MECHANISMS = ("skellam",)  # jaxqfl.aggregate.distributed_dp.MECHANISMS
+DISTRIBUTED_ALGORITHMS = ("fedavg", "fedprox")  # updates shaped like the model's parameters
 
 
 class RoundFailed(RuntimeError):
@@ -45,12 +47,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="delta (default 1 / num_clients^1.1)")
     g.add_argument("--dp-adaptive-quantile", type=_fraction(True, True, "--dp-adaptive-quantile must be in (0, 1)"),
                    default=None, help="adaptive clipping (Andrew et al. 2021): C tracks this quantile of update norms")
+    g.add_argument("--dp-distributed", choices=DISTRIBUTED_MECHANISMS, default=None,
+                   help="distributed DP: clients add Skellam noise to b-bit codes summed under secure aggregation "
+                        "(--secure-aggregation's protocol, secagg+ by default); --dp-noise z: noise std >= z C on the sum")
+    g.add_argument("--dp-bits", type=int, default=None,
+                   help="distributed DP: the secure sum's modulus 2^b (default 20); the grid follows from it")
     g.add_argument("--secure-aggregation", choices=SECURE_PROTOCOLS, default=None,
                    help="sum the integer uplink codes under simulated secure aggregation")
     g.add_argument("--dropout", type=_fraction(False, True, "--dropout must be in [0, 1)"), default=0.0,
                    help="fraction of the cohort dropping out after masking (secure aggregation)")
     g.add_argument("--secagg-threshold", type=_fraction(True, False, "--secagg-threshold must be in (0, 1]"),
                    default=0.5, help="Shamir threshold t as a fraction of a client's neighbours (t = floor(f k) + 1)")
+    g.add_argument("--secagg-degree", type=int, default=None,
+                   help="SecAgg+'s number of neighbours k (even); default: the smallest k >= 2 ceil(log2 M) whose "
+                        "round fails with probability <= 1e-6 at --dropout (all pairs when none does)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -63,8 +73,41 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.dp_delta_default = args.dp and args.dp_delta is None
     if args.dp_delta_default:
         args.dp_delta = 1.0 / args.num_clients ** 1.1
+    ddp = args.dp_distributed is not None
+    if args.dp_bits is not None and not ddp:
+        parser.error("--dp-bits applies to --dp-distributed")
+    if ddp:
+        if not args.dp:
+            parser.error("--dp-distributed needs --dp-clip C")
+        if args.dp_adaptive_quantile is not None:
+            parser.error("--dp-adaptive-quantile is not available with --dp-distributed (fixed clipping only)")
+        if args.uplink != "none":
+            parser.error(f"--dp-distributed quantizes the update itself (b-bit codes); drop --uplink {args.uplink}")
+        if args.algorithm not in DISTRIBUTED_ALGORITHMS:
+            parser.error(f"--dp-distributed needs an update shaped like the model's parameters: --algorithm one of "
+                         f"{DISTRIBUTED_ALGORITHMS}, got {args.algorithm!r}")
+        if args.integer_aggregation:
+            parser.error("--dp-distributed already sums integer codes; drop --integer-aggregation")
+        if args.cohort_size < 2:
+            parser.error(f"--dp-distributed needs --cohort-size >= 2, got {args.cohort_size}")
+        if args.secagg_degree is not None and (args.secure_aggregation == "secagg" or not (
+                args.secagg_degree >= args.cohort_size - 1 or (args.secagg_degree >= 2 and args.secagg_degree % 2 == 0))):
+            parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1) with secagg+, "
+                         f"got {args.secagg_degree}")
+        args.dp_bits = 20 if args.dp_bits is None else args.dp_bits
+        if not (2 ** (args.dp_bits - 1) > args.cohort_size + 1 and args.dp_bits <= 32):
+            parser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {args.cohort_size + 1}, "
+                         f"got {args.dp_bits}")
+        return
     if args.secure_aggregation is None and (args.dropout > 0 or args.secagg_threshold != 0.5):
         parser.error("--dropout and --secagg-threshold apply to --secure-aggregation")
+    if args.secagg_degree is not None:
+        k = args.secagg_degree
+        if args.secure_aggregation != "secagg+":
+            parser.error("--secagg-degree applies to --secure-aggregation secagg+")
+        if not (k >= args.cohort_size - 1 or (k >= 2 and k % 2 == 0)):
+            parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1 = "
+                         f"{args.cohort_size - 1} for all pairs), got {k}")
     if args.secure_aggregation is not None:
         if args.dp:
             parser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
@@ -80,19 +123,67 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
 
 
-def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None):
+def _distributed_parameters(args, z):
+    from jaxqfl.aggregate import distributed_dp
+
+    s = distributed_dp.min_survivors(args.cohort_size, args.dropout)
+    return distributed_dp.skellam_parameters(args.dp_clip, z, dimension=args._ddp_dimension,
+                                             cohort_size=args.cohort_size, bits=args.dp_bits, noise_shares=s)
+
+
+def _z_eff(args, z):
+    from jaxqfl import privacy
+
+    p = _distributed_parameters(args, z)
+    return privacy.skellam_noise_multiplier(p.l2_sensitivity, p.l1_sensitivity, p.central_variance)
+
+
+def _make_distributed(args, num_clients: int, model, feature_shape):
+    """Distributed DP: the template from the model, z calibrated to --dp-epsilon, the equivalent Gaussian."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxqfl import aggregate, privacy
+
+    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
+    args._ddp_dimension = sum(x.size for x in jax.tree.leaves(template))
+    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
+    if args.dp_epsilon is not None:
+        args.dp_noise = privacy.distributed_noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
+                                                              lambda z: _z_eff(args, z), **acct)
+    args._ddp_params = _distributed_parameters(args, args.dp_noise)
+    args._ddp_z_eff = _z_eff(args, args.dp_noise)
+    protocol = args.secure_aggregation or "secagg+"
+    p = args._ddp_params
+    print(f"distributed DP (Skellam, {protocol}): clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f} "
+          f"(equivalent Gaussian {args._ddp_z_eff:.4f} against replace-one), {p.modulus_bits}-bit sum, grid step "
+          f"{p.scale:.3g}, noise split over {p.noise_shares} survivors, delta {args.dp_delta:.3g}"
+          f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}")
+    return aggregate.distributed_skellam(args.dp_clip, args.dp_noise, template=template, num_clients=num_clients,
+                                         cohort_size=args.cohort_size, bits=args.dp_bits, protocol=protocol,
+                                         dropout=args.dropout, neighbours=args.secagg_degree,
+                                         threshold=args.secagg_threshold, noise_shares=p.noise_shares)
+
+
+def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, model=None, feature_shape=None):
     """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta.
 
     ``hp`` (a sweep: ``engine.build_sweep``'s traced hyper-parameters, one config's): its
     ``dp_noise`` replaces --dp-noise, and nothing is calibrated or printed: call this once
-    without ``hp`` first (that call calibrates and prints).
+    without ``hp`` first (that call calibrates and prints). ``model`` and ``feature_shape``
+    give distributed DP its parameter template.
     """
     from jaxqfl import aggregate, privacy
 
+    if args.dp_distributed is not None:
+        return _make_distributed(args, num_clients, model, feature_shape)
     if args.secure_aggregation is not None:
+        k, bound = secagg_degree(args)
+        print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
+              f"{bound:.3g} at --dropout {args.dropout} (union bound)")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
-                                    dropout=args.dropout)
+                                    dropout=args.dropout, neighbours=args.secagg_degree)
     if not args.dp:
         return None
     if hp is not None:
@@ -120,6 +211,20 @@ def _sampling(args) -> str:
     return getattr(args, "sampling", "fixed")
 
 
+def secagg_degree(args) -> tuple:
+    """``(k, failure bound)``: the neighbours per client and the union bound on a round's failure."""
+    from jaxqfl.aggregate import secagg_graph as secure
+
+    M = args.cohort_size
+    if args.secure_aggregation == "secagg":
+        k = M - 1
+    elif args.secagg_degree is not None:
+        k = min(args.secagg_degree, M - 1)
+    else:
+        k = secure.choose_neighbours(M, args.dropout, args.secagg_threshold)
+    return k, secure.failure_bound(M, k, args.dropout, args.secagg_threshold)
+
+
 def record_fields(args, num_clients: int, record: dict, noise: float | None = None) -> dict:
     """Per-evaluation fields: epsilon spent so far; raises RoundFailed on a failed secure round.
 
@@ -129,24 +234,33 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
     if args.dp:
         from jaxqfl import privacy
 
-        z = args.dp_noise if noise is None else noise
-        eps = privacy.epsilon(z, args.dp_delta, record["round"], num_clients=num_clients,
-                              cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
-                              sampling=_sampling(args))
+        if args.dp_distributed is not None:
+            eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, record["round"],
+                                              num_clients=num_clients, cohort_size=args.cohort_size)
+        else:
+            z = args.dp_noise if noise is None else noise
+            eps = privacy.epsilon(z, args.dp_delta, record["round"], num_clients=num_clients,
+                                  cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+                                  sampling=_sampling(args))
         out["dp_epsilon"] = eps if math.isfinite(eps) else None
     failed = record.get("server_secagg_failed_rounds", 0)
     if failed:
         raise RoundFailed(f"secure aggregation failed in {int(failed)} round(s) by round {record['round']}: "
-                          f"fewer than t surviving holders of some client's shares (--dropout {args.dropout}, "
+                          f"fewer than t surviving holders of some client's shares, or (distributed DP) fewer "
+                          f"survivors than the noise is split over (--dropout {args.dropout}, "
                           f"--secagg-threshold {args.secagg_threshold}); lower the dropout or the threshold")
     return out
 
 
 def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     """summary.json's privacy fields; ``noise``: one sweep config's noise multiplier (default --dp-noise)."""
+    if args.dp_distributed is not None:
+        return _distributed_summary(args, num_clients)
     if args.secure_aggregation is not None:
+        k, bound = secagg_degree(args)
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
-                "secagg_threshold": args.secagg_threshold,
+                "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k,
+                "secagg_failure_bound": bound,
                 "secagg_weighting": "uniform: the mean over the surviving clients (example weights are not used)"}
     if not args.dp:
         return {}
@@ -159,3 +273,30 @@ def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     return {**d, "dp_noise_multiplier": noise, "dp_clip": args.dp_clip,
             "dp_adaptive_quantile": args.dp_adaptive_quantile, "dp_count_noise_std": args.dp_count_noise,
             "dp_weighting": "uniform (the algorithm's example weights are not used: sensitivity C)"}
+
+
+def _distributed_summary(args, num_clients: int) -> dict:
+    import dp_accounting
+
+    from jaxqfl import privacy
+    from jaxqfl.privacy import distributed
+
+    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
+    eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, args.rounds, **acct)
+    event = dp_accounting.SelfComposedDpEvent(distributed.distributed_round_event(args._ddp_z_eff, **acct), args.rounds)
+    p = args._ddp_params
+    protocol = args.secure_aggregation or "secagg+"
+    k, bound = secagg_degree(argparse.Namespace(**{**vars(args), "secure_aggregation": protocol}))
+    return {
+        "dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": args.dp_delta,
+        "dp_accountant": "rdp (replace-one, integer orders) on the equivalent Gaussian",
+        "dp_event": repr(event),
+        "dp_effective_noise_multiplier": args._ddp_z_eff, "dp_noise_multiplier": args.dp_noise,
+        "dp_clip": args.dp_clip, "dp_mechanism": "distributed skellam (Agarwal et al. 2021) under " + protocol,
+        "dp_bits": p.modulus_bits, "ddp_scale": p.scale, "ddp_rotated_dimension": p.rotated_dimension,
+        "ddp_l2_sensitivity": p.l2_sensitivity, "ddp_l1_sensitivity": p.l1_sensitivity,
+        "ddp_central_variance": p.central_variance, "ddp_noise_shares": p.noise_shares,
+        "ddp_wrap_bound": p.wrap_bound, "secure_aggregation": protocol, "secagg_dropout": args.dropout,
+        "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k, "secagg_failure_bound": bound,
+        "dp_weighting": "uniform: the mean over the surviving clients (example weights are not used)",
+    }

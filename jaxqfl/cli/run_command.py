@@ -200,7 +200,8 @@ def _aggregator(args, population, uplink, hp: dict | None = None):
     """
     from jaxqfl import aggregate
 
-    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp)
+    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=_model(args, population),
+                                               feature_shape=population.feature_shape)
     if aggregator is None:
         aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
             args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
@@ -232,6 +233,9 @@ def _split_sweep(parser, args) -> None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
     if args.sweep_values and args.stream:
         parser.error("a sweep (--seeds or a list of values) runs on-device; drop --stream")
+    if (args.sweep_values or args.seeds is not None) and getattr(args, "dp_distributed", None) is not None:
+        parser.error("--dp-distributed runs one config at a time (its grid and noise shares are calibrated per "
+                     "run); drop --seeds and list-valued flags")
     if (args.sweep_values or args.seeds is not None) and args.client_state not in ("auto", "replicated"):
         parser.error(f"a sweep keeps every config's per-client states replicated on the devices ([configs, clients, "
                      f"...]); drop --client-state {args.client_state}")

@@ -10,15 +10,23 @@ from jaxqfl.privacy.accounting import (
     round_event,
     run_event,
 )
+from jaxqfl.privacy.distributed import (
+    distributed_epsilon,
+    distributed_noise_for_epsilon,
+    skellam_noise_multiplier,
+)
 
 __all__ = [
     "SAMPLINGS",
     "accountant_name",
     "describe",
+    "distributed_epsilon",
+    "distributed_noise_for_epsilon",
     "effective_noise_multiplier",
     "epsilon",
     "make_accountant",
     "noise_for_epsilon",
     "round_event",
     "run_event",
+    "skellam_noise_multiplier",
 ]
