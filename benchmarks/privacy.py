@@ -20,7 +20,7 @@ ceil(log2 M) neighbours, t = k/2 + 1) against plain integer aggregation on the
 same 8-bit codes, at 0 %, 10 % and 30 % dropouts, cohorts ``--secagg-cohorts``;
 SecAgg (all pairs) at the smallest cohort only (its masks cost O(M^2 P)).
 
-Writes benchmarks/results/privacy.{json,md,png} (or --out). ``--skip-secagg`` runs
+Writes OUT/privacy.{json,md,png} (OUT: --out, default a fresh runs/privacy-<time>). ``--skip-secagg`` runs
 the accuracy part alone and keeps the secure-aggregation rows (and their note)
 already stored in ``OUT/privacy.json``. The default scale is
 the issue's (1,000 clients, cohort 100); the committed results may come from a
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import platform
 import time
@@ -142,7 +143,8 @@ def write(out: pathlib.Path, meta, dp_rows, sa_rows):
     (out / "privacy.json").write_text(json.dumps({"meta": meta, "dp": dp_rows, "secagg": sa_rows}, indent=2) + "\n")
     fmt = lambda v: "inf" if v is None else f"{v:.3g}"
     lines = ["# Privacy benchmark", "", meta["scale_note"], "",
-             f"Machine: {meta['machine']}; times are noisy (shared machine).", "",
+             f"Machine: {meta['machine']}; 1-minute load average {meta.get('load', 'not recorded')} (at the start "
+             f"and the end of the run: times taken beside other jobs are noisy).", "",
              "## DP-FedAvg: test accuracy after the run", "",
              "| partition | clip | sampling | target eps | eps spent | z | final C | accuracy |",
              "|---|---|---|---|---|---|---|---|"]
@@ -207,7 +209,9 @@ def write(out: pathlib.Path, meta, dp_rows, sa_rows):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", required=True)
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: a fresh runs/privacy-<time>; --out benchmarks/results updates the "
+                        "stored results, and --skip-dp / --skip-secagg keep the rows stored there)")
     p.add_argument("--num-clients", type=int, default=1000)
     p.add_argument("--cohort-size", type=int, default=100)
     p.add_argument("--rounds", type=int, default=100)
@@ -227,8 +231,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-note", default="Scale: as the defaults of benchmarks/privacy.py.")
     args = p.parse_args()
+    load_start = os.getloadavg()[0]
     log = lambda row: print(json.dumps(row), flush=True)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out or f"runs/privacy-{time.strftime('%Y%m%d-%H%M%S')}")
     stored = json.loads((out / "privacy.json").read_text()) if (out / "privacy.json").exists() else {}
     dp_rows = stored.get("dp", []) if args.skip_dp else dp_runs(args, log)
     sa_rows = stored.get("secagg", []) if args.skip_secagg else secagg_runs(args, log)
@@ -245,6 +250,7 @@ def main():
             "poisson_epsilons": [e if math.isfinite(e) else None for e in args.poisson_epsilons],
             "secagg_note": secagg_note,
             "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].platform}",
+            "load": f"{load_start:.2f} / {os.getloadavg()[0]:.2f}",
             "scale_note": args.scale_note, "uplink": UPLINK, "model": "logistic regression (7,850 parameters)"}
     write(out, meta, dp_rows, sa_rows)
 
