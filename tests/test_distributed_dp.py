@@ -11,6 +11,7 @@ from dp_accounting import rdp
 
 from jaxqfl import aggregate, algorithms, engine, keys, models, privacy
 from jaxqfl.aggregate import distributed_dp as ddp
+from jaxqfl.aggregate import skellam_calibration as cal
 from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
 from jaxqfl.algorithms.base import ClientInfo
 from jaxqfl.privacy import distributed as pdist
@@ -54,7 +55,7 @@ _round = jax.jit(_round_impl, static_argnums=(0, 1))
 
 
 def _encoder(clip=1.0, z=1.0, bits=20, noise_shares=M):
-    p = ddp.skellam_parameters(clip, z, dimension=19, cohort_size=M, bits=bits, noise_shares=noise_shares)
+    p = cal.skellam_parameters(clip, z, dimension=19, cohort_size=M, bits=bits, noise_shares=noise_shares)
     return p, ddp.skellam_encoder(p, TEMPLATE)
 
 
@@ -62,7 +63,7 @@ def _encoder(clip=1.0, z=1.0, bits=20, noise_shares=M):
 def test_secure_sum_of_noised_codes_equals_the_unmasked_sum(dropout):
     """Masks, dropouts and Shamir unmasking leave the survivors' noised integer sum bit for bit."""
     ids = jnp.arange(M, dtype=jnp.int32) * 3
-    s = ddp.min_survivors(M, dropout)
+    s = cal.min_survivors(M, dropout)
     agg = _agg(dropout=dropout, noise_shares=s)
     p, enc = _encoder(noise_shares=s)
     dropped = 0.0
@@ -116,7 +117,7 @@ def test_no_noise_fine_grid_equals_the_clipped_mean_within_the_rounding_bound():
 
 def test_rounded_codes_respect_the_sensitivity_bound():
     """Conditional rounding: every client's rounded codes have ||r||_2 <= Delta_2 (the accounted sensitivity)."""
-    p = ddp.skellam_parameters(1.0, 0.0, dimension=19, cohort_size=M, bits=8)  # coarse grid: rounding matters
+    p = cal.skellam_parameters(1.0, 0.0, dimension=19, cohort_size=M, bits=8)  # coarse grid: rounding matters
     keys_ = jax.random.split(jax.random.key(0), 2000)
     rng = np.random.default_rng(0)
     y = jnp.asarray(rng.normal(size=(2000, 32)), jnp.float32)
@@ -132,18 +133,18 @@ def test_rounded_codes_respect_the_sensitivity_bound():
 @pytest.mark.parametrize("bits,z", [(12, 1.0), (20, 0.5), (16, 0.0)])
 def test_modulus_is_large_enough_for_the_stated_wrap_bound(bits, z):
     """gamma meets the wrap bound; a finer grid would not; aligned worst-case updates never wrap."""
-    p = ddp.skellam_parameters(1.0, z, dimension=19, cohort_size=M, bits=bits)
+    p = cal.skellam_parameters(1.0, z, dimension=19, cohort_size=M, bits=bits)
     kw = dict(clip=1.0, noise_multiplier=z, rotated_dimension=p.rotated_dimension, block=p.block,
               cohort_size=M, noise_shares=p.noise_shares, modulus_bits=bits)
     finer = p.scale * 0.99
     assert p.wrap_bound <= 1e-6
     # a finer grid would break the wrap bound, or push the Poisson rate past its accurate range
-    assert ddp.wrap_bound(finer, **kw) > 1e-6 or (z / finer) ** 2 / (2 * p.noise_shares) > ddp.MAX_POISSON_RATE
+    assert cal.wrap_bound(finer, **kw) > 1e-6 or (z / finer) ** 2 / (2 * p.noise_shares) > cal.MAX_POISSON_RATE
     # the bound's noise term against scipy's exact Skellam tail (a Chernoff bound must exceed it)
     from scipy import stats
     lam = 50.0
     m = np.array([5.0, 30.0, 80.0])
-    assert np.all(ddp.skellam_tail(m, lam) >= stats.skellam.sf(m - 1, lam, lam))
+    assert np.all(cal.skellam_tail(m, lam) >= stats.skellam.sf(m - 1, lam, lam))
     # every client sends the same update at norm c: the largest possible signal, summed without masks
     agg = _agg(z=z, bits=bits)
     enc = ddp.skellam_encoder(p, TEMPLATE)
@@ -157,7 +158,7 @@ def test_modulus_is_large_enough_for_the_stated_wrap_bound(bits, z):
 
 
 def test_epsilon_equals_dp_accounting_on_the_equivalent_gaussian():
-    p = ddp.skellam_parameters(0.5, 1.2, dimension=1000, cohort_size=50, bits=16)
+    p = cal.skellam_parameters(0.5, 1.2, dimension=1000, cohort_size=50, bits=16)
     z_eff = privacy.skellam_noise_multiplier(p.l2_sensitivity, p.l1_sensitivity, p.central_variance)
     # the Gaussian's RDP dominates the paper's Skellam bound at every order (replace-one: sensitivities x2)
     for a in [1.5, 2, 3, 10, 64, 256, 1024]:
@@ -172,7 +173,7 @@ def test_epsilon_equals_dp_accounting_on_the_equivalent_gaussian():
     assert eps == acc.get_epsilon(1e-5)
     z_eff_of = lambda z: privacy.skellam_noise_multiplier(
         *(lambda q: (q.l2_sensitivity, q.l1_sensitivity, q.central_variance))(
-            ddp.skellam_parameters(0.5, z, dimension=1000, cohort_size=50, bits=16)))
+            cal.skellam_parameters(0.5, z, dimension=1000, cohort_size=50, bits=16)))
     z = privacy.distributed_noise_for_epsilon(2.0, 1e-5, 40, z_eff_of, num_clients=2000, cohort_size=50)
     assert privacy.distributed_epsilon(z_eff_of(z), 1e-5, 40, num_clients=2000, cohort_size=50) == pytest.approx(
         2.0, rel=0.01)

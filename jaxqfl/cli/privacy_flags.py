@@ -1,5 +1,7 @@
 """The privacy and secure-aggregation flags of ``jaxqfl run`` (DP-FedAvg, SecAgg / SecAgg+).
 
+Distributed DP's setup and summary live in ``jaxqfl.cli.distributed_dp_flags``.
+
 Kept apart from ``run_command`` so the run command only calls four hooks:
 ``add_arguments``, ``validate`` (before JAX starts), ``make_aggregator`` and
 ``record_fields`` / ``summary_fields``.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from jaxqfl.cli import distributed_dp_flags
 from jaxqfl.cli.argtypes import nonneg_floats as _nonneg_floats
 from jaxqfl.cli.argtypes import positive_float
 
@@ -123,48 +126,6 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
 
 
-def _distributed_parameters(args, z):
-    from jaxqfl.aggregate import distributed_dp
-
-    s = distributed_dp.min_survivors(args.cohort_size, args.dropout)
-    return distributed_dp.skellam_parameters(args.dp_clip, z, dimension=args._ddp_dimension,
-                                             cohort_size=args.cohort_size, bits=args.dp_bits, noise_shares=s)
-
-
-def _z_eff(args, z):
-    from jaxqfl import privacy
-
-    p = _distributed_parameters(args, z)
-    return privacy.skellam_noise_multiplier(p.l2_sensitivity, p.l1_sensitivity, p.central_variance)
-
-
-def _make_distributed(args, num_clients: int, model, feature_shape):
-    """Distributed DP: the template from the model, z calibrated to --dp-epsilon, the equivalent Gaussian."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxqfl import aggregate, privacy
-
-    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
-    args._ddp_dimension = sum(x.size for x in jax.tree.leaves(template))
-    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
-    if args.dp_epsilon is not None:
-        args.dp_noise = privacy.distributed_noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
-                                                              lambda z: _z_eff(args, z), **acct)
-    args._ddp_params = _distributed_parameters(args, args.dp_noise)
-    args._ddp_z_eff = _z_eff(args, args.dp_noise)
-    protocol = args.secure_aggregation or "secagg+"
-    p = args._ddp_params
-    print(f"distributed DP (Skellam, {protocol}): clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f} "
-          f"(equivalent Gaussian {args._ddp_z_eff:.4f} against replace-one), {p.modulus_bits}-bit sum, grid step "
-          f"{p.scale:.3g}, noise split over {p.noise_shares} survivors, delta {args.dp_delta:.3g}"
-          f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}")
-    return aggregate.distributed_skellam(args.dp_clip, args.dp_noise, template=template, num_clients=num_clients,
-                                         cohort_size=args.cohort_size, bits=args.dp_bits, protocol=protocol,
-                                         dropout=args.dropout, neighbours=args.secagg_degree,
-                                         threshold=args.secagg_threshold, noise_shares=p.noise_shares)
-
-
 def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, model=None, feature_shape=None):
     """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta.
 
@@ -176,7 +137,7 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     from jaxqfl import aggregate, privacy
 
     if args.dp_distributed is not None:
-        return _make_distributed(args, num_clients, model, feature_shape)
+        return distributed_dp_flags.make_distributed(args, num_clients, model, feature_shape)
     if args.secure_aggregation is not None:
         k, bound = secagg_degree(args)
         print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
@@ -255,7 +216,7 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
 def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     """summary.json's privacy fields; ``noise``: one sweep config's noise multiplier (default --dp-noise)."""
     if args.dp_distributed is not None:
-        return _distributed_summary(args, num_clients)
+        return distributed_dp_flags.summary(args, num_clients)
     if args.secure_aggregation is not None:
         k, bound = secagg_degree(args)
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
@@ -273,30 +234,3 @@ def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     return {**d, "dp_noise_multiplier": noise, "dp_clip": args.dp_clip,
             "dp_adaptive_quantile": args.dp_adaptive_quantile, "dp_count_noise_std": args.dp_count_noise,
             "dp_weighting": "uniform (the algorithm's example weights are not used: sensitivity C)"}
-
-
-def _distributed_summary(args, num_clients: int) -> dict:
-    import dp_accounting
-
-    from jaxqfl import privacy
-    from jaxqfl.privacy import distributed
-
-    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
-    eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, args.rounds, **acct)
-    event = dp_accounting.SelfComposedDpEvent(distributed.distributed_round_event(args._ddp_z_eff, **acct), args.rounds)
-    p = args._ddp_params
-    protocol = args.secure_aggregation or "secagg+"
-    k, bound = secagg_degree(argparse.Namespace(**{**vars(args), "secure_aggregation": protocol}))
-    return {
-        "dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": args.dp_delta,
-        "dp_accountant": "rdp (replace-one, integer orders) on the equivalent Gaussian",
-        "dp_event": repr(event),
-        "dp_effective_noise_multiplier": args._ddp_z_eff, "dp_noise_multiplier": args.dp_noise,
-        "dp_clip": args.dp_clip, "dp_mechanism": "distributed skellam (Agarwal et al. 2021) under " + protocol,
-        "dp_bits": p.modulus_bits, "ddp_scale": p.scale, "ddp_rotated_dimension": p.rotated_dimension,
-        "ddp_l2_sensitivity": p.l2_sensitivity, "ddp_l1_sensitivity": p.l1_sensitivity,
-        "ddp_central_variance": p.central_variance, "ddp_noise_shares": p.noise_shares,
-        "ddp_wrap_bound": p.wrap_bound, "secure_aggregation": protocol, "secagg_dropout": args.dropout,
-        "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k, "secagg_failure_bound": bound,
-        "dp_weighting": "uniform: the mean over the surviving clients (example weights are not used)",
-    }
