@@ -9,10 +9,11 @@ process runs at 192 GFLOP/s, against 207 in a 1-device process and 104 pinned
 to one core). So the split is a choice of mesh, made when the round is built:
 
     candidates  D in (all devices, 1)
-    layout_D    = the chunk tuner's pick on a mesh of D devices   (jaxqfl.engine.layout_search)
-    t_D         = predicted round seconds of layout_D, the picks re-timed side by side
+    layout_all  = the chunk tuner's pick on all devices             (jaxqfl.engine.layout_search)
+    layout_1    = the cost model's chunk on one device               (a probe: one compilation)
+    t_D         = predicted round seconds of layout_D, re-timed side by side
                   (interleaved rounds, so both see the same load)
-    picked      = argmin_D t_D
+    picked      = argmin_D t_D; when the probe wins, one device's chunk is searched too
 
 Why it matters: with D devices each core trains its share of the cohort with
 its own chunks (parallel over clients, single-threaded ops); with one device
@@ -22,7 +23,9 @@ with large layers can favour one device.
 
 The search runs only when it can matter: a CPU backend with several devices,
 one process, and no device count fixed by the caller (``num_devices=None``;
-``--devices`` on the command line). Each D's chunk search is cached on its
+``--devices`` on the command line). On the 2-core EPYC every bench workload
+ran faster on both devices (``benchmarks/RESULTS.md``), so the one-device
+side gets a probe, not a search, unless it wins. Each D's chunk search is cached on its
 own; the split decision is cached under a key derived from the all-device
 search's key, so a second run of the same shape times nothing. Results do not
 depend on the pick: a round's result is invariant to the device count (tested
@@ -53,51 +56,52 @@ def tuned_mesh_and_layout(
     """``(mesh, layout, record)``: the fastest of the device counts ``candidates`` (module docstring).
 
     ``record`` is the picked mesh's ``TuningRecord`` with ``device_split`` filled in. The
-    budget (``autotune.default_budget()`` when None) is shared: each device count's chunk
-    search gets ``budget_seconds / len(candidates)``; the final duel adds ``rounds``
-    rounds of each pick.
+    first candidate (all devices) gets the whole chunk search (``budget_seconds``,
+    ``autotune.default_budget()`` when None); every other device count is first probed
+    at its cost model's chunk alone (one compilation, not cached), and the picks are
+    re-timed side by side (``rounds`` interleaved rounds each). Only a device count whose
+    probe wins gets its own chunk search (the same budget), so on a host where the split
+    wins, as measured on the bench workloads, tuning costs one compilation more than
+    the chunk search alone.
     """
     from jaxqfl.engine.layout_search import tuned_layout
 
     t_start = time.perf_counter()
     budget_seconds = autotune.default_budget() if budget_seconds is None else budget_seconds
     cache = autotune.TuningCache(autotune.default_cache_dir() if cache_dir == "default" else cache_dir)
-    searched: dict[int, tuple] = {}
 
-    def search(D: int):
+    def search(D: int, budget: float, cached: bool):
         keep: dict = {}
         mesh = client_mesh(D)
         layout, record = tuned_layout(population, model, algorithm, aggregator, schedule, task, mesh,
                                       cohort_size=cohort_size, uplink=uplink, downlink=downlink,
-                                      cache_dir=cache_dir, keep=keep,
-                                      budget_seconds=budget_seconds / len(candidates))
-        searched[D] = (mesh, layout, record, keep)
-        return searched[D]
+                                      cache_dir=cache_dir if cached else None, keep=keep, budget_seconds=budget)
+        return mesh, layout, record, keep
 
-    first = search(candidates[0])
+    first = search(candidates[0], budget_seconds, True)
     key = autotune.cache_key({"device_split_of": first[2].key, "candidates": candidates}) if first[2].key else ""
     hit = cache.get(key) if key else None
     if hit is not None and hit.get("devices") in candidates:
         D = hit["devices"]
-        mesh, layout, record, _ = searched.get(D) or search(D)
-        if layout.chunk != hit["chunk"]:  # the per-mesh cache moved on: decide again
-            hit = None
-        else:
+        mesh, layout, record, _ = first if D == candidates[0] else search(D, budget_seconds, True)
+        if layout.chunk == hit["chunk"]:  # else the per-mesh cache moved on: decide again
             old = hit.get("device_split", {})
             split = {"candidates": candidates, "seconds": old.get("seconds", [None] * len(candidates)),
                      "picked": D, "cache_hit": True, "tuning_seconds": time.perf_counter() - t_start}
             return mesh, layout, record._replace(device_split=split)
-    for D in candidates:
-        if D not in searched:
-            search(D)
-    timed = {D: (s[3]["timed_round"](), s[3]["scale"]) for D, s in searched.items() if "timed_round" in s[3]}
+    picks = {candidates[0]: first}
+    for D in candidates[1:]:  # a probe: the cost model's chunk only
+        picks[D] = search(D, 0.0, False)
+    timed = {D: (p[3]["timed_round"](), p[3]["scale"]) for D, p in picks.items() if "timed_round" in p[3]}
     seconds = {D: [] for D in timed}
     for _ in range(rounds):  # interleaved: every pick sees the same load
         for D, (timed_round, scale) in timed.items():
             seconds[D].append(timed_round() * scale)
     best = {D: min(t) for D, t in seconds.items()}
     D = min(best, key=lambda d: (best[d], -d)) if best else candidates[0]
-    mesh, layout, record, _ = searched[D]
+    if D != candidates[0]:  # a probe won: search its chunk too (cached)
+        picks[D] = search(D, budget_seconds, True)
+    mesh, layout, record, _ = picks[D]
     split = {"candidates": candidates, "seconds": [best.get(d) for d in candidates], "picked": D,
              "cache_hit": False, "tuning_seconds": time.perf_counter() - t_start}
     if key:
