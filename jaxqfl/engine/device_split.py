@@ -11,8 +11,8 @@ to one core). So the split is a choice of mesh, made when the round is built:
     candidates  D in (all devices, 1)
     layout_all  = the chunk tuner's pick on all devices             (jaxqfl.engine.layout_search)
     layout_1    = the cost model's chunk on one device               (a probe: one compilation)
-    t_D         = predicted round seconds of layout_D, re-timed side by side
-                  (interleaved rounds, so both see the same load)
+    t_D         = predicted round seconds of layout_D as timed by its search; when the
+                  two are within 1.25x, re-timed side by side (interleaved rounds, same load)
     picked      = argmin_D t_D; when the probe wins, one device's chunk is searched too
 
 Why it matters: with D devices each core trains its share of the cohort with
@@ -41,6 +41,14 @@ from jaxqfl.engine import autotune
 from jaxqfl.engine.mesh import client_mesh
 
 
+CLEAR_MARGIN = 1.25  # the searches' own timings decide when the runner-up is this much slower; else a duel
+
+
+def _searched_seconds(record) -> float | None:
+    """The predicted round seconds of a search's pick, as the search timed it (None: not timed)."""
+    return dict(zip(record.candidates, record.seconds)).get(record.picked)
+
+
 def split_candidates(num_devices: int | None) -> list[int]:
     """``[all devices, 1]`` when the split is worth tuning (module docstring), else ``[]``."""
     devices = jax.devices()
@@ -62,7 +70,9 @@ def tuned_mesh_and_layout(
     re-timed side by side (``rounds`` interleaved rounds each). Only a device count whose
     probe wins gets its own chunk search (the same budget), so on a host where the split
     wins, as measured on the bench workloads, tuning costs one compilation more than
-    the chunk search alone.
+    the chunk search alone. When the searches' own timings differ by more than
+    ``CLEAR_MARGIN`` the re-timing is skipped (it costs ``rounds`` rounds of each pick:
+    10 s for the CNN workload on 2 cores).
     """
     from jaxqfl.engine.layout_search import tuned_layout
 
@@ -92,12 +102,16 @@ def tuned_mesh_and_layout(
     picks = {candidates[0]: first}
     for D in candidates[1:]:  # a probe: the cost model's chunk only
         picks[D] = search(D, 0.0, False)
-    timed = {D: (p[3]["timed_round"](), p[3]["scale"]) for D, p in picks.items() if "timed_round" in p[3]}
-    seconds = {D: [] for D in timed}
-    for _ in range(rounds):  # interleaved: every pick sees the same load
-        for D, (timed_round, scale) in timed.items():
-            seconds[D].append(timed_round() * scale)
-    best = {D: min(t) for D, t in seconds.items()}
+    best = {D: _searched_seconds(p[2]) for D, p in picks.items()}
+    known = {D: t for D, t in best.items() if t is not None}
+    clear = len(known) == len(picks) and sorted(known.values())[1] > CLEAR_MARGIN * min(known.values())
+    if not clear:  # close (or a pick from the cache, untimed here): re-time the picks side by side
+        timed = {D: (p[3]["timed_round"](), p[3]["scale"]) for D, p in picks.items() if "timed_round" in p[3]}
+        seconds = {D: [] for D in timed}
+        for _ in range(rounds):  # interleaved: every pick sees the same load
+            for D, (timed_round, scale) in timed.items():
+                seconds[D].append(timed_round() * scale)
+        best = {D: min(t) for D, t in seconds.items()}
     D = min(best, key=lambda d: (best[d], -d)) if best else candidates[0]
     if D != candidates[0]:  # a probe won: search its chunk too (cached)
         picks[D] = search(D, budget_seconds, True)
