@@ -4,6 +4,7 @@ import json
 import pytest
 
 from jaxqfl.cli.main import main
+from cli_refusals import assert_refused_before_any_work
 
 SMALL = ["--num-clients", "20", "--cohort-size", "5", "--rounds", "2", "--eval-every", "2", "--local-steps", "2",
          "--devices", "2", "--no-progress"]
@@ -75,15 +76,4 @@ def test_flags_build_the_named_algorithm(argv, hparams):
     ],
 )
 def test_bad_algorithm_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
-    import jaxqfl.engine
-
-    def no_build(*a, **k):
-        raise AssertionError("engine.build was called for a bad flag")
-
-    monkeypatch.setattr(jaxqfl.engine, "build", no_build)
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--out", str(out), *argv])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)

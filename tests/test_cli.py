@@ -6,6 +6,7 @@ import re
 import pytest
 
 from jaxqfl.cli.main import main
+from cli_refusals import assert_refused_before_any_work
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,18 +48,7 @@ def test_run_writes_metrics_and_summary(tmp_path, capsys):
     ],
 )
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
-    import jaxqfl.engine
-
-    def no_build(*a, **k):  # the refusal must come before the round program is built
-        raise AssertionError("engine.build was called for a bad flag")
-
-    monkeypatch.setattr(jaxqfl.engine, "build", no_build)
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--out", str(out), *argv])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)
 
 
 def test_ci_runs_the_readme_test_command():

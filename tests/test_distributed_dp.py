@@ -9,12 +9,11 @@ import optax
 import pytest
 from dp_accounting import rdp
 
-from jaxqfl import aggregate, algorithms, engine, keys, models, privacy
+from jaxqfl import aggregate, algorithms, engine, models, privacy
 from jaxqfl.aggregate import distributed_dp as ddp
 from jaxqfl.aggregate import skellam_calibration as cal
-from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
-from jaxqfl.algorithms.base import ClientInfo
 from jaxqfl.privacy import distributed as pdist
+from aggregator_rounds import aggregator_round
 from populations import classification_population
 
 C, M = 30, 10
@@ -35,13 +34,7 @@ def _agg(clip=1.0, z=1.0, bits=20, dropout=0.0, **kw):
 
 def _round_impl(agg, encoder, ids, updates, rkey):
     """One round by hand; the reference sums the survivors' noised codes without masks."""
-    infos = jax.vmap(lambda i: ClientInfo(i, jnp.int32(5), jnp.int32(1), keys.client_key(rkey, i), jnp.int32(0)))(ids)
-    st = jax.vmap(lambda u, inf: agg.statistics(u, 1.0, (), None, inf))(updates, infos)
-    stats = CohortStatistics(maxes=jax.tree.map(lambda a: a.max(0), st.maxes))
-    state = agg.init(None)
-    summands, _, m = jax.vmap(lambda u, inf: agg.client(u, jnp.float32(1), (), state, stats, inf))(updates, infos)
-    reduced = jax.tree.map(lambda a: a.sum(0), summands)
-    out, _, sm = agg.server(reduced, state, stats, CohortInfo(ids, jnp.ones(ids.shape[0], bool), rkey, jnp.int32(0)))
+    out, _, sm, m, stats, infos, _ = aggregator_round(agg, ids, updates, rkey)
     shared = stats.maxes["scale"]
     codes = jax.vmap(lambda u, inf: encoder.encode(u, shared, inf)[0])(updates, infos)
     alive = (1 - m["secagg_dropped"]).astype(jnp.int32)

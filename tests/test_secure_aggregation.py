@@ -11,9 +11,10 @@ from scipy import stats as scipy_stats
 from jaxqfl import aggregate, algorithms, compress, engine, keys, models
 from jaxqfl.aggregate import secagg_graph as secure
 from jaxqfl.aggregate import shamir
-from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
+from jaxqfl.aggregate.base import CohortStatistics
 from jaxqfl.aggregate.secure import to_signed
 from jaxqfl.algorithms.base import ClientInfo
+from aggregator_rounds import aggregator_round
 from populations import classification_population
 
 C, M = 30, 12
@@ -46,13 +47,7 @@ def _round(agg, ids, updates, rkey):
 
 def _round_impl(agg, ids, updates, rkey):
     """One round by hand: pre-pass (max over the cohort), vmapped clients, sum, server."""
-    infos = jax.vmap(lambda i: ClientInfo(i, jnp.int32(5), jnp.int32(1), keys.client_key(rkey, i), jnp.int32(0)))(ids)
-    st = jax.vmap(lambda u, inf: agg.statistics(u, 1.0, (), None, inf))(updates, infos)
-    stats = CohortStatistics(maxes=jax.tree.map(lambda a: a.max(0), st.maxes))
-    state = agg.init(None)
-    summands, _, m = jax.vmap(lambda u, inf: agg.client(u, jnp.float32(1), (), state, stats, inf))(updates, infos)
-    reduced = jax.tree.map(lambda a: a.sum(0), summands)
-    out, new_state, sm = agg.server(reduced, state, stats, CohortInfo(ids, jnp.ones(M, bool), rkey, jnp.int32(0)))
+    out, new_state, sm, m, stats, infos, reduced = aggregator_round(agg, ids, updates, rkey)
     # reference: the plain integer sum of the survivors' codes on the same scale with the same keys
     isum, scale = CODEC.integer_sum, stats.maxes["scale"]
     codes = jax.vmap(lambda u, inf: isum.quantize(u, scale, keys.purpose_key(inf.key, keys.UPLINK)))(updates, infos)
@@ -188,25 +183,7 @@ def _big_round(neighbours, M, dropout, rkey):
     updates = {"w": jnp.asarray(rng.normal(size=(M, 6)), jnp.float32)}
     agg = aggregate.secure_sum(CODEC, num_clients=2 * M, cohort_size=M, protocol="secagg+",
                                neighbours=neighbours, dropout=dropout)
-    infos = jax.vmap(lambda i: ClientInfo(i, jnp.int32(5), jnp.int32(1), keys.client_key(rkey, i), jnp.int32(0)))(ids)
-
-    @jax.jit
-    def run(updates, infos):
-        st = jax.vmap(lambda u, inf: agg.statistics(u, 1.0, (), None, inf))(updates, infos)
-        stats = CohortStatistics(maxes=jax.tree.map(lambda a: a.max(0), st.maxes))
-        state = agg.init(None)
-        summands, _, m = jax.vmap(lambda u, inf: agg.client(u, jnp.float32(1), (), state, stats, inf))(updates, infos)
-        reduced = jax.tree.map(lambda a: a.sum(0), summands)
-        out, _, sm = agg.server(reduced, state, stats, CohortInfo(ids, jnp.ones(M, bool), rkey, jnp.int32(0)))
-        isum, scale = CODEC.integer_sum, stats.maxes["scale"]
-        codes = jax.vmap(lambda u, inf: isum.quantize(u, scale, keys.purpose_key(inf.key, keys.UPLINK)))(updates, infos)
-        alive = (1 - m["secagg_dropped"]).astype(jnp.int32)
-        W = jnp.sum(alive)
-        code_sum = jax.tree.map(lambda c: jnp.tensordot(alive, c.astype(jnp.int32), 1), codes)
-        ref = jax.tree.map(lambda s: s / jnp.maximum(W, 1), isum.dequantize_sum(code_sum, scale, W))
-        return out, ref, sm
-
-    return run(updates, infos)
+    return _round(agg, ids, updates, rkey)[:3]
 
 
 @pytest.mark.parametrize("dropout", [0.1, 0.3])

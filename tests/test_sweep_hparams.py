@@ -9,6 +9,7 @@ import pytest
 
 from jaxqfl import aggregate, algorithms, compress, engine, models, privacy
 from jaxqfl.engine.compilations import CompilationLog
+from cli_refusals import assert_refused_before_any_work
 from populations import classification_population
 
 
@@ -187,12 +188,5 @@ def test_plot_of_a_sweep_draws_the_mean_over_seeds_with_a_one_std_band(tmp_path)
     (["--dp-noise", "0.5,1"], "--dp-noise needs --dp-clip"),
     (["--local-steps", "2,0"], "positive"),
 ])
-def test_bad_sweep_flags_are_refused_before_any_work(tmp_path, capsys, argv, message):
-    from jaxqfl.cli.main import main
-
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--out", str(out), *argv])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+def test_bad_sweep_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)
