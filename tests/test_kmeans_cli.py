@@ -5,6 +5,7 @@ import math
 import pytest
 
 from jaxqfl.cli.main import main
+from cli_refusals import assert_refused_before_any_work
 
 
 def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tmp_path, capsys):
@@ -40,15 +41,4 @@ def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tm
     ],
 )
 def test_bad_clustering_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
-    import jaxqfl.engine
-
-    def no_build(*a, **k):
-        raise AssertionError("engine.build was called for a bad flag")
-
-    monkeypatch.setattr(jaxqfl.engine, "build", no_build)
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--out", str(out), *argv])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)
