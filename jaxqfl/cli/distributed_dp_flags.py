@@ -12,18 +12,10 @@ import argparse
 import math
 
 
-def _distributed_parameters(args, z):
-    from jaxqfl.aggregate import skellam_calibration as calibration
-
-    s = calibration.min_survivors(args.cohort_size, args.dropout)
-    return calibration.skellam_parameters(args.dp_clip, z, dimension=args._ddp_dimension,
-                                          cohort_size=args.cohort_size, bits=args.dp_bits, noise_shares=s)
-
-
-def _z_eff(args, z):
+def _equivalent_noise(p) -> float:
+    """z_eff of the Gaussian whose RDP bounds the Skellam mechanism with parameters ``p``."""
     from jaxqfl import privacy
 
-    p = _distributed_parameters(args, z)
     return privacy.skellam_noise_multiplier(p.l2_sensitivity, p.l1_sensitivity, p.central_variance)
 
 
@@ -33,15 +25,22 @@ def make_distributed(args, num_clients: int, model, feature_shape):
     import jax.numpy as jnp
 
     from jaxqfl import aggregate, privacy
+    from jaxqfl.aggregate import skellam_calibration as calibration
 
     template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
-    args._ddp_dimension = sum(x.size for x in jax.tree.leaves(template))
+    dimension = sum(x.size for x in jax.tree.leaves(template))
+    shares = calibration.min_survivors(args.cohort_size, args.dropout)  # does not depend on z: once
+
+    def parameters(z):
+        return calibration.skellam_parameters(args.dp_clip, z, dimension=dimension, cohort_size=args.cohort_size,
+                                              bits=args.dp_bits, noise_shares=shares)
+
     acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
     if args.dp_epsilon is not None:
         args.dp_noise = privacy.distributed_noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
-                                                              lambda z: _z_eff(args, z), **acct)
-    args._ddp_params = _distributed_parameters(args, args.dp_noise)
-    args._ddp_z_eff = _z_eff(args, args.dp_noise)
+                                                              lambda z: _equivalent_noise(parameters(z)), **acct)
+    args._ddp_params = parameters(args.dp_noise)
+    args._ddp_z_eff = _equivalent_noise(args._ddp_params)
     protocol = args.secure_aggregation or "secagg+"
     p = args._ddp_params
     print(f"distributed DP (Skellam, {protocol}): clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f} "

@@ -139,9 +139,10 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     if args.dp_distributed is not None:
         return distributed_dp_flags.make_distributed(args, num_clients, model, feature_shape)
     if args.secure_aggregation is not None:
-        k, bound = secagg_degree(args)
-        print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
-              f"{bound:.3g} at --dropout {args.dropout} (union bound)")
+        if hp is None:  # a sweep's configs were announced by the call without hp
+            k, bound = secagg_degree(args)
+            print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
+                  f"{bound:.3g} at --dropout {args.dropout} (union bound)")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
                                     dropout=args.dropout, neighbours=args.secagg_degree)

@@ -40,10 +40,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--sampling poisson does not combine with --client-state host; use replicated or sharded")
     if args.sweep_values or args.seeds is not None:
         parser.error("--sampling poisson runs one config at a time; drop --seeds and list-valued flags")
-    if getattr(args, "secure_aggregation", None) is not None or getattr(args, "dp_distributed", None) is not None:
-        flag = "--secure-aggregation" if getattr(args, "secure_aggregation", None) is not None else "--dp-distributed"
-        parser.error(f"--sampling poisson does not combine with {flag} yet (secure aggregation's masks and "
-                     f"distributed DP's noise shares are set up for a fixed cohort)")
+    for flag in ("secure_aggregation", "dp_distributed"):
+        if getattr(args, flag, None) is not None:
+            parser.error(f"--sampling poisson does not combine with --{flag.replace('_', '-')} yet (secure "
+                         f"aggregation's masks and distributed DP's noise shares are set up for a fixed cohort)")
     if args.num_clients is not None and args.max_cohort is not None and args.max_cohort > args.num_clients:
         parser.error(f"--max-cohort {args.max_cohort} exceeds --num-clients {args.num_clients}")
 

@@ -120,6 +120,14 @@ def codes_dtype(lo: int, hi: int):
     raise ValueError(f"no integer dtype holds codes in [{lo}, {hi}]")
 
 
+def dequantize_affine(q: QTensor) -> jax.Array:
+    """``s (q - z)`` in float32 for integer codes on an affine grid (``z = 0`` when symmetric)."""
+    codes = q.codes.astype(jnp.int32)
+    if q.zero_point is not None:
+        codes = codes - q.zero_point.astype(jnp.int32)
+    return codes.astype(jnp.float32) * q.scale
+
+
 def safe_scale(scale: jax.Array) -> jax.Array:
     """Replace zero / subnormal scales (all-zero tensors or channels) by 1, so
     ``x / scale`` is finite; such tensors then quantize to all-zero codes."""

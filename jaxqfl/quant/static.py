@@ -22,7 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl.quant import rounding as rnd
-from jaxqfl.quant.qtensor import QTensor, Quantizer, check_bits, check_float, codes_dtype, normalize_axis, safe_scale, straight_through
+from jaxqfl.quant.qtensor import (
+    QTensor,
+    Quantizer,
+    check_bits,
+    check_float,
+    codes_dtype,
+    dequantize_affine,
+    normalize_axis,
+    safe_scale,
+    straight_through,
+)
 from jaxqfl.quant.uniform import _asymmetric_scale, code_range
 
 
@@ -78,11 +88,7 @@ def static_uniform(bits: int, lo, hi, *, symmetric: bool = False, axis: int | No
             return QTensor(jnp.clip(v, qmin, qmax).astype(dtype), s)
         return QTensor(jnp.clip(v + z, qmin, qmax).astype(dtype), s, z.astype(dtype))
 
-    def dequantize(q: QTensor) -> jax.Array:
-        codes = q.codes.astype(jnp.int32)
-        if q.zero_point is not None:
-            codes = codes - q.zero_point.astype(jnp.int32)
-        return codes.astype(jnp.float32) * q.scale
+    dequantize = dequantize_affine
 
     def in_range(x, q: QTensor):
         z = 0.0 if q.zero_point is None else q.zero_point.astype(jnp.float32)

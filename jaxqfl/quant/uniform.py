@@ -61,6 +61,7 @@ from jaxqfl.quant.qtensor import (
     QTensor,
     Quantizer,
     check_bits,
+    dequantize_affine,
     check_choice,
     check_float,
     codes_dtype,
@@ -227,11 +228,7 @@ def uniform(
             return jnp.clip(rnd.round_to_int(xf / s, k), qmin, qmax) * s
         return (jnp.clip(rnd.round_to_int(xf / s, k) + z, qmin, qmax) - z) * s
 
-    def dequantize(q: QTensor) -> jax.Array:
-        codes = q.codes.astype(jnp.int32)
-        if q.zero_point is not None:
-            codes = codes - q.zero_point.astype(jnp.int32)
-        return codes.astype(jnp.float32) * q.scale
+    dequantize = dequantize_affine
 
     def in_range(x, q: QTensor):
         z = 0.0 if q.zero_point is None else q.zero_point.astype(jnp.float32)
