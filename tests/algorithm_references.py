@@ -148,6 +148,34 @@ class Adam:
         return -self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
+class ReddiAlgorithm2:
+    """Reddi et al. 2021 ("Adaptive Federated Optimization", ICLR), Algorithm 2, server side.
+
+    From the paper: m_t = b1 m_{t-1} + (1 - b1) Delta_t; v_t = v_{t-1} + Delta_t^2 (FedAdagrad),
+    v_t = v_{t-1} - (1 - b2) Delta_t^2 sign(v_{t-1} - Delta_t^2) (FedYogi), v_t = b2 v_{t-1} +
+    (1 - b2) Delta_t^2 (FedAdam); x_{t+1} = x_t + eta m_t / (sqrt(v_t) + tau); v_{-1} = tau^2,
+    m_{-1} = 0; no bias correction. Works on the delta Delta_t itself (not on -Delta_t).
+    """
+
+    def __init__(self, kind, eta, b1=0.9, b2=0.99, tau=1e-3):
+        self.kind, self.eta, self.b1, self.b2, self.tau = kind, eta, b1, b2, tau
+
+    def init(self, d):
+        return {"m": np.zeros(d), "v": np.full(d, self.tau ** 2)}
+
+    def step(self, x, delta, s):
+        """``(x_{t+1}, state_t)`` from ``x_t``, ``Delta_t`` and ``state_{t-1}``."""
+        m = self.b1 * s["m"] + (1 - self.b1) * delta
+        d2 = delta * delta
+        if self.kind == "adagrad":
+            v = s["v"] + d2
+        elif self.kind == "yogi":
+            v = s["v"] - (1 - self.b2) * d2 * np.sign(s["v"] - d2)
+        else:
+            v = self.b2 * s["v"] + (1 - self.b2) * d2
+        return x + self.eta * m / (np.sqrt(v) + self.tau), {"m": m, "v": v}
+
+
 def mimelite_round(x, s, opt, clients, cohort, steps, weights):
     """Clients step with U(., s) frozen; server s <- V(mean grad F_i(x), s), x <- mean y_i."""
     p = [weights[i] for i in cohort]

@@ -216,7 +216,7 @@ def test_epoch_schedule_visits_every_example_once_per_epoch():
 
 
 def test_server_optimizers_follow_optax_on_the_pseudo_gradient():
-    """FedAdam's server step equals optax.adam applied to -mean_delta."""
+    """The engine's server step is the server optimizer's optax update applied to -mean_delta."""
     sizes = [6, 6, 6]
     pop = _regression_population(sizes, seed=9)
     opt = algorithms.server_optimizer("adam", 0.01)

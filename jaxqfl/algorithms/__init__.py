@@ -15,6 +15,7 @@ from jaxqfl.algorithms.fedavg import (
     server_optimizer,
 )
 from jaxqfl.algorithms.feddyn import feddyn
+from jaxqfl.algorithms.fedopt import fedadagrad, fedadam, fedopt_adaptive, fedyogi
 from jaxqfl.algorithms.fednova import fednova
 from jaxqfl.algorithms.fedprox import fedprox
 from jaxqfl.algorithms.kmeans import KMeansUpdate, lloyd, minibatch_kmeans
@@ -31,11 +32,15 @@ __all__ = [
     "ServerInfo",
     "ServerMessage",
     "WEIGHTINGS",
+    "fedadagrad",
+    "fedadam",
     "fedavg",
     "feddyn",
     "fednova",
+    "fedopt_adaptive",
     "fedprox",
     "fedsgd",
+    "fedyogi",
     "KMeansUpdate",
     "kmeans_plus_plus",
     "lloyd",

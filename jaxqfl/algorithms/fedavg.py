@@ -13,7 +13,9 @@ from Decentralized Data"; Reddi et al. 2021, "Adaptive Federated Optimization"):
         w_{t+1} = w_t + server_opt(-Delta).
 
 Server SGD with learning rate 1 is plain FedAvg; server momentum is FedAvgM (Hsu
-et al. 2019); server adam / yogi / adagrad are FedAdam / FedYogi / FedAdagrad.
+et al. 2019); server adam / yogi / adagrad are FedAdam / FedYogi / FedAdagrad
+(Reddi et al. 2021, Algorithm 2: ``jaxqfl.algorithms.fedopt``; optax's own Adam /
+Yogi / Adagrad, which are not the paper's, are ``optax-adam`` etc.).
 FedSGD is the case of one full-batch local step (see ``fedsgd``).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxqfl.choices import SERVER_OPTIMIZERS
+from jaxqfl.algorithms.fedopt import ADAPTIVE_KINDS, fedopt_adaptive
 from jaxqfl.algorithms.base import (
     Algorithm,
     ClientOutput,
@@ -120,10 +123,16 @@ def fedsgd(client_lr: float, server_optimizer=None, weighting: str = "examples")
 
 
 def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float = 0.9, tau: float = 1e-3):
-    """The server optimizers of FedAvg / FedAvgM / FedAdam / FedYogi / FedAdagrad.
+    """The server optimizers of FedAvg / FedAvgM / FedAdam / FedYogi / FedAdagrad, by name.
 
-    ``tau`` is the adaptivity constant of Reddi et al. 2021 (their recommended 1e-3),
-    passed as the optimizers' epsilon.
+    ``sgd`` and ``momentum`` are ``optax.sgd`` (FedAvg, and FedAvgM with ``momentum``).
+    ``adam`` / ``yogi`` / ``adagrad`` are Reddi et al. 2021's Algorithm 2 (FedAdam /
+    FedYogi / FedAdagrad, ``jaxqfl.algorithms.fedopt``): ``b1 = 0.9``, ``b2 = 0.99``,
+    ``v_{-1} = tau^2``, ``x <- x + eta m_t / (sqrt(v_t) + tau)``, no bias correction.
+    ``optax-adam`` / ``optax-yogi`` / ``optax-adagrad`` are optax's own optimizers on the
+    pseudo-gradient: ``optax.adam`` and ``optax.yogi`` (``b1 = 0.9``, ``b2 = 0.99``,
+    ``eps = tau``, with bias correction) and ``optax.adagrad`` (accumulator from
+    ``tau^2``, ``eps = tau`` inside the square root, no momentum): not the paper's.
     """
     if isinstance(learning_rate, (int, float)) and not learning_rate > 0:  # (a sweep passes traced values)
         raise ValueError(f"server learning rate must be > 0, got {learning_rate}")
@@ -131,10 +140,12 @@ def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float =
         return optax.sgd(learning_rate)
     if name == "momentum":
         return optax.sgd(learning_rate, momentum=momentum)
-    if name == "adam":
+    if name in ADAPTIVE_KINDS:
+        return fedopt_adaptive(name, learning_rate, b1=0.9, b2=0.99, tau=tau)
+    if name == "optax-adam":
         return optax.adam(learning_rate, b1=0.9, b2=0.99, eps=tau)
-    if name == "yogi":
+    if name == "optax-yogi":
         return optax.yogi(learning_rate, b1=0.9, b2=0.99, eps=tau)
-    if name == "adagrad":
+    if name == "optax-adagrad":
         return optax.adagrad(learning_rate, initial_accumulator_value=tau**2, eps=tau)
     raise ValueError(f"unknown server optimizer {name!r}; choose one of {SERVER_OPTIMIZERS}")

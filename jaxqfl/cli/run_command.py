@@ -65,7 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_nonneg_int, default=None, help="0 means full batch (FedSGD with 1 local step)")
     g.add_argument("--client-lr", type=_positive_floats, default=None,
                    help="client learning rate; a comma-separated list sweeps it (one program for all values)")
-    g.add_argument("--server-opt", choices=SERVER_OPTIMIZERS, default="sgd")
+    g.add_argument("--server-opt", choices=SERVER_OPTIMIZERS, default="sgd",
+                   help="server optimizer on the mean delta: sgd (FedAvg), momentum (FedAvgM), adam / yogi / "
+                        "adagrad (FedAdam / FedYogi / FedAdagrad, Reddi et al. 2021 Algorithm 2), optax-adam / "
+                        "optax-yogi / optax-adagrad (optax's own, bias-corrected); default sgd")
     g.add_argument("--server-lr", type=_positive_floats, default=1.0,
                    help="server learning rate (default 1); a comma-separated list sweeps it")
     g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
