@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxqfl.aggregate.stacked import gather_rule, num_valid, rank_mask, sort_valid
+from jaxqfl.aggregate.stacked import gather_rule, num_valid, rank_mask, sort_valid, valid_median
 
 
 def check_fraction(name: str, value, high: float, high_text: str) -> float:
@@ -31,15 +31,7 @@ def check_fraction(name: str, value, high: float, high_text: str) -> float:
 
 def coordinate_median(updates, valid):
     """Coordinate-wise median of the valid rows of every ``[M, ...]`` leaf (zeros when none is valid)."""
-    n = num_valid(valid)
-
-    def one(u):
-        s = sort_valid(u, valid)
-        lo, hi = jnp.maximum((n - 1) // 2, 0), n // 2
-        med = 0.5 * (jnp.take(s, lo, axis=0) + jnp.take(s, jnp.minimum(hi, u.shape[0] - 1), axis=0))
-        return jnp.where(n > 0, med, 0.0).astype(u.dtype)
-
-    return jax.tree.map(one, updates)
+    return jax.tree.map(lambda u: valid_median(u, valid), updates)
 
 
 def coordinate_trimmed_mean(updates, valid, beta: float):

@@ -15,8 +15,10 @@ Bulyan:       (1) select ``theta = n - 2f`` rows by Krum applied recursively (th
 
 Padding rows get infinite distances and scores, so they are never a neighbour
 nor selected. Ties are broken by the lower slot. Cost: one ``[M, M]`` Gram
-matrix (``M^2 P`` flops); Bulyan's recursion is ``M`` passes of ``O(M^2)`` over
-the neighbours sorted once.
+matrix (``M^2 P`` flops) of the rows centred at their coordinate-wise median, so
+that the distances survive a large offset shared by every update in float32
+(``stacked.pairwise_sq_distances``); Bulyan's recursion is ``M`` passes of
+``O(M^2)`` over the neighbours sorted once.
 
 References:
   Blanchard, El Mhamdi, Guerraoui, Stainer. "Machine Learning with Adversaries:
