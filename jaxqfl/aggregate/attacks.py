@@ -24,9 +24,17 @@ Behaviours (``scale`` is the attack's strength; None picks the default in bracke
                   gamma that keeps the malicious update as close to the honest ones as they are
                   to each other. The pre-pass sees sums, not per-client distances, so the
                   criteria use the benign AVERAGE where the paper uses the benign MAXIMUM:
-                  min-max: ||m - mu||^2 + V <= 2 V n_h / (n_h - 1)  ->  gamma = sqrt(V (n_h + 1) / (n_h - 1))
-                  min-sum: n_h ||m - mu||^2 + n_h V <= 2 n_h V        ->  gamma = sqrt(V)
-                  (a smaller gamma than the paper's: these are the stealthier end of the attack).
+                  min-max: mean_i ||m - x_i||^2 <= mean_{i != j} ||x_i - x_j||^2, i.e.
+                           ||m - mu||^2 + V <= 2 V n_h / (n_h - 1)  ->  gamma = sqrt(V (n_h + 1) / (n_h - 1))
+                  min-sum: sum_i ||m - x_i||^2 <= mean_i sum_j ||x_i - x_j||^2, i.e.
+                           n_h ||m - mu||^2 + n_h V <= 2 n_h V        ->  gamma = sqrt(V)
+                  The paper's search for gamma (its Algorithm 1: halving steps up on success,
+                  down on failure) converges on these monotone criteria to the closed forms
+                  above. Against the paper's criteria (min-max: max_i ||m - x_i|| <= max_{i,j}
+                  ||x_i - x_j||; min-sum: the right side's max over i): min-sum's gamma is never
+                  larger than the paper's (a mean is at most the max); min-max's is smaller when
+                  the honest deviations are spread across many directions (the usual case), but
+                  can be larger when they lie along mu (tests/test_attacks_reference.py).
 
 References:
   Baruch, Baruch, Goldberg. "A Little Is Enough: Circumventing Defenses for
