@@ -34,6 +34,8 @@ def test_a_swept_client_lr_reaches_the_algorithm(tmp_path):
     [
         (["--algorithm", "fedavg", "--server-opt", "adam", "--server-lr", "0.01"],
          {"client_lr": 0.05, "server_opt": "adam", "server_lr": 0.01, "weighting": "examples"}),
+        (["--algorithm", "fedavg", "--server-opt", "optax-yogi", "--server-lr", "0.01"],
+         {"client_lr": 0.05, "server_opt": "optax-yogi", "server_lr": 0.01, "weighting": "examples"}),
         (["--algorithm", "fedprox"], {"mu": 0.01}),
         (["--algorithm", "fedprox", "--mu", "0"], {"mu": 0.0}),
         (["--algorithm", "fednova", "--weighting", "uniform"], {"momentum": 0.0, "weighting": "uniform"}),
