@@ -179,17 +179,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def _model(args, population):
-    from jaxqfl import models
+    from jaxqfl.saved_run import model_for
 
-    if population.task == "regression":
-        k = int(np.prod(population.y.shape[1:], dtype=np.int64))  # 1 for targets [N]
-    else:
-        k = population.num_classes
-    if args.model == "mlp":
-        return models.mlp(hidden=args.hidden, num_outputs=k, policy=args.quant)
-    if args.model == "cnn":
-        return models.cnn(num_outputs=k, policy=args.quant)
-    return models.logistic_regression(num_outputs=k, policy=args.quant)  # linear = logreg: one dense layer
+    return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
 
 
 def _aggregator(args, population, uplink, hp: dict | None = None):
