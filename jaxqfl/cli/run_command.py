@@ -489,6 +489,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
         f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
         f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
+        privacy_flags.summary_line(s),
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",
