@@ -140,3 +140,14 @@ def test_params_of_another_run_are_refused_naming_the_shapes(run_dir, odd_run, t
     assert main(["quantize", str(swapped), "--calibration-clients", "2"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Dense_0" in err and "(12,)" in err and "(8,)" in err and "not this run's" in err
+
+
+def test_a_mixture_config_rebuilds_with_its_own_settings(odd_run):
+    from jaxqfl import saved_run
+
+    config = {**saved_run.read_config(odd_run), "dataset": "gaussian-mixture", "components": 3, "separation": 9.0,
+              "model": "logreg"}
+    pop = saved_run.rebuild(config).population
+    assert pop.task == "clustering" and pop.num_classes == 3 and pop.x.shape[1:] == (20,)
+    counts = np.asarray(pop.counts)
+    assert pop.num_clients == 6 and counts.min() >= 20 and counts.max() <= 40
