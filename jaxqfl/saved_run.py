@@ -119,6 +119,21 @@ def rebuild(config: dict) -> RebuiltRun:
     return RebuiltRun(config, population, model, float_model, graph)
 
 
+def check_params(run: RebuiltRun, params: dict, source: str = "params") -> None:
+    """Refuse ``params`` that do not fit ``run.float_model`` (e.g. another run's file), naming the parameter
+    and both shapes; ``ValueError``. Shapes only: nothing is compiled."""
+    import jax
+
+    x = run.population.x_test[:1]
+    want = jax.eval_shape(run.float_model.init, jax.random.key(0), x)
+    flat_want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(want)}
+    flat_got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    for name in sorted(set(flat_want) | set(flat_got)):
+        if flat_want.get(name) != flat_got.get(name):
+            raise ValueError(f"{source}: parameter {name} has shape {flat_got.get(name)}, but the run's model "
+                             f"rebuilt from its config needs {flat_want.get(name)}; the file is not this run's")
+
+
 def load(run_dir) -> RebuiltRun:
     """``rebuild(read_config(run_dir))``."""
     return rebuild(read_config(run_dir))

@@ -109,19 +109,6 @@ def _read_params(parser, path: pathlib.Path) -> dict:
     return {n: {p: v for p, v in layer.items() if ":" not in p} for n, layer in params.items()}  # drop QAT state
 
 
-def _check_shapes(params: dict, model, x, path: str) -> None:
-    """Refuse params that do not fit the rebuilt model (a file from another run), naming both shapes."""
-    import jax
-
-    want = jax.eval_shape(model.init, jax.random.key(0), x[:1])
-    flat_want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(want)}
-    flat_got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    for name in sorted(set(flat_want) | set(flat_got)):
-        if flat_want.get(name) != flat_got.get(name):
-            raise ValueError(f"{path}: parameter {name} has shape {flat_got.get(name)}, but the run's model "
-                             f"rebuilt from its config needs {flat_want.get(name)}; the file is not this run's")
-
-
 def _accuracy(predict, x, y, batch=1000) -> float:
     import numpy as np
 
@@ -151,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     x_test, y_test = np.asarray(population.x_test), np.asarray(population.y_test)
     try:
-        _check_shapes(args.params, model, x_test, str(pathlib.Path(args.run_dir) / "final_params.msgpack"))
+        saved_run.check_params(run, args.params, str(pathlib.Path(args.run_dir) / "final_params.msgpack"))
     except ValueError as e:
         print(f"jaxqfl quantize: error: {e}", file=sys.stderr)
         return 2
