@@ -235,8 +235,10 @@ def test_cli_distributed_dp_reports_the_accounted_epsilon(tmp_path, capsys):
                "--local-steps", "1", "--dp-clip", "1.0", "--dp-epsilon", "5", "--dp-distributed", "skellam",
                "--dropout", "0.1", "--dp-bits", "18", "--out", str(out), "--no-progress"])
     assert rc == 0
-    assert "distributed DP" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "distributed DP" in printed
     summary = json.loads((out / "summary.json").read_text())
+    assert f"epsilon {summary['dp_epsilon']:.4g}, delta {summary['dp_delta']:.3g} over 4 rounds" in printed
     assert summary["dp_epsilon"] == pytest.approx(5.0, rel=0.01)
     assert summary["dp_epsilon"] == privacy.distributed_epsilon(
         summary["dp_effective_noise_multiplier"], summary["dp_delta"], 4, num_clients=60, cohort_size=12)

@@ -151,9 +151,10 @@ def test_cli_dp_run_reports_the_accounted_epsilon(tmp_path, capsys):
     rc = main(["run", "--num-clients", "60", "--cohort-size", "12", "--rounds", "4", "--eval-every", "2",
                "--local-steps", "1", "--dp-clip", "1.0", "--dp-epsilon", "5", "--out", str(out), "--no-progress"])
     assert rc == 0
-    assert "delta" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     z, delta = summary["dp_noise_multiplier"], summary["dp_delta"]
+    assert f"privacy          epsilon {summary['dp_epsilon']:.4g}, delta {delta:.3g} over 4 rounds" in printed
     assert delta == pytest.approx(1 / 60 ** 1.1)
     assert summary["dp_epsilon"] == pytest.approx(5.0, rel=0.01)
     assert summary["dp_epsilon"] == privacy.epsilon(z, delta, 4, num_clients=60, cohort_size=12)

@@ -122,3 +122,25 @@ def test_integer_export_needs_static_input_ranges():
     params = fm.init(jax.random.key(0), jnp.zeros((1, 5)))
     with pytest.raises(ValueError, match="static activation"):
         export_integer(params, "full", mlp_graph(1))
+
+
+# Bytes held by the MNIST models, counted by hand: int8 codes (4-bit: two per byte), int32 biases,
+# int32 column sums (Dense only), int32 multiplier + int32 shift per channel of every layer but the
+# last, float32 output scales of the last, 8 bytes (float32 scale, int32 zero) per input grid.
+# MLP 784-200-200-10: codes 198,800 (4-bit 99,400) + 1,640 + 1,640 + 3,200 + 40 + 24.
+# CNN: codes 1,662,752 (4-bit 831,376) + 2,472 + 2,088 (Dense 512 + 10) + 4,864 + 40 + 32.
+HELD_BYTES = {("mlp", "full"): 205_344, ("mlp", "w4a8"): 105_944,
+              ("cnn", "full"): 1_672_248, ("cnn", "w4a8"): 840_872}
+
+
+@pytest.mark.parametrize("kind, policy", sorted(HELD_BYTES))
+def test_integer_model_size_is_the_bytes_it_holds(kind, policy):
+    fm, graph = (models.mlp((200, 200)), mlp_graph(2)) if kind == "mlp" else (models.cnn(), cnn_graph())
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 28, 28, 1)).astype(np.float32)
+    shapes = jax.eval_shape(fm.init, jax.random.key(0), x[:1])  # random weights: only the sizes matter
+    params = jax.tree.map(lambda s: (0.05 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+    cp = quant.calibrated_policy(policy, params, cal.calibrate(layer_inputs(fm, params, x), "minmax"))
+    im = export_integer(params, cp, graph)
+    held = sum(int(a.nbytes) for layer in im.arrays.values() for a in layer.values()) + 8 * len(im.meta)
+    assert im.int_bytes == held == HELD_BYTES[kind, policy]

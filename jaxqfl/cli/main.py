@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plot":
         return plot_command.main(args)
     if args.command == "quantize":
+        _force_cpu_devices(None)  # before validate(), which imports flax (and so JAX) to read the params
         quantize_command.validate(parser, args)
-        _force_cpu_devices(None)
         return quantize_command.main(args)
     if args.command == "bench":
         from jaxqfl.bench import cli as bench_cli

@@ -72,6 +72,28 @@ def _check_writable(path: pathlib.Path) -> None:
         raise OutputError(f"--out {str(path)!r} is not writable ({e.strerror}); choose another folder") from None
 
 
+def check_output_file(path: str, flag: str = "--out") -> pathlib.Path:
+    """An output FILE that can be written, checked without creating anything; raises ``OutputError``.
+
+    Refused: an existing folder, an existing file that is read-only, a path under a
+    file, or under a folder that is not writable. Missing folders are created when
+    the file is written.
+    """
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise OutputError(f"{flag} {path!r} is a folder; give a file name")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise OutputError(f"{flag} {path!r} exists and is not writable; choose another path")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{flag} {path!r} cannot be created: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path!r} cannot be created: the folder {str(folder)!r} is not writable")
+    return p
+
+
 def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) -> pathlib.Path:
     """Create (or check) the output folder and return it; raises ``OutputError`` with what to do.
 

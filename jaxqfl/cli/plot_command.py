@@ -1,12 +1,16 @@
-"""jaxqfl plot: test accuracy and loss of one or more runs, against rounds and cumulative uplink bits.
+"""jaxqfl plot: test metrics of one or more runs, against rounds and cumulative uplink bits.
 
     jaxqfl plot runs/a runs/b --out fig.png
 
 Reads each RUN folder's metrics.jsonl and config.toml (or summary.json) and draws
-a 2 x 2 figure: test accuracy (top) and test loss (bottom), against the round
-(left) and against the cumulative uplink bits of all clients (right, log scale),
-one line per run, labelled by the settings in which the runs differ (or by the
-folder name). Needs matplotlib: ``pip install "jaxqfl[plot]"``.
+one row per test metric of the runs' task: accuracy and loss (classification),
+MSE and R^2 (regression), inertia, plus ARI and NMI where the records carry them
+(clustering); each against the round (left) and against the cumulative uplink
+bits of all clients (right, log scale), one line per run, labelled by the
+settings in which the runs differ (or by the folder name). ``--out`` must end
+in an image extension matplotlib writes (.png, .pdf, .svg, ...) in a writable
+place: checked before anything is read or drawn. Needs matplotlib:
+``pip install "jaxqfl[plot]"``.
 
 A sweep folder (``jaxqfl run --seeds ...``: it holds ``sweep.json``) draws one
 curve per combination of its swept hyper-parameters: the mean over its seeds,
@@ -53,7 +57,13 @@ def _load(run: str) -> tuple[list[dict], dict]:
     return records, config
 
 
-PLOTTED = ("test_accuracy", "test_loss")
+#: Per task, the (metrics.jsonl key, axis label) rows drawn, in order, where the records carry them.
+TASK_PANELS = {
+    "classification": (("test_accuracy", "test accuracy"), ("test_loss", "test loss")),
+    "regression": (("test_mse", "test MSE"), ("test_r2", "test R^2")),
+    "clustering": (("test_inertia", "test inertia"), ("test_ari", "test ARI"), ("test_nmi", "test NMI")),
+}
+PLOTTED = tuple(dict.fromkeys(k for rows in TASK_PANELS.values() for k, _ in rows))  # every metric a panel shows
 BAND = "mean over seeds ± one sample standard deviation"
 
 
@@ -63,7 +73,7 @@ def sweep_curves(folder: str) -> list[dict]:
     Reads ``folder/sweep.json`` and every config's ``metrics.jsonl``. Returns one dict per
     combination: ``hyperparameters`` ({name: value}), ``seeds``, ``label``, ``round`` [R],
     ``uplink_bits_total`` [R] (mean over seeds), ``mean`` and ``std`` ({metric: [R]} for
-    ``PLOTTED``; sample std, ``ddof=1``, 0 for one seed). A null value (a diverged round) in
+    each metric of ``PLOTTED`` the records carry; sample std, ``ddof=1``, 0 for one seed). A null value (a diverged round) in
     any seed makes that round's mean NaN: a gap, never a mean over the surviving seeds.
     """
     path = pathlib.Path(folder)
@@ -86,7 +96,7 @@ def sweep_curves(folder: str) -> list[dict]:
         def column(name):  # [seeds, R]
             return np.array([[np.nan if rec.get(name) is None else float(rec[name]) for rec in r[:n]] for r in runs])
 
-        stats = {m: column(m) for m in PLOTTED}
+        stats = {m: column(m) for m in PLOTTED if any(m in rec for r in runs for rec in r)}
         hp = dict(zip(swept, values))
         seeds = [m["seed"] for m in members]
         text = ", ".join(f"{k.replace('_', '-')}={v:g}" for k, v in hp.items())
@@ -110,29 +120,60 @@ def labels(configs: list[dict], names: list[str]) -> list[str]:
     return [", ".join(f"{k.replace('_', '-')}={c.get(k)}" for k in differ[:3]) for c in configs]
 
 
-def main(args: argparse.Namespace) -> int:
-    try:
-        import matplotlib
+def task_of(metrics: set) -> str:
+    """The task whose panels a run's metric keys call for (classification when none matches)."""
+    for task, rows in TASK_PANELS.items():
+        if rows[0][0] in metrics:
+            return task
+    return "classification"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('jaxqfl plot: error: needs matplotlib; install it with: pip install "jaxqfl[plot]"', file=sys.stderr)
-        return 2
-    is_sweep = [(pathlib.Path(r) / "sweep.json").is_file() for r in args.runs]
+
+def panels(metric_sets: list[set]) -> list[tuple[str, str]]:
+    """The figure's rows: per run (its set of metric keys), its task's metrics that it carries, in order."""
+    rows = []
+    for keys in metric_sets:
+        for key, label in TASK_PANELS[task_of(keys)]:
+            if key in keys and (key, label) not in rows:
+                rows.append((key, label))
+    return rows or list(TASK_PANELS["classification"])
+
+
+def image_extensions() -> list[str]:
+    """The file extensions matplotlib's savefig writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_out(out: str) -> None:
+    """Refuse an ``--out`` that is not an image file matplotlib writes, or cannot be written (``ValueError``)."""
+    from jaxqfl.cli.outputs import OutputError, check_output_file
+
+    allowed = image_extensions()
+    ext = pathlib.Path(out).suffix.lower().lstrip(".")
+    if ext not in allowed:
+        what = f": .{ext} is not an image format matplotlib writes" if ext else " has no image extension"
+        raise ValueError(f"--out {out!r}{what}; use one of {', '.join('.' + e for e in allowed)}")
     try:
-        loaded = [_load(r) for r, sweep in zip(args.runs, is_sweep) if not sweep]
-        sweeps = [(r, sweep_curves(r)) for r, sweep in zip(args.runs, is_sweep) if sweep]
-    except ValueError as e:
-        print(f"jaxqfl plot: error: {e}", file=sys.stderr)
-        return 2
-    names = [pathlib.Path(r).name for r, sweep in zip(args.runs, is_sweep) if not sweep]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
+        check_output_file(out)
+    except OutputError as e:
+        raise ValueError(str(e)) from None
+
+
+def figure(loaded: list, names: list[str], sweeps: list, *, multiple: bool, title: str | None = None):
+    """The matplotlib figure of ``loaded`` runs ([(records, config)]) and ``sweeps`` ([(folder, curves)])."""
+    import matplotlib.pyplot as plt
+
+    rows = panels([{k for rec in records for k in rec} for records, _ in loaded]
+                  + [set(c["mean"]) for _, curves in sweeps for c in curves])
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.5 * len(rows)), squeeze=False)
     for folder, curves in sweeps:
-        prefix = f"{pathlib.Path(folder).name}: " if len(args.runs) > 1 else ""
+        prefix = f"{pathlib.Path(folder).name}: " if multiple else ""
         for c in curves:
             bits = np.asarray(c["uplink_bits_total"])
-            for row, metric in enumerate(PLOTTED):
+            for row, (metric, _) in enumerate(rows):
+                if metric not in c["mean"]:
+                    continue
                 mean, std = np.asarray(c["mean"][metric]), np.asarray(c["std"][metric])
                 for col, xs in enumerate((c["round"], bits)):
                     if col == 1 and not np.all(bits > 0):
@@ -144,25 +185,49 @@ def main(args: argparse.Namespace) -> int:
     for (records, _), label in zip(loaded, labels([c for _, c in loaded], names)):
         rounds = [r["round"] for r in records]
         bits = [r.get("uplink_bits_total") for r in records]
-        for row, metric in enumerate(("test_accuracy", "test_loss")):
+        for row, (metric, _) in enumerate(rows):
+            if not any(metric in r for r in records):
+                continue
             ys = [r.get(metric) for r in records]
             ys = [float("nan") if y is None else y for y in ys]  # null (a diverged value) leaves a gap
             axes[row][0].plot(rounds, ys, marker=".", label=label)
             if all(b is not None and b > 0 for b in bits):
                 axes[row][1].plot(bits, ys, marker=".", label=label)
-    for row, name in enumerate(("test accuracy", "test loss")):
+    for row, (_, name) in enumerate(rows):
         axes[row][0].set_ylabel(name)
         axes[row][1].set_xscale("log")
-    axes[1][0].set_xlabel("round")
-    axes[1][1].set_xlabel("cumulative uplink bits (all clients)")
+    axes[-1][0].set_xlabel("round")
+    axes[-1][1].set_xlabel("cumulative uplink bits (all clients)")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    if args.title:
-        fig.suptitle(args.title)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        print('jaxqfl plot: error: needs matplotlib; install it with: pip install "jaxqfl[plot]"', file=sys.stderr)
+        return 2
+    is_sweep = [(pathlib.Path(r) / "sweep.json").is_file() for r in args.runs]
+    try:
+        check_out(args.out)
+        loaded = [_load(r) for r, sweep in zip(args.runs, is_sweep) if not sweep]
+        sweeps = [(r, sweep_curves(r)) for r, sweep in zip(args.runs, is_sweep) if sweep]
+    except ValueError as e:
+        print(f"jaxqfl plot: error: {e}", file=sys.stderr)
+        return 2
+    names = [pathlib.Path(r).name for r, sweep in zip(args.runs, is_sweep) if not sweep]
+    fig = figure(loaded, names, sweeps, multiple=len(args.runs) > 1, title=args.title)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=args.dpi)
+    matplotlib.pyplot.close(fig)
     print(f"jaxqfl plot: wrote {out}")
     return 0

@@ -214,6 +214,19 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
     return out
 
 
+def summary_line(summary: dict) -> str:
+    """The one-screen summary's privacy line of a DP run (empty without DP): epsilon, delta, how accounted."""
+    if summary.get("dp_delta") is None:
+        return ""
+    eps = summary.get("dp_epsilon")
+    eps = "not finite" if eps is None else f"{eps:.4g}"
+    return (f"  privacy          epsilon {eps}, delta {summary['dp_delta']:.3g} over "
+            f"{summary.get('rounds_requested', summary.get('rounds'))} rounds; noise multiplier "
+            f"{summary['dp_noise_multiplier']:.4g}, clip {summary['dp_clip']:g}"
+            f"{' (initial; adaptive)' if summary.get('dp_adaptive_quantile') is not None else ''}; "
+            f"{summary['dp_accountant']}")
+
+
 def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     """summary.json's privacy fields; ``noise``: one sweep config's noise multiplier (default --dp-noise)."""
     if args.dp_distributed is not None:

@@ -3,8 +3,8 @@
     jaxqfl quantize RUN_DIR --policy full --calibrate mse --calibration-clients 10 \\
         --adjust equalize,adaround,bias --out model.msgpack
 
-Reads RUN_DIR/summary.json (its "config" rebuilds the run's data and model) and
-RUN_DIR/final_params.msgpack (written by ``jaxqfl run``), then:
+Reads RUN_DIR/summary.json (its "config" rebuilds exactly the run's data and model:
+``jaxqfl.saved_run.rebuild``) and RUN_DIR/final_params.msgpack (written by ``jaxqfl run``), then:
 
 1. ``--adjust equalize``: cross-layer equalization of the float weights;
 2. federated calibration of every layer's input range (``--calibrate``) on the
@@ -19,9 +19,9 @@ model (``jaxqfl.models.serialization.load_integer_model`` reads it back).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
+import sys
 
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 
@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad input before JAX starts: exit code 2 with a message, no traceback."""
+    from jaxqfl import saved_run
+    from jaxqfl.cli.outputs import OutputError, check_output_file
+    from jaxqfl.data.build import DEFAULT_TASK
+
     if args.policy not in POLICIES:
         parser.error(f"--policy {args.policy!r}: integer inference supports {', '.join(POLICIES)}")
     run = pathlib.Path(args.run_dir)
@@ -63,18 +67,46 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not (run / name).is_file():
             parser.error(f"RUN_DIR {args.run_dir!r} has no {name} (a `jaxqfl run` output folder has both)")
     try:
-        args.config = json.loads((run / "summary.json").read_text())["config"]
-    except (ValueError, KeyError) as e:
-        parser.error(f"{run / 'summary.json'}: not a jaxqfl run summary ({e})")
+        args.config = saved_run.read_config(run)
+    except ValueError as e:
+        parser.error(str(e))
     cfg = args.config
-    if cfg.get("model") not in ("mlp", "cnn", "logreg"):
+    if cfg.get("model") not in ("mlp", "cnn", "logreg", "linear"):
         parser.error(f"{run / 'summary.json'}: unknown model {cfg.get('model')!r}")
-    if cfg.get("dataset") == "mnist" and not os.path.isfile(str(cfg.get("data_path"))):
-        parser.error(f"the run's --data-path {cfg.get('data_path')!r} is not a file any more")
+    task = cfg.get("task") or DEFAULT_TASK.get(cfg.get("dataset"))
+    if task in ("regression", "clustering"):
+        parser.error(f"RUN_DIR {args.run_dir!r} is a {task} run; jaxqfl quantize reports test accuracy and "
+                     f"exports classifiers only")
+    if cfg.get("data_path") is not None and not os.path.exists(str(cfg["data_path"])):
+        parser.error(f"the run's --data-path {cfg['data_path']!r} does not exist any more")
     if cfg.get("num_clients") is not None and args.calibration_clients > int(cfg["num_clients"]):
         parser.error(f"--calibration-clients {args.calibration_clients} exceeds the run's {cfg['num_clients']} clients")
+    args.params = _read_params(parser, run / "final_params.msgpack")
     if args.out is None:
         args.out = str(run / f"quantized_{args.policy}.msgpack")
+    try:
+        check_output_file(args.out)
+    except OutputError as e:
+        parser.error(str(e))
+
+
+def _read_params(parser, path: pathlib.Path) -> dict:
+    """The run's final params (QAT state dropped); a damaged file is refused, naming it."""
+    import msgpack
+    import numpy as np
+
+    from jaxqfl.models.serialization import load_params
+
+    try:
+        params = load_params(path)
+    except (ValueError, TypeError, msgpack.exceptions.UnpackException, OSError) as e:
+        parser.error(f"{path}: cannot read the run's final parameters ({type(e).__name__}: {e}); the file is "
+                     f"damaged or truncated: run `jaxqfl run` again")
+    if not isinstance(params, dict) or not params or not all(
+            isinstance(layer, dict) and all(isinstance(v, np.ndarray) for v in layer.values())
+            for layer in params.values()):
+        parser.error(f"{path}: not a jaxqfl params file (expected layers of named arrays)")
+    return {n: {p: v for p, v in layer.items() if ":" not in p} for n, layer in params.items()}  # drop QAT state
 
 
 def _accuracy(predict, x, y, batch=1000) -> float:
@@ -89,26 +121,28 @@ def main(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from jaxqfl import data, models, quant
-    from jaxqfl.models.serialization import load_params, save_integer_model
+    from jaxqfl import models, quant, saved_run
+    from jaxqfl.models.serialization import save_integer_model
     from jaxqfl.ptq import federated_calibrate
 
     cfg = args.config
-    population = data.build(cfg["dataset"], num_clients=cfg.get("num_clients"), partition=cfg.get("partition"),
-                            alpha=cfg.get("alpha", 0.5), shards_per_client=cfg.get("shards_per_client", 2),
-                            sigma=cfg.get("sigma", 1.0), data_path=cfg.get("data_path"), seed=cfg.get("seed", 0))
-    k = population.num_classes
-    if cfg["model"] == "mlp":
-        hidden = tuple(cfg.get("hidden", (200, 200)))
-        model, graph = models.mlp(hidden, k), models.mlp_graph(len(hidden))
-    elif cfg["model"] == "cnn":
-        model, graph = models.cnn(k), models.cnn_graph()
-    else:
-        model, graph = models.logistic_regression(k), models.mlp_graph(0)
-    params = load_params(pathlib.Path(args.run_dir) / "final_params.msgpack")
-    params = {n: {p: v for p, v in layer.items() if ":" not in p} for n, layer in params.items()}  # drop QAT state
-    params = jax.tree.map(jax.numpy.asarray, params)
+    try:
+        run = saved_run.rebuild(cfg)
+    except (ValueError, OSError) as e:
+        print(f"jaxqfl quantize: error: cannot rebuild the run's data from its config: {e}", file=sys.stderr)
+        return 2
+    population, model, graph = run.population, run.float_model, run.graph
+    if population.task != "classification":
+        print(f"jaxqfl quantize: error: the run's data is for {population.task}; quantize exports classifiers",
+              file=sys.stderr)
+        return 2
     x_test, y_test = np.asarray(population.x_test), np.asarray(population.y_test)
+    try:
+        saved_run.check_params(run, args.params, str(pathlib.Path(args.run_dir) / "final_params.msgpack"))
+    except ValueError as e:
+        print(f"jaxqfl quantize: error: {e}", file=sys.stderr)
+        return 2
+    params = jax.tree.map(jax.numpy.asarray, args.params)
     float_apply = jax.jit(model.apply)
     float_acc = _accuracy(lambda xb: float_apply(params, xb), x_test, y_test)
 

@@ -182,17 +182,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def _model(args, population):
-    from jaxqfl import models
+    from jaxqfl.saved_run import model_for
 
-    if population.task == "regression":
-        k = int(np.prod(population.y.shape[1:], dtype=np.int64))  # 1 for targets [N]
-    else:
-        k = population.num_classes
-    if args.model == "mlp":
-        return models.mlp(hidden=args.hidden, num_outputs=k, policy=args.quant)
-    if args.model == "cnn":
-        return models.cnn(num_outputs=k, policy=args.quant)
-    return models.logistic_regression(num_outputs=k, policy=args.quant)  # linear = logreg: one dense layer
+    return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
 
 
 def _aggregator(args, population, uplink, hp: dict | None = None):
@@ -500,6 +492,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
         f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
         f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
+        privacy_flags.summary_line(s),
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",

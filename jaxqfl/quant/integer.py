@@ -28,8 +28,10 @@ code can flip by one where a value sits within ~1e-3 of a rounding boundary. Tes
 check identical argmax on every test row and logits within one quantization step.
 
 Storage: weight codes of at most 4 bits are packed two per byte (``pack_nibbles``);
-``int_bytes`` is the bytes of every array the model holds (codes, int32 biases,
-multipliers, shifts, column sums, output scales) plus 8 bytes per static input grid.
+``int_bytes`` is the bytes of every array the model holds, counted on the held
+arrays themselves (codes, int32 biases, int32 multipliers and shifts, int32 column
+sums, float32 output scales), plus 8 bytes per static input grid (a float32 scale
+and an int32 zero point).
 """
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ def export_integer(params, policy, graph) -> IntegerModel:
         a = {"codes": pack_nibbles(codes) if bits <= 4 else codes,
              "bias": np.clip(np.floor(bias / acc_scale + 0.5), -(2**31) + 1, 2**31 - 1).astype(np.int32)}
         if isinstance(op, g.Dense):
-            a["colsum"] = codes.astype(np.int32).sum(0)
+            a["colsum"] = codes.astype(np.int32).sum(0, dtype=np.int32)  # NumPy's default sum would be int64
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if nxt is not None:
             s_y, z_y, b_y = grids[nxt.path]
@@ -164,7 +166,7 @@ def export_integer(params, policy, graph) -> IntegerModel:
             out = (None, None)
         metas.append(LayerMeta(op.path, bits, tuple(codes.shape), s_x, z_x, b_x, *out))
         arrays[op.path] = {k: jnp.asarray(v) for k, v in a.items()}
-        int_bytes += sum(int(v.nbytes) for v in a.values()) + 8
+        int_bytes += sum(int(v.nbytes) for v in arrays[op.path].values()) + 8  # what is held; 8: the input grid
     float_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(params))
     return IntegerModel(tuple(graph), tuple(metas), arrays, float_bytes, int_bytes)
 
