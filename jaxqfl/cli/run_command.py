@@ -9,9 +9,12 @@ Writes OUT/metrics.jsonl (one JSON object per evaluated round), OUT/summary.json
 OUT/config.toml, OUT/final_params.msgpack and OUT/checkpoints/, and prints a
 one-screen summary. JSON is strict: a non-finite number is written as null.
 
-Exit status: 0 done; 2 a bad flag or config; 3 the run diverged (a non-finite
-loss or parameter); 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written,
-continue with --resume OUT).
+Exit status: 0 done; 2 a bad flag or config (also secure aggregation whose
+--dropout and --secagg-threshold make a failed round more likely than not);
+3 the run diverged (a non-finite loss or parameter); 4 a secure-aggregation
+round failed (too few surviving share holders; the message names the round);
+130 / 143 stopped by SIGINT / SIGTERM (checkpoint written, continue with
+--resume OUT).
 """
 from __future__ import annotations
 
@@ -380,7 +383,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
                                     should_stop=stop_requested, after_block=after_block)
             except privacy_flags.RoundFailed as e:
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
-                return 1
+                return e.exit_status
     final_state = result.state
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
