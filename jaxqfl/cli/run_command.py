@@ -39,12 +39,14 @@ from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
+from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags
-from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 
 MODELS = ("mlp", "cnn", "logreg", "linear")
+DEFAULT_HIDDEN = (200, 200)
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -78,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", choices=MODELS, default=None,
                    help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
                         "mlp for mnist, npz and leaf (linear = logreg: one dense layer)")
-    g.add_argument("--hidden", type=_hidden, default=(200, 200), help="MLP hidden sizes, e.g. 200,200")
+    g.add_argument("--hidden", type=_hidden, default=None,
+                   help=f"MLP hidden sizes, e.g. 200,200 (--model mlp; default {','.join(map(str, DEFAULT_HIDDEN))})")
     g = p.add_argument_group("quantization and communication")
     g.add_argument("--quant", default="none",
                    help="quantization-aware training preset: none, full (int8 weights+activations), half (bf16), "
@@ -90,15 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sum the uplink codes as integers on a cohort-shared scale (uniform, qsgd, terngrad)")
     g.add_argument("--downlink", default="none",
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
-    g = p.add_argument_group("robust aggregation and attacks")
-    g.add_argument("--aggregator", choices=AGGREGATORS, default="mean")
-    g.add_argument("--trim-fraction", type=float, default=0.2,
-                   help="fraction of rows a robust rule assumes adversarial (trimmed mean, Krum, Bulyan)")
-    g.add_argument("--krum-m", type=_positive_int, default=None, help="Multi-Krum's m (default n - f)")
-    g.add_argument("--clip-radius", type=_positive_float, default=1.0, help="norm-bound / centered-clip radius")
-    g.add_argument("--attack", choices=ATTACK_NAMES, default="none")
-    g.add_argument("--byzantine-fraction", type=float, default=0.2, help="malicious share of the population")
-    g.add_argument("--attack-scale", type=float, default=None, help="attack strength (default: the attack's own)")
+    robust_flags.add_arguments(p)
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_chunk_size, default=None,
@@ -147,8 +142,15 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf"):
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
                      "(or npz / leaf images of 28 x 28 pixels)")
+    if args.model == "mlp" and args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN
+    elif args.model != "mlp" and args.hidden is not None and getattr(args, "_resume_meta", None) is None:
+        parser.error(f"--hidden sets the MLP's hidden sizes; it does nothing with --model {args.model}: drop it "
+                     f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
+    for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
+        setattr(args, flag, getattr(args, flag).lower())
     if args.quant not in PRESETS:
         parser.error(f"--quant {args.quant!r} is not a preset; choose one of {', '.join(PRESETS)}")
     from jaxqfl.compress import from_spec
@@ -167,14 +169,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     sampling_flags.validate(parser, args)
     if args.aggregator != "mean" and args.integer_aggregation:
         parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
-    high = 0.25 if args.aggregator == "bulyan" else 0.5
-    if not 0.0 <= args.trim_fraction < high:
-        parser.error(f"--trim-fraction must lie in [0, {high}) for --aggregator {args.aggregator}, "
-                     f"got {args.trim_fraction}")
-    if not 0.0 <= args.byzantine_fraction <= 1.0:
-        parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
-    if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):
-        parser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
+    robust_flags.validate(parser, args)
     private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
