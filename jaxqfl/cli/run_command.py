@@ -380,6 +380,13 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
                 return e.exit_status
     final_state = result.state
+    recheck = None
+    if not args.stream:  # a streamed round also moves the cohort from the host: not what the tuner timed
+        from jaxqfl.engine.tuning_conditions import recheck_run
+
+        recheck = recheck_run(sim.tuning, result.records, start_round=start_round, start_seconds=totals.seconds)
+        if recheck is not None and args.verbose:
+            print(f"autotune re-check: {recheck.reason}", flush=True)
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
         save_checkpoint(final_state, all_records, totals_now)
@@ -425,6 +432,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "client_state_home": sim.client_state_home,
         "chunk_size_from": _chunk_source(args, sim),
         "tuning": sim.tuning,
+        "tuning_recheck": recheck._asdict() if recheck is not None else None,
         "num_params": sim.num_params,
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,
