@@ -101,3 +101,18 @@ def test_a_failed_round_is_named_and_has_its_documented_exit_status():
     assert e.value.exit_status == privacy_flags.EXIT_SECAGG_FAILED != 1
     help_text = " ".join(_parser().run_parser.format_help().split())
     assert f"{privacy_flags.EXIT_SECAGG_FAILED} a secure-aggregation round failed" in help_text
+
+
+@pytest.mark.slow
+def test_a_round_that_fails_at_run_time_exits_4_naming_the_round(tmp_path, capsys):
+    """P(fail) = 1 - 0.97^20 = 0.46 for this one round: warned, not refused; seed 0 draws a dropout."""
+    from jaxqfl.cli.main import main
+
+    rc = main(["run", "--num-clients", "40", "--cohort-size", "20", "--rounds", "1", "--eval-every", "1",
+               "--local-steps", "1", "--uplink", "qsgd:8", "--secure-aggregation", "secagg", "--dropout", "0.03",
+               "--secagg-threshold", "1", "--seed", "0", "--devices", "2", "--chunk-size", "5", "--no-progress",
+               "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert rc == 4
+    assert "warning: at --dropout 0.03" in captured.err and "P(round fails) <= 0.456" in captured.out
+    assert "secure aggregation failed at round 1" in captured.err

@@ -169,9 +169,13 @@ def check(cohort_size: int, rounds: int, dropout: float, threshold: float = 0.5,
         need += f" and {min_survivors} clients to survive (the noise is split over them)"
     allowed = (f"at --secagg-threshold {threshold:g}, --dropout at most {p_max:g}" if p_max >= 0 else
                f"no --dropout at --secagg-threshold {threshold:g}")
-    allowed += (f"; at --dropout {dropout:g}, --secagg-threshold below {f_max:.3g} (below 0.5, t is no longer "
-                f"a majority of k, which SecAgg needs against a server that asks for both secrets of a client)"
-                if f_max is not None else f"; no --secagg-threshold works at --dropout {dropout:g}")
+    if f_max is None:
+        allowed += f"; no --secagg-threshold works at --dropout {dropout:g}"
+    else:
+        allowed += f"; at --dropout {dropout:g}, --secagg-threshold below {f_max:.3g}"
+        if f_max <= 0.5:
+            allowed += (" (below 0.5, t is no longer a majority of k, which SecAgg needs against a server that "
+                        "asks for both secrets of a client)")
     raise SecaggWillFail(
         f"--dropout {dropout:g} with --secagg-threshold {threshold:g} makes secure aggregation fail: each of the "
         f"cohort's {M} clients needs {need}, and {fp.expected_survivors:.3g} clients survive on average; "

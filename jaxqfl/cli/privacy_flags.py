@@ -178,7 +178,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
         if hp is None:  # a sweep's configs were announced by the call without hp
             k, bound = secagg_degree(args)
             print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
-                  f"{bound:.3g} at --dropout {args.dropout} (union bound)")
+                  f"{bound:.3g} at --dropout {args.dropout} "
+                  f"({'exact' if k >= args.cohort_size - 1 else 'union bound'})")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
                                     dropout=args.dropout, neighbours=args.secagg_degree)
@@ -210,17 +211,13 @@ def _sampling(args) -> str:
 
 
 def secagg_degree(args) -> tuple:
-    """``(k, failure bound)``: the neighbours per client and the union bound on a round's failure."""
-    from jaxqfl.aggregate import secagg_graph as secure
+    """``(k, failure bound)``: the neighbours per client and the upper bound on a round's failure
+    (``jaxqfl.aggregate.secagg_plan``: exact for all pairs, the union bound otherwise)."""
+    from jaxqfl.aggregate import secagg_plan
 
-    M = args.cohort_size
-    if args.secure_aggregation == "secagg":
-        k = M - 1
-    elif args.secagg_degree is not None:
-        k = min(args.secagg_degree, M - 1)
-    else:
-        k = secure.choose_neighbours(M, args.dropout, args.secagg_threshold)
-    return k, secure.failure_bound(M, k, args.dropout, args.secagg_threshold)
+    fp = secagg_plan.plan(args.cohort_size, 1, args.dropout, args.secagg_threshold,
+                          protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree)
+    return fp.neighbours, fp.round_upper
 
 
 def record_fields(args, num_clients: int, record: dict, noise: float | None = None) -> dict:

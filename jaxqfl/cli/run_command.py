@@ -126,6 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
     d = DEFAULTS[args.dataset]
+    for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
+        setattr(args, flag, getattr(args, flag).lower())
     _split_sweep(parser, args)
     clustering_flags.check(parser, args)  # k-means fixes its own local work: before the defaults
     if args.local_steps is not None and args.local_epochs is not None:
@@ -149,8 +151,6 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
-    for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
-        setattr(args, flag, getattr(args, flag).lower())
     if args.quant not in PRESETS:
         parser.error(f"--quant {args.quant!r} is not a preset; choose one of {', '.join(PRESETS)}")
     from jaxqfl.compress import from_spec
