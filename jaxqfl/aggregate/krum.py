@@ -28,6 +28,9 @@ References:
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +42,41 @@ from jaxqfl.aggregate.stacked import (
 
 def assumed_byzantine(n, beta: float):
     return jnp.floor(beta * n).astype(jnp.int32)
+
+
+#: The smallest cohort that tolerates f Byzantine rows: ``a f + b`` per rule (Krum's n > 2f + 2,
+#: Blanchard et al. 2017; Bulyan's n >= 4f + 3, El Mhamdi et al. 2018).
+_COHORT_FLOOR = {"krum": (2, 3), "multi-krum": (2, 3), "bulyan": (4, 3)}
+
+
+class CohortRequirement(NamedTuple):
+    """What a distance-based rule needs of a cohort of n rows, with ``f = floor(beta n)``."""
+
+    cohort_size: int  # n
+    assumed_byzantine: int  # f
+    needed: int  # the smallest n for this f: 2f + 3 (Krum, Multi-Krum) or 4f + 3 (Bulyan)
+    next_cohort: int | None  # the smallest n' >= n whose own floor(beta n') is tolerated (None: none below 10^6)
+    largest_fraction: float | None  # every beta below it is tolerated at this n (None: none is, n < 3)
+
+    @property
+    def met(self) -> bool:
+        return self.needed <= self.cohort_size
+
+
+def cohort_requirement(rule: str, assumed_fraction: float, cohort_size: int) -> CohortRequirement:
+    """Whether ``cohort_size`` rows tolerate the ``f = floor(beta n)`` the rule assumes (``rule``: krum,
+    multi-krum or bulyan). Bulyan lowers f at run time when the bound fails (module docstring); a
+    caller that knows n in advance (the CLI) refuses instead."""
+    if rule not in _COHORT_FLOOR:
+        raise ValueError(f"rule must be one of {sorted(_COHORT_FLOOR)}, got {rule!r}")
+    a, b = _COHORT_FLOOR[rule]
+    n = int(cohort_size)
+    f = math.floor(assumed_fraction * n)
+    tolerated = lambda m: a * math.floor(assumed_fraction * m) + b <= m
+    next_cohort = next((m for m in range(max(n, 1), 10 ** 6) if tolerated(m)), None)
+    f_max = (n - b) // a  # the largest f this n tolerates
+    largest = None if f_max < 0 else (f_max + 1) / n  # floor(beta n) <= f_max  <=>  beta < (f_max + 1) / n
+    return CohortRequirement(n, f, a * f + b, next_cohort, largest)
 
 
 def neighbour_scores(dist_sorted, order, remaining, f):

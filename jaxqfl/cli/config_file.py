@@ -1,4 +1,4 @@
-"""Run configs as TOML: the flags' names are the keys (``client-lr`` or ``client_lr``).
+"""Run configs as TOML: the flags' names are the keys (``client-lr`` or ``client_lr``, not both).
 
 Precedence: a flag given on the command line > the ``--config`` file > the
 built-in default. A key the command does not know is refused, naming it. A
@@ -78,12 +78,16 @@ def read_toml(path: str) -> dict:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path!r} is not valid TOML: {e}") from None
-    out = {}
+    out, spelled = {}, {}
     for k, v in data.items():
         if isinstance(v, dict):
             raise ConfigError(f"--config {path!r}: tables ([{k}]) are not used; write every setting as key = value "
                               f"at the top level")
-        out[k.replace("-", "_")] = v
+        key = k.replace("-", "_")
+        if key in spelled:  # one setting, two spellings: which one was meant is a guess
+            raise ConfigError(f"--config {path!r}: {spelled[key]!r} and {k!r} are two spellings of one setting "
+                              f"(= {out[key]!r} and = {v!r}); keep one of them")
+        out[key], spelled[key] = v, k
     return out
 
 

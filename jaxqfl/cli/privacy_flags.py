@@ -20,8 +20,14 @@ DISTRIBUTED_MECHANISMS = ("skellam",)  # jaxqfl.aggregate.distributed_dp.MECHANI
 DISTRIBUTED_ALGORITHMS = ("fedavg", "fedprox")  # updates shaped like the model's parameters
 
 
+#: ``jaxqfl run``'s exit status when a secure-aggregation round failed at run time (documented in its --help).
+EXIT_SECAGG_FAILED = 4
+
+
 class RoundFailed(RuntimeError):
     """A round the protocol could not complete (secure aggregation below its threshold)."""
+
+    exit_status = EXIT_SECAGG_FAILED
 
 
 def _fraction(lo_open: bool, hi_open: bool, what: str):
@@ -101,6 +107,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not (2 ** (args.dp_bits - 1) > args.cohort_size + 1 and args.dp_bits <= 32):
             parser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {args.cohort_size + 1}, "
                          f"got {args.dp_bits}")
+        _predict_failure(parser, args)
         return
     if args.secure_aggregation is None and (args.dropout > 0 or args.secagg_threshold != 0.5):
         parser.error("--dropout and --secagg-threshold apply to --secure-aggregation")
@@ -122,8 +129,37 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("--secure-aggregation already sums integer codes; drop --integer-aggregation")
         if args.cohort_size < 2:
             parser.error(f"--secure-aggregation needs --cohort-size >= 2, got {args.cohort_size}")
+        _predict_failure(parser, args)
     if args.dp and args.integer_aggregation:
         parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
+
+
+def _predict_failure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a run whose dropout and threshold make a failed round likely (``jaxqfl.aggregate.secagg_plan``).
+
+    A run more likely than not to hit a failed round is refused (exit 2); one whose failure
+    probability may reach 1% is warned about. Distributed DP also fails below its noise shares.
+    """
+    import sys
+
+    from jaxqfl.aggregate import secagg_plan
+
+    shares = 1
+    if args.dp_distributed is not None:
+        from jaxqfl.aggregate.skellam_calibration import min_survivors
+
+        shares = min_survivors(args.cohort_size, args.dropout)
+    try:
+        fp = secagg_plan.check(args.cohort_size, args.rounds, args.dropout, args.secagg_threshold,
+                               protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree,
+                               min_survivors=shares)
+    except secagg_plan.SecaggWillFail as e:
+        parser.error(str(e))
+    if fp.warned:
+        print(f"jaxqfl run: warning: at --dropout {args.dropout:g} and --secagg-threshold {args.secagg_threshold:g} "
+              f"a round of secure aggregation may fail: P(some round of the {args.rounds} fails) <= "
+              f"{fp.run_upper:.3g} (>= {fp.run_lower:.3g}); a failed round stops the run with exit status "
+              f"{EXIT_SECAGG_FAILED}", file=sys.stderr)
 
 
 def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, model=None, feature_shape=None):
@@ -142,7 +178,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
         if hp is None:  # a sweep's configs were announced by the call without hp
             k, bound = secagg_degree(args)
             print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
-                  f"{bound:.3g} at --dropout {args.dropout} (union bound)")
+                  f"{bound:.3g} at --dropout {args.dropout} "
+                  f"({'exact' if k >= args.cohort_size - 1 else 'union bound'})")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
                                     dropout=args.dropout, neighbours=args.secagg_degree)
@@ -174,17 +211,13 @@ def _sampling(args) -> str:
 
 
 def secagg_degree(args) -> tuple:
-    """``(k, failure bound)``: the neighbours per client and the union bound on a round's failure."""
-    from jaxqfl.aggregate import secagg_graph as secure
+    """``(k, failure bound)``: the neighbours per client and the upper bound on a round's failure
+    (``jaxqfl.aggregate.secagg_plan``: exact for all pairs, the union bound otherwise)."""
+    from jaxqfl.aggregate import secagg_plan
 
-    M = args.cohort_size
-    if args.secure_aggregation == "secagg":
-        k = M - 1
-    elif args.secagg_degree is not None:
-        k = min(args.secagg_degree, M - 1)
-    else:
-        k = secure.choose_neighbours(M, args.dropout, args.secagg_threshold)
-    return k, secure.failure_bound(M, k, args.dropout, args.secagg_threshold)
+    fp = secagg_plan.plan(args.cohort_size, 1, args.dropout, args.secagg_threshold,
+                          protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree)
+    return fp.neighbours, fp.round_upper
 
 
 def record_fields(args, num_clients: int, record: dict, noise: float | None = None) -> dict:
@@ -207,7 +240,8 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
         out["dp_epsilon"] = eps if math.isfinite(eps) else None
     failed = record.get("server_secagg_failed_rounds", 0)
     if failed:
-        raise RoundFailed(f"secure aggregation failed in {int(failed)} round(s) by round {record['round']}: "
+        raise RoundFailed(f"secure aggregation failed {_failed_when(record)} ({int(failed)} failed round(s) in "
+                          f"all by round {record['round']}): "
                           f"fewer than t surviving holders of some client's shares, or (distributed DP) fewer "
                           f"survivors than the noise is split over (--dropout {args.dropout}, "
                           f"--secagg-threshold {args.secagg_threshold}); lower the dropout or the threshold")
@@ -225,6 +259,16 @@ def summary_line(summary: dict) -> str:
             f"{summary['dp_noise_multiplier']:.4g}, clip {summary['dp_clip']:g}"
             f"{' (initial; adaptive)' if summary.get('dp_adaptive_quantile') is not None else ''}; "
             f"{summary['dp_accountant']}")
+
+
+def _failed_when(record: dict) -> str:
+    """``at round r``: the first failed round of the record's block, else the block's span it precedes."""
+    per_round = record.get("server_secagg_failed_per_round") or []
+    first = record["round"] - len(per_round) + 1
+    for i, failed in enumerate(per_round):
+        if failed:
+            return f"at round {first + i}"
+    return f"before round {first} (in a block not evaluated)"
 
 
 def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:

@@ -9,9 +9,12 @@ Writes OUT/metrics.jsonl (one JSON object per evaluated round), OUT/summary.json
 OUT/config.toml, OUT/final_params.msgpack and OUT/checkpoints/, and prints a
 one-screen summary. JSON is strict: a non-finite number is written as null.
 
-Exit status: 0 done; 2 a bad flag or config; 3 the run diverged (a non-finite
-loss or parameter); 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written,
-continue with --resume OUT).
+Exit status: 0 done; 2 a bad flag or config (also secure aggregation whose
+--dropout and --secagg-threshold make a failed round more likely than not);
+3 the run diverged (a non-finite loss or parameter); 4 a secure-aggregation
+round failed (too few surviving share holders; the message names the round);
+130 / 143 stopped by SIGINT / SIGTERM (checkpoint written, continue with
+--resume OUT).
 """
 from __future__ import annotations
 
@@ -36,12 +39,14 @@ from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl.cli import run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
+from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags
-from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 
 MODELS = ("mlp", "cnn", "logreg", "linear")
+DEFAULT_HIDDEN = (200, 200)
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -78,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", choices=MODELS, default=None,
                    help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
                         "mlp for mnist, npz and leaf (linear = logreg: one dense layer)")
-    g.add_argument("--hidden", type=_hidden, default=(200, 200), help="MLP hidden sizes, e.g. 200,200")
+    g.add_argument("--hidden", type=_hidden, default=None,
+                   help=f"MLP hidden sizes, e.g. 200,200 (--model mlp; default {','.join(map(str, DEFAULT_HIDDEN))})")
     g = p.add_argument_group("quantization and communication")
     g.add_argument("--quant", default="none",
                    help="quantization-aware training preset: none, full (int8 weights+activations), half (bf16), "
@@ -90,15 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sum the uplink codes as integers on a cohort-shared scale (uniform, qsgd, terngrad)")
     g.add_argument("--downlink", default="none",
                    help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
-    g = p.add_argument_group("robust aggregation and attacks")
-    g.add_argument("--aggregator", choices=AGGREGATORS, default="mean")
-    g.add_argument("--trim-fraction", type=float, default=0.2,
-                   help="fraction of rows a robust rule assumes adversarial (trimmed mean, Krum, Bulyan)")
-    g.add_argument("--krum-m", type=_positive_int, default=None, help="Multi-Krum's m (default n - f)")
-    g.add_argument("--clip-radius", type=_positive_float, default=1.0, help="norm-bound / centered-clip radius")
-    g.add_argument("--attack", choices=ATTACK_NAMES, default="none")
-    g.add_argument("--byzantine-fraction", type=float, default=0.2, help="malicious share of the population")
-    g.add_argument("--attack-scale", type=float, default=None, help="attack strength (default: the attack's own)")
+    robust_flags.add_arguments(p)
     g = p.add_argument_group("execution")
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_chunk_size, default=None,
@@ -131,6 +129,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
     d = DEFAULTS[args.dataset]
+    for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
+        setattr(args, flag, getattr(args, flag).lower())
     _split_sweep(parser, args)
     clustering_flags.check(parser, args)  # k-means fixes its own local work: before the defaults
     if args.local_steps is not None and args.local_epochs is not None:
@@ -147,6 +147,11 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf"):
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
                      "(or npz / leaf images of 28 x 28 pixels)")
+    if args.model == "mlp" and args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN
+    elif args.model != "mlp" and args.hidden is not None and getattr(args, "_resume_meta", None) is None:
+        parser.error(f"--hidden sets the MLP's hidden sizes; it does nothing with --model {args.model}: drop it "
+                     f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
     if args.quant not in PRESETS:
@@ -167,14 +172,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     sampling_flags.validate(parser, args)
     if args.aggregator != "mean" and args.integer_aggregation:
         parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
-    high = 0.25 if args.aggregator == "bulyan" else 0.5
-    if not 0.0 <= args.trim_fraction < high:
-        parser.error(f"--trim-fraction must lie in [0, {high}) for --aggregator {args.aggregator}, "
-                     f"got {args.trim_fraction}")
-    if not 0.0 <= args.byzantine_fraction <= 1.0:
-        parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
-    if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):
-        parser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
+    robust_flags.validate(parser, args)
     private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
@@ -375,8 +373,15 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
                                     should_stop=stop_requested, after_block=after_block)
             except privacy_flags.RoundFailed as e:
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
-                return 1
+                return e.exit_status
     final_state = result.state
+    recheck = None
+    if not args.stream:  # a streamed round also moves the cohort from the host: not what the tuner timed
+        from jaxqfl.engine.tuning_conditions import recheck_run
+
+        recheck = recheck_run(sim.tuning, result.records, start_round=start_round, start_seconds=totals.seconds)
+        if recheck is not None and args.verbose:
+            print(f"autotune re-check: {recheck.reason}", flush=True)
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
         save_checkpoint(final_state, all_records, totals_now)
@@ -422,6 +427,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "client_state_home": sim.client_state_home,
         "chunk_size_from": _chunk_source(args, sim),
         "tuning": sim.tuning,
+        "tuning_recheck": recheck._asdict() if recheck is not None else None,
         "num_params": sim.num_params,
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,

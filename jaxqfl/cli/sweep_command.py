@@ -113,7 +113,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         results = engine.run_sweep(sim, rounds=args.rounds, eval_every=args.eval_every, on_eval=on_eval)
     except privacy_flags.RoundFailed as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_status
     finally:
         for f in files:
             f.close()

@@ -28,7 +28,10 @@ compilation) and the faster of that duel is picked.
 The cache is one JSON file, ``<cache dir>/autotune.json``, where the cache dir
 is ``$JAXQFL_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxqfl``, else
 ``~/.cache/jaxqfl``; ``JAXQFL_CACHE_DIR=off`` disables it. Entries are keyed
-by a SHA-256 of everything that decides the answer (:func:`cache_key`); the
+by a SHA-256 of everything that decides the answer (:func:`cache_key`) and
+record the conditions they were measured under, which later runs re-check
+(``jaxqfl.engine.tuning_conditions``: an entry is re-tuned when a run's round
+time disagrees with it or it was timed under heavy load); the
 file is rewritten atomically (a temporary file renamed over it), and a file
 that cannot be read or parsed is ignored with a warning (and replaced at the
 next write).
@@ -68,6 +71,8 @@ class TuningRecord(NamedTuple):
     # on a CPU host split into several XLA devices, the device-count search (jaxqfl.engine.device_split):
     # {"candidates": [D, ...], "seconds": [predicted round s per D], "picked": D, "cache_hit": bool}
     device_split: dict | None = None
+    # why a cache hit was not trusted and the search ran again (jaxqfl.engine.tuning_conditions), else None
+    retuned: str | None = None
 
     def summary_line(self) -> str:
         """One line for ``--verbose`` output."""
@@ -75,6 +80,8 @@ class TuningRecord(NamedTuple):
             f"{c}: {s * 1e3:.1f} ms" for c, s in zip(self.candidates, self.seconds) if s is not None
         )
         how = "cache hit" if self.cache_hit else f"tuned in {self.tuning_seconds:.1f} s"
+        if self.retuned:
+            how += f", re-tuned: {self.retuned}"
         extra = f"; not timed: {', '.join(f'{c} ({why})' for c, why in self.skipped.items())}" if self.skipped else ""
         split = ""
         if self.device_split is not None:

@@ -27,7 +27,9 @@ one process, and no device count fixed by the caller (``num_devices=None``;
 ran faster on both devices (``benchmarks/RESULTS.md``), so the one-device
 side gets a probe, not a search, unless it wins. Each D's chunk search is cached on its
 own; the split decision is cached under a key derived from the all-device
-search's key, so a second run of the same shape times nothing. Results do not
+search's key, so a second run of the same shape times nothing. The split entry
+records its conditions too and is decided again when
+``jaxqfl.engine.tuning_conditions`` no longer trusts it. Results do not
 depend on the pick: a round's result is invariant to the device count (tested
 in ``tests/test_engine.py`` and ``tests/test_autotune.py``).
 """
@@ -37,7 +39,7 @@ import time
 
 import jax
 
-from jaxqfl.engine import autotune
+from jaxqfl.engine import autotune, tuning_conditions
 from jaxqfl.engine.mesh import client_mesh
 
 
@@ -88,16 +90,18 @@ def tuned_mesh_and_layout(
                                       cache_dir=cache_dir if cached else None, keep=keep, budget_seconds=budget)
         return mesh, layout, record, keep
 
+    load = tuning_conditions.machine_load()
     first = search(candidates[0], budget_seconds, True)
     key = autotune.cache_key({"device_split_of": first[2].key, "candidates": candidates}) if first[2].key else ""
     hit = cache.get(key) if key else None
-    if hit is not None and hit.get("devices") in candidates:
+    retuned = None if hit is None else tuning_conditions.stale_reason(hit, load)
+    if hit is not None and hit.get("devices") in candidates and retuned is None:
         D = hit["devices"]
         mesh, layout, record, _ = first if D == candidates[0] else search(D, budget_seconds, True)
         if layout.chunk == hit["chunk"]:  # else the per-mesh cache moved on: decide again
             old = hit.get("device_split", {})
             split = {"candidates": candidates, "seconds": old.get("seconds", [None] * len(candidates)),
-                     "picked": D, "cache_hit": True, "tuning_seconds": time.perf_counter() - t_start}
+                     "picked": D, "cache_hit": True, "tuning_seconds": time.perf_counter() - t_start, "key": key}
             return mesh, layout, record._replace(device_split=split)
     picks = {candidates[0]: first}
     for D in candidates[1:]:  # a probe: the cost model's chunk only
@@ -117,8 +121,9 @@ def tuned_mesh_and_layout(
         picks[D] = search(D, budget_seconds, True)
     mesh, layout, record, _ = picks[D]
     split = {"candidates": candidates, "seconds": [best.get(d) for d in candidates], "picked": D,
-             "cache_hit": False, "tuning_seconds": time.perf_counter() - t_start}
+             "cache_hit": False, "tuning_seconds": time.perf_counter() - t_start, "key": key, "retuned": retuned}
     if key:
         cache.put(key, {"chunk": layout.chunk, "devices": D, "device_split": split,
+                        "conditions": tuning_conditions.conditions(best.get(D), load),
                         "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return mesh, layout, record._replace(device_split=split)

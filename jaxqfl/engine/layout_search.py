@@ -28,7 +28,9 @@ batch, steps and largest client, cohort size, a SHA-256 of
 the lowered round program of the seed layout (which captures the model, its
 quantization policy, the codecs, the task and the algorithm without the engine
 naming them), the caller's ``describe`` string, and the jax, jaxlib and jaxqfl
-versions.
+versions. The entry also records the conditions of the search (the pick's round
+time, the load); a hit that ``jaxqfl.engine.tuning_conditions.stale_reason``
+no longer trusts is searched again and replaced.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxqfl
-from jaxqfl.engine import autotune, chunking
+from jaxqfl.engine import autotune, chunking, tuning_conditions
 from jaxqfl.engine.conv_layout import contains_convolution
 from jaxqfl.engine.evaluation import label_dtype
 from jaxqfl.engine.layout import ClientLayout, client_layout, local_state_floats
@@ -126,6 +128,7 @@ def tuned_layout(
     """
     budget_seconds = autotune.default_budget() if budget_seconds is None else budget_seconds
     t_start = time.perf_counter()
+    load, retuned = tuning_conditions.machine_load(), None
     devices = mesh.devices
     D = devices.size
     device = devices.flat[0]
@@ -205,7 +208,8 @@ def tuned_layout(
         }
         key = autotune.cache_key(fields)
         hit = cache.get(key)
-        if hit is not None and hit["chunk"] <= per_device0:
+        retuned = None if hit is None else tuning_conditions.stale_reason(hit, load)
+        if hit is not None and hit["chunk"] <= per_device0 and retuned is None:
             old = hit.get("record", {})
             record = autotune.TuningRecord(
                 candidates=old.get("candidates", [hit["chunk"]]),
@@ -252,8 +256,10 @@ def tuned_layout(
         keep.update(timed_round=lambda timed=kept[record.picked]: timed, scale=scale(record.picked))
     kept.clear()
     record = record._replace(tuning_seconds=time.perf_counter() - t_start, budget_seconds=float(budget_seconds),
-                             key=key)
+                             key=key, retuned=retuned)
     if key:
+        picked_seconds = dict(zip(record.candidates, record.seconds)).get(record.picked)
         cache.put(key, {"chunk": record.picked, "record": record._asdict(), "fields": fields,
+                        "conditions": tuning_conditions.conditions(picked_seconds, load),
                         "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return layout_for(record.picked, False), record
