@@ -32,7 +32,8 @@ _FOLDER = "cifar-10-batches-py"
 #: The globals a CIFAR-10 pickle may name (NumPy array reconstruction).
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-            ("numpy._core.multiarray", "scalar")}
+            ("numpy._core.multiarray", "scalar"),
+            ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes
 
 
 class _ArraysOnly(pickle.Unpickler):

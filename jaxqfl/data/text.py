@@ -86,8 +86,9 @@ def text_population(texts, context: int, *, test_fraction: float = 0.1, partitio
     ``"quantity"`` (the pooled training windows re-split over ``num_clients``);
     the label partitioners (``dirichlet``, ``shards``) are refused: next bytes are no class labels.
     """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    _check_partition(partition, num_clients)
     xs, ys, xt, yt = [], [], [], []
     for text in texts:
         x, y = windows(text, context)
@@ -110,12 +111,19 @@ def text_population(texts, context: int, *, test_fraction: float = 0.1, partitio
                        sigma=sigma, seed=seed, name=name, what="texts with 2 bytes or more")
 
 
-def _population(x, y, counts, x_test, y_test, *, partition, num_clients, sigma, seed, name, what) -> Population:
-    """Windows of natural clients (``counts`` consecutive rows each) or a partitioner's re-split, as a Population."""
-    partition = partition or "natural"
+def _check_partition(partition, num_clients) -> None:
     if partition in ("dirichlet", "shards"):
         raise ValueError(f"partition {partition!r} splits by class label; next-token windows have none: "
                          "use natural, iid or quantity")
+    if partition not in (None, "natural", "iid", "quantity"):
+        raise ValueError(f"unknown partition {partition!r}; next-token data takes natural, iid or quantity")
+    if partition not in (None, "natural") and num_clients is None:
+        raise ValueError(f"partition {partition!r} needs num_clients")
+
+
+def _population(x, y, counts, x_test, y_test, *, partition, num_clients, sigma, seed, name, what) -> Population:
+    """Windows of natural clients (``counts`` consecutive rows each) or a partitioner's re-split, as a Population."""
+    partition = partition or "natural"
     if partition == "natural":
         if num_clients is not None and num_clients != len(counts):
             raise ValueError(f"{name} has {len(counts)} natural clients ({what}); got num_clients={num_clients}: "
@@ -124,8 +132,6 @@ def _population(x, y, counts, x_test, y_test, *, partition, num_clients, sigma, 
         indices = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(counts))]
         label = "natural"
     else:
-        if num_clients is None:
-            raise ValueError(f"partition {partition!r} needs num_clients")
         if num_clients > x.shape[0]:
             raise ValueError(f"{name}: {num_clients} clients but only {x.shape[0]} training windows")
         split, label = partitioners.by_name(partition, sigma=sigma)
@@ -140,6 +146,7 @@ def load_text(folder, context: int, *, entries_per_client: int | None = None, **
     ``kwargs`` go to :func:`text_population` (``test_fraction``, ``partition``, ``num_clients``, ...).
     """
     folder = os.fspath(folder)
+    _check_partition(kwargs.get("partition"), kwargs.get("num_clients"))
     if not os.path.isdir(folder):
         raise ValueError(f"{folder!r} is not a folder; --dataset text reads the *.txt files of a folder")
     files = sorted(f for f in glob.glob(os.path.join(folder, "*.txt")) if os.path.isfile(f))
@@ -173,6 +180,8 @@ def from_leaf_strings(users_x, users_y, test_x, test_y, *, partition: str | None
     utf8(x + y)``, input ``q[:-1]``, targets ``q[1:]``, padded to the longest row.
     ``partition``: None / natural (one client per user), iid or quantity over ``num_clients``.
     """
+    _check_partition(partition, num_clients)
+
     def encode(rows_x, rows_y, where):
         out = []
         for i, (a, b) in enumerate(zip(rows_x, rows_y)):
