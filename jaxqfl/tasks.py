@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["Task", "classification", "regression", "clustering", "next_token", "for_num_classes", "for_population",
+__all__ = ["Task", "classification", "regression", "clustering", "next_token", "default_for", "for_num_classes", "for_population",
            "r2_denominator"]
 
 
@@ -198,6 +198,13 @@ def next_token() -> Task:
 def for_num_classes(num_classes: int) -> Task:
     """The task a population implies: classification if it has classes, else regression."""
     return classification() if num_classes > 0 else regression()
+
+
+def default_for(population) -> Task:
+    """The task the engine uses when none is given: next-token for next-token data, else by ``num_classes``."""
+    if getattr(population, "task", "") == "next-token":
+        return next_token()
+    return for_num_classes(population.num_classes)
 
 
 def for_population(population) -> Task:

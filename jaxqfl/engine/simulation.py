@@ -37,7 +37,7 @@ from jaxqfl.engine.round import DeviceData, round_program
 from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
-from jaxqfl.tasks import Task, for_num_classes
+from jaxqfl.tasks import Task, default_for
 
 
 class Simulation(NamedTuple):
@@ -103,7 +103,7 @@ def setup_round(
     if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
     aggregator = check_aggregator(default_aggregator() if aggregator is None else aggregator)
-    task = task or for_num_classes(population.num_classes)
+    task = task or default_for(population)
     mesh = client_mesh(num_devices)
     tuning = None
     if chunk_size is None and (autotune_default() if autotune is None else autotune) and jax.process_count() == 1:
