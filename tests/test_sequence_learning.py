@@ -66,5 +66,5 @@ def test_small_char_lstm_learns_fortunes_below_the_unigram(fortunes_path):
 def test_mcmahan_char_lstm_learns_fortunes_below_the_unigram(fortunes_path):
     """The paper's model: embedding 8, 2 x 256 LSTM, context 80."""
     pop = load_text(fortunes_path, 80)
-    bits = _train(pop, models.char_lstm(), rounds=10, lr=1e-2, steps=20)
+    bits = _train(pop, models.char_lstm(), rounds=10, lr=1e-2, steps=10)
     assert bits < _heldout_unigram_bits(pop) - 0.5

@@ -41,3 +41,18 @@ def test_zoo_runs_refuse_mismatched_data(tmp_path, capsys, monkeypatch, argv, me
         f.write_bytes(b"")
         argv = [a if a != "." else str(f) for a in argv]
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)
+
+
+def test_resnet_on_flat_features_is_refused_after_loading_with_exit_2(tmp_path, capsys):
+    import numpy as np
+
+    from jaxqfl.cli.main import main
+
+    path = tmp_path / "flat.npz"
+    np.savez(path, x=np.zeros((20, 5), np.float32), y=np.arange(20) % 2, client_id=np.arange(20) % 2)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--dataset", "npz", "--data-path", str(path), "--model", "resnet20", "--cohort-size", "1",
+              "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--model resnet20 reads images" in err and "[5]" in err
+    assert "Traceback" not in err

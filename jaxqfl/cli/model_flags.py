@@ -64,13 +64,19 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace, task: st
     if model in ZOO_MODELS and args.quant != "none":
         parser.error(f"--quant {args.quant} is not available for --model {model} yet: the zoo models are ordinary "
                      "Flax modules, which jaxqfl cannot quantize-train yet; use --quant none")
-    if args.dataset != "text":
-        for flag, default in (("entries_per_client", None),):
-            if getattr(args, flag) != default:
-                parser.error(f"--{flag.replace('_', '-')} applies to --dataset text only")
+    if args.dataset != "text" and args.entries_per_client is not None:
+        parser.error("--entries-per-client applies to --dataset text only")
     if next_token and getattr(args, "attack", "none") == "label-flip":
         parser.error("--attack label-flip relabels classes (y -> K - 1 - y); next-token targets hold padding "
                      "(-1) and are no classes: choose another --attack")
+
+
+def misfit(args: argparse.Namespace, population) -> str | None:
+    """Why the zoo model ``args.model`` cannot read ``population``'s examples, or None."""
+    if args.model == "resnet20" and len(population.feature_shape) not in (2, 3):
+        return (f"--model resnet20 reads images [H, W] or [H, W, C]; {population.name} holds examples of shape "
+                f"{list(population.feature_shape)}")
+    return None
 
 
 def make_model(args: argparse.Namespace, num_classes: int, feature_shape: tuple, policy=None):

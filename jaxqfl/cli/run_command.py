@@ -270,6 +270,9 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
     t_start = time.perf_counter()
     population = build_population(args)
+    problem = model_flags.misfit(args, population)
+    if problem is not None:
+        fail(problem)
     if args.cohort_size > population.num_clients:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
