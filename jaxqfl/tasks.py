@@ -42,6 +42,22 @@ statistics of Lloyd's step (counts from the probe, ``n_j c_j - S_j`` for the
 centroids; see ``jaxqfl.models.centroids``). Labels are never used for
 training; ARI and NMI against them are computed on the host
 (``jaxqfl.metrics``, ``jaxqfl.clustering``).
+
+Next-token prediction, with model outputs ``z [B, T, V]`` (logits over a
+vocabulary of ``V`` tokens at each of ``T`` positions) and targets ``y [B, T]``
+(the token that follows each input position; ``-1`` marks padding), mask
+``m_bt = 1[y_bt >= 0]`` and per-token cross-entropy ``l_bt = -log softmax(z_bt)_{y_bt}``:
+
+    loss_b      = sum_t m_bt l_bt / max(sum_t m_bt, 1)     (training: the example's token mean)
+    test loss   L = sum_bt m_bt l_bt / sum_bt m_bt           (mean over every non-padding test token)
+    accuracy    = sum_bt m_bt 1[argmax z_bt == y_bt] / sum_bt m_bt
+    perplexity  = exp(L),   bits per character = L / ln 2   (byte vocabulary: bits per byte)
+
+The test figures are ratios of sums over all test tokens, not means of
+per-example means, so a padded (short) window weighs by its real tokens only:
+``metrics`` returns the per-example sums and ``finish`` divides them. In
+training every window but a text's last is full, so the mean of the examples'
+token means is the token mean up to those last windows.
 """
 from __future__ import annotations
 
@@ -52,7 +68,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["Task", "classification", "regression", "clustering", "for_num_classes", "for_population", "r2_denominator"]
+__all__ = ["Task", "classification", "regression", "clustering", "next_token", "default_for", "for_num_classes", "for_population",
+           "r2_denominator"]
 
 
 class Task(NamedTuple):
@@ -138,13 +155,60 @@ def clustering() -> Task:
     return Task("clustering", loss, metrics, finish)
 
 
+def next_token() -> Task:
+    """Next-token cross-entropy with a padding mask (targets ``-1``); token accuracy, perplexity, bits/char.
+
+    See the module docstring for the formulas.
+    """
+
+    def token_terms(outputs, y):
+        y = y.astype(jnp.int32)
+        mask = (y >= 0).astype(outputs.dtype)
+        per_token = optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.maximum(y, 0))
+        return per_token * mask, mask
+
+    def loss(outputs, y):
+        per_token, mask = token_terms(outputs, y)
+        return jnp.sum(per_token, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
+
+    def metrics(outputs, y):
+        per_token, mask = token_terms(outputs, y)
+        correct = (jnp.argmax(outputs, -1) == y.astype(jnp.int32)).astype(outputs.dtype) * mask
+        return {"token_loss_sum": jnp.sum(per_token, -1), "tokens": jnp.sum(mask, -1),
+                "correct": jnp.sum(correct, -1)}
+
+    def finish(y_test):
+        del y_test
+
+        def report(means):  # means are sums / n; their ratios are the token means
+            tokens = means["tokens"]
+            mean_loss = means["token_loss_sum"] / tokens if tokens > 0 else float("nan")
+            try:
+                perplexity = math.exp(mean_loss)
+            except OverflowError:
+                perplexity = float("inf")
+            return {"loss": mean_loss, "accuracy": means["correct"] / tokens if tokens > 0 else float("nan"),
+                    "perplexity": perplexity, "bits_per_char": mean_loss / math.log(2.0)}
+
+        return report
+
+    return Task("next-token", loss, metrics, finish)
+
+
 def for_num_classes(num_classes: int) -> Task:
     """The task a population implies: classification if it has classes, else regression."""
     return classification() if num_classes > 0 else regression()
 
 
+def default_for(population) -> Task:
+    """The task the engine uses when none is given: next-token for next-token data, else by ``num_classes``."""
+    if getattr(population, "task", "") == "next-token":
+        return next_token()
+    return for_num_classes(population.num_classes)
+
+
 def for_population(population) -> Task:
-    """The task object of ``population.task`` ("classification", "regression" or "clustering").
+    """The task object of ``population.task`` ("classification", "regression", "clustering" or "next-token").
 
     Clustering trains the centroids model (``jaxqfl.models.centroids``) with the
     federated k-means algorithms (``jaxqfl.algorithms.kmeans``).
@@ -156,4 +220,6 @@ def for_population(population) -> Task:
         return regression()
     if name == "clustering":
         return clustering()
-    raise ValueError(f"task must be one of classification, regression, clustering; got {name!r}")
+    if name == "next-token":
+        return next_token()
+    raise ValueError(f"task must be one of classification, regression, clustering, next-token; got {name!r}")

@@ -20,6 +20,7 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 MNIST_PATH = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "mnist.npz"
+FORTUNES_PATH = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fortunes"
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +28,10 @@ def mnist_path():
     if not MNIST_PATH.exists():
         pytest.skip(f"MNIST file not found at {MNIST_PATH}")
     return MNIST_PATH
+
+
+@pytest.fixture(scope="session")
+def fortunes_path():
+    if not (FORTUNES_PATH / "cookie.txt").exists():
+        pytest.skip(f"the fortunes corpus was not found at {FORTUNES_PATH}")
+    return FORTUNES_PATH

@@ -114,3 +114,24 @@ def test_cli_refuses_unknown_workloads_and_missing_mnist(tmp_path):
     args = parser.parse_args(["--workloads", "tiny,mlp,tiny", "--chunk-size", "4"])
     validate(parser, args)
     assert args.workloads == ["tiny", "mlp"] and args.chunk_size == 4
+
+
+def test_zoo_forward_flops_equal_the_layer_formulas():
+    """Matmul/conv FLOPs of one example, counted from each layer's sizes (2 x multiply-adds)."""
+    from jaxqfl.bench.cost import forward_flops_per_example
+
+    T, V = 80, 256
+    E, H = 8, 256  # char LSTM: gates 4H from the input and from the state, per layer; dense H -> V
+    lstm = T * (2 * E * 4 * H + 2 * H * 4 * H + 2 * (H * 4 * H + H * 4 * H) + 2 * H * V)
+    assert forward_flops_per_example(models.char_lstm(), (T,)) == lstm
+    W = 64  # transformer block: q, k, v, out projections; scores and weighted values over T keys; MLP W-4W-W
+    block = 4 * 2 * W * W + 2 * 2 * T * W + 2 * 2 * W * 4 * W
+    assert forward_flops_per_example(models.transformer(width=W, depth=2, heads=4, context=T), (T,)) == T * (
+        2 * block + 2 * W * V)
+
+    def conv(hw, c_in, c_out):
+        return 2 * hw * hw * c_out * c_in * 9
+
+    resnet = (conv(32, 3, 16) + 6 * conv(32, 16, 16) + conv(16, 16, 32) + 5 * conv(16, 32, 32)
+              + conv(8, 32, 64) + 5 * conv(8, 64, 64) + 2 * 64 * 10)
+    assert forward_flops_per_example(models.resnet20(10), (32, 32, 3)) == resnet

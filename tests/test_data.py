@@ -569,7 +569,9 @@ def test_build_synthetic_with_a_partitioner_redivides_the_pooled_rows():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(dataset="cifar10"), r"'cifar10'.*synthetic, synthetic-regression, gaussian-mixture, mnist, npz, leaf"),
+        (dict(dataset="imagenet"), r"'imagenet'.*synthetic, synthetic-regression, gaussian-mixture, mnist, npz, leaf, "
+                                   r"cifar10, text"),
+        (dict(dataset="cifar10", partition="natural", data_path="x"), r"cifar10 has no natural partition"),
         (dict(dataset="mnist", partition="zipf", data_path="x"), r"'zipf'.*natural, iid, dirichlet, shards, quantity"),
         (dict(dataset="mnist"), r"--data-path"),
         (dict(dataset="mnist", partition="natural", data_path="x"), r"mnist has no natural partition.*iid"),
@@ -585,5 +587,6 @@ def test_build_rejects_bad_names_and_values(kwargs, match):
 
 
 def test_build_names_match_the_public_constants():
-    assert DATASETS == ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf")
+    assert DATASETS == ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf", "cifar10",
+                        "text")
     assert PARTITIONS == ("natural", "iid", "dirichlet", "shards", "quantity")

@@ -1,6 +1,7 @@
 """jaxqfl bench: time jaxqfl rounds against the roofline floor and a per-client Python loop.
 
-For each workload (mlp, tiny, cnn, big, qfl; see jaxqfl.bench.workloads) it
+For each workload (mlp, tiny, cnn, big, qfl by default; resnet, lstm, transformer when
+named; see jaxqfl.bench.workloads) it
 measures, in one process: this machine's matmul FLOP/s and copy GB/s, the
 round's analytic FLOPs and bytes, the compile time and median round time of
 jaxqfl, and the median round time of a FedJAX-style loop over the cohort that
@@ -13,7 +14,8 @@ all cores), so the cohort's shares train in parallel; the loop runs on one
 device with XLA's intra-op threads, as it would on its own.
 
 Examples:
-    jaxqfl bench                                   # all workloads
+    jaxqfl bench                                   # mlp, tiny, cnn, big, qfl
+    jaxqfl bench --workloads resnet,lstm,transformer --rounds 2   # the model zoo
     jaxqfl bench --workloads mlp,tiny --out /tmp/b
     jaxqfl bench --workloads mlp --chunk-size 4 --devices 1
     jaxqfl bench --workloads mlp,tiny,qfl --chunk-sweep   # every candidate chunk vs the tuner's pick
@@ -28,7 +30,9 @@ from jaxqfl.cli.argtypes import on_off as _on_off
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 
 DEFAULT_OUT_PREFIX = pathlib.Path("runs") / "bench-"  # + time: a fresh folder, never inside the source tree
-KNOWN = ("mlp", "tiny", "cnn", "big", "qfl")
+KNOWN = ("mlp", "tiny", "cnn", "big", "qfl", "resnet", "lstm", "transformer")
+#: What a bare ``jaxqfl bench`` runs (the zoo workloads resnet, lstm, transformer run when named).
+DEFAULT = ("mlp", "tiny", "cnn", "big", "qfl")
 
 
 def _workloads(text: str) -> list[str]:
@@ -42,8 +46,8 @@ def _workloads(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workloads", type=_workloads, default=list(KNOWN),
-                   help=f"comma-separated subset of {','.join(KNOWN)} (default: all)")
+    p.add_argument("--workloads", type=_workloads, default=list(DEFAULT),
+                   help=f"comma-separated subset of {','.join(KNOWN)} (default: {','.join(DEFAULT)})")
     p.add_argument("--out", default=None,
                    help="folder for NAME.json and NAME.md (default: a fresh runs/bench-<time>)")
     p.add_argument("--name", default="bench", help="file name stem of the results (default: %(default)s)")
@@ -59,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="timed rounds of each (jaxqfl and loop, interleaved); medians reported (default: 5)")
     p.add_argument("--no-loop", action="store_true", help="skip the per-client loop reference")
     p.add_argument("--mnist-path", default=None, help="mnist.npz for the cnn workload (default: shared/data/mnist)")
+    p.add_argument("--fortunes-path", default=None,
+                   help="folder of *.txt files for the lstm and transformer workloads (default: shared/data/fortunes)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -77,6 +83,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not path.is_file():
             parser.error(f"the cnn workload needs mnist.npz: {str(path)!r} is not a file (pass --mnist-path)")
         args.mnist_path = str(path)
+    if {"lstm", "transformer"} & set(args.workloads):
+        from jaxqfl.bench.workloads import DEFAULT_FORTUNES
+
+        path = pathlib.Path(args.fortunes_path) if args.fortunes_path else DEFAULT_FORTUNES
+        if not path.is_dir():
+            parser.error(f"the lstm and transformer workloads read text: {str(path)!r} is not a folder "
+                         "(pass --fortunes-path)")
+        args.fortunes_path = str(path)
     # The CPU device split (--devices, default one per core) is set by jaxqfl.cli.main before this runs.
 
 
@@ -99,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     results, notes = [], []
     for name in args.workloads:
         print(f"[{name}] building", flush=True)
-        w = workloads.WORKLOADS[name](mnist_path=args.mnist_path)
+        w = workloads.WORKLOADS[name](mnist_path=args.mnist_path, fortunes_path=getattr(args, "fortunes_path", None))
         if args.chunk_sweep:
             from jaxqfl.bench import sweep
 

@@ -9,7 +9,8 @@ quantization) is not counted. Loops multiply their body by their trip count
 
 A round of ``M`` clients, each scanning ``S`` local steps of ``B`` examples,
 with ``f`` forward FLOPs per example, ``P`` parameters, ``O`` optimizer-state
-floats per client, and ``r`` bytes per example row (features + label):
+floats per client, and ``r`` bytes per example row (features + label, or the
+``T`` next-token targets of a window):
 
     FLOPs  = 3 * f * B * S * M
              (forward + backward ~ 3x forward: the backward pass computes a
@@ -138,7 +139,8 @@ def round_cost(
     P = _float_count(params)
     O = local_state_floats(algorithm, params) - P  # optimizer (and algorithm) floats beside the params
     f = forward_flops_per_example(model, population.feature_shape)
-    row = FLOAT_BYTES * int(np.prod(population.feature_shape)) + population.y.dtype.itemsize
+    row = FLOAT_BYTES * int(np.prod(population.feature_shape)) + population.y.dtype.itemsize * int(
+        np.prod(population.y.shape[1:]))  # targets [N] or [N, T] (next-token)
     flops = FORWARD_BACKWARD_FACTOR * f * B * S * M
     moved = M * S * (FLOAT_BYTES * (2 * P + 2 * P + 2 * O) + B * row)
     return RoundCost(float(flops), float(moved), M * S, M * S * B, float(f), P, O)

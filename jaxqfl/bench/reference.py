@@ -39,7 +39,7 @@ from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.engine.evaluation import label_dtype
 from jaxqfl.engine.round import sample_cohort as sample_cohort_ids
-from jaxqfl.tasks import Task, for_num_classes
+from jaxqfl.tasks import Task, default_for
 
 
 class LoopState(NamedTuple):
@@ -69,7 +69,7 @@ def per_client_loop(
     device=None,
 ) -> LoopReference:
     """Build the Python-loop reference round for the same workload as ``engine.build``."""
-    task = task or for_num_classes(population.num_classes)
+    task = task or default_for(population)
     device = device or jax.devices()[0]
     C, M = population.num_clients, cohort_size
     y_dtype = label_dtype(population)

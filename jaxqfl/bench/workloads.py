@@ -13,7 +13,17 @@ cnn      MNIST (the 24,345-image partial training split in shared/data) split II
 big      ``mlp`` at 10,000 clients per round (population of 10,000)
 qfl      ``mlp`` with int8 quantization-aware training (policy ``"full"``) and an
          8-bit QSGD uplink (``qsgd:127``: 1 sign bit + 7 level bits per coordinate)
+resnet   100 clients x 50 random CIFAR-shaped images (32x32x3, 10 classes), 10 per
+         round; ResNet-20 with GroupNorm (He et al. 2016); 5 local steps of batch 10
+lstm     the fortunes corpus (shared/data), one client per topic file (40), 10 per
+         round, next byte over windows of 80; the char LSTM of McMahan et al. 2017
+         (embedding 8, 2 x 256); 5 local steps of batch 8
+transformer  the same fortunes clients and windows; a decoder-only transformer
+         (width 64, 2 blocks, 4 heads, context 80); 10 local steps of batch 16
 =======  ===========================================================================
+
+``resnet``, ``lstm`` and ``transformer`` (the model zoo of issue 23) are not in
+:data:`DEFAULT_ORDER`: ``jaxqfl bench`` runs them when named (``--workloads``).
 
 Random data is drawn once per workload with NumPy (seeded); its values do not
 change the cost of a round, only its shapes do.
@@ -31,6 +41,7 @@ from jaxqfl.data.population import Population
 from jaxqfl.engine.schedule import LocalSchedule
 
 DEFAULT_MNIST = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist" / "mnist.npz"
+DEFAULT_FORTUNES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fortunes"
 
 
 class Workload(NamedTuple):
@@ -119,7 +130,58 @@ def cnn(*, mnist_path=None, **_) -> Workload:
     )
 
 
-WORKLOADS: dict[str, Callable[..., Workload]] = {"mlp": mlp, "tiny": tiny, "cnn": cnn, "big": big, "qfl": qfl}
+def resnet(**_) -> Workload:
+    rng = np.random.default_rng(0)
+    C, n = 100, 50
+    x = rng.random((C * n, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, C * n, dtype=np.int32)
+    pop = Population(x, y, np.arange(C, dtype=np.int32) * n, np.full(C, n, np.int32), x[:256].copy(),
+                     y[:256].copy(), 10, name="random-cifar")
+    return Workload(
+        "resnet",
+        "ResNet-20/GroupNorm on 100 clients x 50 CIFAR-shaped images, 10/round, 5 steps of batch 10",
+        pop,
+        models.resnet20(10),
+        algorithms.fedavg(optax.sgd(0.05)),
+        LocalSchedule(local_steps=5, batch_size=10),
+        10,
+    )
+
+
+def _fortunes(path, context: int = 80) -> Population:
+    from jaxqfl.data.text import load_text
+
+    return load_text(path or DEFAULT_FORTUNES, context)
+
+
+def lstm(*, fortunes_path=None, **_) -> Workload:
+    return Workload(
+        "lstm",
+        "char LSTM (McMahan et al. 2017, 2 x 256) on fortunes, 40 topic clients, 10/round, next byte over 80, "
+        "5 steps of batch 8",
+        _fortunes(fortunes_path),
+        models.char_lstm(),
+        algorithms.fedavg(optax.sgd(1.0)),
+        LocalSchedule(local_steps=5, batch_size=8),
+        10,
+    )
+
+
+def transformer(*, fortunes_path=None, **_) -> Workload:
+    return Workload(
+        "transformer",
+        "decoder-only transformer (width 64, 2 blocks, 4 heads) on fortunes, 40 topic clients, 10/round, "
+        "next byte over 80, 10 steps of batch 16",
+        _fortunes(fortunes_path),
+        models.transformer(width=64, depth=2, heads=4, context=80),
+        algorithms.fedavg(optax.sgd(0.5)),
+        LocalSchedule(local_steps=10, batch_size=16),
+        10,
+    )
+
+
+WORKLOADS: dict[str, Callable[..., Workload]] = {"mlp": mlp, "tiny": tiny, "cnn": cnn, "big": big, "qfl": qfl,
+                                                 "resnet": resnet, "lstm": lstm, "transformer": transformer}
 DEFAULT_ORDER = ("mlp", "tiny", "cnn", "big", "qfl")
 
 

@@ -31,6 +31,12 @@ DEFAULTS = {
             "local_epochs": 1, "batch_size": 32, "eval_every": 5},
     "leaf": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
              "local_epochs": 1, "batch_size": 32, "eval_every": 5},
+    "cifar10": {"model": "resnet20", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
+                "local_epochs": 1, "batch_size": 32, "eval_every": 5},
+    # text: num_clients None = one client per file (or per --entries-per-client group); client lr 1.47 as
+    # McMahan et al. 2017's Shakespeare LSTM (0.5 stayed at the unigram plateau for 10 rounds on fortunes)
+    "text": {"model": "lstm", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 1.47,
+             "local_steps": 20, "batch_size": 16, "eval_every": 5},
 }
 GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
 
@@ -50,11 +56,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", choices=DATASETS, default="synthetic")
     g.add_argument("--data-path", default=None,
                    help="mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, "
-                        "x_test, y_test; leaf: a folder with train/*.json and test/*.json")
+                        "x_test, y_test; leaf: a folder with train/*.json and test/*.json; cifar10: the folder "
+                        "cifar-10-batches-py (or one holding it); text: a folder of *.txt files")
     g.add_argument("--task", choices=TASKS, default=None,
-                   help="what is learnt (default: the dataset's: classification for synthetic and mnist, "
-                        "regression for synthetic-regression, clustering for gaussian-mixture, inferred from "
-                        "the targets for npz and leaf)")
+                   help="what is learnt (default: the dataset's: classification for synthetic, mnist and "
+                        "cifar10, regression for synthetic-regression, clustering for gaussian-mixture, next-token "
+                        "for text, inferred from the targets for npz and leaf; leaf text rows need next-token)")
     g.add_argument("--partition", choices=PARTITIONS, default=None,
                    help="how examples are split over clients (default: natural for generated data, leaf and npz "
                         "with client_id; iid otherwise); a partitioner given for natural data re-splits its "
@@ -84,29 +91,41 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse inconsistent data flags; fill the dataset's task."""
-    needs_file = {"mnist": "file", "npz": "file", "leaf": "folder"}
+    needs_file = {"mnist": "file", "npz": "file", "leaf": "folder", "cifar10": "folder", "text": "folder"}
     kind = needs_file.get(args.dataset)
     if kind is not None:
         if args.data_path is None:
             what = {"mnist": "PATH/mnist.npz (the Keras mnist.npz layout)", "npz": "FILE.npz (keys x, y, ...)",
-                    "leaf": "DIR (holding train/*.json and test/*.json)"}[args.dataset]
+                    "leaf": "DIR (holding train/*.json and test/*.json)",
+                    "cifar10": "DIR (the cifar-10-batches-py folder: data_batch_1..5, test_batch)",
+                    "text": "DIR (a folder of *.txt files)"}[args.dataset]
             parser.error(f"--dataset {args.dataset} needs --data-path {what}")
         if kind == "file" and not os.path.isfile(args.data_path):
             parser.error(f"--data-path {args.data_path!r}: no such file")
         if kind == "folder" and not os.path.isdir(args.data_path):
-            parser.error(f"--data-path {args.data_path!r}: no such folder (LEAF data is a folder with train/ "
-                         "and test/)")
+            layout = {"leaf": "LEAF data is a folder with train/ and test/",
+                      "cifar10": "CIFAR-10 is the folder cifar-10-batches-py", "text": "a folder of *.txt files"}
+            parser.error(f"--data-path {args.data_path!r}: no such folder ({layout[args.dataset]})")
     elif args.data_path is not None:
-        parser.error(f"--data-path applies to --dataset mnist, npz or leaf; {args.dataset} data is generated")
-    if args.partition == "natural" and args.dataset == "mnist":
-        parser.error(f"--partition natural does not exist for mnist; choose one of "
+        parser.error(f"--data-path applies to --dataset mnist, npz, leaf, cifar10 or text; {args.dataset} data "
+                     "is generated")
+    if args.partition == "natural" and args.dataset in ("mnist", "cifar10"):
+        parser.error(f"--partition natural does not exist for {args.dataset}; choose one of "
                      f"{[p for p in PARTITIONS if p != 'natural']}")
     if not (args.sigma >= 0 and math.isfinite(args.sigma)):
         parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.max_client_size is not None and args.max_client_size < args.min_client_size:
         parser.error(f"--max-client-size {args.max_client_size} is below --min-client-size {args.min_client_size}")
     task = args.task or DEFAULT_TASK[args.dataset]
-    if args.dataset in GENERATED or args.dataset == "mnist":
+    if args.dataset == "text" and task != "next-token":
+        parser.error(f"--task {task} does not fit --dataset text, which is for next-token prediction")
+    if task == "next-token" and args.dataset not in ("text", "leaf"):
+        parser.error(f"--task next-token needs text: --dataset text, or leaf with string rows (Shakespeare); "
+                     f"not --dataset {args.dataset}")
+    if task == "next-token" and args.partition in ("dirichlet", "shards"):
+        parser.error(f"--partition {args.partition} splits by class label; next-token windows have none "
+                     "(use natural, iid or quantity)")
+    if args.dataset in GENERATED or args.dataset in ("mnist", "cifar10"):
         own = DEFAULT_TASK[args.dataset]
         if (task == "regression") != (own == "regression"):
             parser.error(f"--task {task} does not fit --dataset {args.dataset}, which holds "
@@ -128,7 +147,8 @@ def build_population(args: argparse.Namespace):
             size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
             max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,
             components=args.components, concentration=args.concentration, separation=args.separation,
-            num_features=args.num_features,
+            num_features=args.num_features, context=getattr(args, "context", 80),
+            entries_per_client=getattr(args, "entries_per_client", None),
         )
     except (ValueError, OSError) as err:
         fail(f"--dataset {args.dataset}: {err}")

@@ -63,8 +63,12 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.1f} GiB"
 
 
-def model_num_params(args, feature_dim: int, num_classes: int) -> int:
-    """Parameters of the CLI's models (logreg, mlp, cnn), counted from their layer sizes."""
+def model_num_params(args, feature_dim: int, num_classes: int, feature_shape: tuple | None = None) -> int:
+    """Parameters of the CLI's models (logreg, mlp, cnn: from their layer sizes; zoo models: abstract init)."""
+    from jaxqfl.cli import model_flags
+
+    if args.model in model_flags.ZOO_MODELS:
+        return model_flags.num_params(args, feature_shape or (feature_dim,), num_classes)
     if args.model == "logreg":
         return feature_dim * num_classes + num_classes
     if args.model == "mlp":
@@ -83,12 +87,12 @@ def client_state_floats(args, n: int) -> int:
 
 
 def estimate(args, *, num_devices: int, examples: int, test_examples: int, feature_dim: int, num_classes: int,
-             num_clients: int, home: str = "auto", cpu: bool = True) -> Estimate:
+             num_clients: int, home: str = "auto", cpu: bool = True, feature_shape: tuple | None = None) -> Estimate:
     """The estimate above for the parsed ``args`` and the population's sizes."""
     D = num_devices
     P = examples * (feature_dim + 1) * 4
     P_test = test_examples * (feature_dim + 1) * 4
-    n = model_num_params(args, feature_dim, num_classes)
+    n = model_num_params(args, feature_dim, num_classes, feature_shape)
     s = client_state_floats(args, n) * 4
     M = args.cohort_size
     if getattr(args, "sampling", "fixed") == "poisson":  # every one of the M_max slots trains

@@ -43,9 +43,11 @@ from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags
 from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
+from jaxqfl.cli import model_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
+from jaxqfl.data.build import DEFAULT_TASK
 
-MODELS = ("mlp", "cnn", "logreg", "linear")
+MODELS = ("mlp", "cnn", "logreg", "linear") + model_flags.ZOO_MODELS
 DEFAULT_HIDDEN = (200, 200)
 
 
@@ -82,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=None,
                    help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
-                        "mlp for mnist, npz and leaf (linear = logreg: one dense layer)")
+                        "mlp for mnist, npz and leaf (linear = logreg: one dense layer), resnet20 for cifar10, "
+                        "lstm for text; resnet20 = ResNet-20 with GroupNorm, lstm = the character LSTM of "
+                        "McMahan et al. 2017, transformer = a small decoder-only transformer")
     g.add_argument("--hidden", type=_hidden, default=None,
                    help=f"MLP hidden sizes, e.g. 200,200 (--model mlp; default {','.join(map(str, DEFAULT_HIDDEN))})")
     g = p.add_argument_group("quantization and communication")
@@ -121,6 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the population in host memory and stream each round's cohort to the devices "
                         "(engine.build_streaming), for populations larger than device memory")
     g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
+    model_flags.add_arguments(p)
     clustering_flags.add_arguments(p)
     run_setup.add_arguments(p)
     privacy_flags.add_arguments(p)
@@ -137,6 +142,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
     if args.local_steps is None and args.local_epochs is None:
         args.local_steps, args.local_epochs = d.get("local_steps"), d.get("local_epochs")
+    if args.model is None and args.task == "next-token":  # LEAF text: the character LSTM, not leaf's MLP
+        args.model = "lstm"
     for name in ("model", "num_clients", "cohort_size", "rounds", "client_lr", "batch_size", "eval_every"):
         if getattr(args, name) is None:
             setattr(args, name, d[name])
@@ -144,6 +151,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.num_clients is not None and args.cohort_size > args.num_clients:
         parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
     validate_data(parser, args)
+    model_flags.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
     if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf"):
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
                      "(or npz / leaf images of 28 x 28 pixels)")
@@ -182,6 +190,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _model(args, population):
     from jaxqfl.saved_run import model_for
 
+    if args.model in model_flags.ZOO_MODELS:
+        return model_flags.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
     return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
 
 
@@ -253,6 +263,9 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
     t_start = time.perf_counter()
     population = build_population(args)
+    problem = model_flags.misfit(args, population)
+    if problem is not None:
+        fail(problem)
     if args.cohort_size > population.num_clients:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
@@ -267,7 +280,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     est = memory_guard.estimate(
         args, num_devices=num_devices, examples=population.num_examples, test_examples=population.x_test.shape[0],
         feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
-        num_clients=population.num_clients, home=args.client_state, cpu=cpu)
+        num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape)
     limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     try:
         if not getattr(args, "stream", False):  # a streamed population is not replicated on the devices
@@ -410,6 +423,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "final_mse": final.get("test_mse"),
         "final_rmse": final.get("test_rmse"),
         "final_r2": final.get("test_r2"),
+        "final_perplexity": final.get("test_perplexity"),
+        "final_bits_per_char": final.get("test_bits_per_char"),
         "final_train_loss": final.get("train_loss"),
         "rounds": done_round,
         "rounds_requested": args.rounds,
@@ -499,6 +514,8 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
         f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
         privacy_flags.summary_line(s),
+        f"  bits per char    {s['final_bits_per_char']:.4f} (perplexity {s['final_perplexity']:.4g})"
+        if s.get("final_bits_per_char") is not None else "",
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",

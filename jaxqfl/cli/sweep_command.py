@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", "train_loss")
+FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", "test_perplexity",
+              "test_bits_per_char", "train_loss")
 
 
 def config_name(config: dict) -> str:
@@ -128,6 +129,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                                                                      **config},
             "sweep_config": config,
             "final_accuracy": final.get("test_accuracy"), "final_loss": final.get("test_loss"),
+            **({"final_perplexity": final.get("test_perplexity"), "final_bits_per_char": final.get("test_bits_per_char")}
+               if "test_bits_per_char" in final else {}),
             "rounds": result.rounds, "num_clients": population.num_clients, "cohort_size": sim.cohort_size,
             "num_devices": sim.num_devices, "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
             "compile_seconds": result.compile_seconds, "seconds_per_round": result.seconds_per_round,

@@ -9,13 +9,17 @@
     synthetic_regression              the same clients with linear-model regression targets
     gaussian_mixture                  K Gaussian components, each client drawing from a few (clustering)
     load_mnist                        MNIST from a local Keras mnist.npz
+    load_cifar10                      CIFAR-10 from a local cifar-10-batches-py folder
+    text.load_text                    a folder of text files as next-byte windows (next-token task)
     build                             dataset + partition names -> Population (the CLI's entry)
 """
 from jaxqfl.data import partition
 from jaxqfl.data.arrays import from_arrays
+from jaxqfl.data import text
 from jaxqfl.data.build import DATASETS, PARTITIONS, build
 from jaxqfl.data.files import load_leaf, load_npz
 from jaxqfl.data.mixture import MixtureParameters, gaussian_mixture, mixture_parameters
+from jaxqfl.data.cifar10 import load_cifar10
 from jaxqfl.data.mnist import load_mnist
 from jaxqfl.data.population import TASKS, Population, from_client_indices
 from jaxqfl.data.synthetic import SyntheticParameters, synthetic, synthetic_parameters, synthetic_regression
@@ -31,6 +35,7 @@ __all__ = [
     "from_arrays",
     "from_client_indices",
     "gaussian_mixture",
+    "load_cifar10",
     "load_leaf",
     "load_mnist",
     "load_npz",
@@ -39,4 +44,5 @@ __all__ = [
     "synthetic",
     "synthetic_parameters",
     "synthetic_regression",
+    "text",
 ]

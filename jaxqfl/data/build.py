@@ -18,12 +18,20 @@ dataset                   clients and test set (task)
 ``npz``                   the user's ``.npz`` at ``data_path`` (keys ``x``, ``y``, optional
                           ``client_id``, ``x_test``, ``y_test``; :func:`jaxqfl.data.files.load_npz`).
 ``leaf``                  a LEAF folder at ``data_path`` (``train/*.json``, ``test/*.json``;
-                          :func:`jaxqfl.data.files.load_leaf`), natural clients.
+                          :func:`jaxqfl.data.files.load_leaf`), natural clients; with
+                          ``task="next-token"`` its string rows (Shakespeare) as byte windows.
+``cifar10``               the ``cifar-10-batches-py`` folder at ``data_path``
+                          (:func:`jaxqfl.data.cifar10.load_cifar10`) divided by a partitioner;
+                          ``test_batch`` is the test set (classification).
+``text``                  the ``*.txt`` files of the folder ``data_path`` as byte windows of
+                          ``context`` (:func:`jaxqfl.data.text.load_text`): one client per file,
+                          or ``entries_per_client`` fortune entries per client (next-token).
 ========================  ====================================================================
 
 ``partition=None`` means the dataset's own default: ``"natural"`` for the
-generated datasets, for leaf, and for npz files with ``client_id``; ``"iid"``
-for mnist and npz files without ``client_id``.
+generated datasets, for leaf, text, and npz files with ``client_id``; ``"iid"``
+for mnist, cifar10 and npz files without ``client_id``. Next-token data (text,
+LEAF strings) takes ``natural``, ``iid`` or ``quantity`` (its windows have no class label).
 
 Choice for a dataset with natural clients and a partitioner (``"iid"``,
 ``"dirichlet"``, ``"shards"``, ``"quantity"``): the clients' training rows are
@@ -50,14 +58,15 @@ from jaxqfl.data.synthetic import synthetic, synthetic_regression
 
 __all__ = ["build", "DATASETS", "PARTITIONS", "DEFAULT_TASK", "FILE_DATASETS"]
 
-DATASETS = ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf")
+DATASETS = ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf", "cifar10", "text")
 #: Datasets read from ``data_path``.
-FILE_DATASETS = ("mnist", "npz", "leaf")
+FILE_DATASETS = ("mnist", "npz", "leaf", "cifar10", "text")
 #: Partitioners by name; "natural" is the dataset's own clients (not mnist's).
 PARTITIONS = ("natural", "iid", "dirichlet", "shards", "quantity")
 #: The task of each dataset when none is asked for (npz and leaf: inferred from the targets).
 DEFAULT_TASK = {"synthetic": "classification", "synthetic-regression": "regression",
-                "gaussian-mixture": "clustering", "mnist": "classification", "npz": None, "leaf": None}
+                "gaussian-mixture": "clustering", "mnist": "classification", "npz": None, "leaf": None,
+                "cifar10": "classification", "text": "next-token"}
 _GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
 
 
@@ -84,6 +93,8 @@ def build(
     concentration: float = 0.3,
     separation: float = 4.0,
     num_features: int | None = None,
+    context: int = 80,
+    entries_per_client: int | None = None,
 ) -> Population:
     """Build the federated population ``dataset`` split over ``num_clients`` clients.
 
@@ -108,6 +119,8 @@ def build(
             concentration of the clients' weights, and the spread of the means.
         num_features: features of the generated datasets (None: 60 for the
             synthetic ones, 10 for the mixture).
+        context: the window length of text (tokens per example).
+        entries_per_client: text: None (one client per file) or fortune entries per client.
 
     Raises:
         ValueError: unknown dataset or partition, a partition the dataset does
@@ -125,6 +138,16 @@ def build(
         raise ValueError(f"dataset {dataset!r} reads a file: pass --data-path (data_path=...)")
     # Independent streams for generating the data and for partitioning it.
     data_seed, partition_seed = np.random.SeedSequence(seed).spawn(2)
+
+    if dataset == "text":
+        if task not in (None, "next-token"):
+            raise ValueError(f"dataset 'text' is for next-token prediction; task {task!r} does not apply")
+        from jaxqfl.data.text import load_text
+
+        return load_text(data_path, context, entries_per_client=entries_per_client, partition=partition,
+                         num_clients=num_clients, sigma=sigma, seed=seed)
+    if task == "next-token" and dataset != "leaf":
+        raise ValueError(f"task 'next-token' needs text: dataset text or leaf (string rows), not {dataset!r}")
 
     if dataset in ("npz", "leaf"):
         loader = load_npz if dataset == "npz" else load_leaf
@@ -150,17 +173,25 @@ def build(
             return pop
         x, y, x_test, y_test, num_classes = pop.x, pop.y, pop.x_test, pop.y_test, pop.num_classes
         base_name, task = pop.name, pop.task
-    else:  # mnist
+    else:  # mnist, cifar10: labelled images without natural clients
         if partition == "natural":
             raise ValueError(
-                "mnist has no natural partition; allowed partitions for mnist are "
+                f"{dataset} has no natural partition; allowed partitions for {dataset} are "
                 f"{', '.join(p for p in PARTITIONS if p != 'natural')}"
             )
         if task == "regression":
-            raise ValueError("mnist holds class labels: task 'regression' needs real targets")
+            raise ValueError(f"{dataset} holds class labels: task 'regression' needs real targets")
         partition = partition or "iid"
-        x, y, x_test, y_test = load_mnist(data_path)
-        num_classes, base_name, task = MNIST_CLASSES, "mnist", task or "classification"
+        if dataset == "mnist":
+            x, y, x_test, y_test = load_mnist(data_path)
+            num_classes = MNIST_CLASSES
+        else:
+            from jaxqfl.data.cifar10 import NUM_CLASSES as CIFAR_CLASSES
+            from jaxqfl.data.cifar10 import load_cifar10
+
+            x, y, x_test, y_test = load_cifar10(data_path)
+            num_classes = CIFAR_CLASSES
+        base_name, task = dataset, task or "classification"
 
     if task == "regression" and partition in ("dirichlet", "shards"):
         raise ValueError(f"partition {partition!r} splits by class label; regression targets have none: "

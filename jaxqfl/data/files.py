@@ -18,8 +18,9 @@ and ``DIR/test/*.json``, each file an object
 numbers). The training users, in the order of the sorted file names and then
 of ``users``, are the natural clients; the test files' rows, pooled, are the
 test set. A user listed with no training rows is left out (it cannot train).
-Text datasets (Shakespeare's rows are strings) are refused: they need a
-vocabulary and a sequence model jaxqfl does not ship.
+Text datasets (Shakespeare's rows are strings ``x`` with the next character
+``y``) are read for ``task="next-token"`` only, as byte windows
+(:func:`jaxqfl.data.text.from_leaf_strings`); other tasks refuse them.
 
 Both loaders hand the arrays to :func:`jaxqfl.data.arrays.from_arrays` and
 refuse malformed input with a ``ValueError`` naming the file, the key and the value.
@@ -93,7 +94,7 @@ def load_npz(path, **kwargs):
     )
 
 
-def _leaf_split(folder: str, split: str):
+def _leaf_split(folder: str, split: str, text: bool = False):
     """Rows of every user of ``folder/split/*.json``: (users, list of x arrays, list of y arrays, files)."""
     files = sorted(glob.glob(os.path.join(folder, split, "*.json")))
     if not files:
@@ -128,16 +129,19 @@ def _leaf_split(folder: str, split: str):
             if not isinstance(record, dict) or "x" not in record or "y" not in record:
                 raise ValueError(f"{f!r}: user_data[{u!r}] must be an object with keys 'x' and 'y', got "
                                  f"{record if not isinstance(record, dict) else sorted(record)!r}")
-            x, y = _leaf_rows(f, u, "x", record["x"]), _leaf_rows(f, u, "y", record["y"])
+            if text:
+                x, y = _leaf_strings(f, u, "x", record["x"]), _leaf_strings(f, u, "y", record["y"])
+            else:
+                x, y = _leaf_rows(f, u, "x", record["x"]), _leaf_rows(f, u, "y", record["y"])
             if not isinstance(count, int) or isinstance(count, bool) or not (len(x) == len(y) == count):
                 raise ValueError(f"{f!r}: user {u!r} has num_samples {count!r}, but {len(x)} rows in "
                                  f"user_data[{u!r}]['x'] and {len(y)} in ['y']: they must be equal")
             if count == 0:
                 continue
-            if xs and x.shape[1:] != xs[0].shape[1:]:
+            if not text and xs and x.shape[1:] != xs[0].shape[1:]:
                 raise ValueError(f"{f!r}: user_data[{u!r}]['x'] has rows of shape {x.shape[1:]}, but user "
                                  f"{users[0]!r}'s have shape {xs[0].shape[1:]}")
-            if ys and y.shape[1:] != ys[0].shape[1:]:
+            if not text and ys and y.shape[1:] != ys[0].shape[1:]:
                 raise ValueError(f"{f!r}: user_data[{u!r}]['y'] has entries of shape {y.shape[1:]}, but user "
                                  f"{users[0]!r}'s have shape {ys[0].shape[1:]}")
             users.append(u)
@@ -148,13 +152,21 @@ def _leaf_split(folder: str, split: str):
     return users, xs, ys
 
 
+def _leaf_strings(f: str, user, key: str, rows) -> list:
+    where = f"{f!r}: user_data[{user!r}][{key!r}]"
+    if not isinstance(rows, list) or not all(isinstance(r, str) for r in rows):
+        raise ValueError(f"{where} must be a list of strings for the next-token task (LEAF Shakespeare's "
+                         f"layout), got {type(rows).__name__ if not isinstance(rows, list) else 'non-string rows'}")
+    return rows
+
+
 def _leaf_rows(f: str, user, key: str, rows) -> np.ndarray:
     where = f"{f!r}: user_data[{user!r}][{key!r}]"
     if not isinstance(rows, list):
         raise ValueError(f"{where} is a {type(rows).__name__}; expected a list with one entry per example")
     if rows and isinstance(rows[0], str):
-        raise ValueError(f"{where} holds text ({rows[0][:20]!r}...); only numeric rows are supported "
-                         "(text datasets such as Shakespeare need a vocabulary and a sequence model)")
+        raise ValueError(f"{where} holds text ({rows[0][:20]!r}...); text rows are read for the next-token "
+                         "task only (task='next-token', --task next-token)")
     try:
         a = np.asarray(rows)
     except ValueError as err:  # ragged lists
@@ -179,6 +191,14 @@ def load_leaf(folder, **kwargs):
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(folder, split)):
             raise ValueError(f"{folder!r} has no {split}/ folder; LEAF's layout is DIR/train/*.json and DIR/test/*.json")
+    if kwargs.get("task") == "next-token":
+        from jaxqfl.data.text import from_leaf_strings
+
+        _, xs, ys = _leaf_split(folder, "train", text=True)
+        _, xs_test, ys_test = _leaf_split(folder, "test", text=True)
+        return from_leaf_strings(xs, ys, [r for rows in xs_test for r in rows], [r for rows in ys_test for r in rows],
+                                 name=f"leaf:{os.path.basename(os.path.normpath(folder))}",
+                                 **{k: kwargs[k] for k in ("partition", "num_clients", "sigma", "seed") if k in kwargs})
     users, xs, ys = _leaf_split(folder, "train")
     _, xs_test, ys_test = _leaf_split(folder, "test")
     if xs_test[0].shape[1:] != xs[0].shape[1:]:

@@ -5,12 +5,14 @@ A population of ``C`` clients holding ``N`` examples in all is
     x[N, *feature_shape]   float32 features, client-major
     y[N]                   int32 labels in [0, num_classes) (classification, clustering)
     or y[N] / y[N, k]      float32 targets (regression, num_classes == 0)
+    or y[N, T]             int32 next tokens in [0, num_classes), -1 = padding (next-token;
+                           x[N, T] then holds the input token ids, see jaxqfl.data.text)
     offsets[C]             int32, client i's rows are x[offsets[i] : offsets[i] + counts[i]]
     counts[C]              int32, >= 1
 
 plus a held-out test set ``(x_test, y_test)`` that travels with it, and the
-``task`` the data is for (``"classification"``, ``"regression"`` or
-``"clustering"``; by default classification when ``num_classes > 0``, else
+``task`` the data is for (``"classification"``, ``"regression"``,
+``"clustering"`` or ``"next-token"``; by default classification when ``num_classes > 0``, else
 regression). Clustering data carries the true component ids as labels (used
 only for reporting ARI / NMI). Memory is
 O(N), not O(C x largest client), and a client's local batch is a gather of
@@ -25,7 +27,9 @@ from typing import Sequence
 import numpy as np
 
 #: The learning tasks a population can be for.
-TASKS = ("classification", "regression", "clustering")
+TASKS = ("classification", "regression", "clustering", "next-token")
+#: The target of a padding position in next-token data (ignored by the loss and the metrics).
+PAD_TARGET = -1
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Population:
@@ -146,7 +150,7 @@ def _check_finite(name: str, a: np.ndarray) -> None:
         )
 
 
-def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
+def _check_labels(name: str, y: np.ndarray, num_classes: int, low: int = 0) -> None:
     if num_classes <= 0:
         return
     if not np.issubdtype(y.dtype, np.integer):
@@ -156,9 +160,9 @@ def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
                 f"{name} must hold integer class labels for classification, got dtype {y.dtype} "
                 f"with non-integer value {y.flat[fractional[0]].item()!r} at index {int(fractional[0])}"
             )
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
+    if y.size and (y.min() < low or y.max() >= num_classes):
         raise ValueError(
-            f"{name} has labels in [{y.min()}, {y.max()}], outside the allowed range [0, {num_classes})"
+            f"{name} has labels in [{y.min()}, {y.max()}], outside the allowed range [{low}, {num_classes})"
         )
 
 
@@ -174,11 +178,16 @@ def _validate(p: Population) -> None:
         )
     if p.x.ndim < 1 or p.x.shape[0] == 0:
         raise ValueError(f"the population is empty: x has shape {p.x.shape}")
-    # Targets: [N] labels; regression also [N, k].
-    allowed_ndim = (1, 2) if p.task == "regression" else (1,)
-    if p.y.ndim not in allowed_ndim or p.y.shape[0] != p.x.shape[0]:
-        shape = "[N] or [N, k]" if p.task == "regression" else "[N]"
-        raise ValueError(f"y has shape {p.y.shape}, but x has {p.x.shape[0]} rows: y must be {shape} with N rows")
+    # Targets: [N] labels; regression also [N, k]; next-token [N, T] as x.
+    if p.task == "next-token":
+        if p.x.ndim != 2 or p.y.shape != p.x.shape:
+            raise ValueError(f"next-token data needs token ids x [N, T] and next tokens y [N, T] of the same shape, "
+                             f"got x {p.x.shape} and y {p.y.shape}")
+    else:
+        allowed_ndim = (1, 2) if p.task == "regression" else (1,)
+        if p.y.ndim not in allowed_ndim or p.y.shape[0] != p.x.shape[0]:
+            shape = "[N] or [N, k]" if p.task == "regression" else "[N]"
+            raise ValueError(f"y has shape {p.y.shape}, but x has {p.x.shape[0]} rows: y must be {shape} with N rows")
     if p.x_test.ndim < 1 or p.x_test.shape[0] == 0:
         raise ValueError(f"the test set is empty: x_test has shape {p.x_test.shape}")
     if p.y_test.shape != (p.x_test.shape[0],) + p.y.shape[1:]:
@@ -207,5 +216,6 @@ def _validate(p: Population) -> None:
         )
     for name, a in (("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test)):
         _check_finite(name, a)
-    _check_labels("y", p.y, p.num_classes)
-    _check_labels("y_test", p.y_test, p.num_classes)
+    low = PAD_TARGET if p.task == "next-token" else 0
+    _check_labels("y", p.y, p.num_classes, low)
+    _check_labels("y_test", p.y_test, p.num_classes, low)

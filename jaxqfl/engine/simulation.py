@@ -37,7 +37,7 @@ from jaxqfl.engine.round import DeviceData, round_program
 from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
-from jaxqfl.tasks import Task, for_num_classes
+from jaxqfl.tasks import Task, default_for
 
 
 class Simulation(NamedTuple):
@@ -103,7 +103,7 @@ def setup_round(
     if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
     aggregator = check_aggregator(default_aggregator() if aggregator is None else aggregator)
-    task = task or for_num_classes(population.num_classes)
+    task = task or default_for(population)
     mesh = client_mesh(num_devices)
     tuning = None
     if chunk_size is None and (autotune_default() if autotune is None else autotune) and jax.process_count() == 1:
@@ -128,7 +128,7 @@ def setup_round(
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
     per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink)
     params_abs = jax.eval_shape(model.init, jax.random.key(0), sample_x)
-    if task.name in ("classification", "regression"):  # the built-in tasks whose output width is known
+    if task.name in ("classification", "regression", "next-token"):  # the built-in tasks whose output width is known
         check_model_outputs(model, params_abs, population)
     one_abs = jax.eval_shape(per_client, params_abs)
     state_bytes = C * sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(one_abs))
@@ -201,6 +201,12 @@ def check_model_outputs(model, params_abs, population: Population) -> None:
     """
     x = jax.ShapeDtypeStruct((2,) + tuple(population.feature_shape), jnp.float32)
     out = jax.eval_shape(lambda p, x: model.apply(p, x, key=None), params_abs, x)
+    if population.task == "next-token":  # logits at every position: [B, T, vocab]
+        want = (2,) + tuple(population.feature_shape) + (population.num_classes,)
+        if tuple(out.shape) != want:
+            raise ValueError(f"the model outputs {tuple(out.shape[1:])} per example but next-token data of context "
+                             f"{want[1]} needs logits {want[1:]} (one row of {want[2]} per position)")
+        return
     width = int(np.prod(out.shape[1:]))
     want = population.num_classes if population.is_classification else int(np.prod(population.y_test.shape[1:]))
     what = f"{want} classes" if population.is_classification else f"{want} target value(s) per example"

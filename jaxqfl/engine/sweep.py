@@ -55,7 +55,7 @@ from jaxqfl.engine.round import round_program
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.simulation import block_compiler, default_aggregator, device_data
 from jaxqfl.engine.state import initial_state
-from jaxqfl.tasks import for_num_classes
+from jaxqfl.tasks import default_for
 
 
 class SweepSimulation(NamedTuple):
@@ -157,7 +157,7 @@ def build_sweep(
     hp0 = {n: v[0] for n, v in hp_values.items()}
     make_aggregator = make_aggregator or (lambda hp: default_aggregator())
     algorithm0, aggregator0 = make_algorithm(hp0), check_aggregator(make_aggregator(hp0))
-    task = task or for_num_classes(population.num_classes)
+    task = task or default_for(population)
     mesh = client_mesh(num_devices)
     D, C = mesh.devices.size, population.num_clients
     layout = client_layout(population, model, algorithm0, schedule, cohort_size, D, chunk_size,

@@ -12,6 +12,8 @@ from jaxqfl.models.core import Model, from_flax, from_functions
 from jaxqfl.models.graphs import cnn_graph, mlp_graph
 from jaxqfl.models.layers import QATLayers, QConv, QDense
 from jaxqfl.models.qat import qat_model
+from jaxqfl.models.resnet import ResNet, resnet20
+from jaxqfl.models.sequence import CharLSTM, Transformer, char_lstm, transformer
 from jaxqfl.models.zoo import CNN, MLP, cnn, linear_regression, logistic_regression, mlp
 
 __all__ = [
@@ -23,6 +25,12 @@ __all__ = [
     "logistic_regression",
     "linear_regression",
     "centroids",
+    "resnet20",
+    "char_lstm",
+    "transformer",
+    "ResNet",
+    "CharLSTM",
+    "Transformer",
     "MLP",
     "CNN",
     "QDense",

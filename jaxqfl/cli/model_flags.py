@@ -1,0 +1,102 @@
+"""The zoo models of ``jaxqfl run``: ``--model resnet20|lstm|transformer`` and their size flags.
+
+Checked before JAX starts (``validate``); ``make_model`` builds the model for the
+population (the library's factories in ``jaxqfl.models``).
+
+- ``resnet20``: ResNet-20 with GroupNorm (``--resnet-groups``) for images ``[H, W, C]``.
+- ``lstm``: the character LSTM of McMahan et al. 2017 (``--lstm-hidden``, ``--lstm-layers``,
+  ``--embed-dim``) for next-token data.
+- ``transformer``: a decoder-only transformer (``--transformer-width``, ``--transformer-depth``,
+  ``--transformer-heads``) for next-token data; its context is the data's window length.
+
+``--context`` sets the window length of ``--dataset text`` (LEAF text rows keep their own length).
+"""
+from __future__ import annotations
+
+import argparse
+
+from jaxqfl.cli.argtypes import positive_int
+
+#: The zoo models this module builds.
+ZOO_MODELS = ("resnet20", "lstm", "transformer")
+#: The models of next-token data.
+SEQUENCE_MODELS = ("lstm", "transformer")
+#: Datasets that hold images a ResNet can read.
+IMAGE_DATASETS = ("cifar10", "mnist", "npz", "leaf")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("zoo models (resnet20, lstm, transformer) and text windows")
+    g.add_argument("--context", type=positive_int, default=80,
+                   help="--dataset text: bytes per window (inputs and next-byte targets), 80 as LEAF Shakespeare")
+    g.add_argument("--entries-per-client", type=positive_int, default=None, metavar="K",
+                   help="--dataset text: split each file on lines holding only %% (fortune format) and make a "
+                        "client of every K consecutive entries (default: one client per file)")
+    g.add_argument("--resnet-groups", type=positive_int, default=2,
+                   help="resnet20: GroupNorm groups per layer, a divisor of 16 (2)")
+    g.add_argument("--embed-dim", type=positive_int, default=8, help="lstm: byte embedding width (8, as McMahan et al.)")
+    g.add_argument("--lstm-hidden", type=positive_int, default=256, help="lstm: units per layer (256)")
+    g.add_argument("--lstm-layers", type=positive_int, default=2, help="lstm: LSTM layers (2)")
+    g.add_argument("--transformer-width", type=positive_int, default=64, help="transformer: model width (64)")
+    g.add_argument("--transformer-depth", type=positive_int, default=2, help="transformer: blocks (2)")
+    g.add_argument("--transformer-heads", type=positive_int, default=4,
+                   help="transformer: attention heads, dividing the width (4)")
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace, task: str | None) -> None:
+    """Refuse a zoo model that does not fit the data, or flags that do not fit the model."""
+    model = args.model
+    next_token = task == "next-token"
+    if next_token and model not in SEQUENCE_MODELS:
+        parser.error(f"--model {model} does not predict tokens; next-token data (--dataset {args.dataset}) needs "
+                     f"--model {' or '.join(SEQUENCE_MODELS)}")
+    if model in SEQUENCE_MODELS and not next_token:
+        parser.error(f"--model {model} predicts the next token; use it with --dataset text (or --dataset leaf "
+                     f"--task next-token), not --dataset {args.dataset}")
+    if model == "resnet20" and args.dataset not in IMAGE_DATASETS:
+        parser.error(f"--model resnet20 reads images; use it with --dataset {', '.join(IMAGE_DATASETS)}, "
+                     f"not {args.dataset}")
+    if model == "resnet20" and 16 % args.resnet_groups:
+        parser.error(f"--resnet-groups {args.resnet_groups} must divide 16 (the narrowest layer's channels)")
+    if model == "transformer" and args.transformer_width % args.transformer_heads:
+        parser.error(f"--transformer-width {args.transformer_width} is not a multiple of --transformer-heads "
+                     f"{args.transformer_heads}")
+    if model in ZOO_MODELS and args.quant != "none":
+        parser.error(f"--quant {args.quant} is not available for --model {model} yet: the zoo models are ordinary "
+                     "Flax modules, which jaxqfl cannot quantize-train yet; use --quant none")
+    if args.dataset != "text" and args.entries_per_client is not None:
+        parser.error("--entries-per-client applies to --dataset text only")
+    if next_token and getattr(args, "attack", "none") == "label-flip":
+        parser.error("--attack label-flip relabels classes (y -> K - 1 - y); next-token targets hold padding "
+                     "(-1) and are no classes: choose another --attack")
+
+
+def misfit(args: argparse.Namespace, population) -> str | None:
+    """Why the zoo model ``args.model`` cannot read ``population``'s examples, or None."""
+    if args.model == "resnet20" and len(population.feature_shape) not in (2, 3):
+        return (f"--model resnet20 reads images [H, W] or [H, W, C]; {population.name} holds examples of shape "
+                f"{list(population.feature_shape)}")
+    return None
+
+
+def make_model(args: argparse.Namespace, num_classes: int, feature_shape: tuple, policy=None):
+    """The zoo model ``args.model`` for ``num_classes`` outputs (the vocabulary) and examples of ``feature_shape``."""
+    from jaxqfl import models
+
+    if args.model == "resnet20":
+        return models.resnet20(num_outputs=num_classes, groups=args.resnet_groups, policy=policy)
+    if args.model == "lstm":
+        return models.char_lstm(vocab=num_classes, embed_dim=args.embed_dim, hidden=args.lstm_hidden,
+                                layers=args.lstm_layers, policy=policy)
+    return models.transformer(vocab=num_classes, width=args.transformer_width, depth=args.transformer_depth,
+                              heads=args.transformer_heads, context=feature_shape[0], policy=policy)
+
+
+def num_params(args: argparse.Namespace, feature_shape: tuple, num_classes: int) -> int:
+    """Parameters of the float zoo model ``args.model`` (from its abstract init; nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    model = make_model(args, num_classes, feature_shape)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
+    return sum(int(a.size) for a in jax.tree.leaves(shapes))
