@@ -61,9 +61,6 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace, task: st
     if model == "transformer" and args.transformer_width % args.transformer_heads:
         parser.error(f"--transformer-width {args.transformer_width} is not a multiple of --transformer-heads "
                      f"{args.transformer_heads}")
-    if model in ZOO_MODELS and args.quant != "none":
-        parser.error(f"--quant {args.quant} is not available for --model {model} yet: the zoo models are ordinary "
-                     "Flax modules, which jaxqfl cannot quantize-train yet; use --quant none")
     if args.dataset != "text" and args.entries_per_client is not None:
         parser.error("--entries-per-client applies to --dataset text only")
     if next_token and getattr(args, "attack", "none") == "label-flip":

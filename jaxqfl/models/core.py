@@ -27,10 +27,13 @@ class Model(NamedTuple):
     apply: Callable[..., jax.Array]
 
 
-def from_functions(init: Callable, apply: Callable) -> Model:
+def from_functions(init: Callable, apply: Callable, policy=None) -> Model:
     """Wrap a plain ``init(key, sample_x)`` / ``apply(params, x, *, key=None)`` pair.
 
     ``apply`` may also take no ``key`` keyword; it is then called without one.
+    With a ``policy`` (a ``jaxqfl.quant`` policy or preset name) the pair is made
+    quantization-aware by interception of its matmuls and convolutions
+    (``jaxqfl.models.intercept``); ``params`` must then be a nested dict.
     """
     import inspect
 
@@ -43,22 +46,66 @@ def from_functions(init: Callable, apply: Callable) -> Model:
         takes_key = True
 
     if takes_key:
-        return Model(init=init, apply=apply)
+        model = Model(init=init, apply=apply)
+    else:
+        def apply_with_key(params, x, *, key=None):
+            del key
+            return apply(params, x)
 
-    def apply_with_key(params, x, *, key=None):
+        model = Model(init=init, apply=apply_with_key)
+    return _quantized(model, policy)
+
+
+def _quantized(model: Model, policy) -> Model:
+    if policy is None or (isinstance(policy, str) and policy == "none"):
+        return model
+    from jaxqfl.models.intercept import quantize_model
+
+    return quantize_model(model, policy)
+
+
+def from_nnx(module, policy=None) -> Model:
+    """Wrap a Flax NNX module: ``params`` are its ``nnx.Param`` values as a nested dict.
+
+    ``init`` returns the values the module was built with (construct it with
+    ``nnx.Rngs(seed)`` to choose them; ``init``'s key is not used: an NNX module
+    is initialised when it is constructed). ``apply`` merges the params into the
+    module's graph and calls it. Modules with other state (``nnx.BatchStat``)
+    are refused, as in ``from_flax``. A ``policy`` quantizes it by interception
+    (``jaxqfl.models.intercept``); rule paths are the NNX attribute paths, e.g.
+    ``'linear1/kernel'``.
+    """
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    other = jax.tree_util.tree_leaves(nnx.to_pure_dict(rest)) if rest else []
+    if other:
+        raise ValueError(f"from_nnx: module {type(module).__name__} holds state besides nnx.Param "
+                         f"({sorted(nnx.to_pure_dict(rest))}); only parameter-only modules are supported")
+    initial = nnx.to_pure_dict(params)
+
+    def init(key, sample_x):
+        del key, sample_x
+        return jax.tree_util.tree_map(lambda a: a, initial)
+
+    def apply(params_dict, x, *, key=None):
         del key
-        return apply(params, x)
+        state = nnx.State(params)  # a structure to fill: same paths as the module's params
+        nnx.replace_by_pure_dict(state, params_dict)
+        return nnx.merge(graphdef, state, rest)(x)
 
-    return Model(init=init, apply=apply_with_key)
+    return _quantized(Model(init=init, apply=apply), policy)
 
 
 def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") -> Model:
     """Wrap a Flax linen module whose only variable collection is ``'params'``.
 
-    With a ``policy`` the module must have a ``layers`` field and build its
-    Dense/Conv layers from it (``layers.dense(...)``, ``layers.conv(...)``; ``None``
-    meaning ``flax.linen`` layers), as ``jaxqfl.models.MLP`` and ``CNN`` do; it is
-    then cloned with QAT layers (``jaxqfl.models.qat.qat_model``).
+    With a ``policy``, any module is made quantization-aware by interception of
+    its matmuls and convolutions (``jaxqfl.models.intercept``: weights by their
+    parameter paths, the inputs that meet each kernel by its layer's path). A
+    module with a ``layers`` field (``jaxqfl.models.MLP``, ``CNN``) is instead
+    cloned with the QAT layers (``jaxqfl.models.qat.qat_model``); both give the
+    same forward pass for deterministic quantizers (``tests/test_any_model_qat.py``).
 
     ``init`` returns the ``'params'`` collection itself (a nested dict of arrays),
     ``apply`` re-wraps it as ``{'params': params}``. A ``key`` given to ``apply``
@@ -67,15 +114,14 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
     Modules with mutable state (e.g. BatchNorm's ``batch_stats``) are rejected:
     FL engines exchange parameters only.
     """
+    generic = False
     if not (policy is None or (isinstance(policy, str) and policy == "none")):
-        if "layers" not in getattr(type(module), "__dataclass_fields__", {}):
-            raise TypeError(
-                f"from_flax: a policy needs a module with a `layers` field (see jaxqfl.models.MLP); "
-                f"{type(module).__name__} has none"
-            )
-        from jaxqfl.models.qat import qat_model
+        field = getattr(type(module), "__dataclass_fields__", {}).get("layers")
+        if field is not None and field.default is None:  # a `layers: QATLayers | None = None` field
+            from jaxqfl.models.qat import qat_model
 
-        return qat_model(lambda layers: module.clone(layers=layers), policy)
+            return qat_model(lambda layers: module.clone(layers=layers), policy)
+        generic = True
 
     def init(key, sample_x):
         variables = module.init(key, sample_x)
@@ -91,4 +137,4 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
         rngs = None if key is None else {rng_collection: key}
         return module.apply({"params": params}, x, rngs=rngs)
 
-    return Model(init=init, apply=apply)
+    return _quantized(Model(init=init, apply=apply), policy) if generic else Model(init=init, apply=apply)
