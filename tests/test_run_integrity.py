@@ -28,6 +28,12 @@ def strict(text):
     return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
 
 
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
 def summary(out):
     return strict((pathlib.Path(out) / "summary.json").read_text())
 
@@ -110,6 +116,18 @@ def test_each_sweep_config_is_the_single_run_of_its_seed_and_data_seed(diverged_
     assert main(["run", *TINY, "--rounds", "4", "--eval-every", "2", "--chunk-size", "2", "--seed", "1",
                  "--client-lr", "0.05", "--out", str(other)]) == 0
     assert summary(other)["data_seed"] == 1 and summary(other)["final_loss"] != single["final_loss"]
+    # the config's own config.toml is that single run; its saved model is the single run's
+    import tomllib
+
+    from jaxqfl import load_final_model
+
+    cfg = tomllib.loads((sweep_out / "client_lr=0.05,seed=1,server_lr=1.0" / "config.toml").read_text())
+    assert (cfg["seed"], cfg["data-seed"], cfg["client-lr"], cfg["server-lr"]) == (1, 0, 0.05, 1.0)
+    assert "seeds" not in cfg
+    a = load_final_model(sweep_out / "client_lr=0.05,seed=1,server_lr=1.0")
+    b = load_final_model(out)
+    for u, v in zip(jax_leaves(a), jax_leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, atol=1e-5)
 
 
 # --- defect 10: what a sweep refuses ------------------------------------------------------------------------------
@@ -223,24 +241,53 @@ def _env(cwd):
     return env
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT])
-def test_a_sweep_stops_at_the_end_of_its_block_on_a_signal(tmp_path, sig):
-    out = tmp_path / "sw"
-    args = [*[a for a in TINY if a != "--no-progress"], "--chunk-size", "2", "--rounds", "100000", "--eval-every",
-            "5", "--seeds", "0-1", "--out", str(out)]
-    p = subprocess.Popen([sys.executable, "-m", "jaxqfl.cli.main", "run", *args], cwd=tmp_path, env=_env(tmp_path),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "jaxqfl.cli.main", "run", *args], cwd=cwd, env=_env(cwd),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(path, proc, timeout=120.0):
+    """Until ``path`` holds a line (the first evaluated block): the run is in its loop of blocks."""
     t0 = time.time()
-    for line in p.stdout:  # the progress line after the first evaluated block
-        if line.strip().startswith("round "):
-            break
-        assert time.time() - t0 < 120
-    p.send_signal(sig)
+    while not (path.is_file() and path.read_text().strip()):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_sweep_stops_at_the_end_of_its_block_on_sigint(tmp_path):
+    out = tmp_path / "sw"
+    p = _start([*TINY, "--chunk-size", "2", "--rounds", "100000", "--eval-every", "5", "--seeds", "0-1",
+                "--out", str(out)], tmp_path)
+    _wait_for_line(out / "seed=1" / "metrics.jsonl", p)
+    p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 128 + sig, err[-3000:]
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
     report = strict((out / "sweep.json").read_text())
     assert report["interrupted"] is True and 0 < report["rounds"] < 100000
     for c in report["configs"]:
         s = summary(out / c["folder"])
-        assert s["interrupted"] is True and s["signal"] == sig.name and s["rounds"] == report["rounds"]
+        assert s["interrupted"] is True and s["signal"] == "SIGINT" and s["rounds"] == report["rounds"]
         assert len((out / c["folder"] / "metrics.jsonl").read_text().splitlines()) == report["rounds"] // 5
+        assert (out / c["folder"] / "final_params.msgpack").is_file()
+
+
+def test_a_kmeans_run_stops_on_sigterm_and_keeps_its_centroids(tmp_path):
+    out = tmp_path / "km"
+    p = _start(["--dataset", "gaussian-mixture", "--num-clients", "20", "--cohort-size", "10", "--components", "4",
+                "--rounds", "100000", "--eval-every", "5", "--devices", "2", "--no-progress", "--out", str(out)],
+               tmp_path)
+    _wait_for_line(out / "metrics.jsonl", p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-3000:]
+    s = summary(out)
+    assert s["interrupted"] is True and s["signal"] == "SIGTERM" and 0 < s["rounds"] < 100000
+    from jaxqfl import load_final_model
+
+    assert np.asarray(load_final_model(out)["centroids"]).shape == (4, 10)
+    import tomllib
+
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["dataset"] == "gaussian-mixture" and cfg["rounds"] == 100000 and cfg["components"] == 4

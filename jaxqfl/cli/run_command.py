@@ -291,7 +291,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         if args.sweep_values or args.seeds is not None:
             fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
                  "run one seed at a time with --seed")
-        return clustering_flags.main(args, population, t_start, data_seconds)
+        return clustering_flags.main(args, population, t_start, data_seconds, stop=stop)
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
     est = memory_guard.estimate(

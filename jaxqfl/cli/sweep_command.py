@@ -2,12 +2,22 @@
 
 Every config of the sweep (each seed x each combination of list-valued flags)
 runs in one compiled program (``engine.build_sweep``: the round vmapped over a
-config axis). The population and its partition are built once, from the first
-seed, and shared by every config; each config has its own run key.
+config axis). The population and its partition are built once, from the data seed
+(``--data-seed``, default the first seed), and shared by every config; each
+config has its own run key, so config ``s`` equals ``jaxqfl run --seed s
+--data-seed <data seed>`` with the config's values (to float tolerance: the
+vmap batches the same arithmetic). A signal (Ctrl-C, SIGTERM) stops the sweep
+at the end of its block: every config's files hold the rounds run, with
+``"interrupted": true``, and the exit status is 130 / 143. A config whose loss or
+parameters become non-finite is marked ``"diverged"`` and the exit status is 3.
 
 Writes, under OUT:
 
     <config>/metrics.jsonl, <config>/summary.json   one folder per config, named by its values
+    <config>/final_params.msgpack                    the config's final model
+    <config>/config.toml                             the config as a single run: ``jaxqfl run --config
+                                                     OUT/<config>/config.toml`` repeats it (its seed, values
+                                                     and the sweep's data seed)
     sweep.json                                       every config's final metrics, and per value of
                                                      the swept hyper-parameters the mean and standard
                                                      deviation over seeds
@@ -105,10 +115,13 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     Every config's ``metrics.jsonl`` and ``summary.json`` carry the privacy fields of its own
     noise multiplier (``privacy_flags.record_fields`` / ``summary_fields``: epsilon per config).
     """
+    import argparse
+
     import jax
 
     from jaxqfl import engine
-    from jaxqfl.cli import privacy_flags
+    from jaxqfl.cli import config_file, privacy_flags
+    from jaxqfl.engine import checkpoint
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     configs = engine.grid(seeds, **args.sweep_values)
@@ -175,6 +188,9 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        checkpoint.save_params(out / name / checkpoint.FINAL_PARAMS, result.state.params)
+        single = argparse.Namespace(**{**vars(args), **config, "seeds": None})  # this config as a single run
+        (out / name / "config.toml").write_text(config_file.to_toml(config_file.config_of(single)))
     diverged = [r.diverged_round is not None for r in results]
     rows = summarize(configs, finals, diverged)
     swept = sorted(args.sweep_values)
