@@ -132,10 +132,13 @@ def test_each_sweep_config_is_the_single_run_of_its_seed_and_data_seed(diverged_
 
 # --- defect 10: what a sweep refuses ------------------------------------------------------------------------------
 
-def test_seeds_with_stream_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("flags,message", [(["--stream"], "--stream is not available in a sweep"),
+                                           (["--checkpoint-every", "2"], "a sweep keeps no checkpoints")])
+def test_what_a_sweep_does_not_do_is_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
-        main(["run", *TINY, "--rounds", "2", "--seeds", "0-1", "--stream", "--out", str(tmp_path / "o")])
-    assert exc.value.code == 2 and "--stream is not available in a sweep" in capsys.readouterr().err
+        main(["run", *TINY, "--rounds", "2", "--seeds", "0-1", *flags, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_sweep_too_large_for_memory_is_refused_with_an_estimate(tmp_path, capsys):
