@@ -69,12 +69,31 @@ def on_off(text) -> bool:
     return value in ("on", "true")
 
 
+def _distinct(values: tuple, text: str) -> tuple:
+    """Refuse a list with two values a sweep cannot tell apart: it computes in float32.
+
+    ``0.1,0.10`` or two values equal to float32 precision would be one config run twice,
+    writing into one folder.
+    """
+    import numpy as np
+
+    seen = {}
+    for v in values:
+        key = float(np.float32(v))
+        if key in seen:
+            raise argparse.ArgumentTypeError(
+                f"the values of a sweep must be distinct; {seen[key]!r} and {v!r} in {text!r} are the same "
+                f"(to float32 precision, which the sweep computes in)")
+        seen[key] = v
+    return values
+
+
 def positive_floats(text: str) -> tuple[float, ...]:
-    """An argparse type: one positive number, or a comma-separated list of them (a sweep)."""
+    """An argparse type: one positive number, or a comma-separated list of distinct ones (a sweep)."""
     values = tuple(positive_float(t.strip()) for t in text.split(",") if t.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
-    return values
+    return _distinct(values, text)
 
 
 def nonneg_floats(text: str) -> tuple[float, ...]:
@@ -82,7 +101,7 @@ def nonneg_floats(text: str) -> tuple[float, ...]:
     values = tuple(nonneg_float(t.strip()) for t in text.split(",") if t.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"expected non-negative numbers separated by commas, got {text!r}")
-    return values
+    return _distinct(values, text)
 
 
 def positive_ints(text: str) -> tuple[int, ...]:
@@ -90,7 +109,7 @@ def positive_ints(text: str) -> tuple[int, ...]:
     values = tuple(positive_int(t.strip()) for t in text.split(",") if t.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
+    return _distinct(values, text)
 
 
 def seed_list(text: str) -> tuple[int, ...]:

@@ -64,14 +64,25 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.client_lr = 1.0  # unused: k-means has its own step sizes
 
 
-def main(args: argparse.Namespace, population, t_start: float, data_seconds: float) -> int:
+def main(args: argparse.Namespace, population, t_start: float, data_seconds: float, stop=None) -> int:
+    """Seed, run the k-means rounds, write the run's files; a signal (``stop``) ends it at the next block.
+
+    Writes OUT/metrics.jsonl, OUT/summary.json, OUT/config.toml (``--config`` repeats the run) and
+    OUT/final_params.msgpack (the centroids, ``{"centroids": [K, d]}``). Stopped by Ctrl-C or
+    SIGTERM, the run stops after the seeding round or at the end of a block, writes its files with
+    ``"interrupted": true`` and exits with 130 / 143.
+    """
     import jax
 
     from jaxqfl import aggregate, clustering, engine, models, tasks
     from jaxqfl.algorithms import kmeans
     from jaxqfl.cli.data_flags import fail
     from jaxqfl.cli.outputs import finite_or_none as _finite_or_null
+    from jaxqfl.cli import config_file
     from jaxqfl.cli.run_command import _progress
+    from jaxqfl.engine import checkpoint
+
+    stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
 
     K = args.clusters if args.clusters is not None else population.num_classes
     if K < 1:
@@ -111,7 +122,8 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
             show(rec)
 
         result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, state=state,
-                            on_eval=on_eval)
+                            on_eval=on_eval, should_stop=stop_requested)
+    interrupted = stop_requested() and result.rounds < args.rounds
     final = result.final
     score = clustering.scores(population, jax.device_get(result.state.params["centroids"]))
     summary = {
@@ -121,7 +133,9 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         "final_loss": final.get("test_loss"), "final_train_loss": final.get("train_loss"),
         "seeding_sample_size": seeds.sample_size, "seeding_inertia": clustering.scores(population, seeds.centroids)[
             "inertia"],
-        "rounds": result.rounds, "seeding_rounds": 1, "num_clients": population.num_clients,
+        "rounds": result.rounds, "rounds_requested": args.rounds, "seeding_rounds": 1,
+        "completed": result.rounds >= args.rounds, "interrupted": bool(interrupted),
+        "signal": stop.name if interrupted else None, "num_clients": population.num_clients,
         "num_examples": population.num_examples, "cohort_size": sim.cohort_size, "num_devices": sim.num_devices,
         "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
         "client_state_home": sim.client_state_home, "num_params": sim.num_params, "setup_seconds": setup_seconds,
@@ -135,6 +149,12 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     }
     summary = _finite_or_null(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    (out / "config.toml").write_text(config_file.to_toml(config_file.config_of(args)))
+    checkpoint.save_params(out / checkpoint.FINAL_PARAMS, result.state.params)
+    if interrupted:
+        print(f"jaxqfl run: stopped by {stop.name} after round {result.rounds} of {args.rounds}; wrote "
+              f"{out / 'summary.json'} and the centroids so far", file=sys.stderr)
+        return stop.exit_status
     _print_summary(summary, out)
     return 0
 
@@ -154,6 +174,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  uplink           {s['uplink']}; {s['uplink_bits_total'] / 8e6:,.3f} MB in all (seeding included)",
-        f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}",
+        f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}, {out / 'config.toml'},",
+        f"                   {out / 'final_params.msgpack'} (the centroids)",
     ]
     print("\n".join(lines), file=sys.stdout)

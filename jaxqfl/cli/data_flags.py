@@ -142,7 +142,8 @@ def build_population(args: argparse.Namespace):
     try:
         return data.build(
             args.dataset, num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
-            shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path, seed=args.seed,
+            shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
+            seed=args.seed if getattr(args, "data_seed", None) is None else args.data_seed,
             synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
             size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
             max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,

@@ -64,13 +64,14 @@ def _force_cpu_devices(n: int | None) -> None:
 
 def _run(parser, args, argv: list[str]) -> int:
     """``jaxqfl run``: every check that needs no data or device first, then the run."""
-    from jaxqfl.cli import interrupts
+    from jaxqfl.cli import interrupts, outputs
 
     stop = interrupts.StopRequest().install()  # before JAX starts: a signal from now on ends at a safe point
     try:
         return _run_with(parser, args, argv, stop)
     finally:
         stop.uninstall()
+        outputs.release_locks()
 
 
 def _run_with(parser, args, argv, stop) -> int:
@@ -102,11 +103,16 @@ def _run_with(parser, args, argv, stop) -> int:
                                     feature_dim=dim, num_classes=classes, num_clients=clients,
                                     home=args.client_state, cpu=cpu)
         try:
-            memory_guard.check(est, num_devices=devices, cpu=cpu, stream_available=hasattr(args, "stream"))
+            memory_guard.check(est, num_devices=devices, cpu=cpu,
+                               stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1)
         except memory_guard.MemoryRefusal as e:
             parser.run_parser.error(str(e))
     if args.resume is not None:
         out = outputs.pathlib.Path(args.resume)
+        try:
+            outputs.lock_folder(out, "--resume")
+        except outputs.OutputError as e:
+            parser.run_parser.error(str(e))
     else:
         try:
             out = outputs.prepare_out(args.out, dataset=args.dataset, seed=args.seed, overwrite=args.overwrite)

@@ -19,6 +19,10 @@ The engine replicates the training population on every device of the mesh
 error-feedback codec). It is an estimate (XLA's temporaries and the compiled
 programs are not counted); a run refused here could not have fitted.
 
+A sweep of ``S`` configs (``--seeds``, list-valued flags) holds ``S`` of every
+per-client state, server state (``3 n``: params, optimizer) and cohort block:
+those terms are multiplied by ``S`` (``num_configs``), the population is shared.
+
 ``estimate_from_flags`` needs no data (the population's size comes from the
 dataset's generator parameters or the file's array headers), so ``--devices
 1000`` is refused in about a second; ``estimate`` repeats the check with the
@@ -86,10 +90,18 @@ def client_state_floats(args, n: int) -> int:
     return count * n
 
 
+def num_configs(args) -> int:
+    """Configs of a sweep (the product of the seeds and every swept flag's values); 1 for a single run."""
+    seeds = getattr(args, "seeds", None)
+    return (len(seeds) if seeds is not None else 1) * math.prod(
+        len(v) for v in (getattr(args, "sweep_values", None) or {}).values())
+
+
 def estimate(args, *, num_devices: int, examples: int, test_examples: int, feature_dim: int, num_classes: int,
              num_clients: int, home: str = "auto", cpu: bool = True, feature_shape: tuple | None = None) -> Estimate:
     """The estimate above for the parsed ``args`` and the population's sizes."""
     D = num_devices
+    S = num_configs(args)
     P = examples * (feature_dim + 1) * 4
     P_test = test_examples * (feature_dim + 1) * 4
     n = model_num_params(args, feature_dim, num_classes, feature_shape)
@@ -109,14 +121,20 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     else:
         states = per_dev_clients * s
     cohort = per_dev_clients * 4 * 4 * n
-    per_device = P + math.ceil(P_test / D) + states + cohort
+    server = 0
+    if S > 1:  # every config keeps its own states, server state and cohort block
+        states, cohort, server = S * states, S * cohort, S * 3 * 4 * n
+    per_device = P + math.ceil(P_test / D) + states + cohort + server
     host = P + P_test + (num_clients * s if home == "host" else 0)
     terms = {
         f"the training rows, one copy per device ({D} x {_gib(P)})": D * P,
         f"per-client states ({num_clients:,} clients x {s:,} bytes, {home})": states * (D if cpu else 1),
-        f"cohort blocks ({per_dev_clients} clients per device x {4 * 4 * n:,} bytes)": D * cohort,
+        f"cohort blocks ({per_dev_clients} clients per device x {4 * 4 * n:,} bytes"
+        f"{f' x {S:,} configs' if S > 1 else ''})": D * cohort,
         "the population on the host": host,
     }
+    if S > 1:
+        terms[f"the server states of the sweep's {S:,} configs ({S:,} x {3 * 4 * n:,} bytes)"] = server * (D if cpu else 1)
     return Estimate(host, per_device, terms)
 
 
@@ -139,6 +157,8 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
     if num_devices > 1:
         advice.append(f"fewer --devices (each holds a copy of the training rows; try --devices "
                       f"{max(1, min(num_devices // 2, cpu_cores()))})")
+    if any("configs" in t for t in est.terms):
+        advice.append("fewer configs (--seeds, list-valued flags) per sweep")
     if stream_available:
         advice.append("--stream (the population stays in host memory; each round's cohort is streamed in)")
     advice.append("a smaller population (--num-clients)")

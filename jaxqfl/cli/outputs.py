@@ -1,7 +1,11 @@
-"""A run's output folder and its files: a unique default name, refusal to overwrite, strict JSON.
+"""A run's output folder and its files: a unique default name, refusal to overwrite, a lock, strict JSON.
 
 Every check here runs before any data is built or program compiled, so an
-unusable ``--out`` is refused at once. JSON written by a run is strict (RFC 8259):
+unusable ``--out`` is refused at once. A run holds an exclusive lock on its
+folder (``flock`` of ``OUT/.jaxqfl.lock``, taken before the emptiness check and
+held until the command returns), so a second run into the same folder (or a
+``--resume`` of it) is refused while the first is writing, instead of both
+truncating the same files. The lock ends with the process, even a killed one. JSON written by a run is strict (RFC 8259):
 a non-finite number (NaN, +-Infinity: a diverged loss) is written as ``null``.
 """
 from __future__ import annotations
@@ -15,8 +19,45 @@ import time
 
 import numpy as np
 
-#: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first.
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.toml", "final_params.msgpack", "checkpoints")
+#: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first, with a
+#: sweep's config folders (``is_config_folder``).
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.toml", "final_params.msgpack", "checkpoints",
+             "sweep.json", "sweep.md", "damaged-checkpoints")
+LOCK_NAME = ".jaxqfl.lock"
+_HELD: dict[str, int] = {}  # folder -> the open lock file descriptor
+
+
+def is_config_folder(path: pathlib.Path) -> bool:
+    """A sweep's per-config folder (``seed=3`` or ``client_lr=0.1,seed=3``) holding a run's files."""
+    return (path.is_dir() and any(part.startswith("seed=") for part in path.name.split(","))
+            and any((path / f).exists() for f in ("metrics.jsonl", "summary.json")))
+
+
+def lock_folder(path: pathlib.Path, flag: str = "--out") -> None:
+    """Take the folder's exclusive lock (non-blocking) for this process; ``OutputError`` if another run holds it."""
+    import fcntl
+
+    key = str(pathlib.Path(path).resolve())
+    if key in _HELD:
+        return
+    fd = os.open(pathlib.Path(path) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputError(f"{flag} {str(path)!r} is in use by another jaxqfl run (it holds {LOCK_NAME}); wait for "
+                          f"it to end or choose another folder") from None
+    _HELD[key] = fd
+
+
+def release_locks() -> None:
+    """Release every folder lock this process took (the command has returned)."""
+    import fcntl
+
+    for key, fd in list(_HELD.items()):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        del _HELD[key]
 
 
 class OutputError(ValueError):
@@ -107,25 +148,26 @@ def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) ->
         except OSError as e:
             raise OutputError(f"cannot create a run folder under runs/ ({e.strerror}); give --out FOLDER") from None
         _check_writable(path)
+        lock_folder(path)
         return path
     path = pathlib.Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {out!r} exists and is not a folder; choose another path")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputError(f"--out {out!r} exists and is not empty; add --overwrite to replace the run in it, "
-                              f"--resume {out} to continue it, or choose another folder")
-        for name in RUN_FILES:
-            target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"--out {out!r} cannot be created ({e.strerror}); choose another folder") from None
     _check_writable(path)
+    lock_folder(path)  # before the emptiness check: two runs cannot both find the folder empty
+    if any(p.name != LOCK_NAME for p in path.iterdir()):
+        if not overwrite:
+            raise OutputError(f"--out {out!r} exists and is not empty; add --overwrite to replace the run in it, "
+                              f"--resume {out} to continue it, or choose another folder")
+        for target in [path / name for name in RUN_FILES] + [p for p in path.iterdir() if is_config_folder(p)]:
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
     return path
 
 

@@ -13,6 +13,8 @@ Exit status: 0 done; 2 a bad flag or config (also secure aggregation whose
 --dropout and --secagg-threshold make a failed round more likely than not);
 3 the run diverged (a non-finite loss or parameter); 4 a secure-aggregation
 round failed (too few surviving share holders; the message names the round);
+5 a checkpoint could not be written (e.g. a full disk: the run stops at once,
+the last good checkpoint stays, the summary says ``"checkpoint_error"``);
 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written, continue with
 --resume OUT).
 """
@@ -114,6 +116,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: auto, by size)")
     g.add_argument("--eval-every", type=_positive_int, default=None)
     g.add_argument("--seed", type=_nonneg_int, default=None, help="run seed (default 0)")
+    g.add_argument("--data-seed", type=_nonneg_int, default=None,
+                   help="seed of the generated population, its partition and an attack's malicious set (default: "
+                        "the run seed; in a sweep, the first seed, shared by every config, so config s repeats as "
+                        "jaxqfl run --seed s --data-seed <first seed>)")
     g.add_argument("--seeds", type=_seed_list, default=None,
                    help="run several seeds as one program (a sweep), e.g. 0-7 or 0,3,5; with list-valued flags "
                         "the Cartesian product runs; writes OUT/<config>/ per config and OUT/sweep.{json,md}")
@@ -198,7 +204,8 @@ def _model(args, population):
 def _aggregator(args, population, uplink, hp: dict | None = None):
     """``(aggregator, label_transform)`` of the flags; ``hp`` (a sweep) gives one config's traced ``dp_noise``.
 
-    With an attack, the malicious set is drawn from ``--seed`` (a sweep's first seed) and shared
+    With an attack, the malicious set is drawn from the data seed (``--data-seed``, default the run seed;
+    a sweep's first seed) and shared
     by every config of a sweep, as the population's partition is.
     """
     from jaxqfl import aggregate
@@ -210,7 +217,7 @@ def _aggregator(args, population, uplink, hp: dict | None = None):
             args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
     return aggregate.attacked(
         aggregator, args.attack, args.byzantine_fraction, num_clients=population.num_clients,
-        num_classes=population.num_classes, seed=args.seed, scale=args.attack_scale)
+        num_classes=population.num_classes, seed=data_seed_of(args), scale=args.attack_scale)
 
 
 def _algorithm(args, hp: dict | None = None):
@@ -234,8 +241,14 @@ def _split_sweep(parser, args) -> None:
         parser.error("give --seed or --seeds, not both")
     if args.seed is None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
-    if args.sweep_values and args.stream:
-        parser.error("a sweep (--seeds or a list of values) runs on-device; drop --stream")
+    if (args.sweep_values or args.seeds is not None) and args.data_seed is None:
+        args.data_seed = args.seed  # one population for every config: recorded, so each config can be repeated
+    if (args.sweep_values or args.seeds is not None) and args.checkpoint_every is not None:
+        parser.error(f"a sweep keeps no checkpoints (it cannot be resumed: rerun it); drop --checkpoint-every "
+                     f"{args.checkpoint_every}")
+    if (args.sweep_values or args.seeds is not None) and args.stream:
+        parser.error("a sweep (--seeds or a list of values) runs on-device; --stream is not available in a sweep "
+                     "(drop it, or run one config at a time with --seed)")
     if (args.sweep_values or args.seeds is not None) and getattr(args, "dp_distributed", None) is not None:
         parser.error("--dp-distributed runs one config at a time (its grid and noise shares are calibrated per "
                      "run); drop --seeds and list-valued flags")
@@ -245,6 +258,13 @@ def _split_sweep(parser, args) -> None:
 
 
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 5
+DAMAGED_CHECKPOINTS = "damaged-checkpoints"  # where a resume sets aside checkpoints it could not read
+
+
+def data_seed_of(args) -> int:
+    """The seed of the data (population, partition, malicious set): ``--data-seed``, else the run seed."""
+    return args.seed if getattr(args, "data_seed", None) is None else args.data_seed
 
 
 def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -> int:
@@ -274,7 +294,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         if args.sweep_values or args.seeds is not None:
             fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
                  "run one seed at a time with --seed")
-        return clustering_flags.main(args, population, t_start, data_seconds)
+        return clustering_flags.main(args, population, t_start, data_seconds, stop=stop)
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
     est = memory_guard.estimate(
@@ -285,7 +305,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     try:
         if not getattr(args, "stream", False):  # a streamed population is not replicated on the devices
             memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
-                               stream_available=hasattr(args, "stream"))
+                               stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1)
     except memory_guard.MemoryRefusal as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return 2
@@ -300,8 +320,11 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         return run_sweep_cli(args, population, task, _model(args, population), schedule, uplink,
                              make_algorithm=lambda hp: _algorithm(args, hp),
                              make_aggregator=lambda hp: _aggregator(args, population, uplink, hp)[0],
-                             label_transform=label_transform, t_start=t_start)
+                             label_transform=label_transform, t_start=t_start, stop=stop)
     build = engine.build_streaming if args.stream else engine.build
+    # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
+    # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
+    layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
         sim = build(
             population,
@@ -312,11 +335,12 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
             aggregator=aggregator,
             label_transform=label_transform,
             task=task,
-            num_devices=args.devices,
-            chunk_size=args.chunk_size,
+            num_devices=args.devices or layout.get("num_devices"),
+            chunk_size=args.chunk_size or layout.get("chunk_size"),
             uplink=uplink,
             downlink=None if args.downlink == "none" else args.downlink_codec,
-            client_state=args.client_state,
+            client_state=layout.get("client_state_home", args.client_state) if args.client_state == "auto"
+            else args.client_state,
             autotune=args.autotune,
             **sampling_flags.build_kwargs(args, population.num_clients),
         )
@@ -333,7 +357,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
 
     records, totals, state = [], engine.RunTotals(), None
     if getattr(args, "_resume_meta", None) is not None:
-        state, meta = checkpoint.restore(ckpt_dir, sim.init(args.seed), step=args._resume_step)
+        state, meta = _restore_readable(ckpt_dir, sim.init(args.seed), args._resume_step)
         records = list(meta["records"])
         totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
                                   float(meta["train_seconds"]))
@@ -345,6 +369,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         """The checkpoint's JSON record: what a resumed run needs besides the state (strict: NaN -> null)."""
         return finite_or_none({
             "config": config, "fingerprint": fp, "records": rec_list, "block_rounds": block,
+            "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size,
+                       "client_state_home": sim.client_state_home},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
         })
 
@@ -352,10 +378,16 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     if start_round > 0:
         saved_rounds.add(start_round)
 
+    write_error = []  # a checkpoint that could not be written (a full disk): the run stops at once
+
     def save_checkpoint(state, rec_list, t):
         r = int(jax.device_get(state.round))
-        if r not in saved_rounds:
-            checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
+        if r not in saved_rounds and not write_error:
+            try:
+                checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
+            except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
+                write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
+                return
             saved_rounds.add(r)
 
     all_records = list(records)
@@ -383,7 +415,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
             try:
                 result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
                                     seed=args.seed, state=state, on_eval=on_eval, block_rounds=block, totals=totals,
-                                    should_stop=stop_requested, after_block=after_block)
+                                    should_stop=lambda: stop_requested() or bool(write_error),
+                                    after_block=after_block)
             except privacy_flags.RoundFailed as e:
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
                 return e.exit_status
@@ -398,10 +431,14 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
         save_checkpoint(final_state, all_records, totals_now)
-    checkpoint.save_params(out / checkpoint.FINAL_PARAMS, final_state.params)
+    if not write_error:
+        try:
+            checkpoint.save_params(out / checkpoint.FINAL_PARAMS, final_state.params)
+        except OSError as e:
+            write_error.append(f"{out / checkpoint.FINAL_PARAMS}: {e.strerror or e}")
     done_round = int(jax.device_get(final_state.round))
     final = all_records[-1] if all_records else {}
-    interrupted = result.stopped or (stop is not None and stop.requested and done_round < args.rounds)
+    interrupted = (stop is not None and stop.requested and done_round < args.rounds)
     summary = {
         "dataset": args.dataset,
         "population": population.name,
@@ -433,6 +470,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "signal": stop.name if interrupted and stop is not None else None,
         "diverged": result.diverged_round is not None,
         "diverged_round": result.diverged_round,
+        "checkpoint_error": write_error[0] if write_error else None,
+        "data_seed": data_seed_of(args),
         "resumed_from_round": start_round if start_round > 0 else None,
         "num_clients": population.num_clients,
         "num_examples": population.num_examples,
@@ -461,7 +500,15 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         **privacy_flags.summary_fields(args, population.num_clients),
         **sampling_flags.summary_fields(args, sim, population.num_clients, all_records),
     }
-    write_json(out / "summary.json", summary)
+    try:
+        write_json(out / "summary.json", summary)
+    except OSError as e:
+        write_error.append(f"{out / 'summary.json'}: {e.strerror or e}")
+    if write_error:
+        print(f"jaxqfl run: error: could not write {'; '.join(write_error)}. Stopped after round {done_round}; the "
+              f"last complete checkpoint (round {max(saved_rounds) if saved_rounds else 'none'}) is kept: free some "
+              f"space and continue with: jaxqfl run --resume {out}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     if result.diverged_round is not None:
         print(f"jaxqfl run: diverged at round {result.diverged_round}: the train loss or the parameters are not "
               f"finite (try a smaller --client-lr or --server-lr). Wrote {out / 'summary.json'}.", file=sys.stderr)
@@ -472,6 +519,32 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         return stop.exit_status
     _print_summary(summary, out)
     return 0
+
+
+def _restore_readable(ckpt_dir, template, step: int):
+    """``(state, meta)`` of the newest readable checkpoint at or before ``step``; a damaged one is skipped, warned.
+
+    Refuses (exit status 2), naming the folders, when no kept checkpoint can be read.
+    """
+    from jaxqfl.engine import checkpoint
+
+    tried, kept = [], checkpoint.all_rounds(ckpt_dir)
+    for r in [r for r in kept if r <= step][::-1]:
+        try:
+            got = checkpoint.restore(ckpt_dir, template, step=r)
+        except Exception as e:  # a truncated or bit-flipped file surfaces as many error types
+            tried.append(str(ckpt_dir / str(r)))
+            print(f"jaxqfl run: warning: the checkpoint {ckpt_dir / str(r)} cannot be read ({type(e).__name__}: "
+                  f"{e}); trying an older one", file=sys.stderr)
+            continue
+        damaged = pathlib.Path(ckpt_dir).parent / DAMAGED_CHECKPOINTS
+        for newer in (n for n in kept if n > r):  # set aside (the resumed run writes those rounds again)
+            damaged.mkdir(exist_ok=True)
+            (pathlib.Path(ckpt_dir) / str(newer)).rename(damaged / f"{newer}-{time.strftime('%Y%m%d-%H%M%S')}")
+            print(f"jaxqfl run: warning: resuming from round {r}; the unreadable checkpoint of round {newer} is "
+                  f"kept in {damaged}", file=sys.stderr)
+        return got
+    fail(f"no readable checkpoint in {ckpt_dir} (damaged: {', '.join(tried)}); start the run again")
 
 
 @contextlib.contextmanager
@@ -531,6 +604,8 @@ def _chunk_source(args, sim) -> str:
     """Where the chunk size came from: the flag, the cost model, a measurement or the tuning cache."""
     if args.chunk_size is not None:
         return "--chunk-size"
+    if (getattr(args, "_resume_meta", None) or {}).get("layout"):
+        return "the resumed checkpoint's layout"
     if sim.tuning is None:
         return "cost model"
     return "autotune, cache hit" if sim.tuning["cache_hit"] else "autotune"

@@ -59,11 +59,7 @@ def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_a
         ckpt = checkpoint_dir(args.resume)
         if not pathlib.Path(args.resume).is_dir():
             raise config_file.ConfigError(f"--resume {args.resume!r}: no such folder")
-        step = checkpoint.latest_round(ckpt)
-        if step is None:
-            raise config_file.ConfigError(f"--resume {args.resume!r}: no checkpoint in {ckpt} (the run was stopped "
-                                          f"before its first checkpoint); start it again instead")
-        meta = checkpoint.read_meta(ckpt, step)
+        step, meta = readable_meta(ckpt, args.resume)
         args._resume_meta = meta
         args._resume_step = step
         config_file.apply_config(run_parser, args, meta["config"], explicit, f"checkpoint {ckpt}")
@@ -71,6 +67,35 @@ def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_a
     elif args.config is not None:
         config_file.apply_config(run_parser, args, config_file.read_toml(args.config), explicit,
                                  f"--config {args.config}")
+
+
+def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
+    """``(round, meta)`` of the newest checkpoint whose record reads back; a damaged newer one is warned about.
+
+    Raises ``ConfigError`` naming the folders when there is no checkpoint or none can be read.
+    """
+    import sys
+
+    from jaxqfl.engine import checkpoint
+
+    rounds = checkpoint.all_rounds(ckpt)
+    if not rounds:
+        raise config_file.ConfigError(f"--resume {resume!r}: no checkpoint in {ckpt} (the run was stopped "
+                                      f"before its first checkpoint); start it again instead")
+    damaged = []
+    for step in reversed(rounds):
+        try:
+            meta = checkpoint.read_meta(ckpt, step)
+            if not isinstance(meta, dict) or "config" not in meta:
+                raise ValueError("its record holds no config")
+        except Exception as e:  # truncated or bit-flipped JSON: JSONDecodeError, UnicodeDecodeError, orbax errors
+            damaged.append(str(ckpt / str(step)))
+            print(f"jaxqfl run: warning: the checkpoint {ckpt / str(step)} cannot be read ({type(e).__name__}: "
+                  f"{e}); trying an older one", file=sys.stderr)
+            continue
+        return step, meta
+    raise config_file.ConfigError(f"--resume {resume!r}: no readable checkpoint in {ckpt} (damaged: "
+                                  f"{', '.join(damaged)}); start the run again")
 
 
 def check_resume(args: argparse.Namespace) -> None:

@@ -2,12 +2,22 @@
 
 Every config of the sweep (each seed x each combination of list-valued flags)
 runs in one compiled program (``engine.build_sweep``: the round vmapped over a
-config axis). The population and its partition are built once, from the first
-seed, and shared by every config; each config has its own run key.
+config axis). The population and its partition are built once, from the data seed
+(``--data-seed``, default the first seed), and shared by every config; each
+config has its own run key, so config ``s`` equals ``jaxqfl run --seed s
+--data-seed <data seed>`` with the config's values (to float tolerance: the
+vmap batches the same arithmetic). A signal (Ctrl-C, SIGTERM) stops the sweep
+at the end of its block: every config's files hold the rounds run, with
+``"interrupted": true``, and the exit status is 130 / 143. A config whose loss or
+parameters become non-finite is marked ``"diverged"`` and the exit status is 3.
 
 Writes, under OUT:
 
     <config>/metrics.jsonl, <config>/summary.json   one folder per config, named by its values
+    <config>/final_params.msgpack                    the config's final model
+    <config>/config.toml                             the config as a single run: ``jaxqfl run --config
+                                                     OUT/<config>/config.toml`` repeats it (its seed, values
+                                                     and the sweep's data seed)
     sweep.json                                       every config's final metrics, and per value of
                                                      the swept hyper-parameters the mean and standard
                                                      deviation over seeds
@@ -30,24 +40,50 @@ FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", 
               "test_bits_per_char", "train_loss")
 
 
+def value_text(v) -> str:
+    """A swept value as text that reads back to the same number: ``repr`` of a float (shortest round trip)."""
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
 def config_name(config: dict) -> str:
-    """A folder name: ``client_lr=0.1,seed=3``."""
-    return ",".join(f"{k}={config[k]:g}" if k != "seed" else f"seed={config[k]}" for k in sorted(config))
+    """A folder name, unique and reversible: ``client_lr=0.1,seed=3`` (``parse_config_name`` reads it back).
+
+    Floats are written by ``repr`` (the shortest text that parses to the same float), so two
+    configs share a folder only if they are equal (the flags refuse repeated values).
+    """
+    return ",".join(f"{k}={value_text(config[k])}" for k in sorted(config))
+
+
+def parse_config_name(name: str) -> dict:
+    """The config of a folder named by ``config_name`` (integers stay integers, other values are floats)."""
+    config = {}
+    for part in name.split(","):
+        k, _, v = part.partition("=")
+        config[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+    return config
 
 
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def summarize(configs: list[dict], finals: list[dict]) -> list[dict]:
-    """Per combination of swept hyper-parameters: mean and std over its seeds of each final metric."""
+def summarize(configs: list[dict], finals: list[dict], diverged: list[bool] | None = None) -> list[dict]:
+    """Per combination of swept hyper-parameters: mean and std over its seeds of each final metric.
+
+    ``row["diverged_seeds"]`` lists the seeds whose config diverged (their metrics are not finite,
+    so the row has no mean).
+    """
+    diverged = diverged or [False] * len(configs)
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(tuple(sorted((k, v) for k, v in c.items() if k != "seed")), []).append(i)
     rows = []
     for key, members in groups.items():
-        row = {**dict(key), "seeds": [configs[i]["seed"] for i in members]}
+        row = {**dict(key), "seeds": [configs[i]["seed"] for i in members],
+               "diverged_seeds": [configs[i]["seed"] for i in members if diverged[i]]}
         for name in FINAL_KEYS:
+            if row["diverged_seeds"]:  # a diverged config's metrics are not its result: no mean
+                break
             values = [finals[i].get(name) for i in members]
             values = [v for v in values if v is not None and math.isfinite(v)]
             if len(values) == len(members) and values:
@@ -62,23 +98,30 @@ def markdown(rows: list[dict], names: list[str]) -> str:
     head = "| " + " | ".join(names + ["seeds"] + [m for m in metrics]) + " |"
     lines = [head, "|" + " --- |" * (len(names) + 1 + len(metrics))]
     for r in rows:
-        cells = [f"{r[n]:g}" for n in names] + [str(len(r["seeds"]))]
-        cells += [f"{r[m + '_mean']:.4f} ± {r[m + '_std']:.4f}" if f"{m}_mean" in r else "n/a" for m in metrics]
+        cells = [value_text(r[n]) for n in names] + [str(len(r["seeds"]))]
+        missing = f"diverged ({len(r['diverged_seeds'])} of {len(r['seeds'])})" if r.get("diverged_seeds") else "n/a"
+        cells += [f"{r[m + '_mean']:.4f} ± {r[m + '_std']:.4f}" if f"{m}_mean" in r else missing for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+EXIT_DIVERGED = 3  # as a single run: some config diverged (every config's files are still written)
+
+
 def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algorithm, make_aggregator=None,
-                  label_transform=None, t_start: float) -> int:
+                  label_transform=None, t_start: float, stop=None) -> int:
     """Run the sweep of the flags; ``make_algorithm(hp)`` / ``make_aggregator(hp)`` build one config's pieces.
 
     Every config's ``metrics.jsonl`` and ``summary.json`` carry the privacy fields of its own
     noise multiplier (``privacy_flags.record_fields`` / ``summary_fields``: epsilon per config).
     """
+    import argparse
+
     import jax
 
     from jaxqfl import engine
-    from jaxqfl.cli import privacy_flags
+    from jaxqfl.cli import config_file, privacy_flags
+    from jaxqfl.engine import checkpoint
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     configs = engine.grid(seeds, **args.sweep_values)
@@ -111,7 +154,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
     try:
-        results = engine.run_sweep(sim, rounds=args.rounds, eval_every=args.eval_every, on_eval=on_eval)
+        results = engine.run_sweep(sim, rounds=args.rounds, eval_every=args.eval_every, on_eval=on_eval,
+                                   should_stop=(lambda: stop.requested) if stop is not None else None)
     except privacy_flags.RoundFailed as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return e.exit_status
@@ -131,7 +175,11 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "final_accuracy": final.get("test_accuracy"), "final_loss": final.get("test_loss"),
             **({"final_perplexity": final.get("test_perplexity"), "final_bits_per_char": final.get("test_bits_per_char")}
                if "test_bits_per_char" in final else {}),
-            "rounds": result.rounds, "num_clients": population.num_clients, "cohort_size": sim.cohort_size,
+            "rounds": result.rounds, "rounds_requested": args.rounds,
+            "completed": result.rounds >= args.rounds and result.diverged_round is None,
+            "interrupted": bool(result.stopped), "signal": stop.name if result.stopped else None,
+            "diverged": result.diverged_round is not None, "diverged_round": result.diverged_round,
+            "data_seed": args.data_seed, "num_clients": population.num_clients, "cohort_size": sim.cohort_size,
             "num_devices": sim.num_devices, "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
             "compile_seconds": result.compile_seconds, "seconds_per_round": result.seconds_per_round,
             "uplink_bits_total": result.uplink_bits_total, "downlink_bits_total": result.downlink_bits_total,
@@ -140,17 +188,27 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    rows = summarize(configs, finals)
+        checkpoint.save_params(out / name / checkpoint.FINAL_PARAMS, result.state.params)
+        single = argparse.Namespace(**{**vars(args), **config, "seeds": None})  # this config as a single run
+        (out / name / "config.toml").write_text(config_file.to_toml(config_file.config_of(single)))
+    diverged = [r.diverged_round is not None for r in results]
+    rows = summarize(configs, finals, diverged)
     swept = sorted(args.sweep_values)
     report = {
         "configs": [{**c, "folder": n, **{f"final_{k[5:] if k.startswith('test_') else k}": f.get(k)
                                          for k in FINAL_KEYS if k in f},
-                     **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {})}
-                    for c, n, f in zip(configs, names, finals)],
+                     **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {}),
+                     "diverged": r.diverged_round is not None, "diverged_round": r.diverged_round}
+                    for c, n, f, r in zip(configs, names, finals, results)],
         "by_hyperparameters": rows,
         "swept": swept,
         "seeds": seeds,
         "num_configs": len(configs),
+        "data_seed": args.data_seed,
+        "rounds": results[0].rounds,
+        "rounds_requested": args.rounds,
+        "interrupted": bool(results[0].stopped),
+        "num_diverged": sum(diverged),
         "setup_seconds": setup_seconds,
         "compile_seconds": results[0].compile_seconds,
         "seconds_per_round": results[0].seconds_per_round,
@@ -158,8 +216,19 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     }
     (out / "sweep.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     table = markdown(rows, swept)
-    (out / "sweep.md").write_text(f"# Sweep: {len(configs)} configs, {args.rounds} rounds\n\n{table}\n")
+    stopped = results[0].stopped
+    title = f"{results[0].rounds} of {args.rounds} rounds (stopped by {stop.name})" if stopped else f"{args.rounds} rounds"
+    (out / "sweep.md").write_text(f"# Sweep: {len(configs)} configs, {title}\n\n{table}\n")
     print(table)
     print(f"  compile {report['compile_seconds']:.2f} s; {report['seconds_per_round'] * 1e3:.1f} ms per round of all "
           f"{len(configs)} configs; written {out / 'sweep.json'}, {out / 'sweep.md'} and one folder per config")
+    if any(diverged):
+        bad = [n for n, d in zip(names, diverged) if d]
+        print(f"jaxqfl run: {len(bad)} of {len(configs)} configs diverged (a non-finite train loss or parameter): "
+              f"{', '.join(bad)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if stopped:
+        print(f"jaxqfl run: sweep stopped by {stop.name} after round {results[0].rounds} of {args.rounds}; "
+              f"every config's files hold the rounds run", file=sys.stderr)
+        return stop.exit_status
     return 0

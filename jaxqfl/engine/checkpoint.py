@@ -68,6 +68,14 @@ def latest_round(directory) -> int | None:
         return mgr.latest_step()
 
 
+def all_rounds(directory) -> list[int]:
+    """The rounds of every complete checkpoint kept in ``directory``, oldest first."""
+    if not pathlib.Path(directory).is_dir():
+        return []
+    with _manager(directory, None) as mgr:
+        return sorted(mgr.all_steps())
+
+
 def read_meta(directory, step: int | None = None) -> dict:
     """The JSON record of the checkpoint at ``step`` (default: the latest)."""
     import orbax.checkpoint as ocp

@@ -169,12 +169,19 @@ def run_sweep(
     rounds: int,
     eval_every: int,
     on_eval: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[RunResult]:
     """Run a ``SweepSimulation`` (``jaxqfl.engine.sweep``): one ``RunResult`` per config.
 
     Blocks of ``eval_every`` rounds run all configs in one program; after each
     block every config's model is evaluated and ``on_eval(config_index, record)``
     is called. Times are the sweep's (shared by all configs).
+
+    Divergence is tracked per config, as ``run`` does for one: a config whose train
+    loss or parameters become non-finite gets ``diverged_round`` (its first non-finite
+    round); the other configs run on (a config cannot stop alone inside the program).
+    ``should_stop`` is checked after compilation and after every block; True ends the
+    sweep there, every result marked ``stopped``.
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
@@ -186,8 +193,12 @@ def run_sweep(
     states = sim.init()
     records = [[] for _ in range(S)]
     up, down = np.zeros(S, np.int64), np.zeros(S, np.int64)
-    train_seconds, done = 0.0, 0
+    diverged: list[int | None] = [None] * S
+    train_seconds, done, stopped = 0.0, 0, False
     while done < rounds:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         active = min(block, rounds - done)
         t0 = time.perf_counter()
         states, metrics = sim.run_block(states, block, active)
@@ -195,13 +206,21 @@ def run_sweep(
         train_seconds += time.perf_counter() - t0
         up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
+        first = done
         done += active
         for s, ev in enumerate(sim.evaluate(states)):
+            if diverged[s] is None:
+                losses = np.asarray(metrics.train_loss[:active, s])
+                if not np.all(np.isfinite(losses)):
+                    diverged[s] = first + 1 + int(np.argmin(np.isfinite(losses)))
+                elif not bool(jax.device_get(_all_finite(jax.tree.map(lambda a: a[s], states.params)))):
+                    diverged[s] = done
             config_metrics = jax.tree.map(lambda a: a[:, s], metrics)
             rec = block_record(done, ev, config_metrics, active, int(up[s]), int(down[s]), train_seconds)
             records[s].append(rec)
             if on_eval is not None:
                 on_eval(s, rec)
     config_state = lambda s: jax.tree.map(lambda a: a[s], states)
-    return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, rounds, int(up[s]), int(down[s]))
+    return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, done, int(up[s]), int(down[s]),
+                      diverged[s], stopped)
             for s in range(S)]

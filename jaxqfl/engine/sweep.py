@@ -102,6 +102,13 @@ def check_configs(configs: Sequence[Mapping[str, Any]]) -> tuple[tuple[dict, ...
         for n in names:
             if not np.isfinite(float(c[n])):
                 raise ValueError(f"config {i}: {n} must be a finite number, got {c[n]!r}")
+    seen = {}  # the round computes in float32: configs equal there are one config run twice
+    for i, c in enumerate(configs):
+        key = (int(c["seed"]),) + tuple(float(np.float32(c[n])) for n in names)
+        if key in seen:
+            raise ValueError(f"configs {seen[key]} and {i} are the same ({configs[seen[key]]} and {c}, to float32 "
+                             f"precision); give distinct values")
+        seen[key] = i
     return configs, names
 
 
