@@ -172,3 +172,35 @@ def test_too_small_a_seeding_sample_is_refused():
     with pytest.raises(ValueError, match="fewer than the 9 clusters"):
         clustering.seed(pop, models.centroids(9), 9, cohort_size=2, run_seed=0, points_per_client=1,
                         num_devices=1)
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_federated_lloyd_with_sparse_clusters_equals_centralised_lloyd(num_devices):
+    """Clusters holding fewer rows than the cohort has clients (1 and 2 rows, 8 clients) move as in NumPy Lloyd.
+
+    Their per-client mean counts are 1/8 and 2/8 of a row: the server must still see them as occupied and
+    divide the summed rows by the true count, not by the number of clients or a rounded count.
+    """
+    rng = np.random.default_rng(7)
+    sizes = np.array([5, 6, 4, 7, 5, 6, 3, 4])
+    n = int(sizes.sum())
+    x = rng.normal(size=(n, 2))
+    x[3] = (40.0, 40.0)  # a lone row far away: a one-row cluster
+    x[[11, 30]] = ((-40.0, 35.0), (-41.0, 36.5))  # two far rows held by different clients
+    x = x.astype(np.float32)
+    pop = data.from_arrays(x, np.zeros(n, np.int32), client_ids=np.repeat(np.arange(8), sizes),
+                           x_test=x[:5], y_test=np.zeros(5, np.int32), task="clustering")
+    xs = pop.x.astype(np.float64)
+    far = [int(np.flatnonzero((pop.x[:, 0] > 30))[0]), int(np.flatnonzero(pop.x[:, 0] < -30)[0])]
+    c0 = np.concatenate([xs[far], xs[np.flatnonzero(np.abs(pop.x[:, 0]) < 30)[:2]]]).astype(np.float32)
+    sim = engine.build(pop, models.centroids(4), kmeans.lloyd(), FULL_BATCH, cohort_size=pop.num_clients,
+                       task=tasks.clustering(), num_devices=num_devices)
+    state = clustering.start_state(sim, 0, c0)
+    ref = c0.astype(np.float64)
+    for _ in range(4):
+        state, m = sim.run_block(state, 1)
+        ref = _numpy_lloyd_step(xs, ref)
+        np.testing.assert_allclose(np.asarray(state.params["centroids"]), ref, rtol=0, atol=2e-5)
+        assert float(m.server["empty_clusters"][0]) == 0.0
+    sizes_ref = np.bincount(np.argmin(((xs[:, None] - ref[None]) ** 2).sum(-1), axis=1), minlength=4)
+    assert sorted(sizes_ref)[:2] == [1, 2], "the test exercises clusters sparser than the cohort"

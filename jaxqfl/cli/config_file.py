@@ -72,6 +72,8 @@ def config_of(args: argparse.Namespace) -> dict:
 def read_toml(path: str) -> dict:
     """The file's keys (dashes turned to underscores) and values; ``ConfigError`` naming the problem."""
     p = pathlib.Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {path!r} is a folder; --config takes a TOML file")
     if not p.is_file():
         raise ConfigError(f"--config {path!r}: no such file")
     try:
@@ -116,6 +118,10 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
     """Set ``args`` from ``values`` (a config file) where no flag was given; checks each value as its flag would."""
     by_dest = {a.dest: a for a in parser._actions if a.option_strings}
     for key, value in values.items():
+        if key in NOT_CONFIG and key in by_dest and key != "config":
+            flag = max(by_dest[key].option_strings, key=len)
+            raise ConfigError(f"{source}: {key.replace('_', '-')!r} is not read from a config file: it belongs to "
+                              f"this invocation; pass {flag} on the command line")
         if key in NOT_CONFIG or key not in by_dest:
             known = sorted(k.replace("_", "-") for k in by_dest if k not in NOT_CONFIG and k != "help")
             raise ConfigError(f"{source}: unknown key {key.replace('_', '-')!r}; keys are the flags' names: "

@@ -93,6 +93,7 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """Refuse inconsistent data flags; fill the dataset's task."""
     needs_file = {"mnist": "file", "npz": "file", "leaf": "folder", "cifar10": "folder", "text": "folder"}
     kind = needs_file.get(args.dataset)
+    what_file = {"mnist": "the Keras mnist.npz", "npz": "a .npz holding x, y, ..."}
     if kind is not None:
         if args.data_path is None:
             what = {"mnist": "PATH/mnist.npz (the Keras mnist.npz layout)", "npz": "FILE.npz (keys x, y, ...)",
@@ -100,8 +101,13 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                     "cifar10": "DIR (the cifar-10-batches-py folder: data_batch_1..5, test_batch)",
                     "text": "DIR (a folder of *.txt files)"}[args.dataset]
             parser.error(f"--dataset {args.dataset} needs --data-path {what}")
+        if kind == "file" and os.path.isdir(args.data_path):
+            parser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
+                         f"({what_file[args.dataset]})")
         if kind == "file" and not os.path.isfile(args.data_path):
             parser.error(f"--data-path {args.data_path!r}: no such file")
+        if kind == "folder" and os.path.isfile(args.data_path):
+            parser.error(f"--data-path {args.data_path!r} is a file; --dataset {args.dataset} reads a folder")
         if kind == "folder" and not os.path.isdir(args.data_path):
             layout = {"leaf": "LEAF data is a folder with train/ and test/",
                       "cifar10": "CIFAR-10 is the folder cifar-10-batches-py", "text": "a folder of *.txt files"}

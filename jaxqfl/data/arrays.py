@@ -168,7 +168,8 @@ def from_arrays(
             is_test = _held_out_per_client(client_of_row, count, test_fraction, rng)
             if not is_test.any():
                 fail(f"test_fraction={test_fraction} holds out no row (every client has fewer than "
-                     f"{math.ceil(1 / test_fraction)} rows): pass x_test and y_test, or raise test_fraction")
+                     f"{math.ceil(1 / test_fraction)} rows): pass {names['x_test']} and {names['y_test']}, or "
+                     f"(Python API) a larger test_fraction argument")
             x_test, y_test = x[is_test], y[is_test]
         train = np.flatnonzero(~is_test)
         order = train[np.argsort(client_of_row[train], kind="stable")]

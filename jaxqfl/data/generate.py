@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -103,7 +105,9 @@ def check_test_rows(test_fraction: float, sizes: np.ndarray) -> None:
     if not np.any(np.floor(test_fraction * sizes) > 0):
         raise ValueError(
             f"test_fraction={test_fraction} holds out no example from any client (sizes {sizes.min()}"
-            f"..{sizes.max()}): raise test_fraction to at least 1/{sizes.max()}"
+            f"..{sizes.max()}): give some client at least {math.ceil(1 / test_fraction)} rows (jaxqfl run holds "
+            f"out test_fraction=0.1: raise --min-client-size or --client-size-mean), or, in Python, pass "
+            f"test_fraction of at least 1/{sizes.max()}"
         )
 
 
