@@ -95,16 +95,18 @@ def _run_with(parser, args, argv, stop) -> int:
     if cpu and args.devices is not None and args.devices > memory_guard.cpu_cores():
         print(f"jaxqfl run: warning: --devices {args.devices} exceeds this host's {memory_guard.cpu_cores()} CPU "
               f"cores; the devices will share them (and each holds a copy of the population)", file=sys.stderr)
-    sizes = memory_guard.population_sizes_from_flags(args)
-    if sizes is not None and not getattr(args, "stream", False):
-        n_train, n_test, dim, classes, clients = sizes
+    fp = memory_guard.footprint_from_flags(args)  # generated data: its client sizes, drawn before any row
+    if fp is not None:
+        stream = getattr(args, "stream", False)
         devices = args.devices or (memory_guard.cpu_cores() if cpu else 1)
-        est = memory_guard.estimate(args, num_devices=devices, examples=n_train, test_examples=n_test,
-                                    feature_dim=dim, num_classes=classes, num_clients=clients,
-                                    home=args.client_state, cpu=cpu)
+        est = memory_guard.estimate(args, num_devices=devices, examples=fp.train_rows, test_examples=fp.test_rows,
+                                    feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
+                                    num_clients=fp.num_clients, home=args.client_state, cpu=cpu,
+                                    stream_block=fp.cohort_block_bytes(args.cohort_size) if stream else None)
         try:
             memory_guard.check(est, num_devices=devices, cpu=cpu,
-                               stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1)
+                               stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1,
+                               stream=stream, generated=args.dataset != "mnist")
         except memory_guard.MemoryRefusal as e:
             parser.run_parser.error(str(e))
     if args.resume is not None:

@@ -23,10 +23,20 @@ A sweep of ``S`` configs (``--seeds``, list-valued flags) holds ``S`` of every
 per-client state, server state (``3 n``: params, optimizer) and cohort block:
 those terms are multiplied by ``S`` (``num_configs``), the population is shared.
 
-``estimate_from_flags`` needs no data (the population's size comes from the
-dataset's generator parameters or the file's array headers), so ``--devices
-1000`` is refused in about a second; ``estimate`` repeats the check with the
-built population's exact sizes.
+With ``--stream`` the devices hold no copy of the population: instead two cohort
+blocks (double-buffered) of ``B = M x n_max x (features + 1) x 4`` bytes
+(``jaxqfl.data.footprint``; ``n_max`` the largest client's rows) on the host and,
+split, on the devices:
+
+    host        = P + P_test + 2 B
+    per device  = 2 ceil(B / D) + P_test / D + S_rows + the cohort block above
+
+``footprint_from_flags`` needs no data: a generated population's rows come from
+its client sizes, drawn (or, for millions of clients, taken from their
+distribution) by ``jaxqfl.data.footprint`` before anything is generated, and
+MNIST's from the file's array headers. So ``--devices 1000`` or a million clients
+of default sizes are refused in about a second; ``estimate`` repeats the check
+with the built population's exact sizes.
 """
 from __future__ import annotations
 
@@ -64,7 +74,12 @@ def cpu_cores() -> int:
 
 
 def _gib(b: float) -> str:
-    return f"{b / 2**30:.1f} GiB"
+    """``b`` bytes in GiB, or in TiB ... EiB once past 1024 of the smaller unit (e.g. 466.0 PiB)."""
+    for unit in ("GiB", "TiB", "PiB"):
+        if b < 1024 * 2**30:
+            return f"{b / 2**30:.1f} {unit}"
+        b /= 1024
+    return f"{b / 2**30:.3g} EiB"
 
 
 def model_num_params(args, feature_dim: int, num_classes: int, feature_shape: tuple | None = None) -> int:
@@ -98,8 +113,12 @@ def num_configs(args) -> int:
 
 
 def estimate(args, *, num_devices: int, examples: int, test_examples: int, feature_dim: int, num_classes: int,
-             num_clients: int, home: str = "auto", cpu: bool = True, feature_shape: tuple | None = None) -> Estimate:
-    """The estimate above for the parsed ``args`` and the population's sizes."""
+             num_clients: int, home: str = "auto", cpu: bool = True, feature_shape: tuple | None = None,
+             stream_block: int | None = None) -> Estimate:
+    """The estimate above for the parsed ``args`` and the population's sizes.
+
+    ``stream_block``: the bytes ``B`` of one streamed cohort block (``--stream``; None: on-device data).
+    """
     D = num_devices
     S = num_configs(args)
     P = examples * (feature_dim + 1) * 4
@@ -124,10 +143,14 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     server = 0
     if S > 1:  # every config keeps its own states, server state and cohort block
         states, cohort, server = S * states, S * cohort, S * 3 * 4 * n
-    per_device = P + math.ceil(P_test / D) + states + cohort + server
-    host = P + P_test + (num_clients * s if home == "host" else 0)
+    rows_on_device = P if stream_block is None else 2 * math.ceil(stream_block / D)
+    per_device = rows_on_device + math.ceil(P_test / D) + states + cohort + server
+    host = P + P_test + (num_clients * s if home == "host" else 0) + (0 if stream_block is None else 2 * stream_block)
+    rows_term = (f"the training rows, one copy per device ({D} x {_gib(P)})" if stream_block is None else
+                 f"the streamed cohort blocks (2 on the host and 2 split over the devices, {_gib(stream_block)} each: "
+                 f"{M} clients x the largest client's rows)")
     terms = {
-        f"the training rows, one copy per device ({D} x {_gib(P)})": D * P,
+        rows_term: D * rows_on_device + (0 if stream_block is None else 2 * stream_block),
         f"per-client states ({num_clients:,} clients x {s:,} bytes, {home})": states * (D if cpu else 1),
         f"cohort blocks ({per_dev_clients} clients per device x {4 * 4 * n:,} bytes"
         f"{f' x {S:,} configs' if S > 1 else ''})": D * cohort,
@@ -139,8 +162,13 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
 
 
 def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
-          available: int | None = None, stream_available: bool = False) -> None:
-    """Raise ``MemoryRefusal`` when the estimate exceeds what the host (CPU) or a device can hold."""
+          available: int | None = None, stream_available: bool = False, stream: bool = False,
+          generated: bool = False) -> None:
+    """Raise ``MemoryRefusal`` when the estimate exceeds what the host (CPU) or a device can hold.
+
+    ``stream``: the run streams its cohorts (``est`` made with ``stream_block``);
+    ``generated``: the population is generated (its size flags are advised).
+    """
     if cpu:
         need = est.host_bytes + num_devices * est.per_device_bytes
         have = host_available_bytes() if available is None else available
@@ -154,39 +182,49 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
         return
     top = max(est.terms, key=est.terms.get)
     advice = []
-    if num_devices > 1:
+    if num_devices > 1 and not stream:
         advice.append(f"fewer --devices (each holds a copy of the training rows; try --devices "
                       f"{max(1, min(num_devices // 2, cpu_cores()))})")
     if any("configs" in t for t in est.terms):
         advice.append("fewer configs (--seeds, list-valued flags) per sweep")
-    if stream_available:
+    population = est.terms.get("the population on the host", 0)
+    if stream_available and not stream and (not cpu or population <= FIT_FRACTION * have):
         advice.append("--stream (the population stays in host memory; each round's cohort is streamed in)")
-    advice.append("a smaller population (--num-clients)")
+    if "streamed cohort blocks" in top:
+        advice.append("a smaller --cohort-size or a cap on the largest client (--max-client-size)")
+    advice.append("a smaller population (--num-clients" + (", --client-size-mean, --client-size-sigma, "
+                                                           "--max-client-size or --num-features)" if generated else ")"))
     if "per-client states" in top:
         advice.append("--client-state host (per-client states stay in host memory)")
     raise MemoryRefusal(
-        f"this run needs about {_gib(need)} but {where} cannot hold it; refused before allocating. "
+        f"this run needs about {_gib(need)} ({need:,} bytes) but {where} cannot hold it; refused before allocating. "
         f"Dominant term: {top}: {_gib(est.terms[top])}. Try " + ", or ".join(advice) + ".")
 
 
-def population_sizes_from_flags(args) -> tuple[int, int, int, int, int] | None:
-    """(train examples, test examples, feature dim, classes, clients) from the flags alone, without the data.
+def footprint_from_flags(args):
+    """The population's ``jaxqfl.data.footprint.PopulationFootprint`` from the flags alone, without the data.
 
-    None for a dataset whose size is not known before it is read (the check after
-    building the population still applies).
+    None for a dataset whose size is not known before it is read (npz, leaf: the
+    check after building the population still applies). MNIST's largest client
+    is taken as an even split's (the exact one is checked after the partition).
     """
-    if args.dataset not in ("mnist", "synthetic") or args.num_clients is None:
-        return None
-    if args.dataset == "mnist":
+    if args.dataset == "mnist" and args.num_clients is not None:
         import numpy as np
+
+        from jaxqfl.data.footprint import PopulationFootprint
 
         with np.load(args.data_path, mmap_mode="r") as z:
             n_train, n_test = z["x_train"].shape[0], z["x_test"].shape[0]
-        return n_train, n_test, 28 * 28, 10, args.num_clients
-    # Synthetic(1,1): n_k = floor(LogNormal(4, 2)) + 50 examples per client, 20% held out (its generator's defaults)
-    mean_size = math.exp(4.0 + 2.0**2 / 2) + 50
-    total = int(args.num_clients * mean_size)
-    return int(0.8 * total), total - int(0.8 * total), 60, 10, args.num_clients
+        return PopulationFootprint(args.num_clients, n_train, n_test, math.ceil(n_train / args.num_clients),
+                                   28 * 28, 1, 10, False)
+    if args.dataset not in ("synthetic", "synthetic-regression", "gaussian-mixture"):
+        return None
+    from jaxqfl.data.footprint import generated_footprint
+
+    return generated_footprint(
+        args.dataset, num_clients=args.num_clients, seed=args.seed, size_mean=args.client_size_mean,
+        size_sigma=args.client_size_sigma, min_size=args.min_client_size, max_size=args.max_client_size,
+        num_features=args.num_features, num_outputs=args.num_outputs, components=args.components)
 
 
 def likely_cpu() -> bool:

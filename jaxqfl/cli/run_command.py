@@ -277,6 +277,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     from jaxqfl import engine, tasks
     from jaxqfl.cli import config_file, memory_guard
     from jaxqfl.cli.outputs import versions
+    from jaxqfl.data.footprint import footprint_of
     from jaxqfl.engine import checkpoint
 
     out = pathlib.Path(args.out) if out is None else out
@@ -297,15 +298,18 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         return clustering_flags.main(args, population, t_start, data_seconds, stop=stop)
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
+    stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
     est = memory_guard.estimate(
         args, num_devices=num_devices, examples=population.num_examples, test_examples=population.x_test.shape[0],
         feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
-        num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape)
+        num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape,
+        stream_block=footprint_of(population).cohort_block_bytes(args.cohort_size) if stream else None)
     limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     try:
-        if not getattr(args, "stream", False):  # a streamed population is not replicated on the devices
-            memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
-                               stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1)
+        memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
+                           stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1,
+                           stream=stream,
+                           generated=args.dataset in ("synthetic", "synthetic-regression", "gaussian-mixture"))
     except memory_guard.MemoryRefusal as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return 2

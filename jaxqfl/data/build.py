@@ -136,8 +136,7 @@ def build(
         raise ValueError(f"unknown task {task!r}; allowed tasks are {', '.join(TASKS)}")
     if dataset in FILE_DATASETS and data_path is None:
         raise ValueError(f"dataset {dataset!r} reads a file: pass --data-path (data_path=...)")
-    # Independent streams for generating the data and for partitioning it.
-    data_seed, partition_seed = np.random.SeedSequence(seed).spawn(2)
+    data_seed, partition_seed = data_and_partition_seeds(seed)
 
     if dataset == "text":
         if task not in (None, "next-token"):
@@ -200,6 +199,12 @@ def build(
     client_indices = split(y if task != "regression" else np.zeros(len(y), np.int32), num_clients, partition_seed)
     return from_client_indices(x, y, client_indices, x_test, y_test, num_classes, name=f"{base_name}/{label}",
                                task=task)
+
+
+def data_and_partition_seeds(seed: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+    """Independent streams for generating the data and for partitioning it (the two children of ``seed``)."""
+    data_seed, partition_seed = np.random.SeedSequence(seed).spawn(2)
+    return data_seed, partition_seed
 
 
 def _with_task(pop: Population, task: str | None, dataset: str) -> Population:

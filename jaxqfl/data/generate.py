@@ -28,8 +28,8 @@ import math
 import numpy as np
 
 __all__ = [
-    "CHUNK_CLIENTS", "CHUNK_ROWS", "check_test_rows", "chunk_bounds", "chunk_rng", "fill_population",
-    "lognormal_sizes",
+    "CHUNK_CLIENTS", "CHUNK_ROWS", "check_test_rows", "child_seed", "chunk_bounds", "chunk_rng", "client_sizes",
+    "fill_population", "lognormal_sizes",
 ]
 
 #: Most clients drawn together.
@@ -120,3 +120,20 @@ def lognormal_sizes(rng, num_clients, size_mean, size_sigma, min_size, max_size)
         raw = np.minimum(raw, 2.0**62)
     return raw.astype(np.int64) + min_size
 
+
+
+def child_seed(seq: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
+    """The ``i``-th child of ``seq`` (what ``seq.spawn`` would give), without changing ``seq``."""
+    return np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (i,), pool_size=seq.pool_size)
+
+
+def client_sizes(seed, num_clients, size_mean, size_sigma, min_size, max_size) -> np.ndarray:
+    """``[K]`` int64: the sizes a generator seeded with ``seed`` draws, from its first child (``lognormal_sizes``).
+
+    The generators (synthetic, synthetic-regression, gaussian-mixture) and the
+    memory estimate (:mod:`jaxqfl.data.footprint`) both draw them here, so the
+    estimate sees the very sizes the population will have.
+    """
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return lognormal_sizes(np.random.default_rng(child_seed(root, 0)), int(num_clients), float(size_mean),
+                           float(size_sigma), int(min_size), max_size)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxqfl.data.generate import check_test_rows, chunk_bounds, chunk_rng, fill_population, lognormal_sizes
+from jaxqfl.data.generate import check_test_rows, child_seed, chunk_bounds, chunk_rng, client_sizes, fill_population
 from jaxqfl.data.population import Population
 
 __all__ = ["MixtureParameters", "gaussian_mixture", "mixture_parameters"]
@@ -40,10 +40,6 @@ class MixtureParameters(NamedTuple):
     means: np.ndarray  # [K, d] float32, mu_c
     weights: np.ndarray  # [C, K] float64, pi_k
     sizes: np.ndarray  # [C] int64, n_k (train + test)
-
-
-def _child(seq: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (i,), pool_size=seq.pool_size)
 
 
 def _setup(num_components, num_clients, seed, num_features, concentration, separation, size_mean, size_sigma,
@@ -64,11 +60,10 @@ def _setup(num_components, num_clients, seed, num_features, concentration, separ
                                  or max_size < min_size):
         raise ValueError(f"max_size must be None or an integer >= min_size={min_size}, got {max_size!r}")
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    sizes = lognormal_sizes(np.random.default_rng(_child(root, 0)), int(num_clients), float(size_mean),
-                            float(size_sigma), int(min_size), max_size)
-    means = (separation * np.random.default_rng(_child(root, 1)).standard_normal(
+    sizes = client_sizes(root, num_clients, size_mean, size_sigma, min_size, max_size)
+    means = (separation * np.random.default_rng(child_seed(root, 1)).standard_normal(
         (int(num_components), int(num_features)))).astype(np.float32)
-    return sizes, means, _child(root, 2)
+    return sizes, means, child_seed(root, 2)
 
 
 def _client_weights(rng, k: int, num_components: int, concentration: float) -> np.ndarray:

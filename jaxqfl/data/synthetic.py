@@ -56,7 +56,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxqfl.data.generate import check_test_rows, chunk_bounds, chunk_rng, fill_population, lognormal_sizes
+from jaxqfl.data.generate import check_test_rows, child_seed, chunk_bounds, chunk_rng, client_sizes, fill_population
 from jaxqfl.data.population import Population
 
 __all__ = ["SyntheticParameters", "synthetic", "synthetic_parameters", "synthetic_regression", "feature_variance"]
@@ -249,17 +249,11 @@ def _generate(alpha, beta, num_clients, seed, num_features, num_columns, size_me
     )
 
 
-def _child(seq: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
-    """The ``i``-th child of ``seq`` (what ``seq.spawn`` would give), without changing ``seq``."""
-    return np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (i,), pool_size=seq.pool_size)
-
-
 def _sizes_and_streams(seed, num_clients, size_mean, size_sigma, min_size, max_size):
     """Client sizes (from the first child of the seed), and the shared-model and chunk sequences."""
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    sizes = lognormal_sizes(np.random.default_rng(_child(root, 0)), int(num_clients), float(size_mean),
-                            float(size_sigma), int(min_size), max_size)
-    return sizes, _child(root, 1), _child(root, 2)
+    sizes = client_sizes(root, num_clients, size_mean, size_sigma, min_size, max_size)
+    return sizes, child_seed(root, 1), child_seed(root, 2)
 
 
 def _model_drawer(alpha, beta, d, c, iid, shared_seq):

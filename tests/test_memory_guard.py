@@ -1,0 +1,125 @@
+"""Issue 21, defect 1 and 8: generated populations (and --stream runs) are sized before a row is drawn.
+
+The footprint (``jaxqfl.data.footprint``) must equal the population ``data.build``
+then makes, and its expectation must match the size distribution's, computed here
+independently with SciPy; the command line must refuse what cannot fit, within
+seconds, with exit status 2, without building anything.
+"""
+import math
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxqfl import data
+from jaxqfl.data import footprint
+
+
+def _population_bytes(pop):
+    return sum(a.nbytes for a in (pop.x, pop.y, pop.x_test, pop.y_test))
+
+
+@pytest.mark.parametrize("dataset, kw", [
+    ("synthetic", dict(size_mean=2.0, size_sigma=1.5, min_size=5)),
+    ("synthetic-regression", dict(size_mean=2.0, size_sigma=1.0, min_size=3, num_outputs=2, num_features=7)),
+    ("gaussian-mixture", dict(size_mean=3.0, size_sigma=2.0, min_size=10, max_size=60, components=4)),
+])
+def test_footprint_of_the_flags_is_the_population_build_makes(dataset, kw):
+    fp = footprint.generated_footprint(dataset, num_clients=37, seed=3, **kw)
+    pop = data.build(dataset, num_clients=37, seed=3, **kw)
+    assert fp.exact
+    assert (fp.train_rows, fp.test_rows, fp.largest_client) == (pop.num_examples, len(pop.x_test), pop.max_count)
+    assert fp.bytes == _population_bytes(pop)
+    assert fp == footprint.footprint_of(pop)
+    assert fp.cohort_block_bytes(5) == 5 * pop.max_count * (pop.x.shape[1] + fp.target_width) * 4
+
+
+def _floor_lognormal_mean(mu, sigma, m, cap_rows=None, terms=200_000):
+    """E[min(floor(X), c)] + m = m + sum_{j=1}^{c} P(X >= j), X ~ LogNormal(mu, sigma), from SciPy's survival function."""
+    j = np.arange(1, (terms if cap_rows is None else cap_rows) + 1, dtype=np.float64)
+    return m + float(np.sum(stats.lognorm.sf(j, s=sigma, scale=math.exp(mu))))
+
+
+@pytest.mark.parametrize("mu, sigma, m, cap", [(4.0, 2.0, 50, 5000), (1.0, 0.5, 3, None), (2.0, 1.0, 5, 40),
+                                               (6.0, 0.0, 1, None)])
+def test_expected_client_size_is_the_distributions_to_within_the_floor(mu, sigma, m, cap):
+    if sigma == 0:
+        exact = math.floor(math.exp(mu)) + m
+    else:
+        exact = _floor_lognormal_mean(mu, sigma, m, None if cap is None else cap - m)
+    ours = footprint.expected_client_size(mu, sigma, m, cap)
+    assert exact <= ours + 1e-9 and ours < exact + 1.0
+
+
+def test_client_size_quantile_is_scipys_lognormal_quantile():
+    for q in (0.1, 0.5, 0.999):
+        want = math.floor(stats.lognorm.ppf(q, s=2.0, scale=math.exp(4.0))) + 50
+        assert footprint.client_size_quantile(q, 4.0, 2.0, 50) == want
+    assert footprint.client_size_quantile(0.999, 4.0, 2.0, 50, max_size=300) == 300
+
+
+def test_many_clients_use_the_distribution_close_to_the_drawn_sizes(monkeypatch):
+    kw = dict(num_clients=50_000, seed=1, size_mean=3.0, size_sigma=0.5, min_size=20)
+    drawn = footprint.generated_footprint("synthetic", **kw)
+    monkeypatch.setattr(footprint, "EXACT_CLIENTS", 1000)
+    expected = footprint.generated_footprint("synthetic", **kw)
+    assert drawn.exact and not expected.exact
+    total = lambda f: f.train_rows + f.test_rows  # noqa: E731
+    # an upper bound on the mean by less than one row a client (the floor), sampling noise aside
+    assert total(drawn) - 0.005 * total(drawn) < total(expected) < total(drawn) + kw["num_clients"]
+    assert abs(expected.largest_client - drawn.largest_client) < 0.25 * drawn.largest_client
+    # a huge mean stays a finite number (the refusal needs one), no overflow
+    huge = footprint.generated_footprint("synthetic", num_clients=10**12, size_mean=1000.0)
+    assert huge.bytes > 2**80
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+
+GIB = 2**30
+
+
+@pytest.fixture
+def host_24gib(monkeypatch):
+    """A 24 GiB host with nothing to build: the refusal must come from the flags alone."""
+    import jaxqfl.data
+    from jaxqfl.cli import memory_guard
+
+    def no_data(*a, **k):
+        raise AssertionError("the population was built although the run cannot fit")
+
+    monkeypatch.setattr(memory_guard, "host_available_bytes", lambda: 24 * GIB)
+    monkeypatch.setattr(jaxqfl.data, "build", no_data)
+
+
+@pytest.mark.parametrize("argv, message", [
+    # the issue's million clients of default sizes, streamed: 455M rows; the largest client alone has ~10^6 rows
+    (["--num-clients", "1000000", "--cohort-size", "1000", "--rounds", "20", "--stream"], "streamed cohort blocks"),
+    (["--client-size-mean", "30"], "EiB"),  # 1.9e17 rows (NumPy tried a 466 PiB array)
+    (["--client-size-mean", "10", "--devices", "1"], "--client-size-mean"),  # 25.8 GiB on a 24 GiB host
+    (["--dataset", "synthetic-regression", "--num-clients", "100000", "--num-features", "500", "--stream",
+      "--max-client-size", "2000"],
+     "population on the host"),
+    (["--dataset", "gaussian-mixture", "--num-clients", "200000", "--num-features", "1000"], "GiB"),
+])
+def test_generated_population_too_large_is_refused_in_seconds(host_24gib, tmp_path, capsys, argv, message):
+    from jaxqfl.cli.main import main
+
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(out), "--no-progress", *argv])
+    assert exc.value.code == 2
+    assert time.perf_counter() - t0 < 30  # seconds (JAX's import included), not a build
+    err = capsys.readouterr().err
+    assert "error: this run needs about" in err and "refused before allocating" in err
+    assert message in err and "bytes" in err
+    assert not out.exists()
+
+
+def test_a_population_that_fits_is_not_refused(host_24gib, tmp_path):
+    """The default run (1,000 clients, about 0.1 GiB) passes the guard: it reaches the data build."""
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(AssertionError, match="population was built"):
+        main(["run", "--rounds", "1", "--no-progress", "--out", str(tmp_path / "out")])
