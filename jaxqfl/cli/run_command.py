@@ -158,6 +158,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
     validate_data(parser, args)
     model_flags.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
+    task = args.task or DEFAULT_TASK[args.dataset]  # None: inferred from the file's targets (checked once read)
+    if task is not None and _label_flip_without_labels(args.attack, task):
+        parser.error(_label_flip_without_labels(args.attack, task))
     if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf"):
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
                      "(or npz / leaf images of 28 x 28 pixels)")
@@ -191,6 +194,15 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
                      "aggregation (both are sums); use --aggregator mean")
+
+
+def _label_flip_without_labels(attack: str, task: str) -> str | None:
+    """The refusal of ``--attack label-flip`` for a task without class labels (None when it applies)."""
+    if attack != "label-flip" or task not in ("regression", "clustering"):
+        return None
+    return (f"--attack label-flip trains malicious clients on flipped class labels (y -> K - 1 - y); --task {task} "
+            f"has no class labels to flip. Choose another attack: "
+            f"{', '.join(a for a in ATTACK_NAMES if a not in ('none', 'label-flip'))}")
 
 
 def _model(args, population):
@@ -287,6 +299,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     problem = model_flags.misfit(args, population)
     if problem is not None:
         fail(problem)
+    if _label_flip_without_labels(args.attack, population.task):  # a file's task is known once it is read
+        fail(_label_flip_without_labels(args.attack, population.task))
     if args.cohort_size > population.num_clients:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
@@ -317,7 +331,10 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
     uplink = None if args.uplink == "none" else args.uplink_codec
-    aggregator, label_transform = _aggregator(args, population, uplink)
+    try:  # e.g. a --dp-epsilon beyond what the calibration can meet
+        aggregator, label_transform = _aggregator(args, population, uplink)
+    except ValueError as e:
+        fail(str(e))
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.cli.sweep_command import run_sweep_cli
 

@@ -231,6 +231,24 @@ def _check_targets(key: str, y: np.ndarray, n: int, x_key: str, task: str, fail)
     neg = np.flatnonzero(y < 0)
     if neg.size:
         fail(f"{key} holds the label {y[neg[0]].item()!r} at index {int(neg[0])}; labels must be >= 0")
+    check_label_range(key, y, fail)
+
+
+#: Labels are stored as int32: the largest allowed label is 2^31 - 1.
+LABEL_LIMIT = 2**31
+
+
+def check_label_range(key: str, y: np.ndarray, fail) -> None:
+    """Refuse a label >= 2^31 before the int32 cast would wrap it (2^32 + 1 would silently become 1)."""
+    y = np.asarray(y)
+    if y.size == 0 or y.dtype == np.bool_:
+        return
+    big = np.flatnonzero((y >= LABEL_LIMIT).reshape(-1))
+    if big.size:
+        value = y.reshape(-1)[big[0]].item()
+        fail(f"{key} holds the label {value!r} at index {int(big[0])}; labels are stored as int32 and must lie "
+             f"in [0, 2^31 - 1 = {LABEL_LIMIT - 1}] (renumber the classes 0, 1, ..., or pass task='regression' "
+             "for real targets)")
 
 
 def _held_out_per_client(client_of_row: np.ndarray, count: int, fraction: float, rng) -> np.ndarray:

@@ -35,14 +35,17 @@ import errno
 import glob
 import json
 import os
+import sys
 import zipfile
 
 import numpy as np
 
-from jaxqfl.data.arrays import from_arrays
+from jaxqfl.data.arrays import check_label_range, from_arrays
 
 __all__ = ["load_npz", "load_leaf", "NPZ_KEYS"]
 
+#: How deeply a LEAF row may nest its lists (NumPy's 64 dimensions, less the axis of rows).
+MAX_ROW_DEPTH = 63
 #: The keys an ``.npz`` may hold (``x`` and ``y`` are required).
 NPZ_KEYS = ("x", "y", "client_id", "x_test", "y_test")
 
@@ -94,8 +97,11 @@ def load_npz(path, **kwargs):
     )
 
 
-def _leaf_split(folder: str, split: str, text: bool = False):
-    """Rows of every user of ``folder/split/*.json``: (users, list of x arrays, list of y arrays, files)."""
+def _leaf_split(folder: str, split: str, text: bool = False, labels: bool = True):
+    """Rows of every user of ``folder/split/*.json``: (users, list of x arrays, list of y arrays).
+
+    ``labels``: integer ``y`` entries are class labels (not regression targets), checked against int32's range.
+    """
     files = sorted(glob.glob(os.path.join(folder, split, "*.json")))
     if not files:
         raise ValueError(f"{os.path.join(folder, split)!r} holds no *.json file; LEAF's layout is "
@@ -107,6 +113,10 @@ def _leaf_split(folder: str, split: str, text: bool = False):
                 blob = json.load(fh)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{f!r} is not readable JSON: {err}") from err
+        except RecursionError:  # Python's parser recurses once per level of nesting
+            raise ValueError(f"{f!r} nests its JSON deeper than Python's parser can read (more than about "
+                             f"{sys.getrecursionlimit()} levels); LEAF rows are lists of numbers nested at most "
+                             f"{MAX_ROW_DEPTH} deep") from None
         if not isinstance(blob, dict):
             raise ValueError(f"{f!r} holds a JSON {type(blob).__name__}; expected an object with keys "
                              "users, num_samples, user_data")
@@ -133,6 +143,8 @@ def _leaf_split(folder: str, split: str, text: bool = False):
                 x, y = _leaf_strings(f, u, "x", record["x"]), _leaf_strings(f, u, "y", record["y"])
             else:
                 x, y = _leaf_rows(f, u, "x", record["x"]), _leaf_rows(f, u, "y", record["y"])
+            if labels and not text and (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+                check_label_range(f"{f!r}: user_data[{u!r}]['y']", y, _raise)
             if not isinstance(count, int) or isinstance(count, bool) or not (len(x) == len(y) == count):
                 raise ValueError(f"{f!r}: user {u!r} has num_samples {count!r}, but {len(x)} rows in "
                                  f"user_data[{u!r}]['x'] and {len(y)} in ['y']: they must be equal")
@@ -160,6 +172,10 @@ def _leaf_strings(f: str, user, key: str, rows) -> list:
     return rows
 
 
+def _raise(message: str):
+    raise ValueError(message)
+
+
 def _leaf_rows(f: str, user, key: str, rows) -> np.ndarray:
     where = f"{f!r}: user_data[{user!r}][{key!r}]"
     if not isinstance(rows, list):
@@ -172,6 +188,11 @@ def _leaf_rows(f: str, user, key: str, rows) -> np.ndarray:
     except ValueError as err:  # ragged lists
         raise ValueError(f"{where} has rows of different lengths: {err}") from err
     if rows and not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        huge = next((v for v in a.reshape(-1) if isinstance(v, int) and not isinstance(v, bool)
+                     and not -2**63 <= v < 2**64), None) if a.dtype == object else None
+        if huge is not None:
+            raise ValueError(f"{where} holds the integer {huge}, beyond 64 bits; labels must lie in "
+                             f"[0, 2^31 - 1] and other values must be numbers")
         raise ValueError(f"{where} holds non-numeric values (dtype {a.dtype}); expected numbers")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise ValueError(f"{where} holds NaN or Inf values; expected finite numbers")
@@ -199,8 +220,9 @@ def load_leaf(folder, **kwargs):
         return from_leaf_strings(xs, ys, [r for rows in xs_test for r in rows], [r for rows in ys_test for r in rows],
                                  name=f"leaf:{os.path.basename(os.path.normpath(folder))}",
                                  **{k: kwargs[k] for k in ("partition", "num_clients", "sigma", "seed") if k in kwargs})
-    users, xs, ys = _leaf_split(folder, "train")
-    _, xs_test, ys_test = _leaf_split(folder, "test")
+    labels = kwargs.get("task") != "regression"
+    users, xs, ys = _leaf_split(folder, "train", labels=labels)
+    _, xs_test, ys_test = _leaf_split(folder, "test", labels=labels)
     if xs_test[0].shape[1:] != xs[0].shape[1:]:
         raise ValueError(f"{folder!r}: test rows have shape {xs_test[0].shape[1:]}, training rows {xs[0].shape[1:]}")
     client_ids = np.repeat(np.arange(len(users)), [len(x) for x in xs])  # in file order: 0, 1, ...

@@ -113,14 +113,49 @@ def epsilon(noise_multiplier: float, delta: float, rounds: int, *, num_clients: 
     return float(acc.get_epsilon(delta))
 
 
+#: The smallest noise multiplier the calibration searches (``noise_for_epsilon``'s lower end).
+MIN_CALIBRATED_NOISE = 1e-3
+
+
+def _rdp_poisson_accountant():
+    return rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+
+
+def max_target_epsilon(delta: float, rounds: int, *, num_clients: int, cohort_size: float, sampling: str = "fixed",
+                       count_noise_std: float = 0.0) -> float:
+    """An upper end of the targets ``noise_for_epsilon`` can meet: epsilon at z = ``MIN_CALIBRATED_NOISE``.
+
+    Epsilon falls as z grows, so no z >= that end spends more. For ``"fixed"`` it is
+    the accountant's own epsilon there; for ``"poisson"`` the RDP bound of the same
+    event (an upper bound on the PLD accountant's epsilon, which is too slow to
+    evaluate at such z); a target under it may still find no Poisson z, and
+    ``noise_for_epsilon`` then says so. Takes a fraction of a second.
+    """
+    event = run_event(MIN_CALIBRATED_NOISE, rounds, num_clients=num_clients, cohort_size=cohort_size,
+                      sampling=sampling, count_noise_std=count_noise_std)
+    acc = make_accountant("fixed") if sampling == "fixed" else _rdp_poisson_accountant()
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
+def _beyond_calibration(target_epsilon: float, ceiling: float, rounds: int, sampling: str) -> ValueError:
+    return ValueError(
+        f"target_epsilon={target_epsilon:g} cannot be calibrated: even the smallest noise multiplier searched "
+        f"(z = {MIN_CALIBRATED_NOISE:g}) spends only epsilon {ceiling:.4g} over {rounds} rounds ({sampling} "
+        f"sampling); allowed targets lie in (0, {ceiling:.4g}). A target that large protects nothing: pick a "
+        f"smaller epsilon, or drop the privacy flags")
+
+
 def noise_for_epsilon(target_epsilon: float, delta: float, rounds: int, *, num_clients: int, cohort_size: float,
                       sampling: str = "fixed", count_noise_std: float = 0.0) -> float:
     """The smallest update noise multiplier z whose ``epsilon(z, ...)`` is ``target_epsilon``.
 
     Solved by ``dp_accounting.calibrate_dp_mechanism`` (Brent's method on the
-    accountant of ``sampling``). With adaptive clipping (``count_noise_std > 0``)
-    the count's noise alone may already spend more than the target: then no z
-    exists and a ValueError says so.
+    accountant of ``sampling``) over ``z >= MIN_CALIBRATED_NOISE``. With adaptive
+    clipping (``count_noise_std > 0``) the count's noise alone may already spend
+    more than the target: then no z exists and a ValueError says so. A target at
+    or above ``max_target_epsilon`` (e.g. 1e9) is refused with that range, never
+    left to the root finder (whose search then fails inside the accountant).
     """
     _check_delta(delta)
     if not (isinstance(target_epsilon, (int, float)) and 0 < target_epsilon < math.inf):
@@ -134,16 +169,25 @@ def noise_for_epsilon(target_epsilon: float, delta: float, rounds: int, *, num_c
         if floor >= target_epsilon:
             raise ValueError(f"the adaptive clip's count noise (std {count_noise_std}) alone spends epsilon "
                              f"{floor:.4g} >= the target {target_epsilon}; raise count_noise_std")
-    bracket = dp_accounting.LowerEndpointAndGuess(1e-3, 1.0)
+    ceiling = max_target_epsilon(delta, rounds, **kw)
+    if target_epsilon >= ceiling:
+        raise _beyond_calibration(target_epsilon, ceiling, rounds, sampling)
+    bracket = dp_accounting.LowerEndpointAndGuess(MIN_CALIBRATED_NOISE, 1.0)
     if sampling == "poisson":
         # PLD is slow (and memory-hungry) at tiny z: bracket with the RDP bound of the
         # same Poisson event (an upper bound on epsilon, so z_rdp >= the PLD answer).
-        rdp_acc = lambda: rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
-        hi = dp_accounting.calibrate_dp_mechanism(rdp_acc, lambda z: run_event(z, rounds, **kw), target_epsilon,
-                                                  delta, bracket_interval=bracket, tol=1e-4)
+        hi = dp_accounting.calibrate_dp_mechanism(_rdp_poisson_accountant, lambda z: run_event(z, rounds, **kw),
+                                                  target_epsilon, delta, bracket_interval=bracket, tol=1e-4)
         lo = 0.5 * hi
-        while lo > 1e-2 and epsilon(lo, delta, rounds, **kw) < target_epsilon:
+        eps_lo = epsilon(lo, delta, rounds, **kw)
+        while lo > 1e-2 and eps_lo < target_epsilon:
             lo *= 0.5
+            eps_lo = epsilon(lo, delta, rounds, **kw)
+        if eps_lo < target_epsilon:  # below ~1e-2 the PLD accountant is too slow to search further
+            raise ValueError(
+                f"target_epsilon={target_epsilon:g} cannot be calibrated with Poisson sampling: the smallest noise "
+                f"multiplier searched (z = {lo:.3g}) spends only epsilon {eps_lo:.4g} over {rounds} rounds; "
+                f"allowed targets lie in (0, {eps_lo:.4g})")
         bracket = dp_accounting.ExplicitBracketInterval(lo, hi * 1.001)
     z = dp_accounting.calibrate_dp_mechanism(
         lambda: make_accountant(sampling),
