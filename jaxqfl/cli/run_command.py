@@ -43,7 +43,7 @@ from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags
-from jaxqfl.choices import CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.choices import ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli import model_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data

@@ -183,6 +183,12 @@ def _leaf_rows(f: str, user, key: str, rows) -> np.ndarray:
     if rows and isinstance(rows[0], str):
         raise ValueError(f"{where} holds text ({rows[0][:20]!r}...); text rows are read for the next-token "
                          "task only (task='next-token', --task next-token)")
+    depth, probe = 0, rows
+    while isinstance(probe, list) and probe:
+        depth, probe = depth + 1, probe[0]
+    if depth > MAX_ROW_DEPTH + 1:  # the list of rows, then each row's nesting
+        raise ValueError(f"{where} nests its first row {depth - 1} lists deep; a row may nest at most "
+                         f"{MAX_ROW_DEPTH} (NumPy's dimension limit, less the rows' own axis)")
     try:
         a = np.asarray(rows)
     except ValueError as err:  # ragged lists
