@@ -25,7 +25,7 @@ from jaxqfl import keys, metrics, tasks
 from jaxqfl.algorithms.kmeans_seeding import best_of_restarts, sample_rows
 from jaxqfl.data.population import Population
 
-__all__ = ["Seeds", "seed", "start_state", "scores", "default_points_per_client"]
+__all__ = ["Seeds", "seed", "start_state", "scores", "default_points_per_client", "seeding_bytes"]
 
 #: Slots per sampled point in the seeding round (a point survives with probability ~ e^{-1/SLOTS_PER_POINT}).
 SLOTS_PER_POINT = 4
@@ -41,6 +41,20 @@ class Seeds(NamedTuple):
 def default_points_per_client(num_clusters: int, cohort_size: int) -> int:
     """Rows each sampled client sends in the seeding round: about 50 K sampled points in all (at least 1 each)."""
     return max(1, math.ceil(50 * num_clusters / cohort_size))
+
+
+def seeding_bytes(num_clusters: int, cohort_size: int, points_per_client: int | None = None,
+                  restarts: int = 10) -> int:
+    """Lower bound on the server's memory for seeding: ``restarts x R x K x 12`` bytes.
+
+    ``R = SLOTS_PER_POINT x cohort_size x s`` sample slots (``s`` points per
+    client); each of the vmapped restarts of ``best_of_restarts`` holds an
+    ``[R, K]`` float32 distance matrix, its one-hot assignment and the argmin
+    (3 x 4 bytes per entry), even when XLA fuses the ``[R, K, d]`` differences
+    away. Used to refuse a seeding that cannot fit before any of it runs.
+    """
+    s = default_points_per_client(num_clusters, cohort_size) if points_per_client is None else points_per_client
+    return int(restarts) * SLOTS_PER_POINT * int(cohort_size) * int(s) * int(num_clusters) * 12
 
 
 def seed(population: Population, model, num_clusters: int, *, cohort_size: int, run_seed: int,

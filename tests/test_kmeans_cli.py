@@ -42,3 +42,26 @@ def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tm
 )
 def test_bad_clustering_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--num-clients", "20", "--cohort-size", "5", "--clusters", "1000000"], "--clusters 1000000 exceeds the"),
+        (["--clusters", "5000"], "the k-means++ seeding (10 restarts on 100 clients' sampled rows) needs at least"),
+    ],
+)
+def test_clusters_beyond_the_rows_or_the_memory_are_refused_before_seeding(tmp_path, capsys, monkeypatch, argv,
+                                                                         message):
+    """More clusters than rows, or a seeding larger than memory (it grew to 10 GB over minutes), exit 2 at once."""
+    import jaxqfl.engine
+    from jaxqfl.cli.main import main
+
+    def no_build(*a, **k):
+        raise AssertionError("the seeding round was built for a refused --clusters")
+
+    monkeypatch.setattr(jaxqfl.engine, "build", no_build)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--dataset", "gaussian-mixture", "--out", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

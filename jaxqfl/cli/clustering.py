@@ -73,6 +73,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     ``"interrupted": true`` and exits with 130 / 143.
     """
     import jax
+    import numpy as np
 
     from jaxqfl import aggregate, clustering, engine, models, tasks
     from jaxqfl.algorithms import kmeans
@@ -89,6 +90,17 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         fail(f"{population.name} has no labels to count clusters from; give --clusters K")
     if args.cohort_size > population.num_clients:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
+    rows = int(np.sum(population.counts, dtype=np.int64))
+    if K > rows:
+        fail(f"--clusters {K} exceeds the {rows} training rows of {population.name}: k-means needs at most one "
+             f"cluster per row; choose --clusters at most {rows}")
+    from jaxqfl.cli.memory_guard import _gib, host_available_bytes
+
+    need, have = clustering.seeding_bytes(K, args.cohort_size, args.seed_points), host_available_bytes()
+    if need > have:
+        fail(f"--clusters {K}: the k-means++ seeding (10 restarts on {args.cohort_size} clients' sampled rows) "
+             f"needs at least {_gib(need)} ({need:,} bytes) of memory, {_gib(have)} is available; use fewer "
+             f"--clusters, a smaller --cohort-size, or fewer --seed-points")
     model = models.centroids(K)
     uplink = None if args.uplink == "none" else args.uplink_codec
     common = dict(
