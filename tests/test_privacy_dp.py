@@ -162,3 +162,21 @@ def test_cli_dp_run_reports_the_accounted_epsilon(tmp_path, capsys):
     assert [r["round"] for r in rows] == [2, 4]
     assert rows[0]["dp_epsilon"] == privacy.epsilon(z, delta, 2, num_clients=60, cohort_size=12) < rows[1]["dp_epsilon"]
     assert rows[1]["server_dp_noise_std"] == pytest.approx(z * 1.0, rel=1e-6)
+
+
+def test_default_delta_of_a_file_with_natural_clients_is_set_once_its_clients_are_known(tmp_path):
+    """npz / LEAF populations know N only once read: the default delta 1/N^1.1 uses the file's N (was a TypeError)."""
+    import json
+
+    import numpy as np
+
+    from jaxqfl.cli.main import main
+
+    r = np.random.RandomState(0)
+    np.savez(tmp_path / "u.npz", x=r.randn(200, 5).astype("float32"), y=r.randint(0, 3, 200),
+             client_id=np.arange(200) % 20)
+    main(["run", "--dataset", "npz", "--data-path", str(tmp_path / "u.npz"), "--dp-clip", "1", "--dp-noise", "1",
+          "--rounds", "1", "--cohort-size", "5", "--local-steps", "1", "--out", str(tmp_path / "o"), "--no-progress",
+          "--autotune", "off"])
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["dp_delta"] == 1.0 / 20 ** 1.1 and s["dp_epsilon"] is not None

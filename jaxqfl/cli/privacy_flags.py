@@ -80,8 +80,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.dp and (args.dp_noise is None) == (args.dp_epsilon is None):
         parser.error("DP-FedAvg needs exactly one of --dp-noise z or --dp-epsilon E")
     args.dp_delta_default = args.dp and args.dp_delta is None
-    if args.dp_delta_default:
-        args.dp_delta = 1.0 / args.num_clients ** 1.1
+    if args.dp_delta_default and args.num_clients is not None:  # else (npz / leaf): set once the data is read
+        args.dp_delta = default_delta(args.num_clients)
     ddp = args.dp_distributed is not None
     if args.dp_bits is not None and not ddp:
         parser.error("--dp-bits applies to --dp-distributed")
@@ -162,6 +162,11 @@ def _predict_failure(parser: argparse.ArgumentParser, args: argparse.Namespace) 
               f"{EXIT_SECAGG_FAILED}", file=sys.stderr)
 
 
+def default_delta(num_clients: int) -> float:
+    """delta = 1 / N^1.1: below 1/N, so no single client's data can be released whole (a common default)."""
+    return 1.0 / num_clients ** 1.1
+
+
 def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, model=None, feature_shape=None):
     """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta.
 
@@ -172,6 +177,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     """
     from jaxqfl import aggregate, privacy
 
+    if getattr(args, "dp_delta_default", False) and args.dp_delta is None:
+        args.dp_delta = default_delta(num_clients)  # the file's natural clients, known only now
     if args.dp_distributed is not None:
         return distributed_dp_flags.make_distributed(args, num_clients, model, feature_shape)
     if args.secure_aggregation is not None:
