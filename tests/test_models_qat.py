@@ -204,13 +204,14 @@ def test_export_round_trip_conv_model(policy):
     np.testing.assert_array_equal(np.asarray(run(ex.params)), np.asarray(run(p)))
 
 
-def test_from_flax_with_policy_needs_a_layers_field():
+def test_from_flax_with_policy_quantizes_a_module_with_or_without_a_layers_field():
     m = models.from_flax(models.MLP(hidden=(4,), num_outputs=2), policy="full")
     x, _ = _xy()
     p = np_params(m, x)
     assert jax.jit(m.apply)(p, x).shape == (16, 2)
-    with pytest.raises(TypeError, match="layers"):
-        models.from_flax(nn.Dense(3), policy="full")
+    dense = models.from_flax(nn.Dense(3), policy="full")  # no layers field: the generic interception
+    pd = dense.init(jax.random.key(0), x)
+    assert not np.allclose(dense.apply(pd, x), models.from_flax(nn.Dense(3)).apply(pd, x))
 
 
 def test_preset_predictions_do_not_depend_on_the_rest_of_the_batch():

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_subprocess import cli_env
 
 from jaxqfl.cli.main import main
 
@@ -236,16 +237,10 @@ def test_a_resumed_run_reuses_the_layout_it_was_written_with(finished_run, tmp_p
 
 # --- defect 1: a sweep stops on a signal --------------------------------------------------------------------------
 
-def _env(cwd):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
 
 
 def _start(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "jaxqfl.cli.main", "run", *args], cwd=cwd, env=_env(cwd),
+    return subprocess.Popen([sys.executable, "-m", "jaxqfl.cli.main", "run", *args], cwd=cwd, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_subprocess import cli_env
 
 from jaxqfl.cli.main import main
 
@@ -40,17 +41,11 @@ def final_params_bytes(out):
     return (out / "final_params.msgpack").read_bytes()
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
 
 
 def _start(args, cwd):
     # one persistent compilation cache for the chain: the later processes load the first one's programs
-    env = {**_env(), "JAX_COMPILATION_CACHE_DIR": str(cwd / "xla-cache"),
+    env = {**cli_env(), "JAX_COMPILATION_CACHE_DIR": str(cwd / "xla-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     return subprocess.Popen([sys.executable, "-m", "jaxqfl.cli.main", "run", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -216,7 +211,7 @@ def test_outputs_unique_refused_checked(tmp_path, monkeypatch, capsys):
 def test_memory_guard_refuses_1000_devices_quickly_without_allocating(tmp_path):
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "jaxqfl.cli.main", "run", "--devices", "1000", "--out",
-                        str(tmp_path / "o")], env={**_env(), "XLA_FLAGS": ""}, capture_output=True, text=True,
+                        str(tmp_path / "o")], env={**cli_env(), "XLA_FLAGS": ""}, capture_output=True, text=True,
                        cwd=tmp_path, timeout=60)
     seconds = time.time() - t0
     assert r.returncode == 2

@@ -13,8 +13,6 @@ def text_dir(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "lstm", "--quant", "full"], "--quant full is not available for --model lstm yet"),
-    (["--model", "transformer", "--quant", "w4a8"], "--quant w4a8 is not available for --model transformer"),
     (["--model", "mlp"], "--model mlp does not predict tokens"),
     (["--partition", "dirichlet", "--num-clients", "2"], "--partition dirichlet splits by class label"),
     (["--task", "classification"], "--task classification does not fit --dataset text"),
