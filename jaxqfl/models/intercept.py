@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from jaxqfl.models.core import Model
-from jaxqfl.quant.policy import KERNEL, STATE_MARK, Binding, bind, param_paths, resolve
+from jaxqfl.quant.policy import KERNEL, STATE_MARK, Binding, _key_name, bind, param_paths, resolve
 from jaxqfl.quant.qtensor import LearnedQuantizer
 
 # Ops through which a value is still "the parameter" (its layout or dtype changes, not its values' roles).
@@ -77,7 +77,7 @@ def _split_state(params) -> tuple[dict, dict]:
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     state = {}
     for path, leaf in flat:
-        names = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        names = "/".join(_key_name(k) for k in path)
         if STATE_MARK in names:
             state[names] = leaf
     return _without_state(params), state
@@ -107,9 +107,9 @@ def _fake_quant(q, value, state: dict, state_path: str, key, path: str, role: in
 class _Interpreter:
     """Evaluates a jaxpr, fake-quantizing the layer inputs of intercepted ops (module docstring)."""
 
-    def __init__(self, binding: Binding, state: dict, key, init_inputs: dict | None):
+    def __init__(self, binding: Binding, state: dict, key, initialising: bool):
         self.binding, self.state, self.key = binding, state, key
-        self.init_inputs = init_inputs  # at init: collects the learned activation quantizers' initial parameters
+        self.initialising = initialising  # at init: learned activation quantizers create their parameter in state
         self.seen: set[str] = set()
 
     @staticmethod
@@ -130,11 +130,10 @@ class _Interpreter:
         prefix = f"{layer}/" if layer else ""
         state_path = f"{prefix}input{STATE_MARK}{getattr(q, 'param_name', '')}"
         if isinstance(q, LearnedQuantizer) and state_path not in self.state:
-            if self.init_inputs is None:
+            if not self.initialising:
                 raise ValueError(f"the learned activation quantizer of layer {layer!r} has no parameter "
                                  f"{state_path!r} in params: initialise the model with its init")
             self.state[state_path] = q.init(x)  # as Flax creates a layer's parameter at its first call
-            self.init_inputs[state_path] = self.state[state_path]
         return _fake_quant(q, x, self.state, state_path, self.key, f"{prefix}input", _INPUT_ROLE)
 
     def run(self, jaxpr, consts, args, origins):
@@ -206,10 +205,10 @@ def _traced(apply: Callable, params, x):
         return apply(jax.tree_util.tree_unflatten(treedef, leaves), x)
 
     closed, out_shape = jax.make_jaxpr(flat_apply, return_shape=True)(leaves, x)
-    return closed, paths, jax.tree_util.tree_structure(out_shape), len(leaves)
+    return closed, paths, jax.tree_util.tree_structure(out_shape)
 
 
-def _forward(apply, binding: Binding, params, state: dict, x, key, init_inputs=None):
+def _forward(apply, binding: Binding, params, state: dict, x, key, initialising: bool = False):
     """The QAT forward: weights fake-quantized, then the interpreted float forward."""
     leaves_by_path = param_paths(params)
     quantized = params
@@ -219,9 +218,9 @@ def _forward(apply, binding: Binding, params, state: dict, x, key, init_inputs=N
             value = _fake_quant(q, leaf, state, f"{path}{STATE_MARK}{getattr(q, 'param_name', '')}", key, path,
                                 _WEIGHT_ROLE)
             quantized = _set_path(quantized, path, value) if isinstance(quantized, dict) else quantized
-    closed, paths, out_tree, n = _traced(apply, quantized, x)
+    closed, paths, out_tree = _traced(apply, quantized, x)
     leaves = jax.tree_util.tree_leaves(quantized)
-    interp = _Interpreter(binding, state, key, init_inputs)
+    interp = _Interpreter(binding, state, key, initialising)
     outs = interp.run(closed.jaxpr, closed.consts, [*leaves, *jax.tree_util.tree_leaves(x)],
                       [*paths, *([None] * len(jax.tree_util.tree_leaves(x)))])
     missing = sorted(set(binding.activations) - interp.seen)
@@ -251,9 +250,7 @@ def quantize_model(model: Model, policy) -> Model:
         for path, q in binding.weights.items():
             if isinstance(q, LearnedQuantizer):
                 state[f"{path}{STATE_MARK}{q.param_name}"] = q.init(param_paths(params)[path])
-        found = {}
-        _forward(float_apply, binding, params, state, sample_x, None, init_inputs=found)
-        state.update(found)
+        _forward(float_apply, binding, params, state, sample_x, None, initialising=True)  # fills state
         for state_path, value in state.items():
             params = _set_path(params, state_path, value)
         return params
