@@ -133,8 +133,7 @@ def test_each_sweep_config_is_the_single_run_of_its_seed_and_data_seed(diverged_
 
 # --- defect 10: what a sweep refuses ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags,message", [(["--stream"], "--stream is not available in a sweep"),
-                                           (["--checkpoint-every", "2"], "a sweep keeps no checkpoints")])
+@pytest.mark.parametrize("flags,message", [(["--stream"], "--stream is not available in a sweep")])
 def test_what_a_sweep_does_not_do_is_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
         main(["run", *TINY, "--rounds", "2", "--seeds", "0-1", *flags, "--out", str(tmp_path / "o")])

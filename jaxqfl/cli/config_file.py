@@ -66,6 +66,10 @@ def config_of(args: argparse.Namespace) -> dict:
         if v is None or isinstance(v, (bool, int, float, str)) or (
                 isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v)):
             out[k] = v
+    swept = getattr(args, "sweep_values", None) or {}
+    out.update({k: list(v) for k, v in swept.items()})  # a sweep's config holds its lists, as given
+    if getattr(args, "seeds", None) is not None:
+        out.pop("seed", None)  # the first of --seeds, filled in by the validator: not a flag of the sweep
     return out
 
 

@@ -255,9 +255,6 @@ def _split_sweep(parser, args) -> None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
     if (args.sweep_values or args.seeds is not None) and args.data_seed is None:
         args.data_seed = args.seed  # one population for every config: recorded, so each config can be repeated
-    if (args.sweep_values or args.seeds is not None) and args.checkpoint_every is not None:
-        parser.error(f"a sweep keeps no checkpoints (it cannot be resumed: rerun it); drop --checkpoint-every "
-                     f"{args.checkpoint_every}")
     if (args.sweep_values or args.seeds is not None) and args.stream:
         parser.error("a sweep (--seeds or a list of values) runs on-device; --stream is not available in a sweep "
                      "(drop it, or run one config at a time with --seed)")

@@ -120,27 +120,43 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     import jax
 
     from jaxqfl import engine
-    from jaxqfl.cli import config_file, privacy_flags
+    from jaxqfl.cli import config_file, outputs, privacy_flags, run_setup
     from jaxqfl.engine import checkpoint
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     configs = engine.grid(seeds, **args.sweep_values)
+    resumed = getattr(args, "_resume_meta", None)
+    layout = (resumed or {}).get("layout") or {}  # a resumed sweep keeps its layout: bit for bit
     sim = engine.build_sweep(
         population, model, make_algorithm, schedule, configs=configs, cohort_size=args.cohort_size, task=task,
-        num_devices=args.devices, chunk_size=args.chunk_size, uplink=uplink,
-        downlink=None if args.downlink == "none" else args.downlink_codec, make_aggregator=make_aggregator,
-        label_transform=label_transform,
+        num_devices=args.devices or layout.get("num_devices"), chunk_size=args.chunk_size or layout.get("chunk_size"),
+        uplink=uplink, downlink=None if args.downlink == "none" else args.downlink_codec,
+        make_aggregator=make_aggregator, label_transform=label_transform,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    run_config = config_file.config_of(args)
+    (out / "config.toml").write_text(config_file.to_toml(run_config))  # --config OUT/config.toml repeats the sweep
+    ckpt_dir, block = run_setup.checkpoint_dir(out), run_setup.block_rounds(args)
+    states, totals, records = None, None, [[] for _ in configs]
+    if resumed is not None:
+        from jaxqfl.cli.run_command import _restore_readable
+
+        states, meta = _restore_readable(ckpt_dir, sim.init(), args._resume_step)
+        records, block = [list(r) for r in meta["records"]], int(meta["block_rounds"])
+        totals = engine.SweepTotals(meta["uplink_bits_total"], meta["downlink_bits_total"],
+                                    float(meta["train_seconds"]), meta["diverged"])
+    start_round = 0 if states is None else int(np.max(np.asarray(jax.device_get(states.round))))
     names = [config_name(c) for c in configs]
     files = []
-    for n in names:
+    for n, recs in zip(names, records):
         (out / n).mkdir(parents=True, exist_ok=True)
         files.append(open(out / n / "metrics.jsonl", "w"))
+        files[-1].writelines(json.dumps(r, allow_nan=False) + "\n" for r in recs)
     setup_seconds = time.perf_counter() - t_start
     swept = [f"{k}: {len(v)} values" for k, v in args.sweep_values.items()] + [f"{len(seeds)} seeds"]
-    print(f"jaxqfl run: a sweep of {len(configs)} configs in one program ({', '.join(swept)})", flush=True)
+    print(f"jaxqfl run: a sweep of {len(configs)} configs in one program ({', '.join(swept)})"
+          + (f", resumed at round {start_round}" if start_round else ""), flush=True)
 
     def on_eval(s, rec):
         try:
@@ -148,20 +164,54 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                                                    noise=configs[s].get("dp_noise")))
         except privacy_flags.RoundFailed as e:
             raise privacy_flags.RoundFailed(f"config {names[s]}: {e}") from None
-        files[s].write(json.dumps({k: _finite(v) for k, v in rec.items()}, allow_nan=False) + "\n")
+        rec = {k: _finite(v) for k, v in rec.items()}
+        records[s].append(rec)
+        files[s].write(json.dumps(rec, allow_nan=False) + "\n")
         files[s].flush()
         if s == len(configs) - 1 and not args.no_progress:
             print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
+    fingerprint, write_error, decided = run_setup.fingerprint(run_config), [], [None]
+
+    def stopping() -> bool:
+        return (stop is not None and stop.requested) or bool(write_error)
+
+    def should_stop() -> bool:  # after a block: what after_block decided (and saved for)
+        d, decided[0] = decided[0], None
+        return stopping() if d is None else d
+
+    def after_block(states, t):
+        r, now = int(np.max(np.asarray(jax.device_get(states.round)))), stopping()
+        if (r % args.checkpoint_every == 0 or r == args.rounds or now) and not write_error:
+            meta = outputs.finite_or_none({
+                "config": run_config, "fingerprint": fingerprint, "records": records, "block_rounds": block,
+                "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
+                "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits,
+                "train_seconds": t.seconds, "diverged": t.diverged})
+            try:
+                checkpoint.save(ckpt_dir, states, meta)
+            except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
+                write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
+        decided[0] = now or bool(write_error)
+
     try:
-        results = engine.run_sweep(sim, rounds=args.rounds, eval_every=args.eval_every, on_eval=on_eval,
-                                   should_stop=(lambda: stop.requested) if stop is not None else None)
+        if start_round >= args.rounds:
+            t = totals
+            results = [engine.RunResult(jax.tree.map(lambda a, s=s: a[s], states), [], 0.0, t.seconds, 0,
+                                        t.uplink_bits[s], t.downlink_bits[s], t.diverged[s]) for s in range(len(configs))]
+        else:
+            results = engine.run_sweep(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
+                                       on_eval=on_eval, should_stop=should_stop, states=states, block_rounds=block,
+                                       totals=totals, after_block=after_block)
     except privacy_flags.RoundFailed as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return e.exit_status
     finally:
         for f in files:
             f.close()
+    done_round = start_round + results[0].rounds
+    for r, recs in zip(results, records):  # the records of the rounds before a resume count too
+        r.records = recs
     finals = []
     for config, name, result in zip(configs, names, results):
         final = {k: _finite(v) for k, v in result.final.items()}
@@ -169,14 +219,16 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         summary = {
             "dataset": args.dataset, "model": args.model, "config": {**{k: v for k, v in vars(args).items()
                                                                         if k not in ("uplink_codec", "downlink_codec",
-                                                                                     "sweep_values")},
+                                                                                     "sweep_values")
+                                                                        and not k.startswith("_")},
                                                                      **config},
             "sweep_config": config,
             "final_accuracy": final.get("test_accuracy"), "final_loss": final.get("test_loss"),
             **({"final_perplexity": final.get("test_perplexity"), "final_bits_per_char": final.get("test_bits_per_char")}
                if "test_bits_per_char" in final else {}),
-            "rounds": result.rounds, "rounds_requested": args.rounds,
-            "completed": result.rounds >= args.rounds and result.diverged_round is None,
+            "rounds": done_round, "rounds_requested": args.rounds,
+            "resumed_from_round": start_round or None,
+            "completed": done_round >= args.rounds and result.diverged_round is None,
             "interrupted": bool(result.stopped), "signal": stop.name if result.stopped else None,
             "diverged": result.diverged_round is not None, "diverged_round": result.diverged_round,
             "data_seed": args.data_seed, "num_clients": population.num_clients, "cohort_size": sim.cohort_size,
@@ -189,7 +241,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         checkpoint.save_params(out / name / checkpoint.FINAL_PARAMS, result.state.params)
-        single = argparse.Namespace(**{**vars(args), **config, "seeds": None})  # this config as a single run
+        single = argparse.Namespace(**{**vars(args), **config, "seeds": None, "sweep_values": {}})  # this config as a single run
         (out / name / "config.toml").write_text(config_file.to_toml(config_file.config_of(single)))
     diverged = [r.diverged_round is not None for r in results]
     rows = summarize(configs, finals, diverged)
@@ -205,8 +257,10 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         "seeds": seeds,
         "num_configs": len(configs),
         "data_seed": args.data_seed,
-        "rounds": results[0].rounds,
+        "rounds": done_round,
         "rounds_requested": args.rounds,
+        "resumed_from_round": start_round or None,
+        "checkpoint_error": write_error[0] if write_error else None,
         "interrupted": bool(results[0].stopped),
         "num_diverged": sum(diverged),
         "setup_seconds": setup_seconds,
@@ -217,7 +271,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     (out / "sweep.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     table = markdown(rows, swept)
     stopped = results[0].stopped
-    title = f"{results[0].rounds} of {args.rounds} rounds (stopped by {stop.name})" if stopped else f"{args.rounds} rounds"
+    title = f"{done_round} of {args.rounds} rounds (stopped by {stop.name})" if stopped else f"{args.rounds} rounds"
     (out / "sweep.md").write_text(f"# Sweep: {len(configs)} configs, {title}\n\n{table}\n")
     print(table)
     print(f"  compile {report['compile_seconds']:.2f} s; {report['seconds_per_round'] * 1e3:.1f} ms per round of all "
@@ -228,7 +282,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
               f"{', '.join(bad)}", file=sys.stderr)
         return EXIT_DIVERGED
     if stopped:
-        print(f"jaxqfl run: sweep stopped by {stop.name} after round {results[0].rounds} of {args.rounds}; "
-              f"every config's files hold the rounds run", file=sys.stderr)
+        print(f"jaxqfl run: sweep stopped by {stop.name} after round {done_round} of {args.rounds}; checkpoint "
+              f"written, every config's files hold the rounds run. Continue with: jaxqfl run --resume {out}",
+              file=sys.stderr)
         return stop.exit_status
     return 0

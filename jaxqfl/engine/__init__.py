@@ -8,7 +8,7 @@ model), ``client_update`` (one client's round), ``round`` (the round program),
 ``evaluation``, ``driver`` (``run``).
 """
 from jaxqfl.engine.chunking import auto_chunk_size
-from jaxqfl.engine.driver import RunResult, RunTotals, run, run_sweep
+from jaxqfl.engine.driver import RunResult, RunTotals, SweepTotals, run, run_sweep
 from jaxqfl.engine.homes import HOMES
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.engine.round import CohortBlock, DeviceData, sample_cohort
@@ -39,5 +39,6 @@ __all__ = [
     "grid",
     "run",
     "run_sweep",
+    "SweepTotals",
     "sample_cohort",
 ]

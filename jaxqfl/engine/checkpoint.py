@@ -12,6 +12,9 @@ killed while saving leaves the previous checkpoint intact) with two items:
 * ``meta``: JSON chosen by the caller (the CLI stores the config, its
   fingerprint, the bit totals and the records so far).
 
+A sweep's config-stacked state (every leaf ``[S, ...]``, ``SweepSimulation.init()``)
+is saved and restored the same way; its step is the round all its configs share.
+
 Restoring needs a template state (``Simulation.init(seed)``): the arrays come
 back with the template's shapes, dtypes and shardings, so the resumed run's
 programs are the uninterrupted run's and results match bit for bit.
@@ -52,7 +55,7 @@ def save(directory, state: ServerState, meta: dict, *, keep: int | None = 2) -> 
     """
     import orbax.checkpoint as ocp
 
-    step = int(jax.device_get(state.round))
+    step = int(np.max(np.asarray(jax.device_get(state.round))))  # a sweep's states: one round, [S] copies
     with _manager(directory, keep) as mgr:
         mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(state)),
                                                meta=ocp.args.JsonSave(meta)), force=True)

@@ -49,6 +49,19 @@ class RunTotals(NamedTuple):
     seconds: float = 0.0
 
 
+class SweepTotals(NamedTuple):
+    """A sweep's carry-over between blocks (and across a resume): per-config bit totals and divergence."""
+
+    uplink_bits: list  # [S] ints
+    downlink_bits: list  # [S] ints
+    seconds: float  # the sweep's device seconds so far
+    diverged: list  # [S] first non-finite round, or None
+
+    @classmethod
+    def zeros(cls, num_configs: int) -> "SweepTotals":
+        return cls([0] * num_configs, [0] * num_configs, 0.0, [None] * num_configs)
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
@@ -170,6 +183,10 @@ def run_sweep(
     eval_every: int,
     on_eval: Callable[[int, dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    states=None,
+    block_rounds: int | None = None,
+    totals: "SweepTotals | None" = None,
+    after_block: Callable[[object, "SweepTotals"], None] | None = None,
 ) -> list[RunResult]:
     """Run a ``SweepSimulation`` (``jaxqfl.engine.sweep``): one ``RunResult`` per config.
 
@@ -182,19 +199,31 @@ def run_sweep(
     round); the other configs run on (a config cannot stop alone inside the program).
     ``should_stop`` is checked after compilation and after every block; True ends the
     sweep there, every result marked ``stopped``.
+
+    Resuming (as ``run``): ``states`` is the config-stacked state to continue from
+    (a checkpoint), ``totals`` the per-config bit totals, seconds and divergences
+    before it, ``block_rounds`` the original sweep's block size (evaluation then
+    happens at block ends whose round is a multiple of ``eval_every``, and after
+    the last round). ``after_block(states, totals)`` runs after every block (the CLI
+    writes checkpoints from it); ``states`` is donated to the next block, so save or
+    copy what you keep before returning.
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
     S = len(sim.configs)
-    block = min(eval_every, rounds)
+    block = min(eval_every, rounds) if block_rounds is None else block_rounds
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block_rounds must be a positive integer, got {block_rounds!r}")
     compile_seconds = sim.compile_block(block)
-    states = sim.init()
+    states = sim.init() if states is None else states
+    start_round = int(np.max(np.asarray(jax.device_get(states.round))))
+    totals = SweepTotals.zeros(S) if totals is None else totals
     records = [[] for _ in range(S)]
-    up, down = np.zeros(S, np.int64), np.zeros(S, np.int64)
-    diverged: list[int | None] = [None] * S
-    train_seconds, done, stopped = 0.0, 0, False
+    up, down = np.asarray(totals.uplink_bits, np.int64).copy(), np.asarray(totals.downlink_bits, np.int64).copy()
+    diverged: list[int | None] = list(totals.diverged)
+    train_seconds, done, stopped = float(totals.seconds), 0, False
     while done < rounds:
         if should_stop is not None and should_stop():
             stopped = True
@@ -206,20 +235,25 @@ def run_sweep(
         train_seconds += time.perf_counter() - t0
         up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
-        first = done
+        first = start_round + done
         done += active
-        for s, ev in enumerate(sim.evaluate(states)):
+        now = start_round + done
+        for s in range(S):
             if diverged[s] is None:
                 losses = np.asarray(metrics.train_loss[:active, s])
                 if not np.all(np.isfinite(losses)):
                     diverged[s] = first + 1 + int(np.argmin(np.isfinite(losses)))
                 elif not bool(jax.device_get(_all_finite(jax.tree.map(lambda a: a[s], states.params)))):
-                    diverged[s] = done
-            config_metrics = jax.tree.map(lambda a: a[:, s], metrics)
-            rec = block_record(done, ev, config_metrics, active, int(up[s]), int(down[s]), train_seconds)
-            records[s].append(rec)
-            if on_eval is not None:
-                on_eval(s, rec)
+                    diverged[s] = now
+        if block_rounds is None or now % eval_every == 0 or done == rounds:
+            for s, ev in enumerate(sim.evaluate(states)):
+                config_metrics = jax.tree.map(lambda a: a[:, s], metrics)
+                rec = block_record(now, ev, config_metrics, active, int(up[s]), int(down[s]), train_seconds)
+                records[s].append(rec)
+                if on_eval is not None:
+                    on_eval(s, rec)
+        if after_block is not None:
+            after_block(states, SweepTotals(up.tolist(), down.tolist(), train_seconds, list(diverged)))
     config_state = lambda s: jax.tree.map(lambda a: a[s], states)
     return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, done, int(up[s]), int(down[s]),
                       diverged[s], stopped)
