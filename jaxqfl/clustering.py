@@ -59,7 +59,7 @@ def seeding_bytes(num_clusters: int, cohort_size: int, points_per_client: int | 
 
 def seed(population: Population, model, num_clusters: int, *, cohort_size: int, run_seed: int,
          points_per_client: int | None = None, restarts: int = 10, lloyd_iterations: int = 20, build=None,
-         **build_kwargs) -> Seeds:
+         should_stop=None, **build_kwargs) -> Seeds | None:
     """Run the seeding round (round 0 of run ``run_seed``) and k-means++ on its sample.
 
     The server keeps the best of ``restarts`` k-means++ runs on the sample, each
@@ -70,6 +70,8 @@ def seed(population: Population, model, num_clusters: int, *, cohort_size: int, 
     Args:
       model: the centroids model (``jaxqfl.models.centroids(num_clusters)``).
       build: ``engine.build`` (default) or ``engine.build_streaming``.
+      should_stop: ``() -> bool``, checked after the seeding round and between the bounded
+        pieces of the server's k-means++ (``best_of_restarts``); True returns ``None`` there.
       build_kwargs: passed to ``build`` (``aggregator``, ``uplink``, ``downlink``,
         ``num_devices``, ``chunk_size``, ``client_state``): the seeding round's
         uploads go through them like any round's.
@@ -87,6 +89,8 @@ def seed(population: Population, model, num_clusters: int, *, cohort_size: int, 
     sim = build(population, model, sample_rows(slots), engine.LocalSchedule(local_steps=s, batch_size=1),
                 cohort_size=cohort_size, task=tasks.clustering(), **build_kwargs)
     state, round_metrics = sim.run_block(sim.init(run_seed), 1)
+    if should_stop is not None and should_stop():
+        return None
     sample = jax.device_get(state.algorithm_state)
     valid = np.asarray(sample.valid)
     if int(valid.sum()) < num_clusters:
@@ -94,9 +98,10 @@ def seed(population: Population, model, num_clusters: int, *, cohort_size: int, 
             f"the seeding round kept {int(valid.sum())} sampled points, fewer than the {num_clusters} clusters; "
             f"send more points per client (points_per_client={s}) or sample more clients")
     key = keys.purpose_key(keys.round_key(state.key, 0), keys.SEEDING)
-    centroids = jax.jit(best_of_restarts, static_argnums=2, static_argnames=("restarts", "lloyd_iterations"))(
-        jnp.asarray(sample.points), jnp.asarray(valid), num_clusters, key, restarts=restarts,
-        lloyd_iterations=lloyd_iterations)
+    centroids = best_of_restarts(jnp.asarray(sample.points), jnp.asarray(valid), num_clusters, key,
+                                 restarts=restarts, lloyd_iterations=lloyd_iterations, should_stop=should_stop)
+    if centroids is None:
+        return None
     up = int(np.sum(np.asarray(round_metrics.uplink_bits), dtype=np.int64))
     down = int(np.sum(np.asarray(round_metrics.downlink_bits), dtype=np.int64))
     return Seeds(np.asarray(centroids, np.float32), int(valid.sum()), up, down)

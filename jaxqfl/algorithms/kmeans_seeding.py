@@ -30,7 +30,8 @@ References:
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +118,41 @@ def sample_rows(num_slots: int) -> Algorithm:
     )
 
 
+def _default_trials(num_clusters: int) -> int:
+    import math
+
+    return 2 + int(math.log(num_clusters))
+
+
+def _draw(key, k, weights, validf, shape=()):
+    """Row index drawn with probability ``weights / sum`` (uniform over valid rows when all are 0), key ``fold_in(key, k)``."""
+    w = jnp.where(jnp.sum(weights) > 0, weights, validf)
+    return jax.random.categorical(jax.random.fold_in(key, k), jnp.where(w > 0, jnp.log(w), -jnp.inf), shape=shape)
+
+
+def _first_centre(points, validf, num_clusters: int, key):
+    """``(centres [K, d] with centre 0 set, D^2 [R])``: k-means++'s uniform first draw."""
+    first = points[_draw(key, 0, validf, validf)]
+    centres = jnp.zeros((num_clusters, points.shape[1]), jnp.float32).at[0].set(first)
+    return centres, jnp.sum((points - first) ** 2, axis=-1) * validf
+
+
+def _next_centres(points, validf, key, centres, d2, lo, hi, trials: int):
+    """Greedy k-means++ draws ``k = lo .. hi-1`` (``lo``, ``hi`` may be traced): the loop of ``kmeans_plus_plus``."""
+
+    def distances(c):
+        return jnp.sum((points - c) ** 2, axis=-1) * validf
+
+    def body(k, carry):
+        centres, d2 = carry
+        candidates = _draw(key, k, d2, validf, (trials,))  # [trials] row indices
+        new_d2 = jnp.minimum(d2[None, :], jax.vmap(lambda i: distances(points[i]))(candidates))  # [trials, R]
+        best = jnp.argmin(jnp.sum(new_d2, axis=1))
+        return centres.at[k].set(points[candidates[best]]), new_d2[best]
+
+    return jax.lax.fori_loop(lo, hi, body, (centres, d2))
+
+
 def kmeans_plus_plus(points: jax.Array, valid: jax.Array, num_clusters: int, key: jax.Array,
                      trials: int | None = None) -> jax.Array:
     """Greedy k-means++ seeds ``[K, d]`` from the valid rows of ``points [R, d]`` (Arthur and Vassilvitskii 2007).
@@ -130,37 +166,53 @@ def kmeans_plus_plus(points: jax.Array, valid: jax.Array, num_clusters: int, key
     suggests (also scikit-learn's default). Draw ``k`` uses ``fold_in(key, k)``.
     Pure ``jnp``; needs at least one valid row.
     """
-    import math
-
-    trials = 2 + int(math.log(num_clusters)) if trials is None else int(trials)
+    trials = _default_trials(num_clusters) if trials is None else int(trials)
     points = jnp.asarray(points, jnp.float32)
     validf = jnp.asarray(valid).astype(jnp.float32)
+    centres, d2 = _first_centre(points, validf, num_clusters, key)
+    return _next_centres(points, validf, key, centres, d2, 1, num_clusters, trials)[0]
 
-    def draw(k, weights, shape=()):
-        w = jnp.where(jnp.sum(weights) > 0, weights, validf)
-        return jax.random.categorical(jax.random.fold_in(key, k), jnp.where(w > 0, jnp.log(w), -jnp.inf),
-                                      shape=shape)
 
-    def distances(c):
-        return jnp.sum((points - c) ** 2, axis=-1) * validf
+#: Work (multiply-adds) of one piece of ``best_of_restarts`` between two ``should_stop`` checks.
+PIECE_WORK = 2 ** 30
 
-    first = points[draw(0, validf)]
-    d2 = distances(first)
 
-    def body(k, carry):
-        centres, d2 = carry
-        candidates = draw(k, d2, (trials,))  # [trials] row indices
-        new_d2 = jnp.minimum(d2[None, :], jax.vmap(lambda i: distances(points[i]))(candidates))  # [trials, R]
-        best = jnp.argmin(jnp.sum(new_d2, axis=1))
-        return centres.at[k].set(points[candidates[best]]), new_d2[best]
+@functools.partial(jax.jit, static_argnums=(2,))
+def _restarts_first(points, validf, num_clusters: int, keys_r):
+    return jax.vmap(lambda k: _first_centre(points, validf, num_clusters, k))(keys_r)
 
-    centres = jnp.zeros((num_clusters, points.shape[1]), jnp.float32).at[0].set(first)
-    centres, _ = jax.lax.fori_loop(1, num_clusters, body, (centres, d2))
-    return centres
+
+@functools.partial(jax.jit, static_argnums=(7,))
+def _restarts_next(points, validf, keys_r, centres, d2, lo, hi, trials: int):
+    return jax.vmap(lambda k, c, d: _next_centres(points, validf, k, c, d, lo, hi, trials))(keys_r, centres, d2)
+
+
+def _sq_distances(points, c):
+    return jnp.sum((points[:, None, :] - c[None]) ** 2, axis=-1)  # [R, K]
+
+
+@jax.jit
+def _restarts_lloyd(points, validf, centres):
+    """One Lloyd iteration of every restart on the valid sample rows (an empty cluster keeps its centroid)."""
+
+    def refine(c):
+        num_clusters = c.shape[0]
+        a = jax.nn.one_hot(jnp.argmin(_sq_distances(points, c), axis=1), num_clusters) * validf[:, None]  # [R, K]
+        n = jnp.sum(a, axis=0)
+        return jnp.where((n > 0)[:, None], (a.T @ points) / jnp.where(n > 0, n, 1.0)[:, None], c)
+
+    return jax.vmap(refine)(centres)
+
+
+@jax.jit
+def _restarts_best(points, validf, centres):
+    cost = jax.vmap(lambda c: jnp.sum(jnp.min(_sq_distances(points, c), axis=1) * validf))(centres)
+    return centres[jnp.argmin(cost)]
 
 
 def best_of_restarts(points: jax.Array, valid: jax.Array, num_clusters: int, key: jax.Array, *,
-                     restarts: int = 10, lloyd_iterations: int = 20) -> jax.Array:
+                     restarts: int = 10, lloyd_iterations: int = 20,
+                     should_stop: Callable[[], bool] | None = None) -> jax.Array | None:
     """The server's seeds: the best of ``restarts`` k-means++ runs, each refined by Lloyd on the sample.
 
     Restart ``r`` seeds with ``kmeans_plus_plus(..., fold_in(key, r))`` and runs
@@ -168,24 +220,31 @@ def best_of_restarts(points: jax.Array, valid: jax.Array, num_clusters: int, key
     cluster keeps its centroid); the restart with the smallest sample inertia
     ``sum_x min_k ||x - c_k||^2`` wins (scikit-learn's ``n_init``, on the sample
     only: no extra round). Bahmani et al. 2012 (k-means||) likewise recluster a
-    sample on the server. Pure ``jnp``.
+    sample on the server.
+
+    The restarts run side by side (``vmap``) in bounded pieces, each its own call:
+    as many k-means++ draws as fit in ``PIECE_WORK`` multiply-adds, then one Lloyd
+    iteration at a time. ``should_stop()`` is checked between pieces; when it says
+    True the seeding returns ``None`` at once (with thousands of clusters a seeding
+    takes minutes, and a process must not stay deaf to Ctrl-C that long). The
+    pieces draw exactly the numbers one call would: draw ``k`` of restart ``r`` is
+    keyed ``fold_in(fold_in(key, r), k)`` whatever the piece.
     """
+    stop = should_stop or (lambda: False)
     points = jnp.asarray(points, jnp.float32)
     validf = jnp.asarray(valid).astype(jnp.float32)
-
-    def d2(c):
-        return jnp.sum((points[:, None, :] - c[None]) ** 2, axis=-1)  # [R, K]
-
-    def refine(c, _):
-        a = jax.nn.one_hot(jnp.argmin(d2(c), axis=1), num_clusters) * validf[:, None]  # [R, K]
-        n = jnp.sum(a, axis=0)
-        s = a.T @ points
-        return jnp.where((n > 0)[:, None], s / jnp.where(n > 0, n, 1.0)[:, None], c), None
-
-    def one(r):
-        c = kmeans_plus_plus(points, valid, num_clusters, jax.random.fold_in(key, r))
-        c, _ = jax.lax.scan(refine, c, None, length=lloyd_iterations)
-        return c, jnp.sum(jnp.min(d2(c), axis=1) * validf)
-
-    seeds, cost = jax.vmap(one)(jnp.arange(restarts))
-    return seeds[jnp.argmin(cost)]
+    trials = _default_trials(num_clusters)
+    keys_r = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(restarts))
+    centres, d2 = _restarts_first(points, validf, num_clusters, keys_r)
+    per_draw = max(1, restarts * trials * points.shape[0] * points.shape[1])
+    piece = max(1, PIECE_WORK // per_draw)
+    for lo in range(1, num_clusters, piece):
+        if stop():
+            return None
+        centres, d2 = _restarts_next(points, validf, keys_r, centres, d2, jnp.int32(lo),
+                                     jnp.int32(min(lo + piece, num_clusters)), trials)
+    for _ in range(lloyd_iterations):
+        if stop():
+            return None
+        centres = _restarts_lloyd(points, validf, centres)
+    return None if stop() else _restarts_best(points, validf, centres)

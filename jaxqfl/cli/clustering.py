@@ -62,6 +62,9 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     elif args.local_epochs is not None:
         parser.error("--kmeans minibatch needs a fixed batch per step: give --local-steps, not --local-epochs")
     args.client_lr = 1.0  # unused: k-means has its own step sizes
+    # Values the validators fill in that k-means refuses as flags: not in its config.toml (--config repeats it).
+    args._derived = {"model", "hidden", "client_lr"} | (
+        {"local_steps", "batch_size", "local_epochs"} if args.kmeans == "lloyd" else set())
 
 
 def main(args: argparse.Namespace, population, t_start: float, data_seconds: float, stop=None) -> int:
@@ -77,9 +80,9 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
 
     from jaxqfl import aggregate, clustering, engine, models, tasks
     from jaxqfl.algorithms import kmeans
+    from jaxqfl.cli import config_file
     from jaxqfl.cli.data_flags import fail
     from jaxqfl.cli.outputs import finite_or_none as _finite_or_null
-    from jaxqfl.cli import config_file
     from jaxqfl.cli.run_command import _progress
     from jaxqfl.engine import checkpoint
 
@@ -102,6 +105,8 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
              f"needs at least {_gib(need)} ({need:,} bytes) of memory, {_gib(have)} is available; use fewer "
              f"--clusters, a smaller --cohort-size, or fewer --seed-points")
     model = models.centroids(K)
+    from jaxqfl.cli import run_setup
+    from jaxqfl.cli.run_command import _restore_readable
     uplink = None if args.uplink == "none" else args.uplink_codec
     common = dict(
         aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
@@ -109,32 +114,96 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         downlink=None if args.downlink == "none" else args.downlink_codec, client_state=args.client_state,
     )
     build = engine.build_streaming if args.stream else engine.build
-    try:
-        seeds = clustering.seed(population, model, K, cohort_size=args.cohort_size, run_seed=args.seed,
-                                points_per_client=args.seed_points, build=build, **common)
-    except ValueError as err:
-        fail(f"k-means++ seeding: {err}")
+    resumed = getattr(args, "_resume_meta", None)
+    if resumed is not None:  # the layout the checkpoint was written with: bit for bit
+        layout = resumed.get("layout") or {}
+        common.update(num_devices=args.devices or layout.get("num_devices"),
+                      chunk_size=args.chunk_size or layout.get("chunk_size"))
     if args.kmeans == "lloyd":
         algorithm, schedule = kmeans.lloyd(), engine.LocalSchedule(local_steps=1, batch_size=None)
     else:
         batch = None if args.batch_size == 0 else args.batch_size
         algorithm, schedule = kmeans.minibatch_kmeans(), engine.LocalSchedule(local_steps=args.local_steps,
                                                                                batch_size=batch)
-    sim = build(population, model, algorithm, schedule, cohort_size=args.cohort_size, task=tasks.clustering(),
-                **common)
-    state = clustering.start_state(sim, args.seed, seeds.centroids)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    run_config = config_file.config_of(args)
+    (out / "config.toml").write_text(config_file.to_toml(run_config))
+    ckpt_dir, block = run_setup.checkpoint_dir(out), run_setup.block_rounds(args)
+    records, totals = [], engine.RunTotals()
+    if resumed is None:
+        try:
+            seeds = clustering.seed(population, model, K, cohort_size=args.cohort_size, run_seed=args.seed,
+                                    points_per_client=args.seed_points, build=build, should_stop=stop_requested,
+                                    **common)
+        except ValueError as err:
+            fail(f"k-means++ seeding: {err}")
+    sim = build(population, model, algorithm, schedule, cohort_size=args.cohort_size, task=tasks.clustering(),
+                **common)
+    if resumed is None and seeds is None:  # stopped while seeding: no centroids yet, nothing to resume from
+        (out / "summary.json").write_text(json.dumps({
+            "dataset": args.dataset, "task": "clustering", "clusters": K, "rounds": 0, "rounds_requested": args.rounds,
+            "completed": False, "interrupted": True, "signal": stop.name, "stopped_in": "seeding"}, indent=2) + "\n")
+        print(f"jaxqfl run: stopped by {stop.name} during the k-means++ seeding; no round was run (no checkpoint): "
+              f"start the run again with --overwrite", file=sys.stderr)
+        return stop.exit_status
+    if resumed is None:
+        state = clustering.start_state(sim, args.seed, seeds.centroids)
+        seeding = {"sample_size": seeds.sample_size, "uplink_bits": seeds.uplink_bits,
+                   "downlink_bits": seeds.downlink_bits,
+                   "inertia": clustering.scores(population, seeds.centroids)["inertia"]}
+    else:
+        state, meta = _restore_readable(ckpt_dir, sim.init(args.seed), args._resume_step)
+        records, seeding, block = list(meta["records"]), meta["seeding"], int(meta["block_rounds"])
+        totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
+                                  float(meta["train_seconds"]))
+    done_before = int(jax.device_get(state.round)) - 1  # round 0 was the seeding round
+    saved, write_error = set(), []
+
+    def save_checkpoint(state, t):
+        r = int(jax.device_get(state.round))
+        if r in saved or write_error:
+            return
+        meta = _finite_or_null({
+            "config": run_config, "fingerprint": run_setup.fingerprint(run_config), "records": all_records,
+            "block_rounds": block, "seeding": seeding,
+            "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
+            "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds})
+        try:
+            checkpoint.save(ckpt_dir, state, meta)
+            saved.add(r)
+        except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
+            write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
+
+    def after_block(state, rec, t):
+        del rec
+        r = int(jax.device_get(state.round)) - 1
+        if r % args.checkpoint_every == 0 or r == args.rounds:
+            save_checkpoint(state, t)
+
     setup_seconds = time.perf_counter() - t_start
-    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds + 1, not args.no_progress) as show:
+    all_records = list(records)
+    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds + 1, not args.no_progress,
+                                                          done_before + 1) as show:
+        f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in records)
 
         def on_eval(rec):
-            f.write(json.dumps(_finite_or_null(rec), allow_nan=False) + "\n")
+            rec = _finite_or_null(rec)
+            all_records.append(rec)
+            f.write(json.dumps(rec, allow_nan=False) + "\n")
             f.flush()
             show(rec)
 
-        result = engine.run(sim, rounds=args.rounds, eval_every=args.eval_every, seed=args.seed, state=state,
-                            on_eval=on_eval, should_stop=stop_requested)
+        if done_before >= args.rounds:
+            result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits)
+        else:
+            result = engine.run(sim, rounds=args.rounds - done_before, eval_every=args.eval_every, seed=args.seed,
+                                state=state, on_eval=on_eval, block_rounds=block, totals=totals, first_round=1,
+                                after_block=after_block, should_stop=lambda: stop_requested() or bool(write_error))
+    if result.diverged_round is None:  # a stopped run's last state (the finished one is saved already)
+        save_checkpoint(result.state, engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total,
+                                                       result.train_seconds))
+    result.records, result.rounds = all_records, done_before + result.rounds
     interrupted = stop_requested() and result.rounds < args.rounds
     final = result.final
     score = clustering.scores(population, jax.device_get(result.state.params["centroids"]))
@@ -143,10 +212,10 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         "kmeans": args.kmeans, "clusters": K, "uplink": args.uplink, "downlink": args.downlink,
         "final_inertia": score["inertia"], "final_ari": score["ari"], "final_nmi": score["nmi"],
         "final_loss": final.get("test_loss"), "final_train_loss": final.get("train_loss"),
-        "seeding_sample_size": seeds.sample_size, "seeding_inertia": clustering.scores(population, seeds.centroids)[
-            "inertia"],
+        "seeding_sample_size": seeding["sample_size"], "seeding_inertia": seeding["inertia"],
         "rounds": result.rounds, "rounds_requested": args.rounds, "seeding_rounds": 1,
         "completed": result.rounds >= args.rounds, "interrupted": bool(interrupted),
+        "resumed_from_round": done_before or None, "checkpoint_error": write_error[0] if write_error else None,
         "signal": stop.name if interrupted else None, "num_clients": population.num_clients,
         "num_examples": population.num_examples, "cohort_size": sim.cohort_size, "num_devices": sim.num_devices,
         "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
@@ -154,18 +223,23 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         "data_seconds": data_seconds, "compile_seconds": result.compile_seconds,
         "seconds_per_round": result.seconds_per_round,
         "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
-        "uplink_bits_total": result.uplink_bits_total + seeds.uplink_bits,
-        "downlink_bits_total": result.downlink_bits_total + seeds.downlink_bits,
+        "uplink_bits_total": result.uplink_bits_total + seeding["uplink_bits"],
+        "downlink_bits_total": result.downlink_bits_total + seeding["downlink_bits"],
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                   if not k.endswith("_codec")},
+                   if not k.endswith("_codec") and not k.startswith("_")},
     }
     summary = _finite_or_null(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    (out / "config.toml").write_text(config_file.to_toml(config_file.config_of(args)))
     checkpoint.save_params(out / checkpoint.FINAL_PARAMS, result.state.params)
+    if write_error:
+        from jaxqfl.cli.run_command import EXIT_WRITE_FAILED
+
+        print(f"jaxqfl run: error: could not write the {write_error[0]}; the last complete checkpoint is kept: "
+              f"free some space and continue with: jaxqfl run --resume {out}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     if interrupted:
-        print(f"jaxqfl run: stopped by {stop.name} after round {result.rounds} of {args.rounds}; wrote "
-              f"{out / 'summary.json'} and the centroids so far", file=sys.stderr)
+        print(f"jaxqfl run: stopped by {stop.name} after round {result.rounds} of {args.rounds}; checkpoint "
+              f"written. Continue with: jaxqfl run --resume {out}", file=sys.stderr)
         return stop.exit_status
     _print_summary(summary, out)
     return 0

@@ -57,9 +57,9 @@ def to_toml(config: dict) -> str:
 
 def config_of(args: argparse.Namespace) -> dict:
     """The run config of parsed, resolved args: plain values only (codec objects and how-to-run flags left out)."""
-    out = {}
+    out, derived = {}, getattr(args, "_derived", ())  # filled in by a validator for this kind of run, not flags
     for k, v in vars(args).items():
-        if k in NOT_CONFIG or k.startswith("_"):
+        if k in NOT_CONFIG or k.startswith("_") or k in derived:
             continue
         if isinstance(v, tuple):
             v = list(v)

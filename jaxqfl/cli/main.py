@@ -78,6 +78,8 @@ def _run_with(parser, args, argv, stop) -> int:
     from jaxqfl.cli import config_file, memory_guard, outputs, run_setup
 
     run_argv = argv[argv.index("run") + 1:] if "run" in argv else argv
+    if args.resume is not None:  # reading the checkpoint starts JAX: split the host as the run did, first
+        _force_cpu_devices(args.devices or run_setup.saved_devices(args.resume))
     try:
         run_setup.prepare(parser.run_parser, args, run_argv)
     except config_file.ConfigError as e:

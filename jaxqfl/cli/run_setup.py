@@ -69,6 +69,21 @@ def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_a
                                  f"--config {args.config}")
 
 
+def saved_devices(out) -> int | None:
+    """``devices`` of the run in folder ``out`` (its ``config.toml``), read without JAX; None when unknown.
+
+    A resume reads its checkpoint through orbax, which starts JAX: the host's CPU
+    devices must be split as the run's were before that.
+    """
+    import tomllib
+
+    try:
+        value = tomllib.loads((pathlib.Path(out) / "config.toml").read_text()).get("devices")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
 def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
     """``(round, meta)`` of the newest checkpoint whose record reads back; a damaged newer one is warned about.
 

@@ -80,6 +80,7 @@ def run(
     totals: RunTotals = RunTotals(),
     should_stop: Callable[[], bool] | None = None,
     after_block: Callable[[ServerState, dict | None, RunTotals], None] | None = None,
+    first_round: int = 0,
 ) -> RunResult:
     """Run ``rounds`` rounds, evaluating every ``eval_every`` rounds and after the last one.
 
@@ -96,6 +97,8 @@ def run(
         of the run, whatever ``state.round``) or the last round. A run resumed from
         a checkpoint passes the original run's block size, so its blocks (and
         results, bit for bit) and evaluations are the uninterrupted run's.
+      first_round: the run's round 0 in ``state.round`` (k-means: 1, after its seeding
+        round); ``eval_every`` counts from it.
       totals: bit totals and seconds of the rounds before ``state`` (a resumed run).
       should_stop: checked after compilation and after every block; True ends the
         run there (``RunResult.stopped``), the state being the last block's.
@@ -143,7 +146,7 @@ def run(
         elif not bool(jax.device_get(_all_finite(state.params))):
             diverged = now
         rec = None
-        if block_rounds is None or now % eval_every == 0 or done == rounds or diverged is not None:
+        if block_rounds is None or (now - first_round) % eval_every == 0 or done == rounds or diverged is not None:
             rec = block_record(now, sim.evaluate(state.params), metrics, active, up_total, down_total, train_seconds)
             records.append(rec)
             if on_eval is not None:
