@@ -71,9 +71,12 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     """Seed, run the k-means rounds, write the run's files; a signal (``stop``) ends it at the next block.
 
     Writes OUT/metrics.jsonl, OUT/summary.json, OUT/config.toml (``--config`` repeats the run) and
-    OUT/final_params.msgpack (the centroids, ``{"centroids": [K, d]}``). Stopped by Ctrl-C or
-    SIGTERM, the run stops after the seeding round or at the end of a block, writes its files with
-    ``"interrupted": true`` and exits with 130 / 143.
+    OUT/final_params.msgpack (the centroids, ``{"centroids": [K, d]}``) and OUT/checkpoints/<round>/
+    (the single run's orbax checkpoints: every ``--checkpoint-every`` rounds after the seeding round,
+    at the end and when stopped; ``--resume OUT`` continues bit for bit without seeding again; the
+    checkpoint's record keeps the seeding's sample size, bits and inertia). Stopped by Ctrl-C or
+    SIGTERM, the run stops between pieces of the seeding (``summary.json`` only: nothing to resume)
+    or at the end of a block, writes its files with ``"interrupted": true`` and exits with 130 / 143.
     """
     import jax
     import numpy as np

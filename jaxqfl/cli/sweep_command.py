@@ -8,7 +8,8 @@ config has its own run key, so config ``s`` equals ``jaxqfl run --seed s
 --data-seed <data seed>`` with the config's values (to float tolerance: the
 vmap batches the same arithmetic). A signal (Ctrl-C, SIGTERM) stops the sweep
 at the end of its block: every config's files hold the rounds run, with
-``"interrupted": true``, and the exit status is 130 / 143. A config whose loss or
+``"interrupted": true``, a checkpoint of every config's state is written, and the exit
+status is 130 / 143 (``--resume OUT`` continues bit for bit). A config whose loss or
 parameters become non-finite is marked ``"diverged"`` and the exit status is 3.
 
 Writes, under OUT:
@@ -18,6 +19,11 @@ Writes, under OUT:
     <config>/config.toml                             the config as a single run: ``jaxqfl run --config
                                                      OUT/<config>/config.toml`` repeats it (its seed, values
                                                      and the sweep's data seed)
+    config.toml                                      the sweep (its lists): ``--config`` repeats it
+    checkpoints/<round>/                             every config's state stacked on a leading axis (the
+                                                     single run's orbax checkpoints, ``engine.checkpoint``):
+                                                     every ``--checkpoint-every`` rounds (default: every
+                                                     evaluation), at the end and when stopped
     sweep.json                                       every config's final metrics, and per value of
                                                      the swept hyper-parameters the mean and standard
                                                      deviation over seeds
@@ -276,6 +282,12 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     print(table)
     print(f"  compile {report['compile_seconds']:.2f} s; {report['seconds_per_round'] * 1e3:.1f} ms per round of all "
           f"{len(configs)} configs; written {out / 'sweep.json'}, {out / 'sweep.md'} and one folder per config")
+    if write_error:
+        from jaxqfl.cli.run_command import EXIT_WRITE_FAILED
+
+        print(f"jaxqfl run: error: could not write the {write_error[0]}; the last complete checkpoint is kept: "
+              f"free some space and continue with: jaxqfl run --resume {out}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     if any(diverged):
         bad = [n for n, d in zip(names, diverged) if d]
         print(f"jaxqfl run: {len(bad)} of {len(configs)} configs diverged (a non-finite train loss or parameter): "
