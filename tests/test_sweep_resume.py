@@ -86,3 +86,14 @@ def test_a_resumed_sweep_refuses_a_changed_config(resumed_and_full, capsys):
         main(["run", "--resume", str(cut), "--client-lr", "0.05,0.2"])
     assert exc.value.code == 2
     assert "differs from the checkpoint's in 'client-lr'" in capsys.readouterr().err
+
+
+def test_a_resume_reads_the_device_count_without_starting_jax(tmp_path):
+    """``--resume`` splits the CPU into the run's devices before orbax starts JAX (else a --devices 2 run
+    resumed from a shell saw one device and was refused); the count comes from OUT/config.toml."""
+    from jaxqfl.cli.run_setup import saved_devices
+
+    (tmp_path / "config.toml").write_text('dataset = "synthetic"\ndevices = 2\n')
+    assert saved_devices(tmp_path) == 2
+    (tmp_path / "config.toml").write_bytes(b"\xff\xfe devices = ")  # damaged: the flag's default, no traceback
+    assert saved_devices(tmp_path) is None and saved_devices(tmp_path / "missing") is None
