@@ -226,7 +226,9 @@ def best_of_restarts(points: jax.Array, valid: jax.Array, num_clusters: int, key
     as many k-means++ draws as fit in ``PIECE_WORK`` multiply-adds, then one Lloyd
     iteration at a time. ``should_stop()`` is checked between pieces; when it says
     True the seeding returns ``None`` at once (with thousands of clusters a seeding
-    takes minutes, and a process must not stay deaf to Ctrl-C that long). The
+    takes minutes, and a process must not stay deaf to Ctrl-C that long). Each piece
+    is waited for before the next check (JAX dispatches asynchronously: without the
+    wait, the loop would queue every piece at once and check nothing). The
     pieces draw exactly the numbers one call would: draw ``k`` of restart ``r`` is
     keyed ``fold_in(fold_in(key, r), k)`` whatever the piece.
     """
@@ -241,10 +243,10 @@ def best_of_restarts(points: jax.Array, valid: jax.Array, num_clusters: int, key
     for lo in range(1, num_clusters, piece):
         if stop():
             return None
-        centres, d2 = _restarts_next(points, validf, keys_r, centres, d2, jnp.int32(lo),
-                                     jnp.int32(min(lo + piece, num_clusters)), trials)
+        centres, d2 = jax.block_until_ready(_restarts_next(points, validf, keys_r, centres, d2, jnp.int32(lo),
+                                                           jnp.int32(min(lo + piece, num_clusters)), trials))
     for _ in range(lloyd_iterations):
         if stop():
             return None
-        centres = _restarts_lloyd(points, validf, centres)
+        centres = jax.block_until_ready(_restarts_lloyd(points, validf, centres))
     return None if stop() else _restarts_best(points, validf, centres)
