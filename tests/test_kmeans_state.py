@@ -141,3 +141,29 @@ def test_a_signal_during_kmeans_seeding_stops_the_run(tmp_path, monkeypatch, cap
     assert s["interrupted"] is True and s["signal"] == "SIGTERM" and s["stopped_in"] == "seeding" and s["rounds"] == 0
     assert not (out / "metrics.jsonl").exists()
     assert "during the k-means++ seeding" in capsys.readouterr().err
+
+
+def test_the_stop_flag_is_read_after_the_piece_before_it_has_run(monkeypatch):
+    """JAX dispatches asynchronously: a check right after dispatching a piece would come before its work, and
+    a loop of such checks would queue the whole seeding and read a signal only at its end."""
+    from jaxqfl.algorithms import kmeans_seeding as ks
+
+    monkeypatch.setattr(ks, "PIECE_WORK", 2 ** 22)
+    dispatched, unfinished = [], []
+    for name in ("_restarts_next", "_restarts_lloyd"):
+        real = getattr(ks, name)
+
+        def spy(*a, _real=real):
+            out = _real(*a)
+            dispatched.append(jax.tree.leaves(out)[0])
+            return out
+
+        monkeypatch.setattr(ks, name, spy)
+
+    def should_stop():
+        unfinished.extend(x for x in dispatched if not x.is_ready())
+        return False
+
+    points, valid = _sample(num_rows=4096, d=16, seed=1)
+    ks.best_of_restarts(points, valid, 24, jax.random.key(0), restarts=4, lloyd_iterations=3, should_stop=should_stop)
+    assert len(dispatched) > 4 and not unfinished
