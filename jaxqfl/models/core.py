@@ -17,6 +17,8 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 
+from jaxqfl import keys
+
 Params = Any
 
 
@@ -97,7 +99,7 @@ def from_nnx(module, policy=None) -> Model:
     return _quantized(Model(init=init, apply=apply), policy)
 
 
-def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") -> Model:
+def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", train_arg: str | None = None) -> Model:
     """Wrap a Flax linen module whose only variable collection is ``'params'``.
 
     With a ``policy``, any module is made quantization-aware by interception of
@@ -113,6 +115,17 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
     default, the stream the QAT layers of ``jaxqfl.models.layers`` draw from).
     Modules with mutable state (e.g. BatchNorm's ``batch_stats``) are rejected:
     FL engines exchange parameters only.
+
+    Dropout: ``apply`` with a key (every local training step: the engine passes
+    the step's model key, ``keys.purpose_key(keys.step_key(client_key, s),
+    keys.QUANT)``) also gives the module the ``'dropout'`` stream
+    ``keys.purpose_key(key, keys.DROPOUT)``, so each client and step draws its
+    own masks from the run key, whatever the layout; ``apply`` without a key
+    (evaluation) gives none. With ``train_arg="train"`` the module's
+    ``__call__`` receives ``train=True`` when a key is given and ``train=False``
+    otherwise (and at ``init``), the usual Linen switch
+    ``nn.Dropout(rate, deterministic=not train)``: dropout is on in local
+    training and off at evaluation.
     """
     generic = False
     if not (policy is None or (isinstance(policy, str) and policy == "none")):
@@ -123,8 +136,16 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
             return qat_model(lambda layers: module.clone(layers=layers), policy)
         generic = True
 
+    if train_arg is not None and not (isinstance(train_arg, str) and train_arg.isidentifier()):
+        raise ValueError(f"from_flax: train_arg must be the name of the module's train flag (e.g. 'train'), "
+                         f"got {train_arg!r}")
+
+    def mode(training: bool) -> dict:
+        return {} if train_arg is None else {train_arg: training}
+
     def init(key, sample_x):
-        variables = module.init(key, sample_x)
+        variables = module.init({"params": key, "dropout": keys.purpose_key(key, keys.DROPOUT)}, sample_x,
+                                **mode(False))
         other = sorted(set(variables) - {"params"})
         if other:
             raise ValueError(
@@ -134,7 +155,7 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
         return variables.get("params", {})
 
     def apply(params, x, *, key=None):
-        rngs = None if key is None else {rng_collection: key}
-        return module.apply({"params": params}, x, rngs=rngs)
+        rngs = None if key is None else {rng_collection: key, "dropout": keys.purpose_key(key, keys.DROPOUT)}
+        return module.apply({"params": params}, x, rngs=rngs, **mode(key is not None))
 
     return _quantized(Model(init=init, apply=apply), policy) if generic else Model(init=init, apply=apply)
