@@ -25,6 +25,7 @@ from jaxqfl.compress.base import FLOAT_BITS
 from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.engine.state import num_params, tree_where
+from jaxqfl.models import stats
 
 
 
@@ -51,10 +52,12 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
     S = schedule.num_steps(max_count)
     prepare_plan, step_batch = make_batch_fn(schedule, max_count)
     every_step_active = schedule.every_step_active  # no masked steps: skip the select over the params
+    stateful = stats.has_stats(model)  # running statistics (jaxqfl.models.stats): set after each step
+    local_stats = stateful and model.local_stats
     if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
-        value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f))
+        value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f, has_aux=True))
     else:
-        value_and_grad = jax.value_and_grad
+        value_and_grad = lambda f: jax.value_and_grad(f, has_aux=True)
 
     def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
         ckey = keys.client_key(rkey, cid)
@@ -69,7 +72,9 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         else:
             down_bits = jnp.int32(float_bits(message.params) + extras_bits)
         info = ClientInfo(cid, count, schedule.steps_taken(count, max_count).astype(jnp.int32), ckey, round_index)
-        local = algorithm.client_init(message, cstates["algorithm"], info)
+        # FedBN: the client trains from its own statistics; its update is still taken against the server's
+        start = message._replace(params=stats.with_stats(message.params, cstates["model"])) if local_stats else message
+        local = algorithm.client_init(start, cstates["algorithm"], info)
         plan = prepare_plan(ckey, count)
 
         def local_step(local, step):
@@ -82,11 +87,17 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
             m = sb.mask.astype(jnp.float32)
 
             def loss_fn(p):
-                per_example = task.loss(model.apply(p, xb, key=qkey), yb)
-                return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
+                if stateful:
+                    out, new_stats = model.train_apply(p, xb, key=qkey)
+                else:
+                    out, new_stats = model.apply(p, xb, key=qkey), None
+                per_example = task.loss(out, yb)
+                return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0), new_stats
 
-            loss, grads = value_and_grad(loss_fn)(local.params)
-            stepped = algorithm.client_step(local, grads, message, info)
+            (loss, new_stats), grads = value_and_grad(loss_fn)(local.params)
+            stepped = algorithm.client_step(local, grads, start, info)
+            if stateful:  # statistics are state: set, not stepped
+                stepped = stepped._replace(params=stats.with_stats(stepped.params, new_stats))
             if every_step_active:
                 return stepped, (loss, sb.active)
             return tree_where(sb.active, stepped, local), (jnp.where(sb.active, loss, 0.0), sb.active)
@@ -97,6 +108,8 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         local, (losses, active) = jax.lax.scan(local_step, local, batches)
         out = algorithm.client_final(local, message, cstates["algorithm"], info)
         new_cstates["algorithm"] = out.client_state
+        if local_stats:
+            new_cstates["model"] = stats.split(local.params)[1]
         taken = jnp.sum(active.astype(jnp.int32))
         return TrainedClient(
             update=out.update,

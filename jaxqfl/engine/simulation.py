@@ -126,7 +126,7 @@ def setup_round(
     device = mesh.devices.flat[0]
 
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
-    per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink)
+    per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink, model=model)
     params_abs = jax.eval_shape(model.init, jax.random.key(0), sample_x)
     if task.name in ("classification", "regression", "next-token"):  # the built-in tasks whose output width is known
         check_model_outputs(model, params_abs, population)

@@ -5,7 +5,8 @@ is everything a run carries from one round to the next (and what a checkpoint
 saves). ``client_states`` is a dict of per-client pytrees, each leaf with a
 leading population axis: ``"algorithm"`` and ``"aggregator"`` always (``()``
 when they keep nothing), ``"uplink"`` / ``"downlink"`` for codecs with state
-(error-feedback residuals). Where those arrays live is the client-state home
+(error-feedback residuals), ``"model"`` for a model's own running statistics
+(FedBN, ``jaxqfl.models.stats``). Where those arrays live is the client-state home
 (``jaxqfl.engine.homes``).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl import keys
+from jaxqfl.models import stats
 
 
 class ServerState(NamedTuple):
@@ -57,12 +59,15 @@ def num_params(tree) -> int:
     return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(tree)))
 
 
-def one_client_states(algorithm, aggregator, *, uplink=None, downlink=None):
-    """``init(params) -> one client's state dict`` (algorithm, aggregator, codecs)."""
+def one_client_states(algorithm, aggregator, *, uplink=None, downlink=None, model=None):
+    """``init(params) -> one client's state dict`` (algorithm, aggregator, codecs, a model's own statistics)."""
+    model_state = None if model is None else stats.client_state_init(model)
 
     def init(params):
         states = {"algorithm": algorithm.client_state_init(params),
                   "aggregator": aggregator.client_state_init(params)}
+        if model_state is not None:
+            states["model"] = model_state(params)
         if uplink is not None and not aggregator.encodes_uplink:
             states["uplink"] = uplink.init(update_template(algorithm, params))
         if downlink is not None:
@@ -101,7 +106,7 @@ def initial_state(model, algorithm, aggregator, feature_shape, num_clients: int,
     states (a sharded home pads it to a multiple of the device count).
     """
     sample_x = jnp.zeros((1,) + tuple(feature_shape), jnp.float32)
-    per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink)
+    per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink, model=model)
     rows = num_clients if client_rows is None else client_rows
 
     def init_from_key(run_key) -> ServerState:

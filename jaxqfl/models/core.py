@@ -17,6 +17,9 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 
+from jaxqfl import keys
+from jaxqfl.models import stats
+
 Params = Any
 
 
@@ -25,6 +28,10 @@ class Model(NamedTuple):
 
     init: Callable[..., Params]
     apply: Callable[..., jax.Array]
+    # models with running statistics (BatchNorm; jaxqfl.models.stats): the training forward
+    # train_apply(params, x, *, key) -> (outputs, new statistics), and whether clients keep theirs (FedBN)
+    train_apply: Callable | None = None
+    local_stats: bool = False
 
 
 def from_functions(init: Callable, apply: Callable, policy=None) -> Model:
@@ -97,7 +104,8 @@ def from_nnx(module, policy=None) -> Model:
     return _quantized(Model(init=init, apply=apply), policy)
 
 
-def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") -> Model:
+def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", train_arg: str | None = None,
+              batch_stats: str | None = None) -> Model:
     """Wrap a Flax linen module whose only variable collection is ``'params'``.
 
     With a ``policy``, any module is made quantization-aware by interception of
@@ -111,8 +119,23 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
     ``apply`` re-wraps it as ``{'params': params}``. A ``key`` given to ``apply``
     is passed to the module as the ``rng_collection`` stream (``'quant'`` by
     default, the stream the QAT layers of ``jaxqfl.models.layers`` draw from).
-    Modules with mutable state (e.g. BatchNorm's ``batch_stats``) are rejected:
-    FL engines exchange parameters only.
+    BatchNorm: a module with a ``batch_stats`` collection (``nn.BatchNorm(
+    use_running_average=not train)``) needs ``train_arg`` and
+    ``batch_stats="local"`` (FedBN: each client keeps its own statistics) or
+    ``"averaged"`` (averaged like parameters); its params dict then holds the
+    statistics under ``'batch_stats'`` (``jaxqfl.models.stats``). Other
+    mutable collections are refused.
+
+    Dropout: ``apply`` with a key (every local training step: the engine passes
+    the step's model key, ``keys.purpose_key(keys.step_key(client_key, s),
+    keys.QUANT)``) also gives the module the ``'dropout'`` stream
+    ``keys.purpose_key(key, keys.DROPOUT)``, so each client and step draws its
+    own masks from the run key, whatever the layout; ``apply`` without a key
+    (evaluation) gives none. With ``train_arg="train"`` the module's
+    ``__call__`` receives ``train=True`` when a key is given and ``train=False``
+    otherwise (and at ``init``), the usual Linen switch
+    ``nn.Dropout(rate, deterministic=not train)``: dropout is on in local
+    training and off at evaluation.
     """
     generic = False
     if not (policy is None or (isinstance(policy, str) and policy == "none")):
@@ -123,18 +146,59 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant") 
             return qat_model(lambda layers: module.clone(layers=layers), policy)
         generic = True
 
+    if train_arg is not None and not (isinstance(train_arg, str) and train_arg.isidentifier()):
+        raise ValueError(f"from_flax: train_arg must be the name of the module's train flag (e.g. 'train'), "
+                         f"got {train_arg!r}")
+
+    if batch_stats not in (None, "local", "averaged"):
+        raise ValueError(f"from_flax: batch_stats must be None, 'local' or 'averaged', got {batch_stats!r}")
+    if batch_stats is not None and train_arg is None:
+        raise ValueError("from_flax: batch_stats needs train_arg, the module's train flag (e.g. train_arg='train'), "
+                         "so that BatchNorm uses batch statistics in training and running ones at evaluation")
+    stateful = batch_stats is not None
+    name = type(module).__name__
+
+    def mode(training: bool) -> dict:
+        return {} if train_arg is None else {train_arg: training}
+
+    def rngs(key):
+        return None if key is None else {rng_collection: key, "dropout": keys.purpose_key(key, keys.DROPOUT)}
+
+    def variables_of(params):
+        if not stateful:
+            return {"params": params}
+        trainable, running = stats.split(params)
+        return {"params": trainable, stats.STATS: running}
+
     def init(key, sample_x):
-        variables = module.init(key, sample_x)
-        other = sorted(set(variables) - {"params"})
+        variables = module.init({"params": key, "dropout": keys.purpose_key(key, keys.DROPOUT)}, sample_x,
+                                **mode(False))
+        other = sorted(set(variables) - {"params", stats.STATS})
         if other:
+            raise ValueError(f"from_flax: module {name} has variable collections {other} besides 'params' and "
+                             f"'{stats.STATS}'; they are not supported")
+        params = variables.get("params", {})
+        if (stats.STATS in variables) != stateful:
             raise ValueError(
-                f"from_flax: module {type(module).__name__} has variable collections {other} "
-                "besides 'params'; only stateless (params-only) modules are supported"
-            )
-        return variables.get("params", {})
+                f"from_flax: module {name} has a '{stats.STATS}' collection (BatchNorm): pass batch_stats='local' "
+                "(FedBN) or 'averaged', and train_arg" if stateful is False else
+                f"from_flax: batch_stats={batch_stats!r} was given but module {name} has no '{stats.STATS}' collection")
+        if stateful:
+            if stats.STATS in params:
+                raise ValueError(f"from_flax: module {name} has a parameter named '{stats.STATS}', a name reserved "
+                                 "for the running statistics")
+            params = stats.with_stats(params, variables[stats.STATS])
+        return params
 
     def apply(params, x, *, key=None):
-        rngs = None if key is None else {rng_collection: key}
-        return module.apply({"params": params}, x, rngs=rngs)
+        if stateful and key is not None:  # the training forward, statistics discarded
+            return train_apply(params, x, key=key)[0]
+        return module.apply(variables_of(params), x, rngs=rngs(key), **mode(key is not None))
 
-    return _quantized(Model(init=init, apply=apply), policy) if generic else Model(init=init, apply=apply)
+    def train_apply(params, x, *, key=None):
+        out, updated = module.apply(variables_of(params), x, rngs=rngs(key), mutable=[stats.STATS], **mode(True))
+        return out, updated[stats.STATS]
+
+    model = Model(init=init, apply=apply, train_apply=train_apply if stateful else None,
+                  local_stats=batch_stats == "local")
+    return _quantized(model, policy) if generic else model

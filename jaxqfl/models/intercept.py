@@ -238,7 +238,8 @@ def quantize_model(model: Model, policy) -> Model:
         return model
     if not isinstance(model, Model):
         raise TypeError(f"quantize_model takes a jaxqfl.models.Model, got {type(model).__name__}")
-    float_apply = lambda p, x: model.apply(p, x)  # noqa: E731  (the float forward, no key)
+    def float_apply(key):  # the float forward; the key reaches the model's own randomness (dropout)
+        return lambda p, x: model.apply(p, x, key=key)
 
     def init(key, sample_x):
         params = model.init(key, sample_x)
@@ -250,7 +251,7 @@ def quantize_model(model: Model, policy) -> Model:
         for path, q in binding.weights.items():
             if isinstance(q, LearnedQuantizer):
                 state[f"{path}{STATE_MARK}{q.param_name}"] = q.init(param_paths(params)[path])
-        _forward(float_apply, binding, params, state, sample_x, None, initialising=True)  # fills state
+        _forward(float_apply(None), binding, params, state, sample_x, None, initialising=True)  # fills state
         for state_path, value in state.items():
             params = _set_path(params, state_path, value)
         return params
@@ -258,6 +259,12 @@ def quantize_model(model: Model, policy) -> Model:
     def apply(params, x, *, key=None):
         float_params, state = _split_state(params)
         binding = bind(policy, float_params)
-        return _forward(float_apply, binding, float_params, state, x, key)
+        return _forward(float_apply(key), binding, float_params, state, x, key)
 
-    return Model(init=init, apply=apply)
+    def train_apply(params, x, *, key=None):  # models with running statistics: (outputs, new statistics)
+        float_params, state = _split_state(params)
+        binding = bind(policy, float_params)
+        return _forward(lambda p, x: model.train_apply(p, x, key=key), binding, float_params, state, x, key)
+
+    return Model(init=init, apply=apply, train_apply=train_apply if model.train_apply is not None else None,
+                 local_stats=model.local_stats)
