@@ -42,8 +42,9 @@ def _close(a, b, tol=1e-5):
         np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), atol=tol)
 
 
-@pytest.mark.parametrize("num_devices", [1, 4])
-@pytest.mark.parametrize("spec", ["qsgd:4", "topk:0.4+ef"])
+@pytest.mark.parametrize("spec,num_devices", [
+    ("qsgd:4", 1), ("topk:0.4+ef", 4),  # each codec and each device count once in the default suite
+    pytest.param("qsgd:4", 4, marks=pytest.mark.slow), pytest.param("topk:0.4+ef", 1, marks=pytest.mark.slow)])
 def test_each_config_equals_its_single_run(population, num_devices, spec):
     """FedAvg with a codec; FedAvgM + error feedback keeps server and per-client state."""
     codec = compress.from_spec(spec)
