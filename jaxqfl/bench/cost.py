@@ -41,6 +41,7 @@ from jaxqfl.algorithms.base import Algorithm
 from jaxqfl.data.population import Population
 from jaxqfl.engine.layout import local_state_floats
 from jaxqfl.engine.schedule import LocalSchedule
+from jaxqfl.models.cost import conv_macs, dot_macs
 
 FLOAT_BYTES = 4
 FORWARD_BACKWARD_FACTOR = 3
@@ -68,19 +69,11 @@ def _prod(xs) -> int:
 
 
 def _dot_flops(eqn) -> int:
-    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-    lhs = eqn.invars[0].aval
-    out = eqn.outvars[0].aval
-    return 2 * _prod(out.shape) * _prod(lhs.shape[d] for d in lhs_contract)
+    return 2 * dot_macs(eqn)
 
 
 def _conv_flops(eqn) -> int:
-    dn = eqn.params["dimension_numbers"]
-    rhs = eqn.invars[1].aval
-    out = eqn.outvars[0].aval
-    rhs_spec = dn.rhs_spec  # (out-channel dim, in-channel dim, *spatial dims)
-    per_output = rhs.shape[rhs_spec[1]] * _prod(rhs.shape[d] for d in rhs_spec[2:])
-    return 2 * _prod(out.shape) * per_output
+    return 2 * conv_macs(eqn)
 
 
 def _sub_jaxprs(value):

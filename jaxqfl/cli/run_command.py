@@ -213,6 +213,16 @@ def _model(args, population):
     return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
 
 
+def _cost_fields(args, population) -> dict:
+    """``summary.json``'s ``bops`` and ``model_bytes`` (``jaxqfl.models.cost``) of the float model under ``--quant``."""
+    from jaxqfl.models.cost import model_cost
+
+    cost = model_cost(_model(argparse.Namespace(**{**vars(args), "quant": None}), population), args.quant,
+                      population.x[:1])
+    return {"macs_per_example": cost.macs, "bops": cost.bops, "model_bytes": cost.model_bytes,
+            "model_cost_layers": [c._asdict() for c in cost.layers]}
+
+
 def _aggregator(args, population, uplink, hp: dict | None = None):
     """``(aggregator, label_transform)`` of the flags; ``hp`` (a sweep) gives one config's traced ``dp_noise``.
 
@@ -501,6 +511,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "tuning": sim.tuning,
         "tuning_recheck": recheck._asdict() if recheck is not None else None,
         "num_params": sim.num_params,
+        **_cost_fields(args, population),
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,
         "compile_seconds": result.compile_seconds,

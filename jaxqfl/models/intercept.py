@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from jaxqfl.models.core import Model
+from jaxqfl.models.cost import op_macs
 from jaxqfl.quant.policy import KERNEL, STATE_MARK, Binding, _key_name, bind, param_paths, resolve
 from jaxqfl.quant.qtensor import LearnedQuantizer
 
@@ -111,6 +112,8 @@ class _Interpreter:
         self.binding, self.state, self.key = binding, state, key
         self.initialising = initialising  # at init: learned activation quantizers create their parameter in state
         self.seen: set[str] = set()
+        self.macs: dict[str, int] = {}  # layer -> multiply-accumulates of its matmuls/convs (jaxqfl.models.cost)
+        self.repeat = 1  # how many times the jaxpr being run executes (scan bodies: their length)
 
     @staticmethod
     def layer_of(origin):
@@ -162,6 +165,9 @@ class _Interpreter:
                     invals[0] = self.quantize_input(rhs_layer, invals[0])
                 elif lhs_layer is not None and rhs_layer is None:
                     invals[1] = self.quantize_input(lhs_layer, invals[1])
+                layer = rhs_layer if lhs_layer is None else lhs_layer
+                if layer is not None:
+                    self.macs[layer[0]] = self.macs.get(layer[0], 0) + self.repeat * op_macs(eqn)
             if name in _CALLS and "jaxpr" in eqn.params:
                 inner = eqn.params["jaxpr"]
                 inner_jaxpr, inner_consts = (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, ())
@@ -189,8 +195,12 @@ class _Interpreter:
             outs = self.run(body.jaxpr, body.consts, [*consts, *carry, *x], origins)
             return outs[:n_carry], outs[n_carry:]
 
-        carry, ys = jax.lax.scan(step, list(init), list(xs), length=p["length"], reverse=p["reverse"],
-                                 unroll=p.get("unroll", 1))
+        self.repeat *= p["length"]  # the body is traced once, and runs `length` times
+        try:
+            carry, ys = jax.lax.scan(step, list(init), list(xs), length=p["length"], reverse=p["reverse"],
+                                     unroll=p.get("unroll", 1))
+        finally:
+            self.repeat //= p["length"]
         return [*carry, *ys]
 
 
