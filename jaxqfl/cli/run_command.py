@@ -490,6 +490,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "final_r2": final.get("test_r2"),
         "final_perplexity": final.get("test_perplexity"),
         "final_bits_per_char": final.get("test_bits_per_char"),
+        **{f"final_{k[len('test_'):]}": v for k, v in final.items() if k.startswith("test_client_")},
         "final_train_loss": final.get("train_loss"),
         "rounds": done_round,
         "rounds_requested": args.rounds,

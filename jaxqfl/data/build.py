@@ -46,6 +46,8 @@ one shared model (:func:`jaxqfl.data.synthetic.synthetic` with ``iid=True``).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from jaxqfl.data import partition as partitioners
@@ -214,5 +216,4 @@ def _with_task(pop: Population, task: str | None, dataset: str) -> Population:
     if "regression" in (task, pop.task):
         raise ValueError(f"dataset {dataset!r} is for {pop.task}; task {task!r} needs "
                          f"{'real targets' if task == 'regression' else 'integer labels'}")
-    return Population(pop.x, pop.y, pop.offsets, pop.counts, pop.x_test, pop.y_test, pop.num_classes,
-                      name=pop.name, task=task)
+    return dataclasses.replace(pop, task=task)

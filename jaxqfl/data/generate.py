@@ -73,8 +73,9 @@ def fill_population(
     clients ``lo..hi-1``'s rows, client-major, ``R = sizes[lo:hi].sum()``.
 
     Returns:
-        ``(x, y, counts, x_test, y_test)``: training rows client-major, the
-        per-client training counts, and the pooled test rows.
+        ``(x, y, counts, x_test, y_test, test_counts)``: training rows client-major,
+        the per-client training counts, the test rows (client-major) and the
+        per-client test counts.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     held = np.floor(test_fraction * sizes).astype(np.int64)  # [K] test rows of each client
@@ -97,7 +98,7 @@ def fill_population(
         y_test[at_test:at_test + r_test] = yb[is_test]
         at_train += r_train
         at_test += r_test
-    return x, y, train, x_test, y_test
+    return x, y, train, x_test, y_test, held
 
 
 def check_test_rows(test_fraction: float, sizes: np.ndarray) -> None:

@@ -123,11 +123,12 @@ def gaussian_mixture(num_components: int, num_clients: int, seed, *, num_feature
         x += means[z]
         return x, z
 
-    x, y, counts, x_test, y_test = fill_population(sizes, test_fraction, d, (), np.int32, chunks, draw_chunk)
+    x, y, counts, x_test, y_test, test_counts = fill_population(sizes, test_fraction, d, (), np.int32, chunks, draw_chunk)
     return Population(
         x=x, y=y, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32),
         counts=counts.astype(np.int32), x_test=x_test, y_test=y_test, num_classes=K,
         name=f"gaussian_mixture(K={K},concentration={concentration:g})", task="clustering",
+        test_counts=test_counts.astype(np.int32),
     )
 
 

@@ -44,12 +44,17 @@ class Population:
     num_classes: int
     name: str = ""
     task: str = ""
+    # [C] test rows of each client, when the test set is the clients' own held-out rows, client-major
+    # (client c owns x_test[sum(test_counts[:c]) : ... + test_counts[c]]); None: a pooled test set only
+    test_counts: np.ndarray | None = None
 
     def __post_init__(self):
         # Accept array-likes (lists, JAX arrays) but store NumPy arrays: the population lives on the host.
         for field in ("x", "y", "offsets", "counts", "x_test", "y_test"):
             object.__setattr__(self, field, np.asarray(getattr(self, field)))
         object.__setattr__(self, "num_classes", int(self.num_classes))
+        if self.test_counts is not None:
+            object.__setattr__(self, "test_counts", np.asarray(self.test_counts))
         if not self.task:
             object.__setattr__(self, "task", "classification" if self.num_classes > 0 else "regression")
         _validate(self)
@@ -197,6 +202,13 @@ def _validate(p: Population) -> None:
         )
     if p.x_test.shape[1:] != p.x.shape[1:]:
         raise ValueError(f"test features have shape {p.x_test.shape[1:]}, training features {p.x.shape[1:]}")
+    if p.test_counts is not None:
+        tc = p.test_counts
+        if tc.shape != p.counts.shape or not np.issubdtype(tc.dtype, np.integer) or (tc.size and tc.min() < 0) \
+                or int(tc.sum()) != p.x_test.shape[0]:
+            raise ValueError(f"test_counts must be {p.counts.shape[0]} non-negative integers (one per client) "
+                             f"summing to the {p.x_test.shape[0]} test rows; got shape {tc.shape}, dtype {tc.dtype}, "
+                             f"sum {int(tc.sum()) if np.issubdtype(tc.dtype, np.number) else '?'}")
     if p.offsets.shape != p.counts.shape or p.counts.ndim != 1:
         raise ValueError(f"offsets {p.offsets.shape} and counts {p.counts.shape} must be 1-D of equal length")
     if p.counts.size == 0:

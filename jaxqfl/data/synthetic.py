@@ -234,7 +234,7 @@ def _generate(alpha, beta, num_clients, seed, num_features, num_columns, size_me
             y[rows] = label_fn(x[rows], weights[group].astype(np.float64), biases[group].astype(np.float64), rng)
         return x, y
 
-    x, y, counts, x_test, y_test = fill_population(sizes, test_fraction, d, target_shape, target_dtype, chunks,
+    x, y, counts, x_test, y_test, test_counts = fill_population(sizes, test_fraction, d, target_shape, target_dtype, chunks,
                                                    draw_chunk)
     return Population(
         x=x,
@@ -246,6 +246,7 @@ def _generate(alpha, beta, num_clients, seed, num_features, num_columns, size_me
         num_classes=num_classes,
         name=name,
         task=task,
+        test_counts=test_counts.astype(np.int32),
     )
 
 

@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxqfl.data.population import Population
+from jaxqfl.engine import client_metrics
 from jaxqfl.engine.mesh import CLIENTS
 
 
@@ -19,7 +20,14 @@ def label_dtype(population: Population):
 
 
 def build_evaluate(population: Population, model, task, mesh, eval_batch_size: int):
-    """``evaluate(params) -> {metric: mean over the test rows}`` (the task's per-example metrics)."""
+    """``evaluate(params) -> {metric: mean over the test rows}`` (the task's per-example metrics).
+
+    When the test rows are the clients' own (``population.test_counts``), the
+    same program also sums each metric per client (a ``segment_sum`` by the
+    row's client), and ``evaluate`` adds the spread over clients
+    (``jaxqfl.engine.client_metrics``): e.g. ``client_accuracy_mean``,
+    ``_p10``, ``_min``, ``_std``.
+    """
     D = mesh.devices.size
     n = population.x_test.shape[0]
     eb = min(eval_batch_size, math.ceil(n / D))
@@ -29,32 +37,47 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
     x = np.concatenate([population.x_test.astype(np.float32), np.zeros((pad,) + population.feature_shape, np.float32)])
     y = np.concatenate([population.y_test.astype(y_dtype), np.zeros((pad,) + population.y_test.shape[1:], y_dtype)])
     mask = np.arange(per_device * D) < n
+    per_client = population.test_counts is not None
+    C = population.num_clients
+    owner = np.concatenate([np.repeat(np.arange(C, dtype=np.int32), population.test_counts), np.full(pad, C, np.int32)]) \
+        if per_client else np.zeros(per_device * D, np.int32)  # padding rows: segment C, dropped
     sharded = NamedSharding(mesh, P(CLIENTS))
-    x, y, mask = (jax.device_put(a, sharded) for a in (x, y, mask))
+    x, y, mask, owner = (jax.device_put(a, sharded) for a in (x, y, mask, owner))
 
-    def per_device_eval(params, x, y, mask):
-        xb, yb, mb = (a.reshape((-1, eb) + a.shape[1:]) for a in (x, y, mask))
+    def per_device_eval(params, x, y, mask, owner):
+        xb, yb, mb, ob = (a.reshape((-1, eb) + a.shape[1:]) for a in (x, y, mask, owner))
 
-        def one(args):
-            xi, yi, mi = args
-            m = task.metrics(model.apply(params, xi, key=None), yi)
-            return {k: jnp.sum(v * mi) for k, v in m.items()}
+        def metrics_of(xi, yi):
+            return task.metrics(model.apply(params, xi, key=None), yi)
 
-        sums = jax.tree.map(lambda a: jnp.sum(a, 0), jax.lax.map(one, (xb, yb, mb)))
-        return jax.lax.psum(sums, CLIENTS)
+        def one(acc, args):
+            xi, yi, mi, oi = args
+            m = metrics_of(xi, yi)
+            if per_client:
+                acc = {k: acc[k] + jax.ops.segment_sum(v * mi, oi, num_segments=C + 1) for k, v in m.items()}
+            return acc, {k: jnp.sum(v * mi) for k, v in m.items()}
+
+        shapes = jax.eval_shape(metrics_of, xb[0], yb[0])
+        acc0 = {k: jnp.zeros(C + 1, jnp.float32) for k in shapes} if per_client else {}
+        acc, sums = jax.lax.scan(one, acc0, (xb, yb, mb, ob))
+        sums = jax.tree.map(lambda a: jnp.sum(a, 0), sums)
+        return jax.lax.psum((sums, acc), CLIENTS)
 
     fn = jax.jit(
         jax.shard_map(
-            per_device_eval, mesh=mesh, in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS)), out_specs=P(),
-            check_vma=False,
+            per_device_eval, mesh=mesh, in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS)),
+            out_specs=P(), check_vma=False,
         )
     )
 
     finish = task.finish(population.y_test) if getattr(task, "finish", None) else None
 
     def evaluate(params) -> dict[str, float]:
-        sums = jax.device_get(fn(params, x, y, mask))
+        sums, client_sums = jax.device_get(fn(params, x, y, mask, owner))
         means = {k: float(v) / n for k, v in sums.items()}
-        return finish(means) if finish is not None else means
+        out = finish(means) if finish is not None else means
+        if per_client:
+            out.update(client_metrics.spread({k: v[:C] for k, v in client_sums.items()}, population.test_counts))
+        return out
 
     return evaluate
