@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from interrupted_runs import cut_resume_and_full
 from jaxqfl.cli.main import main
 
 KMEANS = ["--dataset", "gaussian-mixture", "--num-clients", "20", "--cohort-size", "10", "--components", "4",
@@ -26,27 +27,9 @@ def rows(folder):
 
 @pytest.fixture(scope="module")
 def resumed_and_full(tmp_path_factory):
-    from jaxqfl.engine import checkpoint
-
-    root = tmp_path_factory.mktemp("kmeans_state")
-    cut, full = root / "cut", root / "full"
-    real_save = checkpoint.save
-
-    def save_then_signal(directory, state, meta, **kw):  # SIGINT while the checkpoint after 2 rounds is written
-        step = real_save(directory, state, meta, **kw)
-        if step == 3:  # state.round 3: the seeding round 0, then rounds 1 and 2
-            os.kill(os.getpid(), signal.SIGINT)
-        return step
-
-    checkpoint.save = save_then_signal
-    try:
-        rc_cut = main(["run", *KMEANS, "--checkpoint-every", "2", "--out", str(cut)])
-    finally:
-        checkpoint.save = real_save
-    stopped = json.loads((cut / "summary.json").read_text())
-    rc_resume = main(["run", "--resume", str(cut)])
-    rc_full = main(["run", "--config", str(cut / "config.toml"), "--out", str(full)])
-    return cut, full, (rc_cut, rc_resume, rc_full), stopped
+    # SIGINT while the checkpoint of state.round 3 is written: the seeding round 0, then rounds 1 and 2
+    return cut_resume_and_full(tmp_path_factory.mktemp("kmeans_state"), KMEANS, at_step=3, sig=signal.SIGINT,
+                               inspect=lambda cut: json.loads((cut / "summary.json").read_text()))
 
 
 @pytest.mark.slow  # three k-means runs (~14 s); the cheap guards below stay in the default suite

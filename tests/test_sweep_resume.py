@@ -5,13 +5,13 @@ In process, tiny shapes (8 clients, 1 local step, 2 devices); the interruption i
 process, caught by the run's own handler (``jaxqfl.cli.interrupts``) at the end of a block.
 """
 import json
-import os
 import pathlib
 import signal
 
 import numpy as np
 import pytest
 
+from interrupted_runs import cut_resume_and_full
 from jaxqfl.cli.main import main
 
 TINY = ["--num-clients", "8", "--cohort-size", "4", "--local-steps", "1", "--batch-size", "4", "--devices", "2",
@@ -26,28 +26,13 @@ def summary(folder):
 @pytest.fixture(scope="module")
 def resumed_and_full(tmp_path_factory):
     """(interrupted-then-resumed sweep, its rc's, the same sweep run through once from its config.toml)."""
-    from jaxqfl.engine import checkpoint
+    def inspect(cut):
+        return {"sweep": json.loads((cut / "sweep.json").read_text()),
+                "rounds": sorted(int(p.name) for p in (cut / "checkpoints").iterdir() if p.name.isdigit())}
 
-    root = tmp_path_factory.mktemp("sweep_resume")
-    cut, full = root / "cut", root / "full"
-    real_save = checkpoint.save
-
-    def save_then_signal(directory, state, meta, **kw):  # SIGTERM arrives while round 2 is being saved
-        step = real_save(directory, state, meta, **kw)
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return step
-
-    checkpoint.save = save_then_signal
-    try:
-        rc_cut = main(["run", *SWEEP, "--checkpoint-every", "2", "--out", str(cut)])
-    finally:
-        checkpoint.save = real_save
-    stopped = {"sweep": json.loads((cut / "sweep.json").read_text()),
-               "rounds": sorted(int(p.name) for p in (cut / "checkpoints").iterdir() if p.name.isdigit())}
-    rc_resume = main(["run", "--resume", str(cut)])
-    rc_full = main(["run", "--config", str(cut / "config.toml"), "--out", str(full)])
-    return cut, full, (rc_cut, rc_resume, rc_full), stopped
+    # SIGTERM arrives while round 2 is being saved
+    return cut_resume_and_full(tmp_path_factory.mktemp("sweep_resume"), SWEEP, at_step=2, sig=signal.SIGTERM,
+                               inspect=inspect)
 
 
 def test_an_interrupted_then_resumed_sweep_equals_the_uninterrupted_one_bit_for_bit(resumed_and_full):
