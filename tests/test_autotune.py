@@ -276,7 +276,7 @@ def test_chunk_sweep_times_every_candidate_and_names_the_tuners_pick(population,
     assert json.loads(json_path.read_text())["results"][0]["tuned_chunk"] == r["tuned_chunk"]
 
 
-@pytest.mark.parametrize("faster", [1, 8])
+@pytest.mark.parametrize("faster", [1, pytest.param(8, marks=pytest.mark.slow)])
 def test_cpu_device_split_is_tuned_the_faster_mesh_is_picked_cached_and_results_do_not_change(
         population, monkeypatch, tmp_path, faster):
     """With no device count fixed, the tuner times the all-device mesh and a one-device mesh (faked

@@ -56,6 +56,7 @@ def _train(population, model, rounds, lr, steps):
     return result.records[-1]["test_bits_per_char"]
 
 
+@pytest.mark.slow  # ~12 s; the transformer's learning test stays in the default suite
 def test_small_char_lstm_learns_fortunes_below_the_unigram(fortunes_path):
     pop = load_text(fortunes_path, CONTEXT)
     bits = _train(pop, models.char_lstm(hidden=64, layers=1), rounds=10, lr=1e-2, steps=20)

@@ -214,9 +214,11 @@ def _model(args, population):
 
 
 def _cost_fields(args, population) -> dict:
-    """``summary.json``'s ``bops`` and ``model_bytes`` (``jaxqfl.models.cost``) of the float model under ``--quant``."""
+    """``summary.json``'s ``bops`` and ``model_bytes`` (``jaxqfl.models.cost``) of the model under ``--quant``."""
     from jaxqfl.models.cost import model_cost
 
+    if args.quant in (None, "none"):  # a float model: nothing quantized to cost (BOPs = 1,024 x MACs)
+        return {}
     cost = model_cost(_model(argparse.Namespace(**{**vars(args), "quant": None}), population), args.quant,
                       population.x[:1])
     return {"macs_per_example": cost.macs, "bops": cost.bops, "model_bytes": cost.model_bytes,
