@@ -10,6 +10,7 @@ SMALL = ["--num-clients", "20", "--cohort-size", "5", "--rounds", "2", "--eval-e
          "--devices", "2", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_run_records_the_algorithm_and_its_hyper_parameters(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", *SMALL, "--out", str(out), "--algorithm", "scaffold", "--server-lr", "0.5"]) == 0

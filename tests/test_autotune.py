@@ -186,6 +186,7 @@ def test_second_build_reads_the_cache_and_a_different_key_tunes_again(population
     assert modelled.tuning is None and off.count(MEASURED) == 0
 
 
+@pytest.mark.slow
 def test_results_are_the_same_whatever_chunk_the_tuner_picks(population, monkeypatch):
     """The tuner's pick (forced by a fake timing) changes the layout, not the round's result."""
     reference = engine.build(*_args(population), cohort_size=24, num_devices=2, chunk_size=12, autotune=False)
@@ -214,6 +215,7 @@ def test_results_are_the_same_whatever_chunk_the_tuner_picks(population, monkeyp
         np.testing.assert_allclose(metrics.train_loss, ref_metrics.train_loss, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_search_into_summary_and_prints_it(tmp_path, monkeypatch, capsys):
     from jaxqfl.cli.main import main
 
@@ -257,6 +259,7 @@ def test_bench_writes_a_fresh_folder_and_sweep_refuses_a_fixed_chunk():
         validate(parser, args)
 
 
+@pytest.mark.slow
 def test_chunk_sweep_times_every_candidate_and_names_the_tuners_pick(population, monkeypatch, tmp_path):
     from jaxqfl.bench import sweep
     from jaxqfl.bench.workloads import Workload

@@ -74,6 +74,7 @@ def test_balanced_chunks_pad_less_than_one_chunk(per_device, target):
     assert chunk <= max(target, 1) and padded - per_device < n
 
 
+@pytest.mark.slow
 def test_loop_reference_computes_the_engines_round():
     """The bench's two contestants agree: same cohort, same batches, same update."""
     rng = np.random.default_rng(0)

@@ -70,6 +70,7 @@ def test_secure_sum_of_noised_codes_equals_the_unmasked_sum(dropout):
     assert (dropped > 0) == (dropout > 0)
 
 
+@pytest.mark.slow
 def test_noise_on_the_sum_has_the_skellam_variance():
     """All-zero updates: the server's sum is the survivors' noise alone, variance gamma^2 W mu / s per coordinate."""
     s = 5

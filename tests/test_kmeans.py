@@ -135,6 +135,7 @@ def test_minibatch_kmeans_decreases_inertia():
     assert inertias[0] < 0.7 * before and inertias[-1] <= inertias[0] * 1.02
 
 
+@pytest.mark.slow
 def test_an_uplink_codec_applies_to_the_seeding_and_lloyd_uploads():
     pop = _mixture()
     model = models.centroids(5)

@@ -10,6 +10,8 @@ single-process run on four devices.
 """
 from __future__ import annotations
 
+import pytest
+
 import os
 import pathlib
 import socket
@@ -74,6 +76,7 @@ def _worker(process_id: int, port: int, out: str) -> None:
     jax.distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     import jax
 

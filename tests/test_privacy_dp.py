@@ -130,6 +130,7 @@ def test_epsilon_equals_dp_accounting_directly(sampling, rounds):
     assert eps == pytest.approx(acc.get_epsilon(delta), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_noise_for_epsilon_round_trip():
     kw = dict(num_clients=1000, cohort_size=100)
     for target, extra in ((4.0, {"count_noise_std": 5.0}),):
@@ -141,6 +142,7 @@ def test_noise_for_epsilon_round_trip():
         privacy.noise_for_epsilon(0.5, 1e-5, 30, count_noise_std=0.5, **kw)
 
 
+@pytest.mark.slow
 def test_cli_dp_run_reports_the_accounted_epsilon(tmp_path, capsys):
     """--dp-epsilon: the run spends exactly the target by its last round; rows grow; delta is printed."""
     import json

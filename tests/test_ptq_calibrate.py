@@ -60,6 +60,7 @@ def numpy_mse_range(x, lo, hi, bins, bits, k=100):
     return best[1], best[2]
 
 
+@pytest.mark.slow
 def test_ranges_equal_numpy_on_the_same_rows(setup):
     pop, model, params = setup
     x = pop.x

@@ -27,6 +27,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_quantize_writes_an_integer_model_equal_to_the_pipeline(run_dir, capsys):
     out = run_dir / "int.msgpack"
     rc = main(["quantize", str(run_dir), "--policy", "w4a8", "--calibrate", "percentile", "--calibration-clients", "3",

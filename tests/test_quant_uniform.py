@@ -25,6 +25,7 @@ def _finite_arrays(max_dims=3):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(x=_finite_arrays(), mode=st.sampled_from(MODES), stochastic=st.booleans(), per_channel=st.booleans(), seed=st.integers(0, 2**16))
 def test_codes_lie_in_range_with_smallest_dtype(x, mode, stochastic, per_channel, seed):

@@ -79,6 +79,7 @@ def test_synthetic_regression_targets_follow_each_clients_linear_model():
     assert one.y.ndim == 1
 
 
+@pytest.mark.slow
 def test_cli_streamed_regression_with_two_outputs_writes_mse_rmse_r2(tmp_path):
     """``--stream`` (engine.build_streaming) with [N, 2] targets; summary.json gets final_mse / rmse / r2."""
     import json

@@ -145,6 +145,7 @@ def _recorded(population, attack=None, label_transform=None):
     return np.asarray(s["ids"])[valid], _rows(s["stack"])[valid]
 
 
+@pytest.mark.slow
 def test_attacks_replace_only_the_malicious_rows(population):
     """Sign flip: malicious rows are the negated clean rows; ALIE: they are mu_h - z sigma_h of the clean
     honest rows of the same round (z = Phi^-1((n - s) / n), s = floor(n / 2 + 1) - f, the ratio clamped to

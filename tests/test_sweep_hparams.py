@@ -69,6 +69,7 @@ def test_fedprox_mu_and_local_steps_sweep_config_equals_the_single_run(populatio
                            cohort_size=4)
 
 
+@pytest.mark.slow
 def test_dp_noise_sweep_config_equals_the_single_dp_run(population):
     """Adaptive clipping keeps a clip norm in the aggregator state: it gets the config axis too."""
 
@@ -81,6 +82,7 @@ def test_dp_noise_sweep_config_equals_the_single_dp_run(population):
     np.testing.assert_allclose(metrics.server["dp_noise_std"][0], [0.0, 0.0, 0.4, 0.4], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_robust_aggregator_with_an_omniscient_attack_sweep_equals_single_runs(population):
     """Krum (a "gather" reduction) under ALIE (a cohort pre-pass): the state carries the config axis."""
 
@@ -107,6 +109,7 @@ def test_integer_secure_and_median_sweeps_equal_single_runs(population, kind):
                                  uplink=None if kind == "median" else codec)
 
 
+@pytest.mark.slow
 def test_cli_dp_noise_sweep_reports_each_configs_own_epsilon(tmp_path):
     from jaxqfl.cli.main import main
 
