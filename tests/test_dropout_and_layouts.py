@@ -151,7 +151,8 @@ def test_every_client_and_every_local_step_draws_its_own_dropout_masks():
     s0 = sim.init(0)
     p0 = jax.device_get(s0.params)  # run_block donates its input state
     s1, _ = sim.run_block(s0, 1)
-    m = np.asarray(jax.device_get(s1.client_states["model"])["BatchNorm_0"]["mean"], np.float64)  # [client, unit]
+    kept = jax.device_get(s1.client_states["model"])["batch_stats"]["BatchNorm_0"]
+    m = np.asarray(kept["mean"], np.float64)  # [client, unit]
     assert not np.asarray(p0["batch_stats"]["BatchNorm_0"]["mean"]).any()  # m_0 = 0
     h = x[0].astype(np.float64) @ np.asarray(p0["Dense_0"]["kernel"]) + np.asarray(p0["Dense_0"]["bias"])
     assert np.abs(h).min() > 1e-2  # every unit carries a value: its survivors can be counted

@@ -72,8 +72,9 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         else:
             down_bits = jnp.int32(float_bits(message.params) + extras_bits)
         info = ClientInfo(cid, count, schedule.steps_taken(count, max_count).astype(jnp.int32), ckey, round_index)
-        # FedBN: the client trains from its own statistics; its update is still taken against the server's
-        start = message._replace(params=stats.with_stats(message.params, cstates["model"])) if local_stats else message
+        # SiloBN / FedBN: the client trains from its own statistics (and BatchNorm layers); its update is still
+        # taken against the server's model (jaxqfl.models.stats)
+        start = message._replace(params=stats.with_local(message.params, cstates["model"])) if local_stats else message
         local = algorithm.client_init(start, cstates["algorithm"], info)
         plan = prepare_plan(ckey, count)
 
@@ -109,7 +110,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         out = algorithm.client_final(local, message, cstates["algorithm"], info)
         new_cstates["algorithm"] = out.client_state
         if local_stats:
-            new_cstates["model"] = stats.split(local.params)[1]
+            new_cstates["model"] = stats.local_part(model, local.params)
         taken = jnp.sum(active.astype(jnp.int32))
         return TrainedClient(
             update=out.update,

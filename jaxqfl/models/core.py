@@ -29,9 +29,11 @@ class Model(NamedTuple):
     init: Callable[..., Params]
     apply: Callable[..., jax.Array]
     # models with running statistics (BatchNorm; jaxqfl.models.stats): the training forward
-    # train_apply(params, x, *, key) -> (outputs, new statistics), and whether clients keep theirs (FedBN)
+    # train_apply(params, x, *, key) -> (outputs, new statistics), whether clients keep their statistics (SiloBN)
+    # and whether they keep their BatchNorm layers' parameters too (FedBN)
     train_apply: Callable | None = None
     local_stats: bool = False
+    local_layers: bool = False
 
 
 def from_functions(init: Callable, apply: Callable, policy=None) -> Model:
@@ -121,8 +123,9 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
     default, the stream the QAT layers of ``jaxqfl.models.layers`` draw from).
     BatchNorm: a module with a ``batch_stats`` collection (``nn.BatchNorm(
     use_running_average=not train)``) needs ``train_arg`` and
-    ``batch_stats="local"`` (FedBN: each client keeps its own statistics) or
-    ``"averaged"`` (averaged like parameters); its params dict then holds the
+    ``batch_stats="local"`` (each client keeps its own statistics, SiloBN),
+    ``"fedbn"`` (each client keeps its BatchNorm layers, statistics and scale
+    and bias, FedBN) or ``"averaged"`` (averaged like parameters); its params dict then holds the
     statistics under ``'batch_stats'`` (``jaxqfl.models.stats``). Other
     mutable collections are refused.
 
@@ -150,8 +153,8 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
         raise ValueError(f"from_flax: train_arg must be the name of the module's train flag (e.g. 'train'), "
                          f"got {train_arg!r}")
 
-    if batch_stats not in (None, "local", "averaged"):
-        raise ValueError(f"from_flax: batch_stats must be None, 'local' or 'averaged', got {batch_stats!r}")
+    if batch_stats is not None and batch_stats not in stats.MODES:
+        raise ValueError(f"from_flax: batch_stats must be None or one of {stats.MODES}, got {batch_stats!r}")
     if batch_stats is not None and train_arg is None:
         raise ValueError("from_flax: batch_stats needs train_arg, the module's train flag (e.g. train_arg='train'), "
                          "so that BatchNorm uses batch statistics in training and running ones at evaluation")
@@ -181,7 +184,7 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
         if (stats.STATS in variables) != stateful:
             raise ValueError(
                 f"from_flax: module {name} has a '{stats.STATS}' collection (BatchNorm): pass batch_stats='local' "
-                "(FedBN) or 'averaged', and train_arg" if stateful is False else
+                "(SiloBN), 'fedbn' or 'averaged', and train_arg" if stateful is False else
                 f"from_flax: batch_stats={batch_stats!r} was given but module {name} has no '{stats.STATS}' collection")
         if stateful:
             if stats.STATS in params:
@@ -200,5 +203,5 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
         return out, updated[stats.STATS]
 
     model = Model(init=init, apply=apply, train_apply=train_apply if stateful else None,
-                  local_stats=batch_stats == "local")
+                  local_stats=batch_stats in ("local", "fedbn"), local_layers=batch_stats == "fedbn")
     return _quantized(model, policy) if generic else model

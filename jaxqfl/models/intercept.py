@@ -276,5 +276,4 @@ def quantize_model(model: Model, policy) -> Model:
         binding = bind(policy, float_params)
         return _forward(lambda p, x: model.train_apply(p, x, key=key), binding, float_params, state, x, key)
 
-    return Model(init=init, apply=apply, train_apply=train_apply if model.train_apply is not None else None,
-                 local_stats=model.local_stats)
+    return model._replace(init=init, apply=apply, train_apply=train_apply if model.train_apply is not None else None)

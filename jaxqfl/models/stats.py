@@ -14,22 +14,35 @@ In each local step the engine takes the gradient of the loss through
 or control variate touches them. Evaluation uses ``apply`` without a key, i.e.
 the running averages of the params it is given.
 
-Two ways to federate them (``Model.local_stats``):
+Three ways to federate them (``from_flax(batch_stats=...)``; ``Model.local_stats``,
+``Model.local_layers``):
 
-- **averaged** (``False``): the statistics travel in the update like
+- **averaged** (``"averaged"``): the statistics travel in the update like
   parameters, so under FedAvg the server's become the weighted mean of the
   cohort's, ``sum_i w_i s_i / sum_i w_i`` (under a server optimizer they
   follow it like any parameter).
-- **local** (``True``; FedBN, Li et al. 2021, "FedBN: Federated Learning on
-  Non-IID Features via Local Batch Normalization"): each client keeps its own
-  statistics in its client state (the engine's client-state home, entry
-  ``'model'``); it trains from *them*, not from the server's, and they are
-  never overwritten by an average. Evaluation of the global model needs some
-  statistics: the client's update still carries ``s_i - s_server`` for them,
-  so under FedAvg the server's statistics are the cohort's weighted mean, used
-  only to evaluate the global model and never sent back to a client's
-  training (a stated choice: the FedBN paper evaluates each client with its
-  own statistics).
+- **local statistics** (``"local"``; SiloBN, Andreux et al. 2020, "Siloed
+  Federated Learning for Multi-Centric Histopathology Datasets"): each client
+  keeps its own statistics in its client state (the engine's client-state
+  home, entry ``'model'``); it trains from *them*, not from the server's, and
+  they are never overwritten by an average. The BatchNorm layers' learned
+  scale and bias are shared (averaged) like every other parameter.
+- **local BatchNorm layers** (``"fedbn"``; FedBN, Li et al. 2021, "FedBN:
+  Federated Learning on Non-IID Features via Local Batch Normalization",
+  Algorithm 1: only the non-BN layers are averaged): the statistics *and* the
+  parameters of every BatchNorm layer (its scale and bias: the params at the
+  layer paths the statistics name) are the client's own, kept and trained as
+  above.
+
+What a client keeps (:func:`local_part`) replaces the server's values in the
+model it starts from (:func:`with_local`); its update is still taken against
+the server's model, so it carries ``own_i - server`` for those leaves and,
+under FedAvg, the server's copy becomes the cohort's weighted mean of the
+clients' own. That copy is used only to evaluate the global model, never sent
+back into a client's training (a stated choice: evaluating the global model
+needs *some* BatchNorm layer and statistics, and the mean is the one that
+describes the whole cohort; the FedBN paper instead evaluates each client
+with its own).
 
 Stated limit: a batch's statistics include its padding rows when a client's
 example count is not a multiple of the batch size (the static-shape batches
@@ -38,6 +51,7 @@ of ``jaxqfl.engine.schedule``).
 from __future__ import annotations
 
 STATS = "batch_stats"
+MODES = ("local", "fedbn", "averaged")  # from_flax(batch_stats=...): module docstring
 
 
 def has_stats(model) -> bool:
@@ -55,8 +69,41 @@ def with_stats(params, stats) -> dict:
     return {**params, STATS: stats}
 
 
+def local_part(model, params) -> dict:
+    """The subtree of ``params`` a client keeps as its own (see the module docstring).
+
+    ``{STATS: statistics}`` for local statistics; with local layers (FedBN) also,
+    for each BatchNorm layer the statistics name (``STATS/.../BatchNorm_0``), the
+    params at the same path (``.../BatchNorm_0``: its scale and bias).
+    """
+    own = {STATS: params[STATS]}
+    if getattr(model, "local_layers", False):
+        own.update(_layers_named(params, params[STATS]))
+    return own
+
+
+def _layers_named(params: dict, statistics: dict) -> dict:
+    """The params at the layer paths of ``statistics`` (a layer: a dict whose values are arrays)."""
+    out = {}
+    for name, sub in statistics.items():
+        if name not in params or not isinstance(sub, dict):
+            continue
+        if all(not isinstance(v, dict) for v in sub.values()):  # a layer's statistics: mean, var
+            out[name] = params[name]
+        else:
+            inner = _layers_named(params[name], sub)
+            if inner:
+                out[name] = inner
+    return out
+
+
+def with_local(params: dict, own: dict) -> dict:
+    """``params`` with every leaf of ``own`` (a :func:`local_part`) put in its place."""
+    return {**params, **{k: with_local(params[k], v) if isinstance(v, dict) else v for k, v in own.items()}}
+
+
 def client_state_init(model):
-    """``init(params) -> the client's own statistics`` for local (FedBN) statistics, else None."""
+    """``init(params) -> the client's own part`` when clients keep statistics (or layers), else None."""
     if not (has_stats(model) and model.local_stats):
         return None
-    return lambda params: params[STATS]
+    return lambda params: local_part(model, params)
