@@ -73,39 +73,6 @@ def _quantized(model: Model, policy) -> Model:
     return quantize_model(model, policy)
 
 
-def from_nnx(module, policy=None) -> Model:
-    """Wrap a Flax NNX module: ``params`` are its ``nnx.Param`` values as a nested dict.
-
-    ``init`` returns the values the module was built with (construct it with
-    ``nnx.Rngs(seed)`` to choose them; ``init``'s key is not used: an NNX module
-    is initialised when it is constructed). ``apply`` merges the params into the
-    module's graph and calls it. Modules with other state (``nnx.BatchStat``)
-    are refused, as in ``from_flax``. A ``policy`` quantizes it by interception
-    (``jaxqfl.models.intercept``); rule paths are the NNX attribute paths, e.g.
-    ``'linear1/kernel'``.
-    """
-    from flax import nnx
-
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    other = jax.tree_util.tree_leaves(nnx.to_pure_dict(rest)) if rest else []
-    if other:
-        raise ValueError(f"from_nnx: module {type(module).__name__} holds state besides nnx.Param "
-                         f"({sorted(nnx.to_pure_dict(rest))}); only parameter-only modules are supported")
-    initial = nnx.to_pure_dict(params)
-
-    def init(key, sample_x):
-        del key, sample_x
-        return jax.tree_util.tree_map(lambda a: a, initial)
-
-    def apply(params_dict, x, *, key=None):
-        del key
-        state = nnx.State(params)  # a structure to fill: same paths as the module's params
-        nnx.replace_by_pure_dict(state, params_dict)
-        return nnx.merge(graphdef, state, rest)(x)
-
-    return _quantized(Model(init=init, apply=apply), policy)
-
-
 def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", train_arg: str | None = None,
               batch_stats: str | None = None) -> Model:
     """Wrap a Flax linen module whose only variable collection is ``'params'``.
