@@ -168,3 +168,24 @@ def test_fedbn_keeps_each_clients_batchnorm_layers_and_averages_the_rest(populat
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         server = got_server
     assert np.ptp(np.asarray(got_own["BatchNorm_0"]["bias"]), axis=0).max() > 1e-3  # the clients' layers differ
+
+
+def test_padding_rows_do_not_enter_the_batch_statistics(population):
+    """Full-batch steps (B = n_max = 8): client 0 holds 5 rows, so its batch carries 3 padding rows."""
+    counts = np.array([5, N, N, N], np.int32)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    rows = np.concatenate([np.arange(c * N, c * N + n) for c, n in enumerate(counts)])
+    pop = Population(population.x[rows], population.y[rows], offsets, counts, population.x_test,
+                     population.y_test, 2)
+    model = models.from_flax(BNNet(), train_arg="train", batch_stats="local")
+    sim = engine.build(pop, model, algorithms.fedavg(optax.sgd(0.1)), LocalSchedule(local_epochs=1, batch_size=None),
+                       cohort_size=C, chunk_size=1, autotune=False)
+    s0 = sim.init(0)
+    p0 = jax.device_get(s0.params)  # run_block donates its input state
+    s1, _ = sim.run_block(s0, 1)
+    kept = jax.device_get(s1.client_states["model"])["batch_stats"]["BatchNorm_0"]
+    m0, v0 = (np.asarray(p0["batch_stats"]["BatchNorm_0"][k]) for k in ("mean", "var"))
+    for c in range(C):
+        m, v = _batch_moments(p0, pop.x[offsets[c]:offsets[c] + counts[c]].astype(np.float64))  # real rows only
+        np.testing.assert_allclose(kept["mean"][c], MU * m0 + (1 - MU) * m, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(kept["var"][c], MU * v0 + (1 - MU) * v, rtol=1e-5, atol=1e-5)

@@ -3,7 +3,8 @@
 Properties: evaluation (no key) uses the running statistics and no dropout
 (a NumPy forward); a training call normalises by the batch's moments, moves
 the running averages m <- mu m + (1 - mu) mean_B, v <- mu v + (1 - mu) var_B
-(NumPy) and drops units by masks that follow the key alone; through the
+(NumPy), over the real rows of a padded batch only, and drops units by masks
+that follow the key alone; through the
 engine an NNX module equals its Linen twin under FedBN (the Linen path is
 checked against references in ``tests/test_batchnorm.py``), and a quantized
 NNX module with dropout and local statistics gives the same results on 1 and
@@ -69,6 +70,12 @@ def test_nnx_batchnorm_evaluates_on_running_statistics_and_trains_on_the_batchs(
     np.testing.assert_allclose(out, _np_forward(p, x, h.mean(0), h.var(0)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(new["bn"]["mean"], MU * 0.3 + (1 - MU) * h.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new["bn"]["var"], MU * 2.0 + (1 - MU) * h.var(0), rtol=1e-5, atol=1e-5)
+
+    rows = np.arange(16) < 11  # the last 5 rows are padding: the moments count the first 11 only
+    _, masked = model.train_apply(p, x, key=jax.random.key(2), mask=jnp.asarray(rows))
+    np.testing.assert_allclose(masked["bn"]["mean"], MU * 0.3 + (1 - MU) * h[:11].mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(masked["bn"]["var"], MU * 2.0 + (1 - MU) * h[:11].var(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(p["batch_stats"]["bn"]["mean"], np.float32(0.3))  # the caller's params are not written
 
 
 def test_nnx_dropout_follows_the_key_and_is_off_at_evaluation():

@@ -54,6 +54,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
     every_step_active = schedule.every_step_active  # no masked steps: skip the select over the params
     stateful = stats.has_stats(model)  # running statistics (jaxqfl.models.stats): set after each step
     local_stats = stateful and model.local_stats
+    rows_pad = schedule.batch_size is None or schedule.local_epochs is not None  # batches may hold padding rows
     if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
         value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f, has_aux=True))
     else:
@@ -89,7 +90,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
 
             def loss_fn(p):
                 if stateful:
-                    out, new_stats = model.train_apply(p, xb, key=qkey)
+                    out, new_stats = model.train_apply(p, xb, key=qkey, mask=sb.mask if rows_pad else None)
                 else:
                     out, new_stats = model.apply(p, xb, key=qkey), None
                 per_example = task.loss(out, yb)

@@ -29,8 +29,8 @@ class Model(NamedTuple):
     init: Callable[..., Params]
     apply: Callable[..., jax.Array]
     # models with running statistics (BatchNorm; jaxqfl.models.stats): the training forward
-    # train_apply(params, x, *, key) -> (outputs, new statistics), whether clients keep their statistics (SiloBN)
-    # and whether they keep their BatchNorm layers' parameters too (FedBN)
+    # train_apply(params, x, *, key, mask=None) -> (outputs, new statistics), whether clients keep their
+    # statistics (SiloBN) and whether they keep their BatchNorm layers' parameters too (FedBN)
     train_apply: Callable | None = None
     local_stats: bool = False
     local_layers: bool = False
@@ -165,8 +165,10 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
             return train_apply(params, x, key=key)[0]
         return module.apply(variables_of(params), x, rngs=rngs(key), **mode(key is not None))
 
-    def train_apply(params, x, *, key=None):
-        out, updated = module.apply(variables_of(params), x, rngs=rngs(key), mutable=[stats.STATS], **mode(True))
+    def train_apply(params, x, *, key=None, mask=None):  # mask [B]: the rows BatchNorm's moments count
+        with nn.intercept_methods(stats.linen_row_mask(mask)):
+            out, updated = module.apply(variables_of(params), x, rngs=rngs(key), mutable=[stats.STATS],
+                                        **mode(True))
         return out, updated[stats.STATS]
 
     model = Model(init=init, apply=apply, train_apply=train_apply if stateful else None,

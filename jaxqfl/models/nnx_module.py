@@ -23,7 +23,9 @@ initial parameters.
 
 BatchNorm (``batch_stats="local"``, ``"fedbn"`` or ``"averaged"``, as in
 ``from_flax``; ``jaxqfl.models.stats``): ``train_apply`` returns the running
-statistics the training call left in the module.
+statistics the training call left in the module; given a row ``mask`` it
+takes each ``nnx.BatchNorm``'s moments over the real rows (its own
+``mask=``), by calling it through a subclass for that call.
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def from_nnx(module, policy=None, *, batch_stats: str | None = None) -> Model:
 
     def filled(template, values):
         state = nnx.State(template)  # a structure to fill: same paths as the module's
-        nnx.replace_by_pure_dict(state, values)
+        # JAX arrays: NNX writes statistics into a NumPy value in place, which would change the caller's params
+        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, values))
         return state
 
     def rekeyed(key):
@@ -87,12 +90,16 @@ def from_nnx(module, policy=None, *, batch_stats: str | None = None) -> Model:
 
         return filled(streams, jax.tree_util.tree_map_with_path(one, nnx.to_pure_dict(streams)))
 
-    def module_of(params_dict, key, training: bool):
+    def module_of(params_dict, key, training: bool, mask=None):
         trainable, running = stats.split(params_dict) if has_stats else (params_dict, None)
         parts = [filled(params, trainable), filled(statistics, running) if has_stats else statistics,
                  rekeyed(key) if key is not None else streams, rest]
         m = nnx.merge(graphdef, *parts)
         m.train() if training else m.eval()
+        if mask is not None:  # BatchNorm moments over the real rows (jaxqfl.models.stats, padding rows)
+            for _, node in nnx.iter_graph(m):
+                if isinstance(node, nnx.BatchNorm):
+                    node.__class__ = _row_masked(type(node), mask)
         return m
 
     def init(key, sample_x):
@@ -104,8 +111,8 @@ def from_nnx(module, policy=None, *, batch_stats: str | None = None) -> Model:
             return train_apply(params_dict, x, key=key)[0]
         return module_of(params_dict, key, key is not None)(x)
 
-    def train_apply(params_dict, x, *, key=None):
-        m = module_of(params_dict, key, True)
+    def train_apply(params_dict, x, *, key=None, mask=None):  # mask [B]: the rows BatchNorm's moments count
+        m = module_of(params_dict, key, True, mask)
         out = m(x)
         return out, nnx.to_pure_dict(nnx.state(m, nnx.BatchStat))
 
@@ -113,3 +120,15 @@ def from_nnx(module, policy=None, *, batch_stats: str | None = None) -> Model:
                   local_stats=batch_stats in ("local", "fedbn"), local_layers=batch_stats == "fedbn")
     return _quantized(model, policy)
 
+
+
+def _row_masked(cls, mask):
+    """A subclass of the BatchNorm class ``cls`` whose calls take their moments over ``mask``'s rows only."""
+
+    class RowMasked(cls):
+        def __call__(self, x, use_running_average=None, *, mask=None):
+            return super().__call__(x, use_running_average, mask=stats.row_mask_for(rows, x, mask))
+
+    rows = mask
+    RowMasked.__name__ = RowMasked.__qualname__ = cls.__name__
+    return RowMasked

@@ -4,7 +4,7 @@ A model with running statistics holds them in its params dict under the
 reserved top-level key :data:`STATS` (``'batch_stats'``), beside its trainable
 parameters, and gives the engine a third function::
 
-    train_apply(params, x, *, key) -> (outputs, new_stats)
+    train_apply(params, x, *, key, mask=None) -> (outputs, new_stats)
 
 the training-mode forward (batch statistics normalise the batch; the running
 averages are updated, e.g. Flax's ``m <- momentum m + (1 - momentum) mean_B``).
@@ -44,11 +44,18 @@ needs *some* BatchNorm layer and statistics, and the mean is the one that
 describes the whole cohort; the FedBN paper instead evaluates each client
 with its own).
 
-Stated limit: a batch's statistics include its padding rows when a client's
-example count is not a multiple of the batch size (the static-shape batches
-of ``jaxqfl.engine.schedule``).
+Padding rows: a step's batch has static width B, so a client whose examples
+do not fill it (full-batch steps of a smaller client, the last step of an
+epoch) carries padding rows. The engine passes the batch's row ``mask``
+([B] bool) to ``train_apply`` and every Linen ``nn.BatchNorm`` whose input
+leads with that batch axis takes its moments over the real rows only
+(:func:`linen_row_mask`; Flax's own ``mask=``); NNX modules get the same
+through ``jaxqfl.models.nnx_module``. A BatchNorm whose input does not lead
+with the batch axis (a reshaped batch) still counts the padding rows.
 """
 from __future__ import annotations
+
+import jax.numpy as jnp
 
 STATS = "batch_stats"
 MODES = ("local", "fedbn", "averaged")  # from_flax(batch_stats=...): module docstring
@@ -107,3 +114,24 @@ def client_state_init(model):
     if not (has_stats(model) and model.local_stats):
         return None
     return lambda params: local_part(model, params)
+
+
+def row_mask_for(mask, x, given=None):
+    """``mask`` [B] as a BatchNorm ``mask=`` for input ``x`` [B, ...] (and with a ``given`` one), or ``given``
+    when ``x`` does not lead with the batch axis."""
+    if mask is None or x.ndim == 0 or x.shape[0] != mask.shape[0]:
+        return given
+    rows = mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+    return rows if given is None else jnp.logical_and(given, rows)
+
+
+def linen_row_mask(mask):
+    """An ``nn.intercept_methods`` interceptor: each ``nn.BatchNorm`` call takes moments over ``mask``'s rows."""
+    import flax.linen as nn
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__" and args:
+            kwargs = {**kwargs, "mask": row_mask_for(mask, args[0], kwargs.get("mask"))}
+        return next_fun(*args, **kwargs)
+
+    return interceptor
