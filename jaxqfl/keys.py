@@ -46,6 +46,14 @@ Two rules keep draws apart from keys:
   and epoch keys are parents. Draws that are not per-client (cohort sampling,
   server-side noise) use ``purpose_key(round_key, ...)``; parameter
   initialisation uses ``purpose_key(run_key, INIT)``.
+* One purpose key is a parent by contract: the *model key*
+  ``purpose_key(step_key, QUANT)`` the engine hands a model's ``apply`` in each
+  local step. A model derives its streams from it and draws nothing from it
+  directly: a stochastic quantizer of parameter ``p`` draws from
+  ``fold_in(fold_in(key, crc32(p)), role)`` with ``role`` in {0, 1}
+  (``jaxqfl.models.intercept``), Flax's ``make_rng('quant')`` folds in the
+  layer path, and ``from_flax``'s dropout stream is ``purpose_key(key,
+  DROPOUT)``: per client and step, and a path none of the others can meet.
 
 Changing a tag or the scheme changes every result of a seed (it changed once,
 from version 1 to version 2).

@@ -5,7 +5,8 @@ forward); training (a key) drops a ``rate`` fraction of units and rescales the
 rest by 1/(1-rate), with masks that follow the key alone; a QAT model with
 dropout equals the hand-written fake-quant forward of the dropped network; and
 an ordinary Linen model (Conv, GroupNorm, Dropout, Dense) quantized ``full``
-trains to the same parameters on 1, 2 and 4 devices and for every chunk size.
+trains to the same parameters on 1, 2 and 4 devices and for every chunk size; and through the
+engine each client and each local step draws its own masks (read back from FedBN statistics).
 """
 import flax.linen as nn
 import jax
@@ -120,3 +121,46 @@ def test_the_generic_qat_path_with_dropout_is_invariant_to_devices_and_chunks(
     got = _train(conv_population, num_devices, chunk_size)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(conv_reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --- Through the engine: each client and each local step draws its own masks --------------------------------------
+#
+# Observable: FedBN keeps each client's BatchNorm running mean, m <- MU m + (1 - MU) b_s, where b_s is the mean over
+# step s's batch of the dropped units. With lr = 0 the params never move and every row of every client is the same
+# vector x, so b_s = h k_s / (N (1 - rate)) with h = Dense_0(x) and k_s in {0..N} the rows whose unit survived: b_s
+# depends on the step's masks alone. From m_0 = 0, two steps leave m = (1 - MU)(MU b_0 + b_1); with MU = 1/5,
+# m N (1 - rate) / (h (1 - MU) MU) = k_0 + 5 k_1 reads both steps' survivor counts back (base 5, k <= N = 4).
+
+MU, N_ROWS, WIDTH, RATE = 0.2, 4, 16, 0.5
+
+
+class DropBNNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.Dropout(RATE, deterministic=not train)(nn.Dense(WIDTH)(x))
+        return nn.Dense(2)(nn.BatchNorm(use_running_average=not train, momentum=MU)(h))
+
+
+def test_every_client_and_every_local_step_draws_its_own_dropout_masks():
+    x = np.tile(np.linspace(0.5, 1.5, 3, dtype=np.float32), (2 * N_ROWS, 1))  # 2 clients, every row the same
+    pop = Population(x, np.zeros(2 * N_ROWS, np.int32), np.array([0, N_ROWS], np.int32),
+                     np.full(2, N_ROWS, np.int32), x[:2].copy(), np.zeros(2, np.int32), 2)
+    model = models.from_flax(DropBNNet(), train_arg="train", batch_stats="local")
+    sim = engine.build(pop, model, algorithms.fedavg(optax.sgd(0.0)), LocalSchedule(local_steps=2, batch_size=N_ROWS),
+                       cohort_size=2, autotune=False)
+    s0 = sim.init(0)
+    p0 = jax.device_get(s0.params)  # run_block donates its input state
+    s1, _ = sim.run_block(s0, 1)
+    kept = jax.device_get(s1.client_states["model"])["batch_stats"]["BatchNorm_0"]
+    m = np.asarray(kept["mean"], np.float64)  # [client, unit]
+    assert not np.asarray(p0["batch_stats"]["BatchNorm_0"]["mean"]).any()  # m_0 = 0
+    h = x[0].astype(np.float64) @ np.asarray(p0["Dense_0"]["kernel"]) + np.asarray(p0["Dense_0"]["bias"])
+    assert np.abs(h).min() > 1e-2  # every unit carries a value: its survivors can be counted
+
+    code = m * N_ROWS * (1 - RATE) / (h * (1 - MU) * MU)
+    np.testing.assert_allclose(code, np.round(code), atol=1e-2)  # whole numbers: k_0 + 5 k_1
+    k0, k1 = np.round(code).astype(int) % 5, np.round(code).astype(int) // 5  # [client, unit] each
+    assert k0.min() >= 0 and k1.min() >= 0 and k0.max() <= N_ROWS and k1.max() <= N_ROWS
+    assert 0.3 < (k0.mean() + k1.mean()) / (2 * N_ROWS) < 0.7  # keep probability 1 - rate
+    assert (k0 != k1).any(axis=1).all()  # within each client, step 1's masks are not step 0's
+    assert (k0[0] != k0[1]).any() and (k1[0] != k1[1]).any()  # at each step, client 1's are not client 0's

@@ -54,6 +54,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
     every_step_active = schedule.every_step_active  # no masked steps: skip the select over the params
     stateful = stats.has_stats(model)  # running statistics (jaxqfl.models.stats): set after each step
     local_stats = stateful and model.local_stats
+    rows_pad = schedule.batch_size is None or schedule.local_epochs is not None  # batches may hold padding rows
     if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
         value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f, has_aux=True))
     else:
@@ -72,8 +73,9 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         else:
             down_bits = jnp.int32(float_bits(message.params) + extras_bits)
         info = ClientInfo(cid, count, schedule.steps_taken(count, max_count).astype(jnp.int32), ckey, round_index)
-        # FedBN: the client trains from its own statistics; its update is still taken against the server's
-        start = message._replace(params=stats.with_stats(message.params, cstates["model"])) if local_stats else message
+        # SiloBN / FedBN: the client trains from its own statistics (and BatchNorm layers); its update is still
+        # taken against the server's model (jaxqfl.models.stats)
+        start = message._replace(params=stats.with_local(message.params, cstates["model"])) if local_stats else message
         local = algorithm.client_init(start, cstates["algorithm"], info)
         plan = prepare_plan(ckey, count)
 
@@ -88,7 +90,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
 
             def loss_fn(p):
                 if stateful:
-                    out, new_stats = model.train_apply(p, xb, key=qkey)
+                    out, new_stats = model.train_apply(p, xb, key=qkey, mask=sb.mask if rows_pad else None)
                 else:
                     out, new_stats = model.apply(p, xb, key=qkey), None
                 per_example = task.loss(out, yb)
@@ -109,7 +111,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         out = algorithm.client_final(local, message, cstates["algorithm"], info)
         new_cstates["algorithm"] = out.client_state
         if local_stats:
-            new_cstates["model"] = stats.split(local.params)[1]
+            new_cstates["model"] = stats.local_part(model, local.params)
         taken = jnp.sum(active.astype(jnp.int32))
         return TrainedClient(
             update=out.update,

@@ -5,8 +5,9 @@ is everything a run carries from one round to the next (and what a checkpoint
 saves). ``client_states`` is a dict of per-client pytrees, each leaf with a
 leading population axis: ``"algorithm"`` and ``"aggregator"`` always (``()``
 when they keep nothing), ``"uplink"`` / ``"downlink"`` for codecs with state
-(error-feedback residuals), ``"model"`` for a model's own running statistics
-(FedBN, ``jaxqfl.models.stats``). Where those arrays live is the client-state home
+(error-feedback residuals), ``"model"`` for what a client keeps of the model
+(its BatchNorm statistics, SiloBN, or BatchNorm layers, FedBN:
+``jaxqfl.models.stats``). Where those arrays live is the client-state home
 (``jaxqfl.engine.homes``).
 """
 from __future__ import annotations

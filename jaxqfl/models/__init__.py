@@ -8,7 +8,8 @@ Every factory takes ``policy`` (a ``jaxqfl.quant`` policy, its preset name, or
 """
 from jaxqfl.models.centroids import centroids
 from jaxqfl.models.capture import layer_inputs
-from jaxqfl.models.core import Model, from_flax, from_functions, from_nnx
+from jaxqfl.models.core import Model, from_flax, from_functions
+from jaxqfl.models.nnx_module import from_nnx
 from jaxqfl.models.intercept import quantize_model
 from jaxqfl.models.graphs import cnn_graph, mlp_graph
 from jaxqfl.models.layers import QATLayers, QConv, QDense

@@ -29,9 +29,11 @@ class Model(NamedTuple):
     init: Callable[..., Params]
     apply: Callable[..., jax.Array]
     # models with running statistics (BatchNorm; jaxqfl.models.stats): the training forward
-    # train_apply(params, x, *, key) -> (outputs, new statistics), and whether clients keep theirs (FedBN)
+    # train_apply(params, x, *, key, mask=None) -> (outputs, new statistics), whether clients keep their
+    # statistics (SiloBN) and whether they keep their BatchNorm layers' parameters too (FedBN)
     train_apply: Callable | None = None
     local_stats: bool = False
+    local_layers: bool = False
 
 
 def from_functions(init: Callable, apply: Callable, policy=None) -> Model:
@@ -71,39 +73,6 @@ def _quantized(model: Model, policy) -> Model:
     return quantize_model(model, policy)
 
 
-def from_nnx(module, policy=None) -> Model:
-    """Wrap a Flax NNX module: ``params`` are its ``nnx.Param`` values as a nested dict.
-
-    ``init`` returns the values the module was built with (construct it with
-    ``nnx.Rngs(seed)`` to choose them; ``init``'s key is not used: an NNX module
-    is initialised when it is constructed). ``apply`` merges the params into the
-    module's graph and calls it. Modules with other state (``nnx.BatchStat``)
-    are refused, as in ``from_flax``. A ``policy`` quantizes it by interception
-    (``jaxqfl.models.intercept``); rule paths are the NNX attribute paths, e.g.
-    ``'linear1/kernel'``.
-    """
-    from flax import nnx
-
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    other = jax.tree_util.tree_leaves(nnx.to_pure_dict(rest)) if rest else []
-    if other:
-        raise ValueError(f"from_nnx: module {type(module).__name__} holds state besides nnx.Param "
-                         f"({sorted(nnx.to_pure_dict(rest))}); only parameter-only modules are supported")
-    initial = nnx.to_pure_dict(params)
-
-    def init(key, sample_x):
-        del key, sample_x
-        return jax.tree_util.tree_map(lambda a: a, initial)
-
-    def apply(params_dict, x, *, key=None):
-        del key
-        state = nnx.State(params)  # a structure to fill: same paths as the module's params
-        nnx.replace_by_pure_dict(state, params_dict)
-        return nnx.merge(graphdef, state, rest)(x)
-
-    return _quantized(Model(init=init, apply=apply), policy)
-
-
 def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", train_arg: str | None = None,
               batch_stats: str | None = None) -> Model:
     """Wrap a Flax linen module whose only variable collection is ``'params'``.
@@ -121,8 +90,9 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
     default, the stream the QAT layers of ``jaxqfl.models.layers`` draw from).
     BatchNorm: a module with a ``batch_stats`` collection (``nn.BatchNorm(
     use_running_average=not train)``) needs ``train_arg`` and
-    ``batch_stats="local"`` (FedBN: each client keeps its own statistics) or
-    ``"averaged"`` (averaged like parameters); its params dict then holds the
+    ``batch_stats="local"`` (each client keeps its own statistics, SiloBN),
+    ``"fedbn"`` (each client keeps its BatchNorm layers, statistics and scale
+    and bias, FedBN) or ``"averaged"`` (averaged like parameters); its params dict then holds the
     statistics under ``'batch_stats'`` (``jaxqfl.models.stats``). Other
     mutable collections are refused.
 
@@ -150,8 +120,8 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
         raise ValueError(f"from_flax: train_arg must be the name of the module's train flag (e.g. 'train'), "
                          f"got {train_arg!r}")
 
-    if batch_stats not in (None, "local", "averaged"):
-        raise ValueError(f"from_flax: batch_stats must be None, 'local' or 'averaged', got {batch_stats!r}")
+    if batch_stats is not None and batch_stats not in stats.MODES:
+        raise ValueError(f"from_flax: batch_stats must be None or one of {stats.MODES}, got {batch_stats!r}")
     if batch_stats is not None and train_arg is None:
         raise ValueError("from_flax: batch_stats needs train_arg, the module's train flag (e.g. train_arg='train'), "
                          "so that BatchNorm uses batch statistics in training and running ones at evaluation")
@@ -181,7 +151,7 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
         if (stats.STATS in variables) != stateful:
             raise ValueError(
                 f"from_flax: module {name} has a '{stats.STATS}' collection (BatchNorm): pass batch_stats='local' "
-                "(FedBN) or 'averaged', and train_arg" if stateful is False else
+                "(SiloBN), 'fedbn' or 'averaged', and train_arg" if stateful is False else
                 f"from_flax: batch_stats={batch_stats!r} was given but module {name} has no '{stats.STATS}' collection")
         if stateful:
             if stats.STATS in params:
@@ -195,10 +165,12 @@ def from_flax(module: nn.Module, policy=None, *, rng_collection: str = "quant", 
             return train_apply(params, x, key=key)[0]
         return module.apply(variables_of(params), x, rngs=rngs(key), **mode(key is not None))
 
-    def train_apply(params, x, *, key=None):
-        out, updated = module.apply(variables_of(params), x, rngs=rngs(key), mutable=[stats.STATS], **mode(True))
+    def train_apply(params, x, *, key=None, mask=None):  # mask [B]: the rows BatchNorm's moments count
+        with nn.intercept_methods(stats.linen_row_mask(mask)):
+            out, updated = module.apply(variables_of(params), x, rngs=rngs(key), mutable=[stats.STATS],
+                                        **mode(True))
         return out, updated[stats.STATS]
 
     model = Model(init=init, apply=apply, train_apply=train_apply if stateful else None,
-                  local_stats=batch_stats == "local")
+                  local_stats=batch_stats in ("local", "fedbn"), local_layers=batch_stats == "fedbn")
     return _quantized(model, policy) if generic else model

@@ -271,10 +271,10 @@ def quantize_model(model: Model, policy) -> Model:
         binding = bind(policy, float_params)
         return _forward(float_apply(key), binding, float_params, state, x, key)
 
-    def train_apply(params, x, *, key=None):  # models with running statistics: (outputs, new statistics)
+    def train_apply(params, x, *, key=None, mask=None):  # models with running statistics: (outputs, new statistics)
         float_params, state = _split_state(params)
         binding = bind(policy, float_params)
-        return _forward(lambda p, x: model.train_apply(p, x, key=key), binding, float_params, state, x, key)
+        return _forward(lambda p, x: model.train_apply(p, x, key=key, mask=mask), binding, float_params, state, x,
+                        key)
 
-    return Model(init=init, apply=apply, train_apply=train_apply if model.train_apply is not None else None,
-                 local_stats=model.local_stats)
+    return model._replace(init=init, apply=apply, train_apply=train_apply if model.train_apply is not None else None)
