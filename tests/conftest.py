@@ -14,6 +14,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # (engine.build(..., autotune=True)); its cache goes to a fresh folder, never the user's ~/.cache.
 os.environ["JAXQFL_AUTOTUNE"] = "off"
 os.environ["JAXQFL_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxqfl-test-cache-")
+# One persistent XLA compilation cache for the session, shared with the CLI subprocesses the tests start
+# (they inherit the environment): a program compiled by one test or process is loaded by the next. It
+# changes no result, and compilation counts are unchanged (jaxqfl.engine.compilations counts loads too).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxqfl-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib  # noqa: E402
 

@@ -3,7 +3,10 @@
 JAX reports every backend compilation as the monitoring event
 ``/jax/core/compile/backend_compile_duration`` with the compiled function's
 name; ``CompilationLog`` listens to it. Tracing and lowering alone (e.g. a
-cache hit in jit's C++ dispatch) compile nothing and are not counted.
+cache hit in jit's C++ dispatch) compile nothing and are not counted. A
+program loaded from JAX's persistent compilation cache
+(``JAX_COMPILATION_CACHE_DIR``) is reported by the same event and counted
+like a compilation: the count says how many programs were built, whichever way.
 
     with CompilationLog() as log:
         engine.run(sim, rounds=10, eval_every=5)
