@@ -26,6 +26,7 @@ from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.engine.state import num_params, tree_where
 from jaxqfl.models import stats
+from jaxqfl.models.core import bound
 
 
 
@@ -61,6 +62,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         value_and_grad = lambda f: jax.value_and_grad(f, has_aux=True)
 
     def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
+        reading = bound(model, getattr(data, "frozen", ()))  # the frozen part (a LoRA base) from the program's data
         ckey = keys.client_key(rkey, cid)
         count, offset = data.counts[slot], data.offsets[slot]
         new_cstates = dict(cstates)
@@ -90,9 +92,9 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
 
             def loss_fn(p):
                 if stateful:
-                    out, new_stats = model.train_apply(p, xb, key=qkey, mask=sb.mask if rows_pad else None)
+                    out, new_stats = reading.train_apply(p, xb, key=qkey, mask=sb.mask if rows_pad else None)
                 else:
-                    out, new_stats = model.apply(p, xb, key=qkey), None
+                    out, new_stats = reading.apply(p, xb, key=qkey), None
                 per_example = task.loss(out, yb)
                 return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0), new_stats
 

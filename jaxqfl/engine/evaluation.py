@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jaxqfl.data.population import Population
 from jaxqfl.engine import client_metrics
 from jaxqfl.engine.mesh import CLIENTS
+from jaxqfl.models.core import bound
 
 
 def label_dtype(population: Population):
@@ -44,11 +45,14 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
     sharded = NamedSharding(mesh, P(CLIENTS))
     x, y, mask, owner = (jax.device_put(a, sharded) for a in (x, y, mask, owner))
 
-    def per_device_eval(params, x, y, mask, owner):
+    frozen = jax.device_put(model.frozen, NamedSharding(mesh, P()))  # a frozen base: once per device, an argument
+
+    def per_device_eval(params, frozen, x, y, mask, owner):
         xb, yb, mb, ob = (a.reshape((-1, eb) + a.shape[1:]) for a in (x, y, mask, owner))
+        reading = bound(model, frozen)
 
         def metrics_of(xi, yi):
-            return task.metrics(model.apply(params, xi, key=None), yi)
+            return task.metrics(reading.apply(params, xi, key=None), yi)
 
         def one(acc, args):
             xi, yi, mi, oi = args
@@ -65,7 +69,7 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
 
     fn = jax.jit(
         jax.shard_map(
-            per_device_eval, mesh=mesh, in_specs=(P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS)),
+            per_device_eval, mesh=mesh, in_specs=(P(), P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS)),
             out_specs=P(), check_vma=False,
         )
     )
@@ -73,7 +77,7 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
     finish = task.finish(population.y_test) if getattr(task, "finish", None) else None
 
     def evaluate(params) -> dict[str, float]:
-        sums, client_sums = jax.device_get(fn(params, x, y, mask, owner))
+        sums, client_sums = jax.device_get(fn(params, frozen, x, y, mask, owner))
         means = {k: float(v) / n for k, v in sums.items()}
         out = finish(means) if finish is not None else means
         if per_client:

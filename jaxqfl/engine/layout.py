@@ -14,6 +14,7 @@ from jaxqfl.engine.conv_layout import contains_convolution
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import client_start
 from jaxqfl.engine.state import num_params as _num_params
+from jaxqfl.models.core import bound
 
 
 class ClientLayout(NamedTuple):
@@ -63,7 +64,7 @@ def client_layout(
             int(np.prod(population.feature_shape)), device.platform, num_devices=num_devices,
             optimizer_floats=local_state_floats(algorithm, params) - num_params,
             device_memory=_device_memory(device),
-            has_convolutions=contains_convolution(jax.make_jaxpr(model.apply)(params, sample_x).jaxpr),
+            has_convolutions=contains_convolution(jax.make_jaxpr(bound(model).apply)(params, sample_x).jaxpr),
         )
     return layout_for_chunk(cohort_size, num_devices, chunk_size, num_params)
 

@@ -51,6 +51,7 @@ from jaxqfl.engine.evaluation import label_dtype
 from jaxqfl.engine.layout import ClientLayout, client_layout, local_state_floats
 from jaxqfl.engine.round import DeviceData, round_program
 from jaxqfl.engine.state import initial_state
+from jaxqfl.models.core import bound
 
 MEASURE_CLIENTS_PER_DEVICE = 512  # a larger share is timed on its first chunks and scaled
 MIN_MEASURE_SECONDS = 0.3  # keep timing a candidate's rounds until this much (or MAX_REPEATS) ...
@@ -163,6 +164,7 @@ def tuned_layout(
     rows = slice(int(population.offsets[big]), int(population.offsets[big]) + population.max_count)
     replicated = NamedSharding(mesh, P())
     data = DeviceData(
+        frozen=jax.device_put(model.frozen, replicated),
         x=jax.device_put(population.x[rows].astype(np.float32), replicated),
         y=jax.device_put(population.y[rows].astype(label_dtype(population)), replicated),
         offsets=jax.device_put(np.zeros((N,), np.int32), replicated),
@@ -199,7 +201,7 @@ def tuned_layout(
             "steps": steps,
             "max_count": population.max_count,
             "cohort_size": cohort_size,
-            "convolutions": contains_convolution(jax.make_jaxpr(model.apply)(params, sample_x).jaxpr),
+            "convolutions": contains_convolution(jax.make_jaxpr(bound(model).apply)(params, sample_x).jaxpr),
             "program": hashlib.sha256(program.encode()).hexdigest(),
             "describe": describe,
             "jax": jax.__version__,

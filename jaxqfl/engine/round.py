@@ -31,7 +31,7 @@ it (``RoundMetrics.joined`` / ``overflow``, server metrics ``cohort_joined`` /
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,7 @@ class DeviceData(NamedTuple):
     y: jax.Array  # [N]
     offsets: jax.Array  # [C] int32
     counts: jax.Array  # [C] int32
+    frozen: Any = ()  # the model's frozen part (a LoRA base, jaxqfl.models.core.bound): once per device
 
 
 class CohortBlock(NamedTuple):

@@ -37,6 +37,7 @@ from jaxqfl.engine.round import DeviceData, round_program
 from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
+from jaxqfl.models.core import bound
 from jaxqfl.tasks import Task, default_for
 
 
@@ -200,7 +201,7 @@ def check_model_outputs(model, params_abs, population: Population) -> None:
     per target value. A narrower classifier would index past its logits (NaN loss).
     """
     x = jax.ShapeDtypeStruct((2,) + tuple(population.feature_shape), jnp.float32)
-    out = jax.eval_shape(lambda p, x: model.apply(p, x, key=None), params_abs, x)
+    out = jax.eval_shape(lambda p, x: bound(model).apply(p, x, key=None), params_abs, x)
     if population.task == "next-token":  # logits at every position: [B, T, vocab]
         want = (2,) + tuple(population.feature_shape) + (population.num_classes,)
         if tuple(out.shape) != want:
@@ -215,10 +216,11 @@ def check_model_outputs(model, params_abs, population: Population) -> None:
                          f"build the model with {want} outputs")
 
 
-def device_data(population: Population, mesh) -> DeviceData:
-    """The population's training arrays, replicated on every device of the mesh."""
+def device_data(population: Population, mesh, frozen=()) -> DeviceData:
+    """The population's training arrays and a model's ``frozen`` part, replicated on every device of the mesh."""
     replicated = NamedSharding(mesh, P())
     return DeviceData(
+        frozen=jax.device_put(frozen, replicated),
         x=jax.device_put(population.x.astype(np.float32, copy=False), replicated),
         y=jax.device_put(population.y.astype(label_dtype(population), copy=False), replicated),
         offsets=jax.device_put(population.offsets.astype(np.int32), replicated),
@@ -276,7 +278,7 @@ def build(
         label_transform=label_transform, sampling=sampling, max_cohort=max_cohort,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
-    data = device_data(population, mesh)
+    data = device_data(population, mesh, model.frozen)
     common = dict(init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
                   cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
                   client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort)

@@ -86,7 +86,12 @@ def build_streaming(
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
+    A model with a frozen part (a LoRA base) is refused: a streamed block carries
+    only the cohort's rows.
     """
+    if getattr(model, "bind", None) is not None:
+        raise ValueError("streamed populations do not carry a model's frozen part (a LoRA base) yet: "
+                         "use engine.build (population on the devices) for a LoRA model")
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,

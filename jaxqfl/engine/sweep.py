@@ -171,7 +171,7 @@ def build_sweep(
                            mesh.devices.flat[0])
     if chunk_size is None:  # S configs share each chunk's working set
         layout = layout_for_chunk(cohort_size, D, max(1, layout.chunk // S), layout.num_params)
-    data = device_data(population, mesh)
+    data = device_data(population, mesh, model.frozen)
     replicated = NamedSharding(mesh, P())
     init_from_key = initial_state(model, algorithm0, aggregator0, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink)

@@ -34,6 +34,22 @@ class Model(NamedTuple):
     train_apply: Callable | None = None
     local_stats: bool = False
     local_layers: bool = False
+    # a frozen part the model reads but never trains (a LoRA base, jaxqfl.lora): its values, a pytree of
+    # arrays held once per device and handed to the compiled programs as an argument (never per client,
+    # never a constant of the program), and bind(frozen) -> the Model that reads those (traced) values
+    frozen: Params = ()
+    bind: Callable[[Params], "Model"] | None = None
+
+
+def bound(model: Model, frozen=None) -> Model:
+    """``model`` reading ``frozen`` (default: its own ``model.frozen``); ``model`` itself when it has no frozen part.
+
+    The engine calls it inside each program with the frozen values that program
+    received as an argument, so one copy serves every client of the program.
+    """
+    if model.bind is None:
+        return model
+    return model.bind(model.frozen if frozen is None else frozen)
 
 
 def from_functions(init: Callable, apply: Callable, policy=None) -> Model:

@@ -139,6 +139,12 @@ class _Interpreter:
             self.state[state_path] = q.init(x)  # as Flax creates a layer's parameter at its first call
         return _fake_quant(q, x, self.state, state_path, self.key, f"{prefix}input", _INPUT_ROLE)
 
+    def after_op(self, eqn, invals, in_origins, out):
+        """The output of an intercepted op (``eqn``, its inputs and their origins); subclasses add to it
+        (``jaxqfl.lora`` adds the low-rank term of an adapted kernel)."""
+        del eqn, invals, in_origins
+        return out
+
     def run(self, jaxpr, consts, args, origins):
         env, where = {}, {}
 
@@ -179,6 +185,8 @@ class _Interpreter:
                     outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
                 if not eqn.primitive.multiple_results:
                     outs = [outs]
+                if name in _INTERCEPTED:
+                    outs = [self.after_op(eqn, invals, in_origins, outs[0])]
             src = in_origins[0] if name in _TRANSPARENT else None
             if name == "concatenate" and all(isinstance(o, str) for o in in_origins):
                 src = tuple(in_origins)  # fused kernels (e.g. Flax's OptimizedLSTMCell): one matmul, one input

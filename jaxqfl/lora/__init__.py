@@ -1,0 +1,7 @@
+"""Federated LoRA and QLoRA: low-rank adapters on any model over a frozen, quantized base held once per device.
+
+    lora.adapt(model, base, rank=r, alpha=a, targets=REGEX, base_quant_format="nf4") -> Model
+"""
+from jaxqfl.lora.adapters import A_NAME, B_NAME, DEFAULT_TARGETS, adapt, adapter_paths
+
+__all__ = ["A_NAME", "B_NAME", "DEFAULT_TARGETS", "adapt", "adapter_paths"]
