@@ -50,26 +50,35 @@ def _linear_lora(rank, alpha):
     return base, lora.adapt(model, base, rank=rank, alpha=alpha)
 
 
-def _numpy_fedit(w0, a, b, pop, *, scale, lr, steps, rounds):
-    """FedAvg of A and B separately (FedIT), full-batch SGD on mean cross-entropy, gradients by hand."""
+def _numpy_fedit(w0, a, b, pop, *, scale, lr, steps, rounds, ranks=None):
+    """FedAvg of A and B separately (FedIT), full-batch SGD on mean cross-entropy, gradients by hand.
+
+    ``ranks`` (HetLoRA): client c trains A[:, :r_c] and B[:r_c, :] only, from the truncated global
+    adapters, and uploads the change of that block zero-padded; the server adds the mean upload.
+    """
     a, b = a.astype(np.float64), b.astype(np.float64)
+    r = a.shape[1]
+    ranks = [r] * C if ranks is None else ranks
     for _ in range(rounds):
-        new_a, new_b = [], []
+        da_sum, db_sum = np.zeros_like(a), np.zeros_like(b)
         for c in range(C):
             x = pop.x[c * N:(c + 1) * N].astype(np.float64)
             onehot = np.eye(K)[pop.y[c * N:(c + 1) * N]]
-            ai, bi = a.copy(), b.copy()
+            keep_a = (np.arange(r) < ranks[c])[None, :]
+            keep_b = (np.arange(r) < ranks[c])[:, None]
+            ai, bi = a * keep_a, b * keep_b
+            a_start, b_start = ai.copy(), bi.copy()
             for _ in range(steps):
                 logits = x @ (w0 + scale * ai @ bi)
                 p = np.exp(logits - logits.max(1, keepdims=True))
                 p /= p.sum(1, keepdims=True)
                 g = (p - onehot) / N  # d(mean CE)/d logits
-                da = scale * x.T @ (g @ bi.T)
-                db = scale * (x @ ai).T @ g
+                da = scale * x.T @ (g @ bi.T) * keep_a
+                db = scale * (x @ ai).T @ g * keep_b
                 ai, bi = ai - lr * da, bi - lr * db
-            new_a.append(ai)
-            new_b.append(bi)
-        a, b = np.mean(new_a, 0), np.mean(new_b, 0)  # equal client sizes: the weighted mean is the mean
+            da_sum += ai - a_start
+            db_sum += bi - b_start
+        a, b = a + da_sum / C, b + db_sum / C  # equal client sizes: the weighted mean is the mean
     return a, b
 
 
@@ -177,3 +186,41 @@ def test_bad_arguments_are_refused_naming_them():
                            ({"rank": 2, "base_quant_format": "fp3"}, "fp3")):
         with pytest.raises(ValueError, match=needle):
             lora.adapt(model, base, **kwargs)
+
+
+@pytest.mark.parametrize("ranks", [(1, 3, 2, 3), (3, 3, 3, 3)])
+def test_heterogeneous_ranks_equal_a_numpy_reference_of_zero_padded_blocks(population, ranks):
+    """HetLoRA: client c trains the leading ranks[c] block; all at full rank is plain FedIT, bit for bit."""
+    rank = 3
+    base, model = _linear_lora(rank, 2.0)
+    lr, steps, schedule = 0.5, 2, LocalSchedule(local_epochs=2, batch_size=N)
+    fedavg = algorithms.fedavg(optax.sgd(lr))
+    het = lora.heterogeneous_ranks(fedavg, np.asarray(ranks))
+    sim = engine.build(population, model, het, schedule, cohort_size=C, chunk_size=2, autotune=False)
+    s0 = sim.init(0)
+    start = jax.device_get(s0.params)["Dense_0"]["kernel"]
+    got = jax.device_get(sim.run_block(s0, 2)[0].params)["Dense_0"]["kernel"]
+    a, b = _numpy_fedit(np.asarray(base["Dense_0"]["kernel"], np.float64), start["a"], start["b"], population,
+                        scale=2.0 / rank, lr=lr, steps=steps, rounds=2, ranks=list(ranks))
+    np.testing.assert_allclose(got["a"], a, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got["b"], b, rtol=2e-5, atol=2e-6)
+    if min(ranks) == rank:  # every client at full rank: exactly homogeneous LoRA
+        plain = engine.build(population, model, fedavg, schedule, cohort_size=C, chunk_size=2, autotune=False)
+        want = jax.device_get(plain.run_block(plain.init(0), 2)[0].params)["Dense_0"]["kernel"]
+        for n in "ab":
+            np.testing.assert_array_equal(got[n], want[n])
+
+
+def test_a_low_rank_client_changes_only_its_leading_block(population):
+    base, model = _linear_lora(3, 3.0)
+    het = lora.heterogeneous_ranks(algorithms.fedavg(optax.sgd(0.5)), np.full(C, 1))
+    sim = engine.build(population, model, het, LocalSchedule(local_steps=3, batch_size=N), cohort_size=C,
+                       chunk_size=C, autotune=False)
+    s0 = sim.init(0)
+    start = jax.device_get(s0.params)["Dense_0"]["kernel"]
+    got = jax.device_get(sim.run_block(s0, 2)[0].params)["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(got["a"][:, 1:], start["a"][:, 1:])
+    np.testing.assert_array_equal(got["b"][1:], 0.0)
+    assert np.abs(got["b"][0]).max() > 1e-3 and np.abs(got["a"][:, 0] - start["a"][:, 0]).max() > 1e-4
+    with pytest.raises(ValueError, match="tier ranks"):
+        lora.rank_tiers(C, [4, 2], 3)
