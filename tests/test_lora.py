@@ -224,3 +224,25 @@ def test_a_low_rank_client_changes_only_its_leading_block(population):
     assert np.abs(got["b"][0]).max() > 1e-3 and np.abs(got["a"][:, 0] - start["a"][:, 0]).max() > 1e-4
     with pytest.raises(ValueError, match="tier ranks"):
         lora.rank_tiers(C, [4, 2], 3)
+
+
+def test_merged_params_serve_the_original_model_and_pretrained_params_load(tmp_path):
+    from jaxqfl.models import pretrained
+    from jaxqfl.models.serialization import save_params
+
+    model = models.from_flax(Attention())
+    x = jax.random.normal(jax.random.key(0), (3, 5, D))
+    base = model.init(jax.random.key(1), x)
+    save_params(tmp_path / "base.msgpack", {"params": base})  # a Flax variables dict, as training scripts write
+    loaded = pretrained.load_pretrained(tmp_path / "base.msgpack", model, x)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(base)):
+        np.testing.assert_array_equal(a, b)
+    adapted = lora.adapt(model, loaded, rank=2, alpha=3.0)
+    adapters = jax.tree.map(lambda a: a + 0.05, adapted.init(jax.random.key(2), x))
+    merged = lora.merge(adapted, adapters, x)
+    np.testing.assert_allclose(model.apply(merged, x), adapted.apply(adapters, x), rtol=1e-5, atol=1e-5)
+    wrong = models.from_flax(Linear())
+    with pytest.raises(ValueError, match="do not fit the model"):
+        pretrained.load_pretrained(tmp_path / "base.msgpack", wrong, jnp.zeros((1, D)))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        pretrained.load_pretrained(tmp_path / "nope.msgpack", model, x)

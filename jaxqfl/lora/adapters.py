@@ -48,6 +48,7 @@ import zlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxqfl.lora import base_quant
@@ -185,23 +186,40 @@ def adapt(model: Model, base, *, rank: int, alpha: float | None = None, targets:
                           [*paths, *([None] * len(jax.tree_util.tree_leaves(x)))])
         return jax.tree_util.tree_unflatten(out_tree, outs), interp
 
-    def init(key, sample_x):
+    def discover(sample_x) -> dict:
+        """``{kernel path: its contracting dims at its matmul}`` of the targets, refusing what LoRA cannot adapt."""
         _, interp = forward(base_quant.dequantize_base(frozen), {}, sample_x, None, shapes)
-        problems = {p: why for p, why in interp.refused.items()}
+        problems = dict(interp.refused)
         problems.update({p: "never meets an input in a matmul (outside while/cond bodies)"
                          for p in shapes if p not in interp.met and p not in problems})
         if problems:
             listing = "; ".join(f"{p} {why}" for p, why in sorted(problems.items()))
             raise ValueError(f"lora.adapt: targets {targets!r} match kernels LoRA cannot adapt: {listing}. "
                              "Narrow targets to exclude them")
+        return dict(sorted(interp.met.items()))
+
+    def init(key, sample_x):
         flat = {}
-        for path, k_contract in sorted(interp.met.items()):
+        for path, k_contract in discover(sample_x).items():
             d_in = math.prod(shapes[path][d] for d in k_contract)
             d_out = math.prod(shapes[path]) // d_in
             k = jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
             flat[f"{path}/{A_NAME}"] = jax.random.normal(k, (d_in, rank), jnp.float32) / math.sqrt(d_in)
             flat[f"{path}/{B_NAME}"] = jnp.zeros((rank, d_out), jnp.float32)
         return _nested(flat)
+
+    def merge(adapters, sample_x) -> dict:
+        """The float params ``W + (alpha/r) A B`` (each product laid out as its kernel) of base and ``adapters``."""
+        merged = param_paths(base_quant.dequantize_base(frozen))
+        by_kernel = adapter_paths(adapters)
+        for path, k_contract in discover(sample_x).items():
+            k_shape = shapes[path]
+            k_free = [d for d in range(len(k_shape)) if d not in k_contract]
+            ab = by_kernel[path]
+            product = (jnp.asarray(ab[A_NAME]) @ jnp.asarray(ab[B_NAME])).reshape(
+                tuple(k_shape[d] for d in (*k_contract, *k_free)))
+            merged[path] = merged[path] + scale * jnp.transpose(product, np.argsort([*k_contract, *k_free]))
+        return _nested(merged)
 
     def bind(frozen_values) -> Model:
         def apply(adapters, x, *, key=None):
@@ -210,4 +228,26 @@ def adapt(model: Model, base, *, rank: int, alpha: float | None = None, targets:
 
         return Model(init=init, apply=apply)
 
-    return Model(init=init, apply=bind(frozen).apply, frozen=frozen, bind=bind)
+    return Model(init=init, apply=bind(frozen).apply, frozen=frozen, bind=_Binder(bind, merge))
+
+
+class _Binder:
+    """``Model.bind`` of an adapted model: ``bind(frozen) -> Model``, and ``merge`` (:func:`merge`)."""
+
+    def __init__(self, bind, merge):
+        self._bind, self.merge = bind, merge
+
+    def __call__(self, frozen):
+        return self._bind(frozen)
+
+
+def merge(adapted: Model, adapters, sample_x) -> dict:
+    """Base and ``adapters`` of the ``adapt``-ed model as one float params dict of the original model.
+
+    ``W' = W + (alpha / r) A B`` for every adapted kernel (the base dequantized first):
+    the original model's ``apply(W', x)`` equals ``adapted.apply(adapters, x)``, so the
+    result serves (or is quantized again for serving) with no LoRA code.
+    """
+    if not isinstance(getattr(adapted, "bind", None), _Binder):
+        raise ValueError("lora.merge takes a model made by lora.adapt")
+    return adapted.bind.merge(adapters, sample_x)
