@@ -246,3 +246,18 @@ def test_merged_params_serve_the_original_model_and_pretrained_params_load(tmp_p
         pretrained.load_pretrained(tmp_path / "base.msgpack", wrong, jnp.zeros((1, D)))
     with pytest.raises(FileNotFoundError, match="nope"):
         pretrained.load_pretrained(tmp_path / "nope.msgpack", model, x)
+
+
+def test_qlora_forward_is_the_dequantized_base_plus_the_adapters():
+    from jaxqfl.lora import base_quant
+
+    model = models.from_flax(Linear())
+    x = jax.random.normal(jax.random.key(0), (5, D))
+    base = model.init(jax.random.key(1), x)
+    adapted = lora.adapt(model, base, rank=2, alpha=2.0, base_quant_format="nf4")
+    adapters = jax.tree.map(lambda a: a + 0.1, adapted.init(jax.random.key(2), x))
+    w = np.asarray(base_quant.dequantize_base(adapted.frozen)["Dense_0"]["kernel"], np.float64)
+    assert 0 < np.abs(w - np.asarray(base["Dense_0"]["kernel"])).max() < 0.2  # NF4, not the float kernel
+    ab = adapters["Dense_0"]["kernel"]
+    want = np.asarray(x, np.float64) @ (w + np.asarray(ab["a"], np.float64) @ np.asarray(ab["b"], np.float64))
+    np.testing.assert_allclose(adapted.apply(adapters, x), want, rtol=1e-5, atol=1e-5)

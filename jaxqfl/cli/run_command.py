@@ -45,7 +45,7 @@ from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags
 from jaxqfl.choices import ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
-from jaxqfl.cli import model_flags
+from jaxqfl.cli import lora_flags, model_flags
 from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -91,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "McMahan et al. 2017, transformer = a small decoder-only transformer")
     g.add_argument("--hidden", type=_hidden, default=None,
                    help=f"MLP hidden sizes, e.g. 200,200 (--model mlp; default {','.join(map(str, DEFAULT_HIDDEN))})")
+    lora_flags.add_arguments(p)
     g = p.add_argument_group("quantization and communication")
     g.add_argument("--quant", default="none",
                    help="quantization-aware training preset: none, full (int8 weights+activations), half (bf16), "
@@ -158,6 +159,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
     validate_data(parser, args)
     model_flags.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
+    lora_flags.validate(parser, args)
     task = args.task or DEFAULT_TASK[args.dataset]  # None: inferred from the file's targets (checked once read)
     if task is not None and _label_flip_without_labels(args.attack, task):
         parser.error(_label_flip_without_labels(args.attack, task))
@@ -209,8 +211,10 @@ def _model(args, population):
     from jaxqfl.saved_run import model_for
 
     if args.model in model_flags.ZOO_MODELS:
-        return model_flags.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
-    return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
+        model = model_flags.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
+    else:
+        model = model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
+    return lora_flags.adapted(args, model, population)  # --init-from, --lora-rank
 
 
 def _cost_fields(args, population) -> dict:
@@ -225,7 +229,7 @@ def _cost_fields(args, population) -> dict:
             "model_cost_layers": [c._asdict() for c in cost.layers]}
 
 
-def _aggregator(args, population, uplink, hp: dict | None = None):
+def _aggregator(args, population, uplink, hp: dict | None = None, model=None):
     """``(aggregator, label_transform)`` of the flags; ``hp`` (a sweep) gives one config's traced ``dp_noise``.
 
     With an attack, the malicious set is drawn from the data seed (``--data-seed``, default the run seed;
@@ -234,7 +238,8 @@ def _aggregator(args, population, uplink, hp: dict | None = None):
     """
     from jaxqfl import aggregate
 
-    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=_model(args, population),
+    model = _model(args, population) if model is None else model
+    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=model,
                                                feature_shape=population.feature_shape)
     if aggregator is None:
         aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
@@ -244,9 +249,9 @@ def _aggregator(args, population, uplink, hp: dict | None = None):
         num_classes=population.num_classes, seed=data_seed_of(args), scale=args.attack_scale)
 
 
-def _algorithm(args, hp: dict | None = None):
+def _algorithm(args, num_clients: int, hp: dict | None = None):
     """The run's algorithm; ``hp`` overrides swept hyper-parameters with traced values (a sweep)."""
-    return algorithm_args.build(args, hp)[0]
+    return lora_flags.wrap_algorithm(args, algorithm_args.build(args, hp)[0], num_clients)
 
 
 SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise", "local_steps")  # flags that take comma-separated lists
@@ -339,17 +344,19 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
+    algorithm = lora_flags.wrap_algorithm(args, algorithm, population.num_clients)
     uplink = None if args.uplink == "none" else args.uplink_codec
-    try:  # e.g. a --dp-epsilon beyond what the calibration can meet
-        aggregator, label_transform = _aggregator(args, population, uplink)
+    try:  # e.g. pretrained params that do not fit the model, a --dp-epsilon the calibration cannot meet
+        model = _model(args, population)
+        aggregator, label_transform = _aggregator(args, population, uplink, model=model)
     except ValueError as e:
         fail(str(e))
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.cli.sweep_command import run_sweep_cli
 
-        return run_sweep_cli(args, population, task, _model(args, population), schedule, uplink,
-                             make_algorithm=lambda hp: _algorithm(args, hp),
-                             make_aggregator=lambda hp: _aggregator(args, population, uplink, hp)[0],
+        return run_sweep_cli(args, population, task, model, schedule, uplink,
+                             make_algorithm=lambda hp: _algorithm(args, population.num_clients, hp),
+                             make_aggregator=lambda hp: _aggregator(args, population, uplink, hp, model=model)[0],
                              label_transform=label_transform, t_start=t_start, stop=stop)
     build = engine.build_streaming if args.stream else engine.build
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
@@ -358,7 +365,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
         sim = build(
             population,
-            _model(args, population),
+            model,
             algorithm,
             schedule,
             cohort_size=args.cohort_size,
@@ -464,6 +471,11 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     if not write_error:
         try:
             checkpoint.save_params(out / checkpoint.FINAL_PARAMS, final_state.params)
+            if args.lora_rank is not None:  # base + adapters as the original model's params, for serving
+                from jaxqfl import lora
+
+                checkpoint.save_params(out / lora_flags.MERGED_PARAMS,
+                                       lora.merge(model, final_state.params, population.x[:1]))
         except OSError as e:
             write_error.append(f"{out / checkpoint.FINAL_PARAMS}: {e.strerror or e}")
     done_round = int(jax.device_get(final_state.round))
@@ -514,6 +526,7 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "tuning": sim.tuning,
         "tuning_recheck": recheck._asdict() if recheck is not None else None,
         "num_params": sim.num_params,
+        **lora_flags.summary_fields(args, model, sim.num_params),
         **_cost_fields(args, population),
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,

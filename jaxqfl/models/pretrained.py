@@ -94,3 +94,12 @@ def starting_from(model: Model, params) -> Model:
         return fixed
 
     return model._replace(init=init)
+
+
+def initial_params(model: Model, sample_x, *, seed: int, source=None) -> dict:
+    """``load_pretrained(source, ...)``, or without a ``source`` the model's init from the run key's INIT path."""
+    if source is not None:
+        return load_pretrained(source, model, sample_x)
+    from jaxqfl import keys
+
+    return model.init(keys.purpose_key(jax.random.key(int(seed)), keys.INIT), jnp.asarray(sample_x))

@@ -1,0 +1,103 @@
+"""``jaxqfl run``'s federated LoRA / QLoRA flags and ``--init-from`` (the library: ``jaxqfl.lora``, ``jaxqfl.models.pretrained``).
+
+``--lora-rank R`` fine-tunes adapters of rank R on the frozen base (``--init-from``'s
+params, or the model initialised from the run seed when none is given), held once
+per device and stored in ``--base-quant`` form (none, bf16, int8, int4, nf4 with
+double quantization: QLoRA). ``--lora-tier-ranks 8,4,2`` gives client i the rank of
+tier ``i mod 3`` (HetLoRA). Without ``--lora-rank``, ``--init-from`` starts full
+fine-tuning from the given params. ``validate`` runs before JAX starts. A LoRA
+run's ``final_params.msgpack`` holds the adapters; ``merged_params.msgpack`` the
+base with the adapters merged in (``lora.merge``), loadable by the original model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from jaxqfl.cli.argtypes import positive_float, positive_int, positive_ints
+
+BASE_FORMATS = ("none", "bf16", "int8", "int4", "nf4")  # jaxqfl.lora.base_quant.FORMATS (checked by a test)
+DEFAULT_TARGETS = r"(^|/)kernel$"  # jaxqfl.lora.DEFAULT_TARGETS (checked by a test)
+MERGED_PARAMS = "merged_params.msgpack"  # a LoRA run's base + adapters as the original model's params
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("federated LoRA / QLoRA and pretrained starts")
+    g.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
+                   help="train rank-R adapters W + (alpha/R) A B on a frozen base instead of the whole model "
+                        "(Hu et al. 2021; FedIT: A and B averaged separately)")
+    g.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank)")
+    g.add_argument("--lora-targets", default=None, metavar="REGEX",
+                   help=f"regex on parameter paths of the kernels to adapt (default {DEFAULT_TARGETS!r}: every "
+                        "matmul kernel), e.g. 'attn|mlp'")
+    g.add_argument("--lora-tier-ranks", type=positive_ints, default=None, metavar="R1,R2,...",
+                   help="heterogeneous ranks (HetLoRA, Cho et al. 2024): client i trains the leading block of "
+                        "rank R_(i mod T), each <= --lora-rank; updates are zero-padded and averaged")
+    g.add_argument("--base-quant", choices=BASE_FORMATS, default=None,
+                   help="storage of the frozen base: none (float32, default), bf16, int8, int4, nf4 (QLoRA: "
+                        "blocks of 64, double-quantized scales); dequantized inside every forward")
+    g.add_argument("--init-from", default=None, metavar="PATH",
+                   help="pretrained params: a run folder, a Flax msgpack params file, or an Orbax checkpoint "
+                        "folder; the LoRA base, or without --lora-rank the starting model")
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse LoRA flags that do not fit each other or the run (before JAX starts)."""
+    rank = args.lora_rank
+    if rank is None:
+        for flag in ("lora_alpha", "lora_targets", "lora_tier_ranks", "base_quant"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} applies to LoRA runs: add --lora-rank R")
+    else:
+        if args.lora_targets is not None:
+            try:
+                re.compile(args.lora_targets)
+            except re.error as e:
+                parser.error(f"--lora-targets {args.lora_targets!r} is not a regular expression: {e}")
+        if args.lora_tier_ranks is not None and max(args.lora_tier_ranks) > rank:
+            parser.error(f"--lora-tier-ranks {','.join(map(str, args.lora_tier_ranks))}: every tier's rank must be "
+                         f"at most --lora-rank {rank}")
+        if args.quant not in (None, "none"):
+            parser.error(f"--lora-rank trains float adapters on a frozen base; --quant {args.quant} (QAT of the "
+                         "whole model) does not combine with it: use --base-quant to store the base in low precision")
+        if getattr(args, "stream", False):
+            parser.error("--lora-rank needs the population on the devices (the base travels with it); drop --stream")
+    if args.init_from is not None and not os.path.exists(args.init_from):
+        parser.error(f"--init-from {args.init_from!r}: no such file or folder")
+
+
+def adapted(args: argparse.Namespace, model, population):
+    """The run's model: ``model`` started from ``--init-from``, or its LoRA model on that base."""
+    if args.lora_rank is None and args.init_from is None:
+        return model
+    from jaxqfl import lora
+    from jaxqfl.models import pretrained
+
+    sample_x = population.x[:1]
+    base = pretrained.initial_params(model, sample_x, seed=args.seed, source=args.init_from)
+    if args.lora_rank is None:
+        return pretrained.starting_from(model, base)
+    return lora.adapt(model, base, rank=args.lora_rank, alpha=args.lora_alpha,
+                      targets=args.lora_targets or DEFAULT_TARGETS, base_quant_format=args.base_quant or "none")
+
+
+def wrap_algorithm(args: argparse.Namespace, algorithm, num_clients: int):
+    """HetLoRA's per-client ranks around the algorithm when ``--lora-tier-ranks`` is given."""
+    if args.lora_tier_ranks is None:
+        return algorithm
+    from jaxqfl import lora
+
+    return lora.heterogeneous_ranks(algorithm, lora.rank_tiers(num_clients, args.lora_tier_ranks, args.lora_rank))
+
+
+def summary_fields(args: argparse.Namespace, model, num_params: int) -> dict:
+    """``summary.json``'s LoRA record: adapter and base parameter counts and the base's stored bytes."""
+    if args.lora_rank is None:
+        return {"init_from": args.init_from} if args.init_from is not None else {}
+    from jaxqfl.lora import base_quant
+
+    return {"init_from": args.init_from, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha or args.lora_rank,
+            "lora_tier_ranks": list(args.lora_tier_ranks) if args.lora_tier_ranks else None,
+            "base_quant": args.base_quant or "none", "adapter_params": num_params,
+            "base_params": base_quant.num_base_params(model.frozen), "base_bytes": base_quant.base_bytes(model.frozen)}
