@@ -101,3 +101,13 @@ def summary_fields(args: argparse.Namespace, model, num_params: int) -> dict:
             "lora_tier_ranks": list(args.lora_tier_ranks) if args.lora_tier_ranks else None,
             "base_quant": args.base_quant or "none", "adapter_params": num_params,
             "base_params": base_quant.num_base_params(model.frozen), "base_bytes": base_quant.base_bytes(model.frozen)}
+
+
+def summary_line(s: dict) -> str:
+    """The printed summary's LoRA line ('' for other runs)."""
+    if s.get("lora_rank") is None:
+        return ""
+    tiers = f", tier ranks {','.join(map(str, s['lora_tier_ranks']))}" if s.get("lora_tier_ranks") else ""
+    return (f"  LoRA             rank {s['lora_rank']}{tiers}: {s['adapter_params']:,} adapter parameters on a "
+            f"{s['base_quant']} base of {s['base_params']:,} ({s['base_bytes'] / 1e6:,.2f} MB, held once per "
+            f"device); merged model in {MERGED_PARAMS}")

@@ -637,6 +637,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",
+        lora_flags.summary_line(s),
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}, {out / 'config.toml'},",
