@@ -20,12 +20,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxqfl import models, tasks
 from jaxqfl.data.text import load_text
+from jaxqfl.models import pretrained
 from jaxqfl.models.serialization import save_params
 
 WIDTH, DEPTH, HEADS, CONTEXT = 64, 2, 4, 80  # jaxqfl run's --model transformer defaults
@@ -64,36 +63,15 @@ def main(argv=None):
     population = load_text(pretrain_dir, CONTEXT)
     task = tasks.for_population(population)
     model = models.transformer(vocab=population.num_classes, width=WIDTH, depth=DEPTH, heads=HEADS, context=CONTEXT)
-    params = model.init(jax.random.key(args.seed), jnp.asarray(population.x[:1]))
-    opt = optax.adam(3e-3)
-    opt_state = opt.init(params)
-
-    def loss(p, x, y):
-        return jnp.mean(task.loss(model.apply(p, x), y))
-
-    @jax.jit
-    def step(p, s, x, y):
-        value, grads = jax.value_and_grad(loss)(p, x, y)
-        updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, value
-
-    @jax.jit
-    def bits_per_char(p, x, y):
-        m = task.metrics(model.apply(p, x), y)
-        return m
-
-    rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    for i in range(args.steps):
-        rows = rng.integers(0, population.x.shape[0], args.batch)
-        params, opt_state, value = step(params, opt_state, population.x[rows], population.y[rows])
-        if (i + 1) % 100 == 0 or i + 1 == args.steps:
-            print(f"step {i + 1:5d}  train loss {float(value):.3f}  ({time.perf_counter() - t0:.0f} s)")
-    test = jax.device_get(bits_per_char(params, population.x_test[:2048], population.y_test[:2048]))
+    params = pretrained.train_centrally(model, population, task, steps=args.steps, batch=args.batch, seed=args.seed,
+                                        log=lambda m: print(f"{m}  ({time.perf_counter() - t0:.0f} s)"))
+    test = jax.jit(lambda p, x, y: task.metrics(model.apply(p, x), y))(
+        params, population.x_test[:2048], population.y_test[:2048])
+    means = {k: float(np.mean(v)) for k, v in jax.device_get(test).items()}
     finish = getattr(task, "finish", None)
-    summary = finish(population.y_test[:2048])({k: float(np.mean(v)) for k, v in test.items()}) if finish else test
     print("held-out windows of the pretraining topics:",
-          {k: round(float(v), 3) for k, v in summary.items() if np.ndim(v) == 0})
+          {k: round(v, 3) for k, v in (finish(population.y_test[:2048])(means) if finish else means).items()})
     save_params(args.out / "base.msgpack", params)
     print(f"wrote {args.out / 'base.msgpack'}; fine-tune it federated on the other topics:\n"
           f"  jaxqfl run --dataset text --data-path {finetune_dir} --entries-per-client 5 --model transformer "

@@ -123,15 +123,10 @@ class Wide(nn.Module):
 
 def _round_temp_bytes(model, pop, chunk):
     """Temporary bytes of the compiled round (one device, ``chunk`` clients vmapped)."""
-    from jaxqfl.engine.simulation import device_data, setup_round
-    from jaxqfl.tasks import default_for
+    from jaxqfl.bench.round_memory import round_memory
 
-    setup = setup_round(pop, model, algorithms.fedavg(optax.sgd(0.1)), LocalSchedule(local_steps=1, batch_size=4),
-                        cohort_size=chunk, aggregator=None, task=default_for(pop), num_devices=1, chunk_size=chunk,
-                        uplink=None, downlink=None, client_state="replicated", eval_batch_size=64, autotune=False)
-    data = device_data(pop, setup.mesh, model.frozen)
-    compiled = jax.jit(setup.one_round).lower(setup.abstract_state(), data).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    return round_memory(pop, model, algorithms.fedavg(optax.sgd(0.1)), LocalSchedule(local_steps=1, batch_size=4),
+                        chunk)["temporaries"]
 
 
 def test_the_base_is_held_once_not_per_client():

@@ -103,3 +103,34 @@ def initial_params(model: Model, sample_x, *, seed: int, source=None) -> dict:
     from jaxqfl import keys
 
     return model.init(keys.purpose_key(jax.random.key(int(seed)), keys.INIT), jnp.asarray(sample_x))
+
+
+def train_centrally(model: Model, population, task, *, steps: int, batch: int, learning_rate: float = 3e-3,
+                    seed: int = 0, log=None) -> dict:
+    """Pretrain ``model`` on ``population``'s pooled rows: ``steps`` Adam steps of ``batch`` rows drawn uniformly.
+
+    The centralised baseline a federated fine-tune starts from (``examples/pretrain_transformer.py``,
+    ``benchmarks/lora.py``): init from ``jax.random.key(seed)``, the mean of ``task.loss``.
+    """
+    import optax
+
+    for name, v in (("steps", steps), ("batch", batch)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"train_centrally: {name} must be a positive integer, got {v!r}")
+    params = model.init(jax.random.key(seed), jnp.asarray(population.x[:1]))
+    opt = optax.adam(learning_rate)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(p, s, x, y):
+        value, grads = jax.value_and_grad(lambda q: jnp.mean(task.loss(model.apply(q, x), y)))(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, value
+
+    rng = np.random.default_rng(seed)
+    for i in range(steps):
+        rows = rng.integers(0, population.x.shape[0], batch)
+        params, opt_state, value = step(params, opt_state, population.x[rows], population.y[rows])
+        if log is not None and ((i + 1) % 100 == 0 or i + 1 == steps):
+            log(f"pretraining step {i + 1}: train loss {float(value):.3f}")
+    return params
