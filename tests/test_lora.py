@@ -50,32 +50,35 @@ def _linear_lora(rank, alpha):
     return base, lora.adapt(model, base, rank=rank, alpha=alpha)
 
 
-def _numpy_fedit(w0, a, b, pop, *, scale, lr, steps, rounds, ranks=None):
-    """FedAvg of A and B separately (FedIT), full-batch SGD on mean cross-entropy, gradients by hand.
-
-    ``ranks`` (HetLoRA): client c trains A[:, :r_c] and B[:r_c, :] only, from the truncated global
-    adapters, and uploads the change of that block zero-padded; the server adds the mean upload.
-    """
-    a, b = a.astype(np.float64), b.astype(np.float64)
+def _numpy_local(w0, a, b, pop, c, *, scale, lr, steps, rank):
+    """Client c's full-batch SGD on mean cross-entropy of its rows, gradients by hand; HetLoRA's block when
+    ``rank`` < r: it starts from the truncated pair and trains only the leading block."""
     r = a.shape[1]
-    ranks = [r] * C if ranks is None else ranks
+    x = pop.x[c * N:(c + 1) * N].astype(np.float64)
+    onehot = np.eye(K)[pop.y[c * N:(c + 1) * N]]
+    keep_a, keep_b = (np.arange(r) < rank)[None, :], (np.arange(r) < rank)[:, None]
+    ai, bi = a * keep_a, b * keep_b
+    for _ in range(steps):
+        logits = x @ (w0 + scale * ai @ bi)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / N  # d(mean CE)/d logits
+        da = scale * x.T @ (g @ bi.T) * keep_a
+        db = scale * (x @ ai).T @ g * keep_b
+        ai, bi = ai - lr * da, bi - lr * db
+    return ai, bi, a * keep_a, b * keep_b
+
+
+def _numpy_fedit(w0, a, b, pop, *, scale, lr, steps, rounds, ranks=None):
+    """FedAvg of A and B separately (FedIT); ``ranks`` (HetLoRA): client c trains A[:, :r_c] and B[:r_c, :]
+    only, from the truncated global adapters, and uploads the change of that block zero-padded; the server
+    adds the mean upload."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ranks = [a.shape[1]] * C if ranks is None else ranks
     for _ in range(rounds):
         da_sum, db_sum = np.zeros_like(a), np.zeros_like(b)
         for c in range(C):
-            x = pop.x[c * N:(c + 1) * N].astype(np.float64)
-            onehot = np.eye(K)[pop.y[c * N:(c + 1) * N]]
-            keep_a = (np.arange(r) < ranks[c])[None, :]
-            keep_b = (np.arange(r) < ranks[c])[:, None]
-            ai, bi = a * keep_a, b * keep_b
-            a_start, b_start = ai.copy(), bi.copy()
-            for _ in range(steps):
-                logits = x @ (w0 + scale * ai @ bi)
-                p = np.exp(logits - logits.max(1, keepdims=True))
-                p /= p.sum(1, keepdims=True)
-                g = (p - onehot) / N  # d(mean CE)/d logits
-                da = scale * x.T @ (g @ bi.T) * keep_a
-                db = scale * (x @ ai).T @ g * keep_b
-                ai, bi = ai - lr * da, bi - lr * db
+            ai, bi, a_start, b_start = _numpy_local(w0, a, b, pop, c, scale=scale, lr=lr, steps=steps, rank=ranks[c])
             da_sum += ai - a_start
             db_sum += bi - b_start
         a, b = a + da_sum / C, b + db_sum / C  # equal client sizes: the weighted mean is the mean
@@ -256,3 +259,33 @@ def test_qlora_forward_is_the_dequantized_base_plus_the_adapters():
     ab = adapters["Dense_0"]["kernel"]
     want = np.asarray(x, np.float64) @ (w + np.asarray(ab["a"], np.float64) @ np.asarray(ab["b"], np.float64))
     np.testing.assert_allclose(adapted.apply(adapters, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_product_averaging_is_exact_where_fedit_is_biased(population):
+    """Rank r = min(d_in, d_out): the rank-r SVD of the mean product is the mean product itself, so the
+    round's low-rank term equals the mean of the clients' terms (NumPy reference, two rounds); FedIT's
+    mean(A) mean(B) differs from it."""
+    rank = K
+    base, model = _linear_lora(rank, float(rank))
+    lr, steps = 0.5, 2
+    algorithm = lora.product_average(algorithms.fedavg(optax.sgd(lr)))
+    sim = engine.build(population, model, algorithm, LocalSchedule(local_epochs=steps, batch_size=N),
+                       cohort_size=C, chunk_size=2, aggregator=lora.stacked(), autotune=False)
+    s0 = sim.init(0)
+    ab = jax.device_get(s0.params)["Dense_0"]["kernel"]
+    a, b = np.asarray(ab["a"], np.float64), np.asarray(ab["b"], np.float64)
+    w0 = np.asarray(base["Dense_0"]["kernel"], np.float64)
+    s2 = sim.run_block(s0, 2)[0]
+    for round_index in range(2):
+        clients = [_numpy_local(w0, a, b, population, c, scale=1.0, lr=lr, steps=steps, rank=rank)[:2]
+                   for c in range(C)]
+        mean_product = np.mean([ai @ bi for ai, bi in clients], axis=0)
+        if round_index == 0:  # FedIT's term is biased away from the mean of the clients' terms
+            fedit = np.mean([ai for ai, _ in clients], 0) @ np.mean([bi for _, bi in clients], 0)
+            assert np.abs(fedit - mean_product).max() > 1e-4
+        u, sv, vt = np.linalg.svd(mean_product, full_matrices=False)
+        a, b = u * np.sqrt(sv), np.sqrt(sv)[:, None] * vt
+        np.testing.assert_allclose(a @ b, mean_product, rtol=1e-10, atol=1e-12)
+    got = jax.device_get(s2.params)["Dense_0"]["kernel"]
+    np.testing.assert_allclose(np.asarray(got["a"], np.float64) @ np.asarray(got["b"], np.float64), a @ b,
+                               rtol=2e-4, atol=2e-5)

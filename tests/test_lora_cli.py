@@ -24,13 +24,14 @@ def _pretrained_mlp(path, features=60, hidden=16, classes=10):
     return params
 
 
-def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks(tmp_path):
+def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks_and_product_averaging(tmp_path):
     from jaxqfl.models.serialization import load_params
 
     pretrained = _pretrained_mlp(tmp_path / "pretrained.msgpack")
     out = tmp_path / "qlora"
     assert main(["run", *COMMON, "--rounds", "2", "--out", str(out), "--init-from", str(tmp_path / "pretrained.msgpack"),
-                 "--lora-rank", "4", "--lora-tier-ranks", "4,2", "--base-quant", "nf4"]) == 0
+                 "--lora-rank", "4", "--lora-tier-ranks", "4,2", "--base-quant", "nf4",
+                 "--lora-aggregation", "product"]) == 0
     s = json.loads((out / "summary.json").read_text())
     num_base = sum(v.size for d in pretrained.values() for v in d.values())
     assert s["adapter_params"] == s["num_params"] == 4 * (60 + 16) + 4 * (16 + 10)  # the two kernels' A and B
@@ -39,7 +40,7 @@ def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks(tmp_path):
     # scales and a float32 mean each), float32 biases
     assert s["base_bytes"] == (15 + 3) * 32 + (15 + 3) + 2 * (4 + 4) + 4 * (16 + 10)
     assert s["uplink_bits_total"] == 2 * 8 * 32 * s["adapter_params"]  # only adapters travel
-    assert s["lora_tier_ranks"] == [4, 2] and s["base_quant"] == "nf4"
+    assert s["lora_tier_ranks"] == [4, 2] and s["base_quant"] == "nf4" and s["lora_aggregation"] == "product"
     merged = load_params(out / lora_flags.MERGED_PARAMS)
     for layer in pretrained:  # the merged model has the pretrained model's structure and moved from it
         for name, value in pretrained[layer].items():
@@ -62,6 +63,9 @@ def test_lora_flags_mirror_the_library():
     (["--lora-rank", "2", "--quant", "w4a8"], "does not combine"),
     (["--lora-rank", "2", "--lora-targets", "(("], "not a regular expression"),
     (["--init-from", "/no/such/run"], "no such file"),
+    (["--lora-rank", "2", "--lora-aggregation", "product", "--aggregator", "median"],
+     "does not combine with --aggregator median"),
+    (["--lora-aggregation", "product"], "add --lora-rank"),
 ])
 def test_bad_lora_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)

@@ -19,6 +19,7 @@ from jaxqfl.cli.argtypes import positive_float, positive_int, positive_ints
 
 BASE_FORMATS = ("none", "bf16", "int8", "int4", "nf4")  # jaxqfl.lora.base_quant.FORMATS (checked by a test)
 DEFAULT_TARGETS = r"(^|/)kernel$"  # jaxqfl.lora.DEFAULT_TARGETS (checked by a test)
+AGGREGATIONS = ("fedit", "product")
 MERGED_PARAMS = "merged_params.msgpack"  # a LoRA run's base + adapters as the original model's params
 
 
@@ -34,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-tier-ranks", type=positive_ints, default=None, metavar="R1,R2,...",
                    help="heterogeneous ranks (HetLoRA, Cho et al. 2024): client i trains the leading block of "
                         "rank R_(i mod T), each <= --lora-rank; updates are zero-padded and averaged")
+    g.add_argument("--lora-aggregation", choices=AGGREGATIONS, default=None,
+                   help="fedit (default): A and B averaged separately (biased: mean(A) mean(B) != mean(AB)); "
+                        "product: the server gathers the cohort's adapters and sets each pair to the rank-R SVD "
+                        "of the exact mean of the products A_i B_i (jaxqfl.lora.product_average)")
     g.add_argument("--base-quant", choices=BASE_FORMATS, default=None,
                    help="storage of the frozen base: none (float32, default), bf16, int8, int4, nf4 (QLoRA: "
                         "blocks of 64, double-quantized scales); dequantized inside every forward")
@@ -46,7 +51,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse LoRA flags that do not fit each other or the run (before JAX starts)."""
     rank = args.lora_rank
     if rank is None:
-        for flag in ("lora_alpha", "lora_targets", "lora_tier_ranks", "base_quant"):
+        for flag in ("lora_alpha", "lora_targets", "lora_tier_ranks", "lora_aggregation", "base_quant"):
             if getattr(args, flag) is not None:
                 parser.error(f"--{flag.replace('_', '-')} applies to LoRA runs: add --lora-rank R")
     else:
@@ -61,6 +66,15 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.quant not in (None, "none"):
             parser.error(f"--lora-rank trains float adapters on a frozen base; --quant {args.quant} (QAT of the "
                          "whole model) does not combine with it: use --base-quant to store the base in low precision")
+        if args.lora_aggregation == "product":
+            other = [flag for flag, on in (
+                (f"--aggregator {args.aggregator}", args.aggregator != "mean"),
+                ("--dp-clip", getattr(args, "dp_clip", None) is not None),
+                ("--secure-aggregation", bool(getattr(args, "secure_aggregation", None))),
+                ("--integer-aggregation", bool(getattr(args, "integer_aggregation", False)))) if on]
+            if other:
+                parser.error(f"--lora-aggregation product gathers every client's adapters to multiply them; it "
+                             f"does not combine with {', '.join(other)} (sums): use --lora-aggregation fedit")
         if getattr(args, "stream", False):
             parser.error("--lora-rank needs the population on the devices (the base travels with it); drop --stream")
     if args.init_from is not None and not os.path.exists(args.init_from):
@@ -83,12 +97,24 @@ def adapted(args: argparse.Namespace, model, population):
 
 
 def wrap_algorithm(args: argparse.Namespace, algorithm, num_clients: int):
-    """HetLoRA's per-client ranks around the algorithm when ``--lora-tier-ranks`` is given."""
-    if args.lora_tier_ranks is None:
-        return algorithm
+    """HetLoRA's per-client ranks (``--lora-tier-ranks``) and product averaging's server step around the algorithm."""
     from jaxqfl import lora
 
-    return lora.heterogeneous_ranks(algorithm, lora.rank_tiers(num_clients, args.lora_tier_ranks, args.lora_rank))
+    if args.lora_tier_ranks is not None:
+        algorithm = lora.heterogeneous_ranks(algorithm, lora.rank_tiers(num_clients, args.lora_tier_ranks,
+                                                                        args.lora_rank))
+    if args.lora_aggregation == "product":
+        algorithm = lora.product_average(algorithm)
+    return algorithm
+
+
+def aggregator(args: argparse.Namespace):
+    """The aggregator ``--lora-aggregation product`` needs (every client's adapters kept), else None."""
+    if args.lora_aggregation != "product":
+        return None
+    from jaxqfl import lora
+
+    return lora.stacked()
 
 
 def summary_fields(args: argparse.Namespace, model, num_params: int) -> dict:
@@ -99,6 +125,7 @@ def summary_fields(args: argparse.Namespace, model, num_params: int) -> dict:
 
     return {"init_from": args.init_from, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha or args.lora_rank,
             "lora_tier_ranks": list(args.lora_tier_ranks) if args.lora_tier_ranks else None,
+            "lora_aggregation": args.lora_aggregation or "fedit",
             "base_quant": args.base_quant or "none", "adapter_params": num_params,
             "base_params": base_quant.num_base_params(model.frozen), "base_bytes": base_quant.base_bytes(model.frozen)}
 

@@ -242,6 +242,8 @@ def _aggregator(args, population, uplink, hp: dict | None = None, model=None):
     aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=model,
                                                feature_shape=population.feature_shape)
     if aggregator is None:
+        aggregator = lora_flags.aggregator(args)
+    if aggregator is None:
         aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
             args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
     return aggregate.attacked(
