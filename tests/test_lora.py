@@ -289,3 +289,22 @@ def test_product_averaging_is_exact_where_fedit_is_biased(population):
     got = jax.device_get(s2.params)["Dense_0"]["kernel"]
     np.testing.assert_allclose(np.asarray(got["a"], np.float64) @ np.asarray(got["b"], np.float64), a @ b,
                                rtol=2e-4, atol=2e-5)
+
+
+def test_an_orbax_checkpoint_of_params_or_a_training_state_loads(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from jaxqfl.models import pretrained
+
+    model = models.from_flax(Linear())
+    x = jnp.zeros((1, D))
+    params = model.init(jax.random.key(3), x)
+    for name, tree in (("params", params), ("state", {"params": params, "step": 7})):
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(tmp_path / name, tree)
+        ckpt.wait_until_finished()
+        loaded = pretrained.load_pretrained(tmp_path / name, model, x)
+        np.testing.assert_array_equal(loaded["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ValueError, match="neither a jaxqfl run folder"):
+        pretrained.load_pretrained(tmp_path / "junk", model, x)
