@@ -85,6 +85,9 @@ def _run_with(parser, args, argv, stop) -> int:
     except config_file.ConfigError as e:
         parser.run_parser.error(str(e))
     _force_cpu_devices(args.devices)  # before validate(), which may import JAX to parse codec specs
+    from jaxqfl.engine import compile_cache
+
+    compile_cache.enable()  # before the first compilation: later runs of the same shapes load their programs
     run_command.validate(parser.run_parser, args)
     try:
         run_setup.check_resume(args)

@@ -300,6 +300,13 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
 
     ``stop``: a ``jaxqfl.cli.interrupts.StopRequest`` (installed by ``jaxqfl.cli.main``).
     """
+    from jaxqfl.engine.compile_cache import CacheHits
+
+    with CacheHits() as cache_hits:  # programs loaded from the persistent compilation cache (summary.json)
+        return _main(args, stop, out, cache_hits)
+
+
+def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) -> int:
     import jax
 
     from jaxqfl import engine, tasks
@@ -530,6 +537,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
         "num_params": sim.num_params,
         **lora_flags.summary_fields(args, model, sim.num_params),
         **_cost_fields(args, population),
+        "compile_cache_hits": cache_hits.count,
+        "compile_cache_dir": str(jax.config.jax_compilation_cache_dir or "") or None,
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,
         "compile_seconds": result.compile_seconds,
