@@ -230,15 +230,12 @@ def _plot(r, path) -> None:
 
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={args.devices}").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from jaxqfl.bench.script import force_cpu_devices, log, measured_peaks, output_folder
+
+    force_cpu_devices(args.devices)
 
     import json
-    import pathlib
     import tempfile
-    import time
 
     import jax
     import numpy as np
@@ -252,15 +249,8 @@ def main(argv=None) -> int:
     from jaxqfl.lora import base_quant
     from jaxqfl.models import pretrained
 
-    out = pathlib.Path(args.out or f"runs/lora-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    peaks = machine.measure_peaks()
-    log(f"peaks: matmul {peaks.flops / 1e9:.0f} GFLOP/s, copy {peaks.bandwidth / 1e9:.1f} GB/s")
+    out = output_folder(args.out, "lora")
+    peaks, load_start = measured_peaks(log)
     with tempfile.TemporaryDirectory() as tmp:
         pre, fine = _populations(args, tmp)
     model = models.transformer(vocab=fine.num_classes, width=64, depth=2, heads=4, context=80)

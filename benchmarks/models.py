@@ -259,28 +259,18 @@ def _plot(result, path) -> None:
 
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={args.devices}").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from jaxqfl.bench.script import force_cpu_devices, log, measured_peaks, output_folder
+
+    force_cpu_devices(args.devices)
 
     import json
-    import pathlib
-    import time
 
     import jax
 
     from jaxqfl.bench import machine
 
-    out = pathlib.Path(args.out or f"runs/models-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    peaks = machine.measure_peaks()
-    log(f"peaks: matmul {peaks.flops / 1e9:.0f} GFLOP/s, copy {peaks.bandwidth / 1e9:.1f} GB/s")
+    out = output_folder(args.out, "models")
+    peaks, load_start = measured_peaks(log)
     rows, loop = [], {}
     for name in args.models:
         rows += list(_train(name, args, log).values())

@@ -21,6 +21,7 @@ import pytest
 from jaxqfl import algorithms, engine, models
 from jaxqfl.data.population import Population
 from jaxqfl.engine.schedule import LocalSchedule
+from feature_shift import feature_shift_population
 
 MU = 0.9
 C, N, D, H = 4, 8, 3, 5  # clients, examples each, features, hidden units
@@ -35,11 +36,7 @@ class BNNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def population():
-    rng = np.random.default_rng(0)
-    # each client's features have their own offset and scale: feature shift, FedBN's setting
-    x = np.concatenate([rng.normal(2.0 * c, 1.0 + c, (N, D)) for c in range(C)]).astype(np.float32)
-    y = rng.integers(0, 2, C * N).astype(np.int32)
-    return Population(x, y, np.arange(C, dtype=np.int32) * N, np.full(C, N, np.int32), x[:8].copy(), y[:8].copy(), 2)
+    return feature_shift_population(C, N, D)
 
 
 def _sim(pop, mode, *, num_devices=1, home="auto", policy=None):

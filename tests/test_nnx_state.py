@@ -19,8 +19,8 @@ import pytest
 from flax import nnx
 
 from jaxqfl import algorithms, engine, models
-from jaxqfl.data.population import Population
 from jaxqfl.engine.schedule import LocalSchedule
+from feature_shift import feature_shift_population
 
 MU, EPS = 0.9, 1e-5
 C, N, D, H = 4, 8, 3, 5
@@ -109,10 +109,7 @@ def test_from_nnx_refuses_batchnorm_without_a_mode_and_unknown_state():
 
 @pytest.fixture(scope="module")
 def population():
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(2.0 * c, 1.0 + c, (N, D)) for c in range(C)]).astype(np.float32)
-    y = rng.integers(0, 2, C * N).astype(np.int32)
-    return Population(x, y, np.arange(C, dtype=np.int32) * N, np.full(C, N, np.int32), x[:8].copy(), y[:8].copy(), 2)
+    return feature_shift_population(C, N, D)
 
 
 def _as_nnx(p):
