@@ -184,6 +184,11 @@ def test_bad_arguments_are_refused_naming_them():
                            ({"rank": 2, "base_quant_format": "fp3"}, "fp3")):
         with pytest.raises(ValueError, match=needle):
             lora.adapt(model, base, **kwargs)
+    lstm = models.char_lstm(embed_dim=4, hidden=8, layers=1)  # Flax's fused cell concatenates its kernels
+    x = jnp.zeros((1, 6))
+    adapted = lora.adapt(lstm, lstm.init(jax.random.key(0), x), rank=2)
+    with pytest.raises(ValueError, match="hf/kernel is concatenated with"):
+        adapted.init(jax.random.key(1), x)
 
 
 @pytest.mark.parametrize("ranks", [(1, 3, 2, 3), (3, 3, 3, 3)])

@@ -104,6 +104,11 @@ class _AdaptingInterpreter(_Interpreter):
     def after_op(self, eqn, invals, in_origins, out):
         for side in (0, 1):
             path = in_origins[side]
+            if isinstance(path, tuple):  # kernels concatenated into one matmul (Flax's fused LSTM cell)
+                for p in path:
+                    if p in self.shapes:
+                        self.refused[p] = f"is concatenated with {[q for q in path if q != p]} into one matmul"
+                continue
             if not isinstance(path, str) or path not in self.shapes:
                 continue
             if eqn.primitive.name != "dot_general":
