@@ -3,6 +3,7 @@ import json
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from jaxqfl.cli.main import main
@@ -25,6 +26,15 @@ def test_run_writes_metrics_and_summary(tmp_path, capsys):
     assert summary["num_devices"] == 4 and summary["rounds"] == 5 and summary["cohort_size"] == 12
     assert summary["uplink_bits_total"] == 5 * 12 * 32 * summary["num_params"]
     assert summary["final_accuracy"] == records[-1]["test_accuracy"]
+    # per-round times: one per round since the previous record, summing to the device time between records
+    assert [len(r["round_seconds"]) for r in records] == [2, 2, 1]
+    previous = 0.0
+    for r in records:
+        assert abs(sum(r["round_seconds"]) - (r["seconds"] - previous)) < 1e-9 * max(1.0, r["seconds"])
+        previous = r["seconds"]
+    every = [t for r in records for t in r["round_seconds"]]
+    assert summary["round_seconds_median"] == float(np.median(every))
+    assert summary["round_seconds_p10"] <= summary["round_seconds_median"] <= summary["round_seconds_p90"]
     assert 0.0 <= summary["final_accuracy"] <= 1.0
     assert "test accuracy" in capsys.readouterr().out
 

@@ -544,6 +544,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "compile_seconds": result.compile_seconds,
         "seconds_per_round": result.train_seconds / max(done_round, 1),
         "rounds_per_second": done_round / max(result.train_seconds, 1e-12),
+        **result.round_seconds_quantiles(),
         "uplink_bits_total": result.uplink_bits_total,
         "downlink_bits_total": result.downlink_bits_total,
         "memory_estimate_bytes": {"host": est.host_bytes, "per_device": est.per_device_bytes},

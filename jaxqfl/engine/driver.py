@@ -31,6 +31,12 @@ class RunResult:
     downlink_bits_total: int
     diverged_round: int | None = None  # first round whose train loss or params are not finite
     stopped: bool = False  # should_stop() ended the run before its last round
+    round_seconds: list = dataclasses.field(default_factory=list)  # each round of this call: its block's time / rounds
+
+    def round_seconds_quantiles(self) -> dict:
+        """``round_seconds_median``, ``_p10``, ``_p90`` over this call's rounds (None when it ran none)."""
+        q = np.quantile(self.round_seconds, [0.5, 0.1, 0.9]) if self.round_seconds else [None] * 3
+        return {f"round_seconds_{k}": (None if v is None else float(v)) for k, v in zip(("median", "p10", "p90"), q)}
 
     @property
     def seconds_per_round(self) -> float:
@@ -124,7 +130,7 @@ def run(
     state = sim.init(seed) if state is None else state
     start_round = int(state.round)
 
-    records, done = [], 0
+    records, done, per_round, since_record = [], 0, [], []
     train_seconds, up_total, down_total = float(totals.seconds), int(totals.uplink_bits), int(totals.downlink_bits)
     diverged, stopped = None, False
     while done < rounds:
@@ -135,7 +141,10 @@ def run(
         t0 = time.perf_counter()
         state, metrics = sim.run_block(state, block, active)
         metrics = jax.device_get(metrics)
-        train_seconds += time.perf_counter() - t0
+        block_seconds = time.perf_counter() - t0
+        train_seconds += block_seconds
+        per_round += [block_seconds / active] * active  # one program per block: its rounds share its time
+        since_record += [block_seconds / active] * active
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
         done += active
@@ -148,6 +157,7 @@ def run(
         rec = None
         if block_rounds is None or (now - first_round) % eval_every == 0 or done == rounds or diverged is not None:
             rec = block_record(now, sim.evaluate(state.params), metrics, active, up_total, down_total, train_seconds)
+            rec["round_seconds"], since_record = since_record, []  # the rounds since the previous record
             records.append(rec)
             if on_eval is not None:
                 on_eval(rec)
@@ -155,7 +165,8 @@ def run(
             break
         if after_block is not None:
             after_block(state, rec, RunTotals(up_total, down_total, train_seconds))
-    return RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped)
+    return RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
+                     per_round)
 
 
 def block_record(round_index: int, ev: dict, metrics, active: int, up_total: int, down_total: int,
