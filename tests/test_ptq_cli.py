@@ -98,7 +98,10 @@ def test_quantize_evaluates_the_runs_own_test_set(odd_run, capsys):
     rc = main(["quantize", str(odd_run), "--calibration-clients", "2", "--out", str(odd_run / "q.msgpack")])
     assert rc == 0
     final = json.loads((odd_run / "summary.json").read_text())["final_accuracy"]
-    assert f"float {final:.4f}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"float {final:.4f}" in text
+    # BOPs by hand: the MLP 20 -> 8 -> 10 has 20 x 8 + 8 x 10 = 240 MACs an example; "full" is 8-bit x 8-bit
+    assert "240 MACs an example; BOPs float 245,760   full 15,360   (16x fewer" in text
 
 
 def _copy_run(run_dir, dest):

@@ -165,6 +165,10 @@ def main(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_integer_model(out, int_model)
+    from jaxqfl.models.cost import FLOAT_BITS, model_cost
+
+    cost = model_cost(model, args.policy, x_test[:1])  # BOPs = MACs x weight bits x input bits, per layer
+    float_bops = cost.macs * FLOAT_BITS * FLOAT_BITS
     print("\n".join([
         "",
         f"jaxqfl quantize: {args.run_dir} ({cfg['dataset']} / {cfg['model']}), policy {args.policy}",
@@ -173,6 +177,9 @@ def main(args: argparse.Namespace) -> int:
         f"  test accuracy    float {float_acc:.4f}   integer {int_acc:.4f}   ({100 * (int_acc - float_acc):+.2f} pp)",
         f"  model size       float {int_model.float_bytes:,} B   integer {int_model.int_bytes:,} B   "
         f"({int_model.float_bytes / int_model.int_bytes:.1f}x smaller)",
+        f"  compute          {cost.macs:,} MACs an example; BOPs float {float_bops:,}   {args.policy} {cost.bops:,}   "
+        f"({float_bops / max(cost.bops, 1):.0f}x fewer; " + ", ".join(
+            f"{c.layer} {c.weight_bits}x{c.activation_bits} bits" for c in cost.layers) + ")",
         f"  written          {out}",
     ]))
     return 0
