@@ -32,9 +32,16 @@ def strict(text):
     return json.loads(text, parse_constant=reject)
 
 
+def without_time(record):
+    """A metrics record without its wall-clock fields (``driver.TIMING_KEYS``)."""
+    from jaxqfl.engine.driver import TIMING_KEYS
+
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
 def records_without_time(out):
     recs = [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
+    return [without_time(r) for r in recs]
 
 
 def final_params_bytes(out):
@@ -153,8 +160,8 @@ def test_resumed_engine_state_equals_uninterrupted_bit_for_bit(tmp_path):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         ef = jax.tree.leaves(a.client_states["uplink"])
         assert any(np.any(np.asarray(r) != 0) for r in ef), "the error-feedback residuals were exercised"
-        strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.records]
-        assert [{k: v for k, v in r.items() if k != "seconds"} for r in meta["records"] + rest.records] == strip
+        strip = [without_time(r) for r in full.records]
+        assert [without_time(r) for r in meta["records"] + rest.records] == strip
 
 
 def test_resume_with_a_different_config_is_refused_naming_the_field(reference_run, tmp_path, capsys):

@@ -20,6 +20,10 @@ from jaxqfl.engine.simulation import Simulation
 from jaxqfl.engine.state import ServerState
 
 
+#: A record's wall-clock fields: the only ones that differ between two runs of the same config.
+TIMING_KEYS = ("seconds", "round_seconds")
+
+
 @dataclasses.dataclass
 class RunResult:
     state: ServerState
