@@ -80,3 +80,13 @@ def test_dequantization_traces_under_jit_and_vmap_and_bad_formats_are_refused(pa
         bq.quantize_base(params, "fp3")
     with pytest.raises(ValueError, match="block"):
         bq.quantize_base(params, "nf4", block=63)
+
+
+def test_a_stored_base_round_trips_through_a_file(params, tmp_path):
+    for fmt in ("nf4", "int8", "bf16"):
+        stored = bq.quantize_base(params, fmt)
+        bq.save(tmp_path / f"{fmt}.msgpack", stored)
+        back = bq.load(tmp_path / f"{fmt}.msgpack")
+        assert bq.base_bytes(back) == bq.base_bytes(stored)
+        for a, b in zip(jax.tree.leaves(bq.dequantize_base(back)), jax.tree.leaves(bq.dequantize_base(stored))):
+            np.testing.assert_array_equal(a, b)

@@ -48,6 +48,13 @@ def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks_and_product_a
     assert 0 < np.abs(merged["Dense_0"]["kernel"] - pretrained["Dense_0"]["kernel"]).max() < 1.0
     np.testing.assert_array_equal(merged["Dense_0"]["bias"], pretrained["Dense_0"]["bias"])  # not adapted: kept
     assert set(load_params(out / "final_params.msgpack")) == {"Dense_0", "Dense_1"}  # adapters only
+    from jaxqfl.lora import base_quant
+
+    served = base_quant.load(out / lora_flags.merged_quantized("nf4"))  # re-quantized for serving
+    assert base_quant.base_bytes(served) == s["base_bytes"]  # the base's own NF4 storage, same shapes
+    again = base_quant.dequantize_base(served)
+    step = np.abs(merged["Dense_0"]["kernel"]).max() * 0.28  # NF4's widest gap times the largest scale
+    assert 0 < np.abs(np.asarray(again["Dense_0"]["kernel"]) - merged["Dense_0"]["kernel"]).max() <= step
 
 
 def test_lora_flags_mirror_the_library():

@@ -7,7 +7,9 @@ double quantization: QLoRA). ``--lora-tier-ranks 8,4,2`` gives client i the rank
 tier ``i mod 3`` (HetLoRA). Without ``--lora-rank``, ``--init-from`` starts full
 fine-tuning from the given params. ``validate`` runs before JAX starts. A LoRA
 run's ``final_params.msgpack`` holds the adapters; ``merged_params.msgpack`` the
-base with the adapters merged in (``lora.merge``), loadable by the original model.
+base with the adapters merged in (``lora.merge``), loadable by the original model,
+and with ``--base-quant`` also ``merged_params_<format>.msgpack``, the merged model
+re-quantized in the base's format for serving (``lora.base_quant.load``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ BASE_FORMATS = ("none", "bf16", "int8", "int4", "nf4")  # jaxqfl.lora.base_quant
 DEFAULT_TARGETS = r"(^|/)kernel$"  # jaxqfl.lora.DEFAULT_TARGETS (checked by a test)
 AGGREGATIONS = ("fedit", "product")
 MERGED_PARAMS = "merged_params.msgpack"  # a LoRA run's base + adapters as the original model's params
+
+
+def merged_quantized(fmt: str) -> str:
+    """The file of the merged model re-quantized in the base's format (``lora.base_quant.load`` reads it)."""
+    return f"merged_params_{fmt}.msgpack"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -483,8 +483,13 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             if args.lora_rank is not None:  # base + adapters as the original model's params, for serving
                 from jaxqfl import lora
 
-                checkpoint.save_params(out / lora_flags.MERGED_PARAMS,
-                                       lora.merge(model, final_state.params, population.x[:1]))
+                merged = lora.merge(model, final_state.params, population.x[:1])
+                checkpoint.save_params(out / lora_flags.MERGED_PARAMS, merged)
+                if args.base_quant not in (None, "none"):  # re-quantized for serving, in the base's own format
+                    from jaxqfl.lora import base_quant
+
+                    base_quant.save(out / lora_flags.merged_quantized(args.base_quant),
+                                    base_quant.quantize_base(merged, args.base_quant))
         except OSError as e:
             write_error.append(f"{out / checkpoint.FINAL_PARAMS}: {e.strerror or e}")
     done_round = int(jax.device_get(final_state.round))

@@ -171,3 +171,58 @@ def num_base_params(frozen) -> int:
     """Parameters of the base (of the original params, whatever their storage)."""
     leaves = jax.tree.leaves(frozen, is_leaf=_is_packed)
     return int(sum(math.prod(x.shape) for x in leaves))
+
+
+_PACKED = "__packed__"  # marks a PackedLeaf in the plain tree written to disk
+
+
+def to_tree(frozen) -> dict:
+    """``frozen`` as nested dicts of arrays and plain values (msgpack-ready): each ``PackedLeaf`` a marked dict."""
+
+    def one(x):
+        if not _is_packed(x):
+            return np.asarray(x)
+        out = {_PACKED: x.fmt, "shape": list(x.shape), "block": x.block, "codes": np.asarray(x.codes),
+               "scales": np.asarray(x.scales)}
+        if x.double_quant:
+            out.update(scale_absmax=np.asarray(x.scale_absmax), scale_mean=np.asarray(x.scale_mean))
+        return out
+
+    return jax.tree.map(one, frozen, is_leaf=_is_packed)
+
+
+def from_tree(tree):
+    """The inverse of :func:`to_tree` (a stored base read back, ready for :func:`dequantize_base`)."""
+    if isinstance(tree, dict) and _PACKED in tree:
+        fmt = str(tree[_PACKED])
+        if fmt not in FORMATS:
+            raise ValueError(f"base_quant: a stored leaf has format {fmt!r}; expected one of {FORMATS}")
+        double = "scale_absmax" in tree
+        return PackedLeaf(jnp.asarray(tree["codes"]), jnp.asarray(tree["scales"]),
+                          jnp.asarray(tree["scale_absmax"]) if double else None,
+                          jnp.asarray(tree["scale_mean"]) if double else None,
+                          fmt=fmt, shape=tuple(int(d) for d in tree["shape"]), block=int(tree["block"]))
+    if isinstance(tree, dict):
+        return {k: from_tree(v) for k, v in tree.items()}
+    return jnp.asarray(tree)
+
+
+def save(path, frozen) -> None:
+    """Write a stored base (e.g. a merged LoRA model re-quantized for serving) as Flax msgpack."""
+    import pathlib
+
+    from flax import serialization
+
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(serialization.msgpack_serialize(to_tree(frozen)))
+    tmp.replace(path)
+
+
+def load(path):
+    """Read what :func:`save` wrote; ``dequantize_base(load(path))`` gives the float params."""
+    import pathlib
+
+    from flax import serialization
+
+    return from_tree(serialization.msgpack_restore(pathlib.Path(path).read_bytes()))
