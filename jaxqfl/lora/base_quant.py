@@ -208,21 +208,14 @@ def from_tree(tree):
 
 
 def save(path, frozen) -> None:
-    """Write a stored base (e.g. a merged LoRA model re-quantized for serving) as Flax msgpack."""
-    import pathlib
+    """Write a stored base (e.g. a merged LoRA model re-quantized for serving) as Flax msgpack, atomically."""
+    from jaxqfl.models.serialization import save_params
 
-    from flax import serialization
-
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(serialization.msgpack_serialize(to_tree(frozen)))
-    tmp.replace(path)
+    save_params(path, to_tree(frozen))
 
 
 def load(path):
     """Read what :func:`save` wrote; ``dequantize_base(load(path))`` gives the float params."""
-    import pathlib
+    from jaxqfl.models.serialization import load_params
 
-    from flax import serialization
-
-    return from_tree(serialization.msgpack_restore(pathlib.Path(path).read_bytes()))
+    return from_tree(load_params(path))

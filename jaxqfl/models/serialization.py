@@ -24,6 +24,8 @@ _OPS = {"Dense": g.Dense, "Conv": g.Conv, "Relu": g.Relu, "MaxPool": g.MaxPool, 
 def _to_numpy(tree):
     if isinstance(tree, dict):
         return {str(k): _to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (str, list)):  # plain values beside the arrays (a stored base's formats and shapes)
+        return tree
     return np.asarray(tree)
 
 
