@@ -207,14 +207,18 @@ def _label_flip_without_labels(attack: str, task: str) -> str | None:
             f"{', '.join(a for a in ATTACK_NAMES if a not in ('none', 'label-flip'))}")
 
 
-def _model(args, population):
+def _architecture(args, population):
+    """The model of ``--model`` (and ``--quant``) before ``--init-from`` / ``--lora-rank``: its shapes and forward."""
     from jaxqfl.saved_run import model_for
 
     if args.model in model_flags.ZOO_MODELS:
-        model = model_flags.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
-    else:
-        model = model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
-    return lora_flags.adapted(args, model, population)  # --init-from, --lora-rank
+        return model_flags.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
+    return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
+
+
+def _model(args, population):
+    """The run's model: the architecture started from ``--init-from``, or its LoRA model (``--lora-rank``)."""
+    return lora_flags.adapted(args, _architecture(args, population), population)
 
 
 def _cost_fields(args, population) -> dict:
@@ -223,13 +227,13 @@ def _cost_fields(args, population) -> dict:
 
     if args.quant in (None, "none"):  # a float model: nothing quantized to cost (BOPs = 1,024 x MACs)
         return {}
-    cost = model_cost(_model(argparse.Namespace(**{**vars(args), "quant": None}), population), args.quant,
+    cost = model_cost(_architecture(argparse.Namespace(**{**vars(args), "quant": None}), population), args.quant,
                       population.x[:1])
     return {"macs_per_example": cost.macs, "bops": cost.bops, "model_bytes": cost.model_bytes,
             "model_cost_layers": [c._asdict() for c in cost.layers]}
 
 
-def _aggregator(args, population, uplink, hp: dict | None = None, model=None):
+def _aggregator(args, population, uplink, model, hp: dict | None = None):
     """``(aggregator, label_transform)`` of the flags; ``hp`` (a sweep) gives one config's traced ``dp_noise``.
 
     With an attack, the malicious set is drawn from the data seed (``--data-seed``, default the run seed;
@@ -238,7 +242,6 @@ def _aggregator(args, population, uplink, hp: dict | None = None, model=None):
     """
     from jaxqfl import aggregate
 
-    model = _model(args, population) if model is None else model
     aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=model,
                                                feature_shape=population.feature_shape)
     if aggregator is None:
@@ -357,7 +360,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     uplink = None if args.uplink == "none" else args.uplink_codec
     try:  # e.g. pretrained params that do not fit the model, a --dp-epsilon the calibration cannot meet
         model = _model(args, population)
-        aggregator, label_transform = _aggregator(args, population, uplink, model=model)
+        aggregator, label_transform = _aggregator(args, population, uplink, model)
     except ValueError as e:
         fail(str(e))
     if args.sweep_values or args.seeds is not None:  # many configs, one program
@@ -365,7 +368,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
 
         return run_sweep_cli(args, population, task, model, schedule, uplink,
                              make_algorithm=lambda hp: _algorithm(args, population.num_clients, hp),
-                             make_aggregator=lambda hp: _aggregator(args, population, uplink, hp, model=model)[0],
+                             make_aggregator=lambda hp: _aggregator(args, population, uplink, model, hp)[0],
                              label_transform=label_transform, t_start=t_start, stop=stop)
     build = engine.build_streaming if args.stream else engine.build
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another

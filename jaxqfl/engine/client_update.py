@@ -62,7 +62,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
         value_and_grad = lambda f: jax.value_and_grad(f, has_aux=True)
 
     def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
-        reading = bound(model, getattr(data, "frozen", ()))  # the frozen part (a LoRA base) from the program's data
+        reading = bound(model, data.frozen)  # the frozen part (a LoRA base) from the program's data
         ckey = keys.client_key(rkey, cid)
         count, offset = data.counts[slot], data.offsets[slot]
         new_cstates = dict(cstates)

@@ -134,7 +134,7 @@ def run(
     state = sim.init(seed) if state is None else state
     start_round = int(state.round)
 
-    records, done, per_round, since_record = [], 0, [], []
+    records, done, per_round, recorded = [], 0, [], 0  # recorded: rounds of per_round already in a record
     train_seconds, up_total, down_total = float(totals.seconds), int(totals.uplink_bits), int(totals.downlink_bits)
     diverged, stopped = None, False
     while done < rounds:
@@ -148,7 +148,6 @@ def run(
         block_seconds = time.perf_counter() - t0
         train_seconds += block_seconds
         per_round += [block_seconds / active] * active  # one program per block: its rounds share its time
-        since_record += [block_seconds / active] * active
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
         done += active
@@ -161,7 +160,7 @@ def run(
         rec = None
         if block_rounds is None or (now - first_round) % eval_every == 0 or done == rounds or diverged is not None:
             rec = block_record(now, sim.evaluate(state.params), metrics, active, up_total, down_total, train_seconds)
-            rec["round_seconds"], since_record = since_record, []  # the rounds since the previous record
+            rec["round_seconds"], recorded = per_round[recorded:], len(per_round)  # the rounds since the last record
             records.append(rec)
             if on_eval is not None:
                 on_eval(rec)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jaxqfl.aggregate.base import Aggregator, no_state
 from jaxqfl.algorithms.base import Algorithm
 from jaxqfl.lora.adapters import A_NAME, B_NAME, adapter_paths
+from jaxqfl.quant.policy import _key_name
 
 
 def stacked() -> Aggregator:
@@ -76,7 +77,7 @@ def product_average(algorithm: Algorithm) -> Algorithm:
                                          weights) for path, ab in pairs.items() if set(ab) == {A_NAME, B_NAME}}
 
         def place(path, leaf):
-            names = [str(getattr(k, "key", k)) for k in path]
+            names = [_key_name(k) for k in path]
             kernel, name = "/".join(names[:-1]), names[-1]
             if kernel in new_pairs and name in (A_NAME, B_NAME):
                 return new_pairs[kernel][0 if name == A_NAME else 1]
