@@ -86,10 +86,11 @@ ROTATION = 9  # a codec wrapper's own draw (Hadamard: the rotation's seed)
 INNER = 10  # the key a codec wrapper hands the codec it wraps
 ATTACK = 11  # a threat model's randomness (simulated Byzantine clients)
 SEEDING = 12  # k-means seeding: a client's sample slots, the server's k-means++ draws
+PERSONAL = 13  # per-client evaluation: a client's fine-tuning batches from the evaluated model
 PURPOSES = {
     "cohort": COHORT, "batch": BATCH, "quant": QUANT, "uplink": UPLINK, "downlink": DOWNLINK, "dp": DP,
     "aggregate": AGGREGATE, "init": INIT, "dropout": DROPOUT, "rotation": ROTATION, "inner": INNER,
-    "attack": ATTACK, "seeding": SEEDING,
+    "attack": ATTACK, "seeding": SEEDING, "personal": PERSONAL,
 }
 if len(set(PURPOSES.values())) != len(PURPOSES) or len(set(DOMAIN_TAGS.values())) != len(DOMAIN_TAGS):
     raise AssertionError("jaxqfl.keys: two purposes (or two domain tags) share an integer")

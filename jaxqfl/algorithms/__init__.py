@@ -14,13 +14,17 @@ from jaxqfl.algorithms.fedavg import (
     fedsgd,
     server_optimizer,
 )
+from jaxqfl.algorithms.ditto import ditto
 from jaxqfl.algorithms.feddyn import feddyn
 from jaxqfl.algorithms.fedopt import fedadagrad, fedadam, fedopt_adaptive, fedyogi
 from jaxqfl.algorithms.fednova import fednova
 from jaxqfl.algorithms.fedprox import fedprox
+from jaxqfl.algorithms.fedrep import fedper, fedrep
 from jaxqfl.algorithms.kmeans import KMeansUpdate, lloyd, minibatch_kmeans
 from jaxqfl.algorithms.kmeans_seeding import kmeans_plus_plus, sample_rows
 from jaxqfl.algorithms.mimelite import mimelite
+from jaxqfl.algorithms.perfedavg import perfedavg
+from jaxqfl.algorithms.qffl import qffl
 from jaxqfl.algorithms.scaffold import scaffold
 
 __all__ = [
@@ -32,13 +36,16 @@ __all__ = [
     "ServerInfo",
     "ServerMessage",
     "WEIGHTINGS",
+    "ditto",
     "fedadagrad",
     "fedadam",
     "fedavg",
     "feddyn",
     "fednova",
     "fedopt_adaptive",
+    "fedper",
     "fedprox",
+    "fedrep",
     "fedsgd",
     "fedyogi",
     "KMeansUpdate",
@@ -46,6 +53,8 @@ __all__ = [
     "lloyd",
     "mimelite",
     "minibatch_kmeans",
+    "perfedavg",
+    "qffl",
     "sample_rows",
     "scaffold",
     "server_optimizer",

@@ -10,11 +10,13 @@ knows which algorithm runs::
     round:   message = broadcast(params, algorithm_state)             (server, once)
              per sampled client i (vmapped; ``info`` = ClientInfo):
                  local = client_init(message_i, client_state_i, info)
-                 K times: grads = grad of the task loss at local.params on the step's batch
-                          local = client_step(local, grads, message_i, info)
+                 K times: loss, grads = the task loss at local.params on the step's batch, its gradient
+                          local = client_step(local, grads, message_i, info._replace(step_loss=loss))
                  out   = client_final(local, message_i, client_state_i, info)   -> ClientOutput
              aggregate = the aggregator's reduction of the outputs' (update, weight)
              params, algorithm_state, metrics = server_update(params, algorithm_state, aggregate, server_info)
+    evaluation (personalized algorithms, ``personalize`` not None), per client c:
+             model_c = personalize(params, client_state_c)    the model client c uses on its own data
 
 ``message_i`` is ``message`` with its ``params`` replaced by what client i
 received (after a downlink codec, when there is one). A local state may be any
@@ -28,6 +30,15 @@ control flow on traced values, no knowledge of devices or of the cohort's
 layout. Per-client quantities (control variates, gradient memories) live in
 ``client_state``, which the engine stores for the whole population in the home
 the user chose (replicated, sharded or on the host) and gathers for the cohort.
+
+Personalized algorithms (Ditto, FedRep, FedPer) keep part or all of a model
+per client in ``client_state`` and say, with ``personalize``, which model a
+client uses on its own data; the engine evaluates those per client
+(``jaxqfl.engine.client_evaluation``), and the global model as for any
+algorithm. An algorithm whose local steps alternate between two points (Ditto's
+global and personal models, Per-FedAvg's inner and outer steps) keeps the
+point of the next gradient in ``local.params`` and the other in its local
+state.
 """
 from __future__ import annotations
 
@@ -48,6 +59,7 @@ class ClientInfo(NamedTuple):
     num_steps: jax.Array  # () int32, local steps it takes this round (masked steps excluded)
     key: jax.Array  # its round key keys.client_key(round_key, client id); derive purposes with jaxqfl.keys
     round: jax.Array  # () int32, the round index (0-based)
+    step_loss: jax.Array | None = None  # () float32 task loss at local.params on the step's batch (client_step only)
 
 
 class ServerInfo(NamedTuple):
@@ -105,6 +117,11 @@ class ClientFinalFn(Protocol):
         """The client's upload, weight, new persistent state and metrics."""
 
 
+class PersonalizeFn(Protocol):
+    def __call__(self, params: PyTree, client_state: PyTree) -> PyTree:
+        """The model a client uses on its own data: from the global ``params`` and its persistent state."""
+
+
 class ServerUpdateFn(Protocol):
     def __call__(
         self, params: PyTree, algorithm_state: PyTree, aggregate: PyTree, info: ServerInfo
@@ -113,7 +130,8 @@ class ServerUpdateFn(Protocol):
 
 
 class Algorithm(NamedTuple):
-    """An FL algorithm: seven pure functions (see the module docstring for the call order)."""
+    """An FL algorithm: seven pure functions (see the module docstring for the call order), and
+    ``personalize`` for the algorithms whose clients keep their own model (None: the global one)."""
 
     init: InitFn
     client_state_init: ClientStateInitFn
@@ -122,6 +140,14 @@ class Algorithm(NamedTuple):
     client_step: ClientStepFn
     client_final: ClientFinalFn
     server_update: ServerUpdateFn
+    personalize: PersonalizeFn | None = None
+
+
+def tree_select(cond, a: PyTree, b: PyTree) -> PyTree:
+    """``a`` where the traced boolean ``cond`` holds, else ``b`` (leaf by leaf; an alternating local state's switch)."""
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda u, v: jnp.where(cond, u, v), a, b)
 
 
 def no_client_state(params: PyTree) -> tuple:

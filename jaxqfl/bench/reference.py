@@ -111,7 +111,7 @@ def per_client_loop(
                 return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
 
             loss, grads = value_and_grad(loss_fn)(local.params)
-            stepped = algorithm.client_step(local, grads, message, info)
+            stepped = algorithm.client_step(local, grads, message, info._replace(step_loss=loss))
             local = jax.tree.map(lambda a, b: jnp.where(sb.active, a, b), stepped, local)
             return local, (jnp.where(sb.active, loss, 0.0), sb.active)
 

@@ -17,6 +17,7 @@ from jaxqfl.data import partition
 from jaxqfl.data.arrays import from_arrays
 from jaxqfl.data import text
 from jaxqfl.data.build import DATASETS, PARTITIONS, build
+from jaxqfl.data.client_test import split_test_by_labels
 from jaxqfl.data.files import load_leaf, load_npz
 from jaxqfl.data.mixture import MixtureParameters, gaussian_mixture, mixture_parameters
 from jaxqfl.data.cifar10 import load_cifar10
@@ -25,6 +26,7 @@ from jaxqfl.data.population import TASKS, Population, from_client_indices
 from jaxqfl.data.synthetic import SyntheticParameters, synthetic, synthetic_parameters, synthetic_regression
 
 __all__ = [
+    "split_test_by_labels",
     "DATASETS",
     "MixtureParameters",
     "PARTITIONS",

@@ -45,7 +45,8 @@ class Population:
     name: str = ""
     task: str = ""
     # [C] test rows of each client, when the test set is the clients' own held-out rows, client-major
-    # (client c owns x_test[sum(test_counts[:c]) : ... + test_counts[c]]); None: a pooled test set only
+    # (client c owns x_test[sum(test_counts[:c]) : ... + test_counts[c]]; rows past sum(test_counts) belong to
+    # no client and count in the pooled metrics only); None: a pooled test set only
     test_counts: np.ndarray | None = None
 
     def __post_init__(self):
@@ -205,9 +206,9 @@ def _validate(p: Population) -> None:
     if p.test_counts is not None:
         tc = p.test_counts
         if tc.shape != p.counts.shape or not np.issubdtype(tc.dtype, np.integer) or (tc.size and tc.min() < 0) \
-                or int(tc.sum()) != p.x_test.shape[0]:
+                or int(tc.sum()) > p.x_test.shape[0]:
             raise ValueError(f"test_counts must be {p.counts.shape[0]} non-negative integers (one per client) "
-                             f"summing to the {p.x_test.shape[0]} test rows; got shape {tc.shape}, dtype {tc.dtype}, "
+                             f"summing to at most the {p.x_test.shape[0]} test rows; got shape {tc.shape}, dtype {tc.dtype}, "
                              f"sum {int(tc.sum()) if np.issubdtype(tc.dtype, np.number) else '?'}")
     if p.offsets.shape != p.counts.shape or p.counts.ndim != 1:
         raise ValueError(f"offsets {p.offsets.shape} and counts {p.counts.shape} must be 1-D of equal length")

@@ -7,8 +7,10 @@ clients, unweighted (every client counts once, as in q-FFL's and TFF's
 per-client evaluation):
 
     client_<m>_mean = mean_c a_c,   client_<m>_std = population std of a_c,
-    accuracy (higher is better):   client_accuracy_p10 = 10th percentile, client_accuracy_min = worst
-    losses (lower is better):      client_<m>_p90 = 90th percentile, client_<m>_max = worst
+    accuracy (higher is better):   client_accuracy_p10 = 10th percentile, client_accuracy_min = worst,
+                                   client_accuracy_p90 (the band's other edge)
+    losses (lower is better):      client_<m>_p90 = 90th percentile, client_<m>_max = worst,
+                                   client_<m>_p10
 
 Percentiles are NumPy's default (linear interpolation between order statistics).
 Next-token metrics are ratios of sums: a client's token loss is its summed
@@ -47,7 +49,9 @@ def spread(sums: dict, counts) -> dict:
         if name in HIGHER_IS_BETTER:
             out[f"client_{name}_p10"] = float(np.percentile(a, 10))
             out[f"client_{name}_min"] = float(a.min())
+            out[f"client_{name}_p90"] = float(np.percentile(a, 90))
         else:
             out[f"client_{name}_p90"] = float(np.percentile(a, 90))
             out[f"client_{name}_max"] = float(a.max())
+            out[f"client_{name}_p10"] = float(np.percentile(a, 10))
     return out

@@ -99,7 +99,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
                 return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0), new_stats
 
             (loss, new_stats), grads = value_and_grad(loss_fn)(local.params)
-            stepped = algorithm.client_step(local, grads, start, info)
+            stepped = algorithm.client_step(local, grads, start, info._replace(step_loss=loss))
             if stateful:  # statistics are state: set, not stepped
                 stepped = stepped._replace(params=stats.with_stats(stepped.params, new_stats))
             if every_step_active:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxqfl.engine.client_evaluation import personal_view
 from jaxqfl.engine.simulation import Simulation
 from jaxqfl.engine.state import ServerState
 
@@ -159,7 +160,7 @@ def run(
             diverged = now
         rec = None
         if block_rounds is None or (now - first_round) % eval_every == 0 or done == rounds or diverged is not None:
-            rec = block_record(now, sim.evaluate(state.params), metrics, active, up_total, down_total, train_seconds)
+            rec = block_record(now, evaluate(sim, state), metrics, active, up_total, down_total, train_seconds)
             rec["round_seconds"], recorded = per_round[recorded:], len(per_round)  # the rounds since the last record
             records.append(rec)
             if on_eval is not None:
@@ -170,6 +171,14 @@ def run(
             after_block(state, rec, RunTotals(up_total, down_total, train_seconds))
     return RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
                      per_round)
+
+
+def evaluate(sim: Simulation, state: ServerState) -> dict:
+    """The global model's test metrics, and the per-client ones of the models the clients use when they differ."""
+    ev = sim.evaluate(state.params)
+    if getattr(sim, "evaluate_clients", None) is not None:
+        ev = personal_view(ev, sim.evaluate_clients(state))
+    return ev
 
 
 def block_record(round_index: int, ev: dict, metrics, active: int, up_total: int, down_total: int,

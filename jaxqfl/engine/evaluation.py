@@ -40,8 +40,10 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
     mask = np.arange(per_device * D) < n
     per_client = population.test_counts is not None
     C = population.num_clients
-    owner = np.concatenate([np.repeat(np.arange(C, dtype=np.int32), population.test_counts), np.full(pad, C, np.int32)]) \
-        if per_client else np.zeros(per_device * D, np.int32)  # padding rows: segment C, dropped
+    # rows of no client (past sum(test_counts)) and padding rows: segment C, dropped
+    owner = np.concatenate([np.repeat(np.arange(C, dtype=np.int32), population.test_counts),
+                            np.full(per_device * D - int(np.sum(population.test_counts)), C, np.int32)]) \
+        if per_client else np.zeros(per_device * D, np.int32)
     sharded = NamedSharding(mesh, P(CLIENTS))
     x, y, mask, owner = (jax.device_put(a, sharded) for a in (x, y, mask, owner))
 

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.data.population import Population
 from jaxqfl.engine import homes
+from jaxqfl.engine.client_evaluation import FineTune, build_client_evaluate
 from jaxqfl.engine.autotune import autotune_default
 from jaxqfl.engine.evaluation import build_evaluate, label_dtype
 from jaxqfl.engine.host_loop import host_loop
@@ -60,6 +61,8 @@ class Simulation(NamedTuple):
     tuning: dict | None = None  # the chunk-size search (jaxqfl.engine.autotune.TuningRecord), when one ran
     sampling: str = "fixed"  # "fixed" or "poisson" (jaxqfl.engine.sampling)
     max_cohort: int | None = None  # Poisson sampling: the static number of cohort slots M_max
+    # evaluate_clients(state) -> client_* spread of the models the clients use (personal / fine-tuned), or None
+    evaluate_clients: Callable | None = None
 
 
 class RoundSetup(NamedTuple):
@@ -247,6 +250,7 @@ def build(
     label_transform=None,
     sampling: str = "fixed",
     max_cohort: int | None = None,
+    personal_eval: FineTune | None = None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -270,6 +274,12 @@ def build(
         ``denominator=cohort_size`` (the expected cohort, McMahan et al. 2018).
       max_cohort: M_max for Poisson sampling (default: the smallest m with
         ``P(Binomial(C, q) > m) <= 1e-9``, ``sampling.default_max_cohort``).
+      personal_eval: per-client fine-tuning before the per-client evaluation
+        (``jaxqfl.engine.client_evaluation.FineTune``; TFF's personalization evaluation).
+        With it (steps > 0), or with an algorithm that has personal models
+        (``algorithm.personalize``), every evaluation also evaluates the model each
+        client uses on its own test rows (``Simulation.evaluate_clients``; the
+        population needs ``test_counts``).
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
@@ -279,7 +289,11 @@ def build(
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh, model.frozen)
-    common = dict(init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
+    evaluate_clients = None
+    if algorithm.personalize is not None or (personal_eval is not None and personal_eval.steps):
+        evaluate_clients = build_client_evaluate(population, model, setup.task, mesh, algorithm, data,
+                                                 fine_tune=personal_eval or FineTune())
+    common = dict(evaluate_clients=evaluate_clients, init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
                   cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
                   client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort)
     if setup.home == "host":
