@@ -34,7 +34,7 @@ import optax
 
 from jaxqfl.algorithms.base import Algorithm, ClientOutput, broadcast_params, check_weighting, client_weight
 from jaxqfl.algorithms.fedavg import apply_server_optimizer
-from jaxqfl.algorithms.head import split_by_pattern
+from jaxqfl.algorithms.head import check_pattern, split_by_pattern
 
 
 class HeadLocal(NamedTuple):
@@ -49,6 +49,7 @@ def _head_algorithm(name, client_optimizer, head, head_steps, server_optimizer, 
     check_weighting(weighting)
     if not isinstance(head, str) or not head:
         raise ValueError(f"{name} head must be a regular expression over parameter paths, got {head!r}")
+    check_pattern(head)
     if head_steps is not None and (not isinstance(head_steps, int) or isinstance(head_steps, bool) or head_steps < 0):
         raise ValueError(f"{name} head_steps must be a non-negative integer or None, got {head_steps!r}")
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer

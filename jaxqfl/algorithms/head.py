@@ -51,12 +51,17 @@ class HeadSplit(NamedTuple):
         return jax.tree.unflatten(self.treedef, [next(head) if h else next(body) for h in self.is_head])
 
 
-def split_by_pattern(params, pattern: str) -> HeadSplit:
-    """The split of ``params`` whose head is the leaves matching ``pattern``; refuses an empty body or head."""
+def check_pattern(pattern: str) -> re.Pattern:
+    """``pattern`` compiled; a ValueError naming it when it is not a regular expression."""
     try:
-        rx = re.compile(pattern)
+        return re.compile(pattern)
     except (re.error, TypeError) as err:
         raise ValueError(f"head pattern {pattern!r} is not a regular expression: {err}") from None
+
+
+def split_by_pattern(params, pattern: str) -> HeadSplit:
+    """The split of ``params`` whose head is the leaves matching ``pattern``; refuses an empty body or head."""
+    rx = check_pattern(pattern)
     paths = leaf_paths(params)
     is_head = tuple(bool(rx.search(p)) for p in paths)
     listing = ", ".join(paths[:12]) + (", ..." if len(paths) > 12 else "")

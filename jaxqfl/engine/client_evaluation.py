@@ -150,14 +150,14 @@ def build_client_evaluate(population: Population, model, task, mesh, algorithm, 
         cstates = {k: state.client_states[k] for k in parts}
         one_bytes = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in jax.tree.leaves(cstates))
         per_call = D * chunk * max(1, min(math.ceil(C / (D * chunk)), block_bytes // max(D * chunk * one_bytes, 1)))
-        ekey = keys.round_key(state.key, state.round)
+        params, ekey = jax.device_put((state.params, keys.round_key(state.key, state.round)), replicated)
         sums = []
         for lo in range(0, C, per_call):
             ids = np.minimum(np.arange(lo, lo + per_call), C - 1).astype(np.int32)  # past C: repeats, dropped below
             take = lambda a: np.take(a, ids, axis=0) if isinstance(a, np.ndarray) else jnp.take(a, ids, axis=0)
             block = jax.device_put(jax.tree.map(take, cstates), sharded)  # the host home's rows are NumPy
             args = (jax.device_put(a, sharded) for a in (ids, starts[ids], counts[ids].astype(np.int32)))
-            out = jax.device_get(compiled(state.params, frozen, data, x_test, y_test, block, *args, ekey))
+            out = jax.device_get(compiled(params, frozen, data, x_test, y_test, block, *args, ekey))
             sums.append({k: v[: min(per_call, C - lo)] for k, v in out.items()})
         total = {k: np.concatenate([s[k] for s in sums]) for k in sums[0]}
         return client_metrics.spread(total, counts)

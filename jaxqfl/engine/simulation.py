@@ -17,6 +17,7 @@ same shardings, so under ``jax.distributed`` every process holds the same state.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -278,8 +279,9 @@ def build(
         (``jaxqfl.engine.client_evaluation.FineTune``; TFF's personalization evaluation).
         With it (steps > 0), or with an algorithm that has personal models
         (``algorithm.personalize``), every evaluation also evaluates the model each
-        client uses on its own test rows (``Simulation.evaluate_clients``; the
-        population needs ``test_counts``).
+        client uses on its own test rows (``Simulation.evaluate_clients``). That needs
+        the population's ``test_counts`` (fine-tuning without them is refused; personal
+        models without them are not evaluated, with a warning).
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
@@ -290,9 +292,14 @@ def build(
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh, model.frozen)
     evaluate_clients = None
-    if algorithm.personalize is not None or (personal_eval is not None and personal_eval.steps):
+    fine_tunes = personal_eval is not None and personal_eval.steps
+    if fine_tunes or (algorithm.personalize is not None and population.test_counts is not None):
         evaluate_clients = build_client_evaluate(population, model, setup.task, mesh, algorithm, data,
                                                  fine_tune=personal_eval or FineTune())
+    elif algorithm.personalize is not None:
+        warnings.warn("the clients' personal models are not evaluated: the population's test set belongs to no "
+                      "client (split it with jaxqfl.data.split_test_by_labels); only the global model is",
+                      stacklevel=2)
     common = dict(evaluate_clients=evaluate_clients, init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
                   cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
                   client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort)
