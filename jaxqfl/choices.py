@@ -8,7 +8,9 @@ SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad", "optax-adam",
                      "optax-adagrad")  # jaxqfl.algorithms.fedavg.server_optimizer
 WEIGHTINGS = ("examples", "uniform")  # p_i = n_i or 1 (jaxqfl.algorithms.base.client_weight)
 CLIENT_STATE_HOMES = ("auto", "replicated", "sharded", "host")  # jaxqfl.engine.homes
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "feddyn", "mimelite")  # jaxqfl.cli.algorithm_args
+ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "feddyn", "mimelite", "ditto", "fedrep", "fedper",
+              "perfedavg", "qffl")  # jaxqfl.cli.algorithm_args
+PERSONAL_ALGORITHMS = ("ditto", "fedrep", "fedper")  # clients keep their own model (Algorithm.personalize)
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomed", "centered-clip",
                "norm-bound")  # jaxqfl.aggregate.named
 ATTACK_NAMES = ("none", "sign-flip", "scale", "gaussian", "label-flip", "alie", "ipm", "minmax")  # aggregate.attacks

@@ -21,6 +21,8 @@ def _cases():
         "scaffold": (lambda: algorithms.scaffold(0.05), None),
         "feddyn": (lambda: algorithms.feddyn(sgd, alpha=0.01), None),
         "mimelite": (lambda: algorithms.mimelite(optax.sgd(0.05, momentum=0.9)), None),
+        "ditto": (lambda: algorithms.ditto(sgd, 0.05, 0.1), None),  # personal models per client
+        "fedrep": (lambda: algorithms.fedrep(sgd, "bias"), None),  # heads per client
         "adaptive-dp-clip": (lambda: algorithms.fedavg(sgd),
                              lambda: aggregate.dp_mean(0.5, 0.3, target_quantile=0.5, count_noise_std=0.5)),
         "centered-clip": (lambda: algorithms.fedavg(sgd), lambda: aggregate.centered_clip(0.2)),

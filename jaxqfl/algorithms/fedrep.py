@@ -34,7 +34,7 @@ import optax
 
 from jaxqfl.algorithms.base import Algorithm, ClientOutput, broadcast_params, check_weighting, client_weight
 from jaxqfl.algorithms.fedavg import apply_server_optimizer
-from jaxqfl.algorithms.head import check_pattern, split_by_pattern
+from jaxqfl.algorithms.head import check_pattern, last_module, split_by_pattern
 
 
 class HeadLocal(NamedTuple):
@@ -47,13 +47,15 @@ def _head_algorithm(name, client_optimizer, head, head_steps, server_optimizer, 
                     phases: bool) -> Algorithm:
     """FedRep (``phases``: head steps, then body steps) or FedPer (joint steps)."""
     check_weighting(weighting)
-    if not isinstance(head, str) or not head:
-        raise ValueError(f"{name} head must be a regular expression over parameter paths, got {head!r}")
-    check_pattern(head)
+    if head is not None and (not isinstance(head, str) or not head):
+        raise ValueError(f"{name} head must be a regular expression over parameter paths (or None: the model's "
+                         f"last layer), got {head!r}")
+    if head is not None:
+        check_pattern(head)
     if head_steps is not None and (not isinstance(head_steps, int) or isinstance(head_steps, bool) or head_steps < 0):
         raise ValueError(f"{name} head_steps must be a non-negative integer or None, got {head_steps!r}")
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer
-    split = lambda params: split_by_pattern(params, head)
+    split = lambda params: split_by_pattern(params, last_module(params) if head is None else head)
 
     def init(params):
         return server_optimizer.init(split(params).body(params))
@@ -97,13 +99,14 @@ def _head_algorithm(name, client_optimizer, head, head_steps, server_optimizer, 
                      server_update, personalize)
 
 
-def fedrep(client_optimizer: optax.GradientTransformation, head: str, head_steps: int | None = None,
+def fedrep(client_optimizer: optax.GradientTransformation, head: str | None = None, head_steps: int | None = None,
            server_optimizer: optax.GradientTransformation | None = None, weighting: str = "examples") -> Algorithm:
     """FedRep: ``head_steps`` local steps on the client's head, the rest on the shared body.
 
     Args:
       client_optimizer: the local optimizer (the paper uses SGD).
-      head: regular expression over parameter paths naming the head (e.g. ``"^Dense_2/"``).
+      head: regular expression over parameter paths naming the head (e.g. ``"^Dense_2/"``); None: the
+        model's last layer (the last entry of its params dict, ``jaxqfl.algorithms.head.last_module``).
       head_steps: local steps spent on the head each round; None: the first half,
         ``ceil(K_i / 2)`` of the client's K_i steps.
       server_optimizer: applied to the body's ``-Delta``; None means ``optax.sgd(1.0)`` (the mean body).
@@ -112,7 +115,7 @@ def fedrep(client_optimizer: optax.GradientTransformation, head: str, head_steps
     return _head_algorithm("FedRep", client_optimizer, head, head_steps, server_optimizer, weighting, phases=True)
 
 
-def fedper(client_optimizer: optax.GradientTransformation, head: str,
+def fedper(client_optimizer: optax.GradientTransformation, head: str | None = None,
            server_optimizer: optax.GradientTransformation | None = None, weighting: str = "examples") -> Algorithm:
     """FedPer: every local step trains body and head together; the body is averaged, the head stays.
 

@@ -12,6 +12,16 @@ fednova    local SGD ``--client-lr``; ``--server-opt`` at ``--server-lr``; ``--w
 feddyn     client SGD ``--client-lr``; ``--feddyn-alpha``; no server optimizer; uniform weighting
 mimelite   base optimizer ``--server-opt`` whose learning rate is ``--client-lr`` (clients step
            with it, its statistics frozen; the server only updates the statistics); ``--weighting``
+ditto      fedavg's flags for the global model; the personal models step at ``--client-lr``
+           with pull ``--ditto-lambda``
+fedrep     fedavg's flags; head ``--head`` (default: the model's last layer) trained for
+           ``--head-steps`` local steps (default: the first half), then the body
+fedper     fedavg's flags; head ``--head``; body and head trained together
+perfedavg  outer (meta) step ``--client-lr`` (beta), inner step ``--perfedavg-alpha`` (default:
+           ``--client-lr``); ``--server-opt`` at ``--server-lr``; ``--weighting``; evaluated
+           per client one inner step from the global model (``--personal-eval 1``)
+qffl       local SGD ``--client-lr`` (L = 1 / lr); fairness ``--q``; no server optimizer;
+           uniform weighting
 =========  ==================================================================================
 """
 from __future__ import annotations
@@ -23,11 +33,16 @@ from jaxqfl.choices import ALGORITHMS
 
 DEFAULT_MU = 0.01
 DEFAULT_FEDDYN_ALPHA = 0.01
+DEFAULT_DITTO_LAMBDA = 0.1
+DEFAULT_Q = 1.0
+#: each algorithm-specific flag (its argparse dest) and the algorithms that read it
+OWN_FLAGS = {"mu": ("fedprox",), "feddyn_alpha": ("feddyn",), "ditto_lambda": ("ditto",),
+             "head": ("fedrep", "fedper"), "head_steps": ("fedrep",), "q": ("qffl",), "perfedavg_alpha": ("perfedavg",)}
 
 
 def add_arguments(g) -> None:
-    """Add ``--algorithm``, ``--mu`` and ``--feddyn-alpha`` to an argparse group."""
-    from jaxqfl.cli.argtypes import positive_float
+    """Add ``--algorithm`` and the algorithms' own hyper-parameter flags (``OWN_FLAGS``) to an argparse group."""
+    from jaxqfl.cli.argtypes import nonneg_float, nonneg_int, positive_float
 
     g.add_argument("--algorithm", choices=ALGORITHMS, default="fedavg",
                    help="FL algorithm (README: table of algorithms); default fedavg")
@@ -36,6 +51,18 @@ def add_arguments(g) -> None:
                         f"comma-separated list sweeps it")
     g.add_argument("--feddyn-alpha", type=positive_float, default=None,
                    help=f"FedDyn regularization alpha (--algorithm feddyn; default {DEFAULT_FEDDYN_ALPHA})")
+    g.add_argument("--ditto-lambda", type=nonneg_float, default=None,
+                   help=f"Ditto's pull of each personal model toward the global one (--algorithm ditto; default "
+                        f"{DEFAULT_DITTO_LAMBDA}); 0: purely local personal models")
+    g.add_argument("--head", default=None, metavar="REGEX",
+                   help="the per-client head of --algorithm fedrep / fedper: a regular expression over parameter "
+                        "paths such as Dense_2/kernel (default: the model's last layer)")
+    g.add_argument("--head-steps", type=nonneg_int, default=None,
+                   help="FedRep: local steps on the head before the body's (default: the first half)")
+    g.add_argument("--q", type=nonneg_float, default=None,
+                   help=f"q-FFL's fairness exponent (--algorithm qffl; default {DEFAULT_Q}; 0 is uniform FedAvg)")
+    g.add_argument("--perfedavg-alpha", type=positive_float, default=None,
+                   help="Per-FedAvg's inner (personalisation) step (--algorithm perfedavg; default: --client-lr)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -45,20 +72,30 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if len(args.mu) > 1:
             parser.error(f"--mu takes one value here, got {','.join(f'{m:g}' for m in args.mu)}")
         args.mu = args.mu[0]
-    if args.mu is not None and a != "fedprox":
-        parser.error(f"--mu applies to --algorithm fedprox, got --algorithm {a}")
-    if args.feddyn_alpha is not None and a != "feddyn":
-        parser.error(f"--feddyn-alpha applies to --algorithm feddyn, got --algorithm {a}")
-    if a in ("scaffold", "feddyn") and args.server_opt != "sgd":
+    for dest, users in OWN_FLAGS.items():
+        if getattr(args, dest, None) is not None and a not in users:
+            parser.error(f"--{dest.replace('_', '-')} applies to --algorithm {' / '.join(users)}, got --algorithm {a}")
+    if getattr(args, "head", None) is not None:
+        import re
+
+        try:
+            re.compile(args.head)
+        except re.error as err:
+            parser.error(f"--head {args.head!r} is not a regular expression: {err}")
+    if a in ("scaffold", "feddyn", "qffl") and args.server_opt != "sgd":
         parser.error(f"--algorithm {a} has no server optimizer; --server-opt must be sgd, got {args.server_opt}")
-    if a in ("feddyn", "mimelite") and "server_lr" in getattr(args, "sweep_values", {}):
+    if a in ("feddyn", "mimelite", "qffl") and "server_lr" in getattr(args, "sweep_values", {}):
         parser.error(f"--algorithm {a} has no server learning rate; --server-lr takes no list")
-    if a in ("feddyn", "mimelite") and args.server_lr != 1.0:
+    if a in ("feddyn", "mimelite", "qffl") and args.server_lr != 1.0:
         parser.error(f"--algorithm {a} has no server learning rate; --server-lr must be 1, got {args.server_lr}")
     if a == "fedprox" and args.mu is None:  # defaults only for the algorithm that reads them (a config file
         args.mu = DEFAULT_MU                 # written from these args must not name another's flag)
     if a == "feddyn" and args.feddyn_alpha is None:
         args.feddyn_alpha = DEFAULT_FEDDYN_ALPHA
+    if a == "ditto" and args.ditto_lambda is None:
+        args.ditto_lambda = DEFAULT_DITTO_LAMBDA
+    if a == "qffl" and args.q is None:
+        args.q = DEFAULT_Q
 
 
 def build(args: argparse.Namespace, hp: dict | None = None):
@@ -89,6 +126,21 @@ def build(args: argparse.Namespace, hp: dict | None = None):
     if a == "feddyn":
         return (algorithms.feddyn(optax.sgd(lr), alpha=args.feddyn_alpha),
                 {"client_lr": args.client_lr, "alpha": args.feddyn_alpha, "weighting": "uniform"})
+    if a == "ditto":
+        return (algorithms.ditto(optax.sgd(lr), lr, args.ditto_lambda, server(), weighting=args.weighting),
+                {**fedopt, "personal_lr": args.client_lr, "lambda": args.ditto_lambda})
+    if a in ("fedrep", "fedper"):
+        head = {"head": args.head or "the model's last layer"}
+        if a == "fedper":
+            return algorithms.fedper(optax.sgd(lr), args.head, server(), weighting=args.weighting), {**fedopt, **head}
+        return (algorithms.fedrep(optax.sgd(lr), args.head, args.head_steps, server(), weighting=args.weighting),
+                {**fedopt, **head, "head_steps": args.head_steps if args.head_steps is not None else "first half"})
+    if a == "perfedavg":
+        alpha = args.perfedavg_alpha if args.perfedavg_alpha is not None else args.client_lr
+        return (algorithms.perfedavg(alpha, lr, server(), weighting=args.weighting),
+                {**fedopt, "alpha": alpha, "beta": args.client_lr})
+    if a == "qffl":
+        return algorithms.qffl(lr, args.q), {"local_lr": args.client_lr, "q": args.q, "weighting": "uniform"}
     base = algorithms.server_optimizer(args.server_opt, lr)
     return algorithms.mimelite(base, weighting=args.weighting), {
         "base_optimizer": args.server_opt, "learning_rate": args.client_lr, "weighting": args.weighting}

@@ -38,7 +38,7 @@ from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
-from jaxqfl.cli import run_setup
+from jaxqfl.cli import personal_flags, run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
@@ -133,6 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(engine.build_streaming), for populations larger than device memory")
     g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
     model_flags.add_arguments(p)
+    personal_flags.add_arguments(p)
     clustering_flags.add_arguments(p)
     run_setup.add_arguments(p)
     privacy_flags.add_arguments(p)
@@ -155,6 +156,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if getattr(args, name) is None:
             setattr(args, name, d[name])
     algorithm_args.validate(parser, args)
+    personal_flags.validate(parser, args)
     if args.num_clients is not None and args.cohort_size > args.num_clients:
         parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
     validate_data(parser, args)
@@ -322,6 +324,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
     t_start = time.perf_counter()
     population = build_population(args)
+    population = personal_flags.client_test_split(args, population, data_seed_of(args))
     problem = model_flags.misfit(args, population)
     if problem is not None:
         fail(problem)
@@ -392,6 +395,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             else args.client_state,
             autotune=args.autotune,
             **sampling_flags.build_kwargs(args, population.num_clients),
+            **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
         )
     except ValueError as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
@@ -521,7 +525,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "final_r2": final.get("test_r2"),
         "final_perplexity": final.get("test_perplexity"),
         "final_bits_per_char": final.get("test_bits_per_char"),
-        **{f"final_{k[len('test_'):]}": v for k, v in final.items() if k.startswith("test_client_")},
+        **{f"final_{k[len('test_'):]}": v for k, v in final.items()
+           if k.startswith(("test_client_", "test_global_client_"))},
         "final_train_loss": final.get("train_loss"),
         "rounds": done_round,
         "rounds_requested": args.rounds,
@@ -648,6 +653,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f" ({s['chunk_size_from']})",
         f"  rounds           {s['rounds']} of {s['algorithm']}",
         f"  test accuracy    {acc:.4f}" if acc is not None else "",
+        personal_flags.summary_line(s),
         f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
         f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
         f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
