@@ -92,3 +92,25 @@ def test_plot_refuses_a_bad_out_before_drawing(tmp_path, capsys, monkeypatch):
         if "image" in message:
             assert ".png" in err and ".pdf" in err and ".svg" in err  # what is allowed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "figs.png", "run"]
+
+
+def test_per_client_metrics_get_a_mean_line_with_a_percentile_band(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from jaxqfl.cli import plot_command
+
+    records = [{"round": r, "test_loss": 1.0 / r, "test_accuracy": 0.5 + 0.1 * r, "uplink_bits_total": 10 * r,
+                "test_client_accuracy_mean": 0.6 + 0.1 * r, "test_client_accuracy_p10": 0.4 + 0.1 * r,
+                "test_client_accuracy_p90": 0.7 + 0.1 * r} for r in (1, 2)]
+    fig = plot_command.figure([plot_command._load(str(_run_folder(tmp_path / "p", records)))], ["p"], [],
+                              multiple=False)
+    got = _panels(fig)
+    assert [label for label, _ in got][:2] == ["test accuracy", "test loss"]
+    assert got[2][0].startswith("per-client test accuracy")
+    assert [str(v) for v in got[2][1][0]] == [str(0.6 + 0.1 * r) for r in (1, 2)]  # the mean over clients
+    band = [c for c in fig.axes[4].collections if isinstance(c, PolyCollection)]
+    assert len(band) == 1  # the p10-p90 band, spanning the percentiles
+    ys = band[0].get_paths()[0].vertices[:, 1]
+    assert min(ys) == pytest.approx(0.5) and max(ys) == pytest.approx(0.9)
+    plt.close(fig)

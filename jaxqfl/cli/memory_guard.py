@@ -98,9 +98,10 @@ def model_num_params(args, feature_dim: int, num_classes: int, feature_shape: tu
 
 
 def client_state_floats(args, n: int) -> int:
-    """Floats of one client's persistent state: ``n`` per error-feedback codec (and per SCAFFOLD-like algorithm)."""
+    """Floats of one client's persistent state: ``n`` per error-feedback codec, per SCAFFOLD-like algorithm and
+    for Ditto's personal model (FedRep's and FedPer's heads are left out: one layer)."""
     count = sum(spec.count("+ef") + spec.startswith("ef+") for spec in (args.uplink, args.downlink))
-    if getattr(args, "algorithm", None) in ("scaffold", "feddyn", "mime"):
+    if getattr(args, "algorithm", None) in ("scaffold", "feddyn", "mime", "ditto"):
         count += 1
     return count * n
 

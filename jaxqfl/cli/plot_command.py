@@ -12,6 +12,12 @@ in an image extension matplotlib writes (.png, .pdf, .svg, ...) in a writable
 place: checked before anything is read or drawn. Needs matplotlib:
 ``pip install "jaxqfl[plot]"``.
 
+A run whose records carry per-client metrics (``test_client_<metric>_mean``,
+``_p10``, ``_p90``: the clients' own test rows, ``jaxqfl.engine.client_metrics``)
+gets one more row: the mean over clients as a line, with a band from the 10th to
+the 90th percentile of the clients (the models the clients use: their own for
+Ditto / FedRep / FedPer or ``--personal-eval``, else the global one).
+
 A sweep folder (``jaxqfl run --seeds ...``: it holds ``sweep.json``) draws one
 curve per combination of its swept hyper-parameters: the mean over its seeds,
 with a band of plus and minus one sample standard deviation over the seeds
@@ -63,6 +69,9 @@ TASK_PANELS = {
     "regression": (("test_mse", "test MSE"), ("test_r2", "test R^2")),
     "clustering": (("test_inertia", "test inertia"), ("test_ari", "test ARI"), ("test_nmi", "test NMI")),
 }
+#: Per task, the per-client metric drawn as a mean line with a 10th-90th percentile band, where carried.
+CLIENT_PANELS = {"classification": ("test_client_accuracy", "per-client test accuracy\n(mean, p10-p90 band)"),
+                 "regression": ("test_client_mse", "per-client test MSE\n(mean, p10-p90 band)")}
 PLOTTED = tuple(dict.fromkeys(k for rows in TASK_PANELS.values() for k, _ in rows))  # every metric a panel shows
 BAND = "mean over seeds ± one sample standard deviation"
 
@@ -132,9 +141,14 @@ def panels(metric_sets: list[set]) -> list[tuple[str, str]]:
     """The figure's rows: per run (its set of metric keys), its task's metrics that it carries, in order."""
     rows = []
     for keys in metric_sets:
-        for key, label in TASK_PANELS[task_of(keys)]:
+        task = task_of(keys)
+        for key, label in TASK_PANELS[task]:
             if key in keys and (key, label) not in rows:
                 rows.append((key, label))
+    for keys in metric_sets:
+        prefix, label = CLIENT_PANELS.get(task_of(keys), (None, None))
+        if prefix is not None and f"{prefix}_mean" in keys and (prefix, label) not in rows:
+            rows.append((prefix, label))
     return rows or list(TASK_PANELS["classification"])
 
 
@@ -186,13 +200,18 @@ def figure(loaded: list, names: list[str], sweeps: list, *, multiple: bool, titl
         rounds = [r["round"] for r in records]
         bits = [r.get("uplink_bits_total") for r in records]
         for row, (metric, _) in enumerate(rows):
-            if not any(metric in r for r in records):
+            band = metric.startswith("test_client_")  # a per-client row: mean line, p10-p90 band
+            column = (lambda k: [float("nan") if r.get(k) is None else r[k] for r in records])
+            if not any((f"{metric}_mean" if band else metric) in r for r in records):
                 continue
-            ys = [r.get(metric) for r in records]
-            ys = [float("nan") if y is None else y for y in ys]  # null (a diverged value) leaves a gap
-            axes[row][0].plot(rounds, ys, marker=".", label=label)
-            if all(b is not None and b > 0 for b in bits):
-                axes[row][1].plot(bits, ys, marker=".", label=label)
+            ys = column(f"{metric}_mean" if band else metric)  # null (a diverged value) leaves a gap
+            for col, xs in enumerate((rounds, bits)):
+                if col == 1 and not all(b is not None and b > 0 for b in bits):
+                    continue
+                line, = axes[row][col].plot(xs, ys, marker=".", label=label)
+                if band and any(f"{metric}_p10" in r for r in records):
+                    axes[row][col].fill_between(xs, column(f"{metric}_p10"), column(f"{metric}_p90"),
+                                                color=line.get_color(), alpha=0.2)
     for row, (_, name) in enumerate(rows):
         axes[row][0].set_ylabel(name)
         axes[row][1].set_xscale("log")

@@ -92,6 +92,11 @@ def build_streaming(
     if getattr(model, "bind", None) is not None:
         raise ValueError("streamed populations do not carry a model's frozen part (a LoRA base) yet: "
                          "use engine.build (population on the devices) for a LoRA model")
+    if algorithm.personalize is not None:
+        import warnings
+
+        warnings.warn("a streamed population does not evaluate the clients' personal models (engine.build does); "
+                      "only the global model is evaluated", stacklevel=2)
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
