@@ -81,6 +81,51 @@ def test_secure_sum_equals_plain_integer_sum_with_dropouts(protocol, dropout):
         assert sum(dropped) > 0  # dropouts really happened (3 rounds x 12 clients)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_weighted_secure_sum_equals_the_weighted_integer_domain_mean(dropout):
+    """Weights 1..40: the mask carries w_i c_i and w_i; the server's mean is sum_surv w_i c_i decoded / sum_surv w_i,
+    equal bit for bit to the reference computed from the survivors' codes (and, without dropouts, to
+    ``integer_mean``, the weighted integer-domain aggregator)."""
+    ids, updates = _cohort(4)
+    weights = jnp.asarray(np.random.default_rng(5).integers(1, 41, size=M), jnp.float32)
+    agg = aggregate.secure_sum(CODEC, num_clients=C, cohort_size=M, protocol="secagg+", neighbours=8,
+                               threshold=0.3, dropout=dropout, max_weight=40)
+    rkey = jax.random.key(17)
+    out, _, sm, m, stats, infos, reduced = jax.jit(aggregator_round, static_argnums=0)(agg, ids, updates, rkey,
+                                                                                       weights)
+    isum, scale = CODEC.integer_sum, stats.maxes["scale"]
+    codes = jax.vmap(lambda u, inf: isum.quantize(u, scale, keys.purpose_key(inf.key, keys.UPLINK)))(updates, infos)
+    alive = (1 - m["secagg_dropped"]).astype(jnp.int32) * weights.astype(jnp.int32)  # w_i for survivors, else 0
+    code_sum = jax.tree.map(lambda c: jnp.tensordot(alive, c.astype(jnp.int32), 1), codes)
+    W = jnp.sum(alive)
+    ref = jax.tree.map(lambda x: x / jnp.maximum(W, 1), isum.dequantize_sum(code_sum, scale, W))
+    assert float(sm["secagg_failed"]) == 0.0 and float(sm["secagg_weight_sum"]) == float(W)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(a, b)
+    if dropout == 0.0:
+        plain = aggregator_round(aggregate.integer_mean(CODEC), ids, updates, rkey, weights)[0]
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(plain)):
+            np.testing.assert_array_equal(a, b)
+    else:
+        assert float(np.sum(m["secagg_dropped"])) > 0
+    # the weight travels masked: the raw sum of its words is not the weight sum
+    raw = to_signed(reduced["masked"]["weight"], aggregate.secure.modulus_bits(M * 40, isum.max_abs_code))
+    assert int(raw[0]) != int(W)
+
+
+def test_a_weight_above_max_weight_fails_the_round_instead_of_wrapping():
+    ids, updates = _cohort(4)
+    weights = jnp.ones(M, jnp.float32).at[3].set(41.0)
+    agg = aggregate.secure_sum(CODEC, num_clients=C, cohort_size=M, protocol="secagg+", neighbours=8, max_weight=40)
+    out, state, sm, *_ = jax.jit(aggregator_round, static_argnums=0)(agg, ids, updates, jax.random.key(2), weights)
+    assert float(sm["secagg_failed"]) == 1.0 and float(sm["secagg_weight_overflow"]) == 1.0
+    assert int(state.failed_rounds) == 1 and all(np.all(np.asarray(a) == 0) for a in jax.tree.leaves(out))
+    with pytest.raises(ValueError, match="max_weight must be a positive integer"):
+        aggregate.secure_sum(CODEC, num_clients=C, cohort_size=M, max_weight=0)
+    with pytest.raises(ValueError, match="weighted up to 100000000 needs"):
+        aggregate.secure_sum(CODEC, num_clients=C, cohort_size=M, max_weight=10**8)
+
+
 def test_below_threshold_fails_loudly():
     """SecAgg+ with k = 4, t = 4: any dropout among a member's holders fails the round."""
     ids, updates = _cohort()
@@ -120,8 +165,8 @@ def population():
     return classification_population(rng.integers(2, 15, size=21).tolist(), num_features=5, num_classes=3, seed=3)
 
 
-def _run(population, aggregator, num_devices, chunk_size):
-    alg = algorithms.fedavg(optax.sgd(0.1), weighting="uniform")
+def _run(population, aggregator, num_devices, chunk_size, weighting="uniform"):
+    alg = algorithms.fedavg(optax.sgd(0.1), weighting=weighting)
     sim = engine.build(population, models.mlp(hidden=(6,), num_outputs=3), alg,
                        engine.LocalSchedule(local_steps=2, batch_size=3), cohort_size=7, num_devices=num_devices,
                        chunk_size=chunk_size, aggregator=aggregator, uplink=CODEC)
@@ -140,6 +185,20 @@ def test_engine_secure_sum_equals_integer_mean(population):
     for a, b in zip(jax.tree.leaves(s_sec.params), jax.tree.leaves(s_int.params)):
         np.testing.assert_array_equal(a, b)
     assert np.all(m_sec.server["secagg_failed"] == 0)
+
+
+def test_engine_weighted_secure_sum_equals_the_weighted_integer_mean(population):
+    """FedAvg weighting clients by their example counts: the secure sum honours the weights (Issue 22)."""
+    largest = int(population.counts.max())
+    secure = aggregate.secure_sum(CODEC, num_clients=21, cohort_size=7, protocol="secagg+", neighbours=4,
+                                  threshold=0.25, max_weight=largest)
+    s_sec, m_sec = _run(population, secure, 2, 2, weighting="examples")
+    s_int, _ = _run(population, aggregate.integer_mean(CODEC), 2, 2, weighting="examples")
+    s_uni, _ = _run(population, _secure(0.0), 2, 2, weighting="uniform")
+    for a, b in zip(jax.tree.leaves(s_sec.params), jax.tree.leaves(s_int.params)):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(s_sec.params), jax.tree.leaves(s_uni.params)))
+    assert np.all(m_sec.server["secagg_failed"] == 0) and np.all(m_sec.server["secagg_weight_sum"] > 7)
 
 
 @pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.slow), 4, pytest.param(8, marks=pytest.mark.slow)])

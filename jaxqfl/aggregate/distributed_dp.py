@@ -200,7 +200,8 @@ def distributed_skellam(
     encoder = skellam_encoder(params, template, block_size=block_size, max_rounding_tries=max_rounding_tries)
     inner = secure_encoded_sum(encoder, num_clients=num_clients, cohort_size=cohort_size, protocol=protocol,
                                neighbours=neighbours, threshold=threshold, dropout=dropout,
-                               failure_probability=failure_probability, min_survivors=s)
+                               failure_probability=failure_probability, min_survivors=s,
+                               max_weight=None)  # every survivor weighs 1: the sensitivity the noise is for
 
     def server(reduced, state, stats, cohort):
         mean, state, metrics = inner.server(reduced, state, stats, cohort)

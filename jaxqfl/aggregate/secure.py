@@ -15,15 +15,18 @@ else. One round, for the cohort's M clients (all inside the round program):
 3. ShareKeys: i shares ``sk_i`` and ``b_i`` t-of-k among its neighbours (Shamir
    over GF(32749), ``jaxqfl.aggregate.shamir``; holder at position a gets x = a + 1).
 4. MaskedInput: i quantizes its update on the cohort's shared scale
-   (``integer.py``) to codes ``c_i`` and sends, mod 2^b,
-   ``y_i = c_i + PRG(b_i) + sum_{j ~ i} sign(i, j) PRG(s_ij)``,
+   (``integer.py``) to codes ``c_i``, weighs them by its integer weight w_i
+   (the algorithm's: its example count or 1; ``max_weight``) and sends, mod 2^b,
+   ``y_i = (w_i c_i, w_i) + PRG(b_i) + sum_{j ~ i} sign(i, j) PRG(s_ij)``
+   (the weight is one more masked word, so the server learns only the sums),
    ``s_ij = KA(sk_i, pk_j)`` (``sign = +1`` if ``id_i < id_j`` else -1, so
    pairs cancel). A client drops out AFTER masking with probability ``dropout``
    (drawn from its key; the server recomputes the same draw): it sends nothing.
 5. Unmasking: for every member the server takes t shares from surviving holders
    and reconstructs ``b_c`` (c survived) or ``sk_c`` (c dropped), then
-   ``sum_{surv} c_i = sum y_i - sum_{c surv} PRG(b_c) - sum_{c dropped}
-   sum_{j ~ c, j surv} sign(j, c) PRG(KA(sk_c, pk_j))``. A member with fewer
+   ``sum_{surv} (w_i c_i, w_i) = sum y_i - sum_{c surv} PRG(b_c) - sum_{c dropped}
+   sum_{j ~ c, j surv} sign(j, c) PRG(KA(sk_c, pk_j))``, and the aggregate is the
+   survivors' weighted mean ``decode(sum w_i c_i) / sum w_i``. A member with fewer
    than t surviving holders fails the round: the aggregate is zero (the model
    does not move), server metric ``secagg_failed`` is 1 and the state counts
    ``secagg_failed_rounds`` (the CLI turns it into an error).
@@ -31,18 +34,20 @@ else. One round, for the cohort's M clients (all inside the round program):
 The engine's ``"sum"`` reduction adds the masked words as uint32, i.e. mod 2^32,
 hence mod 2^b for any b <= 32. The codes come from an :class:`IntegerEncoder`:
 a codec's (:func:`codec_encoder`: b is the smallest width holding the signed sum
-of M codes, ``2^b > 2 M max|c|``) or distributed DP's noised codes
-(``jaxqfl.aggregate.distributed_dp``: b given, wrap-around improbable). With
+of M weighted codes, ``2^b > 2 M w_max max|c|``) or distributed DP's noised codes
+(``jaxqfl.aggregate.distributed_dp``: b given, wrap-around improbable; every
+survivor weighs 1, ``max_weight=None``, which its sensitivity bound needs). A
+weight above ``w_max`` would wrap: the round fails instead (server metric
+``secagg_weight_overflow``), never a silently wrong sum. With
 ``min_survivors`` the round also fails when fewer clients survive (the clients
 refuse to unmask).
 
 Simulation shortcuts (documented, not hidden): the shares a holder stores are
 recomputed on the server side from the sharing client's key (standing in for
-the ciphertexts routed through the server); the group and field are 15 bits;
-the engine's weights are ignored (every surviving client counts 1: the mean is
-over survivors). Bit accounting (per-client metric ``uplink_bits``) uses the
+the ciphertexts routed through the server); the group and field are 15 bits.
+Bit accounting (per-client metric ``uplink_bits``) uses the
 sizes of a real deployment with ``secret_bits``-bit keys and secrets: two public
-keys, 2k encrypted shares, the b-bit masked codes and the shared-scale
+keys, 2k encrypted shares, the b-bit masked codes (and weight) and the shared-scale
 statistic (survivors), and k unmasking shares (survivors).
 
 Cost: a client's mask is a scan over its k neighbours, each a P-word PRG draw,
@@ -148,10 +153,11 @@ class IntegerEncoder(NamedTuple):
     modulus_bits: int
 
 
-def codec_encoder(codec, cohort_size: int) -> IntegerEncoder:
+def codec_encoder(codec, cohort_size: int, max_weight: int = 1) -> IntegerEncoder:
     """The encoder of an integer-summable codec: codes on the cohort's shared scale (``integer.py``).
 
-    b is the smallest width holding the signed sum of M codes, ``2^b > 2 M max|c|``.
+    b is the smallest width holding the signed sum of M codes weighted up to ``max_weight``,
+    ``2^b > 2 M w_max max|c|``.
     """
     isum = getattr(codec, "integer_sum", None)
     if isum is None:
@@ -169,17 +175,27 @@ def codec_encoder(codec, cohort_size: int) -> IntegerEncoder:
     def decode_sum(code_sum, shared, survivors):
         return isum.dequantize_sum(code_sum, finite(shared), survivors)
 
-    return IntegerEncoder(statistics, encode, decode_sum, modulus_bits(cohort_size, isum.max_abs_code))
+    return IntegerEncoder(statistics, encode, decode_sum, modulus_bits(cohort_size * max_weight, isum.max_abs_code))
 
 
-def secure_sum(codec, *, cohort_size: int, **kw) -> Aggregator:
-    """The survivors' mean, summed under secure aggregation on ``codec``'s integer grid.
+def secure_sum(codec, *, cohort_size: int, max_weight: int = 1, **kw) -> Aggregator:
+    """The survivors' weighted mean, summed under secure aggregation on ``codec``'s integer grid.
 
-    ``secure_sum(codec, num_clients=C, cohort_size=M, ...)`` is
-    ``secure_encoded_sum(codec_encoder(codec, M), num_clients=C, cohort_size=M, ...)``
-    (the arguments below).
+    ``secure_sum(codec, num_clients=C, cohort_size=M, max_weight=w, ...)`` is
+    ``secure_encoded_sum(codec_encoder(codec, M, w), num_clients=C, cohort_size=M, max_weight=w, ...)``
+    (the arguments below). Pass the largest weight the algorithm gives: 1 for uniform
+    weighting, the largest client's example count for example weighting.
     """
-    return secure_encoded_sum(codec_encoder(codec, cohort_size), cohort_size=cohort_size, **kw)
+    _check_max_weight(max_weight)
+    return secure_encoded_sum(codec_encoder(codec, cohort_size, max_weight), cohort_size=cohort_size,
+                              max_weight=max_weight, **kw)
+
+
+def _check_max_weight(max_weight):
+    if max_weight is not None and (not isinstance(max_weight, (int, np.integer)) or isinstance(max_weight, bool)
+                                   or max_weight < 1):
+        raise ValueError(f"max_weight must be a positive integer (the largest client weight) or None (every "
+                         f"survivor weighs 1), got {max_weight!r}")
 
 
 def secure_encoded_sum(
@@ -194,8 +210,9 @@ def secure_encoded_sum(
     secret_bits: int = 256,
     failure_probability: float = 1e-6,
     min_survivors: int = 1,
+    max_weight: int | None = 1,
 ) -> Aggregator:
-    """The survivors' mean of ``encoder``'s codes, summed under secure aggregation mod 2^b.
+    """The survivors' weighted mean of ``encoder``'s codes, summed under secure aggregation mod 2^b.
 
     Args:
       encoder: an :class:`IntegerEncoder` (:func:`codec_encoder` for a codec; distributed DP has its own).
@@ -209,7 +226,12 @@ def secure_encoded_sum(
       secret_bits: key / secret size of a real deployment, for the bit accounting only.
       failure_probability: the per-round failure bound the default k meets (:func:`choose_neighbours`).
       min_survivors: the round also fails (the clients refuse to unmask) when fewer clients survive.
+      max_weight: the largest client weight: the algorithm's weights, rounded to integers in
+        ``[0, max_weight]``, weigh the codes inside the masked words (the encoder's b must hold
+        ``M max_weight`` codes); a larger weight fails the round. None: every survivor weighs 1
+        whatever the algorithm's weights (differential privacy's fixed sensitivity).
     """
+    _check_max_weight(max_weight)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if not (isinstance(cohort_size, int) and cohort_size >= 2):
@@ -231,8 +253,11 @@ def secure_encoded_sum(
     if not (isinstance(min_survivors, int) and 1 <= min_survivors <= M):
         raise ValueError(f"min_survivors must be an integer in [1, cohort_size={M}], got {min_survivors!r}")
     bits = encoder.modulus_bits
+    weighted = max_weight is not None
     if not 1 <= bits <= 32:
-        raise ValueError(f"the codes' sum needs {bits} bits; secure aggregation sums 1 to 32-bit words")
+        weights = f" weighted up to {max_weight}" if weighted and max_weight > 1 else ""
+        raise ValueError(f"the sum of {cohort_size} codes{weights} needs {bits} bits; secure aggregation sums 1 to "
+                         f"32-bit words: use coarser codes, a smaller cohort or uniform weighting")
     modmask = jnp.uint32((1 << bits) - 1)
     offsets_j = jnp.asarray(offsets)
 
@@ -257,6 +282,11 @@ def secure_encoded_sum(
         table = _table(stats)
         codes, encoder_metrics = encoder.encode(update, shared_scale(stats), info)
         codes = jax.tree.map(lambda c: c.astype(jnp.int32), codes)
+        if weighted:  # w_i c_i and w_i, both masked
+            w = jnp.round(weight).astype(jnp.int32)
+            over = w > max_weight
+            w = jnp.clip(w, 0, max_weight)
+            codes = {"codes": jax.tree.map(lambda c: w * c, codes), "weight": w[None]}
         P = sum(c.size for c in jax.tree.leaves(codes))
         members = _member_order(table, M)
         pos = jnp.argmax(members == info.client_id)
@@ -270,7 +300,10 @@ def secure_encoded_sum(
         mask, _ = jax.lax.scan(add_pair, _prg(_SELF_BASE, seed, codes, modmask), offsets_j)
         masked = jax.tree.map(lambda c, m: (jax.lax.bitcast_convert_type(c, jnp.uint32) + m) & modmask, codes, mask)
         sends = (~_dropped(info.key, dropout)) & (weight > 0)
-        summand = {"masked": jax.tree.map(lambda m: jnp.where(sends, m, jnp.uint32(0)), masked), "survivors": sends.astype(jnp.int32)}
+        summand = {"masked": jax.tree.map(lambda m: jnp.where(sends, m, jnp.uint32(0)), masked),
+                   "survivors": sends.astype(jnp.int32)}
+        if weighted:  # a client whose weight does not fit refuses (in the clear): the round fails
+            summand["overweight"] = (sends & over).astype(jnp.int32)
         stat_bits = 32 * sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shared_scale(stats)))
         protocol_bits = 2 * secret_bits + 2 * k * secret_bits
         sent_bits = bits * P + stat_bits + k * secret_bits
@@ -324,16 +357,25 @@ def secure_encoded_sum(
             return jax.tree.map(jnp.subtract, total, removal), None
 
         total, _ = jax.lax.scan(remove, total, jnp.arange(M))
-        W = reduced["survivors"]
-        ok = ok & (W >= min_survivors)
-        code_sum = jax.tree.map(lambda w: to_signed(w, bits), total)
+        survivors = reduced["survivors"]
+        ok = ok & (survivors >= min_survivors)
+        signed = jax.tree.map(lambda w: to_signed(w, bits), total)
+        if weighted:
+            code_sum, W = signed["codes"], signed["weight"][0]
+            overweight = reduced["overweight"]
+            ok = ok & (overweight == 0)
+        else:
+            code_sum, W = signed, survivors
         summed = encoder.decode_sum(code_sum, shared_scale(stats), W)
         mean = jax.tree.map(lambda s: jnp.where(ok, s / jnp.maximum(W, 1).astype(jnp.float32), 0.0), summed)
         failed = jnp.where(ok, 0, 1).astype(jnp.int32)
         new_state = SecureState(failed_rounds=state.failed_rounds + failed)
         metrics = {"secagg_failed": failed.astype(jnp.float32),
                    "secagg_failed_rounds": new_state.failed_rounds.astype(jnp.float32),
-                   "secagg_survivors": W.astype(jnp.float32)}
+                   "secagg_survivors": survivors.astype(jnp.float32)}
+        if weighted:
+            metrics.update(secagg_weight_sum=W.astype(jnp.float32),
+                           secagg_weight_overflow=overweight.astype(jnp.float32))
         return mean, new_state, metrics
 
     return Aggregator(

@@ -40,6 +40,15 @@ OWN_FLAGS = {"mu": ("fedprox",), "feddyn_alpha": ("feddyn",), "ditto_lambda": ("
              "head": ("fedrep", "fedper"), "head_steps": ("fedrep",), "q": ("qffl",), "perfedavg_alpha": ("perfedavg",)}
 
 
+#: algorithms that weigh every client 1 whatever --weighting says (their papers' uniform means)
+UNIFORM_ALGORITHMS = ("scaffold", "feddyn", "qffl")
+
+
+def weighs_by_examples(args: argparse.Namespace) -> bool:
+    """True when the run's algorithm weighs clients by their example counts (``--weighting examples``)."""
+    return getattr(args, "weighting", "examples") == "examples" and args.algorithm not in UNIFORM_ALGORITHMS
+
+
 def add_arguments(g) -> None:
     """Add ``--algorithm`` and the algorithms' own hyper-parameter flags (``OWN_FLAGS``) to an argparse group."""
     from jaxqfl.cli.argtypes import nonneg_float, nonneg_int, positive_float

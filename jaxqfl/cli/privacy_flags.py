@@ -167,8 +167,19 @@ def default_delta(num_clients: int) -> float:
     return 1.0 / num_clients ** 1.1
 
 
-def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, model=None, feature_shape=None):
+def secagg_max_weight(args, largest_client: int) -> int:
+    """The largest client weight the run's algorithm gives (secure aggregation sizes its words for it):
+    the largest client's example count under example weighting, else 1."""
+    from jaxqfl.cli.algorithm_args import weighs_by_examples
+
+    return int(largest_client) if weighs_by_examples(args) else 1
+
+
+def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, model=None, feature_shape=None,
+                    largest_client: int = 1):
     """The aggregator of the flags (None: the default mean). Calibrates --dp-epsilon; prints delta.
+
+    ``largest_client``: the largest client's example count (secure aggregation's largest weight).
 
     ``hp`` (a sweep: ``engine.build_sweep``'s traced hyper-parameters, one config's): its
     ``dp_noise`` replaces --dp-noise, and nothing is calibrated or printed: call this once
@@ -189,7 +200,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
                   f"({'exact' if k >= args.cohort_size - 1 else 'union bound'})")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
-                                    dropout=args.dropout, neighbours=args.secagg_degree)
+                                    dropout=args.dropout, neighbours=args.secagg_degree,
+                                    max_weight=secagg_max_weight(args, largest_client))
     if not args.dp:
         return None
     if hp is not None:
@@ -280,6 +292,8 @@ def _failed_when(record: dict) -> str:
 
 def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     """summary.json's privacy fields; ``noise``: one sweep config's noise multiplier (default --dp-noise)."""
+    from jaxqfl.cli.algorithm_args import weighs_by_examples
+
     if args.dp_distributed is not None:
         return distributed_dp_flags.summary(args, num_clients)
     if args.secure_aggregation is not None:
@@ -287,7 +301,9 @@ def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
                 "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k,
                 "secagg_failure_bound": bound,
-                "secagg_weighting": "uniform: the mean over the surviving clients (example weights are not used)"}
+                "secagg_weighting": ("examples: the mean over the surviving clients weighted by their example "
+                                     "counts (weights masked with the codes)") if weighs_by_examples(args)
+                else "uniform: the mean over the surviving clients"}
     if not args.dp:
         return {}
     from jaxqfl import privacy

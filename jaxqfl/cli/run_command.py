@@ -245,7 +245,8 @@ def _aggregator(args, population, uplink, model, hp: dict | None = None):
     from jaxqfl import aggregate
 
     aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=model,
-                                               feature_shape=population.feature_shape)
+                                               feature_shape=population.feature_shape,
+                                               largest_client=population.max_count)
     if aggregator is None:
         aggregator = lora_flags.aggregator(args)
     if aggregator is None:
