@@ -283,3 +283,20 @@ def test_cli_reports_the_degree(tmp_path, capsys):
     assert summary["secagg_neighbours"] == 12
     assert summary["secagg_failure_bound"] == pytest.approx(secure.failure_bound(20, 12, 0.1))
     assert "12 neighbours per client" in capsys.readouterr().out
+
+
+def test_cli_secure_aggregation_keeps_an_example_weighted_run_unchanged(tmp_path):
+    """``--secure-aggregation`` without dropouts gives the run ``--integer-aggregation`` gives (the same
+    example-weighted mean on the same integer grid): final parameters equal bit for bit."""
+    import json
+
+    from jaxqfl.cli.main import main
+
+    base = ["run", "--num-clients", "24", "--cohort-size", "6", "--rounds", "2", "--eval-every", "2",
+            "--local-steps", "2", "--uplink", "qsgd:8", "--devices", "2", "--chunk-size", "3", "--no-progress"]
+    assert main(base + ["--secure-aggregation", "secagg+", "--out", str(tmp_path / "sec")]) == 0
+    assert main(base + ["--integer-aggregation", "--out", str(tmp_path / "int")]) == 0
+    assert (tmp_path / "sec" / "final_params.msgpack").read_bytes() == \
+        (tmp_path / "int" / "final_params.msgpack").read_bytes()
+    summary = json.loads((tmp_path / "sec" / "summary.json").read_text())
+    assert summary["secagg_weighting"].startswith("examples")

@@ -15,11 +15,13 @@ the test labels; null when the data has none).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
 import time
 
+from jaxqfl import sinks
 from jaxqfl.cli.argtypes import positive_int
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -186,15 +188,15 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
 
     setup_seconds = time.perf_counter() - t_start
     all_records = list(records)
-    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds + 1, not args.no_progress,
-                                                          done_before + 1) as show:
-        f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    sink = sinks.open_sinks(out, args.log)  # metrics.jsonl (+ TensorBoard, CSV), the restored records first
+    with contextlib.closing(sink), _progress(args.rounds + 1, not args.no_progress, done_before + 1) as show:
+        for r in records:
+            sink.write(r)
 
         def on_eval(rec):
             rec = _finite_or_null(rec)
             all_records.append(rec)
-            f.write(json.dumps(rec, allow_nan=False) + "\n")
-            f.flush()
+            sink.write(rec)
             show(rec)
 
         if done_before >= args.rounds:

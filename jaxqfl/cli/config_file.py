@@ -20,6 +20,7 @@ import tomllib
 
 #: Flags that say how to run, not what: never stored in config.toml nor part of a run's fingerprint.
 NOT_CONFIG = frozenset({"command", "config", "print_config", "out", "overwrite", "resume", "no_progress",
+                        "log",  # where records go, not what the run computes
                         # derived by the validators, not flags
                         "dp", "dp_count_noise", "dp_delta_default", "sweep_values"})
 

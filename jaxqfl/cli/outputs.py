@@ -10,19 +10,17 @@ a non-finite number (NaN, +-Infinity: a diverged loss) is written as ``null``.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import pathlib
 import shutil
 import time
 
-import numpy as np
+from jaxqfl.sinks import finite_or_none, strict_dumps  # noqa: F401  (re-exported: the CLI's strict JSON)
 
 #: What a run writes into its folder; ``--overwrite`` removes these (and nothing else) first, with a
 #: sweep's config folders (``is_config_folder``).
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.toml", "final_params.msgpack", "checkpoints",
-             "sweep.json", "sweep.md", "damaged-checkpoints")
+             "sweep.json", "sweep.md", "damaged-checkpoints", "metrics.csv", "tensorboard")
 LOCK_NAME = ".jaxqfl.lock"
 _HELD: dict[str, int] = {}  # folder -> the open lock file descriptor
 
@@ -62,29 +60,6 @@ def release_locks() -> None:
 
 class OutputError(ValueError):
     """An output folder that cannot be used, with the reason and what to do."""
-
-
-def finite_or_none(obj):
-    """``obj`` with every non-finite float replaced by None, NumPy scalars and arrays made plain Python."""
-    if isinstance(obj, dict):
-        return {str(k): finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return finite_or_none(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
-
-
-def strict_dumps(obj, **kwargs) -> str:
-    """``json.dumps`` that never writes NaN or Infinity: those become ``null``."""
-    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def _unique_default(dataset: str, seed: int, root: str = "runs") -> pathlib.Path:

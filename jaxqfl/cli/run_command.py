@@ -38,6 +38,7 @@ from jaxqfl.cli.argtypes import positive_floats as _positive_floats
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
+from jaxqfl import sinks
 from jaxqfl.cli import personal_flags, run_setup
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
@@ -61,6 +62,14 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden takes comma-separated positive integers, got {text!r}")
     return sizes
+
+
+def _sink_list(text: str) -> tuple[str, ...]:
+    """``--log``: comma-separated metrics sinks (``jaxqfl.sinks.SINKS``), checked before any work."""
+    try:
+        return sinks.check_kinds(k.strip().lower() for k in text.split(",") if k.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,6 +137,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (default: a fresh runs/<dataset>-<date-time.ms>-s<seed>); an existing "
                         "non-empty folder is refused unless --overwrite")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--log", type=_sink_list, default=("jsonl",), metavar="SINKS",
+                   help="where the evaluation records go, comma-separated: jsonl (OUT/metrics.jsonl, always), "
+                        "tensorboard (OUT/tensorboard/ event files; needs tensorboardX), csv (OUT/metrics.csv); "
+                        "default jsonl")
     g.add_argument("--stream", action="store_true",
                    help="keep the population in host memory and stream each round's cohort to the devices "
                         "(engine.build_streaming), for populations larger than device memory")
@@ -445,17 +458,16 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             saved_rounds.add(r)
 
     all_records = list(records)
-    with open(out / "metrics.jsonl", "w") as f, _progress(args.rounds, not args.no_progress, start_round) as show:
+    sink = sinks.open_sinks(out, args.log)  # metrics.jsonl (+ TensorBoard, CSV), the restored records first
+    with contextlib.closing(sink), _progress(args.rounds, not args.no_progress, start_round) as show:
         for rec in records:
-            f.write(strict_dumps(rec) + "\n")
-        f.flush()
+            sink.write(rec)
 
         def on_eval(rec):
             rec.update(privacy_flags.record_fields(args, population.num_clients, rec))
             sampling_flags.warn_overflow(args, sim, rec)
             all_records.append(rec)
-            f.write(strict_dumps(rec) + "\n")
-            f.flush()
+            sink.write(rec)
             show(rec)
 
         def after_block(state, rec, t):

@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from jaxqfl import sinks
+
 FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", "test_perplexity",
               "test_bits_per_char", "train_loss")
 
@@ -157,8 +159,9 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     files = []
     for n, recs in zip(names, records):
         (out / n).mkdir(parents=True, exist_ok=True)
-        files.append(open(out / n / "metrics.jsonl", "w"))
-        files[-1].writelines(json.dumps(r, allow_nan=False) + "\n" for r in recs)
+        files.append(sinks.open_sinks(out / n, args.log))
+        for r in recs:
+            files[-1].write(r)
     setup_seconds = time.perf_counter() - t_start
     swept = [f"{k}: {len(v)} values" for k, v in args.sweep_values.items()] + [f"{len(seeds)} seeds"]
     print(f"jaxqfl run: a sweep of {len(configs)} configs in one program ({', '.join(swept)})"
@@ -172,8 +175,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             raise privacy_flags.RoundFailed(f"config {names[s]}: {e}") from None
         rec = {k: _finite(v) for k, v in rec.items()}
         records[s].append(rec)
-        files[s].write(json.dumps(rec, allow_nan=False) + "\n")
-        files[s].flush()
+        files[s].write(rec)
         if s == len(configs) - 1 and not args.no_progress:
             print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
