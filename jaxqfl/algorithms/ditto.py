@@ -27,10 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxqfl.algorithms.base import (
-    Algorithm, ClientOutput, broadcast_params, check_weighting, client_weight, tree_select,
-)
-from jaxqfl.algorithms.fedavg import apply_server_optimizer
+from jaxqfl.algorithms.base import Algorithm, check_weighting, tree_select
+from jaxqfl.algorithms.fedavg import delta_algorithm
 from jaxqfl.algorithms.hparams import check_number
 
 
@@ -81,25 +79,13 @@ def ditto(client_optimizer: optax.GradientTransformation, personal_lr: float, la
         opt_state = tree_select(on_global, opt_state, local.opt_state)
         return DittoLocal(local.other, stepped, opt_state, local.step + 1)  # the other model steps next
 
+    fedavg_shape = delta_algorithm(client_init, client_step, server_optimizer, weighting)
+
     def client_final(local, message, personal, info):
         even = local.step % 2 == 0  # an even count ends with w_k back in params
         w = tree_select(even, local.params, local.other)
         v = tree_select(even, local.other, local.params)
-        delta = jax.tree.map(jnp.subtract, w, message.params)
-        return ClientOutput(delta, client_weight(weighting, info), v, {})
+        return fedavg_shape.client_final(local._replace(params=w), message, v, info)  # Delta_k = w_k - w_t; keep v_k
 
-    def server_update(params, opt_state, mean_delta, info):
-        del info
-        params, opt_state = apply_server_optimizer(server_optimizer, params, opt_state, mean_delta)
-        return params, opt_state, {}
-
-    return Algorithm(
-        init=server_optimizer.init,
-        client_state_init=lambda params: params,
-        broadcast=broadcast_params,
-        client_init=client_init,
-        client_step=client_step,
-        client_final=client_final,
-        server_update=server_update,
-        personalize=lambda params, personal: personal,
-    )
+    return fedavg_shape._replace(client_state_init=lambda params: params, client_final=client_final,
+                                 personalize=lambda params, personal: personal)

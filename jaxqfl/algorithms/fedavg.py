@@ -87,7 +87,8 @@ def delta_algorithm(client_init, client_step, server_optimizer, weighting: str) 
     """FedAvg's shape around a given local step: clients upload ``Delta_i = w_i - received``
     with weight ``p_i``; the server applies ``w + server_opt(-sum p_i Delta_i / sum p_i)``.
 
-    Shared by the algorithms that change only the local step (FedAvg, FedProx).
+    Shared by the algorithms that change only the local step (FedAvg, FedProx; Ditto and Per-FedAvg
+    around their alternating steps).
     """
 
     def client_final(local, message, client_state, info):

@@ -46,7 +46,8 @@ UNIFORM_ALGORITHMS = ("scaffold", "feddyn", "qffl")
 
 def weighs_by_examples(args: argparse.Namespace) -> bool:
     """True when the run's algorithm weighs clients by their example counts (``--weighting examples``)."""
-    return getattr(args, "weighting", "examples") == "examples" and args.algorithm not in UNIFORM_ALGORITHMS
+    return (getattr(args, "weighting", "examples") == "examples"
+            and getattr(args, "algorithm", "fedavg") not in UNIFORM_ALGORITHMS)
 
 
 def add_arguments(g) -> None:
