@@ -90,3 +90,11 @@ def test_personal_models_without_client_test_rows_are_refused_naming_the_fix(tmp
         code = e.code
     assert code == 2
     assert "--client-test none leaves" in capsys.readouterr().err
+
+
+def test_a_sweep_reports_per_client_accuracy_per_config(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["run", *MNIST, "--seeds", "0-1", "--out", str(out)]) == 0
+    for summary in sorted(out.glob("seed=*/summary.json")):
+        s = json.loads(summary.read_text())
+        assert 0.0 <= s["final_client_accuracy_mean"] <= 1.0 and "final_client_accuracy_p10" in s
