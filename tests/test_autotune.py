@@ -229,7 +229,7 @@ def test_cli_writes_the_search_into_summary_and_prints_it(tmp_path, monkeypatch,
     assert summary["chunk_size"] == t["picked"] == t["candidates"][0] and not t["cache_hit"]
     assert summary["chunk_size_from"] == "autotune" and t["seconds"][0] > 0
     assert "autotune: chunk" in capsys.readouterr().out
-    assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # the same shape again: from the cache
+    assert main([*argv, "--out", str(tmp_path / "b"), "--autotune", "on"]) == 0  # the same shape: from the cache
     again = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert again["tuning"]["cache_hit"] and again["chunk_size_from"] == "autotune, cache hit"
 
@@ -310,3 +310,37 @@ def test_cpu_device_split_is_tuned_the_faster_mesh_is_picked_cached_and_results_
     state, _ = sim.run_block(sim.init(0), 2)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_a_short_run_does_not_wait_for_a_search_and_a_long_one_searches(tmp_path, monkeypatch):
+    """``jaxqfl.engine.tuning_rule``: search iff R x the round's FLOP/byte floor at nominal peaks >= 30 s."""
+    from jaxqfl import algorithms, data, models
+    from jaxqfl.bench.cost import round_cost
+    from jaxqfl.cli.main import main
+    from jaxqfl.engine import tuning_rule
+    from jaxqfl.engine.schedule import LocalSchedule
+
+    pop = data.build("synthetic", num_clients=30, seed=0)
+    model, alg = models.logistic_regression(10), algorithms.fedavg(optax.sgd(0.1))
+    schedule = LocalSchedule(local_steps=2, batch_size=8)
+    cost = round_cost(pop, model, alg, schedule, 6)
+    flops, bandwidth = tuning_rule.nominal_peaks("cpu", 2)
+    floor = max(cost.flops / flops, cost.bytes / bandwidth)
+    enough = int(np.ceil(tuning_rule.MIN_TRAINING_SECONDS / floor))
+    decide = lambda rounds: tuning_rule.decide(pop, model, alg, schedule, cohort_size=6, rounds=rounds,
+                                               platform="cpu", num_devices=2)
+    short, long = decide(enough - 1), decide(enough)
+    assert not short.tune and long.tune and long.floor_seconds == pytest.approx(enough * floor)
+    assert "under the 30 s" in short.reason
+    # the CLI: a short run takes the cost model's pick at once (no search); --autotune on still searches
+    monkeypatch.setenv(autotune.AUTOTUNE_ENV, "on")
+    monkeypatch.setenv(autotune.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(autotune.BUDGET_ENV, "0")
+    argv = ["run", "--num-clients", "30", "--cohort-size", "6", "--rounds", "2", "--eval-every", "2",
+            "--local-steps", "2", "--devices", "2", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "short")]) == 0
+    s = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert s["tuning"] is None and "no search" in s["chunk_size_from"] and "under the 30 s" in s["tuning_rule"]
+    assert main([*argv, "--autotune", "on", "--out", str(tmp_path / "on")]) == 0
+    s = json.loads((tmp_path / "on" / "summary.json").read_text())
+    assert s["tuning"] is not None and s["tuning_rule"] is None

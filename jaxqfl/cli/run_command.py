@@ -117,9 +117,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
     g.add_argument("--chunk-size", type=_chunk_size, default=None,
                    help="clients per vmap: 'auto' (default: measured by --autotune, else the cost model) or an integer")
-    g.add_argument("--autotune", type=_on_off, default=True, metavar="{on,off}",
+    g.add_argument("--autotune", type=_on_off, default=None, metavar="{on,off}",
                    help="with --chunk-size auto, time a few candidate chunk sizes and keep the fastest, cached in "
-                        "$JAXQFL_CACHE_DIR or ~/.cache/jaxqfl (default: on); off uses the cost model")
+                        "$JAXQFL_CACHE_DIR or ~/.cache/jaxqfl; off uses the cost model (default: on when the "
+                        "run is long enough to repay the search, jaxqfl.engine.tuning_rule)")
     g.add_argument("--client-state", choices=CLIENT_STATE_HOMES, default="auto",
                    help="where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on "
                         "every device, sharded over the devices, or on the host and streamed with the cohort "
@@ -388,6 +389,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                              make_aggregator=lambda hp: _aggregator(args, population, uplink, model, hp)[0],
                              label_transform=label_transform, t_start=t_start, stop=stop)
     build = engine.build_streaming if args.stream else engine.build
+    tuning_rule = _tuning_decision(args, population, model, algorithm, schedule, num_devices, cpu)
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
     # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
     layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
@@ -407,7 +409,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             downlink=None if args.downlink == "none" else args.downlink_codec,
             client_state=layout.get("client_state_home", args.client_state) if args.client_state == "auto"
             else args.client_state,
-            autotune=args.autotune,
+            autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
             **sampling_flags.build_kwargs(args, population.num_clients),
             **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
         )
@@ -557,7 +559,9 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "num_devices": sim.num_devices,
         "chunk_size": sim.chunk_size,
         "client_state_home": sim.client_state_home,
-        "chunk_size_from": _chunk_source(args, sim),
+        "chunk_size_from": _chunk_source(args, sim) + ("; no search: the run is too short to repay one"
+                                                       if tuning_rule is not None and not tuning_rule.tune else ""),
+        "tuning_rule": tuning_rule.reason if tuning_rule is not None else None,
         "tuning": sim.tuning,
         "tuning_recheck": recheck._asdict() if recheck is not None else None,
         "num_params": sim.num_params,
@@ -683,6 +687,20 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"                   {out / 'final_params.msgpack'}, checkpoints in {out / 'checkpoints'}",
     ]
     print("\n".join(line for line in lines if line))
+
+
+def _tuning_decision(args, population, model, algorithm, schedule, num_devices: int, cpu: bool):
+    """Whether to search chunk sizes when ``--autotune`` is not given (``jaxqfl.engine.tuning_rule``); None when
+    the flag, ``$JAXQFL_AUTOTUNE``, ``--chunk-size`` or a resumed layout decides."""
+    from jaxqfl.engine.autotune import autotune_default
+
+    layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
+    if args.autotune is not None or args.chunk_size is not None or layout.get("chunk_size") or not autotune_default():
+        return None
+    from jaxqfl.engine import tuning_rule
+
+    return tuning_rule.decide(population, model, algorithm, schedule, cohort_size=args.cohort_size,
+                              rounds=args.rounds, platform="cpu" if cpu else "accelerator", num_devices=num_devices)
 
 
 def _chunk_source(args, sim) -> str:
