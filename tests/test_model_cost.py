@@ -60,3 +60,20 @@ def test_a_run_reports_its_models_bops_and_bytes(tmp_path):
     assert summary["macs_per_example"] == d * 16 + 16 * 10
     assert summary["bops"] == 64 * (d * 16 + 16 * 10)
     assert summary["model_bytes"] == d * 16 + 16 * 10 + 4 * (16 + 10)
+
+
+def test_quant_list_prints_every_presets_hand_counted_bops_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from jaxqfl.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--num-clients", "10", "--cohort-size", "5", "--model", "mlp", "--hidden", "16",
+                 "--quant", "list"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    from jaxqfl.quant.policy import PRESETS
+
+    assert set(lines) == set(PRESETS)
+    layers = [(60, 16), (16, 10)]  # Synthetic(1, 1)'s 60 features, an MLP 60-16-10
+    for preset, bits in BITS.items():  # the hand count of each preset's weight x input bits per layer
+        want = sum(a * b * w * x for i, (a, b) in enumerate(layers) for w, x in [bits(i, len(layers))])
+        assert int(lines[preset][1].replace(",", "")) == want, preset
+    assert list(tmp_path.iterdir()) == []  # no run folder

@@ -96,6 +96,8 @@ def _run_with(parser, args, argv, stop) -> int:
     if args.print_config:
         print(config_file.to_toml(config_file.config_of(args)), end="")
         return 0
+    if args.quant == "list":  # the presets' costs for this model: reads the data, trains nothing, writes nothing
+        return run_command.list_quant_presets(args)
     cpu = memory_guard.likely_cpu()
     if cpu and args.devices is not None and args.devices > memory_guard.cpu_cores():
         print(f"jaxqfl run: warning: --devices {args.devices} exceeds this host's {memory_guard.cpu_cores()} CPU "

@@ -189,8 +189,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
-    if args.quant not in PRESETS:
-        parser.error(f"--quant {args.quant!r} is not a preset; choose one of {', '.join(PRESETS)}")
+    if args.quant not in PRESETS and args.quant != "list":
+        parser.error(f"--quant {args.quant!r} is not a preset; choose one of {', '.join(PRESETS)} (or list: "
+                     f"their BOPs and bytes for the chosen model)")
     from jaxqfl.compress import from_spec
 
     for flag in ("uplink", "downlink"):
@@ -247,6 +248,31 @@ def _cost_fields(args, population) -> dict:
                       population.x[:1])
     return {"macs_per_example": cost.macs, "bops": cost.bops, "model_bytes": cost.model_bytes,
             "model_cost_layers": [c._asdict() for c in cost.layers]}
+
+
+def list_quant_presets(args) -> int:
+    """``--quant list``: every preset's BOPs and model bytes for the chosen model (``jaxqfl.models.cost``),
+    printed as a table; nothing trains and no folder is written."""
+    from jaxqfl.models.cost import model_cost
+    from jaxqfl.quant.policy import PRESETS
+
+    population = build_population(args)
+    model = _architecture(argparse.Namespace(**{**vars(args), "quant": None}), population)
+    rows = []
+    for name in PRESETS:
+        try:
+            c = model_cost(model, None if name == "none" else name, population.x[:1])
+            rows.append((name, f"{c.bops:,}", f"{c.model_bytes / 1e3:,.1f} kB", c.macs, c.bops))
+        except (ValueError, TypeError) as e:  # a preset this model cannot take
+            rows.append((name, f"n/a ({e})", "", 0, 0))
+    float_bops = rows[0][4] or 1
+    print(f"--quant presets for {args.model} on {args.dataset} ({rows[0][3]:,} MACs per example; BOPs = MACs x "
+          f"weight bits x input bits, van Baalen et al. 2020):")
+    print(f"  {'preset':8s} {'BOPs per example':>22s} {'x float':>8s} {'model bytes':>14s}")
+    for name, bops, size, _, value in rows:
+        ratio = f"{value / float_bops:.3f}" if value else ""
+        print(f"  {name:8s} {bops:>22s} {ratio:>8s} {size:>14s}")
+    return 0
 
 
 def _aggregator(args, population, uplink, model, hp: dict | None = None):
