@@ -186,7 +186,7 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     without ``hp`` first (that call calibrates and prints). ``model`` and ``feature_shape``
     give distributed DP its parameter template.
     """
-    from jaxqfl import aggregate, privacy
+    from jaxqfl import aggregate  # jaxqfl.privacy (dp-accounting, 0.8 s to import) only where DP is on
 
     if getattr(args, "dp_delta_default", False) and args.dp_delta is None:
         args.dp_delta = default_delta(num_clients)  # the file's natural clients, known only now
@@ -207,6 +207,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     if hp is not None:
         return aggregate.dp_mean(args.dp_clip, hp.get("dp_noise", args.dp_noise),
                                  target_quantile=args.dp_adaptive_quantile, count_noise_std=args.dp_count_noise)
+    from jaxqfl import privacy
+
     args.dp_count_noise = args.cohort_size / 20.0 if args.dp_adaptive_quantile is not None else 0.0
     acct = dict(num_clients=num_clients, cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
                 sampling=_sampling(args))
