@@ -92,6 +92,7 @@ def test_personal_models_without_client_test_rows_are_refused_naming_the_fix(tmp
     assert "--client-test none leaves" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_sweep_reports_per_client_accuracy_per_config(tmp_path):
     out = tmp_path / "sweep"
     assert main(["run", *MNIST, "--seeds", "0-1", "--out", str(out)]) == 0
