@@ -47,6 +47,7 @@ def test_perfedavg_is_evaluated_one_inner_step_from_the_global_model(tmp_path):
     assert "personal_eval = 1" in config.replace("-", "_")
 
 
+@pytest.mark.slow
 def test_config_file_repeats_a_fedrep_run_exactly(tmp_path):
     first = tmp_path / "first"
     assert main(["run", *MNIST, "--algorithm", "fedrep", "--head", "Dense_1", "--head-steps", "1",

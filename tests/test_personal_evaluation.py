@@ -151,6 +151,7 @@ def test_split_test_by_labels_partitions_the_pooled_rows_by_the_clients_labels()
     assert np.abs(got - want).max() < 1.0 and (got.sum(0) == label_rows).all()
 
 
+@pytest.mark.slow
 def test_split_keeps_the_pooled_metrics_and_refuses_what_it_cannot_split():
     pop = data.build("mnist", data_path=MNIST, num_clients=10, partition="dirichlet", alpha=0.5, seed=2)
     split = data.split_test_by_labels(pop, seed=3)

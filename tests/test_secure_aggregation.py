@@ -285,6 +285,7 @@ def test_cli_reports_the_degree(tmp_path, capsys):
     assert "12 neighbours per client" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_secure_aggregation_keeps_an_example_weighted_run_unchanged(tmp_path):
     """``--secure-aggregation`` without dropouts gives the run ``--integer-aggregation`` gives (the same
     example-weighted mean on the same integer grid): final parameters equal bit for bit."""
