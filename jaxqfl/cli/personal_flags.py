@@ -95,6 +95,12 @@ def fine_tune(args: argparse.Namespace):
     return FineTune(args.personal_eval, float(lr), batch)
 
 
+def final_client_fields(final: dict) -> dict:
+    """``summary.json``'s ``final_client_*`` and ``final_global_client_*`` from the last record."""
+    return {f"final_{k[len('test_'):]}": v for k, v in final.items()
+            if k.startswith(("test_client_", "test_global_client_"))}
+
+
 def summary_line(s: dict) -> str:
     """The one-screen summary's per-client accuracy line (empty without per-client metrics)."""
     mean = s.get("final_client_accuracy_mean")

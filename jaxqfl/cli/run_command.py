@@ -566,8 +566,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "final_r2": final.get("test_r2"),
         "final_perplexity": final.get("test_perplexity"),
         "final_bits_per_char": final.get("test_bits_per_char"),
-        **{f"final_{k[len('test_'):]}": v for k, v in final.items()
-           if k.startswith(("test_client_", "test_global_client_"))},
+        **personal_flags.final_client_fields(final),
         "final_train_loss": final.get("train_loss"),
         "rounds": done_round,
         "rounds_requested": args.rounds,

@@ -128,7 +128,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     import jax
 
     from jaxqfl import engine
-    from jaxqfl.cli import config_file, outputs, privacy_flags, run_setup
+    from jaxqfl.cli import config_file, outputs, personal_flags, privacy_flags, run_setup
     from jaxqfl.engine import checkpoint
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
@@ -234,7 +234,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "final_accuracy": final.get("test_accuracy"), "final_loss": final.get("test_loss"),
             **({"final_perplexity": final.get("test_perplexity"), "final_bits_per_char": final.get("test_bits_per_char")}
                if "test_bits_per_char" in final else {}),
-            **{f"final_{k[len('test_'):]}": v for k, v in final.items() if k.startswith("test_client_")},
+            **personal_flags.final_client_fields(final),
             "rounds": done_round, "rounds_requested": args.rounds,
             "resumed_from_round": start_round or None,
             "completed": done_round >= args.rounds and result.diverged_round is None,

@@ -176,7 +176,7 @@ def run(
 def evaluate(sim: Simulation, state: ServerState) -> dict:
     """The global model's test metrics, and the per-client ones of the models the clients use when they differ."""
     ev = sim.evaluate(state.params)
-    if getattr(sim, "evaluate_clients", None) is not None:
+    if sim.evaluate_clients is not None:
         ev = personal_view(ev, sim.evaluate_clients(state))
     return ev
 

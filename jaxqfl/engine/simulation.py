@@ -29,8 +29,8 @@ from jax.sharding import PartitionSpec as P
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.data.population import Population
 from jaxqfl.engine import homes
-from jaxqfl.engine.client_evaluation import FineTune, build_client_evaluate
 from jaxqfl.engine.autotune import autotune_default
+from jaxqfl.engine.client_evaluation import FineTune, build_client_evaluate
 from jaxqfl.engine.evaluation import build_evaluate, label_dtype
 from jaxqfl.engine.host_loop import host_loop
 from jaxqfl.engine.layout import ClientLayout, check_cohort_and_chunk, client_layout
@@ -300,8 +300,8 @@ def build(
         warnings.warn("the clients' personal models are not evaluated: the population's test set belongs to no "
                       "client (split it with jaxqfl.data.split_test_by_labels); only the global model is",
                       stacklevel=2)
-    common = dict(evaluate_clients=evaluate_clients, init=setup.init, evaluate=setup.evaluate, num_devices=mesh.devices.size, chunk_size=layout.chunk,
-                  cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
+    common = dict(init=setup.init, evaluate=setup.evaluate, evaluate_clients=evaluate_clients,
+                  num_devices=mesh.devices.size, chunk_size=layout.chunk, cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
                   client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort)
     if setup.home == "host":
         compile_round, run_block, stats, cohort, traces = host_loop(

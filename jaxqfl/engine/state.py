@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl import keys
+from jaxqfl.algorithms.base import tree_select as tree_where  # noqa: F401  (the engine's name for it)
 from jaxqfl.models import stats
 
 
@@ -52,8 +53,6 @@ def stack_states(state, n: int):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), state)
 
 
-def tree_where(cond, a, b):
-    return jax.tree.map(lambda u, v: jnp.where(cond, u, v), a, b)
 
 
 def num_params(tree) -> int:
