@@ -54,6 +54,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxqfl import keys
 from jaxqfl.quant.rounding import round_stochastic
@@ -106,7 +107,14 @@ def to_bits_scalar(count: int):
 
     Inside :func:`count_bits` it returns the Python int itself, so wrappers can
     add their own bits to an inner codec's count without int32 arithmetic.
+
+    A codec with a traced parameter (``uniform(bits, max_bits=...)``,
+    ``qsgd(levels, max_levels=...)``) counts its bits as a traced int32: that
+    count passes through as it is (the codec checked its static bound, see
+    :func:`traced_bits`), and :func:`count_bits` refuses it.
     """
+    if isinstance(count, jax.Array):
+        return count.astype(jnp.int32)
     count = int(count)
     if getattr(_COUNTING, "depth", 0) > 0:
         return count
@@ -128,7 +136,30 @@ def count_bits(bits_fn: Callable, message) -> int:
     try:
         return int(count)
     except jax.errors.ConcretizationTypeError as err:  # a data-dependent count
-        raise TypeError("this codec's bit count depends on the data; it has no static count") from err
+        raise TypeError("this codec's bit count depends on the data or on a traced parameter; it has no "
+                        "static count") from err
+
+
+def traced_bits(per_element, elements: int, static_bits: int, max_per_element: int) -> jax.Array:
+    """``per_element * elements + static_bits`` as an int32, for a traced ``per_element``.
+
+    Refuses, at trace time, a message whose bound ``max_per_element * elements +
+    static_bits`` would overflow the int32 (the static codec's check, made on the
+    largest value the traced parameter may take).
+    """
+    to_bits_scalar(max_per_element * elements + static_bits)  # raises OverflowError when the bound does not fit
+    return jnp.asarray(per_element, jnp.int32) * elements + static_bits
+
+
+def traced_int(name: str, value, *, low: int, high: int):
+    """A codec parameter that may be traced: a checked Python int, or the value as an int32 array.
+
+    A traced value cannot be checked here; whoever feeds it (``jaxqfl.compress.families``)
+    checks the values on the host, before anything is compiled.
+    """
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, np.integer):
+        return jnp.asarray(value).astype(jnp.int32)
+    return check_positive_int(name, value, low=low, high=high)
 
 
 def numel(array) -> int:

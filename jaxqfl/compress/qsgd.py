@@ -31,6 +31,8 @@ from jaxqfl.compress.base import (
     numel,
     round_stochastic_all,
     to_bits_scalar,
+    traced_bits,
+    traced_int,
 )
 from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
 from jaxqfl.compress.integer_sum import IntegerSum
@@ -63,13 +65,21 @@ def level_bits(levels: int) -> int:
     return 1 + math.ceil(math.log2(levels + 1))
 
 
-def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec:
+def traced_level_bits(levels: jax.Array) -> jax.Array:
+    """:func:`level_bits` of a traced int32 ``s``: ``1 + bit_length(s)`` (``= ceil(log2(s + 1))``, in integers)."""
+    return 1 + (32 - jax.lax.clz(levels))
+
+
+def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels: Optional[int] = None) -> Codec:
     """QSGD with ``s = levels`` quantization levels and buckets of ``d = bucket_size``.
 
     Args:
       levels: ``s`` in ``[1, 32767]`` (``s = 1`` is ternary, like TernGrad with
-        the 2-norm).
+        the 2-norm). With ``max_levels`` it may be a traced integer scalar (one
+        compiled program for several level counts): codes are stored for
+        ``max_levels`` and ``bits(message)`` is a traced int32 that follows ``s``.
       bucket_size: ``d``; ``None`` for one bucket per tensor. Default 512.
+      max_levels: the largest ``s`` a traced ``levels`` may take, in ``[1, 32767]``.
 
     Bits per tensor of ``n`` elements:
     ``32 * ceil(n / d) + n * (1 + ceil(log2(s + 1)))``.
@@ -80,10 +90,23 @@ def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec
     so codes stay unbiased), codes are in ``[-s, s]`` and
     ``sum_i w_i decode_i = (N / s) * sum_i w_i code_i``.
     """
-    levels = check_positive_int("qsgd levels", levels, low=1, high=MAX_LEVELS)
+    if max_levels is None:
+        levels = check_positive_int("qsgd levels", levels, low=1, high=MAX_LEVELS)
+        most = levels
+    else:
+        most = check_positive_int("qsgd max_levels", max_levels, low=1, high=MAX_LEVELS)
+        levels = traced_int("qsgd levels", levels, low=1, high=most)
     bucket_size = check_bucket_size(bucket_size)
-    code_dtype = jnp.int8 if levels <= 127 else jnp.int16
-    coordinate_bits = level_bits(levels)
+    code_dtype = jnp.int8 if most <= 127 else jnp.int16
+    static = isinstance(levels, int)
+    coordinate_bits = level_bits(levels) if static else traced_level_bits(levels)
+    if not static:
+        levels = levels.astype(jnp.float32)  # the grid arithmetic of the static codec, in float32
+
+    def code_bits(elements: int, floats: int):
+        if static:
+            return coordinate_bits * elements + FLOAT_BITS * floats
+        return traced_bits(coordinate_bits, elements, FLOAT_BITS * floats, level_bits(most))
 
     def prepare_leaf(x):
         buckets = to_buckets(x.astype(jnp.float32), bucket_size)  # [nb, d], zero padded
@@ -100,7 +123,7 @@ def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec
         return from_buckets(codes * (m.norm / levels)[:, None], m.codes.shape)
 
     def leaf_bits(m):
-        return FLOAT_BITS * numel(m.norm) + coordinate_bits * numel(m.codes)
+        return code_bits(numel(m.codes), numel(m.norm))
 
     # ---- integer-domain aggregation -------------------------------------------------
     def scale_stats(delta):
@@ -133,9 +156,9 @@ def qsgd(levels: int, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE) -> Codec
         total = 0
         for c in jax.tree.leaves(codes):
             num_buckets, _ = bucket_layout(numel(c), bucket_size)
-            total += coordinate_bits * numel(c) + FLOAT_BITS * num_buckets
+            total = total + code_bits(numel(c), num_buckets)
         return to_bits_scalar(total)
 
-    integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, levels, integer_bits)
+    integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, most, integer_bits)
     return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, prepare_leaf=prepare_leaf,
                     integer_sum=integer_sum)

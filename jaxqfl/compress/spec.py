@@ -189,12 +189,30 @@ def _stage_arguments(spec: str, stage: str, entry: _Entry, args: list) -> dict:
     return kwargs
 
 
+class ParsedSpec(NamedTuple):
+    """A spec string read but not built: its codec, the codec's arguments, and its modifiers' arguments."""
+
+    spec: str
+    name: str  # the codec's registry name
+    arguments: dict  # the codec factory's keyword arguments
+    modifiers: dict  # modifier name -> its keyword arguments
+
+
 def from_spec(spec: str) -> Codec:
     """The codec a spec string describes (grammar: :data:`SPEC_GRAMMAR`).
 
     Raises:
       ValueError: naming the bad token and what is allowed, before anything is
         compiled (factories validate their hyper-parameters).
+    """
+    return build(parse(spec))
+
+
+def parse(spec: str) -> ParsedSpec:
+    """Read a spec string (grammar: :data:`SPEC_GRAMMAR`) and check it by building its codec once.
+
+    Raises:
+      ValueError: naming the bad token and what is allowed.
     """
     if not isinstance(spec, str):
         raise ValueError(f"a codec spec must be a string, got {spec!r}; {_allowed()}")
@@ -221,19 +239,26 @@ def from_spec(spec: str) -> Codec:
         if base is not None:
             raise ValueError(f"invalid codec spec {spec!r}: two codecs ({base_name!r} and {name!r}); "
                              f"a spec has one codec plus modifiers ({', '.join(MODIFIER_NAMES)})")
-        try:
-            base = entry.factory(**kwargs)
-        except ValueError as err:
-            raise ValueError(f"invalid codec spec {spec!r}: {err}; usage: {entry.usage}") from None
-        base_name = name
+        base, base_name = kwargs, name
     if base is None:
         raise ValueError(f"invalid codec spec {spec!r}: no codec, only modifiers; {_allowed()}")
-    codec = base
-    if "hadamard" in modifiers:
+    parsed = ParsedSpec(spec, base_name, base, modifiers)
+    build(parsed)  # the factories validate their hyper-parameters
+    return parsed
+
+
+def build(parsed: ParsedSpec, **overrides) -> Codec:
+    """The codec of a parsed spec, ``overrides`` replacing codec arguments (e.g. a traced ``levels``)."""
+    spec, entry = parsed.spec, _ENTRIES[parsed.name]
+    try:
+        codec = entry.factory(**{**parsed.arguments, **overrides})
+    except ValueError as err:
+        raise ValueError(f"invalid codec spec {spec!r}: {err}; usage: {entry.usage}") from None
+    if "hadamard" in parsed.modifiers:
         try:
-            codec = hadamard(codec, **modifiers["hadamard"])
+            codec = hadamard(codec, **parsed.modifiers["hadamard"])
         except ValueError as err:
             raise ValueError(f"invalid codec spec {spec!r}: {err}; usage: hadamard[:BLOCK]") from None
-    if "ef" in modifiers:
+    if "ef" in parsed.modifiers:
         codec = error_feedback(codec)
     return codec

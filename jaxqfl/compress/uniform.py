@@ -26,6 +26,8 @@ from jaxqfl.compress.base import (
     numel,
     round_stochastic_all,
     to_bits_scalar,
+    traced_bits,
+    traced_int,
 )
 from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
 from jaxqfl.compress.integer_sum import IntegerSum
@@ -54,13 +56,17 @@ def _grid_position(buckets, low, step):
     return (buckets - low[:, None]) / safe_step[:, None]
 
 
-def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
+def uniform(bits, bucket_size: Optional[int] = None, *, max_bits: Optional[int] = None) -> Codec:
     """Stochastic ``bits``-bit quantization with a min-max scale per bucket.
 
     Args:
-      bits: code width ``b`` in ``[1, 16]``; ``2**b`` levels.
+      bits: code width ``b`` in ``[1, 16]``; ``2**b`` levels. With ``max_bits``
+        it may be a traced integer scalar (one compiled program for several
+        widths, e.g. a sweep): codes are then stored for ``max_bits`` and
+        ``bits(message)`` is a traced int32 that follows ``b``.
       bucket_size: ``d``, coordinates sharing one ``(low, step)`` pair;
         ``None`` for one pair per tensor.
+      max_bits: the largest ``b`` a traced ``bits`` may take, in ``[1, 16]``.
 
     Bits per tensor of ``n`` elements: ``b * n + 64 * ceil(n / d)`` (a float32
     ``low`` and a float32 ``step`` per bucket).
@@ -72,10 +78,20 @@ def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
 
     A constant bucket (``lo == hi``) gets ``step = 0`` and decodes exactly.
     """
-    bits = check_positive_int("uniform bits", bits, low=1, high=MAX_BITS)
+    if max_bits is None:
+        bits = check_positive_int("uniform bits", bits, low=1, high=MAX_BITS)
+        widest = bits
+    else:
+        widest = check_positive_int("uniform max_bits", max_bits, low=1, high=MAX_BITS)
+        bits = traced_int("uniform bits", bits, low=1, high=widest)
     bucket_size = check_bucket_size(bucket_size)
-    num_levels = 2**bits
-    code_dtype = jnp.uint8 if bits <= 8 else jnp.uint16
+    num_levels = 2**bits if isinstance(bits, int) else jnp.left_shift(jnp.int32(1), bits).astype(jnp.float32)
+    code_dtype = jnp.uint8 if widest <= 8 else jnp.uint16
+
+    def code_bits(elements: int, floats: int):
+        if isinstance(bits, int):
+            return bits * elements + FLOAT_BITS * floats
+        return traced_bits(bits, elements, FLOAT_BITS * floats, widest)
 
     def prepare_leaf(x):
         buckets = to_buckets(x.astype(jnp.float32), bucket_size, pad="edge")  # [nb, d]
@@ -93,7 +109,7 @@ def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
         return from_buckets(m.low[:, None] + m.step[:, None] * codes, m.codes.shape)
 
     def leaf_bits(m):
-        return bits * numel(m.codes) + FLOAT_BITS * (numel(m.low) + numel(m.step))
+        return code_bits(numel(m.codes), numel(m.low) + numel(m.step))
 
     # ---- integer-domain aggregation -------------------------------------------------
     def scale_stats(delta):
@@ -132,9 +148,9 @@ def uniform(bits: int, bucket_size: Optional[int] = None) -> Codec:
         total = 0
         for c in jax.tree.leaves(codes):
             num_buckets, _ = bucket_layout(numel(c), bucket_size)
-            total += bits * numel(c) + 2 * FLOAT_BITS * num_buckets
+            total = total + code_bits(numel(c), 2 * num_buckets)
         return to_bits_scalar(total)
 
-    integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, num_levels - 1, integer_bits)
+    integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, 2**widest - 1, integer_bits)
     return leafwise(encode_leaf, decode_leaf, leaf_bits, UniformMessage, prepare_leaf=prepare_leaf,
                     integer_sum=integer_sum)
