@@ -18,6 +18,7 @@ from jaxqfl.aggregate.mean import gather_mean, mean
 from jaxqfl.aggregate.secure import secure_sum
 from jaxqfl.aggregate.named import aggregator_by_name, attacked
 from jaxqfl.aggregate.threat import label_flip_transform, malicious_mask, with_attack
+from jaxqfl.aggregate.tier_weighted import precision_factors, tier_weighted
 
 __all__ = [
     "Aggregator",
@@ -43,6 +44,8 @@ __all__ = [
     "median",
     "multi_krum",
     "norm_bound",
+    "precision_factors",
+    "tier_weighted",
     "trimmed_mean",
     "with_attack",
 ]

@@ -39,7 +39,7 @@ from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl import sinks
-from jaxqfl.cli import personal_flags, run_setup
+from jaxqfl.cli import personal_flags, run_setup, tier_flags
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
@@ -148,6 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
     model_flags.add_arguments(p)
     personal_flags.add_arguments(p)
+    tier_flags.add_arguments(p)
     clustering_flags.add_arguments(p)
     run_setup.add_arguments(p)
     privacy_flags.add_arguments(p)
@@ -189,19 +190,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
-    if args.quant not in PRESETS and args.quant != "list":
-        parser.error(f"--quant {args.quant!r} is not a preset; choose one of {', '.join(PRESETS)} (or list: "
-                     f"their BOPs and bytes for the chosen model)")
-    from jaxqfl.compress import from_spec
-
-    for flag in ("uplink", "downlink"):
-        try:
-            setattr(args, f"{flag}_codec", from_spec(getattr(args, flag)))
-        except ValueError as e:
-            parser.error(f"--{flag} {getattr(args, flag)!r}: {e}")
-    if args.integer_aggregation and getattr(args.uplink_codec, "integer_sum", None) is None:
-        parser.error(f"--integer-aggregation needs an --uplink codec whose codes can be summed as integers "
-                     f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {args.uplink!r}")
+    for preset in args.sweep_values.get("quant", [args.quant]):
+        if preset not in PRESETS and preset != "list":
+            parser.error(f"--quant {preset!r} is not a preset; choose one of {', '.join(PRESETS)} (or list: "
+                         f"their BOPs and bytes for the chosen model)")
+    if "quant" in args.sweep_values and getattr(args, "lora_rank", None):
+        parser.error(f"--lora-rank trains float adapters on a frozen base; drop the --quant list "
+                     f"{','.join(args.sweep_values['quant'])}")
+    _check_codecs(parser, args)
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
     privacy_flags.validate(parser, args)
@@ -209,10 +205,35 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.aggregator != "mean" and args.integer_aggregation:
         parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
     robust_flags.validate(parser, args)
+    tier_flags.validate(parser, args)
     private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
                      "aggregation (both are sums); use --aggregator mean")
+
+
+def _check_codecs(parser, args) -> None:
+    """Build ``args.uplink_codec`` / ``downlink_codec`` (the first of a list); refuse a bad spec, the same codec
+    twice in a list, and a list member that the aggregation cannot take."""
+    from jaxqfl.compress import from_spec
+    from jaxqfl.compress.families import families
+
+    for flag in ("uplink", "downlink"):
+        specs = args.sweep_values.get(flag, [getattr(args, flag)])
+        try:
+            setattr(args, f"{flag}_codec", from_spec(specs[0]))
+            families(specs)
+        except ValueError as e:
+            parser.error(f"--{flag} {','.join(specs)!r}: {e}")
+    specs = args.sweep_values.get("uplink", [args.uplink])
+    if args.integer_aggregation:
+        checked, flag = specs, "--integer-aggregation"
+    else:  # privacy_flags.validate checks the first spec, after its own refusals
+        checked, flag = (specs[1:] if getattr(args, "secure_aggregation", None) else []), "--secure-aggregation"
+    for spec in checked:
+        if spec == "none" or getattr(from_spec(spec), "integer_sum", None) is None:
+            parser.error(f"{flag} needs an --uplink codec whose codes can be summed as integers "
+                         f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {spec!r}")
 
 
 def _label_flip_without_labels(attack: str, task: str) -> str | None:
@@ -303,6 +324,7 @@ def _algorithm(args, num_clients: int, hp: dict | None = None):
 
 
 SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise", "local_steps")  # flags that take comma-separated lists
+NAMED_LISTS = ("quant", "uplink", "downlink")  # and these, of names (specs and presets hold no commas)
 
 
 def _split_sweep(parser, args) -> None:
@@ -314,6 +336,15 @@ def _split_sweep(parser, args) -> None:
             if len(value) > 1:
                 args.sweep_values[name] = list(value)
             setattr(args, name, value[0])
+    for name in NAMED_LISTS:
+        items = [x.strip() for x in getattr(args, name).split(",")]
+        if len(items) > 1:
+            if not all(items) or len(set(items)) < len(items):
+                parser.error(f"--{name} {getattr(args, name)!r}: a list takes each value once, none empty")
+            if "list" in items:
+                parser.error(f"--{name} {getattr(args, name)!r}: 'list' prints the presets' costs; it is not a preset")
+            args.sweep_values[name] = items
+        setattr(args, name, items[0])
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed or --seeds, not both")
     if args.seed is None:
@@ -413,7 +444,13 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         return run_sweep_cli(args, population, task, model, schedule, uplink,
                              make_algorithm=lambda hp: _algorithm(args, population.num_clients, hp),
                              make_aggregator=lambda hp: _aggregator(args, population, uplink, model, hp)[0],
+                             make_model=lambda preset: _model(argparse.Namespace(**{**vars(args), "quant": preset}),
+                                                              population),
+                             make_codec_aggregator=lambda codec, m, hp: _aggregator(args, population, codec, m, hp)[0],
                              label_transform=label_transform, t_start=t_start, stop=stop)
+    tiers = tier_flags.build(args, population, lambda preset: _model(argparse.Namespace(**{**vars(args), "quant": preset}),
+                                                                     population), data_seed_of(args))
+    aggregator = tier_flags.weighted(args, aggregator, tiers, population)
     build = engine.build_streaming if args.stream else engine.build
     tuning_rule = _tuning_decision(args, population, model, algorithm, schedule, num_devices, cpu)
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
@@ -438,6 +475,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
             **sampling_flags.build_kwargs(args, population.num_clients),
             **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
+            **({"tiers": tiers} if tiers is not None else {}),
         )
     except ValueError as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
@@ -455,7 +493,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         state, meta = _restore_readable(ckpt_dir, sim.init(args.seed), args._resume_step)
         records = list(meta["records"])
         totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
-                                  float(meta["train_seconds"]))
+                                  float(meta["train_seconds"]), tuple(meta.get("tier_uplink_bits", ())),
+                                  tuple(meta.get("tier_clients", ())))
         block = int(meta["block_rounds"])
     start_round = 0 if state is None else int(jax.device_get(state.round))
     setup_seconds = time.perf_counter() - t_start
@@ -467,6 +506,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size,
                        "client_state_home": sim.client_state_home},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
+            "tier_uplink_bits": list(t.tier_uplink_bits), "tier_clients": list(t.tier_clients),
         })
 
     saved_rounds = set()
@@ -504,7 +544,9 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                 save_checkpoint(state, all_records, t)
 
         if start_round >= args.rounds:
-            result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits)
+            result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits,
+                                      tier_uplink_bits=list(totals.tier_uplink_bits),
+                                      tier_clients=list(totals.tier_clients))
         else:
             try:
                 result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
@@ -522,7 +564,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         recheck = recheck_run(sim.tuning, result.records, start_round=start_round, start_seconds=totals.seconds)
         if recheck is not None and args.verbose:
             print(f"autotune re-check: {recheck.reason}", flush=True)
-    totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds)
+    totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds,
+                                  tuple(result.tier_uplink_bits), tuple(result.tier_clients))
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
         save_checkpoint(final_state, all_records, totals_now)
     if not write_error:
@@ -611,6 +654,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "final_params": str(out / checkpoint.FINAL_PARAMS),
         **privacy_flags.summary_fields(args, population.num_clients),
         **sampling_flags.summary_fields(args, sim, population.num_clients, all_records),
+        **tier_flags.summary_fields(args, tiers, result, final, lambda preset: _cost_fields(
+            argparse.Namespace(**{**vars(args), "quant": preset}), population)),
     }
     try:
         write_json(out / "summary.json", summary)
@@ -704,7 +749,9 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         if s.get("final_bits_per_char") is not None else "",
         f"  compile          {s['compile_seconds']:.2f} s",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
-        f"  quantization     {s['quant']}; uplink {s['uplink']}; downlink {s['downlink']}",
+        f"  quantization     {s['quant']}; uplink {'per tier' if s.get('tiers') else s['uplink']}; "
+        f"downlink {s['downlink']}",
+        tier_flags.summary_line(s),
         lora_flags.summary_line(s),
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",

@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from jaxqfl import sinks
+from jaxqfl.sweep_plan import NAMED
 
 FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", "test_perplexity",
               "test_bits_per_char", "train_loss")
@@ -67,7 +68,10 @@ def parse_config_name(name: str) -> dict:
     config = {}
     for part in name.split(","):
         k, _, v = part.partition("=")
-        config[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        if k in NAMED:  # a codec spec or a preset name, as given
+            config[k] = v
+        else:
+            config[k] = int(v) if v.lstrip("-").isdigit() else float(v)
     return config
 
 
@@ -75,11 +79,13 @@ def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def summarize(configs: list[dict], finals: list[dict], diverged: list[bool] | None = None) -> list[dict]:
+def summarize(configs: list[dict], finals: list[dict], diverged: list[bool] | None = None,
+              uplink_bits: list[int] | None = None) -> list[dict]:
     """Per combination of swept hyper-parameters: mean and std over its seeds of each final metric.
 
     ``row["diverged_seeds"]`` lists the seeds whose config diverged (their metrics are not finite,
-    so the row has no mean).
+    so the row has no mean). ``row["uplink_bits_mean"]``: the mean over its seeds of the configs'
+    total uplink bits (the x of an accuracy-against-bits front).
     """
     diverged = diverged or [False] * len(configs)
     groups: dict[tuple, list[int]] = {}
@@ -89,6 +95,8 @@ def summarize(configs: list[dict], finals: list[dict], diverged: list[bool] | No
     for key, members in groups.items():
         row = {**dict(key), "seeds": [configs[i]["seed"] for i in members],
                "diverged_seeds": [configs[i]["seed"] for i in members if diverged[i]]}
+        if uplink_bits is not None:
+            row["uplink_bits_mean"] = float(np.mean([uplink_bits[i] for i in members]))
         for name in FINAL_KEYS:
             if row["diverged_seeds"]:  # a diverged config's metrics are not its result: no mean
                 break
@@ -103,10 +111,12 @@ def summarize(configs: list[dict], finals: list[dict], diverged: list[bool] | No
 
 def markdown(rows: list[dict], names: list[str]) -> str:
     metrics = [m for m in FINAL_KEYS if any(f"{m}_mean" in r for r in rows)]
-    head = "| " + " | ".join(names + ["seeds"] + [m for m in metrics]) + " |"
-    lines = [head, "|" + " --- |" * (len(names) + 1 + len(metrics))]
+    bits = any("uplink_bits_mean" in r for r in rows)
+    head = "| " + " | ".join(names + ["seeds"] + (["uplink bits"] if bits else []) + metrics) + " |"
+    lines = [head, "|" + " --- |" * (len(names) + 1 + bits + len(metrics))]
     for r in rows:
         cells = [value_text(r[n]) for n in names] + [str(len(r["seeds"]))]
+        cells += [f"{r['uplink_bits_mean']:.4g}"] if bits else []
         missing = f"diverged ({len(r['diverged_seeds'])} of {len(r['seeds'])})" if r.get("diverged_seeds") else "n/a"
         cells += [f"{r[m + '_mean']:.4f} ± {r[m + '_std']:.4f}" if f"{m}_mean" in r else missing for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
@@ -117,8 +127,13 @@ EXIT_DIVERGED = 3  # as a single run: some config diverged (every config's files
 
 
 def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algorithm, make_aggregator=None,
-                  label_transform=None, t_start: float, stop=None) -> int:
+                  make_model=None, make_codec_aggregator=None, label_transform=None, t_start: float,
+                  stop=None) -> int:
     """Run the sweep of the flags; ``make_algorithm(hp)`` / ``make_aggregator(hp)`` build one config's pieces.
+
+    Lists of codecs or presets (``--uplink``, ``--downlink``, ``--quant``) become the engine's variants
+    (``jaxqfl.sweep_plan``): ``make_model(preset)`` and ``make_codec_aggregator(uplink codec, model, hp)``
+    build a variant's pieces.
 
     Every config's ``metrics.jsonl`` and ``summary.json`` carry the privacy fields of its own
     noise multiplier (``privacy_flags.record_fields`` / ``summary_fields``: epsilon per config).
@@ -133,13 +148,20 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     configs = engine.grid(seeds, **args.sweep_values)
+    engine_configs, variants = configs, None
+    if any(k in args.sweep_values for k in NAMED):  # codecs and presets: static variants, traced codec values
+        from jaxqfl import sweep_plan
+
+        engine_configs, variants = sweep_plan.plan(configs, uplink=args.uplink, downlink=args.downlink,
+                                                   quant=args.quant, make_model=make_model,
+                                                   make_aggregator=make_codec_aggregator)
     resumed = getattr(args, "_resume_meta", None)
     layout = (resumed or {}).get("layout") or {}  # a resumed sweep keeps its layout: bit for bit
     sim = engine.build_sweep(
-        population, model, make_algorithm, schedule, configs=configs, cohort_size=args.cohort_size, task=task,
+        population, model, make_algorithm, schedule, configs=engine_configs, cohort_size=args.cohort_size, task=task,
         num_devices=args.devices or layout.get("num_devices"), chunk_size=args.chunk_size or layout.get("chunk_size"),
         uplink=uplink, downlink=None if args.downlink == "none" else args.downlink_codec,
-        make_aggregator=make_aggregator, label_transform=label_transform,
+        make_aggregator=make_aggregator, label_transform=label_transform, variants=variants,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,8 +242,14 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     done_round = start_round + results[0].rounds
     for r, recs in zip(results, records):  # the records of the rounds before a resume count too
         r.records = recs
+    costs = {}  # BOPs and model bytes per preset (jaxqfl.models.cost), as a single run's summary
     finals = []
     for config, name, result in zip(configs, names, results):
+        preset = config.get("quant", args.quant)
+        if preset not in costs:
+            from jaxqfl.cli.run_command import _cost_fields
+
+            costs[preset] = _cost_fields(argparse.Namespace(**{**vars(args), "quant": preset}), population)
         final = {k: _finite(v) for k, v in result.final.items()}
         finals.append(final)
         summary = {
@@ -246,6 +274,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "uplink_bits_total": result.uplink_bits_total, "downlink_bits_total": result.downlink_bits_total,
             "algorithm": args.algorithm, "aggregator": args.aggregator, "attack": args.attack,
             **privacy_flags.summary_fields(args, population.num_clients, noise=config.get("dp_noise")),
+            **costs[preset],
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -253,12 +282,13 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         single = argparse.Namespace(**{**vars(args), **config, "seeds": None, "sweep_values": {}})  # this config as a single run
         (out / name / "config.toml").write_text(config_file.to_toml(config_file.config_of(single)))
     diverged = [r.diverged_round is not None for r in results]
-    rows = summarize(configs, finals, diverged)
+    rows = summarize(configs, finals, diverged, [r.uplink_bits_total for r in results])
     swept = sorted(args.sweep_values)
     report = {
         "configs": [{**c, "folder": n, **{f"final_{k[5:] if k.startswith('test_') else k}": f.get(k)
                                          for k in FINAL_KEYS if k in f},
                      **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {}),
+                     "uplink_bits_total": r.uplink_bits_total, "downlink_bits_total": r.downlink_bits_total,
                      "diverged": r.diverged_round is not None, "diverged_round": r.diverged_round}
                     for c, n, f, r in zip(configs, names, finals, results)],
         "by_hyperparameters": rows,

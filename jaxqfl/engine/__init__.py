@@ -16,7 +16,8 @@ from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.simulation import Simulation, build
 from jaxqfl.engine.state import RoundMetrics, ServerState
 from jaxqfl.engine.streaming import StreamingSimulation, build_streaming
-from jaxqfl.engine.sweep import SweepSimulation, build_sweep, grid
+from jaxqfl.engine.sweep import SweepSimulation, SweepVariant, build_sweep, grid
+from jaxqfl.engine.tiers import Tiers, draw_tiers
 
 __all__ = [
     "CLIENTS",
@@ -35,6 +36,9 @@ __all__ = [
     "build",
     "build_streaming",
     "build_sweep",
+    "SweepVariant",
+    "Tiers",
+    "draw_tiers",
     "client_mesh",
     "grid",
     "run",

@@ -22,11 +22,13 @@ import jax.numpy as jnp
 from jaxqfl import keys
 from jaxqfl.algorithms.base import ClientInfo
 from jaxqfl.compress.base import FLOAT_BITS
+from jaxqfl.compress.switch import switch as switch_codec
 from jaxqfl.engine.conv_layout import canonical_convolutions
 from jaxqfl.engine.schedule import LocalSchedule, make_batch_fn
 from jaxqfl.engine.state import num_params, tree_where
 from jaxqfl.models import stats
 from jaxqfl.models.core import bound
+from jaxqfl.models.switch import switch as switch_model
 
 
 
@@ -45,11 +47,13 @@ def float_bits(tree) -> int:
 
 
 def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_count: int, downlink, platform: str,
-                      label_transform=None):
+                      label_transform=None, tiers=None):
     """``train_client(message, cid, slot, valid, cstates, data, rkey, round) -> TrainedClient``.
 
     ``label_transform(y, info) -> y``, when given, maps each batch's labels before the loss.
+    ``tiers`` (``engine.tiers.Tiers``): client ``cid`` trains ``tiers.models[tier of cid]``.
     """
+    tier_of = None if tiers is None else jnp.asarray(tiers.of_client)
     S = schedule.num_steps(max_count)
     prepare_plan, step_batch = make_batch_fn(schedule, max_count)
     every_step_active = schedule.every_step_active  # no masked steps: skip the select over the params
@@ -63,6 +67,8 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
 
     def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
         reading = bound(model, data.frozen)  # the frozen part (a LoRA base) from the program's data
+        if tier_of is not None:  # the client's tier's model (a QAT preset), selected by its id
+            reading = switch_model(tiers.models, tier_of[cid])
         ckey = keys.client_key(rkey, cid)
         count, offset = data.counts[slot], data.offsets[slot]
         new_cstates = dict(cstates)
@@ -135,18 +141,23 @@ class SentUpdate(NamedTuple):
     metrics: dict  # the aggregator's per-client metrics
 
 
-def make_send_update(aggregator, uplink) -> Callable:
-    """``send_update(trained, cstates, agg_state, stats) -> SentUpdate``: prepare, encode, summand."""
-    generic_codec = uplink is not None and not aggregator.encodes_uplink
+def make_send_update(aggregator, uplink, tiers=None) -> Callable:
+    """``send_update(trained, cstates, agg_state, stats) -> SentUpdate``: prepare, encode, summand.
+
+    ``tiers``: client ``i`` encodes with ``tiers.uplinks[tier of i]`` (``compress.switch``), not ``uplink``.
+    """
+    generic_codec = (uplink is not None or tiers is not None) and not aggregator.encodes_uplink
+    tier_of = None if tiers is None else jnp.asarray(tiers.of_client)
 
     def send_update(t: TrainedClient, cstates, agg_state, stats) -> SentUpdate:
         new_cstates = dict(cstates)
         update, weight, agg_cstate, m1 = aggregator.prepare(
             t.update, t.weight, cstates["aggregator"], agg_state, stats, t.info)
+        codec = uplink if tier_of is None else switch_codec(tiers.uplinks, tier_of[t.info.client_id])
         if generic_codec:
-            msg, new_cstates["uplink"] = uplink.encode(
+            msg, new_cstates["uplink"] = codec.encode(
                 update, cstates["uplink"], keys.purpose_key(t.info.key, keys.UPLINK))
-            update, bits = uplink.decode(msg), jnp.asarray(uplink.bits(msg), jnp.int32)
+            update, bits = codec.decode(msg), jnp.asarray(codec.bits(msg), jnp.int32)
         elif aggregator.encodes_uplink:
             bits = jnp.int32(0)
         else:

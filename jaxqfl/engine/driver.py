@@ -19,6 +19,7 @@ import numpy as np
 from jaxqfl.engine.client_evaluation import personal_view
 from jaxqfl.engine.simulation import Simulation
 from jaxqfl.engine.state import ServerState
+from jaxqfl.engine.tiers import tier_totals
 
 
 #: A record's wall-clock fields: the only ones that differ between two runs of the same config.
@@ -37,6 +38,8 @@ class RunResult:
     diverged_round: int | None = None  # first round whose train loss or params are not finite
     stopped: bool = False  # should_stop() ended the run before its last round
     round_seconds: list = dataclasses.field(default_factory=list)  # each round of this call: its block's time / rounds
+    tier_uplink_bits: list = dataclasses.field(default_factory=list)  # with tiers: [T] uplink bits of each tier's clients
+    tier_clients: list = dataclasses.field(default_factory=list)  # with tiers: [T] client-rounds of each tier
 
     def round_seconds_quantiles(self) -> dict:
         """``round_seconds_median``, ``_p10``, ``_p90`` over this call's rounds (None when it ran none)."""
@@ -58,6 +61,8 @@ class RunTotals(NamedTuple):
     uplink_bits: int = 0
     downlink_bits: int = 0
     seconds: float = 0.0
+    tier_uplink_bits: tuple = ()  # with tiers: per tier, the uplink bits of its clients
+    tier_clients: tuple = ()  # with tiers: per tier, how many client-rounds it took part in
 
 
 class SweepTotals(NamedTuple):
@@ -138,6 +143,11 @@ def run(
     records, done, per_round, recorded = [], 0, [], 0  # recorded: rounds of per_round already in a record
     train_seconds, up_total, down_total = float(totals.seconds), int(totals.uplink_bits), int(totals.downlink_bits)
     diverged, stopped = None, False
+    tiers = getattr(sim, "tiers", None)  # a Simulation with client tiers (engine.tiers)
+    if tiers is not None:
+        T = len(tiers.models)
+        tier_bits = np.asarray(totals.tier_uplink_bits or [0] * T, np.int64)
+        tier_clients = np.asarray(totals.tier_clients or [0] * T, np.int64)
     while done < rounds:
         if should_stop is not None and should_stop():
             stopped = True
@@ -151,6 +161,9 @@ def run(
         per_round += [block_seconds / active] * active  # one program per block: its rounds share its time
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
+        if tiers is not None:
+            by_tier = tier_totals(tiers.of_client, metrics.cohort[:active], metrics.uplink_bits[:active], T)
+            tier_bits, tier_clients = tier_bits + by_tier["uplink_bits"], tier_clients + by_tier["clients"]
         done += active
         now = start_round + done
         losses = np.asarray(metrics.train_loss[:active])
@@ -162,15 +175,21 @@ def run(
         if block_rounds is None or (now - first_round) % eval_every == 0 or done == rounds or diverged is not None:
             rec = block_record(now, evaluate(sim, state), metrics, active, up_total, down_total, train_seconds)
             rec["round_seconds"], recorded = per_round[recorded:], len(per_round)  # the rounds since the last record
+            if tiers is not None:
+                rec["tier_uplink_bits_total"], rec["tier_clients_total"] = tier_bits.tolist(), tier_clients.tolist()
             records.append(rec)
             if on_eval is not None:
                 on_eval(rec)
         if diverged is not None:
             break
+        tier_carry = () if tiers is None else (tuple(tier_bits.tolist()), tuple(tier_clients.tolist()))
         if after_block is not None:
-            after_block(state, rec, RunTotals(up_total, down_total, train_seconds))
-    return RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
-                     per_round)
+            after_block(state, rec, RunTotals(up_total, down_total, train_seconds, *tier_carry))
+    result = RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
+                       per_round)
+    if tiers is not None:
+        result.tier_uplink_bits, result.tier_clients = tier_bits.tolist(), tier_clients.tolist()
+    return result
 
 
 def evaluate(sim: Simulation, state: ServerState) -> dict:

@@ -115,7 +115,7 @@ def masked_max(tree, valid):
 def round_program(
     model, algorithm, aggregator, schedule: LocalSchedule, task, mesh, layout: ClientLayout, *,
     num_clients: int, max_count: int, uplink=None, downlink=None, label_transform=None,
-    sampling: str = "fixed", expected_cohort: float | None = None,
+    sampling: str = "fixed", expected_cohort: float | None = None, tiers=None,
 ) -> Callable:
     """``one_round(state, data, cohort=None, cohort_states=None) -> (state, RoundMetrics[, new cohort states])``.
 
@@ -140,8 +140,10 @@ def round_program(
     M_pad = layout.padded_cohort
     platform = mesh.devices.flat[0].platform
     train_client = make_train_client(model, algorithm, schedule, task, max_count=max_count, downlink=downlink,
-                                     platform=platform, label_transform=label_transform)
-    send_update = make_send_update(aggregator, uplink)
+                                     platform=platform, label_transform=label_transform, tiers=tiers)
+    send_update = make_send_update(aggregator, uplink, tiers)
+    if tiers is not None:
+        uplink = None  # each client's codec is its tier's (send_update); a switched codec's finalize is the identity
     generic_codec = uplink is not None and not aggregator.encodes_uplink
     gather = aggregator.reduction == "gather"
     two_phase = aggregator.statistics is not None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,7 @@ class Simulation(NamedTuple):
     max_cohort: int | None = None  # Poisson sampling: the static number of cohort slots M_max
     # evaluate_clients(state) -> client_* spread of the models the clients use (personal / fine-tuned), or None
     evaluate_clients: Callable | None = None
+    tiers: Any = None  # the checked engine.tiers.Tiers, when clients differ by tier
 
 
 class RoundSetup(NamedTuple):
@@ -81,6 +82,7 @@ class RoundSetup(NamedTuple):
     tuning: dict | None = None  # the chunk-size search record, when one ran
     sampling: str = "fixed"
     max_cohort: int | None = None  # Poisson: M_max slots (None for fixed-size sampling)
+    tiers: Any = None  # the checked tiers (engine.tiers), or None
 
 
 def default_aggregator():
@@ -89,10 +91,39 @@ def default_aggregator():
     return mean()
 
 
+def checked_tiers(tiers, population: Population, model, aggregator, uplink):
+    """``(tiers checked, the codec whose init gives each client's uplink state)``; refuses what tiers cannot take."""
+    from jaxqfl.compress.switch import switch
+    from jaxqfl.engine.tiers import check_tiers
+    from jaxqfl.models.switch import check_switchable
+
+    if uplink is not None:
+        raise ValueError("with tiers every client sends with its tier's codec (Tiers.uplinks); pass uplink=None")
+    if aggregator is not None and check_aggregator(aggregator).encodes_uplink:
+        raise ValueError("this aggregator encodes the uplink itself (secure aggregation sums one codec's integer "
+                         "codes); clients of different tiers send different codes: use a float aggregator")
+    tiers = check_tiers(tiers, population.num_clients)
+    sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
+    check_switchable((model,) + tuple(tiers.models), sample_x, ("the run's model",) + tuple(tiers.names))
+    return tiers, switch(tiers.uplinks, 0)
+
+
+def evaluate_per_tier(evaluate: Callable, per_tier: Sequence[Callable]) -> Callable:
+    """``evaluate`` plus, per tier t, the same params under tier t's model: keys ``tier<t>_<metric>``."""
+
+    def both(params) -> dict:
+        out = dict(evaluate(params))
+        for t, ev in enumerate(per_tier):
+            out.update({f"tier{t}_{k}": v for k, v in ev(params).items()})
+        return out
+
+    return both
+
+
 def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
-    label_transform=None, sampling: str = "fixed", max_cohort: int | None = None,
+    label_transform=None, sampling: str = "fixed", max_cohort: int | None = None, tiers=None,
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state.
 
@@ -100,6 +131,8 @@ def setup_round(
     ``max_cohort`` slots, not for the expected ``cohort_size``.
     """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
+    if tiers is not None:
+        tiers, uplink = checked_tiers(tiers, population, model, aggregator, uplink)
     homes.check_home(client_state)
     slots = check_sampling(sampling, population.num_clients, cohort_size, max_cohort)
     if sampling == "poisson" and client_state == "host":
@@ -146,7 +179,7 @@ def setup_round(
     one_round = round_program(model, algorithm, aggregator, schedule, task, mesh, layout, num_clients=C,
                               max_count=population.max_count, uplink=uplink, downlink=downlink,
                               label_transform=label_transform, sampling=sampling,
-                              expected_cohort=cohort_size if sampling == "poisson" else None)
+                              expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -174,8 +207,11 @@ def setup_round(
                             state_sharding)
 
     evaluate = build_evaluate(population, model, task, mesh, eval_batch_size)
+    if tiers is not None:
+        evaluate = evaluate_per_tier(evaluate, [build_evaluate(population, m, task, mesh, eval_batch_size)
+                                                for m in tiers.models])
     return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate, tuning,
-                      sampling, slots if sampling == "poisson" else None)
+                      sampling, slots if sampling == "poisson" else None, tiers)
 
 
 def block_compiler(lower_block: Callable[[int], Any]):
@@ -252,6 +288,7 @@ def build(
     sampling: str = "fixed",
     max_cohort: int | None = None,
     personal_eval: FineTune | None = None,
+    tiers=None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -282,12 +319,15 @@ def build(
         client uses on its own test rows (``Simulation.evaluate_clients``). That needs
         the population's ``test_counts`` (fine-tuning without them is refused; personal
         models without them are not evaluated, with a warning).
+      tiers: ``jaxqfl.engine.tiers.Tiers``: each client trains its tier's model and sends with its
+        tier's codec (``uplink`` must then be None); evaluations add every tier's model's metrics
+        of the global params (``tier<t>_accuracy``, ...).
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
-        label_transform=label_transform, sampling=sampling, max_cohort=max_cohort,
+        label_transform=label_transform, sampling=sampling, max_cohort=max_cohort, tiers=tiers,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh, model.frozen)
@@ -302,7 +342,8 @@ def build(
                       stacklevel=2)
     common = dict(init=setup.init, evaluate=setup.evaluate, evaluate_clients=evaluate_clients,
                   num_devices=mesh.devices.size, chunk_size=layout.chunk, cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
-                  client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort)
+                  client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort,
+                  tiers=setup.tiers)
     if setup.home == "host":
         compile_round, run_block, stats, cohort, traces = host_loop(
             mesh=mesh, layout=layout, num_clients=population.num_clients, one_round=one_round,

@@ -26,6 +26,24 @@ with ``make_algorithm(hp[s])`` and seed ``s``) to float tolerance: the vmap
 batches the same arithmetic, with every random draw keyed by the config's own
 run key.
 
+Variants: configs may also differ in what cannot be a traced scalar: the
+model (a QAT preset), the uplink or downlink codec's kind, the aggregator built
+around a codec. Each :class:`SweepVariant` is one copy of the round in the
+program; config ``s`` names its variant by the config key ``"variant"``, and
+every variant's configs are vmapped together, so the program holds one round
+per variant and computes each config once (no select over variants)::
+
+    block = lax.scan over rounds of
+              for each variant v (unrolled):  vmap over v's configs of round_v(states[v's configs])
+              states reassembled in config order
+
+Within a variant, a codec's traced parameter (``jaxqfl.compress.families``:
+QSGD's levels, uniform's bits) comes from a hyper-parameter like any other.
+Every variant must keep states of one structure (the stacked ``ServerState``):
+their models' params must match (every QAT preset except ``lsq4`` keeps the
+float model's), and per-client codec states are kept as one slot per variant
+(:func:`slotted`), so ``qsgd:4+ef`` and ``none`` can share a sweep.
+
 Layout: the mesh stays 1-D over ``"clients"``; each device trains its share of
 every configuration's cohort (the config axis is vmapped inside the device
 share, clients stay sharded), so results stay invariant to the device count.
@@ -47,6 +65,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxqfl.aggregate.base import check_aggregator
+from jaxqfl.compress.identity import identity
 from jaxqfl.data.population import Population
 from jaxqfl.engine.evaluation import build_evaluate
 from jaxqfl.engine.layout import check_cohort_and_chunk, client_layout, layout_for_chunk
@@ -72,6 +91,47 @@ class SweepSimulation(NamedTuple):
     cohort_size: int
     clients_per_device: int
     num_params: int
+
+
+class SweepVariant(NamedTuple):
+    """What a group of a sweep's configs shares at compile time: one copy of the round.
+
+    ``make_uplink(hp)`` / ``make_downlink(hp)`` return the group's codec (``None``: float32)
+    from the config's traced hyper-parameters; ``make_aggregator(hp)`` its aggregator
+    (``None``: the sweep's ``make_aggregator``).
+    """
+
+    model: Any
+    make_uplink: Callable[[dict], Any] = lambda hp: None
+    make_downlink: Callable[[dict], Any] = lambda hp: None
+    make_aggregator: Callable[[dict], Any] | None = None
+
+
+def slotted(codecs: Sequence[Any], params_like) -> list:
+    """Each codec with the per-client state of ALL of them: a tuple with one slot per codec.
+
+    Codec ``v`` reads and writes slot ``v`` only; the other slots pass through. So variants
+    with different codec states (``+ef`` and none) keep one state structure. ``None``
+    (no codec) stays ``None`` when no codec keeps a state.
+    """
+    inits = [(lambda p: ()) if c is None else c.init for c in codecs]
+    if len(codecs) == 1 or all(jax.tree.leaves(jax.eval_shape(init, params_like)) == [] for init in inits):
+        return list(codecs)
+
+    def init(params):
+        return tuple(i(params) for i in inits)
+
+    out = []
+    for v, c in enumerate(codecs):
+        if c is None:  # float32 updates: the identity codec (same values, same bits) around the slots
+            c = identity()
+
+        def encode(delta, states, key, c=c, v=v):
+            message, state = c.encode(delta, states[v], key)
+            return message, states[:v] + (state,) + states[v + 1:]
+
+        out.append(c._replace(init=init, encode=encode))
+    return out
 
 
 def grid(seeds: Sequence[int], **values: Sequence[float]) -> list[dict]:
@@ -112,6 +172,60 @@ def check_configs(configs: Sequence[Mapping[str, Any]]) -> tuple[tuple[dict, ...
     return configs, names
 
 
+def variant_groups(configs: Sequence[Mapping[str, Any]], num_variants: int) -> list[np.ndarray]:
+    """Each variant's config indices (every variant needs at least one config); one group without variants."""
+    if num_variants == 1 and "variant" not in configs[0]:
+        return [np.arange(len(configs))]
+    of = [c.get("variant") for c in configs]
+    bad = [v for v in of if isinstance(v, bool) or not float(v).is_integer() or not 0 <= v < num_variants]
+    if bad:
+        raise ValueError(f"config key 'variant' must be an integer in [0, {num_variants - 1}], got {bad[0]!r}")
+    groups = [np.flatnonzero(np.asarray(of) == v) for v in range(num_variants)]
+    empty = [v for v, g in enumerate(groups) if g.size == 0]
+    if empty:
+        raise ValueError(f"variant {empty[0]} has no config; give every variant at least one config")
+    return groups
+
+
+def by_variant(fns: Sequence[Callable], groups: Sequence[np.ndarray], S: int, *, with_hp: bool = True) -> Callable:
+    """``f(x, hp)`` over the config axis, variant ``v``'s configs through ``fns[v]``, results in config order.
+
+    One variant: ``fns[0]`` itself. Several: each variant's configs gathered, run, and the
+    outputs put back by the inverse permutation (static indices, one gather per leaf).
+    """
+    if len(fns) == 1:
+        return fns[0] if with_hp else (lambda x: fns[0](x, None))
+    order = np.concatenate(groups)
+    inverse = np.argsort(order)
+
+    def take(tree, idx):
+        return jax.tree.map(lambda a: a[idx], tree)
+
+    def run(x, hp=None):
+        outs = [f(take(x, idx), None if hp is None else take(hp, idx)) for f, idx in zip(fns, groups)]
+        return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[inverse], *outs)
+
+    return run if with_hp else (lambda x: run(x))
+
+
+def check_same_states(inits: Sequence[Callable], run_keys, groups) -> None:
+    """Refuse variants whose states differ in structure, shapes or dtypes, naming the first difference."""
+    if len(inits) == 1:
+        return
+    shapes = [jax.eval_shape(f, run_keys[int(g[0])]) for f, g in zip(inits, groups)]
+    first = jax.tree_util.tree_flatten_with_path(shapes[0])
+    for v, other in enumerate(shapes[1:], start=1):
+        leaves = jax.tree_util.tree_flatten_with_path(other)
+        if leaves[1] != first[1] or any(a.shape != b.shape or a.dtype != b.dtype
+                                        for (_, a), (_, b) in zip(first[0], leaves[0])):
+            paths_0 = {jax.tree_util.keystr(p): (a.shape, a.dtype) for p, a in first[0]}
+            paths_v = {jax.tree_util.keystr(p): (a.shape, a.dtype) for p, a in leaves[0]}
+            diff = sorted(set(paths_0.items()) ^ set(paths_v.items()))
+            raise ValueError(f"sweep variants 0 and {v} keep states of different structure (first difference: "
+                             f"{diff[0][0]}); a sweep's models must have the same parameters (e.g. no lsq4 "
+                             f"preset next to another): run them as separate sweeps")
+
+
 def padded_schedule(schedule: LocalSchedule, configs) -> tuple[LocalSchedule, Callable[[dict], LocalSchedule]]:
     """``(static schedule, hp -> config's schedule)``: local steps padded to the sweep's maximum when swept."""
     if "local_steps" not in configs[0]:
@@ -143,46 +257,76 @@ def build_sweep(
     downlink=None,
     eval_batch_size: int = 1024,
     label_transform=None,
+    variants: Sequence[SweepVariant] | None = None,
 ) -> SweepSimulation:
     """Build S configurations of one experiment as one program (module docstring).
 
     Args:
       make_algorithm: ``hp -> Algorithm`` from a dict of traced float32 hyper-parameters.
       configs: S dicts, each ``{"seed": int, name: float, ...}`` with the same names (see :func:`grid`);
-        ``"local_steps"`` (positive integers) sweeps the schedule's local steps, padded to their maximum.
+        ``"local_steps"`` (positive integers) sweeps the schedule's local steps, padded to their maximum;
+        ``"variant"`` (with ``variants``) is the index of the config's variant.
       make_aggregator: ``hp -> Aggregator`` (default: the mean for every config). Its state
         (``ServerState.aggregator_state``) and per-client states get the config axis like every
         other leaf: DP (fixed or adaptive clip, a traced ``hp["dp_noise"]``), integer and secure
         sums, robust rules and attacks run per config.
       label_transform: ``fn(y, info) -> y`` shared by every config (``engine.build``'s).
+      variants: the static groups of configs (module docstring); default one variant of
+        ``model``, ``uplink``, ``downlink`` and ``make_aggregator``.
     """
     configs, names = check_configs(configs)
     check_cohort_and_chunk(population, cohort_size, chunk_size)
     schedule, schedule_of = padded_schedule(schedule, configs)
     S = len(configs)
-    hp_values = {n: jnp.asarray([float(c[n]) for c in configs], jnp.float32) for n in names}
-    hp0 = {n: v[0] for n, v in hp_values.items()}
     make_aggregator = make_aggregator or (lambda hp: default_aggregator())
-    algorithm0, aggregator0 = make_algorithm(hp0), check_aggregator(make_aggregator(hp0))
+    if variants is None:
+        variants = [SweepVariant(model, lambda hp: uplink, lambda hp: downlink, make_aggregator)]
+        if "variant" in names:
+            raise ValueError("the config key 'variant' names one of build_sweep's variants; none were given")
+    variants = [v if v.make_aggregator is not None else v._replace(make_aggregator=make_aggregator)
+                for v in variants]
+    groups = variant_groups(configs, len(variants))
+    hp_values = {n: jnp.asarray([float(c[n]) for c in configs], jnp.float32) for n in names}
+    hp_first = [{n: v[int(idx[0])] for n, v in hp_values.items()} for idx in groups]
+    algorithm0 = make_algorithm(hp_first[0])
     task = task or default_for(population)
     mesh = client_mesh(num_devices)
     D, C = mesh.devices.size, population.num_clients
-    layout = client_layout(population, model, algorithm0, schedule, cohort_size, D, chunk_size,
+    layout = client_layout(population, variants[0].model, algorithm0, schedule, cohort_size, D, chunk_size,
                            mesh.devices.flat[0])
     if chunk_size is None:  # S configs share each chunk's working set
         layout = layout_for_chunk(cohort_size, D, max(1, layout.chunk // S), layout.num_params)
-    data = device_data(population, mesh, model.frozen)
+    data = device_data(population, mesh, variants[0].model.frozen)
     replicated = NamedSharding(mesh, P())
-    init_from_key = initial_state(model, algorithm0, aggregator0, population.feature_shape, C, uplink=uplink,
-                                  downlink=downlink)
+    params_like = jax.eval_shape(variants[0].model.init, jax.random.key(0), jnp.zeros((1, *population.feature_shape)))
 
-    def config_round(state, hp):
-        one_round = round_program(model, make_algorithm(hp), make_aggregator(hp), schedule_of(hp), task, mesh,
-                                  layout, num_clients=C, max_count=population.max_count, uplink=uplink,
-                                  downlink=downlink, label_transform=label_transform)
-        return one_round(state, data)
+    def codecs_of(hp):  # every variant's codecs, slotted so that their per-client states share one structure
+        ups = slotted([v.make_uplink(hp) for v in variants], params_like)
+        downs = slotted([v.make_downlink(hp) for v in variants], params_like)
+        return ups, downs
 
-    swept_round = jax.vmap(config_round)
+    def init_of(v: int):
+        ups, downs = codecs_of(hp_first[v])
+        return initial_state(variants[v].model, algorithm0, check_aggregator(variants[v].make_aggregator(hp_first[v])),
+                             population.feature_shape, C, uplink=ups[v], downlink=downs[v])
+
+    inits = [init_of(v) for v in range(len(variants))]
+    run_keys = jnp.stack([jax.random.key(int(c["seed"])) for c in configs])
+    check_same_states(inits, run_keys, groups)
+
+    def config_round(v: int):
+        def one(state, hp):
+            ups, downs = codecs_of(hp)
+            one_round = round_program(variants[v].model, make_algorithm(hp), variants[v].make_aggregator(hp),
+                                      schedule_of(hp), task, mesh, layout, num_clients=C,
+                                      max_count=population.max_count, uplink=ups[v], downlink=downs[v],
+                                      label_transform=label_transform)
+            return one_round(state, data)
+
+        return jax.vmap(one)
+
+    rounds = [config_round(v) for v in range(len(variants))]
+    swept_round = by_variant(rounds, groups, S)
     traces = [0]
 
     def block(states, hp, num_active, *, num_rounds: int):
@@ -198,8 +342,11 @@ def build_sweep(
 
         return jax.lax.scan(body, states, jnp.arange(num_rounds))
 
-    init_program = jax.jit(jax.vmap(init_from_key), out_shardings=replicated)
-    run_keys = jnp.stack([jax.random.key(int(c["seed"])) for c in configs])
+    def init_all(keys_):
+        return by_variant([lambda k, _, f=f: jax.vmap(f)(k) for f in inits], groups, S, with_hp=False)(keys_)
+
+    init_program = jax.jit(init_all, out_shardings=replicated)
+
     def init():
         return init_program(run_keys)
 
@@ -208,7 +355,7 @@ def build_sweep(
             return block(states, hp, n, num_rounds=num_rounds)
 
         fn = jax.jit(sweep_block, donate_argnums=(0,), out_shardings=replicated)
-        states_abs = jax.eval_shape(jax.vmap(init_from_key), run_keys)
+        states_abs = jax.eval_shape(init_all, run_keys)
         states_abs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), states_abs)
         return fn.lower(states_abs, hp_values, jnp.int32(num_rounds))
 
@@ -222,10 +369,13 @@ def build_sweep(
         states = jax.device_put(states, replicated)
         return compiled[num_rounds](states, hp_values, jnp.int32(num_active))
 
-    evaluate_one = build_evaluate(population, model, task, mesh, eval_batch_size)
+    evaluators = [build_evaluate(population, v.model, task, mesh, eval_batch_size) for v in variants]
+    variant_of = np.zeros(S, int)
+    for v, idx in enumerate(groups):
+        variant_of[idx] = v
 
     def evaluate(states) -> list[dict]:
-        return [evaluate_one(jax.tree.map(lambda a: a[s], states.params)) for s in range(S)]
+        return [evaluators[variant_of[s]](jax.tree.map(lambda a: a[s], states.params)) for s in range(S)]
 
     return SweepSimulation(
         init=init, run_block=run_block, compile_block=compile_block, evaluate=evaluate,

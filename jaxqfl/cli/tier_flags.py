@@ -1,0 +1,154 @@
+"""``--tiers``: clients in tiers, each with its own QAT preset and uplink codec (``jaxqfl.engine.tiers``).
+
+    --tiers "0.3/w4a8/qsgd:4;0.5/full/uniform:8;0.2/none/none"     FRACTION/PRESET/UPLINK, ';'-separated
+    --tier-weights examples|precision                              how the server weighs the tiers
+
+Fractions are positive and sum to 1; each client's tier is drawn once from the
+data seed (exact counts: largest remainder). ``--quant`` stays the model the
+headline test metrics use; every tier's model is evaluated too
+(``test_tier<t>_accuracy`` in metrics.jsonl, ``tiers`` in summary.json with
+each tier's clients, BOPs, model bytes, uplink bits and final metrics).
+``--tier-weights precision`` multiplies each client's weight by ``1 / (1 + q)``
+of its tier's codec (FedHQ-style precision weights, ``aggregate.tier_weighted``).
+"""
+from __future__ import annotations
+
+import argparse
+
+TIER_WEIGHTS = ("examples", "precision")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("client tiers (mixed precision)")
+    g.add_argument("--tiers", default=None,
+                   help="FRACTION/PRESET/UPLINK;... e.g. '0.3/w4a8/qsgd:4;0.5/full/uniform:8;0.2/none/none': each "
+                        "client trains its tier's QAT preset and sends with its tier's codec")
+    g.add_argument("--tier-weights", choices=TIER_WEIGHTS, default="examples",
+                   help="examples (default: the usual weights) or precision (times 1/(1+q) of the tier's codec, "
+                        "FedHQ-style)")
+
+
+def parse(text: str) -> list[tuple[float, str, str]]:
+    """``[(fraction, preset, uplink)]`` of a ``--tiers`` value; ValueError naming the bad part."""
+    tiers = []
+    for part in text.split(";"):
+        fields = [f.strip() for f in part.split("/")]
+        if len(fields) != 3 or not all(fields):
+            raise ValueError(f"tier {part.strip()!r} is not FRACTION/PRESET/UPLINK (e.g. 0.3/w4a8/qsgd:4)")
+        try:
+            fraction = float(fields[0])
+        except ValueError:
+            raise ValueError(f"tier {part.strip()!r}: fraction {fields[0]!r} is not a number") from None
+        tiers.append((fraction, fields[1].lower(), fields[2].lower()))
+    return tiers
+
+
+def validate(parser, args) -> None:
+    """Parse ``--tiers`` into ``args._tiers`` and refuse what tiers do not combine with."""
+    if args.tiers is None:
+        if args.tier_weights != "examples":
+            parser.error("--tier-weights applies to --tiers")
+        return
+    from jaxqfl.aggregate.tier_weighted import precision_factors
+    from jaxqfl.compress import from_spec
+    from jaxqfl.compress.switch import switchable
+    from jaxqfl.engine.tiers import check_fractions
+    from jaxqfl.quant.policy import PRESETS
+
+    try:
+        tiers = parse(args.tiers)
+        check_fractions([f for f, _, _ in tiers])
+    except ValueError as e:
+        parser.error(f"--tiers {args.tiers!r}: {e}")
+    for _, preset, spec in tiers:
+        if preset not in PRESETS:
+            parser.error(f"--tiers: {preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
+        try:
+            codec = from_spec(spec)
+        except ValueError as e:
+            parser.error(f"--tiers: {e}")
+        try:
+            switchable([codec], [f"--tiers uplink {spec!r}"])
+        except ValueError as e:
+            parser.error(str(e))
+    if args.tier_weights == "precision":
+        try:
+            precision_factors([spec for _, _, spec in tiers], largest_tensor=1)  # biased codecs; sizes come later
+        except ValueError as e:
+            parser.error(f"--tier-weights precision: {e}")
+    conflicts = [("--uplink", args.uplink != "none"), ("--integer-aggregation", args.integer_aggregation),
+                 ("--secure-aggregation", getattr(args, "secure_aggregation", None)),
+                 ("--dp-distributed", getattr(args, "dp_distributed", None) is not None),
+                 ("--stream", getattr(args, "stream", False)), ("--lora-rank", getattr(args, "lora_rank", None)),
+                 ("--seeds or a list-valued flag (a sweep)", args.sweep_values or args.seeds is not None)]
+    for flag, given in conflicts:
+        if given:
+            parser.error(f"--tiers gives every client its tier's codec and model; it does not combine with {flag}")
+    args._tiers = tiers
+
+
+def build(args, population, make_model, data_seed: int):
+    """The run's ``engine.Tiers`` (each client's tier drawn from ``data_seed``), or None without ``--tiers``."""
+    if args.tiers is None:
+        return None
+    from jaxqfl import engine
+    from jaxqfl.compress import from_spec
+
+    fractions = [f for f, _, _ in args._tiers]
+    models = {}
+    for _, preset, _ in args._tiers:
+        if preset not in models:
+            models[preset] = make_model(preset)
+    return engine.Tiers(
+        of_client=engine.draw_tiers(fractions, population.num_clients, data_seed),
+        models=tuple(models[p] for _, p, _ in args._tiers),
+        uplinks=tuple(None if s == "none" else from_spec(s) for _, _, s in args._tiers),
+        names=tuple(f"{p}/{s}" for _, p, s in args._tiers))
+
+
+def weighted(args, aggregator, tiers, population):
+    """``aggregator`` with precision weights (``--tier-weights precision``), else itself."""
+    if tiers is None or args.tier_weights == "examples":
+        return aggregator
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxqfl import aggregate
+
+    params = jax.eval_shape(tiers.models[0].init, jax.random.key(0), jnp.zeros((1, *population.feature_shape)))
+    largest = max(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    return aggregate.tier_weighted(aggregator, tiers.of_client,
+                                   aggregate.precision_factors([s for _, _, s in args._tiers], largest))
+
+
+def summary_fields(args, tiers, result, final: dict, cost_of) -> dict:
+    """``summary.json``'s ``tiers``: per tier its setting, clients, cost, traffic and final metrics."""
+    if tiers is None:
+        return {}
+    import numpy as np
+
+    rows = []
+    for t, (fraction, preset, spec) in enumerate(args._tiers):
+        rows.append({
+            "tier": t, "fraction": fraction, "quant": preset, "uplink": spec,
+            "num_clients": int(np.sum(tiers.of_client == t)),
+            "client_rounds": result.tier_clients[t] if result.tier_clients else 0,
+            "uplink_bits_total": result.tier_uplink_bits[t] if result.tier_uplink_bits else 0,
+            **cost_of(preset),
+            **{f"final_{k[len(f'test_tier{t}_'):]}": v for k, v in final.items() if k.startswith(f"test_tier{t}_")},
+        })
+    return {"tiers": rows, "tier_weights": args.tier_weights}
+
+
+def summary_line(s: dict) -> str:
+    """The one-screen summary's tiers: each tier's share, setting, test accuracy and uplink."""
+    rows = s.get("tiers")
+    if not rows:
+        return ""
+    parts = []
+    for r in rows:
+        acc = r.get("final_accuracy")
+        parts.append(f"{r['fraction']:g} {r['quant']}/{r['uplink']}"
+                     + (f" acc {acc:.4f}" if acc is not None else "") + f", {r['uplink_bits_total'] / 8e6:,.1f} MB up")
+    return f"  tiers ({s['tier_weights']})  " + "; ".join(parts)
