@@ -49,6 +49,8 @@ def plan(
     Returns:
       the configs with the names replaced by ``"variant"`` (and ``"uplink_value"`` /
       ``"downlink_value"`` when those are swept), and one ``SweepVariant`` per used combination.
+      Variants are numbered in order of first use; order ``configs`` with :func:`by_variant`
+      first, so that each variant's configs are contiguous (the engine then slices, never gathers).
 
     Raises:
       ValueError: a bad spec, or two specs of one list that are the same codec.
@@ -91,3 +93,21 @@ def _variant(model, up_family, down_family, make_aggregator) -> SweepVariant:
 
     aggregate = None if make_aggregator is None else (lambda hp: make_aggregator(make_uplink(hp), model, hp))
     return SweepVariant(model, make_uplink, make_downlink, aggregate)
+
+
+def by_variant(configs: Sequence[Mapping[str, Any]], *, uplink: str, downlink: str, quant: str) -> list[dict]:
+    """``configs`` reordered (stably) so that the configs of one variant of :func:`plan` are contiguous."""
+    named = {k: [c.get(k, d) for c in configs] for k, d in (("uplink", uplink), ("downlink", downlink),
+                                                            ("quant", quant))}
+    keys = {}
+    for side in ("uplink", "downlink"):
+        specs = list(dict.fromkeys(named[side]))
+        members, _ = families(specs)
+        keys[side] = dict(zip(specs, members))
+    first: dict[tuple, int] = {}
+    key_of = []
+    for i in range(len(configs)):
+        key = (named["quant"][i], keys["uplink"][named["uplink"][i]], keys["downlink"][named["downlink"][i]])
+        first.setdefault(key, len(first))
+        key_of.append(first[key])
+    return [dict(configs[i]) for i in sorted(range(len(configs)), key=lambda i: key_of[i])]

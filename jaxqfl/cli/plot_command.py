@@ -108,7 +108,8 @@ def sweep_curves(folder: str) -> list[dict]:
         stats = {m: column(m) for m in PLOTTED if any(m in rec for r in runs for rec in r)}
         hp = dict(zip(swept, values))
         seeds = [m["seed"] for m in members]
-        text = ", ".join(f"{k.replace('_', '-')}={v:g}" for k, v in hp.items())
+        text = ", ".join(f"{k.replace('_', '-')}=" + (f"{v:g}" if isinstance(v, (int, float)) else str(v))
+                         for k, v in hp.items())  # a codec spec or a preset name is text
         count = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
         curves.append({
             "hyperparameters": hp, "seeds": seeds, "round": rounds,

@@ -152,6 +152,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     if any(k in args.sweep_values for k in NAMED):  # codecs and presets: static variants, traced codec values
         from jaxqfl import sweep_plan
 
+        configs = sweep_plan.by_variant(configs, uplink=args.uplink, downlink=args.downlink, quant=args.quant)
         engine_configs, variants = sweep_plan.plan(configs, uplink=args.uplink, downlink=args.downlink,
                                                    quant=args.quant, make_model=make_model,
                                                    make_aggregator=make_codec_aggregator)

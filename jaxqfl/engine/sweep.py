@@ -112,20 +112,20 @@ def slotted(codecs: Sequence[Any], params_like) -> list:
 
     Codec ``v`` reads and writes slot ``v`` only; the other slots pass through. So variants
     with different codec states (``+ef`` and none) keep one state structure. ``None``
-    (no codec) stays ``None`` when no codec keeps a state.
+    (float32 updates) becomes ``identity()`` (the same values and bits) unless every codec is ``None``.
     """
-    inits = [(lambda p: ()) if c is None else c.init for c in codecs]
-    if len(codecs) == 1 or all(jax.tree.leaves(jax.eval_shape(init, params_like)) == [] for init in inits):
+    if len(codecs) == 1 or all(c is None for c in codecs):
         return list(codecs)
+    codecs = [identity() if c is None else c for c in codecs]  # float32: the identity codec, same values and bits
+    if all(jax.tree.leaves(jax.eval_shape(c.init, params_like)) == [] for c in codecs):
+        return codecs
+    inits = [c.init for c in codecs]
 
     def init(params):
         return tuple(i(params) for i in inits)
 
     out = []
     for v, c in enumerate(codecs):
-        if c is None:  # float32 updates: the identity codec (same values, same bits) around the slots
-            c = identity()
-
         def encode(delta, states, key, c=c, v=v):
             message, state = c.encode(delta, states[v], key)
             return message, states[:v] + (state,) + states[v + 1:]
@@ -190,19 +190,27 @@ def variant_groups(configs: Sequence[Mapping[str, Any]], num_variants: int) -> l
 def by_variant(fns: Sequence[Callable], groups: Sequence[np.ndarray], S: int, *, with_hp: bool = True) -> Callable:
     """``f(x, hp)`` over the config axis, variant ``v``'s configs through ``fns[v]``, results in config order.
 
-    One variant: ``fns[0]`` itself. Several: each variant's configs gathered, run, and the
-    outputs put back by the inverse permutation (static indices, one gather per leaf).
+    One variant: ``fns[0]`` itself. Several: each variant's configs sliced out (when every
+    variant's configs are contiguous and in order, as ``jaxqfl.sweep_plan`` orders them) or
+    gathered, run, and the outputs concatenated (and put back by the inverse permutation
+    after a gather). Gathers copy every leaf of every config: with large per-client states
+    (error-feedback residuals) keep each variant's configs together.
     """
     if len(fns) == 1:
         return fns[0] if with_hp else (lambda x: fns[0](x, None))
     order = np.concatenate(groups)
     inverse = np.argsort(order)
+    contiguous = bool(np.all(order == np.arange(S)))  # variants in config order: slices, no gathers
 
     def take(tree, idx):
+        if contiguous:  # a static slice: a view of the configs, not a gather of every leaf
+            return jax.tree.map(lambda a: a[int(idx[0]):int(idx[-1]) + 1], tree)
         return jax.tree.map(lambda a: a[idx], tree)
 
     def run(x, hp=None):
         outs = [f(take(x, idx), None if hp is None else take(hp, idx)) for f, idx in zip(fns, groups)]
+        if contiguous:
+            return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *outs)
         return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[inverse], *outs)
 
     return run if with_hp else (lambda x: run(x))
@@ -221,8 +229,9 @@ def check_same_states(inits: Sequence[Callable], run_keys, groups) -> None:
             paths_0 = {jax.tree_util.keystr(p): (a.shape, a.dtype) for p, a in first[0]}
             paths_v = {jax.tree_util.keystr(p): (a.shape, a.dtype) for p, a in leaves[0]}
             diff = sorted(set(paths_0.items()) ^ set(paths_v.items()))
+            where = diff[0][0] if diff else f"{first[1]} against {leaves[1]}"
             raise ValueError(f"sweep variants 0 and {v} keep states of different structure (first difference: "
-                             f"{diff[0][0]}); a sweep's models must have the same parameters (e.g. no lsq4 "
+                             f"{where}); a sweep's models must have the same parameters (e.g. no lsq4 "
                              f"preset next to another): run them as separate sweeps")
 
 
