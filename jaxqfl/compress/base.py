@@ -111,7 +111,7 @@ def to_bits_scalar(count: int):
     A codec with a traced parameter (``uniform(bits, max_bits=...)``,
     ``qsgd(levels, max_levels=...)``) counts its bits as a traced int32: that
     count passes through as it is (the codec checked its static bound, see
-    :func:`traced_bits`), and :func:`count_bits` refuses it.
+    :func:`width_bits`), and :func:`count_bits` refuses it.
     """
     if isinstance(count, jax.Array):
         return count.astype(jnp.int32)
@@ -140,26 +140,34 @@ def count_bits(bits_fn: Callable, message) -> int:
                         "static count") from err
 
 
-def traced_bits(per_element, elements: int, static_bits: int, max_per_element: int) -> jax.Array:
-    """``per_element * elements + static_bits`` as an int32, for a traced ``per_element``.
+def width_bits(per_element, elements: int, static_bits: int, max_per_element: int):
+    """``per_element * elements + static_bits``: a Python int, or an int32 for a traced ``per_element``.
 
-    Refuses, at trace time, a message whose bound ``max_per_element * elements +
-    static_bits`` would overflow the int32 (the static codec's check, made on the
-    largest value the traced parameter may take).
+    For a traced width, refuses at trace time a message whose bound ``max_per_element *
+    elements + static_bits`` would overflow the int32 (the static codec's check, made on
+    the largest value the traced parameter may take).
     """
+    if isinstance(per_element, int):
+        return per_element * elements + static_bits
     to_bits_scalar(max_per_element * elements + static_bits)  # raises OverflowError when the bound does not fit
     return jnp.asarray(per_element, jnp.int32) * elements + static_bits
 
 
-def traced_int(name: str, value, *, low: int, high: int):
-    """A codec parameter that may be traced: a checked Python int, or the value as an int32 array.
+def bounded_parameter(name: str, value, max_name: str, maximum, *, high: int):
+    """``(value, its static bound)`` of a codec parameter that may be traced.
 
-    A traced value cannot be checked here; whoever feeds it (``jaxqfl.compress.families``)
-    checks the values on the host, before anything is compiled.
+    Without ``maximum``: ``value`` checked as an int in ``[1, high]``, and itself. With it:
+    ``maximum`` checked, and ``value`` as an int32 array when traced (a Python int is
+    checked against ``maximum``). A traced value cannot be checked here; whoever feeds it
+    (``jaxqfl.compress.families``) checks the values on the host, before anything compiles.
     """
+    if maximum is None:
+        value = check_positive_int(name, value, low=1, high=high)
+        return value, value
+    maximum = check_positive_int(max_name, maximum, low=1, high=high)
     if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, np.integer):
-        return jnp.asarray(value).astype(jnp.int32)
-    return check_positive_int(name, value, low=low, high=high)
+        return jnp.asarray(value).astype(jnp.int32), maximum
+    return check_positive_int(name, value, low=1, high=maximum), maximum
 
 
 def numel(array) -> int:

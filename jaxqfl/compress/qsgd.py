@@ -25,14 +25,13 @@ import jax.numpy as jnp
 from jaxqfl.compress.base import (
     FLOAT_BITS,
     Codec,
+    bounded_parameter,
     check_bucket_size,
-    check_positive_int,
     leafwise,
     numel,
     round_stochastic_all,
     to_bits_scalar,
-    traced_bits,
-    traced_int,
+    width_bits,
 )
 from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
 from jaxqfl.compress.integer_sum import IntegerSum
@@ -90,12 +89,7 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
     so codes stay unbiased), codes are in ``[-s, s]`` and
     ``sum_i w_i decode_i = (N / s) * sum_i w_i code_i``.
     """
-    if max_levels is None:
-        levels = check_positive_int("qsgd levels", levels, low=1, high=MAX_LEVELS)
-        most = levels
-    else:
-        most = check_positive_int("qsgd max_levels", max_levels, low=1, high=MAX_LEVELS)
-        levels = traced_int("qsgd levels", levels, low=1, high=most)
+    levels, most = bounded_parameter("qsgd levels", levels, "qsgd max_levels", max_levels, high=MAX_LEVELS)
     bucket_size = check_bucket_size(bucket_size)
     code_dtype = jnp.int8 if most <= 127 else jnp.int16
     static = isinstance(levels, int)
@@ -104,9 +98,7 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
         levels = levels.astype(jnp.float32)  # the grid arithmetic of the static codec, in float32
 
     def code_bits(elements: int, floats: int):
-        if static:
-            return coordinate_bits * elements + FLOAT_BITS * floats
-        return traced_bits(coordinate_bits, elements, FLOAT_BITS * floats, level_bits(most))
+        return width_bits(coordinate_bits, elements, FLOAT_BITS * floats, level_bits(most))
 
     def prepare_leaf(x):
         buckets = to_buckets(x.astype(jnp.float32), bucket_size)  # [nb, d], zero padded

@@ -20,14 +20,13 @@ import jax.numpy as jnp
 from jaxqfl.compress.base import (
     FLOAT_BITS,
     Codec,
+    bounded_parameter,
     check_bucket_size,
-    check_positive_int,
     leafwise,
     numel,
     round_stochastic_all,
     to_bits_scalar,
-    traced_bits,
-    traced_int,
+    width_bits,
 )
 from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
 from jaxqfl.compress.integer_sum import IntegerSum
@@ -78,20 +77,13 @@ def uniform(bits, bucket_size: Optional[int] = None, *, max_bits: Optional[int] 
 
     A constant bucket (``lo == hi``) gets ``step = 0`` and decodes exactly.
     """
-    if max_bits is None:
-        bits = check_positive_int("uniform bits", bits, low=1, high=MAX_BITS)
-        widest = bits
-    else:
-        widest = check_positive_int("uniform max_bits", max_bits, low=1, high=MAX_BITS)
-        bits = traced_int("uniform bits", bits, low=1, high=widest)
+    bits, widest = bounded_parameter("uniform bits", bits, "uniform max_bits", max_bits, high=MAX_BITS)
     bucket_size = check_bucket_size(bucket_size)
     num_levels = 2**bits if isinstance(bits, int) else jnp.left_shift(jnp.int32(1), bits).astype(jnp.float32)
     code_dtype = jnp.uint8 if widest <= 8 else jnp.uint16
 
     def code_bits(elements: int, floats: int):
-        if isinstance(bits, int):
-            return bits * elements + FLOAT_BITS * floats
-        return traced_bits(bits, elements, FLOAT_BITS * floats, widest)
+        return width_bits(bits, elements, FLOAT_BITS * floats, widest)
 
     def prepare_leaf(x):
         buckets = to_buckets(x.astype(jnp.float32), bucket_size, pad="edge")  # [nb, d]
