@@ -1,10 +1,15 @@
 """``--tiers``: clients in tiers, each with its own QAT preset and uplink codec (``jaxqfl.engine.tiers``).
 
     --tiers "0.3/w4a8/qsgd:4;0.5/full/uniform:8;0.2/none/none"     FRACTION/PRESET/UPLINK, ';'-separated
+    --tiers "data/w4a8/qsgd:4;data/full/uniform:8"                 each client's tier from the data
     --tier-weights examples|precision                              how the server weighs the tiers
 
 Fractions are positive and sum to 1; each client's tier is drawn once from the
-data seed (exact counts: largest remainder). ``--quant`` stays the model the
+data seed (exact counts: largest remainder). ``data`` in place of every
+fraction reads the tiers from the user's ``--dataset npz`` file instead: its
+``tier`` key gives each row's tier (0 for the first listed, ...), one per
+natural client (``client_id``; ``jaxqfl.data.files.load_npz_tiers``); the
+summary's ``fraction`` is then the share of clients found in each tier. ``--quant`` stays the model the
 headline test metrics use; every tier's model is evaluated too
 (``test_tier<t>_accuracy`` in metrics.jsonl, ``tiers`` in summary.json with
 each tier's clients, BOPs, model bytes, uplink bits and final metrics).
@@ -22,25 +27,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("client tiers (mixed precision)")
     g.add_argument("--tiers", default=None,
                    help="FRACTION/PRESET/UPLINK;... e.g. '0.3/w4a8/qsgd:4;0.5/full/uniform:8;0.2/none/none': each "
-                        "client trains its tier's QAT preset and sends with its tier's codec")
+                        "client trains its tier's QAT preset and sends with its tier's codec; 'data' for every "
+                        "FRACTION reads each client's tier from the --dataset npz file's 'tier' key")
     g.add_argument("--tier-weights", choices=TIER_WEIGHTS, default="examples",
                    help="examples (default: the usual weights) or precision (times 1/(1+q) of the tier's codec, "
                         "FedHQ-style)")
 
 
-def parse(text: str) -> list[tuple[float, str, str]]:
-    """``[(fraction, preset, uplink)]`` of a ``--tiers`` value; ValueError naming the bad part."""
+FROM_DATA = "data"  # the FRACTION field that reads the tiers from the data
+
+
+def parse(text: str) -> list[tuple[float | None, str, str]]:
+    """``[(fraction, preset, uplink)]`` of a ``--tiers`` value (fraction ``None``: from the data); ValueError
+    naming the bad part."""
     tiers = []
     for part in text.split(";"):
         fields = [f.strip() for f in part.split("/")]
         if len(fields) != 3 or not all(fields):
             raise ValueError(f"tier {part.strip()!r} is not FRACTION/PRESET/UPLINK (e.g. 0.3/w4a8/qsgd:4)")
-        try:
-            fraction = float(fields[0])
-        except ValueError:
-            raise ValueError(f"tier {part.strip()!r}: fraction {fields[0]!r} is not a number") from None
+        if fields[0].lower() == FROM_DATA:
+            fraction = None
+        else:
+            try:
+                fraction = float(fields[0])
+            except ValueError:
+                raise ValueError(f"tier {part.strip()!r}: fraction {fields[0]!r} is not a number (or "
+                                 f"{FROM_DATA!r})") from None
         tiers.append((fraction, fields[1].lower(), fields[2].lower()))
+    from_data = [f is None for f, _, _ in tiers]
+    if any(from_data) and not all(from_data):
+        raise ValueError(f"give every tier a fraction or every tier {FROM_DATA!r} (tiers read from the data), "
+                         f"not both")
     return tiers
+
+
+def from_data(args) -> bool:
+    """Whether ``--tiers`` reads each client's tier from the data (``data`` fractions)."""
+    return args.tiers is not None and args._tiers[0][0] is None
 
 
 def validate(parser, args) -> None:
@@ -57,9 +80,12 @@ def validate(parser, args) -> None:
 
     try:
         tiers = parse(args.tiers)
-        check_fractions([f for f, _, _ in tiers])
+        if tiers[0][0] is not None:
+            check_fractions([f for f, _, _ in tiers])
     except ValueError as e:
         parser.error(f"--tiers {args.tiers!r}: {e}")
+    if tiers[0][0] is None:
+        _check_data_tiers(parser, args, len(tiers))
     for _, preset, spec in tiers:
         if preset not in PRESETS:
             parser.error(f"--tiers: {preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
@@ -87,6 +113,22 @@ def validate(parser, args) -> None:
     args._tiers = tiers
 
 
+def _check_data_tiers(parser, args, num_tiers: int) -> None:
+    """Tiers from the data: an npz with natural clients, its ``tier`` column read and checked now."""
+    if args.dataset != "npz":
+        parser.error(f"--tiers {FROM_DATA}/...: tiers are read from the 'tier' key of a --dataset npz file; "
+                     f"--dataset is {args.dataset}")
+    if args.partition not in (None, "natural"):
+        parser.error(f"--tiers {FROM_DATA}/...: the 'tier' key gives each natural client's tier (its 'client_id'); "
+                     f"--partition {args.partition} re-splits the rows into other clients")
+    from jaxqfl.data.files import load_npz_tiers
+
+    try:
+        args._tier_of_client = load_npz_tiers(args.data_path, num_tiers)
+    except (OSError, ValueError) as e:
+        parser.error(f"--tiers {FROM_DATA}/...: {e}")
+
+
 def build(args, population, make_model, data_seed: int):
     """The run's ``engine.Tiers`` (each client's tier drawn from ``data_seed``), or None without ``--tiers``."""
     if args.tiers is None:
@@ -100,7 +142,8 @@ def build(args, population, make_model, data_seed: int):
         if preset not in models:
             models[preset] = make_model(preset)
     return engine.Tiers(
-        of_client=engine.draw_tiers(fractions, population.num_clients, data_seed),
+        of_client=(args._tier_of_client if from_data(args)
+                   else engine.draw_tiers(fractions, population.num_clients, data_seed)),
         models=tuple(models[p] for _, p, _ in args._tiers),
         uplinks=tuple(None if s == "none" else from_spec(s) for _, _, s in args._tiers),
         names=tuple(f"{p}/{s}" for _, p, s in args._tiers))
@@ -131,7 +174,8 @@ def summary_fields(args, tiers, result, final: dict, cost_of) -> dict:
     rows = []
     for t, (fraction, preset, spec) in enumerate(args._tiers):
         rows.append({
-            "tier": t, "fraction": fraction, "quant": preset, "uplink": spec,
+            "tier": t, "quant": preset, "uplink": spec,
+            "fraction": fraction if fraction is not None else float(np.mean(tiers.of_client == t)),
             "num_clients": int(np.sum(tiers.of_client == t)),
             "client_rounds": result.tier_clients[t] if result.tier_clients else 0,
             "uplink_bits_total": result.tier_uplink_bits[t] if result.tier_uplink_bits else 0,

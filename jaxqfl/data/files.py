@@ -5,6 +5,8 @@
     x          [N, ...]        numeric features
     y          [N] or [N, k]   labels (integer) or regression targets
     client_id  [N]  optional   the client of each row (integers or strings): natural clients
+    tier       [N]  optional   the client tier of each row (integers 0..T-1, one per client), for
+                               ``--tiers data/PRESET/UPLINK;...`` (:func:`load_npz_tiers`)
     x_test     [M, ...]  optional, with y_test: the test set (else rows are held out)
     y_test     [M] or [M, k]
 
@@ -42,12 +44,12 @@ import numpy as np
 
 from jaxqfl.data.arrays import check_label_range, from_arrays
 
-__all__ = ["load_npz", "load_leaf", "NPZ_KEYS"]
+__all__ = ["load_npz", "load_npz_tiers", "tiers_by_client", "load_leaf", "NPZ_KEYS"]
 
 #: How deeply a LEAF row may nest its lists (NumPy's 64 dimensions, less the axis of rows).
 MAX_ROW_DEPTH = 63
 #: The keys an ``.npz`` may hold (``x`` and ``y`` are required).
-NPZ_KEYS = ("x", "y", "client_id", "x_test", "y_test")
+NPZ_KEYS = ("x", "y", "client_id", "x_test", "y_test", "tier")
 
 
 def _exists(path: str, kind: str) -> None:
@@ -55,13 +57,7 @@ def _exists(path: str, kind: str) -> None:
         raise FileNotFoundError(errno.ENOENT, f"no {kind} at {path!r}", path)
 
 
-def load_npz(path, **kwargs):
-    """The population of the ``.npz`` at ``path`` (see module docstring).
-
-    ``kwargs`` go to :func:`from_arrays` (``task``, ``partition``,
-    ``num_clients``, ``seed``, ...). Natural clients when the file has ``client_id``.
-    """
-    path = os.fspath(path)
+def _open_npz(path: str):
     _exists(path, ".npz file")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory; expected an .npz file with keys {list(NPZ_KEYS)}")
@@ -71,23 +67,85 @@ def load_npz(path, **kwargs):
         raise ValueError(f"{path!r} is not a readable .npz archive: {err}") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path!r} holds a single array (a .npy file), not an .npz archive with keys x, y")
-    with archive:
+    return archive
+
+
+def _read_key(path: str, archive, k: str) -> np.ndarray:
+    try:
+        return archive[k]
+    except ValueError as err:  # object arrays need pickle, which is refused
+        raise ValueError(f"{path!r}: key {k!r} cannot be read without pickle ({err}); "
+                         "store numeric (or, for client_id, string) arrays") from err
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path!r}: key {k!r} cannot be read: {err}") from err
+
+
+def tiers_by_client(client_ids, tier_of_row, num_tiers: int, *, source: str = "arrays") -> np.ndarray:
+    """``[C]`` int32: the tier of each natural client, from a per-row tier column.
+
+    Client ``i`` is the ``i``-th id of ``np.unique(client_ids)`` (the natural clients of
+    :func:`jaxqfl.data.arrays.from_arrays`); its tier is the value its rows share.
+
+    Raises:
+      ValueError: naming ``source``: a column of the wrong length or type, a tier outside
+        ``[0, num_tiers)``, or a client whose rows disagree (the client and both tiers named).
+    """
+    ids, tiers = np.asarray(client_ids), np.asarray(tier_of_row)
+    if tiers.shape != ids.shape or tiers.ndim != 1:
+        raise ValueError(f"{source}: 'tier' has shape {tiers.shape}; expected {ids.shape}, one tier per row like "
+                         f"'client_id'")
+    if not (np.issubdtype(tiers.dtype, np.integer) and tiers.dtype != np.bool_):
+        raise ValueError(f"{source}: 'tier' has dtype {tiers.dtype}; expected integers 0 to {num_tiers - 1}")
+    bad = (tiers < 0) | (tiers >= num_tiers)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{source}: 'tier' holds {int(tiers[i])} (row {i}); --tiers lists {num_tiers} tier(s), "
+                         f"so tiers are 0 to {num_tiers - 1}")
+    _, client_of_row = np.unique(ids, return_inverse=True)
+    client_of_row = client_of_row.reshape(-1)
+    of_client = np.full(int(client_of_row.max()) + 1, -1, np.int64)
+    of_client[client_of_row] = tiers  # the last row of each client wins; any disagreement is refused below
+    clash = of_client[client_of_row] != tiers
+    if clash.any():
+        i = int(np.flatnonzero(clash)[0])
+        raise ValueError(f"{source}: client {ids[i].item()!r} has rows in tier {int(tiers[i])} and in tier "
+                         f"{int(of_client[client_of_row[i]])}; a client's rows must share one tier")
+    return of_client.astype(np.int32)
+
+
+def load_npz_tiers(path, num_tiers: int) -> np.ndarray:
+    """``[C]`` int32: each natural client's tier from the ``.npz``'s ``tier`` and ``client_id`` keys.
+
+    Raises:
+      ValueError: the file lacks either key (named), or :func:`tiers_by_client`'s refusals.
+    """
+    path = os.fspath(path)
+    with _open_npz(path) as archive:
+        missing = [k for k in ("client_id", "tier") if k not in archive.files]
+        if missing:
+            raise ValueError(f"{path!r} lacks the key(s) {missing} that tiers read from the data need: 'client_id' "
+                             f"(the natural client of each row) and 'tier' (its tier, 0 to {num_tiers - 1}); "
+                             f"it has {sorted(archive.files)}")
+        ids, tiers = _read_key(path, archive, "client_id"), _read_key(path, archive, "tier")
+    return tiers_by_client(ids, tiers, num_tiers, source=repr(path))
+
+
+def load_npz(path, **kwargs):
+    """The population of the ``.npz`` at ``path`` (see module docstring).
+
+    ``kwargs`` go to :func:`from_arrays` (``task``, ``partition``,
+    ``num_clients``, ``seed``, ...). Natural clients when the file has ``client_id``.
+    """
+    path = os.fspath(path)
+    with _open_npz(path) as archive:
         missing = [k for k in ("x", "y") if k not in archive.files]
         if missing:
             raise ValueError(f"{path!r} lacks the key(s) {missing}; it has {sorted(archive.files)}, "
-                             f"needs x and y (optional: client_id, x_test, y_test)")
+                             f"needs x and y (optional: client_id, x_test, y_test, tier)")
         unknown = sorted(set(archive.files) - set(NPZ_KEYS))
         if unknown:
             raise ValueError(f"{path!r} has the unknown key(s) {unknown}; allowed keys are {list(NPZ_KEYS)}")
-        arrays = {}
-        for k in archive.files:
-            try:
-                arrays[k] = archive[k]
-            except ValueError as err:  # object arrays need pickle, which is refused
-                raise ValueError(f"{path!r}: key {k!r} cannot be read without pickle ({err}); "
-                                 "store numeric (or, for client_id, string) arrays") from err
-            except (OSError, EOFError, zipfile.BadZipFile) as err:
-                raise ValueError(f"{path!r}: key {k!r} cannot be read: {err}") from err
+        arrays = {k: _read_key(path, archive, k) for k in archive.files if k != "tier"}
     kwargs.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     return from_arrays(
         arrays["x"], arrays["y"], client_ids=arrays.get("client_id"), x_test=arrays.get("x_test"),
