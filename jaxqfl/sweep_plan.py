@@ -55,33 +55,42 @@ def plan(
     Raises:
       ValueError: a bad spec, or two specs of one list that are the same codec.
     """
-    named = {k: [c.get(k, default) for c in configs] for k, default in
-             (("uplink", uplink), ("downlink", downlink), ("quant", quant))}
-    fams = {}
-    for side in ("uplink", "downlink"):
-        specs = list(dict.fromkeys(named[side]))  # first-seen order, each once
-        members, built = families(specs)
-        fams[side] = ({s: built[m] for s, m in zip(specs, members)}, {s: m for s, m in zip(specs, members)})
+    named, fams, key_of = _variant_keys(configs, uplink, downlink, quant)
+    swept = {side: any(side in c for c in configs) for side in ("uplink", "downlink")}
     models: dict[str, Any] = {}
     keys: dict[tuple, int] = {}
     variants: list[SweepVariant] = []
     out = []
     for i, c in enumerate(configs):
         up, down, preset = named["uplink"][i], named["downlink"][i], named["quant"][i]
-        key = (preset, fams["uplink"][1][up], fams["downlink"][1][down])
+        key = key_of[i]
         if key not in keys:
             if preset not in models:
                 models[preset] = make_model(preset)
             keys[key] = len(variants)
-            variants.append(_variant(models[preset], fams["uplink"][0][up], fams["downlink"][0][down],
-                                     make_aggregator))
+            variants.append(_variant(models[preset], fams["uplink"][up], fams["downlink"][down], make_aggregator))
         config = {k: v for k, v in c.items() if k not in NAMED}
         config["variant"] = keys[key]
         for side, spec in (("uplink", up), ("downlink", down)):
-            if any(side in cc for cc in configs):
-                config[f"{side}_value"] = value_of(fams[side][0][spec], spec)
+            if swept[side]:
+                config[f"{side}_value"] = value_of(fams[side][spec], spec)
         out.append(config)
     return out, variants
+
+
+def _variant_keys(configs, uplink: str, downlink: str, quant: str):
+    """``(names per key, {side: {spec: its CodecFamily}}, each config's (preset, uplink family, downlink family))``."""
+    named = {k: [c.get(k, default) for c in configs] for k, default in
+             (("uplink", uplink), ("downlink", downlink), ("quant", quant))}
+    fams, member = {}, {}
+    for side in ("uplink", "downlink"):
+        specs = list(dict.fromkeys(named[side]))  # first-seen order, each once
+        members, built = families(specs)
+        fams[side] = {s: built[m] for s, m in zip(specs, members)}
+        member[side] = dict(zip(specs, members))
+    key_of = [(named["quant"][i], member["uplink"][named["uplink"][i]], member["downlink"][named["downlink"][i]])
+              for i in range(len(configs))]
+    return named, fams, key_of
 
 
 def _variant(model, up_family, down_family, make_aggregator) -> SweepVariant:
@@ -97,17 +106,8 @@ def _variant(model, up_family, down_family, make_aggregator) -> SweepVariant:
 
 def by_variant(configs: Sequence[Mapping[str, Any]], *, uplink: str, downlink: str, quant: str) -> list[dict]:
     """``configs`` reordered (stably) so that the configs of one variant of :func:`plan` are contiguous."""
-    named = {k: [c.get(k, d) for c in configs] for k, d in (("uplink", uplink), ("downlink", downlink),
-                                                            ("quant", quant))}
-    keys = {}
-    for side in ("uplink", "downlink"):
-        specs = list(dict.fromkeys(named[side]))
-        members, _ = families(specs)
-        keys[side] = dict(zip(specs, members))
+    _, _, key_of = _variant_keys(configs, uplink, downlink, quant)
     first: dict[tuple, int] = {}
-    key_of = []
-    for i in range(len(configs)):
-        key = (named["quant"][i], keys["uplink"][named["uplink"][i]], keys["downlink"][named["downlink"][i]])
+    for key in key_of:
         first.setdefault(key, len(first))
-        key_of.append(first[key])
-    return [dict(configs[i]) for i in sorted(range(len(configs)), key=lambda i: key_of[i])]
+    return [dict(configs[i]) for i in sorted(range(len(configs)), key=lambda i: first[key_of[i]])]
