@@ -123,3 +123,14 @@ def test_a_population_that_fits_is_not_refused(host_24gib, tmp_path):
 
     with pytest.raises(AssertionError, match="population was built"):
         main(["run", "--rounds", "1", "--no-progress", "--out", str(tmp_path / "out")])
+
+
+def test_an_image_zoo_model_on_mnist_passes_the_guard(host_24gib, tmp_path):
+    """The pre-data estimate sizes ResNet-20 on MNIST's [28, 28, 1] images (it once fed it flat rows and crashed)."""
+    from conftest import MNIST_PATH
+
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(AssertionError, match="population was built"):
+        main(["run", "--dataset", "mnist", "--data-path", str(MNIST_PATH), "--num-clients", "100", "--model",
+              "resnet20", "--rounds", "1", "--no-progress", "--out", str(tmp_path / "out")])

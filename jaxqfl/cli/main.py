@@ -109,6 +109,7 @@ def _run_with(parser, args, argv, stop) -> int:
         est = memory_guard.estimate(args, num_devices=devices, examples=fp.train_rows, test_examples=fp.test_rows,
                                     feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
                                     num_clients=fp.num_clients, home=args.client_state, cpu=cpu,
+                                    feature_shape=fp.feature_shape,
                                     stream_block=fp.cohort_block_bytes(args.cohort_size) if stream else None)
         try:
             memory_guard.check(est, num_devices=devices, cpu=cpu,

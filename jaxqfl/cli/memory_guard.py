@@ -217,7 +217,7 @@ def footprint_from_flags(args):
         with np.load(args.data_path, mmap_mode="r") as z:
             n_train, n_test = z["x_train"].shape[0], z["x_test"].shape[0]
         return PopulationFootprint(args.num_clients, n_train, n_test, math.ceil(n_train / args.num_clients),
-                                   28 * 28, 1, 10, False)
+                                   28 * 28, 1, 10, False, feature_shape=(28, 28, 1))
     if args.dataset not in ("synthetic", "synthetic-regression", "gaussian-mixture"):
         return None
     from jaxqfl.data.footprint import generated_footprint

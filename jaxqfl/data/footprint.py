@@ -63,6 +63,7 @@ class PopulationFootprint(NamedTuple):
     target_width: int  # t: 1 for labels, k for [N, k] regression targets
     num_classes: int  # 0 for regression
     exact: bool
+    feature_shape: tuple | None = None  # a row's shape where it is not (feature_dim,) (images: (28, 28, 1))
 
     @property
     def row_bytes(self) -> int:
