@@ -6,7 +6,8 @@ Reads each RUN folder's metrics.jsonl and config.toml (or summary.json) and draw
 one row per test metric of the runs' task: accuracy and loss (classification),
 MSE and R^2 (regression), inertia, plus ARI and NMI where the records carry them
 (clustering); each against the round (left) and against the cumulative uplink
-bits of all clients (right, log scale), one line per run, labelled by the
+bits of all clients (middle, log scale) and, for runs with ``--speeds``, against
+simulated time (right: the virtual clock), one line per run, labelled by the
 settings in which the runs differ (or by the folder name). ``--out`` must end
 in an image extension matplotlib writes (.png, .pdf, .svg, ...) in a writable
 place: checked before anything is read or drawn. Needs matplotlib:
@@ -181,7 +182,9 @@ def figure(loaded: list, names: list[str], sweeps: list, *, multiple: bool, titl
 
     rows = panels([{k for rec in records for k in rec} for records, _ in loaded]
                   + [set(c["mean"]) for _, curves in sweeps for c in curves])
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.5 * len(rows)), squeeze=False)
+    timed = any("sim_time" in r for records, _ in loaded for r in records)  # a third column: simulated time
+    fig, axes = plt.subplots(len(rows), 3 if timed else 2, figsize=(15 if timed else 10, 3.5 * len(rows)),
+                             squeeze=False)
     for folder, curves in sweeps:
         prefix = f"{pathlib.Path(folder).name}: " if multiple else ""
         for c in curves:
@@ -200,14 +203,17 @@ def figure(loaded: list, names: list[str], sweeps: list, *, multiple: bool, titl
     for (records, _), label in zip(loaded, labels([c for _, c in loaded], names)):
         rounds = [r["round"] for r in records]
         bits = [r.get("uplink_bits_total") for r in records]
+        times = [r.get("sim_time") for r in records]
         for row, (metric, _) in enumerate(rows):
             band = metric.startswith("test_client_")  # a per-client row: mean line, p10-p90 band
             column = (lambda k: [float("nan") if r.get(k) is None else r[k] for r in records])
             if not any((f"{metric}_mean" if band else metric) in r for r in records):
                 continue
             ys = column(f"{metric}_mean" if band else metric)  # null (a diverged value) leaves a gap
-            for col, xs in enumerate((rounds, bits)):
+            for col, xs in enumerate((rounds, bits, times)[:3 if timed else 2]):
                 if col == 1 and not all(b is not None and b > 0 for b in bits):
+                    continue
+                if col == 2 and any(t is None for t in times):  # a run without --speeds
                     continue
                 line, = axes[row][col].plot(xs, ys, marker=".", label=label)
                 if band and any(f"{metric}_p10" in r for r in records):
@@ -218,6 +224,8 @@ def figure(loaded: list, names: list[str], sweeps: list, *, multiple: bool, titl
         axes[row][1].set_xscale("log")
     axes[-1][0].set_xlabel("round")
     axes[-1][1].set_xlabel("cumulative uplink bits (all clients)")
+    if timed:
+        axes[-1][2].set_xlabel("simulated time (s, virtual clock)")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")

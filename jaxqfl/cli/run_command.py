@@ -39,7 +39,7 @@ from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl import sinks
-from jaxqfl.cli import personal_flags, run_setup, tier_flags
+from jaxqfl.cli import personal_flags, run_setup, systems_flags, tier_flags
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
@@ -149,6 +149,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model_flags.add_arguments(p)
     personal_flags.add_arguments(p)
     tier_flags.add_arguments(p)
+    systems_flags.add_arguments(p)
     clustering_flags.add_arguments(p)
     run_setup.add_arguments(p)
     privacy_flags.add_arguments(p)
@@ -206,6 +207,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
     robust_flags.validate(parser, args)
     tier_flags.validate(parser, args)
+    systems_flags.validate(parser, args)
     private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
@@ -405,6 +407,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     if args.cohort_size > population.num_clients:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
+    if systems_flags.misfit(args, task.name):
+        fail(systems_flags.misfit(args, task.name))
     data_seconds = time.perf_counter() - t_start
     if task.name == "clustering":  # federated k-means: seeding round, then Lloyd / mini-batch rounds
         if args.sweep_values or args.seeds is not None:
@@ -451,6 +455,10 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     tiers = tier_flags.build(args, population, lambda preset: _model(argparse.Namespace(**{**vars(args), "quant": preset}),
                                                                      population), data_seed_of(args))
     aggregator = tier_flags.weighted(args, aggregator, tiers, population)
+    try:
+        client_systems = systems_flags.build(args, population.num_clients)
+    except (OSError, ValueError) as e:
+        fail(str(e))
     build = engine.build_streaming if args.stream else engine.build
     tuning_rule = _tuning_decision(args, population, model, algorithm, schedule, num_devices, cpu)
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
@@ -494,7 +502,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         records = list(meta["records"])
         totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
                                   float(meta["train_seconds"]), tuple(meta.get("tier_uplink_bits", ())),
-                                  tuple(meta.get("tier_clients", ())))
+                                  tuple(meta.get("tier_clients", ())), float(meta.get("sim_time", 0.0)))
         block = int(meta["block_rounds"])
     start_round = 0 if state is None else int(jax.device_get(state.round))
     setup_seconds = time.perf_counter() - t_start
@@ -507,6 +515,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                        "client_state_home": sim.client_state_home},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
             "tier_uplink_bits": list(t.tier_uplink_bits), "tier_clients": list(t.tier_clients),
+            "sim_time": t.sim_time,
         })
 
     saved_rounds = set()
@@ -546,13 +555,14 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         if start_round >= args.rounds:
             result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits,
                                       tier_uplink_bits=list(totals.tier_uplink_bits),
-                                      tier_clients=list(totals.tier_clients))
+                                      tier_clients=list(totals.tier_clients),
+                                      sim_time=totals.sim_time if client_systems is not None else None)
         else:
             try:
                 result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
                                     seed=args.seed, state=state, on_eval=on_eval, block_rounds=block, totals=totals,
                                     should_stop=lambda: stop_requested() or bool(write_error),
-                                    after_block=after_block)
+                                    after_block=after_block, systems=client_systems)
             except privacy_flags.RoundFailed as e:
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
                 return e.exit_status
@@ -565,7 +575,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         if recheck is not None and args.verbose:
             print(f"autotune re-check: {recheck.reason}", flush=True)
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds,
-                                  tuple(result.tier_uplink_bits), tuple(result.tier_clients))
+                                  tuple(result.tier_uplink_bits), tuple(result.tier_clients), result.sim_time or 0.0)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
         save_checkpoint(final_state, all_records, totals_now)
     if not write_error:
@@ -656,6 +666,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         **sampling_flags.summary_fields(args, sim, population.num_clients, all_records),
         **tier_flags.summary_fields(args, tiers, result, final, lambda preset: _cost_fields(
             argparse.Namespace(**{**vars(args), "quant": preset}), population)),
+        **systems_flags.summary_fields(args, result, all_records),
     }
     try:
         write_json(out / "summary.json", summary)
@@ -752,6 +763,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  quantization     {s['quant']}; uplink {'per tier' if s.get('tiers') else s['uplink']}; "
         f"downlink {s['downlink']}",
         tier_flags.summary_line(s),
+        systems_flags.summary_line(s),
         lora_flags.summary_line(s),
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",

@@ -20,6 +20,7 @@ from jaxqfl.engine.client_evaluation import personal_view
 from jaxqfl.engine.simulation import Simulation
 from jaxqfl.engine.state import ServerState
 from jaxqfl.engine.tiers import tier_totals
+from jaxqfl.systems import clock as virtual_clock
 
 
 #: A record's wall-clock fields: the only ones that differ between two runs of the same config.
@@ -40,6 +41,7 @@ class RunResult:
     round_seconds: list = dataclasses.field(default_factory=list)  # each round of this call: its block's time / rounds
     tier_uplink_bits: list = dataclasses.field(default_factory=list)  # with tiers: [T] uplink bits of each tier's clients
     tier_clients: list = dataclasses.field(default_factory=list)  # with tiers: [T] client-rounds of each tier
+    sim_time: float | None = None  # with systems: the virtual clock after the last round (earlier calls' included)
 
     def round_seconds_quantiles(self) -> dict:
         """``round_seconds_median``, ``_p10``, ``_p90`` over this call's rounds (None when it ran none)."""
@@ -63,6 +65,7 @@ class RunTotals(NamedTuple):
     seconds: float = 0.0
     tier_uplink_bits: tuple = ()  # with tiers: per tier, the uplink bits of its clients
     tier_clients: tuple = ()  # with tiers: per tier, how many client-rounds it took part in
+    sim_time: float = 0.0  # with systems: simulated seconds of the rounds before (jaxqfl.systems)
 
 
 class SweepTotals(NamedTuple):
@@ -97,6 +100,7 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     after_block: Callable[[ServerState, dict | None, RunTotals], None] | None = None,
     first_round: int = 0,
+    systems=None,
 ) -> RunResult:
     """Run ``rounds`` rounds, evaluating every ``eval_every`` rounds and after the last one.
 
@@ -122,6 +126,10 @@ def run(
         its evaluation), not after a diverged one; the CLI writes checkpoints from it.
         The state is donated to the next block, so anything kept must be copied (or
         saved) before returning.
+      systems: a ``jaxqfl.systems.ClientSystems``: the virtual clock runs (each round's
+        simulated seconds from its cohort's speeds, bandwidths, local steps and exact
+        bits, :func:`jaxqfl.systems.block_seconds`); records carry ``sim_time``, the
+        clock after their round, and ``totals.sim_time`` carries it across a resume.
 
     Divergence: after every block the train losses of its rounds and the new
     parameters are checked; a non-finite value ends the run at that block with
@@ -143,6 +151,7 @@ def run(
     records, done, per_round, recorded = [], 0, [], 0  # recorded: rounds of per_round already in a record
     train_seconds, up_total, down_total = float(totals.seconds), int(totals.uplink_bits), int(totals.downlink_bits)
     diverged, stopped = None, False
+    sim_time = float(totals.sim_time)
     tiers = getattr(sim, "tiers", None)  # a Simulation with client tiers (engine.tiers)
     if tiers is not None:
         T = len(tiers.models)
@@ -161,6 +170,8 @@ def run(
         per_round += [block_seconds / active] * active  # one program per block: its rounds share its time
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
+        if systems is not None:
+            sim_time += float(np.sum(virtual_clock.block_seconds(systems, metrics, active)))
         if tiers is not None:
             by_tier = tier_totals(tiers.of_client, metrics.cohort[:active], metrics.uplink_bits[:active], T)
             tier_bits, tier_clients = tier_bits + by_tier["uplink_bits"], tier_clients + by_tier["clients"]
@@ -177,6 +188,8 @@ def run(
             rec["round_seconds"], recorded = per_round[recorded:], len(per_round)  # the rounds since the last record
             if tiers is not None:
                 rec["tier_uplink_bits_total"], rec["tier_clients_total"] = tier_bits.tolist(), tier_clients.tolist()
+            if systems is not None:
+                rec["sim_time"] = sim_time
             records.append(rec)
             if on_eval is not None:
                 on_eval(rec)
@@ -184,9 +197,9 @@ def run(
             break
         tier_carry = () if tiers is None else (tuple(tier_bits.tolist()), tuple(tier_clients.tolist()))
         if after_block is not None:
-            after_block(state, rec, RunTotals(up_total, down_total, train_seconds, *tier_carry))
+            after_block(state, rec, RunTotals(up_total, down_total, train_seconds, *tier_carry, sim_time=sim_time))
     result = RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
-                       per_round)
+                       per_round, sim_time=sim_time if systems is not None else None)
     if tiers is not None:
         result.tier_uplink_bits, result.tier_clients = tier_bits.tolist(), tier_clients.tolist()
     return result
