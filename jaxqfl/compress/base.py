@@ -153,6 +153,19 @@ def width_bits(per_element, elements: int, static_bits: int, max_per_element: in
     return jnp.asarray(per_element, jnp.int32) * elements + static_bits
 
 
+def bounded_total(counts: Sequence, bounds: Sequence):
+    """``sum(counts)`` as :func:`to_bits_scalar` returns it, where some counts may be traced int32.
+
+    ``bounds`` are static upper bounds of the counts (the counts at the traced parameter's
+    largest value): a traced sum is refused at trace time when ``sum(bounds)`` would overflow
+    the int32 (every partial sum is below it), the static codec's check made on the bound.
+    """
+    total = sum(counts)
+    if isinstance(total, jax.Array):
+        to_bits_scalar(sum(bounds))  # raises OverflowError when the bound does not fit
+    return to_bits_scalar(total)
+
+
 def bounded_parameter(name: str, value, max_name: str, maximum, *, high: int):
     """``(value, its static bound)`` of a codec parameter that may be traced.
 
@@ -230,6 +243,7 @@ def leafwise(
     finalize: Callable = _identity,
     init: Callable = no_state,
     integer_sum: Any = None,
+    leaf_bound: Optional[Callable[[Any], int]] = None,
 ) -> Codec:
     """A stateless codec that encodes every leaf of the update on its own.
 
@@ -244,7 +258,11 @@ def leafwise(
 
     Args:
       decode_leaf: ``leaf message -> float32 array shaped like x``.
-      leaf_bits: ``leaf message -> int``, from static shapes only.
+      leaf_bits: ``leaf message -> int``, from static shapes only (a traced
+        int32 for a codec with a traced parameter).
+      leaf_bound: ``leaf message -> int``, a static upper bound of a traced
+        ``leaf_bits``; their sum is checked against int32 overflow
+        (:func:`bounded_total`).
       message_type: the class of a leaf message; it marks where the per-leaf
         messages sit in the message pytree (same tree structure as the delta).
     """
@@ -268,7 +286,9 @@ def leafwise(
 
     def bits(message):
         leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
-        return to_bits_scalar(sum(leaf_bits(m) for m in leaves))
+        if leaf_bound is None:
+            return to_bits_scalar(sum(leaf_bits(m) for m in leaves))
+        return bounded_total([leaf_bits(m) for m in leaves], [leaf_bound(m) for m in leaves])
 
     return Codec(init=init, encode=encode, decode=decode, bits=bits, finalize=finalize,
                  integer_sum=integer_sum)
