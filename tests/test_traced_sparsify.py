@@ -168,6 +168,22 @@ def test_a_sweep_plan_gives_each_config_the_bits_of_its_static_codec():
             assert int(count) == C.bits_per_message(C.from_spec(spec), TREE), spec
 
 
+@pytest.mark.parametrize("specs", [["hadamard+topk:0.1", "hadamard+topk:0.5"], ["hadamard+qsgd:2", "hadamard+qsgd:4"]])
+def test_a_wrapped_traced_family_counts_the_static_bits_of_each_member(specs):
+    """``hadamard`` adds its seed to the inner codec's traced count (the members form one family)."""
+    members, fams = families(specs)
+    assert members == (0, 0)
+    x = {"a": TREE["seven"], "b": TREE["matrix"]}
+
+    def bits(value):
+        codec = fams[0].build(value)
+        return codec.bits(codec.encode(x, codec.init(x), jax.random.key(0))[0])
+
+    counts = jax.jit(jax.vmap(bits))(jnp.asarray([value_of(fams[0], s) for s in specs], jnp.float32))
+    for spec, count in zip(specs, np.asarray(counts)):
+        assert int(count) == C.bits_per_message(C.from_spec(spec), x), spec
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: C.topk(0.2, choices=(0.1, 0.5)), "topk fraction 0.2 is not one of the choices \\(0.1, 0.5\\)"),
     (lambda: C.randk(0.3, choices=[0.5]), "randk fraction 0.3 is not one of the choices \\(0.5,\\)"),

@@ -140,6 +140,25 @@ def count_bits(bits_fn: Callable, message) -> int:
                         "static count") from err
 
 
+def inner_bits(bits_fn: Callable, message):
+    """A wrapper's view of its inner codec's count: a Python int when static, else a traced int32.
+
+    A static count comes from :func:`count_bits` (so the wrapper adds its own bits without
+    int32 arithmetic); a count that follows a traced parameter (``qsgd(levels,
+    max_levels=...)``, ``topk(fraction, choices=...)``) is ``bits_fn(message)`` itself, whose
+    static bound the inner codec checked against int32 overflow (a wrapper's few extra bits
+    on top of that bound are not checked).
+    """
+    _COUNTING.depth = getattr(_COUNTING, "depth", 0) + 1
+    try:
+        count = bits_fn(message)
+    finally:
+        _COUNTING.depth -= 1
+    if isinstance(count, jax.Array):
+        return bits_fn(message)  # outside the counting mode: the inner codec checks its bound
+    return int(count)
+
+
 def width_bits(per_element, elements: int, static_bits: int, max_per_element: int):
     """``per_element * elements + static_bits``: a Python int, or an int32 for a traced ``per_element``.
 
