@@ -142,6 +142,7 @@ class SparsityChoices(NamedTuple):
         return self._pick(self.table(n, codec_name), jnp.int32)
 
     def k_max(self, n: int, codec_name: str) -> int:
+        """The length of a tensor's containers: ``max_i k_i`` (static)."""
         return max(self.table(n, codec_name))
 
     def scale(self, n: int, codec_name: str):
