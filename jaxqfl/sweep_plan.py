@@ -6,9 +6,10 @@ preset by name (``"quant": "w4a8"``); the engine needs numbers and static groups
 (``engine.SweepVariant``). :func:`plan` maps one to the other:
 
 * the uplink specs (and the downlink specs) are grouped into codec families
-  (``jaxqfl.compress.families``): specs that differ only in QSGD's levels or
-  uniform's bits share one codec with that parameter traced, read from the
-  config's ``uplink_value`` / ``downlink_value``;
+  (``jaxqfl.compress.families``): specs that differ only in QSGD's levels,
+  uniform's bits or top-k's / random-k's fraction share one codec with that
+  parameter traced, read from the config's float32 ``uplink_value`` /
+  ``downlink_value``;
 * a variant is one (preset, uplink family, downlink family) that some config
   uses: one copy of the round in the program. ``--uplink qsgd:2,qsgd:4,qsgd:16
   --quant none,w4a8`` is 2 variants for 6 codec-preset pairs; each config is

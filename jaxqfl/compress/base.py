@@ -109,9 +109,11 @@ def to_bits_scalar(count: int):
     add their own bits to an inner codec's count without int32 arithmetic.
 
     A codec with a traced parameter (``uniform(bits, max_bits=...)``,
-    ``qsgd(levels, max_levels=...)``) counts its bits as a traced int32: that
+    ``qsgd(levels, max_levels=...)``, ``topk(fraction, choices=...)``,
+    ``randk(fraction, choices=...)``) counts its bits as a traced int32: that
     count passes through as it is (the codec checked its static bound, see
-    :func:`width_bits`), and :func:`count_bits` refuses it.
+    :func:`width_bits` and :func:`bounded_total`), :func:`count_bits` refuses
+    it and :func:`inner_bits` passes it to a wrapper.
     """
     if isinstance(count, jax.Array):
         return count.astype(jnp.int32)
@@ -140,6 +142,25 @@ def count_bits(bits_fn: Callable, message) -> int:
                         "static count") from err
 
 
+def inner_bits(bits_fn: Callable, message):
+    """A wrapper's view of its inner codec's count: a Python int when static, else a traced int32.
+
+    A static count comes from :func:`count_bits` (so the wrapper adds its own bits without
+    int32 arithmetic); a count that follows a traced parameter (``qsgd(levels,
+    max_levels=...)``, ``topk(fraction, choices=...)``) is ``bits_fn(message)`` itself, whose
+    static bound the inner codec checked against int32 overflow (a wrapper's few extra bits
+    on top of that bound are not checked).
+    """
+    _COUNTING.depth = getattr(_COUNTING, "depth", 0) + 1
+    try:
+        count = bits_fn(message)
+    finally:
+        _COUNTING.depth -= 1
+    if isinstance(count, jax.Array):
+        return bits_fn(message)  # outside the counting mode: the inner codec checks its bound
+    return int(count)
+
+
 def width_bits(per_element, elements: int, static_bits: int, max_per_element: int):
     """``per_element * elements + static_bits``: a Python int, or an int32 for a traced ``per_element``.
 
@@ -151,6 +172,19 @@ def width_bits(per_element, elements: int, static_bits: int, max_per_element: in
         return per_element * elements + static_bits
     to_bits_scalar(max_per_element * elements + static_bits)  # raises OverflowError when the bound does not fit
     return jnp.asarray(per_element, jnp.int32) * elements + static_bits
+
+
+def bounded_total(counts: Sequence, bounds: Sequence):
+    """``sum(counts)`` as :func:`to_bits_scalar` returns it, where some counts may be traced int32.
+
+    ``bounds`` are static upper bounds of the counts (the counts at the traced parameter's
+    largest value): a traced sum is refused at trace time when ``sum(bounds)`` would overflow
+    the int32 (every partial sum is below it), the static codec's check made on the bound.
+    """
+    total = sum(counts)
+    if isinstance(total, jax.Array):
+        to_bits_scalar(sum(bounds))  # raises OverflowError when the bound does not fit
+    return to_bits_scalar(total)
 
 
 def bounded_parameter(name: str, value, max_name: str, maximum, *, high: int):
@@ -230,6 +264,7 @@ def leafwise(
     finalize: Callable = _identity,
     init: Callable = no_state,
     integer_sum: Any = None,
+    leaf_bound: Optional[Callable[[Any], int]] = None,
 ) -> Codec:
     """A stateless codec that encodes every leaf of the update on its own.
 
@@ -244,7 +279,11 @@ def leafwise(
 
     Args:
       decode_leaf: ``leaf message -> float32 array shaped like x``.
-      leaf_bits: ``leaf message -> int``, from static shapes only.
+      leaf_bits: ``leaf message -> int``, from static shapes only (a traced
+        int32 for a codec with a traced parameter).
+      leaf_bound: ``leaf message -> int``, a static upper bound of a traced
+        ``leaf_bits``; their sum is checked against int32 overflow
+        (:func:`bounded_total`).
       message_type: the class of a leaf message; it marks where the per-leaf
         messages sit in the message pytree (same tree structure as the delta).
     """
@@ -268,7 +307,9 @@ def leafwise(
 
     def bits(message):
         leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
-        return to_bits_scalar(sum(leaf_bits(m) for m in leaves))
+        if leaf_bound is None:
+            return to_bits_scalar(sum(leaf_bits(m) for m in leaves))
+        return bounded_total([leaf_bits(m) for m in leaves], [leaf_bound(m) for m in leaves])
 
     return Codec(init=init, encode=encode, decode=decode, bits=bits, finalize=finalize,
                  integer_sum=integer_sum)

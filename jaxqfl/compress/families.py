@@ -3,25 +3,37 @@
 A sweep over codecs (``--uplink qsgd:2,qsgd:4,qsgd:16,uniform:8,none``) should
 compile one program, not one per codec. Specs that differ only in the codec's
 *traceable* parameter form a family, built once with that parameter as a traced
-int32 scalar under the family's largest value::
+scalar, bounded by what the family's members allow::
 
-    qsgd:2, qsgd:4, qsgd:16   ->  qsgd(levels=<traced>, max_levels=16)
-    uniform:2, uniform:8      ->  uniform(bits=<traced>, max_bits=8)
+    qsgd:2, qsgd:4, qsgd:16         ->  qsgd(levels=<traced>, max_levels=16)
+    uniform:2, uniform:8            ->  uniform(bits=<traced>, max_bits=8)
+    topk:0.01, topk:0.1, topk:0.5   ->  topk(fraction=<traced>, choices=(0.01, 0.1, 0.5))
+    randk:0.1, randk:0.5            ->  randk(fraction=<traced>, choices=(0.1, 0.5))
 
-Codes are stored for the largest value (the same container as the static
-codec's up to 127 levels / 8 bits), the grid arithmetic is the static codec's in
-float32, and ``bits(message)`` is a traced int32 that equals the static count
-of the member's value (``qsgd``: ``1 + bit_length(s)`` bits a coordinate,
-``uniform``: ``b``). Everything else (another codec, another bucket size,
-other modifiers, ``none``) is a family of its own, built as the static codec.
+QSGD and uniform take the largest member as a maximum: codes are stored for it
+(the same container as the static codec's up to 127 levels / 8 bits) and the
+grid arithmetic is the static codec's in float32. The sparsifiers take every
+member's fraction (``choices``): per tensor the host computes each member's
+exact ``k``, containers hold the largest, and the traced ``k`` is read from that
+table (``jaxqfl.compress.sparsify``). In all four, ``bits(message)`` is a traced
+int32 equal to the static count of the member's value (``qsgd``: ``1 +
+bit_length(s)`` bits a coordinate, ``uniform``: ``b``, ``topk``: ``32 k +
+min(k ceil(log2 n), n)``, ``randk``: ``32 + sum 32 k``), and codes and decode
+are the static codec's. Everything else (another codec, another bucket size,
+other modifiers, ``topk:k=COUNT``, ``randk`` with another ``unbiased``,
+``none``) is a family of its own, built as the static codec.
 
     members, fams = families(["qsgd:2", "qsgd:4", "uniform:8", "none"])
     members == (0, 0, 1, 2)
     fams[0].values == (2, 4); fams[0].build(jnp.int32(4))  # QSGD with 4 levels, traced
 
-Traceable parameters: ``uniform``'s ``bits`` and ``qsgd``'s ``levels``. The
-values are checked here, on the host, since a traced value cannot be checked
-when the codec is built.
+A sweep feeds a member's value (:func:`value_of`, a float) as a float32
+hyper-parameter: QSGD and uniform cast it to int32 (``bounded_parameter``:
+``astype``, exact for their small integers), the sparsifiers compare it in
+float32 with their choices (which must be distinct in float32). The values are
+checked here, on the host (each spec is built once, and the family's codec once
+with its first member's value), since a traced value cannot be checked when
+the codec is built.
 """
 from __future__ import annotations
 
@@ -29,8 +41,31 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 from jaxqfl.compress.spec import ParsedSpec, build, parse
 
-TRACEABLE = {"uniform": ("bits", "max_bits"), "qsgd": ("levels", "max_levels")}
-"""codec name -> (its traceable argument, the factory's argument for that argument's static maximum)"""
+
+class Traceable(NamedTuple):
+    """How a codec takes a traced parameter.
+
+    Attributes:
+      argument: the factory's traced argument (``"levels"``, ``"fraction"``).
+      bound: the factory's argument that bounds it statically (``"max_levels"``, ``"choices"``).
+      bound_of: the members' values (a tuple) -> ``bound``'s value: ``max`` (a maximum) or
+        ``tuple`` (every value a member may take).
+      kind: how a member's value is read (``int`` or ``float``).
+    """
+
+    argument: str
+    bound: str
+    bound_of: Callable[[tuple], object]
+    kind: type
+
+
+TRACEABLE = {
+    "uniform": Traceable("bits", "max_bits", max, int),
+    "qsgd": Traceable("levels", "max_levels", max, int),
+    "topk": Traceable("fraction", "choices", tuple, float),
+    "randk": Traceable("fraction", "choices", tuple, float),
+}
+"""codec name -> how its factory takes a traced parameter (:class:`Traceable`)"""
 
 NO_CODEC = ("none", "identity")  # float32 updates: the engine runs without a codec
 
@@ -40,7 +75,7 @@ class CodecFamily(NamedTuple):
 
     Attributes:
       specs: the member specs, in the order first given.
-      parameter: the traced argument (``"levels"``, ``"bits"``), or ``None`` when the family
+      parameter: the traced argument (``"levels"``, ``"bits"``, ``"fraction"``), or ``None`` when the family
         has one member and is built as its static codec.
       values: each member's value of ``parameter`` (empty when ``parameter`` is ``None``).
       build: ``build(value) -> Codec | None``: ``value`` a (traced) scalar of ``values``;
@@ -56,7 +91,7 @@ class CodecFamily(NamedTuple):
 def _signature(parsed: ParsedSpec) -> tuple:
     """What must be equal for two specs to share a codec: all but the traceable argument."""
     name = "none" if parsed.name in NO_CODEC else parsed.name
-    traced = TRACEABLE.get(name, (None,))[0]
+    traced = TRACEABLE[name].argument if name in TRACEABLE else None
     arguments = tuple(sorted((k, v) for k, v in parsed.arguments.items() if k != traced))
     modifiers = tuple(sorted((m, tuple(sorted(a.items()))) for m, a in parsed.modifiers.items()))
     return name, arguments, modifiers
@@ -70,11 +105,12 @@ def _family(parsed: Sequence[ParsedSpec]) -> CodecFamily:
     if len(parsed) == 1 or first.name not in TRACEABLE:
         codec = build(first)
         return CodecFamily(specs, None, (), lambda value=None: codec)
-    argument, maximum = TRACEABLE[first.name]
-    values = tuple(int(p.arguments[argument]) for p in parsed)
-    largest = max(values)
-    return CodecFamily(specs, argument, values,
-                       lambda value: build(first, **{argument: value, maximum: largest}))
+    traceable = TRACEABLE[first.name]
+    values = tuple(traceable.kind(p.arguments[traceable.argument]) for p in parsed)
+    bound = {traceable.bound: traceable.bound_of(values)}
+    build(first, **{traceable.argument: values[0]}, **bound)  # checks the bound (e.g. choices distinct in float32)
+    return CodecFamily(specs, traceable.argument, values,
+                       lambda value: build(first, **{traceable.argument: value}, **bound))
 
 
 def families(specs: Sequence[str]) -> tuple[tuple[int, ...], tuple[CodecFamily, ...]]:
@@ -113,4 +149,4 @@ def value_of(family: CodecFamily, spec: str) -> float:
     return float(family.values[family.specs.index(spec)]) if family.parameter else 0.0
 
 
-__all__ = ["CodecFamily", "TRACEABLE", "families", "value_of"]
+__all__ = ["CodecFamily", "TRACEABLE", "Traceable", "families", "value_of"]

@@ -36,8 +36,8 @@ from jaxqfl import keys
 from jaxqfl.compress.base import (
     SEED_BITS,
     Codec,
-    count_bits,
     draw_seed,
+    inner_bits,
     key_from_seed,
     split_flat,
     to_bits_scalar,
@@ -169,6 +169,6 @@ def hadamard(inner: Optional[Codec] = None, *, block_size: Optional[int] = None)
         return jax.tree.unflatten(treedef, restored)
 
     def bits(message):
-        return to_bits_scalar(SEED_BITS + count_bits(inner.bits, message.inner))
+        return to_bits_scalar(SEED_BITS + inner_bits(inner.bits, message.inner))
 
     return Codec(init=init, encode=encode, decode=decode, bits=bits, finalize=inner.finalize)

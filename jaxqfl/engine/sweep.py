@@ -38,7 +38,8 @@ per variant and computes each config once (no select over variants)::
               states reassembled in config order
 
 Within a variant, a codec's traced parameter (``jaxqfl.compress.families``:
-QSGD's levels, uniform's bits) comes from a hyper-parameter like any other.
+QSGD's levels, uniform's bits, top-k's and random-k's fraction) comes from a
+hyper-parameter like any other.
 Every variant must keep states of one structure (the stacked ``ServerState``):
 their models' params must match (every QAT preset except ``lsq4`` keeps the
 float model's), and per-client codec states are kept as one slot per variant
