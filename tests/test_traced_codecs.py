@@ -115,6 +115,11 @@ def test_bad_maxima_and_an_overflowing_traced_count_are_refused():
     codec = C.uniform(jnp.int32(2), max_bits=16)
     with pytest.raises(OverflowError):
         jax.eval_shape(lambda t, k: codec.bits(codec.encode(t, (), k)[0]), big, jax.random.key(0))
+    # each tensor's bound fits (8 bits x 2^27 < 2^31), the model's total does not: refused on the total
+    two = [jax.ShapeDtypeStruct((2**27,), jnp.float32)] * 2
+    for codec in (C.uniform(jnp.int32(2), max_bits=8), C.qsgd(jnp.int32(2), max_levels=64)):
+        with pytest.raises(OverflowError):
+            jax.eval_shape(lambda t, k, c=codec: c.bits(c.encode(t, (), k)[0]), two, jax.random.key(0))
     with pytest.raises(TypeError, match="traced parameter"):
         jax.jit(lambda lv: C.bits_per_message(C.qsgd(lv, max_levels=4), TREE))(jnp.int32(2))
 

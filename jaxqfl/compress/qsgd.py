@@ -117,6 +117,9 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
     def leaf_bits(m):
         return code_bits(numel(m.codes), numel(m.norm))
 
+    def leaf_bound(m):  # the count at the largest level count: the model total is checked against int32 on it
+        return level_bits(most) * numel(m.codes) + FLOAT_BITS * numel(m.norm)
+
     # ---- integer-domain aggregation -------------------------------------------------
     def scale_stats(delta):
         def leaf(x):
@@ -153,4 +156,4 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
 
     integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, most, integer_bits)
     return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, prepare_leaf=prepare_leaf,
-                    integer_sum=integer_sum)
+                    integer_sum=integer_sum, leaf_bound=leaf_bound)

@@ -103,6 +103,9 @@ def uniform(bits, bucket_size: Optional[int] = None, *, max_bits: Optional[int] 
     def leaf_bits(m):
         return code_bits(numel(m.codes), numel(m.low) + numel(m.step))
 
+    def leaf_bound(m):  # the count at the widest bit width: the model total is checked against int32 on it
+        return widest * numel(m.codes) + FLOAT_BITS * (numel(m.low) + numel(m.step))
+
     # ---- integer-domain aggregation -------------------------------------------------
     def scale_stats(delta):
         def leaf(x):
@@ -145,4 +148,4 @@ def uniform(bits, bucket_size: Optional[int] = None, *, max_bits: Optional[int] 
 
     integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, 2**widest - 1, integer_bits)
     return leafwise(encode_leaf, decode_leaf, leaf_bits, UniformMessage, prepare_leaf=prepare_leaf,
-                    integer_sum=integer_sum)
+                    integer_sum=integer_sum, leaf_bound=leaf_bound)
