@@ -184,6 +184,7 @@ def test_fine_tuning_needs_client_test_rows_and_sane_settings():
                      LocalSchedule(local_steps=1, batch_size=8), cohort_size=5, num_devices=1, chunk_size=1)
 
 
+@pytest.mark.slow  # a quality check on real data (35 s): benchmarks/personalization.py measures it in full
 def test_on_mnist_shards_personalized_clients_beat_the_global_model_on_their_own_rows():
     pop = data.split_test_by_labels(
         data.build("mnist", data_path=MNIST, num_clients=50, partition="shards", seed=0), seed=0)

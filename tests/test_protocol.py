@@ -87,8 +87,10 @@ def test_persistent_client_state_counts_participations(population):
     np.testing.assert_allclose(metrics.server["total_weight_seen"], metrics.total_weight)
 
 
-@pytest.mark.parametrize("home", ["replicated", "sharded", "host"])
-@pytest.mark.parametrize("num_devices,chunk_size", [(1, 7), (4, 1), (8, None)])
+@pytest.mark.parametrize("num_devices,chunk_size,home", [
+    pytest.param(1, 7, "replicated", marks=pytest.mark.slow), (1, 7, "sharded"),
+    pytest.param(1, 7, "host", marks=pytest.mark.slow),  # (every home and every layout stays in the default run)
+    *[(d, c, h) for d, c in ((4, 1), (8, None)) for h in ("replicated", "sharded", "host")]])
 def test_client_state_homes_give_the_same_results(population, home, num_devices, chunk_size):
     """Error feedback (per-client codec state) and the algorithm's state, whatever their home and layout."""
     codec = compress.from_spec("topk:0.3+ef")
