@@ -9,8 +9,8 @@ data seed (exact counts: largest remainder). ``data`` in place of every
 fraction reads the tiers from the user's ``--dataset npz`` file instead: its
 ``tier`` key gives each row's tier (0 for the first listed, ...), one per
 natural client (``client_id``; ``jaxqfl.data.files.load_npz_tiers``); the
-summary's ``fraction`` is then the share of clients found in each tier. ``--quant`` stays the model the
-headline test metrics use; every tier's model is evaluated too
+summary's ``fraction`` is then the share of clients found in each tier.
+``--quant`` stays the model the headline test metrics use; every tier's model is evaluated too
 (``test_tier<t>_accuracy`` in metrics.jsonl, ``tiers`` in summary.json with
 each tier's clients, BOPs, model bytes, uplink bits and final metrics).
 ``--tier-weights precision`` multiplies each client's weight by ``1 / (1 + q)``
