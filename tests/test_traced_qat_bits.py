@@ -159,7 +159,8 @@ def test_a_bit_family_trains_all_tiers_in_one_pass_equal_to_the_switch():
     one, per_tier = grads(True), grads(False)
     for a, b in zip(jax.tree.leaves(one(stacked, x, tier)), jax.tree.leaves(per_tier(stacked, x, tier)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    # the one-pass program holds one forward/backward's matmuls, the switch T = 2 of them
+    # as traced and lowered, the one-pass program holds one forward/backward's matmuls, the switch T = 2 of them
+    # (XLA's optimiser then shares part of the switch's backward: 11 dots against 8 compiled, for an MLP)
     n1, nT = _dots(one.lower(stacked, x, tier)), _dots(per_tier.lower(stacked, x, tier))
     assert n1 > 0 and nT == 2 * n1, (n1, nT)
 
@@ -179,7 +180,6 @@ def _build(population, tiers, **kw):
                         **kw)
 
 
-@pytest.mark.slow  # two round programs compiled: ~10 s on a 2-core CPU; the vmap test above is the same call
 def test_a_tiered_round_with_a_bit_family_equals_the_switched_round(population):
     presets = ["w4a8", "full"]
     of_client = np.asarray([0, 1, 0, 1, 0, 1], np.int32)

@@ -20,6 +20,13 @@ backward pass with its own widths, 1x the compute of one tier instead of T x.
 ``at`` is called inside the traced per-client function, with the client's
 traced tier, so the model closes over that index (the way the ``lax.switch``
 branches close over the models).
+
+Measured (2-core CPU; MLP 64-256-256-10, vmap over 16 clients of 32 examples,
+value and gradient): the lowered ``lax.switch`` program holds T x the matmuls of
+the one-pass one, and after XLA's optimiser (which shares part of the backward)
+costs 1.44 x its flops and 1.8 x its time for T = 2 (``full``/``w4a8``), 2.27 x
+the flops and 2.25 x the time for T = 4 widths; a whole tiered round (T = 2, 5
+local steps, cohort 16): 26.6 ms -> 17.5 ms.
 """
 from __future__ import annotations
 
