@@ -452,8 +452,12 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                                                               population),
                              make_codec_aggregator=lambda codec, m, hp: _aggregator(args, population, codec, m, hp)[0],
                              label_transform=label_transform, t_start=t_start, stop=stop)
-    tiers = tier_flags.build(args, population, lambda preset: _model(argparse.Namespace(**{**vars(args), "quant": preset}),
-                                                                     population), data_seed_of(args))
+    def tier_model(preset):  # a preset name: the tier's model; a bit family's Policy: only its forward is
+        # used (Tiers.model_at, built while tracing), so the architecture without --init-from's loading
+        quant = argparse.Namespace(**{**vars(args), "quant": preset})
+        return _model(quant, population) if isinstance(preset, str) else _architecture(quant, population)
+
+    tiers = tier_flags.build(args, population, tier_model, data_seed_of(args))
     aggregator = tier_flags.weighted(args, aggregator, tiers, population)
     try:
         client_systems = systems_flags.build(args, population.num_clients)

@@ -15,6 +15,9 @@ summary's ``fraction`` is then the share of clients found in each tier.
 each tier's clients, BOPs, model bytes, uplink bits and final metrics).
 ``--tier-weights precision`` multiplies each client's weight by ``1 / (1 + q)``
 of its tier's codec (FedHQ-style precision weights, ``aggregate.tier_weighted``).
+Tiers whose presets differ only in bit-widths (``full`` and ``w4a8``: a bit family,
+``jaxqfl.quant.bit_family``) train through one model whose widths follow the
+client's tier: 1 x the training compute of one tier instead of T x.
 """
 from __future__ import annotations
 
@@ -130,11 +133,18 @@ def _check_data_tiers(parser, args, num_tiers: int) -> None:
 
 
 def build(args, population, make_model, data_seed: int):
-    """The run's ``engine.Tiers`` (each client's tier drawn from ``data_seed``), or None without ``--tiers``."""
+    """The run's ``engine.Tiers`` (each client's tier drawn from ``data_seed``), or None without ``--tiers``.
+
+    ``make_model(preset)`` builds a tier's model from its preset name, and from a
+    ``jaxqfl.quant.Policy`` too: when the tiers' presets form a bit family (e.g. ``full``
+    and ``w4a8``), ``Tiers.model_at`` builds one model from the family's policy for the
+    client's traced tier (``models.switch.family_model``: 1 x the training compute, not T x).
+    """
     if args.tiers is None:
         return None
     from jaxqfl import engine
     from jaxqfl.compress import from_spec
+    from jaxqfl.models.switch import family_model
 
     fractions = [f for f, _, _ in args._tiers]
     models = {}
@@ -146,7 +156,8 @@ def build(args, population, make_model, data_seed: int):
                    else engine.draw_tiers(fractions, population.num_clients, data_seed)),
         models=tuple(models[p] for _, p, _ in args._tiers),
         uplinks=tuple(None if s == "none" else from_spec(s) for _, _, s in args._tiers),
-        names=tuple(f"{p}/{s}" for _, p, s in args._tiers))
+        names=tuple(f"{p}/{s}" for _, p, s in args._tiers),
+        model_at=family_model(make_model, [p for _, p, _ in args._tiers]))
 
 
 def weighted(args, aggregator, tiers, population):

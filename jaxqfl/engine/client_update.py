@@ -51,7 +51,8 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
     """``train_client(message, cid, slot, valid, cstates, data, rkey, round) -> TrainedClient``.
 
     ``label_transform(y, info) -> y``, when given, maps each batch's labels before the loss.
-    ``tiers`` (``engine.tiers.Tiers``): client ``cid`` trains ``tiers.models[tier of cid]``.
+    ``tiers`` (``engine.tiers.Tiers``): client ``cid`` trains ``tiers.models[tier of cid]`` (through
+    ``tiers.model_at(tier)``, one pass, when the tiers give it; a ``lax.switch`` over the T models otherwise).
     """
     tier_of = None if tiers is None else jnp.asarray(tiers.of_client)
     S = schedule.num_steps(max_count)
@@ -68,7 +69,7 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
     def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
         reading = bound(model, data.frozen)  # the frozen part (a LoRA base) from the program's data
         if tier_of is not None:  # the client's tier's model (a QAT preset), selected by its id
-            reading = switch_model(tiers.models, tier_of[cid])
+            reading = switch_model(tiers.models, tier_of[cid], at=tiers.model_at)
         ckey = keys.client_key(rkey, cid)
         count, offset = data.counts[slot], data.offsets[slot]
         new_cstates = dict(cstates)

@@ -105,6 +105,8 @@ def checked_tiers(tiers, population: Population, model, aggregator, uplink):
     tiers = check_tiers(tiers, population.num_clients)
     sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
     check_switchable((model,) + tuple(tiers.models), sample_x, ("the run's model",) + tuple(tiers.names))
+    if tiers.model_at is not None:  # the one-pass model must have the tiers' parameters too
+        check_switchable((model, tiers.model_at(jnp.int32(0))), sample_x, ("the run's model", "Tiers.model_at"))
     return tiers, switch(tiers.uplinks, 0)
 
 

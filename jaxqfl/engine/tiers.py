@@ -9,6 +9,10 @@ sending what its link allows. A :class:`Tiers` gives every client id a tier
 clients, every tier's forward/backward and every tier's encoder run for every
 client and the client's own is selected (T tiers: T x the training compute of
 one; identical tiers share one model and one codec, and cost nothing extra).
+Tiers whose models differ only in quantizer bit-widths (a bit family, e.g. the
+presets ``full`` and ``w4a8``) can give ``model_at(index) -> Model`` instead
+(``jaxqfl.models.switch.family_model``): one model whose widths follow the
+client's traced tier, so training costs 1 x, not T x (the encoders still all run).
 
 The tier of a client is drawn once from the data seed, like the malicious set
 (``aggregate.threat``): ``round`` each fraction's share of ``C`` by the largest
@@ -38,12 +42,17 @@ class Tiers(NamedTuple):
       models: ``T`` models sharing one set of parameters (QAT presets of one architecture).
       uplinks: ``T`` codecs (``None``: float32 updates).
       names: ``T`` names, for metrics and messages.
+      model_at: ``None``, or ``model_at(index) -> Model`` computing ``models[index]``'s
+        forward for a traced tier ``index`` in one pass (a bit family's model,
+        ``jaxqfl.models.switch.family_model``); the round then trains every client with
+        it (1 x the compute) instead of a ``lax.switch`` over ``models`` (T x).
     """
 
     of_client: Any
     models: tuple
     uplinks: tuple
     names: tuple = ()
+    model_at: Any = None
 
 
 def tier_counts(fractions: Sequence[float], num_clients: int) -> list[int]:

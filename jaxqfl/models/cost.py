@@ -78,6 +78,7 @@ def model_cost(model, policy, sample_x) -> ModelCost:
     """
     from jaxqfl.models.intercept import _Interpreter, _traced
     from jaxqfl.quant.policy import Binding, bind, param_paths
+    from jaxqfl.quant.qtensor import static_bits
 
     if jnp.shape(sample_x)[:1] != (1,):
         raise ValueError(f"model_cost: sample_x must hold one example (leading axis 1), got shape {jnp.shape(sample_x)}")
@@ -90,8 +91,8 @@ def model_cost(model, policy, sample_x) -> ModelCost:
     jax.eval_shape(lambda leaves, x: counter.run(closed.jaxpr, closed.consts, [*leaves, x], origins),
                    jax.tree_util.tree_leaves(params), sample_x)
 
-    def bits(q) -> int:
-        return FLOAT_BITS if q is None else int(q.bits)
+    def bits(q) -> int:  # a traced width (a bit family's policy) is refused: BOPs need the count
+        return FLOAT_BITS if q is None else static_bits(q, "model_cost")
 
     layers = []
     for layer, macs in counter.macs.items():

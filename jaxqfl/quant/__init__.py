@@ -2,7 +2,8 @@
 
 Quantizer factories (hyper-parameters in, NamedTuple of pure functions out):
 
-    uniform(bits, *, symmetric, axis, scale_method, percentile, rounding, ste) -> Quantizer
+    uniform(bits, *, symmetric, axis, scale_method, percentile, rounding, ste, max_bits) -> Quantizer
+        (with max_bits, bits may be a traced int32 in [2, max_bits])
     binary(*, scale_method, axis, rounding, ste) -> Quantizer
     cast(dtype, *, rounding, scaled, axis) -> Quantizer             # fp16 / bf16 / fp8
     power_of_two(bits, *, axis, rounding, ste) -> Quantizer         # log quantization
@@ -16,7 +17,9 @@ Quantizer factories (hyper-parameters in, NamedTuple of pure functions out):
                       fake_quant(x, param, key)
 
 Policies: ``Policy(rules)``, ``Rule(pattern, weights, activations)``,
-``preset(name)``, ``bind(policy, params) -> Binding``; export: ``export(params, policy)``.
+``preset(name)``, ``bind(policy, params) -> Binding``; export: ``export(params, policy)``;
+``bit_family(names) -> BitFamily | None`` (presets equal up to uniform widths, one
+policy whose widths follow a traced index: ``family.policy(index)``).
 
 Post-training quantization: ``static_uniform(bits, lo, hi)`` (calibrated fixed-range
 quantizer), ``calibrate`` (range statistics, ``calibrate.calibrate(inputs, method)``),
@@ -36,8 +39,9 @@ from jaxqfl.quant.export import Exported, export
 from jaxqfl.quant.floats import cast, round_float_stochastic
 from jaxqfl.quant.learned import lsq, lsq_grid, lsq_step_grad, pact
 from jaxqfl.quant.nonuniform import codebook, kmeans, kmeans_fit, natural_compression, nf4, nf4_table, power_of_two
-from jaxqfl.quant.policy import FIRST, LAST, PRESETS, Binding, Policy, Rule, bind, param_paths, preset, resolve
-from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor, Quantizer
+from jaxqfl.quant.policy import (FIRST, LAST, PRESETS, BitFamily, Binding, Policy, Rule, bind, bit_family, param_paths,
+                                 preset, resolve)
+from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor, Quantizer, static_bits
 from jaxqfl.quant.uniform import binary, code_range, uniform
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "IntegerModel",
     "QTensor",
     "Quantizer",
+    "static_bits",
     "LearnedQuantizer",
     "uniform",
     "binary",
@@ -75,6 +80,8 @@ __all__ = [
     "Rule",
     "Policy",
     "Binding",
+    "BitFamily",
+    "bit_family",
     "FIRST",
     "LAST",
     "PRESETS",

@@ -38,6 +38,7 @@ import optax
 from jaxqfl.quant import graph as g
 from jaxqfl.quant import rounding as rnd
 from jaxqfl.quant.policy import bind
+from jaxqfl.quant.qtensor import static_bits
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -54,8 +55,9 @@ def _grid(q, kernel):
     """Per-channel scale and code bound ``Q`` of a symmetric uniform weight quantizer."""
     if not (q.name.startswith("int") and "/sym/" in q.name):
         raise ValueError(f"adaround needs a symmetric uniform weight quantizer, got {q.name!r}")
+    bits = static_bits(q, "adaround")
     qt = q.quantize(kernel, None)
-    return qt.scale, 2 ** (q.bits - 1) - 1
+    return qt.scale, 2 ** (bits - 1) - 1
 
 
 def adaround_layer(op, kernel, x, weight_q, act_q=None, *, steps: int = 500, batch_size: int = 64,

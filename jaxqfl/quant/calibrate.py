@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl.quant.policy import Policy, Rule, bind, resolve
+from jaxqfl.quant.qtensor import static_bits
 from jaxqfl.quant.static import grid_of_range, static_uniform
 from jaxqfl.quant import rounding as rnd
 from jaxqfl.quant.uniform import code_range
@@ -193,7 +194,8 @@ def calibrated_policy(policy, params, ranges: Mapping[str, tuple]) -> Policy:
         if kernel not in binding.weights and layer not in binding.activations:
             raise ValueError(f"calibrated_policy: layer {layer!r} is not quantized by policy {policy.name!r}")
         act = binding.activation(layer)
-        bits = act.bits if act is not None and 2 <= act.bits <= 16 else 8
+        bits = static_bits(act, f"calibrated_policy, layer {layer!r}") if act is not None else 8
+        bits = bits if 2 <= bits <= 16 else 8
         lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
         q = static_uniform(bits, lo, hi, axis=-1 if lo.ndim == 1 else None)
         rules.append(Rule("^" + re.escape(kernel) + "$", binding.weight(kernel), q))

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from jaxqfl.quant.policy import STATE_MARK, bind, param_paths
-from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor
+from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor, static_bits
 
 
 class Exported(NamedTuple):
@@ -78,7 +78,7 @@ def export(params, policy) -> Exported:
     quantized_bytes = stored_bytes = 0
     for path, leaf in param_paths(out).items():
         if isinstance(leaf, QTensor):
-            packed, stored = _qtensor_bytes(leaf, binding.weights[path].bits)
+            packed, stored = _qtensor_bytes(leaf, static_bits(binding.weights[path], f"export of {path!r}"))
             quantized_bytes += packed
             stored_bytes += stored
         else:

@@ -46,6 +46,7 @@ from jax import lax
 from jaxqfl.quant import graph as g
 from jaxqfl.quant.fixed_point import mul_shift, quantize_multiplier
 from jaxqfl.quant.policy import bind
+from jaxqfl.quant.qtensor import static_bits
 from jaxqfl.quant.static import static_grid
 
 
@@ -91,6 +92,8 @@ class IntegerModel(NamedTuple):
 
 
 def _weight_codes(q, kernel, path):
+    if q is not None:
+        static_bits(q, f"integer export of layer {path!r}")
     if not (q is not None and q.name.startswith("int") and "/sym/" in q.name and q.bits <= 8):
         raise ValueError(f"integer export: layer {path!r} needs a symmetric uniform weight quantizer of at most 8 bits, "
                          f"got {None if q is None else q.name!r}")
@@ -112,6 +115,7 @@ def _input_grids(binding, layers) -> dict:
         if qa is None:
             raise ValueError(f"integer export: layer {op.path!r} has no input quantizer; calibrate the policy first "
                              "(jaxqfl.quant.calibrated_policy)")
+        static_bits(qa, f"integer export of layer {op.path!r}")
         s, z = static_grid(qa)
         if qa.bits > 8:
             raise ValueError(f"integer export: layer {op.path!r} input quantizer has {qa.bits} bits; at most 8")

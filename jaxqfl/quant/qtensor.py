@@ -44,6 +44,16 @@ class Quantizer(NamedTuple):
     ``name``: a short description such as ``'int8/sym/axis=-1'``;
     ``needs_key``: whether ``quantize`` uses its key (stochastic rounding); callers
     may pass ``None`` (and skip drawing a key) when it does not.
+    ``traced_bits``: ``None`` for a quantizer whose bit-width is a Python int (all but
+    one kind); for ``uniform(bits, max_bits=m)`` with a traced ``bits``, that traced
+    int32 scalar, and ``bits`` then holds the static bound ``m`` (the width the codes'
+    dtype is chosen for), NOT the element's bit count: whoever needs a static count
+    (BOPs, model bytes, export, integer inference) reads it through
+    :func:`static_bits`, which refuses such a quantizer.
+    ``spec``: ``(factory name, ((keyword, value), ...))``, the hyper-parameters other
+    than ``bits`` that built the quantizer, where the factory records them (``uniform``
+    does; ``()`` otherwise). Two quantizers with equal non-empty specs differ at most
+    in their bit-widths (``jaxqfl.quant.policy.bit_family``).
     """
 
     quantize: Callable[..., QTensor]
@@ -52,6 +62,8 @@ class Quantizer(NamedTuple):
     bits: int
     name: str
     needs_key: bool = False
+    traced_bits: Any = None
+    spec: tuple = ()
 
 
 class LearnedQuantizer(NamedTuple):
@@ -87,6 +99,19 @@ def check_bits(bits: int, lo: int, hi: int, where: str) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
         raise ValueError(f"{where}: bits={bits!r} is out of range; expected an integer in [{lo}, {hi}]")
     return bits
+
+
+def static_bits(q, where: str) -> int:
+    """``q.bits`` as a static Python int, for a consumer that needs the count at trace time.
+
+    Refuses (ValueError naming ``where``) a quantizer whose bit-width is traced
+    (``q.traced_bits`` set: ``uniform(bits, max_bits=...)``), whose ``bits`` field holds
+    only the bound ``max_bits``: counting it would silently overstate BOPs and sizes.
+    """
+    if getattr(q, "traced_bits", None) is not None:
+        raise ValueError(f"{where}: quantizer {q.name!r} has a traced bit-width (at most {q.bits}); this needs a "
+                         "static bit count: use the tier's own preset (a static quantizer) here")
+    return int(q.bits)
 
 
 def check_choice(value, choices, what: str, where: str):

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxqfl.quant import rounding as rnd
@@ -131,7 +132,7 @@ def _range_stat(x, axes, symmetric, scale_method, percentile):
     return lo, hi
 
 
-def _asymmetric_scale(lo, hi, qmax: int):
+def _asymmetric_scale(lo, hi, qmax):
     """Scale and zero point of an asymmetric grid ``s (q - z)``, ``q`` in ``[0, qmax]``,
     that covers ``[lo, hi]`` and 0 (exactly on the grid).
 
@@ -139,15 +140,62 @@ def _asymmetric_scale(lo, hi, qmax: int):
     range has both signs), then ``s = max(-lo / z, hi / (qmax - z))``, at least ``s0``: the
     rounded zero point would otherwise leave up to half a step of the range
     outside the grid (clipping the extremes and biasing stochastic rounding there).
+    ``qmax`` is a Python int or a traced float32 scalar (a traced bit-width); both give
+    the same float32 operations, hence the same values.
     """
-    s0 = safe_scale((hi - lo) / qmax)
+    s0 = safe_scale((hi - lo) * _reciprocal(qmax))
     z_mid = jnp.clip(rnd.round_nearest(-lo / s0), 1, qmax - 1)
-    z = jnp.where(lo == 0, 0.0, jnp.where(hi == 0, float(qmax), z_mid))
+    qmax_f = float(qmax) if isinstance(qmax, int) else qmax
+    z = jnp.where(lo == 0, 0.0, jnp.where(hi == 0, qmax_f, z_mid))
     s = jnp.maximum(
         jnp.where(z > 0, -lo / jnp.maximum(z, 1.0), 0.0),
         jnp.where(z < qmax, hi / jnp.maximum(qmax - z, 1.0), 0.0),
     )
     return safe_scale(s), z
+
+
+def _reciprocal(q):
+    """``1 / q`` rounded to float32, for a Python int or a traced float32 ``q``.
+
+    A grid's scale is ``r * (1 / Q)``, not ``r / Q``: XLA's algebraic simplifier turns a
+    division by a constant into a multiplication by its rounded reciprocal (so a static
+    ``Q`` always computed ``r * (1 / Q)``), while a traced ``Q`` would be divided by
+    exactly; writing the product for both keeps static and traced widths bit for bit
+    equal. (``float32(1.0 / Q)`` in float64 equals the float32 division ``1 / Q`` for
+    every ``Q < 2^16``: checked exhaustively.)
+    """
+    return 1.0 / q if isinstance(q, int) else jnp.float32(1.0) / q
+
+
+def traced_code_range(bits: jax.Array, symmetric: bool):
+    """``(q_min, q_max)`` as float32 scalars for a traced int32 ``bits`` in ``[2, 16]``:
+    ``(-(2^(b-1) - 1), 2^(b-1) - 1)`` symmetric, ``(0, 2^b - 1)`` asymmetric; computed
+    exactly (``2^b`` as an integer shift, then one exact conversion: every value is below
+    2^16), so they equal ``code_range(b, symmetric)`` converted to float32."""
+    b = jnp.asarray(bits, jnp.int32)
+    if symmetric:
+        q = (jnp.left_shift(jnp.int32(1), b - 1) - 1).astype(jnp.float32)
+        return -q, q
+    return jnp.float32(0.0), (jnp.left_shift(jnp.int32(1), b) - 1).astype(jnp.float32)
+
+
+def _bits_argument(bits, max_bits, where: str):
+    """``(bits, traced)``: ``bits`` checked as a static int in ``[1, 16]`` (``[2, max_bits]``
+    with ``max_bits``), or, with ``max_bits`` only, a traced / array int scalar as int32."""
+    if max_bits is None:
+        return check_bits(bits, 1, 16, where), False
+    check_bits(max_bits, 2, 16, f"{where} max_bits")
+    if isinstance(bits, (jax.Array, np.ndarray)) and not isinstance(bits, np.generic):
+        if jnp.ndim(bits) != 0 or not jnp.issubdtype(jnp.result_type(bits), jnp.integer):
+            raise ValueError(f"{where}: a traced bits must be an integer scalar, got {jnp.result_type(bits)} of shape "
+                             f"{jnp.shape(bits)}")
+        return jnp.asarray(bits, jnp.int32), True
+    if isinstance(bits, np.integer):
+        bits = int(bits)
+    if isinstance(bits, int) and not isinstance(bits, bool) and bits == 1:
+        raise ValueError(f"{where}: bits=1 (binary) has its own scale and STE and is static only; max_bits is for "
+                         f"traced widths in [2, max_bits]")
+    return check_bits(bits, 2, max_bits, where), False
 
 
 def uniform(
@@ -159,11 +207,14 @@ def uniform(
     percentile: float = 99.9,
     rounding: str = "nearest",
     ste: str = "clipped",
+    max_bits: int | None = None,
 ) -> Quantizer:
     """Uniform integer quantizer (grid, statistics, rounding and STE in the module docstring).
 
     Args:
-      bits: 1 (binary, symmetric only) to 16.
+      bits: 1 (binary, symmetric only) to 16. With ``max_bits``, an integer in
+        ``[2, max_bits]`` or a traced int32 scalar (e.g. a client tier's width looked up
+        from a traced tier index; per example under ``vmap``).
       symmetric: symmetric grid around 0 (no zero point) or asymmetric with a zero point.
       axis: channel axis for per-channel scales (any axis, negative allowed), ``None`` = per tensor.
       scale_method: ``'absmax'`` (default for ``bits >= 2``), ``'minmax'``, ``'percentile'``,
@@ -171,22 +222,43 @@ def uniform(
       percentile: ``p`` in ``(0, 100]`` for ``scale_method='percentile'``.
       rounding: ``'nearest'`` or ``'stochastic'`` (needs a key; ``key=None`` rounds to nearest).
       ste: ``'clipped'`` or ``'identity'`` straight-through estimator for ``fake_quant``.
+      max_bits: static bound in ``[2, 16]`` of a traced ``bits``. The grid then follows
+        the traced ``b`` in-trace: ``Q = 2^(b-1) - 1`` (symmetric) or ``2^b - 1``
+        (asymmetric) as float32 scalars (:func:`traced_code_range`), so ``fake_quant``,
+        ``dequantize(quantize(x))`` and the STE's gradient equal the static
+        ``uniform(b, ...)``'s bit for bit in float32; codes are stored in the dtype of
+        ``max_bits`` (``int8``/``uint8`` up to 8 bits, 16-bit above). A traced ``b`` cannot
+        be checked here: it must lie in ``[2, max_bits]`` (binary, ``b = 1``, is static
+        only); whoever feeds it checks its values on the host (``policy.bit_family``
+        builds it from static presets' widths). The quantizer's ``bits`` field then
+        holds ``max_bits`` and ``traced_bits`` the traced width (:class:`Quantizer`):
+        consumers that need a static count refuse it (``qtensor.static_bits``).
+
+    Cost: one quantizer for several widths; a traced width adds a few scalar integer
+    ops per call and nothing per element (the grid's bounds are scalars either way).
     """
     where = "uniform"
-    check_bits(bits, 1, 16, where)
-    if bits == 1 and not symmetric:
+    bits, traced = _bits_argument(bits, max_bits, where)
+    if not traced and bits == 1 and not symmetric:
         raise ValueError(f"{where}: bits=1 (binary) is symmetric only; got symmetric={symmetric}")
     if scale_method is None:
-        scale_method = "mean_abs" if bits == 1 else "absmax"
+        scale_method = "mean_abs" if (not traced and bits == 1) else "absmax"
     check_choice(scale_method, SCALE_METHODS, "scale_method", where)
-    if scale_method == "mean_abs" and bits != 1:
-        raise ValueError(f"{where}: scale_method='mean_abs' is for bits=1 only; got bits={bits}")
+    if scale_method == "mean_abs" and (traced or bits != 1):
+        raise ValueError(f"{where}: scale_method='mean_abs' is for bits=1 only; got bits={'traced' if traced else bits}")
     if not 0.0 < float(percentile) <= 100.0:
         raise ValueError(f"{where}: percentile={percentile} must lie in (0, 100]")
     check_choice(rounding, ROUNDINGS, "rounding", where)
     check_choice(ste, STES, "ste", where)
-    qmin, qmax = code_range(bits, symmetric)
-    dtype = codes_dtype(qmin, qmax)
+    spec = ("uniform", (("symmetric", bool(symmetric)), ("axis", axis), ("scale_method", scale_method),
+                        ("percentile", float(percentile)), ("rounding", rounding), ("ste", ste)))
+    binary_grid = not traced and bits == 1
+    if traced:
+        qmin, qmax = traced_code_range(bits, symmetric)
+        dtype = codes_dtype(*code_range(max_bits, symmetric))
+    else:
+        qmin, qmax = code_range(bits, symmetric)
+        dtype = codes_dtype(*code_range(max_bits or bits, symmetric))
     stochastic = rounding == "stochastic"
 
     def grid(x: jax.Array):
@@ -195,14 +267,14 @@ def uniform(
         xf = x.astype(jnp.float32)
         lo, hi = _range_stat(xf, reduce_axes(x.ndim, ax), symmetric, scale_method, percentile)
         if symmetric:
-            return xf, safe_scale(hi / qmax), None
+            return xf, safe_scale(hi * _reciprocal(qmax)), None
         s, z = _asymmetric_scale(lo, hi, qmax)
         return xf, s, z
 
     def quantize(x: jax.Array, key: jax.Array | None = None) -> QTensor:
         check_float(x, f"{where}.quantize")
         k = key if stochastic else None
-        if bits == 1:
+        if binary_grid:
             ax = normalize_axis(axis, x.ndim, f"{where}.quantize")
             xf = x.astype(jnp.float32)
             _, hi = _range_stat(xf, reduce_axes(x.ndim, ax), symmetric, scale_method, percentile)
@@ -233,20 +305,23 @@ def uniform(
     def in_range(x, q: QTensor):
         z = 0.0 if q.zero_point is None else q.zero_point.astype(jnp.float32)
         v = x.astype(jnp.float32) / safe_scale(q.scale) + z
-        if bits == 1:  # hardtanh STE of binarized networks (Hubara et al. 2016)
+        if binary_grid:  # hardtanh STE of binarized networks (Hubara et al. 2016)
             return jnp.abs(v) <= 1.0
         return (v >= qmin - 0.5) & (v <= qmax + 0.5)
 
     # With absmax / min-max statistics the grid covers the whole tensor, so the clipped
     # STE's mask is all true by construction: compute it as the identity (no residual).
-    covers = bits > 1 and scale_method in ("absmax", "minmax")
+    covers = not binary_grid and scale_method in ("absmax", "minmax")
     fake_quant = straight_through(
         quantize, dequantize, in_range if ste == "clipped" and not covers else None,
-        dequantized if bits > 1 else None,
+        None if binary_grid else dequantized,
     )
-    kind = "binary" if bits == 1 else ("sym" if symmetric else "asym")
-    name = f"int{bits}/{kind}/{scale_method}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
-    return Quantizer(quantize, dequantize, fake_quant, bits, name, stochastic)
+    kind = "binary" if binary_grid else ("sym" if symmetric else "asym")
+    width = f"<={max_bits}" if traced else f"{bits}"
+    name = f"int{width}/{kind}/{scale_method}/{'tensor' if axis is None else f'axis={axis}'}/{rounding}"
+    if traced:
+        return Quantizer(quantize, dequantize, fake_quant, max_bits, name, stochastic, traced_bits=bits, spec=spec)
+    return Quantizer(quantize, dequantize, fake_quant, bits, name, stochastic, spec=spec)
 
 
 def binary(*, scale_method: str = "mean_abs", axis: int | None = None, rounding: str = "nearest", ste: str = "clipped") -> Quantizer:
