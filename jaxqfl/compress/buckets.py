@@ -83,7 +83,7 @@ def check_traced_bucket_size(bucket_size, min_bucket_size) -> Tuple[jax.Array, i
 
 
 def max_buckets(n: int, min_bucket_size: int) -> int:
-    """Static slots for a tensor of ``n`` elements: ``ceil(n / min(d_min, n))``, the most buckets of any ``d >= d_min``."""
+    """Static slots for ``n`` elements: ``ceil(n / min(d_min, n))``, the most buckets of any ``d >= d_min``."""
     return bucket_layout(n, min_bucket_size)[0]
 
 
