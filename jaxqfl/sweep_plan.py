@@ -9,7 +9,8 @@ preset by name (``"quant": "w4a8"``); the engine needs numbers and static groups
   (``jaxqfl.compress.families``): specs that differ only in QSGD's levels,
   uniform's bits or top-k's / random-k's fraction share one codec with that
   parameter traced, read from the config's float32 ``uplink_value`` /
-  ``downlink_value``;
+  ``downlink_value`` (QSGD / uniform specs that also differ in ``bucket=``
+  trace both parameters; their value is the member's index, ``value_of``);
 * a variant is one (preset, uplink family, downlink family) that some config
   uses: one copy of the round in the program. ``--uplink qsgd:2,qsgd:4,qsgd:16
   --quant none,w4a8`` is 2 variants for 6 codec-preset pairs; each config is

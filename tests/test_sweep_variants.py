@@ -96,3 +96,24 @@ def test_stateless_codecs_and_none_share_one_state_structure(population):
                           num_devices=2, chunk_size=2)
     _, m = jax.device_get(single.run_block(single.init(0), 1))
     np.testing.assert_array_equal(metrics.uplink_bits[:, -1], m.uplink_bits)  # w4a8 x none: float32 bits
+
+
+def test_specs_that_differ_in_bucket_size_are_one_variant_and_each_equals_its_single_run(population):
+    """``qsgd:2:bucket=4,qsgd:8:bucket=16`` (levels and bucket size traced) and a uniform pair: one variant each."""
+    uplinks = ["qsgd:2:bucket=4", "qsgd:8:bucket=16", "uniform:4:bucket=5", "uniform:2:bucket=7"]
+    members, fams = families(uplinks)
+    assert members == (0, 0, 1, 1)
+    variants = [engine.SweepVariant(_model("none"), lambda hp, fam=fam: fam.build(hp["uplink_value"])) for fam in fams]
+    configs = [{"seed": 0, "client_lr": 0.2, "variant": members[u], "uplink_value": value_of(fams[members[u]], spec)}
+               for u, spec in enumerate(uplinks)]
+    sim = engine.build_sweep(population, _model("none"), fedavg, SCHEDULE, cohort_size=4, num_devices=2,
+                             chunk_size=2, configs=configs, variants=variants)
+    states, metrics = jax.device_get(sim.run_block(sim.init(), 2))
+    for s, spec in enumerate(uplinks):
+        single = engine.build(population, _model("none"), fedavg({"client_lr": 0.2}), SCHEDULE, cohort_size=4,
+                              num_devices=2, chunk_size=2, uplink=compress.from_spec(spec))
+        state, m = jax.device_get(single.run_block(single.init(0), 2))
+        np.testing.assert_array_equal(metrics.uplink_bits[:, s], m.uplink_bits, err_msg=spec)
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[s], states.params)), jax.tree.leaves(state.params),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=spec)

@@ -34,7 +34,7 @@ def integer_mean(codec) -> Aggregator:
     if isum is None:
         raise ValueError(
             "integer aggregation needs an uplink codec that can be summed in the integer domain "
-            "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation)"
+            "(uniform, qsgd or terngrad, with a static bucket size, without error feedback or a Hadamard rotation)"
         )
 
     def statistics(update, weight, client_state, state, info):

@@ -162,7 +162,8 @@ def codec_encoder(codec, cohort_size: int, max_weight: int = 1) -> IntegerEncode
     isum = getattr(codec, "integer_sum", None)
     if isum is None:
         raise ValueError("secure aggregation needs an uplink codec whose codes can be summed as integers "
-                         "(uniform, qsgd or terngrad, without error feedback or a Hadamard rotation)")
+                         "(uniform, qsgd or terngrad, with a static bucket size, without error feedback or a Hadamard "
+                         "rotation)")
     finite = lambda shared: jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), shared)
 
     def statistics(update, info):

@@ -218,13 +218,14 @@ def _check_codecs(parser, args) -> None:
     """Build ``args.uplink_codec`` / ``downlink_codec`` (the first of a list); refuse a bad spec, the same codec
     twice in a list, and a list member that the aggregation cannot take."""
     from jaxqfl.compress import from_spec
-    from jaxqfl.compress.families import families
+    from jaxqfl.compress.families import families, traces_bucket
 
+    built = {}
     for flag in ("uplink", "downlink"):
         specs = args.sweep_values.get(flag, [getattr(args, flag)])
         try:
             setattr(args, f"{flag}_codec", from_spec(specs[0]))
-            families(specs)
+            built[flag] = families(specs)
         except ValueError as e:
             parser.error(f"--{flag} {','.join(specs)!r}: {e}")
     specs = args.sweep_values.get("uplink", [args.uplink])
@@ -232,6 +233,12 @@ def _check_codecs(parser, args) -> None:
         checked, flag = specs, "--integer-aggregation"
     else:  # privacy_flags.validate checks the first spec, after its own refusals
         checked, flag = (specs[1:] if getattr(args, "secure_aggregation", None) else []), "--secure-aggregation"
+    if checked:
+        for family in built["uplink"][1]:
+            if traces_bucket(family):
+                parser.error(f"{flag} needs a static bucket size (the cohort shares one scale per bucket), but "
+                             f"--uplink {','.join(family.specs)!r} differ in bucket= and would share one codec with "
+                             "a traced bucket size; sweep one bucket size per run")
     for spec in checked:
         if spec == "none" or getattr(from_spec(spec), "integer_sum", None) is None:
             parser.error(f"{flag} needs an --uplink codec whose codes can be summed as integers "

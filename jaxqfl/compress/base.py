@@ -109,8 +109,9 @@ def to_bits_scalar(count: int):
     add their own bits to an inner codec's count without int32 arithmetic.
 
     A codec with a traced parameter (``uniform(bits, max_bits=...)``,
-    ``qsgd(levels, max_levels=...)``, ``topk(fraction, choices=...)``,
-    ``randk(fraction, choices=...)``) counts its bits as a traced int32: that
+    ``qsgd(levels, max_levels=...)``, a ``bucket_size`` with ``min_bucket_size=...``,
+    ``topk(fraction, choices=...)``, ``randk(fraction, choices=...)``) counts its
+    bits as a traced int32: that
     count passes through as it is (the codec checked its static bound, see
     :func:`width_bits` and :func:`bounded_total`), :func:`count_bits` refuses
     it and :func:`inner_bits` passes it to a wrapper.

@@ -19,9 +19,23 @@ table (``jaxqfl.compress.sparsify``). In all four, ``bits(message)`` is a traced
 int32 equal to the static count of the member's value (``qsgd``: ``1 +
 bit_length(s)`` bits a coordinate, ``uniform``: ``b``, ``topk``: ``32 k +
 min(k ceil(log2 n), n)``, ``randk``: ``32 + sum 32 k``), and codes and decode
-are the static codec's. Everything else (another codec, another bucket size,
-other modifiers, ``topk:k=COUNT``, ``randk`` with another ``unbiased``,
-``none``) is a family of its own, built as the static codec.
+are the static codec's.
+
+QSGD and uniform specs that also differ in ``bucket=`` (integers) trace both
+parameters::
+
+    qsgd:4:bucket=128, qsgd:4:bucket=512, qsgd:16:bucket=512
+        ->  qsgd(levels=<traced>, bucket_size=<traced>, max_levels=16, min_bucket_size=128)
+
+The bucket size is bounded below (``ceil(n / d)`` norms or ranges are most for
+the smallest ``d``); see ``min_bucket_size`` of ``qsgd`` / ``uniform`` (bits
+exact; uniform's codes the static codec's; QSGD's norms are segment sums, equal
+to the static codec's to float rounding). Such a
+family's sweep value is the member's index (:func:`value_of`), and its codec
+has no integer-domain aggregation. Everything else (another codec,
+``bucket=none`` next to an integer bucket, other modifiers, ``topk:k=COUNT``,
+``randk`` with another ``unbiased``, ``none``) is a family of its own, built
+as the static codec.
 
     members, fams = families(["qsgd:2", "qsgd:4", "uniform:8", "none"])
     members == (0, 0, 1, 2)
@@ -38,6 +52,8 @@ the codec is built.
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax.numpy as jnp
 
 from jaxqfl.compress.spec import ParsedSpec, build, parse
 
@@ -67,6 +83,12 @@ TRACEABLE = {
 }
 """codec name -> how its factory takes a traced parameter (:class:`Traceable`)"""
 
+BUCKET = Traceable("bucket_size", "min_bucket_size", min, int)
+TRACEABLE_BUCKET = {"uniform": BUCKET, "qsgd": BUCKET}
+"""codec name -> its second traced parameter, the bucket size (bounded below: ``ceil(n / d)`` is largest
+for the smallest ``d``). Traced only when a family's members differ in it and all are integers
+(``bucket=none``, one bucket per tensor, is not one value: such specs stay a family of their own)."""
+
 NO_CODEC = ("none", "identity")  # float32 updates: the engine runs without a codec
 
 
@@ -75,11 +97,13 @@ class CodecFamily(NamedTuple):
 
     Attributes:
       specs: the member specs, in the order first given.
-      parameter: the traced argument (``"levels"``, ``"bits"``, ``"fraction"``), or ``None`` when the family
-        has one member and is built as its static codec.
-      values: each member's value of ``parameter`` (empty when ``parameter`` is ``None``).
-      build: ``build(value) -> Codec | None``: ``value`` a (traced) scalar of ``values``;
-        ignored when nothing is traced. ``None`` for ``none`` / ``identity``.
+      parameter: the traced argument (``"levels"``, ``"bits"``, ``"fraction"``), a pair of them
+        (``("levels", "bucket_size")``, ``("bits", "bucket_size")``) when the members differ in
+        ``bucket=``, or ``None`` when the family has one member and is built as its static codec.
+      values: each member's value of ``parameter`` (a pair for a pair; empty when ``parameter`` is ``None``).
+      build: ``build(value) -> Codec | None``: ``value`` a (traced) scalar, :func:`value_of` a member
+        (its value, or for a pair its index); ignored when nothing is traced. ``None`` for ``none`` /
+        ``identity``.
     """
 
     specs: tuple
@@ -88,11 +112,20 @@ class CodecFamily(NamedTuple):
     build: Callable
 
 
+def _traced_arguments(parsed: ParsedSpec) -> tuple:
+    """The arguments of ``parsed`` that a family may trace: the traceable one, and an integer bucket size."""
+    traced = (TRACEABLE[parsed.name].argument,) if parsed.name in TRACEABLE else ()
+    bucket = TRACEABLE_BUCKET.get(parsed.name)
+    if bucket is not None and parsed.arguments.get(bucket.argument) is not None:
+        traced += (bucket.argument,)
+    return traced
+
+
 def _signature(parsed: ParsedSpec) -> tuple:
-    """What must be equal for two specs to share a codec: all but the traceable argument."""
+    """What must be equal for two specs to share a codec: all but the traceable arguments."""
     name = "none" if parsed.name in NO_CODEC else parsed.name
-    traced = TRACEABLE[name].argument if name in TRACEABLE else None
-    arguments = tuple(sorted((k, v) for k, v in parsed.arguments.items() if k != traced))
+    traced = _traced_arguments(parsed)
+    arguments = tuple(sorted((k, v) for k, v in parsed.arguments.items() if k not in traced))
     modifiers = tuple(sorted((m, tuple(sorted(a.items()))) for m, a in parsed.modifiers.items()))
     return name, arguments, modifiers
 
@@ -106,11 +139,33 @@ def _family(parsed: Sequence[ParsedSpec]) -> CodecFamily:
         codec = build(first)
         return CodecFamily(specs, None, (), lambda value=None: codec)
     traceable = TRACEABLE[first.name]
+    bucket = TRACEABLE_BUCKET.get(first.name)
+    if bucket is not None and len({p.arguments.get(bucket.argument) for p in parsed}) > 1:
+        return _two_parameter_family(first, specs, parsed, (traceable, bucket))
     values = tuple(traceable.kind(p.arguments[traceable.argument]) for p in parsed)
     bound = {traceable.bound: traceable.bound_of(values)}
     build(first, **{traceable.argument: values[0]}, **bound)  # checks the bound (e.g. choices distinct in float32)
     return CodecFamily(specs, traceable.argument, values,
                        lambda value: build(first, **{traceable.argument: value}, **bound))
+
+
+def _two_parameter_family(first: ParsedSpec, specs: tuple, parsed: Sequence[ParsedSpec], traceables) -> CodecFamily:
+    """A family tracing two arguments (QSGD's levels and bucket size, uniform's bits and bucket size).
+
+    ``build(index)`` takes the traced member index (a float32 or int32 scalar, exact for the
+    few members of a sweep) and reads both values from int32 tables of the members' values.
+    """
+    values = tuple(tuple(t.kind(p.arguments[t.argument]) for t in traceables) for p in parsed)
+    bounds = {t.bound: t.bound_of(tuple(v[j] for v in values)) for j, t in enumerate(traceables)}
+    names = tuple(t.argument for t in traceables)
+    build(first, **dict(zip(names, values[0])), **bounds)  # checks the bounds
+
+    def build_member(index):
+        index = jnp.asarray(index).astype(jnp.int32)
+        traced = {name: jnp.asarray([v[j] for v in values], jnp.int32)[index] for j, name in enumerate(names)}
+        return build(first, **traced, **bounds)
+
+    return CodecFamily(specs, names, values, build_member)
 
 
 def families(specs: Sequence[str]) -> tuple[tuple[int, ...], tuple[CodecFamily, ...]]:
@@ -145,8 +200,21 @@ def families(specs: Sequence[str]) -> tuple[tuple[int, ...], tuple[CodecFamily, 
 
 
 def value_of(family: CodecFamily, spec: str) -> float:
-    """The traced value of ``spec`` in its family (0 when nothing is traced): a sweep's hyper-parameter."""
-    return float(family.values[family.specs.index(spec)]) if family.parameter else 0.0
+    """The traced value of ``spec`` in its family, a sweep's hyper-parameter that ``family.build`` takes.
+
+    One traced parameter: its value (``value_of(qsgd family, "qsgd:16") == 16.0``). Two (members
+    that differ in ``bucket=``): the member's index in ``family.specs``. Nothing traced: 0.
+    """
+    if not family.parameter:
+        return 0.0
+    index = family.specs.index(spec)
+    return float(index) if isinstance(family.parameter, tuple) else float(family.values[index])
 
 
-__all__ = ["CodecFamily", "TRACEABLE", "Traceable", "families", "value_of"]
+def traces_bucket(family: CodecFamily) -> bool:
+    """Whether ``family``'s codec has a traced bucket size (then it has no integer-domain aggregation)."""
+    return isinstance(family.parameter, tuple) and BUCKET.argument in family.parameter
+
+
+__all__ = ["BUCKET", "CodecFamily", "TRACEABLE", "TRACEABLE_BUCKET", "Traceable", "families", "traces_bucket",
+           "value_of"]

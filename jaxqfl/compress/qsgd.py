@@ -33,7 +33,17 @@ from jaxqfl.compress.base import (
     to_bits_scalar,
     width_bits,
 )
-from jaxqfl.compress.buckets import bucket_layout, from_buckets, to_buckets
+from jaxqfl.compress.buckets import (
+    bucket_ids,
+    bucket_layout,
+    check_traced_bucket_size,
+    from_buckets,
+    max_buckets,
+    num_buckets,
+    segment_stat,
+    to_buckets,
+    used_slots,
+)
 from jaxqfl.compress.integer_sum import IntegerSum
 
 MAX_LEVELS = 2**15 - 1
@@ -69,7 +79,8 @@ def traced_level_bits(levels: jax.Array) -> jax.Array:
     return 1 + (32 - jax.lax.clz(levels))
 
 
-def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels: Optional[int] = None) -> Codec:
+def qsgd(levels, bucket_size=DEFAULT_BUCKET_SIZE, *, max_levels: Optional[int] = None,
+         min_bucket_size: Optional[int] = None) -> Codec:
     """QSGD with ``s = levels`` quantization levels and buckets of ``d = bucket_size``.
 
     Args:
@@ -79,6 +90,17 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
         ``max_levels`` and ``bits(message)`` is a traced int32 that follows ``s``.
       bucket_size: ``d``; ``None`` for one bucket per tensor. Default 512.
       max_levels: the largest ``s`` a traced ``levels`` may take, in ``[1, 32767]``.
+      min_bucket_size: ``d_min``, the smallest ``d`` a traced ``bucket_size`` may take
+        (>= 1). With it ``bucket_size`` may be a traced int32 scalar (an integer, not
+        ``None``): coordinate ``i`` of the flattened tensor is in bucket ``i // d``, the
+        norms are segment sums into a static container of ``ceil(n / d_min)`` slots
+        (``ceil(n / d)`` used, the rest 0), and decode gathers each coordinate's norm
+        (``jaxqfl.compress.buckets``; cost: a segment sum and two gathers of ``n``). The
+        norms are the static codec's up to float rounding (another summation order), so
+        decode equals it to ~1e-6 relative and codes equal it except where ``s |v_i| /
+        ||v||`` meets a rounding tie; ``bits(message)`` is a traced int32 equal to the
+        static count for ``d`` exactly. No integer-domain aggregation (``integer_sum``
+        is ``None``): its shared norms need a static layout.
 
     Bits per tensor of ``n`` elements:
     ``32 * ceil(n / d) + n * (1 + ceil(log2(s + 1)))``.
@@ -90,6 +112,8 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
     ``sum_i w_i decode_i = (N / s) * sum_i w_i code_i``.
     """
     levels, most = bounded_parameter("qsgd levels", levels, "qsgd max_levels", max_levels, high=MAX_LEVELS)
+    if min_bucket_size is not None:
+        return _traced_bucket_qsgd(levels, most, *check_traced_bucket_size(bucket_size, min_bucket_size))
     bucket_size = check_bucket_size(bucket_size)
     code_dtype = jnp.int8 if most <= 127 else jnp.int16
     static = isinstance(levels, int)
@@ -157,3 +181,38 @@ def qsgd(levels, bucket_size: Optional[int] = DEFAULT_BUCKET_SIZE, *, max_levels
     integer_sum = IntegerSum(scale_stats, quantize, dequantize_sum, most, integer_bits)
     return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, prepare_leaf=prepare_leaf,
                     integer_sum=integer_sum, leaf_bound=leaf_bound)
+
+
+def _traced_bucket_qsgd(levels, most: int, bucket_size: jax.Array, min_bucket_size: int) -> Codec:
+    """:func:`qsgd` with a traced int32 ``d >= d_min``: segment norms, static ``ceil(n / d_min)`` slots."""
+    code_dtype = jnp.int8 if most <= 127 else jnp.int16
+    coordinate_bits = level_bits(levels) if isinstance(levels, int) else traced_level_bits(levels)
+    grid = levels if isinstance(levels, int) else levels.astype(jnp.float32)
+
+    def prepare_leaf(x):
+        flat = x.astype(jnp.float32).reshape(-1)
+        ids = bucket_ids(flat.size, bucket_size)
+        used = used_slots(max_buckets(flat.size, min_bucket_size), flat.size, bucket_size)
+        norm = jnp.sqrt(segment_stat(flat * flat, ids, used, "sum"))
+        safe_norm = jnp.where(norm > 0, norm, 1.0)
+        position = jnp.abs(flat) * (grid / safe_norm)[ids]  # the static _level_position, per coordinate
+        return position.reshape(x.shape), (x, norm)
+
+    def encode_leaf(rounded, aux):
+        x, norm = aux
+        return QSGDMessage(_signed_levels(rounded, x, grid).astype(code_dtype), norm)
+
+    def decode_leaf(m):
+        codes = m.codes.astype(jnp.float32).reshape(-1)
+        ids = bucket_ids(codes.size, bucket_size)
+        return (codes * (m.norm / grid)[ids]).reshape(m.codes.shape)
+
+    def leaf_bits(m):  # 1 + ceil(log2(s + 1)) a coordinate, a float32 norm per used bucket
+        n = numel(m.codes)
+        return jnp.asarray(coordinate_bits, jnp.int32) * n + FLOAT_BITS * num_buckets(n, bucket_size)
+
+    def leaf_bound(m):  # at the largest s and the smallest d (every slot used): checked against int32
+        return level_bits(most) * numel(m.codes) + FLOAT_BITS * numel(m.norm)
+
+    return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, prepare_leaf=prepare_leaf,
+                    leaf_bound=leaf_bound)
