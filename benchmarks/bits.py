@@ -244,9 +244,9 @@ def _markdown(r) -> str:
         "",
         f"Speed-up {f['speedup']:.1f}x. Uplink bits of every timed separate run equal its config's in the sweep "
         f"{'exactly' if f['bits_equal'] else '(NOT: a defect)'}; final accuracies differ by at most "
-        f"{f['max_accuracy_difference']:.1e}: the vmapped sweep and a single run agree to ~1e-7 in the parameters "
-        f"each round (checked over 10 rounds), and {r['rounds']} rounds of stochastic rounding in a non-convex model "
-        "amplify that. "
+        f"{f['max_accuracy_difference']:.1e}: the vmapped sweep and a single run agree to float precision in the "
+        f"parameters each round (`tests/test_sweep_variants.py`), and {r['rounds']} rounds of stochastic rounding "
+        "and QAT rounding flips in a non-convex model amplify that. "
         f"FLOPs: {fl['forward_flops_per_example']:,.0f} forward FLOPs an example, "
         f"{fl['train_flops_per_round_all_configs'] / 1e9:.2f} GFLOP of training a round for all configs: the "
         f"floor at the measured peak is {fl['floor_seconds'] * 1e3:.1f} ms, the sweep's round "
