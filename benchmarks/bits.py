@@ -299,7 +299,7 @@ def _plot(r, path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("total uplink bits (all clients, all rounds)")
     ax.set_ylabel("final test accuracy")
-    ax.set_title(f"MNIST shards, {w.title}, {r['rounds']} rounds: accuracy against uplink bits "
+    ax.set_title(f"MNIST {w.partition}, {w.title}, {r['rounds']} rounds: accuracy against uplink bits "
                  f"({len(w.seeds)} seed{'s' if len(w.seeds) > 1 else ''})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
