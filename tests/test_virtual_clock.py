@@ -87,13 +87,24 @@ def test_a_speeds_file_gives_each_client_its_row(tmp_path):
     assert json.loads((out / "summary.json").read_text())["sim_time_total"] == pytest.approx(4 * 2 * 2.0)
 
 
+def test_each_config_of_a_sweep_runs_the_clock_of_its_single_run(tmp_path):
+    """Config ``seed=1`` of a sweep: its clients' speeds from its seed, its own cohorts and QSGD bits."""
+    sweep, single = tmp_path / "sweep", tmp_path / "single"
+    common = [*SYNTH, "--uplink", "qsgd:4", "--speeds", "lognormal:0.8"]
+    assert main(["run", *common, "--seeds", "0-1", "--out", str(sweep)]) == 0
+    assert main(["run", *common, "--seed", "1", "--out", str(single)]) == 0
+    configs = json.loads((sweep / "sweep.json").read_text())["configs"]
+    want = json.loads((single / "summary.json").read_text())["sim_time_total"]
+    assert configs[1]["sim_time_total"] == pytest.approx(want, rel=1e-12)
+    assert configs[0]["sim_time_total"] != configs[1]["sim_time_total"]  # another seed: other speeds and cohorts
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--speeds", "lognormal:x"], "SIGMA 'x' is not a number"),
     (["--speeds", "lognormal:-1"], "SIGMA must be a finite number >= 0"),
     (["--speeds", "nowhere.csv"], "is neither lognormal:SIGMA nor a file"),
     (["--bandwidth", "5"], "--bandwidth applies to --speeds"),
     (["--speeds", "lognormal:1", "--step-seconds", "0"], "must be a finite number > 0"),
-    (["--speeds", "lognormal:1", "--seeds", "0-1"], "does not combine with --seeds"),
     (["--target-accuracy", "1.5"], "--target-accuracy must lie in (0, 1]"),
 ])
 def test_bad_speeds_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):

@@ -143,7 +143,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     import jax
 
     from jaxqfl import engine
-    from jaxqfl.cli import config_file, outputs, personal_flags, privacy_flags, run_setup
+    from jaxqfl.cli import config_file, outputs, personal_flags, privacy_flags, run_setup, systems_flags
     from jaxqfl.engine import checkpoint
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
@@ -176,7 +176,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         states, meta = _restore_readable(ckpt_dir, sim.init(), args._resume_step)
         records, block = [list(r) for r in meta["records"]], int(meta["block_rounds"])
         totals = engine.SweepTotals(meta["uplink_bits_total"], meta["downlink_bits_total"],
-                                    float(meta["train_seconds"]), meta["diverged"])
+                                    float(meta["train_seconds"]), meta["diverged"], meta.get("sim_time"))
     start_round = 0 if states is None else int(np.max(np.asarray(jax.device_get(states.round))))
     names = [config_name(c) for c in configs]
     files = []
@@ -203,6 +203,11 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
     fingerprint, write_error, decided = run_setup.fingerprint(run_config), [], [None]
+    try:  # each config's clients' speeds, from its seed (--speeds)
+        client_systems = systems_flags.build_per_config(args, population.num_clients, [c["seed"] for c in configs])
+    except (OSError, ValueError) as e:
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        return 2
 
     def stopping() -> bool:
         return (stop is not None and stop.requested) or bool(write_error)
@@ -218,7 +223,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                 "config": run_config, "fingerprint": fingerprint, "records": records, "block_rounds": block,
                 "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
                 "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits,
-                "train_seconds": t.seconds, "diverged": t.diverged})
+                "train_seconds": t.seconds, "diverged": t.diverged, "sim_time": t.sim_time})
             try:
                 checkpoint.save(ckpt_dir, states, meta)
             except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
@@ -229,11 +234,12 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         if start_round >= args.rounds:
             t = totals
             results = [engine.RunResult(jax.tree.map(lambda a, s=s: a[s], states), [], 0.0, t.seconds, 0,
-                                        t.uplink_bits[s], t.downlink_bits[s], t.diverged[s]) for s in range(len(configs))]
+                                        t.uplink_bits[s], t.downlink_bits[s], t.diverged[s],
+                                        sim_time=t.sim_time[s] if t.sim_time else None) for s in range(len(configs))]
         else:
             results = engine.run_sweep(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
                                        on_eval=on_eval, should_stop=should_stop, states=states, block_rounds=block,
-                                       totals=totals, after_block=after_block)
+                                       totals=totals, after_block=after_block, systems=client_systems)
     except privacy_flags.RoundFailed as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return e.exit_status
@@ -276,6 +282,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "algorithm": args.algorithm, "aggregator": args.aggregator, "attack": args.attack,
             **privacy_flags.summary_fields(args, population.num_clients, noise=config.get("dp_noise")),
             **costs[preset],
+            **systems_flags.summary_fields(args, result, result.records),
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -290,6 +297,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                                          for k in FINAL_KEYS if k in f},
                      **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {}),
                      "uplink_bits_total": r.uplink_bits_total, "downlink_bits_total": r.downlink_bits_total,
+                     **systems_flags.summary_fields(args, r, r.records),
                      "diverged": r.diverged_round is not None, "diverged_round": r.diverged_round}
                     for c, n, f, r in zip(configs, names, finals, results)],
         "by_hyperparameters": rows,

@@ -13,7 +13,10 @@ waits for its whole cohort and takes the slowest client's ``steps x seconds per
 step + (uplink + downlink bits) / bandwidth`` of simulated time, with the exact
 bits of the codecs; ``metrics.jsonl`` carries the clock as ``sim_time``,
 ``summary.json`` ``sim_time_total``. The clock never changes the training: a run
-with ``--speeds`` gives the same parameters as without.
+with ``--speeds`` gives the same parameters as without. In a sweep (``--seeds``,
+list-valued flags) every config runs its own clock, its speeds drawn from its
+seed as its single run's (``sweep.json`` then has each config's
+``sim_time_total`` and ``time_to_target``).
 
 ``--target-accuracy A`` adds ``rounds_to_target`` and ``time_to_target``
 (simulated seconds, with ``--speeds``) to ``summary.json``: those of the first
@@ -87,9 +90,6 @@ def validate(parser, args) -> None:
         if given:
             parser.error(f"{given[0]} applies to --speeds lognormal:SIGMA (a --speeds file gives every client's "
                          f"values)")
-    if args.sweep_values or args.seeds is not None:
-        parser.error("--speeds runs the virtual clock of single training runs; it does not combine with --seeds or "
-                     "a list-valued flag (a sweep) yet")
 
 
 def misfit(args, task_name: str) -> str | None:
@@ -101,8 +101,9 @@ def misfit(args, task_name: str) -> str | None:
     return None
 
 
-def build(args, num_clients: int):
-    """The run's ``ClientSystems`` (None without ``--speeds``); ValueError naming a bad profile file."""
+def build(args, num_clients: int, seed: int | None = None):
+    """The run's ``ClientSystems`` (None without ``--speeds``), drawn from ``seed`` (default ``--seed``);
+    ValueError naming a bad profile file."""
     if args.speeds is None:
         return None
     import jax
@@ -112,8 +113,19 @@ def build(args, num_clients: int):
     sigma = sigma_of(args.speeds)
     if sigma is None:
         return systems.load_systems_csv(args.speeds, num_clients)
-    return systems.draw_lognormal_systems(jax.random.key(args.seed), num_clients, sigma,
+    return systems.draw_lognormal_systems(jax.random.key(args.seed if seed is None else seed), num_clients, sigma,
                                           step_seconds=args.step_seconds, bandwidth_bps=args.bandwidth)
+
+
+def build_per_config(args, num_clients: int, seeds) -> list | None:
+    """A sweep's profiles: config ``s`` draws from its own seed, as its single run would (None without ``--speeds``)."""
+    if args.speeds is None:
+        return None
+    drawn = {}
+    for seed in seeds:
+        if seed not in drawn:
+            drawn[seed] = build(args, num_clients, seed)
+    return [drawn[seed] for seed in seeds]
 
 
 def summary_fields(args, result, records: list[dict]) -> dict:

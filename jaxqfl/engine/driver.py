@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,7 @@ class SweepTotals(NamedTuple):
     downlink_bits: list  # [S] ints
     seconds: float  # the sweep's device seconds so far
     diverged: list  # [S] first non-finite round, or None
+    sim_time: list | None = None  # [S] with systems: each config's virtual clock (jaxqfl.systems)
 
     @classmethod
     def zeros(cls, num_configs: int) -> "SweepTotals":
@@ -245,6 +246,7 @@ def run_sweep(
     block_rounds: int | None = None,
     totals: "SweepTotals | None" = None,
     after_block: Callable[[object, "SweepTotals"], None] | None = None,
+    systems: Sequence | None = None,
 ) -> list[RunResult]:
     """Run a ``SweepSimulation`` (``jaxqfl.engine.sweep``): one ``RunResult`` per config.
 
@@ -265,6 +267,10 @@ def run_sweep(
     the last round). ``after_block(states, totals)`` runs after every block (the CLI
     writes checkpoints from it); ``states`` is donated to the next block, so save or
     copy what you keep before returning.
+
+    ``systems``: one ``jaxqfl.systems.ClientSystems`` per config (each config's clients'
+    speeds, e.g. drawn from its seed): every config runs its own virtual clock, as ``run``
+    does for one (records' ``sim_time``, ``RunResult.sim_time``, ``totals.sim_time``).
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
@@ -282,6 +288,9 @@ def run_sweep(
     up, down = np.asarray(totals.uplink_bits, np.int64).copy(), np.asarray(totals.downlink_bits, np.int64).copy()
     diverged: list[int | None] = list(totals.diverged)
     train_seconds, done, stopped = float(totals.seconds), 0, False
+    if systems is not None and len(systems) != S:
+        raise ValueError(f"systems must give one ClientSystems per config ({S}), got {len(systems)}")
+    clock = None if systems is None else [float(t) for t in (totals.sim_time or [0.0] * S)]
     while done < rounds:
         if should_stop is not None and should_stop():
             stopped = True
@@ -293,6 +302,10 @@ def run_sweep(
         train_seconds += time.perf_counter() - t0
         up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
+        if clock is not None:
+            for s in range(S):
+                clock[s] += float(np.sum(virtual_clock.block_seconds(
+                    systems[s], jax.tree.map(lambda a, s=s: a[:, s], metrics), active)))
         first = start_round + done
         done += active
         now = start_round + done
@@ -307,12 +320,15 @@ def run_sweep(
             for s, ev in enumerate(sim.evaluate(states)):
                 config_metrics = jax.tree.map(lambda a: a[:, s], metrics)
                 rec = block_record(now, ev, config_metrics, active, int(up[s]), int(down[s]), train_seconds)
+                if clock is not None:
+                    rec["sim_time"] = clock[s]
                 records[s].append(rec)
                 if on_eval is not None:
                     on_eval(s, rec)
         if after_block is not None:
-            after_block(states, SweepTotals(up.tolist(), down.tolist(), train_seconds, list(diverged)))
+            after_block(states, SweepTotals(up.tolist(), down.tolist(), train_seconds, list(diverged),
+                                            None if clock is None else list(clock)))
     config_state = lambda s: jax.tree.map(lambda a: a[s], states)
     return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, done, int(up[s]), int(down[s]),
-                      diverged[s], stopped)
+                      diverged[s], stopped, sim_time=None if clock is None else clock[s])
             for s in range(S)]
