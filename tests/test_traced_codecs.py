@@ -12,8 +12,8 @@ import pytest
 
 from jaxqfl import compress as C
 from jaxqfl.compress.families import families, value_of
+from unbiased import Z, assert_unbiased
 
-Z = 5.0
 TREE = {"w": jax.random.normal(jax.random.key(4), (9, 7)), "b": jnp.linspace(-2.0, 3.0, 11)}
 
 
@@ -76,8 +76,7 @@ def test_traced_qsgd_is_unbiased_and_within_the_lemma_bound(levels):
     keys = jax.random.split(jax.random.key(levels, impl="rbg"), 4000)
     samples = np.asarray(jax.jit(jax.vmap(decode, in_axes=(None, 0)))(jnp.int32(levels), keys), np.float64)
     n = samples.shape[0]
-    se = np.sqrt(samples.var(0, ddof=1) + np.max(np.abs(samples - vn)) ** 2 / n) / math.sqrt(n)
-    assert np.all(np.abs(samples.mean(0) - vn) <= Z * se + 1e-6)
+    assert_unbiased(samples, vn)
     norm2 = float(vn @ vn)
     r = levels * np.abs(vn) / math.sqrt(norm2)
     p = r - np.floor(r)
@@ -95,10 +94,7 @@ def test_traced_uniform_is_unbiased():
         return codec.decode(codec.encode(x, (), key)[0])
 
     keys = jax.random.split(jax.random.key(1, impl="rbg"), 4000)
-    samples = np.asarray(jax.jit(jax.vmap(decode, in_axes=(None, 0)))(jnp.int32(2), keys), np.float64)
-    xn = np.asarray(x, np.float64)
-    se = np.sqrt(samples.var(0, ddof=1) + np.max(np.abs(samples - xn)) ** 2 / 4000) / math.sqrt(4000)
-    assert np.all(np.abs(samples.mean(0) - xn) <= Z * se + 1e-6)
+    assert_unbiased(jax.jit(jax.vmap(decode, in_axes=(None, 0)))(jnp.int32(2), keys), x)
 
 
 def test_the_integer_sum_of_a_traced_codec_bounds_codes_by_the_largest_value():
