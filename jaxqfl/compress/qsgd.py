@@ -112,14 +112,19 @@ def qsgd(levels, bucket_size=DEFAULT_BUCKET_SIZE, *, max_levels: Optional[int] =
     ``sum_i w_i decode_i = (N / s) * sum_i w_i code_i``.
     """
     levels, most = bounded_parameter("qsgd levels", levels, "qsgd max_levels", max_levels, high=MAX_LEVELS)
-    if min_bucket_size is not None:
-        return _traced_bucket_qsgd(levels, most, *check_traced_bucket_size(bucket_size, min_bucket_size))
-    bucket_size = check_bucket_size(bucket_size)
     code_dtype = jnp.int8 if most <= 127 else jnp.int16
     static = isinstance(levels, int)
     coordinate_bits = level_bits(levels) if static else traced_level_bits(levels)
     if not static:
         levels = levels.astype(jnp.float32)  # the grid arithmetic of the static codec, in float32
+
+    def leaf_bound(m):  # the count at the largest s (and smallest d): the model total is checked against int32
+        return level_bits(most) * numel(m.codes) + FLOAT_BITS * numel(m.norm)
+
+    if min_bucket_size is not None:
+        return _traced_bucket_qsgd(levels, code_dtype, coordinate_bits, leaf_bound,
+                                   *check_traced_bucket_size(bucket_size, min_bucket_size))
+    bucket_size = check_bucket_size(bucket_size)
 
     def code_bits(elements: int, floats: int):
         return width_bits(coordinate_bits, elements, FLOAT_BITS * floats, level_bits(most))
@@ -140,9 +145,6 @@ def qsgd(levels, bucket_size=DEFAULT_BUCKET_SIZE, *, max_levels: Optional[int] =
 
     def leaf_bits(m):
         return code_bits(numel(m.codes), numel(m.norm))
-
-    def leaf_bound(m):  # the count at the largest level count: the model total is checked against int32 on it
-        return level_bits(most) * numel(m.codes) + FLOAT_BITS * numel(m.norm)
 
     # ---- integer-domain aggregation -------------------------------------------------
     def scale_stats(delta):
@@ -183,11 +185,13 @@ def qsgd(levels, bucket_size=DEFAULT_BUCKET_SIZE, *, max_levels: Optional[int] =
                     integer_sum=integer_sum, leaf_bound=leaf_bound)
 
 
-def _traced_bucket_qsgd(levels, most: int, bucket_size: jax.Array, min_bucket_size: int) -> Codec:
-    """:func:`qsgd` with a traced int32 ``d >= d_min``: segment norms, static ``ceil(n / d_min)`` slots."""
-    code_dtype = jnp.int8 if most <= 127 else jnp.int16
-    coordinate_bits = level_bits(levels) if isinstance(levels, int) else traced_level_bits(levels)
-    grid = levels if isinstance(levels, int) else levels.astype(jnp.float32)
+def _traced_bucket_qsgd(grid, code_dtype, coordinate_bits, leaf_bound, bucket_size: jax.Array,
+                        min_bucket_size: int) -> Codec:
+    """:func:`qsgd` with a traced int32 ``d >= d_min``: segment norms, static ``ceil(n / d_min)`` slots.
+
+    ``grid`` (``s``: an int, or a traced float32), ``code_dtype``, ``coordinate_bits`` and
+    ``leaf_bound`` are :func:`qsgd`'s.
+    """
 
     def prepare_leaf(x):
         flat = x.astype(jnp.float32).reshape(-1)
@@ -210,9 +214,6 @@ def _traced_bucket_qsgd(levels, most: int, bucket_size: jax.Array, min_bucket_si
     def leaf_bits(m):  # 1 + ceil(log2(s + 1)) a coordinate, a float32 norm per used bucket
         n = numel(m.codes)
         return jnp.asarray(coordinate_bits, jnp.int32) * n + FLOAT_BITS * num_buckets(n, bucket_size)
-
-    def leaf_bound(m):  # at the largest s and the smallest d (every slot used): checked against int32
-        return level_bits(most) * numel(m.codes) + FLOAT_BITS * numel(m.norm)
 
     return leafwise(encode_leaf, decode_leaf, leaf_bits, QSGDMessage, prepare_leaf=prepare_leaf,
                     leaf_bound=leaf_bound)

@@ -101,9 +101,13 @@ def uniform(bits, bucket_size=None, *, max_bits: Optional[int] = None,
     bits, widest = bounded_parameter("uniform bits", bits, "uniform max_bits", max_bits, high=MAX_BITS)
     num_levels = 2**bits if isinstance(bits, int) else jnp.left_shift(jnp.int32(1), bits).astype(jnp.float32)
     code_dtype = jnp.uint8 if widest <= 8 else jnp.uint16
+
+    def leaf_bound(m):  # the count at the widest b (and smallest d): the model total is checked against int32
+        return widest * numel(m.codes) + FLOAT_BITS * (numel(m.low) + numel(m.step))
+
     if min_bucket_size is not None:
         bucket, smallest = check_traced_bucket_size(bucket_size, min_bucket_size)
-        return _traced_bucket_uniform(bits, widest, num_levels, code_dtype, bucket, smallest)
+        return _traced_bucket_uniform(bits, num_levels, code_dtype, leaf_bound, bucket, smallest)
     bucket_size = check_bucket_size(bucket_size)
 
     def code_bits(elements: int, floats: int):
@@ -126,9 +130,6 @@ def uniform(bits, bucket_size=None, *, max_bits: Optional[int] = None,
 
     def leaf_bits(m):
         return code_bits(numel(m.codes), numel(m.low) + numel(m.step))
-
-    def leaf_bound(m):  # the count at the widest bit width: the model total is checked against int32 on it
-        return widest * numel(m.codes) + FLOAT_BITS * (numel(m.low) + numel(m.step))
 
     # ---- integer-domain aggregation -------------------------------------------------
     def scale_stats(delta):
@@ -175,7 +176,7 @@ def uniform(bits, bucket_size=None, *, max_bits: Optional[int] = None,
                     integer_sum=integer_sum, leaf_bound=leaf_bound)
 
 
-def _traced_bucket_uniform(bits, widest: int, num_levels, code_dtype, bucket_size: jax.Array,
+def _traced_bucket_uniform(bits, num_levels, code_dtype, leaf_bound, bucket_size: jax.Array,
                            min_bucket_size: int) -> Codec:
     """:func:`uniform` with a traced int32 ``d >= d_min``: segment min / max, static ``ceil(n / d_min)`` slots.
 
@@ -230,9 +231,6 @@ def _traced_bucket_uniform(bits, widest: int, num_levels, code_dtype, bucket_siz
     def leaf_bits(m):  # b a coordinate, a float32 low and step per used bucket
         n = numel(m.codes)
         return jnp.asarray(bits, jnp.int32) * n + 2 * FLOAT_BITS * num_buckets(n, bucket_size)
-
-    def leaf_bound(m):  # at the widest b and the smallest d (every slot used): checked against int32
-        return widest * numel(m.codes) + FLOAT_BITS * (numel(m.low) + numel(m.step))
 
     codec = leafwise(None, decode_leaf, leaf_bits, UniformMessage, leaf_bound=leaf_bound)
     return codec._replace(encode=encode)
