@@ -414,8 +414,9 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     if args.cohort_size > population.num_clients:
         fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
-    if systems_flags.misfit(args, task.name):
-        fail(systems_flags.misfit(args, task.name))
+    misfit = systems_flags.misfit(args, task.name)
+    if misfit:
+        fail(misfit)
     data_seconds = time.perf_counter() - t_start
     if task.name == "clustering":  # federated k-means: seeding round, then Lloyd / mini-batch rounds
         if args.sweep_values or args.seeds is not None:

@@ -250,7 +250,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     for r, recs in zip(results, records):  # the records of the rounds before a resume count too
         r.records = recs
     costs = {}  # BOPs and model bytes per preset (jaxqfl.models.cost), as a single run's summary
-    finals = []
+    finals, clocks = [], []
     for config, name, result in zip(configs, names, results):
         preset = config.get("quant", args.quant)
         if preset not in costs:
@@ -259,6 +259,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             costs[preset] = _cost_fields(argparse.Namespace(**{**vars(args), "quant": preset}), population)
         final = {k: _finite(v) for k, v in result.final.items()}
         finals.append(final)
+        clocks.append(systems_flags.summary_fields(args, result, result.records))  # {} without --speeds
         summary = {
             "dataset": args.dataset, "model": args.model, "config": {**{k: v for k, v in vars(args).items()
                                                                         if k not in ("uplink_codec", "downlink_codec",
@@ -282,7 +283,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "algorithm": args.algorithm, "aggregator": args.aggregator, "attack": args.attack,
             **privacy_flags.summary_fields(args, population.num_clients, noise=config.get("dp_noise")),
             **costs[preset],
-            **systems_flags.summary_fields(args, result, result.records),
+            **clocks[-1],
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -297,9 +298,9 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                                          for k in FINAL_KEYS if k in f},
                      **({"dp_epsilon": f["dp_epsilon"]} if "dp_epsilon" in f else {}),
                      "uplink_bits_total": r.uplink_bits_total, "downlink_bits_total": r.downlink_bits_total,
-                     **systems_flags.summary_fields(args, r, r.records),
+                     **clock,
                      "diverged": r.diverged_round is not None, "diverged_round": r.diverged_round}
-                    for c, n, f, r in zip(configs, names, finals, results)],
+                    for c, n, f, r, clock in zip(configs, names, finals, results, clocks)],
         "by_hyperparameters": rows,
         "swept": swept,
         "seeds": seeds,
