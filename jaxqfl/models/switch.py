@@ -87,7 +87,7 @@ def family_model(make_model: Callable[..., Model], presets: Sequence) -> Callabl
       family's width table. It builds the model (cheap: a Flax module and its
       binding) every time it is called, i.e. once per trace of the per-client function.
     """
-    from jaxqfl.quant.policy import bit_family
+    from jaxqfl.quant.bit_family import bit_family
 
     presets = tuple(presets)
     if len(set(p if isinstance(p, str) else id(p) for p in presets)) < 2:

@@ -39,8 +39,8 @@ from jaxqfl.quant.export import Exported, export
 from jaxqfl.quant.floats import cast, round_float_stochastic
 from jaxqfl.quant.learned import lsq, lsq_grid, lsq_step_grad, pact
 from jaxqfl.quant.nonuniform import codebook, kmeans, kmeans_fit, natural_compression, nf4, nf4_table, power_of_two
-from jaxqfl.quant.policy import (FIRST, LAST, PRESETS, BitFamily, Binding, Policy, Rule, bind, bit_family, param_paths,
-                                 preset, resolve)
+from jaxqfl.quant.bit_family import BitFamily, bit_family
+from jaxqfl.quant.policy import FIRST, LAST, PRESETS, Binding, Policy, Rule, bind, param_paths, preset, resolve
 from jaxqfl.quant.qtensor import LearnedQuantizer, QTensor, Quantizer, static_bits
 from jaxqfl.quant.uniform import binary, code_range, uniform
 

@@ -53,7 +53,7 @@ class Quantizer(NamedTuple):
     ``spec``: ``(factory name, ((keyword, value), ...))``, the hyper-parameters other
     than ``bits`` that built the quantizer, where the factory records them (``uniform``
     does; ``()`` otherwise). Two quantizers with equal non-empty specs differ at most
-    in their bit-widths (``jaxqfl.quant.policy.bit_family``).
+    in their bit-widths (``jaxqfl.quant.bit_family``).
     """
 
     quantize: Callable[..., QTensor]

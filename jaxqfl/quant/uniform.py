@@ -229,7 +229,7 @@ def uniform(
         ``uniform(b, ...)``'s bit for bit in float32; codes are stored in the dtype of
         ``max_bits`` (``int8``/``uint8`` up to 8 bits, 16-bit above). A traced ``b`` cannot
         be checked here: it must lie in ``[2, max_bits]`` (binary, ``b = 1``, is static
-        only); whoever feeds it checks its values on the host (``policy.bit_family``
+        only); whoever feeds it checks its values on the host (``bit_family``
         builds it from static presets' widths). The quantizer's ``bits`` field then
         holds ``max_bits`` and ``traced_bits`` the traced width (:class:`Quantizer`):
         consumers that need a static count refuse it (``qtensor.static_bits``).
