@@ -109,3 +109,16 @@ def test_each_config_of_a_sweep_runs_the_clock_of_its_single_run(tmp_path):
 ])
 def test_bad_speeds_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, [*SYNTH, *argv], message)
+
+
+@pytest.mark.parametrize("sweep", [[], ["--seeds", "0-1"]])
+def test_a_speeds_file_missing_clients_is_refused_before_anything_is_written(tmp_path, capsys, sweep):
+    speeds = tmp_path / "speeds.csv"
+    speeds.write_text("client,seconds_per_step,bandwidth_bps\n0,1,1\n")
+    out = tmp_path / "out"
+    try:
+        status = main(["run", *SYNTH, "--speeds", str(speeds), *sweep, "--out", str(out)])
+    except SystemExit as e:
+        status = e.code
+    assert status == 2 and "no row for client(s) [1, 2" in capsys.readouterr().err
+    assert not out.exists() or [p.name for p in out.iterdir()] in ([], [".jaxqfl.lock"])  # no config, no run folders

@@ -164,6 +164,11 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         uplink=uplink, downlink=None if args.downlink == "none" else args.downlink_codec,
         make_aggregator=make_aggregator, label_transform=label_transform, variants=variants,
     )
+    try:  # each config's clients' speeds, from its seed (--speeds): read before the folder is made
+        client_systems = systems_flags.build_per_config(args, population.num_clients, [c["seed"] for c in configs])
+    except (OSError, ValueError) as e:
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        return 2
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_config = config_file.config_of(args)
@@ -203,11 +208,6 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
     fingerprint, write_error, decided = run_setup.fingerprint(run_config), [], [None]
-    try:  # each config's clients' speeds, from its seed (--speeds)
-        client_systems = systems_flags.build_per_config(args, population.num_clients, [c["seed"] for c in configs])
-    except (OSError, ValueError) as e:
-        print(f"jaxqfl run: error: {e}", file=sys.stderr)
-        return 2
 
     def stopping() -> bool:
         return (stop is not None and stop.requested) or bool(write_error)
