@@ -38,6 +38,9 @@ import numpy as np
 from jaxqfl import keys
 
 
+ROUND_SECONDS = "round_sim_seconds"  # the server metric of a round program that times its own rounds
+
+
 class ClientSystems(NamedTuple):
     """Per-client systems profile: arrays of shape ``[num_clients]``, float32."""
     seconds_per_step: jax.Array  # simulated seconds one local step takes on the client's device
@@ -88,8 +91,13 @@ def block_seconds(systems: ClientSystems, metrics, active: int) -> np.ndarray:
     """``[active]`` float64: the simulated seconds of each active round of a block.
 
     ``metrics``: the block's ``RoundMetrics`` (leading ``[R]`` axis, on the host); every
-    client of a round's cohort is waited for (``cohort >= 0``).
+    client of a round's cohort is waited for (``cohort >= 0``). A round program that
+    times its rounds itself (a deadline, buffered asynchronous rounds) reports each
+    round's simulated seconds as the server metric ``ROUND_SECONDS``; those are used as
+    they are.
     """
+    if ROUND_SECONDS in metrics.server:
+        return np.asarray(metrics.server[ROUND_SECONDS][:active], np.float64)
     cohort = np.asarray(metrics.cohort[:active])
     waited = cohort >= 0
     seconds = _rounds_seconds(systems, np.where(waited, cohort, 0).astype(np.int32),
