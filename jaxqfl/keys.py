@@ -88,10 +88,12 @@ ATTACK = 11  # a threat model's randomness (simulated Byzantine clients)
 SEEDING = 12  # k-means seeding: a client's sample slots, the server's k-means++ draws
 PERSONAL = 13  # per-client evaluation: a client's fine-tuning batches from the evaluated model
 SYSTEMS = 14  # a client's device speed and link bandwidth, drawn once per run (jaxqfl.systems)
+AVAILABILITY = 17  # whether a client can be sampled in a round, and its diurnal phase (jaxqfl.systems.availability)
 PURPOSES = {
     "cohort": COHORT, "batch": BATCH, "quant": QUANT, "uplink": UPLINK, "downlink": DOWNLINK, "dp": DP,
     "aggregate": AGGREGATE, "init": INIT, "dropout": DROPOUT, "rotation": ROTATION, "inner": INNER,
     "attack": ATTACK, "seeding": SEEDING, "personal": PERSONAL, "systems": SYSTEMS,
+    "availability": AVAILABILITY,
 }
 if len(set(PURPOSES.values())) != len(PURPOSES) or len(set(DOMAIN_TAGS.values())) != len(DOMAIN_TAGS):
     raise AssertionError("jaxqfl.keys: two purposes (or two domain tags) share an integer")

@@ -116,6 +116,7 @@ def round_program(
     model, algorithm, aggregator, schedule: LocalSchedule, task, mesh, layout: ClientLayout, *,
     num_clients: int, max_count: int, uplink=None, downlink=None, label_transform=None,
     sampling: str = "fixed", expected_cohort: float | None = None, tiers=None,
+    availability=None, selection=None, systems=None,
 ) -> Callable:
     """``one_round(state, data, cohort=None, cohort_states=None) -> (state, RoundMetrics[, new cohort states])``.
 
@@ -129,6 +130,12 @@ def round_program(
     ``sampling="poisson"``: each client joins with probability ``q = expected_cohort / num_clients``
     into the layout's ``cohort_size`` (M_max) slots (``sample_poisson_cohort``); the
     algorithm's ``ServerInfo.cohort_size`` is then the expected cohort ``q C``.
+
+    ``availability`` / ``selection`` (``jaxqfl.systems.availability`` / ``.selection``, resolved:
+    None for always / uniform) and ``systems`` (``jaxqfl.systems.ClientSystems``, for rules that
+    rank by speed): the cohort is drawn among the available clients by the rule
+    (``jaxqfl.engine.cohort_draw``); slots no available client fills are masked out like
+    unfilled Poisson slots, and the server metric ``available`` counts the available clients.
     """
     if sampling not in ("fixed", "poisson"):
         raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
@@ -147,6 +154,13 @@ def round_program(
     generic_codec = uplink is not None and not aggregator.encodes_uplink
     gather = aggregator.reduction == "gather"
     two_phase = aggregator.statistics is not None
+    draw = None
+    if availability is not None or selection is not None:
+        from jaxqfl.engine.cohort_draw import make_cohort_draw
+
+        draw = make_cohort_draw(availability=availability, selection=selection, systems=systems, model=model,
+                                task=task, schedule=schedule, num_clients=C, cohort_size=M, max_count=max_count,
+                                num_params=layout.num_params, poisson_rate=expected_cohort / C if poisson else None)
 
     def vmapped(fn, in_axes):
         if chunk > 1:
@@ -216,7 +230,13 @@ def round_program(
         rkey = keys.round_key(state.key, state.round)
         data_is_block = isinstance(data, CohortBlock)
         joined, num_joined = jnp.ones((M,), bool), jnp.int32(M)
-        if poisson:
+        draw_metrics = {}
+        if draw is not None:  # availability and / or a selection rule (jaxqfl.engine.cohort_draw)
+            if cohort is not None or data_is_block:
+                raise ValueError("client availability and selection draw the cohort inside the program; a "
+                                 "host-given cohort (streamed data, host-home client states) is not supported")
+            cohort, joined, num_joined, draw_metrics = draw(state.key, rkey, state.round, state.params, data)
+        elif poisson:
             if cohort is not None:
                 raise ValueError("Poisson sampling draws its cohort inside the program; a host-given cohort "
                                  "(streamed data, host-home client states) is not supported")
@@ -261,6 +281,7 @@ def round_program(
         if poisson:  # per-round server metrics: they reach metrics.jsonl as server_cohort_*_per_round
             sampling_metrics = {"cohort_joined": num_joined.astype(jnp.float32),
                                 "cohort_overflow": overflow.astype(jnp.float32)}
+        sampling_metrics.update(draw_metrics)  # "available": server_available_per_round
         real = lambda a: jnp.where(_slot_mask(joined, a), a, jnp.zeros_like(a))  # masked slots report zeros
         metrics = RoundMetrics(
             train_loss=loss_sum / jnp.maximum(weight_sum, 1e-30),

@@ -70,7 +70,7 @@ def check_sampling(sampling: str, num_clients: int, cohort_size: int, max_cohort
     return max_cohort
 
 
-def sample_poisson_cohort(rkey: jax.Array, num_clients: int, rate: float, max_cohort: int):
+def sample_poisson_cohort(rkey: jax.Array, num_clients: int, rate: float, max_cohort: int, available=None):
     """``(ids [M_max] int32, joined [M_max] bool, num_joined () int32)``: Poisson sampling into M_max slots.
 
     Client i joins iff ``u_i < q`` for C i.i.d. uniforms ``u`` drawn with
@@ -80,9 +80,14 @@ def sample_poisson_cohort(rkey: jax.Array, num_clients: int, rate: float, max_co
     prefix mask. Given who joined, their ``u_i / q`` are i.i.d. uniform, so when more
     than M_max join (an overflow) the kept ones are a uniformly random M_max-subset
     of the joiners. ``num_joined`` is the true count (it may exceed M_max).
+
+    ``available`` ([C] bool, ``jaxqfl.systems.availability``): client i joins iff it is
+    available and ``u_i < q`` (an unavailable client's ``u`` is taken as 2, above any q).
     """
     ckey = keys.purpose_key(rkey, keys.COHORT)
     u = jax.random.uniform(ckey, (num_clients,))
+    if available is not None:
+        u = jnp.where(available, u, 2.0)
     neg_u, ids = jax.lax.top_k(-u, max_cohort)
     joined = -neg_u < rate
     num_joined = jnp.sum((u < rate).astype(jnp.int32))

@@ -31,6 +31,7 @@ from jaxqfl.data.population import Population
 from jaxqfl.engine import homes
 from jaxqfl.engine.autotune import autotune_default
 from jaxqfl.engine.client_evaluation import FineTune, build_client_evaluate
+from jaxqfl.engine.cohort_draw import check_cohort_draw
 from jaxqfl.engine.evaluation import build_evaluate, label_dtype
 from jaxqfl.engine.host_loop import host_loop
 from jaxqfl.engine.layout import ClientLayout, check_cohort_and_chunk, client_layout
@@ -126,6 +127,7 @@ def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
     label_transform=None, sampling: str = "fixed", max_cohort: int | None = None, tiers=None,
+    availability=None, selection=None, systems=None,
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state.
 
@@ -133,6 +135,8 @@ def setup_round(
     ``max_cohort`` slots, not for the expected ``cohort_size``.
     """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
+    availability, selection = check_cohort_draw(population.num_clients, cohort_size, client_state, sampling, tiers,
+                                                availability, selection, systems)
     if tiers is not None:
         tiers, uplink = checked_tiers(tiers, population, model, aggregator, uplink)
     homes.check_home(client_state)
@@ -176,12 +180,17 @@ def setup_round(
     if sampling == "poisson" and home == "host":
         raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, which Poisson "
                          f"sampling does not support: pass client_state='sharded' (or 'replicated')")
+    if (availability is not None or selection is not None) and home == "host":
+        raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, which needs the "
+                         f"cohort before the round; client availability and selection draw it inside the round: "
+                         f"pass client_state='sharded' (or 'replicated')")
     rows = homes.state_rows(home, C, D)
 
     one_round = round_program(model, algorithm, aggregator, schedule, task, mesh, layout, num_clients=C,
                               max_count=population.max_count, uplink=uplink, downlink=downlink,
                               label_transform=label_transform, sampling=sampling,
-                              expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers)
+                              expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers,
+                              availability=availability, selection=selection, systems=systems)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -291,6 +300,9 @@ def build(
     max_cohort: int | None = None,
     personal_eval: FineTune | None = None,
     tiers=None,
+    availability=None,
+    selection=None,
+    systems=None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -324,12 +336,22 @@ def build(
       tiers: ``jaxqfl.engine.tiers.Tiers``: each client trains its tier's model and sends with its
         tier's codec (``uplink`` must then be None); evaluations add every tier's model's metrics
         of the global params (``tier<t>_accuracy``, ...).
+      availability: which clients can be sampled each round, drawn inside the program
+        (``jaxqfl.systems.availability``: an ``Availability`` or a spec ``"always"``,
+        ``"bernoulli:P"``, ``"diurnal:PERIOD"``, a CSV path); None / ``"always"``: every client.
+      selection: which available clients form the cohort (``jaxqfl.systems.selection``: a
+        ``Selection`` or ``"uniform"``, ``"power-of-choice:D"``, ``"oort"``, ``"oort:D"``). With
+        either, fewer available clients than cohort slots leaves the rest masked out, and the
+        server metric ``available`` is reported per round. Not with the ``"host"`` client-state
+        home nor ``build_streaming``; a selection rule needs ``sampling="fixed"`` and no tiers.
+      systems: the clients' ``jaxqfl.systems.ClientSystems`` (``selection="oort"`` needs it).
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
         label_transform=label_transform, sampling=sampling, max_cohort=max_cohort, tiers=tiers,
+        availability=availability, selection=selection, systems=systems,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh, model.frozen)
