@@ -43,7 +43,7 @@ from jaxqfl.cli import personal_flags, run_setup, systems_flags, tier_flags
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
-from jaxqfl.cli import sampling_flags
+from jaxqfl.cli import sampling_flags, selection_flags
 from jaxqfl.choices import ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli import lora_flags, model_flags
@@ -92,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
     algorithm_args.add_arguments(g)
     sampling_flags.add_arguments(g)
+    selection_flags.add_arguments(g)
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODELS, default=None,
                    help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
@@ -208,6 +209,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     robust_flags.validate(parser, args)
     tier_flags.validate(parser, args)
     systems_flags.validate(parser, args)
+    selection_flags.validate(parser, args)
     private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
@@ -494,6 +496,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             else args.client_state,
             autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
             **sampling_flags.build_kwargs(args, population.num_clients),
+            **selection_flags.build_kwargs(args, population.num_clients, client_systems),
             **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
             **({"tiers": tiers} if tiers is not None else {}),
         )
@@ -679,6 +682,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         **tier_flags.summary_fields(args, tiers, result, final, lambda preset: _cost_fields(
             argparse.Namespace(**{**vars(args), "quant": preset}), population)),
         **systems_flags.summary_fields(args, result, all_records),
+        **selection_flags.summary_fields(args, all_records),
     }
     try:
         write_json(out / "summary.json", summary)
