@@ -146,3 +146,15 @@ def test_a_run_with_diurnal_availability_writes_the_available_count_per_round(tm
 ])
 def test_bad_availability_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, [*SYNTH, *argv], message)
+
+
+def test_an_availability_file_missing_clients_ends_the_run_before_anything_is_written(tmp_path, capsys):
+    path, out = tmp_path / "avail.csv", tmp_path / "out"
+    path.write_text("client,availability\n0,1\n")
+    try:
+        status = main(["run", *SYNTH, "--availability", str(path), "--out", str(out)])
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and "--availability: " in err and "no row for client(s) [1, 2" in err
+    assert not out.exists() or [p.name for p in out.iterdir()] in ([], [".jaxqfl.lock"])

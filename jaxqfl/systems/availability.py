@@ -160,13 +160,14 @@ def parse(spec: str, num_clients: int | None = None) -> Availability:
     low = spec.lower()
     if low == "always":
         return always()
-    for prefix, what, convert, make in (("bernoulli:", "P", float, bernoulli), ("diurnal:", "PERIOD", int, diurnal)):
+    for prefix, what, convert, kind, make in (("bernoulli:", "P", float, "a number", bernoulli),
+                                              ("diurnal:", "PERIOD", int, "an integer", diurnal)):
         if low.startswith(prefix):
             text = spec[len(prefix):]
             try:
                 value = convert(text)
             except ValueError:
-                raise ValueError(f"availability {spec!r}: {what} {text!r} is not {'a number' if convert is float else 'an integer'}") from None
+                raise ValueError(f"availability {spec!r}: {what} {text!r} is not {kind}") from None
             return make(value)
     if os.path.isfile(spec):
         if num_clients is None:
