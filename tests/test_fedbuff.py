@@ -177,8 +177,8 @@ def test_two_and_four_devices_give_the_same_bits():
     (dict(concurrency=4, buffer=0), "buffer must be a positive integer"),
     (dict(concurrency=4, buffer=2, staleness="poly:-1"), "A in poly:A must be a finite number > 0"),
     (dict(concurrency=4, buffer=2, staleness="hinge"), "staleness must be one of"),
-    (dict(concurrency=4, buffer=2, algorithm=algorithms.scaffold(0.1)), "keep state per client"),
-    (dict(concurrency=4, buffer=2, uplink=compress.from_spec("topk:0.5+ef")), "uplink keep state per client"),
+    (dict(concurrency=4, buffer=2, algorithm=algorithms.scaffold(0.1)), r"keeps some per client \(in its algorithm"),
+    (dict(concurrency=4, buffer=2, uplink=compress.from_spec("topk:0.5+ef")), r"keeps some per client \(in its uplink"),
     (dict(concurrency=4, buffer=2, systems=None), "FedBuff runs on the virtual clock"),
 ])
 def test_bad_fedbuff_arguments_are_refused(kwargs, message):

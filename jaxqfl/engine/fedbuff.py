@@ -118,9 +118,10 @@ def check_stateless(per_client_states: dict) -> None:
     """Refuse per-client persistent state (``one_client_states`` of the run, abstract or concrete)."""
     kept = sorted(name for name, s in per_client_states.items() if jax.tree.leaves(s))
     if kept:
-        raise ValueError(f"FedBuff keeps no per-client state, but this run's {', '.join(kept)} keep state per client "
-                         f"(SCAFFOLD / FedDyn controls, error feedback (+ef), personal or BatchNorm statistics): its "
-                         f"meaning across asynchronous versions is not defined; use a stateless algorithm and codec")
+        raise ValueError(f"FedBuff keeps no per-client state, but this run keeps some per client (in its "
+                         f"{', '.join(kept)}: SCAFFOLD / FedDyn controls, error feedback (+ef), DP's unclipped "
+                         f"indicators, personal or BatchNorm statistics); its meaning across asynchronous versions "
+                         f"is not defined: use a stateless algorithm, codec and aggregator")
 
 
 def fedbuff_program(model, algorithm, aggregator, schedule, task, *, num_clients: int, max_count: int,
