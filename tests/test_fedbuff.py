@@ -197,7 +197,7 @@ SYNTH = ["--dataset", "synthetic", "--num-clients", "20", "--rounds", "4", "--ev
          "--devices", "2", "--no-progress"]
 
 
-def test_a_fedbuff_run_writes_its_clock_and_staleness_histogram(tmp_path):
+def test_a_fedbuff_run_writes_its_clock_and_staleness_histogram(tmp_path, capsys):
     out = tmp_path / "fb"
     assert main(["run", *SYNTH, "--async", "fedbuff", "--concurrency", "6", "--buffer", "3", "--staleness", "sqrt",
                  "--speeds", "lognormal:0.8", "--target-accuracy", "0.01", "--out", str(out)]) == 0
@@ -212,6 +212,11 @@ def test_a_fedbuff_run_writes_its_clock_and_staleness_histogram(tmp_path):
     per_flush = [x for r in records for x in r["server_staleness_mean_per_round"]]
     assert mean == pytest.approx(np.mean(per_flush))
     assert s["async"] == "fedbuff" and s["concurrency"] == 6 and s["buffer"] == 3
+    config = (out / "config.toml").read_text()  # repeatable: the flags' own names, no --cohort-size
+    assert 'async = "fedbuff"' in config and "cohort-size" not in config
+    capsys.readouterr()
+    assert main(["run", "--config", str(out / "config.toml"), "--print-config"]) == 0
+    assert capsys.readouterr().out == config
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -35,7 +35,7 @@ PRIVATE_FLAGS = ("dp_clip", "dp_noise", "dp_epsilon", "dp_distributed", "secure_
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("asynchronous FL (FedBuff)")
-    g.add_argument("--async", dest="async_mode", choices=MODES, default=None,
+    g.add_argument("--async", dest="async", choices=MODES, default=None,
                    help="buffered asynchronous rounds (FedBuff, Nguyen et al. 2022) on the virtual clock: needs "
                         "--speeds; one round = one server step on a buffer of --buffer arrivals")
     g.add_argument("--concurrency", type=positive_int, default=None, metavar="C",
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def on(args) -> bool:
-    return getattr(args, "async_mode", None) is not None
+    return getattr(args, "async", None) is not None
 
 
 def _staleness_problem(spec: str) -> str | None:
@@ -114,6 +114,7 @@ def validate(parser, args) -> None:
         if refused:
             parser.error(message)
     args.cohort_size = args.concurrency  # what the memory guard and the population checks size for
+    args._derived = (*getattr(args, "_derived", ()), "cohort_size")  # not a flag of this run: kept out of config.toml
 
 
 def build(args, population, model, algorithm, schedule, *, aggregator, uplink, downlink, task, label_transform,
@@ -152,7 +153,7 @@ class StalenessCount:
 
     def summary_fields(self, args) -> dict:
         total = sum(self.counts.values())
-        return {"async": args.async_mode, "concurrency": args.concurrency, "buffer": args.buffer,
+        return {"async": getattr(args, "async"), "concurrency": args.concurrency, "buffer": args.buffer,
                 "staleness": args.staleness,
                 "staleness_histogram": {str(k): self.counts[k] for k in sorted(self.counts)},
                 "staleness_mean": sum(k * c for k, c in self.counts.items()) / total if total else None}

@@ -36,8 +36,8 @@ is replaced by a newly sampled one, so C stay in flight. Semantics, exactly:
   replacement among those not in flight: the top K of the uniforms of
   ``purpose_key(round_key(run, r + 1), COHORT)`` with the C - K still in flight set to -1
   (with K = C: exactly ``sample_cohort`` of round r + 1), trained with
-  ``client_key(round_key(run, r + 1), c)``. Slot ``j``-th-smallest of the arrived slots
-  receives the j-th drawn client. A replacement starts at its predecessor's arrival time
+  ``client_key(round_key(run, r + 1), c)``; the j-th smallest arrived slot receives the
+  j-th drawn client (``top_k`` order). A replacement starts at its predecessor's arrival time
   t and downloads version r + 1 if ``t == T_r`` (a flush at t happens before downloads
   at t), else version r (both models are at hand inside the flush).
 
@@ -47,11 +47,14 @@ cohorts, keys and models, flush r = round r (``tests/test_fedbuff.py``).
 Per-client persistent state (SCAFFOLD controls, error feedback, SiloBN statistics) has
 no clear asynchronous meaning; ``check_stateless`` refuses it.
 
-Devices: the whole program is replicated (every array on every device, a vmap over the
-C fill / K replacements, no ``shard_map``), so results are the same on 1 and 4 devices
-(tested) and no chunking applies; it does not scale with the device count: each device
-trains every replacement. A sharded version would ``shard_map`` the K replacements over
-``"clients"`` as the synchronous round does.
+Devices: the whole program is replicated: every device runs all of it on every array (a
+``shard_map`` with replicated specs, a vmap over the C fill / K replacements), so no
+chunking applies and the events (arrivals, staleness, clock, cohorts) are the same on any
+device count; 2 and 4 devices give the same bits, and 1 device the same model to one ulp
+(XLA compiles a one-device program without its SPMD partitioner and fuses the server
+step's float ops differently; tested). It does not scale with the device count: each
+device trains every replacement. A sharded version would split the K replacements over
+``"clients"`` as the synchronous round splits its cohort.
 """
 from __future__ import annotations
 
