@@ -39,7 +39,7 @@ from jaxqfl.cli.argtypes import positive_int as _positive_int
 from jaxqfl.cli.argtypes import positive_ints as _positive_ints
 from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl import sinks
-from jaxqfl.cli import personal_flags, run_setup, systems_flags, tier_flags
+from jaxqfl.cli import async_flags, personal_flags, run_setup, systems_flags, tier_flags
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
@@ -151,6 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     personal_flags.add_arguments(p)
     tier_flags.add_arguments(p)
     systems_flags.add_arguments(p)
+    async_flags.add_arguments(p)
     clustering_flags.add_arguments(p)
     run_setup.add_arguments(p)
     privacy_flags.add_arguments(p)
@@ -162,6 +163,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
         setattr(args, flag, getattr(args, flag).lower())
     _split_sweep(parser, args)
+    async_flags.validate(parser, args)  # before the defaults: --cohort-size given is refused, C takes its place
     clustering_flags.check(parser, args)  # k-means fixes its own local work: before the defaults
     if args.local_steps is not None and args.local_epochs is not None:
         parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
@@ -175,7 +177,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     algorithm_args.validate(parser, args)
     personal_flags.validate(parser, args)
     if args.num_clients is not None and args.cohort_size > args.num_clients:
-        parser.error(f"--cohort-size {args.cohort_size} exceeds --num-clients {args.num_clients}")
+        flag = "--concurrency" if async_flags.on(args) else "--cohort-size"
+        parser.error(f"{flag} {args.cohort_size} exceeds --num-clients {args.num_clients}")
     validate_data(parser, args)
     model_flags.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
     lora_flags.validate(parser, args)
@@ -414,7 +417,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     if _label_flip_without_labels(args.attack, population.task):  # a file's task is known once it is read
         fail(_label_flip_without_labels(args.attack, population.task))
     if args.cohort_size > population.num_clients:
-        fail(f"--cohort-size {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
+        fail(f"{'--concurrency' if async_flags.on(args) else '--cohort-size'} {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
     misfit = systems_flags.misfit(args, task.name)
     if misfit:
@@ -474,32 +477,40 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     except (OSError, ValueError) as e:
         fail(str(e))
     build = engine.build_streaming if args.stream else engine.build
-    tuning_rule = _tuning_decision(args, population, model, algorithm, schedule, num_devices, cpu)
+    tuning_rule = None if async_flags.on(args) else _tuning_decision(args, population, model, algorithm, schedule,
+                                                                      num_devices, cpu)
+    staleness = async_flags.StalenessCount()
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
     # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
     layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
-        sim = build(
-            population,
-            model,
-            algorithm,
-            schedule,
-            cohort_size=args.cohort_size,
-            aggregator=aggregator,
-            label_transform=label_transform,
-            task=task,
-            num_devices=args.devices or layout.get("num_devices"),
-            chunk_size=args.chunk_size or layout.get("chunk_size"),
-            uplink=uplink,
-            downlink=None if args.downlink == "none" else args.downlink_codec,
-            client_state=layout.get("client_state_home", args.client_state) if args.client_state == "auto"
-            else args.client_state,
-            autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
-            **sampling_flags.build_kwargs(args, population.num_clients),
-            **selection_flags.build_kwargs(args, population.num_clients, client_systems),
-            **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
-            **({"tiers": tiers} if tiers is not None else {}),
-        )
+        if async_flags.on(args):  # FedBuff: one round = one buffer flush on the virtual clock
+            sim = staleness.wrap(async_flags.build(
+                args, population, model, algorithm, schedule, aggregator=aggregator, uplink=uplink,
+                downlink=None if args.downlink == "none" else args.downlink_codec, task=task,
+                label_transform=label_transform, client_systems=client_systems))
+        else:
+            sim = build(
+                population,
+                model,
+                algorithm,
+                schedule,
+                cohort_size=args.cohort_size,
+                aggregator=aggregator,
+                label_transform=label_transform,
+                task=task,
+                num_devices=args.devices or layout.get("num_devices"),
+                chunk_size=args.chunk_size or layout.get("chunk_size"),
+                uplink=uplink,
+                downlink=None if args.downlink == "none" else args.downlink_codec,
+                client_state=layout.get("client_state_home", args.client_state) if args.client_state == "auto"
+                else args.client_state,
+                autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
+                **sampling_flags.build_kwargs(args, population.num_clients),
+                **selection_flags.build_kwargs(args, population.num_clients, client_systems),
+                **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
+                **({"tiers": tiers} if tiers is not None else {}),
+            )
     except ValueError as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return 2
@@ -541,7 +552,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
 
     def save_checkpoint(state, rec_list, t):
         r = int(jax.device_get(state.round))
-        if r not in saved_rounds and not write_error:
+        if r not in saved_rounds and not write_error and not async_flags.on(args):  # FedBuff: no checkpoints
             try:
                 checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
             except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
@@ -683,6 +694,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             argparse.Namespace(**{**vars(args), "quant": preset}), population)),
         **systems_flags.summary_fields(args, result, all_records),
         **selection_flags.summary_fields(args, all_records),
+        **(staleness.summary_fields(args) if async_flags.on(args) else {}),
     }
     try:
         write_json(out / "summary.json", summary)
@@ -780,6 +792,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"downlink {s['downlink']}",
         tier_flags.summary_line(s),
         systems_flags.summary_line(s),
+        async_flags.summary_line(s),
         lora_flags.summary_line(s),
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
@@ -805,6 +818,8 @@ def _tuning_decision(args, population, model, algorithm, schedule, num_devices: 
 
 def _chunk_source(args, sim) -> str:
     """Where the chunk size came from: the flag, the cost model, a measurement or the tuning cache."""
+    if async_flags.on(args):
+        return "none: --async fedbuff vmaps each buffer and its replacements whole"
     if args.chunk_size is not None:
         return "--chunk-size"
     if (getattr(args, "_resume_meta", None) or {}).get("layout"):

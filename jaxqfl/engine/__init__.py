@@ -4,10 +4,11 @@ Rooms (one concept each): ``state`` (ServerState, RoundMetrics, the initial
 state), ``layout`` (devices x chunks x clients), ``chunking`` (the chunk cost
 model), ``client_update`` (one client's round), ``round`` (the round program),
 ``simulation`` (build: the block program), ``host_loop`` and ``streaming``
-(rounds driven from the host), ``sweep`` (many configs in one program), ``homes`` (where per-client states live),
+(rounds driven from the host), ``sweep`` (many configs in one program), ``fedbuff`` / ``fedbuff_build`` (buffered asynchronous FL), ``homes`` (where per-client states live),
 ``evaluation``, ``driver`` (``run``).
 """
 from jaxqfl.engine.chunking import auto_chunk_size
+from jaxqfl.engine.fedbuff_build import build_fedbuff
 from jaxqfl.engine.driver import RunResult, RunTotals, SweepTotals, run, run_sweep
 from jaxqfl.engine.homes import HOMES
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
@@ -34,6 +35,7 @@ __all__ = [
     "SweepSimulation",
     "auto_chunk_size",
     "build",
+    "build_fedbuff",
     "build_streaming",
     "build_sweep",
     "SweepVariant",

@@ -1,0 +1,169 @@
+"""``--async fedbuff``: buffered asynchronous FL (FedBuff, Nguyen et al. 2022) on the virtual clock.
+
+    --async fedbuff           C clients train at once; the server applies a buffer of K arrivals
+    --concurrency C           clients in flight (replaces --cohort-size)
+    --buffer K                arrivals per server step (K <= C <= clients)
+    --staleness NAME          an arrival's weight factor: constant (1), sqrt (1/sqrt(1+s)), poly:A ((1+s)^-A, A > 0)
+
+Semantics in ``jaxqfl.engine.fedbuff``. One "round" of ``--rounds``, ``--eval-every``
+and ``metrics.jsonl`` is one flush; ``sim_time`` is the flush's time (its K-th
+arrival). ``summary.json`` adds ``staleness_histogram`` (applied updates per
+staleness value, over the run) and ``staleness_mean``.
+
+Refused (``parser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
+(``--seeds``, lists), ``--tiers``, ``--sampling poisson``, ``--cohort-size`` (C replaces
+it), ``--stream``, ``--client-state`` other than auto, ``--resume`` (a FedBuff run
+writes no checkpoints: its in-flight table is not in the checkpoint format),
+differential privacy and secure aggregation flags (the privacy accountant assumes
+uniformly sampled synchronous rounds), and per-client state (``--algorithm`` scaffold,
+feddyn and the personal ones, ``+ef`` codecs).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+
+from jaxqfl.cli.argtypes import positive_int
+from jaxqfl.choices import PERSONAL_ALGORITHMS
+
+MODES = ("fedbuff",)
+STATEFUL_ALGORITHMS = ("scaffold", "feddyn") + PERSONAL_ALGORITHMS  # clients keep state between rounds
+PRIVATE_FLAGS = ("dp_clip", "dp_noise", "dp_epsilon", "dp_distributed", "secure_aggregation")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("asynchronous FL (FedBuff)")
+    g.add_argument("--async", dest="async", choices=MODES, default=None,
+                   help="buffered asynchronous rounds (FedBuff, Nguyen et al. 2022) on the virtual clock: needs "
+                        "--speeds; one round = one server step on a buffer of --buffer arrivals")
+    g.add_argument("--concurrency", type=positive_int, default=None, metavar="C",
+                   help="clients training at once (--async fedbuff; replaces --cohort-size)")
+    g.add_argument("--buffer", type=positive_int, default=None, metavar="K",
+                   help="arrivals per server step, K <= C (--async fedbuff)")
+    g.add_argument("--staleness", default=None, metavar="constant|sqrt|poly:A",
+                   help="weight factor of an update s server steps stale: constant (1), sqrt (1/sqrt(1+s)), "
+                        "poly:A ((1+s)^-A, A > 0); default constant (--async fedbuff)")
+
+
+def on(args) -> bool:
+    return getattr(args, "async", None) is not None
+
+
+def _staleness_problem(spec: str) -> str | None:
+    if spec in ("constant", "sqrt"):
+        return None
+    if spec.startswith("poly:"):
+        try:
+            a = float(spec[len("poly:"):])
+        except ValueError:
+            a = float("nan")
+        if math.isfinite(a) and a > 0:
+            return None
+        return f"--staleness {spec!r}: A in poly:A must be a finite number > 0"
+    return f"--staleness {spec!r} is not one of constant, sqrt, poly:A"
+
+
+def validate(parser, args) -> None:
+    """Refuse bad or unsupported FedBuff flags; runs before the dataset defaults are filled in."""
+    if not on(args):
+        for flag, dest in (("--concurrency", "concurrency"), ("--buffer", "buffer"), ("--staleness", "staleness")):
+            if getattr(args, dest) is not None:
+                parser.error(f"{flag} applies to --async fedbuff")
+        return
+    if args.staleness is None:
+        args.staleness = "constant"
+    problem = _staleness_problem(args.staleness)
+    if problem:
+        parser.error(problem)
+    if args.concurrency is None or args.buffer is None:
+        parser.error("--async fedbuff needs --concurrency C and --buffer K")
+    if args.buffer > args.concurrency:
+        parser.error(f"--buffer {args.buffer} exceeds --concurrency {args.concurrency} (a flush needs K <= C arrivals)")
+    if args.num_clients is not None and args.concurrency > args.num_clients:
+        parser.error(f"--concurrency {args.concurrency} exceeds --num-clients {args.num_clients}")
+    if args.speeds is None:
+        parser.error("--async fedbuff needs --speeds (lognormal:SIGMA or a FILE): the virtual clock orders arrivals")
+    if args.cohort_size is not None:
+        parser.error("--cohort-size does not apply to --async fedbuff: --concurrency C clients are in flight and "
+                     "--buffer K of them are aggregated per server step")
+    refusals = [
+        (bool(args.sweep_values) or args.seeds is not None,
+         "--async fedbuff runs one config at a time: drop --seeds and list-valued flags"),
+        (getattr(args, "tiers", None) is not None, "--tiers is not available with --async fedbuff"),
+        (getattr(args, "sampling", "fixed") != "fixed",
+         f"--sampling {getattr(args, 'sampling', None)} is not available with --async fedbuff (replacements are "
+         f"drawn uniformly among the clients not in flight)"),
+        (getattr(args, "stream", False), "--stream is not available with --async fedbuff (the population stays on "
+                                         "the devices)"),
+        (args.client_state not in ("auto", "replicated"),
+         f"--client-state {args.client_state}: --async fedbuff keeps no per-client state"),
+        (args.resume is not None, "--resume: a --async fedbuff run writes no checkpoints (its in-flight table is not "
+                                  "in the checkpoint format); start it again"),
+        (any(getattr(args, f, None) not in (None, False) for f in PRIVATE_FLAGS),
+         "differential privacy and secure aggregation flags are not available with --async fedbuff (the privacy "
+         "accountant assumes uniformly sampled synchronous rounds)"),
+        (args.algorithm in STATEFUL_ALGORITHMS,
+         f"--algorithm {args.algorithm} keeps per-client state, which --async fedbuff does not define; use one of "
+         f"fedavg, fedprox, fednova, mimelite, perfedavg, qffl"),
+        (any("+ef" in getattr(args, f, "") for f in ("uplink", "downlink")),
+         "error feedback (+ef) keeps per-client state, which --async fedbuff does not define"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            parser.error(message)
+    args.cohort_size = args.concurrency  # what the memory guard and the population checks size for
+    args._derived = (*getattr(args, "_derived", ()), "cohort_size")  # not a flag of this run: kept out of config.toml
+
+
+def build(args, population, model, algorithm, schedule, *, aggregator, uplink, downlink, task, label_transform,
+          client_systems):
+    """The FedBuff ``Simulation`` of the flags (``engine.build_fedbuff``); ValueError naming a bad value."""
+    from jaxqfl import engine
+
+    return engine.build_fedbuff(population, model, algorithm, schedule, concurrency=args.concurrency,
+                                buffer=args.buffer, staleness=args.staleness, systems=client_systems,
+                                aggregator=aggregator, uplink=uplink, downlink=downlink, task=task,
+                                num_devices=args.devices, label_transform=label_transform)
+
+
+class StalenessCount:
+    """The run's staleness histogram, counted on the host from each block's per-client metric ``staleness``."""
+
+    def __init__(self):
+        self.counts: dict[int, int] = {}
+
+    def wrap(self, sim):
+        """``sim`` whose ``run_block`` also counts the active flushes' staleness values."""
+        import jax
+
+        run_block = sim.run_block
+
+        def counting(state, num_rounds, num_active=None):
+            state, metrics = run_block(state, num_rounds, num_active)
+            active = num_rounds if num_active is None else num_active
+            values, n = np.unique(np.asarray(jax.device_get(metrics.clients["staleness"]))[:active],
+                                  return_counts=True)
+            for v, c in zip(values.astype(int).tolist(), n.tolist()):
+                self.counts[v] = self.counts.get(v, 0) + c
+            return state, metrics
+
+        return sim._replace(run_block=counting)
+
+    def summary_fields(self, args) -> dict:
+        total = sum(self.counts.values())
+        return {"async": getattr(args, "async"), "concurrency": args.concurrency, "buffer": args.buffer,
+                "staleness": args.staleness,
+                "staleness_histogram": {str(k): self.counts[k] for k in sorted(self.counts)},
+                "staleness_mean": sum(k * c for k, c in self.counts.items()) / total if total else None}
+
+
+def summary_line(s: dict) -> str:
+    """The one-screen summary's FedBuff line ("" for a synchronous run)."""
+    if s.get("async") is None:
+        return ""
+    mean = s["staleness_mean"]
+    return (f"  asynchronous     {s['async']}: {s['concurrency']} clients in flight, a server step every "
+            f"{s['buffer']} arrivals, staleness weight {s['staleness']}"
+            + (f", mean staleness {mean:.2f}" if mean is not None else "") + "; no checkpoints")
