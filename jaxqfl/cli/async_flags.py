@@ -88,6 +88,9 @@ def validate(parser, args) -> None:
     if args.cohort_size is not None:
         parser.error("--cohort-size does not apply to --async fedbuff: --concurrency C clients are in flight and "
                      "--buffer K of them are aggregated per server step")
+    cohort_rules = [f"--{flag} {getattr(args, flag)}" for flag, default in (("availability", "always"),
+                                                                          ("selection", "uniform"))
+                    if getattr(args, flag, None) not in (None, default)]
     refusals = [
         (bool(args.sweep_values) or args.seeds is not None,
          "--async fedbuff runs one config at a time: drop --seeds and list-valued flags"),
@@ -107,6 +110,9 @@ def validate(parser, args) -> None:
         (args.algorithm in STATEFUL_ALGORITHMS,
          f"--algorithm {args.algorithm} keeps per-client state, which --async fedbuff does not define; use one of "
          f"fedavg, fedprox, fednova, mimelite, perfedavg, qffl"),
+        (bool(cohort_rules),
+         f"{' '.join(cohort_rules)}: --async fedbuff draws each replacement uniformly among the clients not in "
+         f"flight (availability and selection rules are for synchronous rounds)"),
         (any("+ef" in getattr(args, f, "") for f in ("uplink", "downlink")),
          "error feedback (+ef) keeps per-client state, which --async fedbuff does not define"),
     ]
