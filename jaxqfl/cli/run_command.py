@@ -797,7 +797,8 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}, {out / 'config.toml'},",
-        f"                   {out / 'final_params.msgpack'}, checkpoints in {out / 'checkpoints'}",
+        f"                   {out / 'final_params.msgpack'}"
+        + ("" if s.get("async") else f", checkpoints in {out / 'checkpoints'}"),  # FedBuff writes none
     ]
     print("\n".join(line for line in lines if line))
 
