@@ -40,6 +40,7 @@ from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
 from jaxqfl.models.core import bound
+from jaxqfl.systems.deadline import check_deadline
 from jaxqfl.tasks import Task, default_for
 
 
@@ -126,6 +127,7 @@ def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
     label_transform=None, sampling: str = "fixed", max_cohort: int | None = None, tiers=None,
+    systems=None, deadline: float | None = None, stragglers: str = "wait",
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state.
 
@@ -133,6 +135,7 @@ def setup_round(
     ``max_cohort`` slots, not for the expected ``cohort_size``.
     """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
+    check_deadline(deadline, stragglers, systems, population.num_clients)  # before any work
     if tiers is not None:
         tiers, uplink = checked_tiers(tiers, population, model, aggregator, uplink)
     homes.check_home(client_state)
@@ -181,7 +184,8 @@ def setup_round(
     one_round = round_program(model, algorithm, aggregator, schedule, task, mesh, layout, num_clients=C,
                               max_count=population.max_count, uplink=uplink, downlink=downlink,
                               label_transform=label_transform, sampling=sampling,
-                              expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers)
+                              expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers,
+                              systems=systems, deadline=deadline, stragglers=stragglers)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -291,6 +295,9 @@ def build(
     max_cohort: int | None = None,
     personal_eval: FineTune | None = None,
     tiers=None,
+    systems=None,
+    deadline: float | None = None,
+    stragglers: str = "wait",
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -324,12 +331,20 @@ def build(
       tiers: ``jaxqfl.engine.tiers.Tiers``: each client trains its tier's model and sends with its
         tier's codec (``uplink`` must then be None); evaluations add every tier's model's metrics
         of the global params (``tier<t>_accuracy``, ...).
+      systems / deadline / stragglers: a round deadline of ``deadline`` simulated seconds
+        (``jaxqfl.systems.deadline``): clients of ``systems`` (a ``jaxqfl.systems.ClientSystems``)
+        that cannot meet it are dropped (``stragglers="drop"``) or do the steps they can
+        (``"partial"``); each round reports its simulated seconds (server metric
+        ``round_sim_seconds``, used by ``engine.run``'s clock), ``stragglers_dropped`` and
+        ``partial_work``. ``"wait"`` (the default, no deadline) leaves the round as it is.
+        Every client-state home and both samplings; not ``build_streaming`` nor sweeps.
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
         label_transform=label_transform, sampling=sampling, max_cohort=max_cohort, tiers=tiers,
+        systems=systems, deadline=deadline, stragglers=stragglers,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh, model.frozen)
