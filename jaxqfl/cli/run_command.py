@@ -496,6 +496,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             **sampling_flags.build_kwargs(args, population.num_clients),
             **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
             **({"tiers": tiers} if tiers is not None else {}),
+            **systems_flags.deadline_kwargs(args, client_systems),
         )
     except ValueError as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
