@@ -14,8 +14,8 @@ the client id (``lognormal:0``: equal clients); a FILE is a CSV with the header
 waits for its whole cohort and takes the slowest client's ``steps x seconds per
 step + (uplink + downlink bits) / bandwidth`` of simulated time, with the exact
 bits of the codecs; ``metrics.jsonl`` carries the clock as ``sim_time``,
-``summary.json`` ``sim_time_total``. The clock never changes the training: a run
-with ``--speeds`` gives the same parameters as without. In a sweep (``--seeds``,
+``summary.json`` ``sim_time_total``. Without ``--deadline`` the clock never changes the
+training: a run with ``--speeds`` gives the same parameters as without. In a sweep (``--seeds``,
 list-valued flags) every config runs its own clock, its speeds drawn from its
 seed as its single run's (``sweep.json`` then has each config's
 ``sim_time_total`` and ``time_to_target``).

@@ -25,7 +25,8 @@ local steps and exact bits, which the driver reads after every block anyway),
 by :func:`block_seconds`; so the clock adds no host synchronisation and leaves
 the round program, and hence every result, unchanged. A synchronous server that
 waits for every sampled client is the setting here: every client of the cohort
-is waited for (a Poisson slot that no client filled is not).
+is waited for (a Poisson slot that no client filled is not). A round with a
+deadline (``jaxqfl.systems.deadline``) times itself and reports ``ROUND_SECONDS``.
 """
 from __future__ import annotations
 
