@@ -101,7 +101,7 @@ def test_round_seconds_steps_and_fractions_equal_numpy(population, profile, wait
     np.testing.assert_allclose(m.server["stragglers_dropped"], (~keep).mean(1), rtol=1e-6)
     work = np.where(keep, k / K, 0.0).sum(1) / np.maximum(keep.sum(1), 1)
     np.testing.assert_allclose(m.server["partial_work"], work, rtol=1e-6)
-    result = engine.run(sim, rounds=ROUNDS, eval_every=ROUNDS, systems=profile)
+    result = engine.run(sim, rounds=ROUNDS, eval_every=ROUNDS)  # the clock of the systems it was built with
     assert result.sim_time == pytest.approx(float(np.sum(np.minimum(D, t.max(1)))), rel=1e-6)  # the driver's clock
 
 
@@ -255,6 +255,12 @@ def test_the_python_api_refuses_what_it_does_not_support(population, profile):
                         (dict(deadline=5.0, stragglers="drop", systems=None), "needs the clients' systems")):
         with pytest.raises(ValueError, match=message):
             _build(population, **{"systems": profile, **kw})
+    for build in (engine.build_streaming, lambda *a, **k: engine.build_sweep(
+            population, MODEL, lambda hp: algorithms.fedavg(optax.sgd(0.2)), engine.LocalSchedule(local_steps=1),
+            configs=[{"seed": 0}], cohort_size=M, systems=profile, deadline=5.0, stragglers="drop")):
+        with pytest.raises(ValueError, match="deadline=5.0, stragglers='drop'.* is not available"):
+            build(population, MODEL, algorithms.fedavg(optax.sgd(0.2)), engine.LocalSchedule(local_steps=1),
+                  cohort_size=M, systems=profile, deadline=5.0, stragglers="drop")
     short = systems.ClientSystems(profile.seconds_per_step[:3], profile.bandwidth[:3])
     with pytest.raises(ValueError, match=r"must have shape \(12,\)"):
         _build(population, systems=short, deadline=5.0, stragglers="drop")

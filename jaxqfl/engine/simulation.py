@@ -66,6 +66,7 @@ class Simulation(NamedTuple):
     # evaluate_clients(state) -> client_* spread of the models the clients use (personal / fine-tuned), or None
     evaluate_clients: Callable | None = None
     tiers: Any = None  # the checked engine.tiers.Tiers, when clients differ by tier
+    systems: Any = None  # with a round deadline: its ClientSystems (engine.run's clock by default)
 
 
 class RoundSetup(NamedTuple):
@@ -360,7 +361,7 @@ def build(
     common = dict(init=setup.init, evaluate=setup.evaluate, evaluate_clients=evaluate_clients,
                   num_devices=mesh.devices.size, chunk_size=layout.chunk, cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
                   client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort,
-                  tiers=setup.tiers)
+                  tiers=setup.tiers, systems=systems if deadline is not None else None)
     if setup.home == "host":
         compile_round, run_block, stats, cohort, traces = host_loop(
             mesh=mesh, layout=layout, num_clients=population.num_clients, one_round=one_round,
