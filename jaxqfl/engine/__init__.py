@@ -3,7 +3,7 @@
 Rooms (one concept each): ``state`` (ServerState, RoundMetrics, the initial
 state), ``layout`` (devices x chunks x clients), ``chunking`` (the chunk cost
 model), ``client_update`` (one client's round), ``round`` (the round program),
-``simulation`` (build: the block program), ``host_loop`` and ``streaming``
+``straggler`` (a round deadline's plan), ``simulation`` (build: the block program), ``host_loop`` and ``streaming``
 (rounds driven from the host), ``sweep`` (many configs in one program), ``homes`` (where per-client states live),
 ``evaluation``, ``driver`` (``run``).
 """

@@ -29,13 +29,9 @@ write-back, no bits, cohort id -1 in the metrics). More than M_max joiners is an
 it (``RoundMetrics.joined`` / ``overflow``, server metrics ``cohort_joined`` /
 ``cohort_overflow``); never silently.
 
-A deadline (``deadline=D, stragglers="drop" | "partial"``, ``jaxqfl.systems.deadline``):
-before the cohort trains, the program computes each sampled client's scheduled steps
-and exact bits (``jaxqfl.engine.straggler``, a dry run of the codecs' bit counts), then
-masks out the clients that miss ``D`` exactly like unfilled Poisson slots, or cuts
-their steps (masked steps, ``info.num_steps`` the steps done); the round reports its
-simulated seconds (server metric ``round_sim_seconds``), ``stragglers_dropped`` and
-``partial_work``. Without a deadline the program is the one it always was.
+A deadline (``jaxqfl.systems.deadline``, planned before training by ``engine.straggler``)
+masks out the clients that miss it like unfilled Poisson slots, or masks their later
+steps; without one the program is the one it always was.
 """
 from __future__ import annotations
 
@@ -151,9 +147,6 @@ def round_program(
     if poisson and not (expected_cohort is not None and 0 < expected_cohort <= num_clients):
         raise ValueError(f"Poisson sampling needs an expected cohort in (0, {num_clients}], got {expected_cohort!r}")
     deadline, stragglers = check_deadline(deadline, stragglers, systems, num_clients)
-    if deadline is not None and schedule.real_steps is not None:
-        raise ValueError("a deadline needs every client's scheduled steps; a schedule padded for a sweep over "
-                         "local steps (real_steps) is not supported")
     partial = stragglers == "partial"
     C, M, D = num_clients, layout.cohort_size, layout.num_devices
     chunk, num_chunks, per_device = layout.chunk, layout.num_chunks, layout.per_device

@@ -38,6 +38,9 @@ def make_deadline_plan(train_client, receive, send_update, aggregator, schedule:
     ``train_client`` is only traced abstractly (the structure of an update and of the
     statistics); ``data`` is the population on the devices (``DeviceData``), indexed by id.
     """
+    if schedule.real_steps is not None:
+        raise ValueError("a deadline needs every client's scheduled steps; a schedule padded for a sweep over "
+                         "local steps (real_steps) is not supported")
     systems = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), systems)
     limit = (jnp.int32(0),) if stragglers == "partial" else ()  # train_client's step limit argument
 
