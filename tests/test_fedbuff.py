@@ -236,6 +236,8 @@ def test_a_fedbuff_run_writes_its_clock_and_staleness_histogram(tmp_path, capsys
     (["--concurrency", "4"], "--concurrency applies to --async fedbuff"),
     (["--async", "fedbuff", "--speeds", "lognormal:1", "--concurrency", "4", "--buffer", "2",
       "--selection", "oort"], "--selection oort: --async fedbuff draws each replacement uniformly"),
+    (["--async", "fedbuff", "--speeds", "lognormal:1", "--concurrency", "4", "--buffer", "2",
+      "--deadline", "5", "--stragglers", "drop"], "--deadline 5.0: --async fedbuff has no rounds"),
 ])
 def test_bad_async_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     import jaxqfl.engine

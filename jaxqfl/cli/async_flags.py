@@ -91,6 +91,9 @@ def validate(parser, args) -> None:
     cohort_rules = [f"--{flag} {getattr(args, flag)}" for flag, default in (("availability", "always"),
                                                                           ("selection", "uniform"))
                     if getattr(args, flag, None) not in (None, default)]
+    if getattr(args, "deadline", None) is not None:
+        parser.error(f"--deadline {args.deadline}: --async fedbuff has no rounds to give a deadline (the server "
+                     f"steps whenever --buffer clients have arrived; slow clients arrive stale instead)")
     refusals = [
         (bool(args.sweep_values) or args.seeds is not None,
          "--async fedbuff runs one config at a time: drop --seeds and list-valued flags"),

@@ -507,7 +507,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                 else args.client_state,
                 autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
                 **sampling_flags.build_kwargs(args, population.num_clients),
-                **selection_flags.build_kwargs(args, population.num_clients, client_systems),
+                **{**selection_flags.build_kwargs(args, population.num_clients, client_systems),  # both may pass
+                   **systems_flags.deadline_kwargs(args, client_systems)},  # the same systems
                 **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
                 **({"tiers": tiers} if tiers is not None else {}),
             )

@@ -4,6 +4,8 @@
     --step-seconds S                   the median simulated seconds of a local step (1)
     --bandwidth B                      the median link, bits per simulated second (1e6)
     --target-accuracy A                report when the global model first reaches test accuracy A
+    --deadline SECONDS                 each round's deadline, simulated seconds (needs --speeds)
+    --stragglers wait|drop|partial     what happens to a client that cannot meet it (wait: no deadline)
 
 ``lognormal:SIGMA`` multiplies ``--step-seconds`` and ``--bandwidth`` by
 independent ``exp(SIGMA z)`` factors per client, drawn once from the run seed and
@@ -12,11 +14,21 @@ the client id (``lognormal:0``: equal clients); a FILE is a CSV with the header
 waits for its whole cohort and takes the slowest client's ``steps x seconds per
 step + (uplink + downlink bits) / bandwidth`` of simulated time, with the exact
 bits of the codecs; ``metrics.jsonl`` carries the clock as ``sim_time``,
-``summary.json`` ``sim_time_total``. The clock never changes the training: a run
-with ``--speeds`` gives the same parameters as without. In a sweep (``--seeds``,
+``summary.json`` ``sim_time_total``. Without ``--deadline`` the clock never changes the
+training: a run with ``--speeds`` gives the same parameters as without. In a sweep (``--seeds``,
 list-valued flags) every config runs its own clock, its speeds drawn from its
 seed as its single run's (``sweep.json`` then has each config's
 ``sim_time_total`` and ``time_to_target``).
+
+``--deadline D --stragglers drop`` leaves out of each round the clients whose
+``steps x seconds per step + (uplink + downlink bits) / bandwidth`` exceeds D;
+``--stragglers partial`` keeps them with the steps they can do before D (none:
+dropped). A round then takes ``min(D, the slowest sampled client's time)``;
+``metrics.jsonl`` carries per round ``server_stragglers_dropped_per_round`` (the
+fraction of the cohort dropped) and ``server_partial_work_per_round`` (the kept
+clients' mean fraction of their steps done), ``summary.json`` their means
+(``stragglers_dropped_mean``, ``partial_work_mean``). Semantics:
+``jaxqfl.systems.deadline``. Not with ``--stream`` nor in a sweep.
 
 ``--target-accuracy A`` adds ``rounds_to_target`` and ``time_to_target``
 (simulated seconds, with ``--speeds``) to ``summary.json``: those of the first
@@ -30,6 +42,7 @@ import math
 import os
 
 LOGNORMAL = "lognormal:"
+STRAGGLERS = ("wait", "drop", "partial")  # jaxqfl.systems.deadline.STRAGGLERS (not imported: no JAX before validate)
 
 
 def _positive_finite(text: str) -> float:
@@ -55,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                    help="report the rounds (and, with --speeds, simulated seconds) to the first evaluation with test "
                         "accuracy >= A, in (0, 1]")
+    g.add_argument("--deadline", type=_positive_finite, default=None, metavar="SECONDS",
+                   help="each round's deadline in simulated seconds (needs --speeds and --stragglers drop|partial)")
+    g.add_argument("--stragglers", choices=STRAGGLERS, default="wait",
+                   help="clients that cannot meet --deadline: wait (no deadline, the default), drop them, or keep "
+                        "the partial work they do before it")
 
 
 def sigma_of(speeds: str) -> float | None:
@@ -72,9 +90,10 @@ def sigma_of(speeds: str) -> float | None:
 
 
 def validate(parser, args) -> None:
-    """Refuse a malformed ``--speeds`` or ``--target-accuracy``, and what the clock does not cover yet."""
+    """Refuse a malformed ``--speeds``, ``--target-accuracy`` or deadline, and what the clock does not cover yet."""
     if args.target_accuracy is not None and not (0 < args.target_accuracy <= 1):
         parser.error(f"--target-accuracy must lie in (0, 1], got {args.target_accuracy}")
+    _validate_deadline(parser, args)
     given = [f for f, v in (("--step-seconds", args.step_seconds != 1.0), ("--bandwidth", args.bandwidth != 1e6)) if v]
     if args.speeds is None:
         if given:
@@ -90,6 +109,31 @@ def validate(parser, args) -> None:
         if given:
             parser.error(f"{given[0]} applies to --speeds lognormal:SIGMA (a --speeds file gives every client's "
                          f"values)")
+
+
+def _validate_deadline(parser, args) -> None:
+    if args.deadline is None:
+        if args.stragglers != "wait":
+            parser.error(f"--stragglers {args.stragglers} needs --deadline SECONDS")
+        return
+    if args.stragglers == "wait":
+        parser.error("--deadline with --stragglers wait waits for every client, so it has no deadline: give "
+                     "--stragglers drop or --stragglers partial")
+    if args.speeds is None:
+        parser.error("--deadline needs the clients' speeds: give --speeds lognormal:SIGMA or a FILE")
+    if getattr(args, "stream", False):
+        parser.error("--deadline is not available with --stream (a streamed round has only the cohort's rows, "
+                     "not the population's counts)")
+    if getattr(args, "sweep_values", None) or getattr(args, "seeds", None) is not None:
+        parser.error("--deadline is not available in a sweep (--seeds or list-valued flags): each config would need "
+                     "its own speeds inside one program; run one config at a time")
+
+
+def deadline_kwargs(args, client_systems) -> dict:
+    """``engine.build``'s deadline arguments (none without ``--deadline``: the round program as it was)."""
+    if args.deadline is None:
+        return {}
+    return {"systems": client_systems, "deadline": args.deadline, "stragglers": args.stragglers}
 
 
 def misfit(args, task_name: str) -> str | None:
@@ -133,6 +177,10 @@ def summary_fields(args, result, records: list[dict]) -> dict:
     out = {}
     if args.speeds is not None:
         out["sim_time_total"] = result.sim_time
+    if args.deadline is not None:  # the means over every round of the run's records
+        for name in ("stragglers_dropped", "partial_work"):
+            rounds = [x for r in records for x in r.get(f"server_{name}_per_round", [])]
+            out[f"{name}_mean"] = float(sum(rounds) / len(rounds)) if rounds else None
     if args.target_accuracy is not None:
         hit = next((r for r in records if (r.get("test_accuracy") or 0.0) >= args.target_accuracy), None)
         out["target_accuracy"] = args.target_accuracy
@@ -155,4 +203,7 @@ def summary_line(s: dict) -> str:
             if s.get("time_to_target") is not None:
                 when += f", {s['time_to_target']:,.1f} simulated s"
             parts.append(f"accuracy {s['target_accuracy']:g} at {when}")
+    if s.get("stragglers_dropped_mean") is not None:
+        parts.append(f"deadline: {s['stragglers_dropped_mean']:.1%} of sampled clients dropped, kept clients did "
+                     f"{s['partial_work_mean']:.1%} of their steps")
     return ("  virtual clock    " + "; ".join(parts)) if parts else ""

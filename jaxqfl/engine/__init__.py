@@ -3,8 +3,10 @@
 Rooms (one concept each): ``state`` (ServerState, RoundMetrics, the initial
 state), ``layout`` (devices x chunks x clients), ``chunking`` (the chunk cost
 model), ``client_update`` (one client's round), ``round`` (the round program),
-``simulation`` (build: the block program), ``host_loop`` and ``streaming``
-(rounds driven from the host), ``sweep`` (many configs in one program), ``fedbuff`` / ``fedbuff_build`` (buffered asynchronous FL), ``homes`` (where per-client states live),
+``straggler`` (a round deadline's plan), ``cohort_draw`` (availability and selection), ``simulation``
+(build: the block program), ``host_loop`` and ``streaming`` (rounds driven from the host), ``sweep`` (many
+configs in one program), ``fedbuff`` / ``fedbuff_build`` (buffered asynchronous FL), ``homes`` (where per-client
+states live),
 ``evaluation``, ``driver`` (``run``).
 """
 from jaxqfl.engine.chunking import auto_chunk_size

@@ -46,32 +46,14 @@ def float_bits(tree) -> int:
     return FLOAT_BITS * num_params(tree)
 
 
-def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_count: int, downlink, platform: str,
-                      label_transform=None, tiers=None):
-    """``train_client(message, cid, slot, valid, cstates, data, rkey, round) -> TrainedClient``.
+def make_receive(downlink) -> Callable:
+    """``receive(message, cstates, ckey) -> (message as the client gets it, its new cstates, downlink bits)``.
 
-    ``label_transform(y, info) -> y``, when given, maps each batch's labels before the loss.
-    ``tiers`` (``engine.tiers.Tiers``): client ``cid`` trains ``tiers.models[tier of cid]`` (through
-    ``tiers.model_at(tier)``, one pass, when the tiers give it; a ``lax.switch`` over the T models otherwise).
+    The downlink codec on the message's params (when there is one) plus the message's
+    float32 extras; the bits depend only on static shapes (the codec contract).
     """
-    tier_of = None if tiers is None else jnp.asarray(tiers.of_client)
-    S = schedule.num_steps(max_count)
-    prepare_plan, step_batch = make_batch_fn(schedule, max_count)
-    every_step_active = schedule.every_step_active  # no masked steps: skip the select over the params
-    stateful = stats.has_stats(model)  # running statistics (jaxqfl.models.stats): set after each step
-    local_stats = stateful and model.local_stats
-    rows_pad = schedule.batch_size is None or schedule.local_epochs is not None  # batches may hold padding rows
-    if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
-        value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f, has_aux=True))
-    else:
-        value_and_grad = lambda f: jax.value_and_grad(f, has_aux=True)
 
-    def train_client(message, cid, slot, valid, cstates, data, rkey, round_index) -> TrainedClient:
-        reading = bound(model, data.frozen)  # the frozen part (a LoRA base) from the program's data
-        if tier_of is not None:  # the client's tier's model (a QAT preset), selected by its id
-            reading = switch_model(tiers.models, tier_of[cid], at=tiers.model_at)
-        ckey = keys.client_key(rkey, cid)
-        count, offset = data.counts[slot], data.offsets[slot]
+    def receive(message, cstates, ckey):
         new_cstates = dict(cstates)
         extras_bits = float_bits(message.extras)
         if downlink is not None:
@@ -81,7 +63,46 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
             down_bits = jnp.asarray(downlink.bits(sent), jnp.int32) + extras_bits
         else:
             down_bits = jnp.int32(float_bits(message.params) + extras_bits)
-        info = ClientInfo(cid, count, schedule.steps_taken(count, max_count).astype(jnp.int32), ckey, round_index)
+        return message, new_cstates, down_bits
+
+    return receive
+
+
+def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_count: int, downlink, platform: str,
+                      label_transform=None, tiers=None, step_limits: bool = False):
+    """``train_client(message, cid, slot, valid, cstates, data, rkey, round[, limit]) -> TrainedClient``.
+
+    ``label_transform(y, info) -> y``, when given, maps each batch's labels before the loss.
+    ``tiers`` (``engine.tiers.Tiers``): client ``cid`` trains ``tiers.models[tier of cid]`` (through
+    ``tiers.model_at(tier)``, one pass, when the tiers give it; a ``lax.switch`` over the T models otherwise).
+    ``step_limits``: ``train_client`` takes a traced int32 ``limit`` and does at most that many of its
+    scheduled steps (steps ``s >= limit`` masked like a schedule's masked steps; ``info.num_steps =
+    min(K, limit)``): a deadline's partial work (``jaxqfl.systems.deadline``).
+    """
+    tier_of = None if tiers is None else jnp.asarray(tiers.of_client)
+    S = schedule.num_steps(max_count)
+    prepare_plan, step_batch = make_batch_fn(schedule, max_count)
+    every_step_active = schedule.every_step_active and not step_limits  # no masked steps: skip the select
+    receive = make_receive(downlink)
+    stateful = stats.has_stats(model)  # running statistics (jaxqfl.models.stats): set after each step
+    local_stats = stateful and model.local_stats
+    rows_pad = schedule.batch_size is None or schedule.local_epochs is not None  # batches may hold padding rows
+    if platform == "cpu":  # convolutions in a scan: keep XLA:CPU's fast layout (conv_layout)
+        value_and_grad = lambda f: canonical_convolutions(jax.value_and_grad(f, has_aux=True))
+    else:
+        value_and_grad = lambda f: jax.value_and_grad(f, has_aux=True)
+
+    def train_client(message, cid, slot, valid, cstates, data, rkey, round_index, limit=None) -> TrainedClient:
+        reading = bound(model, data.frozen)  # the frozen part (a LoRA base) from the program's data
+        if tier_of is not None:  # the client's tier's model (a QAT preset), selected by its id
+            reading = switch_model(tiers.models, tier_of[cid], at=tiers.model_at)
+        ckey = keys.client_key(rkey, cid)
+        count, offset = data.counts[slot], data.offsets[slot]
+        message, new_cstates, down_bits = receive(message, cstates, ckey)
+        num_steps = schedule.steps_taken(count, max_count).astype(jnp.int32)
+        if step_limits:
+            num_steps = jnp.minimum(num_steps, jnp.maximum(limit, 0))
+        info = ClientInfo(cid, count, num_steps, ckey, round_index)
         # SiloBN / FedBN: the client trains from its own statistics (and BatchNorm layers); its update is still
         # taken against the server's model (jaxqfl.models.stats)
         start = message._replace(params=stats.with_local(message.params, cstates["model"])) if local_stats else message
@@ -90,6 +111,8 @@ def make_train_client(model, algorithm, schedule: LocalSchedule, task, *, max_co
 
         def local_step(local, step):
             s, sb = step
+            if step_limits:
+                sb = sb._replace(active=sb.active & (s < limit))
             rows = offset + sb.rows
             xb, yb = data.x[rows], data.y[rows]
             if label_transform is not None:

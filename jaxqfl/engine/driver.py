@@ -131,6 +131,7 @@ def run(
         simulated seconds from its cohort's speeds, bandwidths, local steps and exact
         bits, :func:`jaxqfl.systems.block_seconds`); records carry ``sim_time``, the
         clock after their round, and ``totals.sim_time`` carries it across a resume.
+        Default: the simulation's own (``Simulation.systems``, built with a round deadline).
 
     Divergence: after every block the train losses of its rounds and the new
     parameters are checked; a non-finite value ends the run at that block with
@@ -146,6 +147,7 @@ def run(
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block_rounds must be a positive integer, got {block_rounds!r}")
     compile_seconds = sim.compile_block(block)
+    systems = getattr(sim, "systems", None) if systems is None else systems
     state = sim.init(seed) if state is None else state
     start_round = int(state.round)
 

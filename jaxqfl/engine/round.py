@@ -28,6 +28,10 @@ write-back, no bits, cohort id -1 in the metrics). More than M_max joiners is an
 *overflow*: the round keeps M_max of them chosen uniformly at random and reports
 it (``RoundMetrics.joined`` / ``overflow``, server metrics ``cohort_joined`` /
 ``cohort_overflow``); never silently.
+
+A deadline (``jaxqfl.systems.deadline``, planned before training by ``engine.straggler``)
+masks out the clients that miss it like unfilled Poisson slots, or masks their later
+steps; without one the program is the one it always was.
 """
 from __future__ import annotations
 
@@ -40,12 +44,14 @@ from jax.sharding import PartitionSpec as P
 from jaxqfl import keys
 from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
 from jaxqfl.algorithms.base import ServerInfo
-from jaxqfl.engine.client_update import make_send_update, make_train_client
+from jaxqfl.engine.client_update import make_receive, make_send_update, make_train_client
 from jaxqfl.engine.layout import ClientLayout
 from jaxqfl.engine.mesh import CLIENTS
 from jaxqfl.engine.sampling import sample_poisson_cohort
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import RoundMetrics, ServerState
+from jaxqfl.engine.straggler import make_deadline_plan
+from jaxqfl.systems.deadline import check_deadline
 
 
 class DeviceData(NamedTuple):
@@ -116,7 +122,7 @@ def round_program(
     model, algorithm, aggregator, schedule: LocalSchedule, task, mesh, layout: ClientLayout, *,
     num_clients: int, max_count: int, uplink=None, downlink=None, label_transform=None,
     sampling: str = "fixed", expected_cohort: float | None = None, tiers=None,
-    availability=None, selection=None, systems=None,
+    availability=None, selection=None, systems=None, deadline: float | None = None, stragglers: str = "wait",
 ) -> Callable:
     """``one_round(state, data, cohort=None, cohort_states=None) -> (state, RoundMetrics[, new cohort states])``.
 
@@ -136,19 +142,30 @@ def round_program(
     rank by speed): the cohort is drawn among the available clients by the rule
     (``jaxqfl.engine.cohort_draw``); slots no available client fills are masked out like
     unfilled Poisson slots, and the server metric ``available`` counts the available clients.
+
+    ``systems``, ``deadline`` (simulated seconds) and
+    ``stragglers`` (``"wait"``, ``"drop"``, ``"partial"``): the deadline of each round
+    (module docstring, ``jaxqfl.systems.deadline``). Not for a streamed ``CohortBlock``.
     """
     if sampling not in ("fixed", "poisson"):
         raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
     poisson = sampling == "poisson"
     if poisson and not (expected_cohort is not None and 0 < expected_cohort <= num_clients):
         raise ValueError(f"Poisson sampling needs an expected cohort in (0, {num_clients}], got {expected_cohort!r}")
+    deadline, stragglers = check_deadline(deadline, stragglers, systems, num_clients)
+    partial = stragglers == "partial"
     C, M, D = num_clients, layout.cohort_size, layout.num_devices
     chunk, num_chunks, per_device = layout.chunk, layout.num_chunks, layout.per_device
     M_pad = layout.padded_cohort
     platform = mesh.devices.flat[0].platform
     train_client = make_train_client(model, algorithm, schedule, task, max_count=max_count, downlink=downlink,
-                                     platform=platform, label_transform=label_transform, tiers=tiers)
+                                     platform=platform, label_transform=label_transform, tiers=tiers,
+                                     step_limits=partial)
     send_update = make_send_update(aggregator, uplink, tiers)
+    plan = None
+    if deadline is not None:
+        plan = make_deadline_plan(train_client, make_receive(downlink), send_update, aggregator, schedule,
+                                  max_count=max_count, systems=systems, deadline=deadline, stragglers=stragglers)
     if tiers is not None:
         uplink = None  # each client's codec is its tier's (send_update); a switched codec's finalize is the identity
     generic_codec = uplink is not None and not aggregator.encodes_uplink
@@ -172,7 +189,7 @@ def round_program(
 
         return one_at_a_time
 
-    def device_share(message, agg_state, ids, slots, valid, cstates, data, rkey, round_index):
+    def device_share(message, agg_state, ids, slots, valid, limits, cstates, data, rkey, round_index):
         """A device's share of the cohort: chunks of vmapped clients, then the reduction."""
         if isinstance(data, CohortBlock):  # this device's slots of the streamed block
             data = DeviceData(
@@ -183,10 +200,12 @@ def round_program(
             )
         to_chunks = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
         flat = lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:])
-        vtrain = vmapped(lambda cid, slot, v, cs: train_client(message, cid, slot, v, cs, data, rkey, round_index),
-                         (0, 0, 0, 0))
+        vtrain = vmapped(lambda cid, slot, v, cs, *lim: train_client(message, cid, slot, v, cs, data, rkey,
+                                                                      round_index, *lim),
+                         (0, 0, 0, 0) + (0,) * len(limits))
         vsend = vmapped(lambda t, cs, st: send_update(t, cs, agg_state, st), (0, 0, None))
-        xs = (to_chunks(ids), to_chunks(slots), to_chunks(valid), jax.tree.map(to_chunks, cstates))
+        xs = (to_chunks(ids), to_chunks(slots), to_chunks(valid), jax.tree.map(to_chunks, cstates),
+              *map(to_chunks, limits))
 
         if two_phase:  # train every chunk first, reduce the statistics, then send
             trained = jax.lax.scan(lambda c, x: (c, vtrain(*x)), None, xs)[1]
@@ -245,6 +264,7 @@ def round_program(
             cohort = sample_cohort(rkey, C, M)
         ids = jnp.zeros((M_pad,), jnp.int32).at[:M].set(cohort)
         valid = (jnp.arange(M_pad) < M) & jnp.zeros((M_pad,), bool).at[:M].set(joined)
+        limits, deadline_metrics = (), {}
         # on-device data is indexed by client id; a streamed block by its slot on the device
         slots = jnp.tile(jnp.arange(per_device, dtype=jnp.int32), D) if data_is_block else ids
         if cohort_states is None:
@@ -252,16 +272,24 @@ def round_program(
         else:
             cstates = cohort_states
         message = algorithm.broadcast(state.params, state.algorithm_state)
+        if plan is not None:  # who meets the deadline, with how many steps, before anyone trains
+            if data_is_block:
+                raise ValueError("a deadline needs the population on the devices; a streamed CohortBlock is not "
+                                 "supported")
+            planned = plan(message, ids, valid, cstates, state.aggregator_state, data, rkey, state.round)
+            valid, joined = planned.keep, planned.keep[:M]  # a dropped client is masked like an unfilled slot
+            limits, deadline_metrics = ((planned.steps,) if partial else ()), planned.server_metrics
         sharded_round = jax.shard_map(
             device_share,
             mesh=mesh,
-            in_specs=(P(), P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS) if data_is_block else P(),
+            in_specs=(P(), P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS),
+                      P(CLIENTS) if data_is_block else P(),
                       P(), P()),
             out_specs=(P(), P(), P(CLIENTS), P(CLIENTS), P(CLIENTS)),
             check_vma=False,
         )
         (summed, weight_sum, loss_sum), stats, (ub, db, steps, cmetrics), new_cstates, kept = sharded_round(
-            message, state.aggregator_state, ids, slots, valid, cstates, data, rkey, state.round)
+            message, state.aggregator_state, ids, slots, valid, limits, cstates, data, rkey, state.round)
         reduced = kept if gather else summed
         cohort_info = CohortInfo(ids=ids, valid=valid, key=rkey, round=state.round)
         aggregate, agg_state, agg_metrics = aggregator.server(reduced, state.aggregator_state, stats, cohort_info)
@@ -292,13 +320,15 @@ def round_program(
             local_steps=real(steps[:M]),
             active=jnp.asarray(True),
             clients=jax.tree.map(lambda a: real(a[:M]), cmetrics),
-            server={**agg_metrics, **alg_metrics, **sampling_metrics},
+            server={**agg_metrics, **alg_metrics, **sampling_metrics, **deadline_metrics},
             joined=num_joined.astype(jnp.int32),
             overflow=overflow,
         )
         new_state = ServerState(params, alg_state, agg_state, client_states, state.round + 1, state.key)
         if cohort_states is None:
             return new_state, metrics
+        if plan is not None:  # the host writes every cohort row back: a dropped client's row goes back unchanged
+            new_cstates = jax.tree.map(lambda n, o: jnp.where(_slot_mask(valid, n), n, o), new_cstates, cohort_states)
         return new_state, metrics, new_cstates
 
     def state_rows(state):

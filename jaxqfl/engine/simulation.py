@@ -41,6 +41,7 @@ from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
 from jaxqfl.models.core import bound
+from jaxqfl.systems.deadline import check_deadline
 from jaxqfl.tasks import Task, default_for
 
 
@@ -66,6 +67,7 @@ class Simulation(NamedTuple):
     # evaluate_clients(state) -> client_* spread of the models the clients use (personal / fine-tuned), or None
     evaluate_clients: Callable | None = None
     tiers: Any = None  # the checked engine.tiers.Tiers, when clients differ by tier
+    systems: Any = None  # with a round deadline: its ClientSystems (engine.run's clock by default)
 
 
 class RoundSetup(NamedTuple):
@@ -127,7 +129,7 @@ def setup_round(
     population: Population, model, algorithm, schedule: LocalSchedule, *, cohort_size, aggregator, task,
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
     label_transform=None, sampling: str = "fixed", max_cohort: int | None = None, tiers=None,
-    availability=None, selection=None, systems=None,
+    availability=None, selection=None, systems=None, deadline: float | None = None, stragglers: str = "wait",
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state.
 
@@ -135,6 +137,7 @@ def setup_round(
     ``max_cohort`` slots, not for the expected ``cohort_size``.
     """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
+    check_deadline(deadline, stragglers, systems, population.num_clients)  # before any work
     availability, selection = check_cohort_draw(population.num_clients, cohort_size, client_state, sampling, tiers,
                                                 availability, selection, systems)
     if tiers is not None:
@@ -190,7 +193,8 @@ def setup_round(
                               max_count=population.max_count, uplink=uplink, downlink=downlink,
                               label_transform=label_transform, sampling=sampling,
                               expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers,
-                              availability=availability, selection=selection, systems=systems)
+                              availability=availability, selection=selection, systems=systems, deadline=deadline,
+                              stragglers=stragglers)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -303,6 +307,8 @@ def build(
     availability=None,
     selection=None,
     systems=None,
+    deadline: float | None = None,
+    stragglers: str = "wait",
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -344,14 +350,21 @@ def build(
         either, fewer available clients than cohort slots leaves the rest masked out, and the
         server metric ``available`` is reported per round. Not with the ``"host"`` client-state
         home nor ``build_streaming``; a selection rule needs ``sampling="fixed"`` and no tiers.
-      systems: the clients' ``jaxqfl.systems.ClientSystems`` (``selection="oort"`` needs it).
+      systems: the clients' ``jaxqfl.systems.ClientSystems`` (``selection="oort"`` and a deadline need it).
+      deadline / stragglers: a round deadline of ``deadline`` simulated seconds
+        (``jaxqfl.systems.deadline``): clients of ``systems`` (a ``jaxqfl.systems.ClientSystems``)
+        that cannot meet it are dropped (``stragglers="drop"``) or do the steps they can
+        (``"partial"``); each round reports its simulated seconds (server metric
+        ``round_sim_seconds``, used by ``engine.run``'s clock), ``stragglers_dropped`` and
+        ``partial_work``. ``"wait"`` (the default, no deadline) leaves the round as it is.
+        Every client-state home and both samplings; not ``build_streaming`` nor sweeps.
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
         num_devices=num_devices, chunk_size=chunk_size, uplink=uplink, downlink=downlink,
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
         label_transform=label_transform, sampling=sampling, max_cohort=max_cohort, tiers=tiers,
-        availability=availability, selection=selection, systems=systems,
+        availability=availability, selection=selection, systems=systems, deadline=deadline, stragglers=stragglers,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
     data = device_data(population, mesh, model.frozen)
@@ -367,7 +380,7 @@ def build(
     common = dict(init=setup.init, evaluate=setup.evaluate, evaluate_clients=evaluate_clients,
                   num_devices=mesh.devices.size, chunk_size=layout.chunk, cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
                   client_state_home=setup.home, tuning=setup.tuning, sampling=sampling, max_cohort=setup.max_cohort,
-                  tiers=setup.tiers)
+                  tiers=setup.tiers, systems=systems if deadline is not None else None)
     if setup.home == "host":
         compile_round, run_block, stats, cohort, traces = host_loop(
             mesh=mesh, layout=layout, num_clients=population.num_clients, one_round=one_round,

@@ -82,13 +82,20 @@ def build_streaming(
     prefetch: bool = True,
     autotune: bool | None = None,
     label_transform=None,
+    systems=None,
+    deadline: float | None = None,
+    stragglers: str = "wait",
 ) -> Simulation:
     """Like ``engine.build`` (same arguments), with the population left on the host and streamed.
 
     ``prefetch=False`` prepares each block only when its round starts (no overlap).
     A model with a frozen part (a LoRA base) is refused: a streamed block carries
-    only the cohort's rows.
+    only the cohort's rows. A round deadline (``systems``, ``deadline``, ``stragglers``:
+    ``engine.build``'s) is refused: the plan reads the population's counts on the devices.
     """
+    if deadline is not None or stragglers != "wait" or systems is not None:
+        raise ValueError(f"a round deadline (deadline={deadline!r}, stragglers={stragglers!r}) is not available for "
+                         f"a streamed population: use engine.build")
     if getattr(model, "bind", None) is not None:
         raise ValueError("streamed populations do not carry a model's frozen part (a LoRA base) yet: "
                          "use engine.build (population on the devices) for a LoRA model")

@@ -268,6 +268,9 @@ def build_sweep(
     eval_batch_size: int = 1024,
     label_transform=None,
     variants: Sequence[SweepVariant] | None = None,
+    systems=None,
+    deadline: float | None = None,
+    stragglers: str = "wait",
 ) -> SweepSimulation:
     """Build S configurations of one experiment as one program (module docstring).
 
@@ -283,7 +286,12 @@ def build_sweep(
       label_transform: ``fn(y, info) -> y`` shared by every config (``engine.build``'s).
       variants: the static groups of configs (module docstring); default one variant of
         ``model``, ``uplink``, ``downlink`` and ``make_aggregator``.
+      systems / deadline / stragglers: refused: a round deadline (``engine.build``'s) is not
+        available in a sweep (each config would need its own speeds in one program).
     """
+    if deadline is not None or stragglers != "wait" or systems is not None:
+        raise ValueError(f"a round deadline (deadline={deadline!r}, stragglers={stragglers!r}) is not available in "
+                         f"a sweep: build each config with engine.build")
     configs, names = check_configs(configs)
     check_cohort_and_chunk(population, cohort_size, chunk_size)
     schedule, schedule_of = padded_schedule(schedule, configs)

@@ -25,7 +25,8 @@ local steps and exact bits, which the driver reads after every block anyway),
 by :func:`block_seconds`; so the clock adds no host synchronisation and leaves
 the round program, and hence every result, unchanged. A synchronous server that
 waits for every sampled client is the setting here: every client of the cohort
-is waited for (a Poisson slot that no client filled is not).
+is waited for (a Poisson slot that no client filled is not). A round with a
+deadline (``jaxqfl.systems.deadline``) times itself and reports ``ROUND_SECONDS``.
 """
 from __future__ import annotations
 
@@ -77,11 +78,17 @@ def round_seconds(systems: ClientSystems, client_ids: jax.Array, num_steps: jax.
     steps done, uplink and downlink bits, and whether the server waits for them.
     Traceable: static shapes, no host sync.
     """
+    per_client = client_seconds(systems, client_ids, num_steps, uplink_bits, downlink_bits)
+    return jnp.max(jnp.where(waited, per_client, 0.0), initial=0.0)
+
+
+def client_seconds(systems: ClientSystems, client_ids: jax.Array, num_steps: jax.Array,
+                   uplink_bits: jax.Array, downlink_bits: jax.Array) -> jax.Array:
+    """``[cohort]`` float32: each client's ``num_steps x seconds_per_step + (uplink + downlink bits) / bandwidth``."""
     spc = systems.seconds_per_step[client_ids]
     bw = systems.bandwidth[client_ids]
-    per_client = (num_steps.astype(jnp.float32) * spc
-                  + (uplink_bits.astype(jnp.float32) + downlink_bits.astype(jnp.float32)) / bw)
-    return jnp.max(jnp.where(waited, per_client, 0.0), initial=0.0)
+    return (num_steps.astype(jnp.float32) * spc
+            + (uplink_bits.astype(jnp.float32) + downlink_bits.astype(jnp.float32)) / bw)
 
 
 _rounds_seconds = jax.jit(jax.vmap(round_seconds, in_axes=(None, 0, 0, 0, 0, 0)))
