@@ -40,7 +40,6 @@ replacement, or a selection rule) is ``jaxqfl.systems.selection``.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from typing import Callable, NamedTuple
@@ -52,7 +51,6 @@ import numpy as np
 from jaxqfl import keys
 
 DIURNAL_FLOOR = 0.05  # the smallest availability probability of the diurnal model
-HEADER = ["client", "availability"]
 
 
 class Availability(NamedTuple):
@@ -126,31 +124,11 @@ def per_client(probabilities, name: str = "per-client") -> Availability:
 
 def load_availability_csv(path, num_clients: int) -> Availability:
     """Read ``client,availability`` rows (every id 0..C-1 once, values in [0, 1]); ValueError naming the row."""
-    p = np.full(num_clients, np.nan)
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or [c.strip() for c in rows[0]] != HEADER:
-        raise ValueError(f"{path}: the first line must be {','.join(HEADER)!r}, got {','.join(rows[0]) if rows else ''!r}")
-    for line, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != 2:
-            raise ValueError(f"{path}, line {line}: expected 2 comma-separated values, got {len(row)}")
-        try:
-            client, value = int(row[0]), float(row[1])
-        except ValueError:
-            raise ValueError(f"{path}, line {line}: expected an integer id and a number, got {row!r}") from None
-        if not 0 <= client < num_clients:
-            raise ValueError(f"{path}, line {line}: client id {client} is outside 0..{num_clients - 1}")
-        if not math.isnan(p[client]):
-            raise ValueError(f"{path}, line {line}: client {client} appears twice")
-        if not 0.0 <= value <= 1.0:  # NaN fails too
-            raise ValueError(f"{path}, line {line}: availability must be a probability in [0, 1], got {row[1]!r}")
-        p[client] = value
-    missing = np.flatnonzero(np.isnan(p))
-    if missing.size:
-        raise ValueError(f"{path}: no row for client(s) {missing[:10].tolist()} (every id 0..{num_clients - 1} needs one)")
-    return per_client(p, name=str(path))
+    from jaxqfl.systems.profile_file import read_client_table
+
+    probability = (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")  # NaN fails too
+    return per_client(read_client_table(path, num_clients, {"availability": probability})["availability"],
+                      name=str(path))
 
 
 def parse(spec: str, num_clients: int | None = None) -> Availability:
