@@ -65,7 +65,7 @@ def _parse(argv):
     p.add_argument("--buffer", type=int, default=3, help="FedBuff's buffer K (3; concurrency is the cohort, 10)")
     p.add_argument("--target", default="synthetic-1-1=0.6,mnist-shards=0.8",
                    help="target test accuracy per workload (synthetic-1-1=0.6,mnist-shards=0.8)")
-    p.add_argument("--timing-rounds", type=int, default=15, help="timed rounds of the overhead part (15)")
+    p.add_argument("--timing-rounds", type=int, default=30, help="timed rounds of the overhead part (30)")
     p.add_argument("--workloads", default="synthetic-1-1,mnist-shards", help="which federations (both)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -231,7 +231,8 @@ def overhead_part(args, peaks, log) -> dict:
     client_systems = systems.draw_lognormal_systems(jax.random.key(args.seed), w.population.num_clients, args.sigma)
     spc = np.asarray(client_systems.seconds_per_step, np.float64)
     deadline = float(np.median(w.schedule.num_steps(w.population.max_count) * spc))  # the median compute time
-    variants = {"plain": {}, "systems": dict(systems=client_systems, deadline=deadline, stragglers="partial")}
+    variants = {"plain": {}, "drop": dict(systems=client_systems, deadline=deadline, stragglers="drop"),
+                "partial": dict(systems=client_systems, deadline=deadline, stragglers="partial")}
     runners = {}
     for name, extra in variants.items():
         sim = engine.build(w.population, w.model, w.algorithm, w.schedule, cohort_size=w.cohort_size,
@@ -256,10 +257,11 @@ def overhead_part(args, peaks, log) -> dict:
         ms = 1e3 * statistics.median(times)
         out[name] = {"round_ms": ms, "chunk_size": sim.chunk_size, "num_devices": sim.num_devices,
                      "flops_fraction_of_peak": c.flops / (ms / 1e3) / peaks.flops}
-    out["overhead"] = out["systems"]["round_ms"] / out["plain"]["round_ms"] - 1
-    log(f"mlp round: plain {out['plain']['round_ms']:.1f} ms, with the systems model "
-        f"{out['systems']['round_ms']:.1f} ms ({100 * out['overhead']:+.1f}%); {c.flops / 1e9:.2f} GFLOP and "
-        f"{c.bytes / 1e9:.3f} GB counted per round")
+    out["overhead"] = {m: out[m]["round_ms"] / out["plain"]["round_ms"] - 1 for m in ("drop", "partial")}
+    log(f"mlp round: plain {out['plain']['round_ms']:.1f} ms; with speeds and a deadline, dropping "
+        f"{out['drop']['round_ms']:.1f} ms ({100 * out['overhead']['drop']:+.1f}%), partial work "
+        f"{out['partial']['round_ms']:.1f} ms ({100 * out['overhead']['partial']:+.1f}%); {c.flops / 1e9:.2f} GFLOP "
+        f"and {c.bytes / 1e9:.3f} GB counted per round")
     return out
 
 
@@ -312,9 +314,12 @@ def _markdown(result: dict) -> str:
                   f"{o['peaks']['bandwidth'] / 1e9:.1f} GB/s.", "",
                   "| round program | ms / round (median) | share of matmul peak |", "|---|---:|---:|",
                   f"| plain | {o['plain']['round_ms']:.1f} | {o['plain']['flops_fraction_of_peak']:.3f} |",
-                  f"| speeds + deadline {o['deadline']:.1f} s + partial work | {o['systems']['round_ms']:.1f} | "
-                  f"{o['systems']['flops_fraction_of_peak']:.3f} |", "",
-                  f"Overhead: {100 * o['overhead']:+.1f}% (target: under 10%).", ""]
+                  *[f"| speeds + deadline {o['deadline']:.1f} s, {m} | {o[m]['round_ms']:.1f} | "
+                    f"{o[m]['flops_fraction_of_peak']:.3f} |" for m in ("drop", "partial")], "",
+                  f"Change against the plain round: drop {100 * o['overhead']['drop']:+.1f}%, partial work "
+                  f"{100 * o['overhead']['partial']:+.1f}% (target: under +10%). Masked-out work still runs (static "
+                  f"shapes), so neither saves FLOPs; the deadline's plan is a dry run of the bit counts that XLA "
+                  f"reduces to constants.", ""]
     return "\n".join(lines)
 
 
