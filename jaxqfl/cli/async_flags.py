@@ -17,8 +17,9 @@ far (``StalenessCount.meta_fields``), so a resumed run equals the uninterrupted 
 
 Refused (``parser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
 (``--seeds``, lists), ``--tiers``, ``--sampling poisson``, ``--cohort-size`` (C replaces
-it), ``--stream``, ``--client-state`` other than auto, differential privacy and secure aggregation flags (the privacy accountant assumes
-uniformly sampled synchronous rounds), and per-client state (``--algorithm`` scaffold,
+it), ``--stream``, ``--client-state`` other than auto, differential privacy and
+secure aggregation flags (the privacy accountant assumes uniformly sampled
+synchronous rounds), and per-client state (``--algorithm`` scaffold,
 feddyn and the personal ones, ``+ef`` codecs).
 """
 from __future__ import annotations
