@@ -10,12 +10,16 @@ and ``metrics.jsonl`` is one flush; ``sim_time`` is the flush's time (its K-th
 arrival). ``summary.json`` adds ``staleness_histogram`` (applied updates per
 staleness value, over the run) and ``staleness_mean``.
 
+Checkpoints and ``--resume`` work as for synchronous rounds: a checkpoint holds the
+whole ``FedBuffState`` (server state, in-flight table, last flush time;
+``jaxqfl.engine.checkpoint``) and its record the clock and the staleness histogram so
+far (``StalenessCount.meta_fields``), so a resumed run equals the uninterrupted one.
+
 Refused (``parser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
 (``--seeds``, lists), ``--tiers``, ``--sampling poisson``, ``--cohort-size`` (C replaces
-it), ``--stream``, ``--client-state`` other than auto, ``--resume`` (a FedBuff run
-writes no checkpoints: its in-flight table is not in the checkpoint format),
-differential privacy and secure aggregation flags (the privacy accountant assumes
-uniformly sampled synchronous rounds), and per-client state (``--algorithm`` scaffold,
+it), ``--stream``, ``--client-state`` other than auto, differential privacy and
+secure aggregation flags (the privacy accountant assumes uniformly sampled
+synchronous rounds), and per-client state (``--algorithm`` scaffold,
 feddyn and the personal ones, ``+ef`` codecs).
 """
 from __future__ import annotations
@@ -105,8 +109,6 @@ def validate(parser, args) -> None:
                                          "the devices)"),
         (args.client_state not in ("auto", "replicated"),
          f"--client-state {args.client_state}: --async fedbuff keeps no per-client state"),
-        (args.resume is not None, "--resume: a --async fedbuff run writes no checkpoints (its in-flight table is not "
-                                  "in the checkpoint format); start it again"),
         (any(getattr(args, f, None) not in (None, False) for f in PRIVATE_FLAGS),
          "differential privacy and secure aggregation flags are not available with --async fedbuff (the privacy "
          "accountant assumes uniformly sampled synchronous rounds)"),
@@ -131,17 +133,33 @@ def build(args, population, model, algorithm, schedule, *, aggregator, uplink, d
     """The FedBuff ``Simulation`` of the flags (``engine.build_fedbuff``); ValueError naming a bad value."""
     from jaxqfl import engine
 
+    # a resumed run keeps its checkpoint's device count (1 device and several differ in the last bits)
+    layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
     return engine.build_fedbuff(population, model, algorithm, schedule, concurrency=args.concurrency,
                                 buffer=args.buffer, staleness=args.staleness, systems=client_systems,
                                 aggregator=aggregator, uplink=uplink, downlink=downlink, task=task,
-                                num_devices=args.devices, label_transform=label_transform)
+                                num_devices=args.devices or layout.get("num_devices"),
+                                label_transform=label_transform)
 
 
 class StalenessCount:
-    """The run's staleness histogram, counted on the host from each block's per-client metric ``staleness``."""
+    """The run's staleness histogram, counted on the host from each block's per-client metric ``staleness``.
+
+    A checkpoint's record carries it (``meta_fields``), and a resumed run starts from it (``resume``).
+    """
 
     def __init__(self):
         self.counts: dict[int, int] = {}
+
+    def meta_fields(self, args) -> dict:
+        """What a checkpoint's JSON record keeps of the count (nothing for a synchronous run)."""
+        if not on(args):
+            return {}
+        return {"staleness_histogram": {str(k): self.counts[k] for k in sorted(self.counts)}}
+
+    def resume(self, meta: dict) -> None:
+        """Start from the count saved in a checkpoint's record (``meta_fields``)."""
+        self.counts = {int(k): int(v) for k, v in (meta.get("staleness_histogram") or {}).items()}
 
     def wrap(self, sim):
         """``sim`` whose ``run_block`` also counts the active flushes' staleness values."""
@@ -175,4 +193,4 @@ def summary_line(s: dict) -> str:
     mean = s["staleness_mean"]
     return (f"  asynchronous     {s['async']}: {s['concurrency']} clients in flight, a server step every "
             f"{s['buffer']} arrivals, staleness weight {s['staleness']}"
-            + (f", mean staleness {mean:.2f}" if mean is not None else "") + "; no checkpoints")
+            + (f", mean staleness {mean:.2f}" if mean is not None else ""))

@@ -531,6 +531,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                                   float(meta["train_seconds"]), tuple(meta.get("tier_uplink_bits", ())),
                                   tuple(meta.get("tier_clients", ())), float(meta.get("sim_time", 0.0)))
         block = int(meta["block_rounds"])
+        staleness.resume(meta)  # FedBuff: the staleness histogram so far
     start_round = 0 if state is None else int(jax.device_get(state.round))
     setup_seconds = time.perf_counter() - t_start
 
@@ -542,7 +543,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                        "client_state_home": sim.client_state_home},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
             "tier_uplink_bits": list(t.tier_uplink_bits), "tier_clients": list(t.tier_clients),
-            "sim_time": t.sim_time,
+            "sim_time": t.sim_time, **staleness.meta_fields(args),
         })
 
     saved_rounds = set()
@@ -553,7 +554,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
 
     def save_checkpoint(state, rec_list, t):
         r = int(jax.device_get(state.round))
-        if r not in saved_rounds and not write_error and not async_flags.on(args):  # FedBuff: no checkpoints
+        if r not in saved_rounds and not write_error:
             try:
                 checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
             except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
@@ -798,8 +799,7 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}, {out / 'config.toml'},",
-        f"                   {out / 'final_params.msgpack'}"
-        + ("" if s.get("async") else f", checkpoints in {out / 'checkpoints'}"),  # FedBuff writes none
+        f"                   {out / 'final_params.msgpack'}, checkpoints in {out / 'checkpoints'}",
     ]
     print("\n".join(line for line in lines if line))
 

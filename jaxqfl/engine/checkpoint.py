@@ -1,23 +1,29 @@
-"""Checkpoints of a run through ``orbax-checkpoint``: the whole ``ServerState`` plus a JSON record.
+"""Checkpoints of a run through ``orbax-checkpoint``: the whole run state plus a JSON record.
 
 A checkpoint at round ``r`` is ``DIR/<r>/`` (orbax's ``CheckpointManager``
 layout, written to a temporary folder and renamed when complete, so a process
 killed while saving leaves the previous checkpoint intact) with two items:
 
-* ``state``: ``ServerState`` as a pytree of arrays: params, algorithm and
-  aggregator states, every per-client state (host-home NumPy rows included),
-  the round, and the run key as its raw ``jax.random.key_data`` (a typed key is
-  not an array orbax can write; it is re-wrapped with the template's PRNG
-  implementation on restore).
+* ``state``: the run state as a pytree of arrays (``_tree``). A run state is a
+  ``ServerState`` (synchronous rounds) or a pytree holding one, e.g. FedBuff's
+  ``FedBuffState`` (server state, in-flight table, last flush time). A
+  ``ServerState`` is written as the dict of its fields: params, algorithm and
+  aggregator states, every per-client state (host-home NumPy rows included), the
+  round, and the run key as its raw ``jax.random.key_data`` under ``key_data``.
+  Every other typed PRNG key of the state (FedBuff's in-flight clients' keys) is
+  written in place as its key data. A typed key is not an array orbax can write;
+  each is re-wrapped with the PRNG implementation of the template's key at the
+  same place on restore.
 * ``meta``: JSON chosen by the caller (the CLI stores the config, its
-  fingerprint, the bit totals and the records so far).
+  fingerprint, the bit totals, the clock and the records so far; FedBuff adds
+  its staleness histogram).
 
 A sweep's config-stacked state (every leaf ``[S, ...]``, ``SweepSimulation.init()``)
 is saved and restored the same way; its step is the round all its configs share.
 
 Restoring needs a template state (``Simulation.init(seed)``): the arrays come
-back with the template's shapes, dtypes and shardings, so the resumed run's
-programs are the uninterrupted run's and results match bit for bit.
+back with the template's structure, shapes, dtypes and shardings, so the resumed
+run's programs are the uninterrupted run's and results match bit for bit.
 
 The final global model is written separately by ``save_params`` as Flax msgpack
 (``final_params.msgpack``) and read back with one call, ``load_final_model(run_dir)``.
@@ -34,10 +40,52 @@ from jaxqfl.engine.state import ServerState
 FINAL_PARAMS = "final_params.msgpack"
 
 
-def _tree(state: ServerState) -> dict:
-    return {"params": state.params, "algorithm_state": state.algorithm_state,
-            "aggregator_state": state.aggregator_state, "client_states": state.client_states,
-            "round": state.round, "key_data": jax.random.key_data(state.key)}
+def _is_key(a) -> bool:
+    return hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def _server_or_key(x) -> bool:
+    return isinstance(x, ServerState) or _is_key(x)
+
+
+def _key_data(tree):
+    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree)
+
+
+def _tree(state) -> object:
+    """The pytree orbax writes for the run state ``state`` (a ``ServerState`` or a pytree holding one).
+
+    A ``ServerState`` becomes the dict of its fields with its key as ``key_data`` (the layout
+    of every checkpoint so far); any other typed key becomes its key data in place.
+    """
+
+    def disk(x):
+        if isinstance(x, ServerState):
+            return {"params": _key_data(x.params), "algorithm_state": _key_data(x.algorithm_state),
+                    "aggregator_state": _key_data(x.aggregator_state),
+                    "client_states": _key_data(x.client_states), "round": x.round,
+                    "key_data": jax.random.key_data(x.key)}
+        return jax.random.key_data(x) if _is_key(x) else x
+
+    return jax.tree.map(disk, state, is_leaf=_server_or_key)
+
+
+def _untree(template, tree):
+    """The inverse of ``_tree``: ``tree`` (as orbax restored it) in ``template``'s types, keys wrapped back."""
+
+    def wrap(t, data):
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(t)) if _is_key(t) else data
+
+    def keys_back(t, x):  # a part without keys comes back as orbax gives it (the layout of every checkpoint so far)
+        return jax.tree.map(wrap, t, x, is_leaf=_is_key) if any(map(_is_key, jax.tree.leaves(t))) else x
+
+    def back(t, x):
+        if isinstance(t, ServerState):
+            return ServerState(*(keys_back(getattr(t, f), x[f]) for f in ServerState._fields[:-1]),
+                               wrap(t.key, x["key_data"]))
+        return wrap(t, x)
+
+    return jax.tree.map(back, template, tree, is_leaf=_server_or_key)
 
 
 def _manager(directory, keep: int | None):
@@ -47,8 +95,11 @@ def _manager(directory, keep: int | None):
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 
-def save(directory, state: ServerState, meta: dict, *, keep: int | None = 2) -> int:
-    """Write a checkpoint of ``state`` (and the JSON-able ``meta``) at its round; returns the round.
+def save(directory, state, meta: dict, *, keep: int | None = 2) -> int:
+    """Write a checkpoint of the run state ``state`` (and the JSON-able ``meta``) at its round; returns the round.
+
+    ``state``: a ``ServerState``, a sweep's stacked one, or a state with a ``round`` holding one
+    (``FedBuffState``).
 
     Synchronous: when it returns the files are complete (the caller may then donate
     ``state``'s buffers to the next block). Keeps the ``keep`` latest checkpoints.
@@ -88,8 +139,12 @@ def read_meta(directory, step: int | None = None) -> dict:
         return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def restore(directory, template: ServerState, step: int | None = None) -> tuple[ServerState, dict]:
-    """``(state, meta)`` of the checkpoint at ``step`` (default: the latest), shaped and placed like ``template``."""
+def restore(directory, template, step: int | None = None) -> tuple[object, dict]:
+    """``(state, meta)`` of the checkpoint at ``step`` (default: the latest), shaped and placed like ``template``.
+
+    ``template``: a state of the same run (``Simulation.init(seed)``, any seed): a ``ServerState``
+    or a ``FedBuffState``; the state comes back of its type.
+    """
     import orbax.checkpoint as ocp
 
     def abstract(a):
@@ -104,11 +159,7 @@ def restore(directory, template: ServerState, step: int | None = None) -> tuple[
             raise FileNotFoundError(f"no checkpoint in {directory}")
         got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                         meta=ocp.args.JsonRestore()))
-    tree = got["state"]
-    key = jax.random.wrap_key_data(tree["key_data"], impl=jax.random.key_impl(template.key))
-    state = ServerState(tree["params"], tree["algorithm_state"], tree["aggregator_state"], tree["client_states"],
-                        tree["round"], key)
-    return state, got["meta"]
+    return _untree(template, got["state"]), got["meta"]
 
 
 def save_params(path, params) -> None:

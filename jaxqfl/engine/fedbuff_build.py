@@ -8,8 +8,10 @@ is a ``lax.scan`` over ``flush`` (tail flushes past ``num_active`` skipped with
 through the server metric ``ROUND_SECONDS``), ``metrics.jsonl`` and ``summary.json``
 work unchanged. ``init(seed)`` runs the fill (the first C clients' training) too.
 
-The state is a ``FedBuffState`` (server state + in-flight table), replicated on every
-device of the mesh; it is not checkpointed (the CLI refuses ``--resume`` for it).
+The state is a ``FedBuffState`` (server state + in-flight table + last flush time),
+replicated on every device of the mesh; ``jaxqfl.engine.checkpoint`` saves and restores
+it whole (a ``Simulation.init(seed)`` state is the template), so a resumed run is the
+uninterrupted one bit for bit (``tests/test_fedbuff_resume.py``).
 """
 from __future__ import annotations
 
