@@ -49,7 +49,9 @@ import math
 import dp_accounting
 from dp_accounting import rdp
 
-from jaxqfl.privacy.accounting import SAMPLINGS, _check_delta, _check_population
+from jaxqfl.privacy.accounting import _check_delta, _check_population
+
+SAMPLINGS = ("fixed", "poisson")  # not FedBuff's "async": distributed DP is not wired to buffered rounds yet
 
 RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256, 384, 512, 1024)
 
@@ -80,6 +82,8 @@ def skellam_noise_multiplier(l2_sensitivity: float, l1_sensitivity: float, varia
 def distributed_round_event(z_eff: float, *, num_clients: int, cohort_size: float,
                             sampling: str = "fixed") -> dp_accounting.DpEvent:
     """One round's event: the sampling's event around ``GaussianDpEvent(z_eff)``."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     _check_population(sampling, num_clients, cohort_size)
     gaussian = dp_accounting.GaussianDpEvent(z_eff)
     if sampling == "fixed":
