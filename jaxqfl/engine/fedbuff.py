@@ -56,7 +56,9 @@ flush's clipped sum plus ``N(0, (z C)^2)`` noise over K, the noise drawn from
 who arrives depends on speed, not on a uniform draw, so a flush is the unsampled Gaussian
 mechanism, composed over the flushes. Such means weigh each client 1 (DP) or an integer
 (secure and integer sums): a staleness factor other than 1 is dropped or rounded there
-(the CLI refuses the combination).
+(the CLI refuses the combination). A secure sum's upload size in ``finish_c`` is the one
+drawn at the client's start (its dropout then), while the flush decides the dropout with the
+flush's keys: the clock may count a dropped client's masked words (timing only).
 
 Devices: the whole program is replicated: every device runs all of it on every array (a
 ``shard_map`` with replicated specs, a vmap over the C fill / K replacements), so no
