@@ -21,7 +21,8 @@ def _tree(rng, scale):
 
 def test_clipped_updates_have_norm_at_most_clip():
     """Over the whole pytree: norm <= C after clipping; an update inside the ball is unchanged."""
-    agg = aggregate.dp_mean(clip=1.5, noise_multiplier=1.0)
+    agg = aggregate.dp_mean(clip=1.5, noise_multiplier=1.0, target_quantile=0.5)  # adaptive: b is kept
+    assert aggregate.dp_mean(clip=1.5, noise_multiplier=1.0).client_state_init(None) == ()  # fixed clip: no state
     state = agg.init(None)
     rng = np.random.default_rng(0)
     for scale in (0.01, 0.3, 3.0, 100.0):

@@ -38,9 +38,11 @@ Andrew et al. suggest D / 20) is part of the privacy event
 (:func:`jaxqfl.privacy.round_event`). C lives in the aggregator's server state;
 clients read it from the state handed to ``prepare``.
 
-Per-client persistent state: one float, the indicator b_i, carried from
-``prepare`` (which sees the unclipped norm) to ``client`` (which only sees the
-decoded update); it is rewritten every time the client takes part.
+Per-client persistent state: with adaptive clipping, one float, the indicator
+b_i, carried from ``prepare`` (which sees the unclipped norm) to ``client`` (which
+only sees the decoded update); it is rewritten every time the client takes part.
+With a fixed clip, none (``()``): the aggregator is stateless per client, which is
+what buffered asynchronous rounds (``jaxqfl.engine.fedbuff``) need.
 
 References:
   McMahan, Ramage, Talwar, Zhang. Learning Differentially Private Recurrent
@@ -142,7 +144,7 @@ def dp_mean(
 
     def client_state_init(params):
         del params
-        return jnp.float32(0.0)  # b_i, the last "unclipped" indicator
+        return jnp.float32(0.0) if adaptive else ()  # b_i, the last "unclipped" indicator (adaptive only)
 
     def prepare(update, weight, client_state, state, stats, info):
         del client_state, stats, info
@@ -151,13 +153,14 @@ def dp_mean(
             w = jnp.where(weight > 0, 1.0, 0.0)
         else:
             w = jnp.clip(weight / weight_cap, 0.0, 1.0)
-        unclipped = (norm <= state.clip).astype(jnp.float32)
+        unclipped = (norm <= state.clip).astype(jnp.float32) if adaptive else ()
         return clipped, w, unclipped, {"dp_update_norm": norm}
 
     def client(update, weight, client_state, state, stats, info):
         del state, stats, info
-        summand = {"sum": jax.tree.map(lambda u: weight * u, update),
-                   "unclipped": jnp.where(weight > 0, client_state - 0.5, 0.0)}
+        summand = {"sum": jax.tree.map(lambda u: weight * u, update)}
+        if adaptive:
+            summand["unclipped"] = jnp.where(weight > 0, client_state - 0.5, 0.0)
         return summand, client_state, {}
 
     def server(reduced, state, stats, cohort):

@@ -17,10 +17,18 @@ far (``StalenessCount.meta_fields``), so a resumed run equals the uninterrupted 
 
 Refused (``parser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
 (``--seeds``, lists), ``--tiers``, ``--sampling poisson``, ``--cohort-size`` (C replaces
-it), ``--stream``, ``--client-state`` other than auto, differential privacy and
-secure aggregation flags (the privacy accountant assumes uniformly sampled
-synchronous rounds), and per-client state (``--algorithm`` scaffold,
-feddyn and the personal ones, ``+ef`` codecs).
+it), ``--stream``, ``--client-state`` other than auto, per-client state (``--algorithm``
+scaffold, feddyn and the personal ones, ``+ef`` codecs, ``--dp-adaptive-quantile``: adaptive
+clipping's per-client indicator), and ``--staleness`` other than constant with ``--dp-clip``,
+``--secure-aggregation`` or ``--integer-aggregation`` (their means weigh each client 1 or an
+integer, so the staleness factor would be lost or rounded away).
+
+Privacy per buffer: ``--secure-aggregation`` sums each flush's K arrivals under the
+protocol (masks among them, their dropouts); ``--dp-clip`` with ``--dp-noise`` or
+``--dp-epsilon`` releases each flush's clipped sum plus Gaussian noise over K, accounted as
+the unsampled Gaussian mechanism composed over the flushes (``sampling="async"`` of
+``jaxqfl.privacy``: who arrives depends on speed, so no amplification by sampling);
+``--dp-distributed skellam`` noises each buffer's secure sum, accounted the same way.
 """
 from __future__ import annotations
 
@@ -34,7 +42,9 @@ from jaxqfl.choices import PERSONAL_ALGORITHMS
 
 MODES = ("fedbuff",)
 STATEFUL_ALGORITHMS = ("scaffold", "feddyn") + PERSONAL_ALGORITHMS  # clients keep state between rounds
-PRIVATE_FLAGS = ("dp_clip", "dp_noise", "dp_epsilon", "dp_distributed", "secure_aggregation")
+#: flags whose mean weighs each client 1 or an integer: a staleness factor other than 1 would be lost or rounded
+UNWEIGHTED_MEANS = (("dp_clip", "--dp-clip"), ("dp_distributed", "--dp-distributed"),
+                    ("secure_aggregation", "--secure-aggregation"), ("integer_aggregation", "--integer-aggregation"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +105,7 @@ def validate(parser, args) -> None:
     cohort_rules = [f"--{flag} {getattr(args, flag)}" for flag, default in (("availability", "always"),
                                                                           ("selection", "uniform"))
                     if getattr(args, flag, None) not in (None, default)]
+    unweighted = [flag for dest, flag in UNWEIGHTED_MEANS if getattr(args, dest, None) not in (None, False)]
     if getattr(args, "deadline", None) is not None:
         parser.error(f"--deadline {args.deadline}: --async fedbuff has no rounds to give a deadline (the server "
                      f"steps whenever --buffer clients have arrived; slow clients arrive stale instead)")
@@ -109,9 +120,12 @@ def validate(parser, args) -> None:
                                          "the devices)"),
         (args.client_state not in ("auto", "replicated"),
          f"--client-state {args.client_state}: --async fedbuff keeps no per-client state"),
-        (any(getattr(args, f, None) not in (None, False) for f in PRIVATE_FLAGS),
-         "differential privacy and secure aggregation flags are not available with --async fedbuff (the privacy "
-         "accountant assumes uniformly sampled synchronous rounds)"),
+        (getattr(args, "dp_adaptive_quantile", None) is not None,
+         "--dp-adaptive-quantile keeps a per-client indicator (adaptive clipping), which --async fedbuff does not "
+         "define; use a fixed --dp-clip"),
+        (args.staleness != "constant" and bool(unweighted),
+         f"--staleness {args.staleness} with {' '.join(unweighted)}: that mean weighs each client 1 or an integer, "
+         f"so the staleness factor would be lost or rounded away; use --staleness constant"),
         (args.algorithm in STATEFUL_ALGORITHMS,
          f"--algorithm {args.algorithm} keeps per-client state, which --async fedbuff does not define; use one of "
          f"fedavg, fedprox, fednova, mimelite, perfedavg, qffl"),

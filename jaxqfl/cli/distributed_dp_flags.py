@@ -19,6 +19,11 @@ def _equivalent_noise(p) -> float:
     return privacy.skellam_noise_multiplier(p.l2_sensitivity, p.l1_sensitivity, p.central_variance)
 
 
+def sampling(args) -> str:
+    """The accounting's sampling: ``"async"`` for FedBuff's flushes (``jaxqfl.privacy.accounting``), else fixed."""
+    return "async" if getattr(args, "async", None) is not None else "fixed"
+
+
 def make_distributed(args, num_clients: int, model, feature_shape):
     """Distributed DP: the template from the model, z calibrated to --dp-epsilon, the equivalent Gaussian."""
     import jax
@@ -26,16 +31,18 @@ def make_distributed(args, num_clients: int, model, feature_shape):
 
     from jaxqfl import aggregate, privacy
     from jaxqfl.aggregate import skellam_calibration as calibration
+    from jaxqfl.cli.privacy_flags import aggregated
 
     template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
     dimension = sum(x.size for x in jax.tree.leaves(template))
-    shares = calibration.min_survivors(args.cohort_size, args.dropout)  # does not depend on z: once
+    M = aggregated(args)  # the cohort, or FedBuff's buffer
+    shares = calibration.min_survivors(M, args.dropout)  # does not depend on z: once
 
     def parameters(z):
-        return calibration.skellam_parameters(args.dp_clip, z, dimension=dimension, cohort_size=args.cohort_size,
+        return calibration.skellam_parameters(args.dp_clip, z, dimension=dimension, cohort_size=M,
                                               bits=args.dp_bits, noise_shares=shares)
 
-    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
+    acct = dict(num_clients=num_clients, cohort_size=M, sampling=sampling(args))
     if args.dp_epsilon is not None:
         args.dp_noise = privacy.distributed_noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
                                                               lambda z: _equivalent_noise(parameters(z)), **acct)
@@ -48,7 +55,7 @@ def make_distributed(args, num_clients: int, model, feature_shape):
           f"{p.scale:.3g}, noise split over {p.noise_shares} survivors, delta {args.dp_delta:.3g}"
           f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}")
     return aggregate.distributed_skellam(args.dp_clip, args.dp_noise, template=template, num_clients=num_clients,
-                                         cohort_size=args.cohort_size, bits=args.dp_bits, protocol=protocol,
+                                         cohort_size=M, bits=args.dp_bits, protocol=protocol,
                                          dropout=args.dropout, neighbours=args.secagg_degree,
                                          threshold=args.secagg_threshold, noise_shares=p.noise_shares)
 
@@ -58,9 +65,10 @@ def summary(args, num_clients: int) -> dict:
     import dp_accounting
 
     from jaxqfl import privacy
+    from jaxqfl.cli.privacy_flags import aggregated
     from jaxqfl.privacy import distributed
 
-    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size)
+    acct = dict(num_clients=num_clients, cohort_size=aggregated(args), sampling=sampling(args))
     eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, args.rounds, **acct)
     event = dp_accounting.SelfComposedDpEvent(distributed.distributed_round_event(args._ddp_z_eff, **acct), args.rounds)
     p = args._ddp_params
@@ -70,7 +78,8 @@ def summary(args, num_clients: int) -> dict:
     k, bound = secagg_degree(argparse.Namespace(**{**vars(args), "secure_aggregation": protocol}))
     return {
         "dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": args.dp_delta,
-        "dp_accountant": "rdp (replace-one, integer orders) on the equivalent Gaussian",
+        "dp_accountant": "rdp (replace-one, integer orders) on the equivalent Gaussian"
+                         + (", no sampling amplification" if sampling(args) == "async" else ""),
         "dp_event": repr(event),
         "dp_effective_noise_multiplier": args._ddp_z_eff, "dp_noise_multiplier": args.dp_noise,
         "dp_clip": args.dp_clip, "dp_mechanism": "distributed skellam (Agarwal et al. 2021) under " + protocol,

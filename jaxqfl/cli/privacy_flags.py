@@ -97,15 +97,15 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                          f"{DISTRIBUTED_ALGORITHMS}, got {args.algorithm!r}")
         if args.integer_aggregation:
             parser.error("--dp-distributed already sums integer codes; drop --integer-aggregation")
-        if args.cohort_size < 2:
-            parser.error(f"--dp-distributed needs --cohort-size >= 2, got {args.cohort_size}")
+        if aggregated(args) < 2:
+            parser.error(f"--dp-distributed needs {_cohort_flag(args)} >= 2, got {aggregated(args)}")
         if args.secagg_degree is not None and (args.secure_aggregation == "secagg" or not (
-                args.secagg_degree >= args.cohort_size - 1 or (args.secagg_degree >= 2 and args.secagg_degree % 2 == 0))):
+                args.secagg_degree >= aggregated(args) - 1 or (args.secagg_degree >= 2 and args.secagg_degree % 2 == 0))):
             parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1) with secagg+, "
                          f"got {args.secagg_degree}")
         args.dp_bits = 20 if args.dp_bits is None else args.dp_bits
-        if not (2 ** (args.dp_bits - 1) > args.cohort_size + 1 and args.dp_bits <= 32):
-            parser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {args.cohort_size + 1}, "
+        if not (2 ** (args.dp_bits - 1) > aggregated(args) + 1 and args.dp_bits <= 32):
+            parser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {aggregated(args) + 1}, "
                          f"got {args.dp_bits}")
         _predict_failure(parser, args)
         return
@@ -115,9 +115,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         k = args.secagg_degree
         if args.secure_aggregation != "secagg+":
             parser.error("--secagg-degree applies to --secure-aggregation secagg+")
-        if not (k >= args.cohort_size - 1 or (k >= 2 and k % 2 == 0)):
+        if not (k >= aggregated(args) - 1 or (k >= 2 and k % 2 == 0)):
             parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1 = "
-                         f"{args.cohort_size - 1} for all pairs), got {k}")
+                         f"{aggregated(args) - 1} for all pairs), got {k}")
     if args.secure_aggregation is not None:
         if args.dp:
             parser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
@@ -127,8 +127,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                          f"(uniform, qsgd, terngrad); got --uplink {args.uplink!r}")
         if args.integer_aggregation:
             parser.error("--secure-aggregation already sums integer codes; drop --integer-aggregation")
-        if args.cohort_size < 2:
-            parser.error(f"--secure-aggregation needs --cohort-size >= 2, got {args.cohort_size}")
+        if aggregated(args) < 2:
+            parser.error(f"--secure-aggregation needs {_cohort_flag(args)} >= 2, got {aggregated(args)}")
         _predict_failure(parser, args)
     if args.dp and args.integer_aggregation:
         parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
@@ -148,9 +148,9 @@ def _predict_failure(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.dp_distributed is not None:
         from jaxqfl.aggregate.skellam_calibration import min_survivors
 
-        shares = min_survivors(args.cohort_size, args.dropout)
+        shares = min_survivors(aggregated(args), args.dropout)
     try:
-        fp = secagg_plan.check(args.cohort_size, args.rounds, args.dropout, args.secagg_threshold,
+        fp = secagg_plan.check(aggregated(args), args.rounds, args.dropout, args.secagg_threshold,
                                protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree,
                                min_survivors=shares)
     except secagg_plan.SecaggWillFail as e:
@@ -197,8 +197,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
             k, bound = secagg_degree(args)
             print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
                   f"{bound:.3g} at --dropout {args.dropout} "
-                  f"({'exact' if k >= args.cohort_size - 1 else 'union bound'})")
-        return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=args.cohort_size,
+                  f"({'exact' if k >= aggregated(args) - 1 else 'union bound'})")
+        return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=aggregated(args),
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
                                     dropout=args.dropout, neighbours=args.secagg_degree,
                                     max_weight=secagg_max_weight(args, largest_client))
@@ -209,8 +209,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
                                  target_quantile=args.dp_adaptive_quantile, count_noise_std=args.dp_count_noise)
     from jaxqfl import privacy
 
-    args.dp_count_noise = args.cohort_size / 20.0 if args.dp_adaptive_quantile is not None else 0.0
-    acct = dict(num_clients=num_clients, cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+    args.dp_count_noise = aggregated(args) / 20.0 if args.dp_adaptive_quantile is not None else 0.0
+    acct = dict(num_clients=num_clients, cohort_size=aggregated(args), count_noise_std=args.dp_count_noise,
                 sampling=_sampling(args))
     if args.dp_epsilon is not None:
         args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds, **acct)
@@ -223,12 +223,25 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     # Poisson sampling: the FIXED denominator is the expected cohort q N (McMahan et al. 2018), never the realised one
     return aggregate.dp_mean(args.dp_clip, args.dp_noise, target_quantile=args.dp_adaptive_quantile,
                              count_noise_std=args.dp_count_noise,
-                             denominator=float(args.cohort_size) if _sampling(args) == "poisson" else None)
+                             denominator=float(aggregated(args)) if _sampling(args) == "poisson" else None)
 
 
 def _sampling(args) -> str:
-    """The cohort sampling the accounting must match (``--sampling``, ``jaxqfl.cli.sampling_flags``)."""
+    """The cohort sampling the accounting must match (``--sampling``, ``jaxqfl.cli.sampling_flags``; ``"async"``
+    for ``--async fedbuff``: a flush's arrivals are no uniform sample, ``jaxqfl.privacy.accounting``)."""
+    if getattr(args, "async", None) is not None:
+        return "async"
     return getattr(args, "sampling", "fixed")
+
+
+def aggregated(args) -> int:
+    """The clients one aggregate is over: the cohort, or FedBuff's buffer K (``--buffer``), which is the secure
+    sum's cohort and the DP mean's denominator of each flush."""
+    return args.buffer if getattr(args, "async", None) is not None else args.cohort_size
+
+
+def _cohort_flag(args) -> str:
+    return "--buffer" if getattr(args, "async", None) is not None else "--cohort-size"
 
 
 def secagg_degree(args) -> tuple:
@@ -236,7 +249,7 @@ def secagg_degree(args) -> tuple:
     (``jaxqfl.aggregate.secagg_plan``: exact for all pairs, the union bound otherwise)."""
     from jaxqfl.aggregate import secagg_plan
 
-    fp = secagg_plan.plan(args.cohort_size, 1, args.dropout, args.secagg_threshold,
+    fp = secagg_plan.plan(aggregated(args), 1, args.dropout, args.secagg_threshold,
                           protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree)
     return fp.neighbours, fp.round_upper
 
@@ -252,11 +265,12 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
 
         if args.dp_distributed is not None:
             eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, record["round"],
-                                              num_clients=num_clients, cohort_size=args.cohort_size)
+                                              num_clients=num_clients, cohort_size=aggregated(args),
+                                              sampling=distributed_dp_flags.sampling(args))
         else:
             z = args.dp_noise if noise is None else noise
             eps = privacy.epsilon(z, args.dp_delta, record["round"], num_clients=num_clients,
-                                  cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+                                  cohort_size=aggregated(args), count_noise_std=args.dp_count_noise,
                                   sampling=_sampling(args))
         out["dp_epsilon"] = eps if math.isfinite(eps) else None
     failed = record.get("server_secagg_failed_rounds", 0)
@@ -312,7 +326,7 @@ def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
 
     noise = args.dp_noise if noise is None else noise
     d = privacy.describe(noise, args.dp_delta, args.rounds, num_clients=num_clients,
-                         cohort_size=args.cohort_size, count_noise_std=args.dp_count_noise,
+                         cohort_size=aggregated(args), count_noise_std=args.dp_count_noise,
                          sampling=_sampling(args))
     return {**d, "dp_noise_multiplier": noise, "dp_clip": args.dp_clip,
             "dp_adaptive_quantile": args.dp_adaptive_quantile, "dp_count_noise_std": args.dp_count_noise,

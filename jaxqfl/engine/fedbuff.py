@@ -44,8 +44,21 @@ is replaced by a newly sampled one, so C stay in flight. Semantics, exactly:
 Hence K = C, constant f and equal speeds is synchronous FedAvg with cohort C: the same
 cohorts, keys and models, flush r = round r (``tests/test_fedbuff.py``).
 
-Per-client persistent state (SCAFFOLD controls, error feedback, SiloBN statistics) has
-no clear asynchronous meaning; ``check_stateless`` refuses it.
+Per-client persistent state (SCAFFOLD controls, error feedback, SiloBN statistics, adaptive
+DP clipping's indicator) has no clear asynchronous meaning; ``check_stateless`` refuses it.
+
+Privacy per buffer (the FedBuff paper's point): the buffer is the aggregator's cohort, so a
+secure sum (``aggregate.secure_sum(codec, num_clients=N, cohort_size=K)``) masks among the
+K arrivals of a flush and unmasks over their survivors (dropouts drawn from the flush's
+client keys), and ``aggregate.dp_mean(clip, z)`` (fixed clip: stateless) releases the
+flush's clipped sum plus ``N(0, (z C)^2)`` noise over K, the noise drawn from
+``fold_in(round_key(run, r), DP)``. Accounting (``jaxqfl.privacy``, ``sampling="async"``):
+who arrives depends on speed, not on a uniform draw, so a flush is the unsampled Gaussian
+mechanism, composed over the flushes. Such means weigh each client 1 (DP) or an integer
+(secure and integer sums): a staleness factor other than 1 is dropped or rounded there
+(the CLI refuses the combination). A secure sum's upload size in ``finish_c`` is the one
+drawn at the client's start (its dropout then), while the flush decides the dropout with the
+flush's keys: the clock may count a dropped client's masked words (timing only).
 
 Devices: the whole program is replicated: every device runs all of it on every array (a
 ``shard_map`` with replicated specs, a vmap over the C fill / K replacements), so no
@@ -122,8 +135,8 @@ def check_stateless(per_client_states: dict) -> None:
     kept = sorted(name for name, s in per_client_states.items() if jax.tree.leaves(s))
     if kept:
         raise ValueError(f"FedBuff keeps no per-client state, but this run keeps some per client (in its "
-                         f"{', '.join(kept)}: SCAFFOLD / FedDyn controls, error feedback (+ef), DP's unclipped "
-                         f"indicators, personal or BatchNorm statistics); its meaning across asynchronous versions "
+                         f"{', '.join(kept)}: SCAFFOLD / FedDyn controls, error feedback (+ef), adaptive DP "
+                         f"clipping's indicators, personal or BatchNorm statistics); its meaning across asynchronous versions "
                          f"is not defined: use a stateless algorithm, codec and aggregator")
 
 

@@ -9,9 +9,20 @@ sampling   event (one round)                                      accountant, ne
 =========  =====================================================  =================================
 fixed      ``SampledWithoutReplacementDpEvent(N, M, Gaussian(z'))``  RDP, replace-one (N is public)
 poisson    ``PoissonSampledDpEvent(q, Gaussian(z'))``                PLD, add-or-remove-one
+async      ``Gaussian(z')`` (no sampling)                          RDP, replace-one (N is public)
 =========  =====================================================  =================================
 
-composed over the rounds with ``SelfComposedDpEvent``. ``z'`` is the noise
+composed over the rounds with ``SelfComposedDpEvent``.
+
+``"async"`` is a FedBuff flush (``jaxqfl.engine.fedbuff``: the noisy clipped sum of the
+buffer's K arrivals). Who arrives in a flush depends on the clients' speeds, not on a
+uniform draw, so no amplification by sampling can be claimed; and a client may arrive
+in any flush (at most once per flush: a client in flight is never drawn again), so the
+honest bound is the plain Gaussian mechanism composed over every flush,
+``SelfComposedDpEvent(GaussianDpEvent(z'), flushes)``. The neighbouring relation is
+replace-one as for fixed-size cohorts (the population and the clients' speeds are
+public; replacing one client's data moves each flush's sum by at most 2C), so
+``z' = z / 2`` and epsilons compare with synchronous fixed-size runs. ``z'`` is the noise
 standard deviation over the L2 sensitivity of what is released:
 
 * add/remove one client: the sum of clipped updates moves by at most C, so the
@@ -36,7 +47,8 @@ import math
 import dp_accounting
 from dp_accounting import rdp
 
-SAMPLINGS = ("fixed", "poisson")
+SAMPLINGS = ("fixed", "poisson", "async")
+REPLACE_ONE = ("fixed", "async")  # samplings accounted under replace-one (the population is public)
 
 
 def _check_population(sampling: str, num_clients: int, cohort_size: float) -> None:
@@ -44,7 +56,7 @@ def _check_population(sampling: str, num_clients: int, cohort_size: float) -> No
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if not (isinstance(num_clients, int) and num_clients >= 1):
         raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
-    if sampling == "fixed" and not (isinstance(cohort_size, int) and 1 <= cohort_size <= num_clients):
+    if sampling in REPLACE_ONE and not (isinstance(cohort_size, int) and 1 <= cohort_size <= num_clients):
         raise ValueError(f"cohort_size must be an integer in [1, num_clients={num_clients}], got {cohort_size!r}")
     if sampling == "poisson" and not (0 < cohort_size <= num_clients):
         raise ValueError(f"the expected cohort size must be in (0, num_clients={num_clients}], got {cohort_size!r}")
@@ -55,19 +67,22 @@ def effective_noise_multiplier(noise_multiplier: float, *, sampling: str = "fixe
     """``z'``: the round's noise std over the sensitivity of what it releases (module docstring)."""
     if noise_multiplier <= 0:
         return 0.0
-    update = noise_multiplier / 2.0 if sampling == "fixed" else noise_multiplier
+    update = noise_multiplier / 2.0 if sampling in REPLACE_ONE else noise_multiplier
     if not count_noise_std:
         return update
-    count = count_noise_std if sampling == "fixed" else 2.0 * count_noise_std
+    count = count_noise_std if sampling in REPLACE_ONE else 2.0 * count_noise_std
     return (update ** -2 + count ** -2) ** -0.5
 
 
 def round_event(noise_multiplier: float, *, num_clients: int, cohort_size: float, sampling: str = "fixed",
                 count_noise_std: float = 0.0) -> dp_accounting.DpEvent:
-    """The ``DpEvent`` of ONE round (``cohort_size``: M for fixed sampling, the expected q N for Poisson)."""
+    """The ``DpEvent`` of ONE round (``cohort_size``: M for fixed sampling, the expected q N for Poisson,
+    the buffer K for ``"async"``, where it does not enter the event: no sampling)."""
     _check_population(sampling, num_clients, cohort_size)
     z = effective_noise_multiplier(noise_multiplier, sampling=sampling, count_noise_std=count_noise_std)
     gaussian = dp_accounting.GaussianDpEvent(z)
+    if sampling == "async":
+        return gaussian
     if sampling == "fixed":
         return dp_accounting.SampledWithoutReplacementDpEvent(num_clients, cohort_size, gaussian)
     return dp_accounting.PoissonSampledDpEvent(cohort_size / num_clients, gaussian)
@@ -82,7 +97,7 @@ def run_event(noise_multiplier: float, rounds: int, **kw) -> dp_accounting.DpEve
 
 def make_accountant(sampling: str = "fixed") -> dp_accounting.PrivacyAccountant:
     """A fresh accountant for the sampling (RDP replace-one, or PLD add/remove)."""
-    if sampling == "fixed":
+    if sampling in REPLACE_ONE:
         return rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     if sampling == "poisson":
         return dp_accounting.pld.PLDAccountant(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
@@ -90,7 +105,8 @@ def make_accountant(sampling: str = "fixed") -> dp_accounting.PrivacyAccountant:
 
 
 def accountant_name(sampling: str) -> str:
-    return {"fixed": "rdp (replace-one)", "poisson": "pld (add-or-remove-one)"}[sampling]
+    return {"fixed": "rdp (replace-one)", "poisson": "pld (add-or-remove-one)",
+            "async": "rdp (replace-one), no sampling amplification"}[sampling]
 
 
 def _check_delta(delta: float) -> None:
@@ -133,7 +149,7 @@ def max_target_epsilon(delta: float, rounds: int, *, num_clients: int, cohort_si
     """
     event = run_event(MIN_CALIBRATED_NOISE, rounds, num_clients=num_clients, cohort_size=cohort_size,
                       sampling=sampling, count_noise_std=count_noise_std)
-    acc = make_accountant("fixed") if sampling == "fixed" else _rdp_poisson_accountant()
+    acc = make_accountant(sampling) if sampling in REPLACE_ONE else _rdp_poisson_accountant()
     acc.compose(event)
     return float(acc.get_epsilon(delta))
 

@@ -31,7 +31,11 @@ not a proof. The accountant is RDP at integer orders only (the orders Agarwal et
 al. account at), also for Poisson sampling (PLD would need the Gaussian's whole
 privacy-loss distribution, which the Skellam bound does not give).
 
-Sensitivities: with fixed-size sampling (replace-one relation) the sum moves by
+FedBuff's flushes (``sampling="async"``, :mod:`jaxqfl.privacy.accounting`) are not
+sampled: the round's event is ``GaussianDpEvent(z_eff)`` itself, composed over the
+flushes, so there the dominance above makes the reported epsilon a rigorous bound.
+
+Sensitivities: with fixed-size sampling or FedBuff's flushes (replace-one relation) the sum moves by
 ``2 Delta_2`` / ``2 Delta_1``; with Poisson sampling (add/remove one), by
 ``Delta_2`` / ``Delta_1``. No extra delta: the rounded norm bound holds with
 probability 1 (``jaxqfl.aggregate.distributed_dp``), the server's view mod 2^b is a
@@ -49,7 +53,7 @@ import math
 import dp_accounting
 from dp_accounting import rdp
 
-from jaxqfl.privacy.accounting import SAMPLINGS, _check_delta, _check_population
+from jaxqfl.privacy.accounting import REPLACE_ONE, SAMPLINGS, _check_delta, _check_population
 
 RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256, 384, 512, 1024)
 
@@ -73,23 +77,27 @@ def skellam_noise_multiplier(l2_sensitivity: float, l1_sensitivity: float, varia
     """``z_eff`` against the relation of ``sampling`` (replace-one doubles both sensitivities)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    factor = 2.0 if sampling == "fixed" else 1.0
+    factor = 2.0 if sampling in REPLACE_ONE else 1.0
     return gaussian_equivalent(factor * l2_sensitivity, factor * l1_sensitivity, variance)
 
 
 def distributed_round_event(z_eff: float, *, num_clients: int, cohort_size: float,
                             sampling: str = "fixed") -> dp_accounting.DpEvent:
     """One round's event: the sampling's event around ``GaussianDpEvent(z_eff)``."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     _check_population(sampling, num_clients, cohort_size)
     gaussian = dp_accounting.GaussianDpEvent(z_eff)
+    if sampling == "async":
+        return gaussian
     if sampling == "fixed":
         return dp_accounting.SampledWithoutReplacementDpEvent(num_clients, cohort_size, gaussian)
     return dp_accounting.PoissonSampledDpEvent(cohort_size / num_clients, gaussian)
 
 
 def distributed_accountant(sampling: str = "fixed") -> dp_accounting.PrivacyAccountant:
-    """RDP at integer orders; replace-one for fixed-size sampling, add/remove one for Poisson."""
-    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if sampling == "fixed"
+    """RDP at integer orders; replace-one for fixed-size sampling and FedBuff, add/remove one for Poisson."""
+    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if sampling in REPLACE_ONE
                 else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     return rdp.RdpAccountant(orders=list(RDP_ORDERS), neighboring_relation=relation)
 
