@@ -75,6 +75,8 @@ def warn_overflow(args, sim, record: dict) -> None:
 
 
 def summary_fields(args, sim, num_clients: int, records: list[dict]) -> dict:
+    if getattr(args, "async", None) is not None:  # FedBuff: K arrivals per flush, replacements drawn as they finish
+        return {"sampling": "async"}
     if args.sampling != "poisson":
         return {"sampling": "fixed"}
     joined = [x for r in records for x in r.get("server_cohort_joined_per_round", [])]
