@@ -64,7 +64,7 @@ def _survivors_only(inner: Aggregator, dropout: float) -> Aggregator:
     return inner._replace(prepare=prepare)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dropout", [pytest.param(0.0, marks=pytest.mark.slow), 0.3])  # 0.3 covers the no-dropout sums too
 def test_secure_sum_per_buffer_equals_the_integer_mean_of_its_survivors(dropout):
     """Four flushes of K = 4 (SecAgg, all pairs, t = 1; FedAvg weighs by example counts, integers up to 7):
     the model bit for bit, the survivors counted."""

@@ -14,6 +14,7 @@ import signal
 import jax
 import numpy as np
 import optax
+import pytest
 
 from interrupted_runs import cut_resume_and_full
 from jaxqfl import algorithms, compress, engine, systems
@@ -71,6 +72,7 @@ def _summary(folder):
     return json.loads((folder / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_fedbuff_run_stopped_and_resumed_equals_the_run_through_once(tmp_path, capsys):
     def inspect(cut):
         return {"summary": _summary(cut), "rounds": checkpoint.all_rounds(cut / "checkpoints"),

@@ -111,6 +111,7 @@ def _max_diff(a, b):
                zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_poisson_round_invariant_to_devices_and_chunks(population):
     """Same keys, same cohort, same model on 1, 2, 4 and 8 devices and chunks of 1, 2, 3 and 12 (with DP noise)."""
     agg = lambda: aggregate.dp_mean(clip=0.5, noise_multiplier=0.7, denominator=6.0)

@@ -167,6 +167,7 @@ def test_cli_dp_run_reports_the_accounted_epsilon(tmp_path, capsys):
     assert rows[1]["server_dp_noise_std"] == pytest.approx(z * 1.0, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_default_delta_of_a_file_with_natural_clients_is_set_once_its_clients_are_known(tmp_path):
     """npz / LEAF populations know N only once read: the default delta 1/N^1.1 uses the file's N (was a TypeError)."""
     import json

@@ -57,7 +57,7 @@ def _times(profile, m):
     return (m.local_steps * spc[m.cohort] + (m.uplink_bits.astype(np.float64) + m.downlink_bits) / bw[m.cohort])
 
 
-@pytest.mark.parametrize("stragglers", ["drop", "partial"])
+@pytest.mark.parametrize("stragglers", [pytest.param("drop", marks=pytest.mark.slow), "partial"])
 def test_a_deadline_nobody_misses_changes_nothing(population, profile, waited, stragglers):
     """Bit for bit the parameters of the run without a deadline; the round's seconds are the host clock's."""
     w_state, w = waited

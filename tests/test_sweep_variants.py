@@ -43,6 +43,7 @@ def _sweep(population, seeds, num_devices=2, uplinks=UPLINKS):
     return sim, configs
 
 
+@pytest.mark.slow
 def test_each_codec_and_preset_config_equals_its_single_run_and_the_block_compiles_once(population):
     with CompilationLog() as log:
         sim, configs = _sweep(population, [0])
