@@ -1,6 +1,7 @@
 """Chunk size by measurement: the search, its budget, its on-disk cache, and results whatever it picks."""
 import json
 import math
+import time
 import warnings
 
 import jax
@@ -317,7 +318,7 @@ def test_a_short_run_does_not_wait_for_a_search_and_a_long_one_searches(tmp_path
     from jaxqfl import algorithms, data, models
     from jaxqfl.bench.cost import round_cost
     from jaxqfl.cli.main import main
-    from jaxqfl.engine import tuning_rule
+    from jaxqfl.engine import checkpoint, tuning_rule
     from jaxqfl.engine.schedule import LocalSchedule
 
     pop = data.build("synthetic", num_clients=30, seed=0)
@@ -338,9 +339,25 @@ def test_a_short_run_does_not_wait_for_a_search_and_a_long_one_searches(tmp_path
     monkeypatch.setenv(autotune.BUDGET_ENV, "0")
     argv = ["run", "--num-clients", "30", "--cohort-size", "6", "--rounds", "2", "--eval-every", "2",
             "--local-steps", "2", "--devices", "2", "--no-progress"]
+    called = time.time()
     assert main([*argv, "--out", str(tmp_path / "short")]) == 0
+    short_wall = time.time() - called
     s = json.loads((tmp_path / "short" / "summary.json").read_text())
     assert s["tuning"] is None and "no search" in s["chunk_size_from"] and "under the 30 s" in s["tuning_rule"]
+    # startup: from the main() call to the first round, holding the data, the rule's decision and the compilation,
+    # and none of the rounds, the evaluation or the writing after them
+    parts = s["data_seconds"] + s["tuning_seconds"] + s["compile_seconds"]
+    assert s["startup_from"] == "jaxqfl.cli.main.main() call"
+    assert s["tuning_seconds"] > 0  # the rule counted the round's work (no search)
+    assert parts <= s["startup_seconds"] <= short_wall - s["rounds"] * s["seconds_per_round"]
     assert main([*argv, "--autotune", "on", "--out", str(tmp_path / "on")]) == 0
-    s = json.loads((tmp_path / "on" / "summary.json").read_text())
-    assert s["tuning"] is not None and s["tuning_rule"] is None
+    t = json.loads((tmp_path / "on" / "summary.json").read_text())
+    assert t["tuning"] is not None and t["tuning_rule"] is None
+    searched = (t["tuning"].get("device_split") or t["tuning"])["tuning_seconds"]
+    assert t["tuning_seconds"] == searched > 0
+    assert t["data_seconds"] + t["tuning_seconds"] + t["compile_seconds"] <= t["startup_seconds"]
+    # the search changes where the clients run, never what they compute
+    short, tuned = (checkpoint.load_final_model(tmp_path / d) for d in ("short", "on"))
+    for a, b in zip(jax.tree.leaves(short), jax.tree.leaves(tuned)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert t["final_accuracy"] == pytest.approx(s["final_accuracy"], abs=1e-6)

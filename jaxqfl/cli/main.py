@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import jaxqfl
-from jaxqfl.cli import plot_command, quantize_command, run_command
+from jaxqfl.cli import plot_command, process_clock, quantize_command, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,19 +63,22 @@ def _force_cpu_devices(n: int | None) -> None:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 
-def _run(parser, args, argv: list[str]) -> int:
-    """``jaxqfl run``: every check that needs no data or device first, then the run."""
+def _run(parser, args, argv: list[str], origin: tuple[float, str]) -> int:
+    """``jaxqfl run``: every check that needs no data or device first, then the run.
+
+    ``origin``: ``(epoch seconds, what)`` that the summary's ``startup_seconds`` count from (``process_clock``).
+    """
     from jaxqfl.cli import interrupts, outputs
 
     stop = interrupts.StopRequest().install()  # before JAX starts: a signal from now on ends at a safe point
     try:
-        return _run_with(parser, args, argv, stop)
+        return _run_with(parser, args, argv, stop, origin)
     finally:
         stop.uninstall()
         outputs.release_locks()
 
 
-def _run_with(parser, args, argv, stop) -> int:
+def _run_with(parser, args, argv, stop, origin) -> int:
     from jaxqfl.cli import config_file, memory_guard, outputs, run_setup
 
     run_argv = argv[argv.index("run") + 1:] if "run" in argv else argv
@@ -129,15 +133,19 @@ def _run_with(parser, args, argv, stop) -> int:
         except outputs.OutputError as e:
             parser.run_parser.error(str(e))
         args.out = str(out)
+    args._startup_origin = origin  # not a flag: config_of leaves "_" names out
     return run_command.main(args, stop=stop, out=out)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; ``argv=None``: this process's arguments (the process is the command: startup counts from its
+    start), else a call from Python (startup counts from this call)."""
+    origin = process_clock.process_start() if argv is None else (time.time(), process_clock.MAIN_CALL)
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "run":
-        return _run(parser, args, argv)
+        return _run(parser, args, argv, origin)
     if args.command == "plot":
         return plot_command.main(args)
     if args.command == "quantize":

@@ -393,6 +393,8 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     """
     from jaxqfl.engine.compile_cache import CacheHits
 
+    if getattr(args, "_startup_origin", None) is None:  # called from Python, not through jaxqfl.cli.main
+        args._startup_origin = (time.time(), "jaxqfl.cli.run_command.main() call")
     with CacheHits() as cache_hits:  # programs loaded from the persistent compilation cache (summary.json)
         return _main(args, stop, out, cache_hits)
 
@@ -477,8 +479,10 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     except (OSError, ValueError) as e:
         fail(str(e))
     build = engine.build_streaming if args.stream else engine.build
+    t_rule = time.perf_counter()
     tuning_rule = None if async_flags.on(args) else _tuning_decision(args, population, model, algorithm, schedule,
                                                                       num_devices, cpu)
+    rule_seconds = time.perf_counter() - t_rule if tuning_rule is not None else 0.0
     staleness = async_flags.StalenessCount()
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
     # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
@@ -678,6 +682,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "setup_seconds": setup_seconds,
         "data_seconds": data_seconds,
         "compile_seconds": result.compile_seconds,
+        "tuning_seconds": rule_seconds + _search_seconds(sim.tuning),
+        **_startup_fields(args._startup_origin, result.first_round_started),
         "seconds_per_round": result.train_seconds / max(done_round, 1),
         "rounds_per_second": done_round / max(result.train_seconds, 1e-12),
         **result.round_seconds_quantiles(),
@@ -789,6 +795,9 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  bits per char    {s['final_bits_per_char']:.4f} (perplexity {s['final_perplexity']:.4g})"
         if s.get("final_bits_per_char") is not None else "",
         f"  compile          {s['compile_seconds']:.2f} s",
+        f"  startup          {s['startup_seconds']:.2f} s to the first round (data {s['data_seconds']:.2f} s, "
+        f"tuning {s['tuning_seconds']:.2f} s, compile {s['compile_seconds']:.2f} s, from the {s['startup_from']})"
+        if s.get("startup_seconds") is not None else "",
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {'per tier' if s.get('tiers') else s['uplink']}; "
         f"downlink {s['downlink']}",
@@ -802,6 +811,22 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"                   {out / 'final_params.msgpack'}, checkpoints in {out / 'checkpoints'}",
     ]
     print("\n".join(line for line in lines if line))
+
+
+def _search_seconds(tuning: dict | None) -> float:
+    """Wall seconds of the chunk-size (and device-count) search, its cache lookup included; 0 when none ran."""
+    if not tuning:
+        return 0.0
+    split = tuning.get("device_split") or {}
+    return float(split.get("tuning_seconds", tuning.get("tuning_seconds", 0.0)))  # the split's contains the chunk's
+
+
+def _startup_fields(origin: tuple[float, str], first_round_started: float | None) -> dict:
+    """``startup_seconds``: wall time from ``origin`` (``jaxqfl.cli.process_clock``) to the first round's start
+    (None when this process ran no round), and ``startup_from``, what the origin is."""
+    start, what = origin
+    seconds = None if first_round_started is None else first_round_started - start
+    return {"startup_seconds": seconds, "startup_from": what}
 
 
 def _tuning_decision(args, population, model, algorithm, schedule, num_devices: int, cpu: bool):

@@ -42,6 +42,7 @@ class RunResult:
     tier_uplink_bits: list = dataclasses.field(default_factory=list)  # with tiers: [T] uplink bits of each tier's clients
     tier_clients: list = dataclasses.field(default_factory=list)  # with tiers: [T] client-rounds of each tier
     sim_time: float | None = None  # with systems: the virtual clock after the last round (earlier calls' included)
+    first_round_started: float | None = None  # time.time() at the first block's dispatch (None: no round ran)
 
     def round_seconds_quantiles(self) -> dict:
         """``round_seconds_median``, ``_p10``, ``_p90`` over this call's rounds (None when it ran none)."""
@@ -153,7 +154,7 @@ def run(
 
     records, done, per_round, recorded = [], 0, [], 0  # recorded: rounds of per_round already in a record
     train_seconds, up_total, down_total = float(totals.seconds), int(totals.uplink_bits), int(totals.downlink_bits)
-    diverged, stopped = None, False
+    diverged, stopped, first_round_started = None, False, None
     sim_time = float(totals.sim_time)
     tiers = getattr(sim, "tiers", None)  # a Simulation with client tiers (engine.tiers)
     if tiers is not None:
@@ -165,6 +166,8 @@ def run(
             stopped = True
             break
         active = min(block, rounds - done)
+        if first_round_started is None:
+            first_round_started = time.time()  # the end of startup (the CLI's startup_seconds)
         t0 = time.perf_counter()
         state, metrics = sim.run_block(state, block, active)
         metrics = jax.device_get(metrics)
@@ -202,7 +205,8 @@ def run(
         if after_block is not None:
             after_block(state, rec, RunTotals(up_total, down_total, train_seconds, *tier_carry, sim_time=sim_time))
     result = RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
-                       per_round, sim_time=sim_time if systems is not None else None)
+                       per_round, sim_time=sim_time if systems is not None else None,
+                       first_round_started=first_round_started)
     if tiers is not None:
         result.tier_uplink_bits, result.tier_clients = tier_bits.tolist(), tier_clients.tolist()
     return result
