@@ -14,7 +14,7 @@ import pytest
 
 from jaxqfl import algorithms, engine, keys, models
 from jaxqfl.cli.main import main
-from jaxqfl.data.procedural import client_leaf, from_function, procedural_synthetic
+from jaxqfl.data.procedural import client_leaf, from_function, procedural_mixture, procedural_synthetic
 from jaxqfl.engine.round import ProceduralData
 from jaxqfl.engine.sampling import sample_distinct
 from jaxqfl.engine.schedule import LocalSchedule
@@ -95,6 +95,23 @@ def test_synthetic_generator_follows_its_stated_law():
     np.testing.assert_allclose(client_means.var(axis=0), beta ** 2 + 1 + np.arange(1, d + 1) ** -1.2 / n, rtol=0.25)
 
 
+def test_mixture_generator_follows_its_stated_law():
+    """Rows minus their component's mean are N(0, I); a client's labels follow its pi = Dirichlet draw of
+    sub-key 0; the means are ``separation`` N(0, I) from the population's own leaf."""
+    pop = procedural_mixture(5, 200, seed=2, num_features=3, concentration=0.5, separation=3.0, max_count=512,
+                             min_size=10, test_clients=1)
+    means = 3.0 * np.asarray(jax.random.normal(keys.purpose_key(jax.random.key(2), keys.POPULATION), (5, 3)))
+    x, y, _ = jax.device_get(jax.jit(pop.rows)(jnp.arange(200)))
+    assert y.min() >= 0 and y.max() < 5
+    residual = (x - means[y]).reshape(-1, 3)
+    np.testing.assert_allclose(residual.mean(0), 0.0, atol=0.01)
+    np.testing.assert_allclose(residual.var(0), 1.0, rtol=0.02)
+    pi = np.stack([np.asarray(jax.random.dirichlet(jax.random.fold_in(client_leaf(2, c), 0), jnp.full(5, 0.5)))
+                   for c in range(20)])
+    freq = np.stack([np.bincount(y[c], minlength=5) / 512 for c in range(20)])
+    assert np.abs(freq - pi).mean() < 0.02
+
+
 def test_distinct_sampler_is_distinct_and_uniform():
     C, M, trials = 7, 3, 6000
     rkeys = jax.vmap(lambda r: keys.round_key(jax.random.key(0), r))(jnp.arange(trials))
@@ -160,7 +177,8 @@ def test_cli_runs_a_hundred_million_procedural_clients(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--population", "procedural", "--dataset", "gaussian-mixture"], "synthetic only"),
+    (["--population", "procedural", "--dataset", "synthetic-regression"], "no procedural generator"),
+    (["--population", "procedural", "--dataset", "gaussian-mixture"], "needs --task classification"),
     (["--population", "procedural", "--stream"], "does not support --stream"),
     (["--population", "procedural", "--sampling", "poisson"], "--sampling poisson"),
     (["--population", "procedural", "--min-client-size", "600"], "row cap 512"),

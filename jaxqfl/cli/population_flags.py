@@ -8,8 +8,11 @@ of Synthetic(alpha, beta) but are not the in-memory generator's; ``--max-client-
 is then the static row cap ``max_count`` (default 512), and the test set is the rows of
 ``--test-clients`` clients outside the population.
 
+``--dataset gaussian-mixture --task classification`` is the procedural mixture (label = component).
+
 Refused with ``procedural`` (``validate``, before JAX starts), each by name: datasets other than
-``synthetic`` (the Gaussian mixture and regression have no procedural generator yet), ``--stream``,
+``synthetic`` and ``gaussian-mixture`` (regression has no procedural generator yet), the mixture's
+clustering task (k-means reads the population), ``--stream``,
 a ``--partition`` other than natural, ``--client-test labels``, ``--sampling poisson``, ``--async``,
 ``--availability``, ``--selection``, ``--deadline``, ``--tiers``, ``--speeds`` (per-client profiles),
 ``--client-state host``, sweeps
@@ -43,9 +46,12 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, by name, what ``--population procedural`` cannot take (module docstring)."""
     if not on(args):
         return
-    if args.dataset != "synthetic":
-        parser.error(f"--population procedural generates --dataset synthetic only; --dataset {args.dataset} has no "
-                     f"procedural generator (use --population memory)")
+    if args.dataset not in ("synthetic", "gaussian-mixture"):
+        parser.error(f"--population procedural generates --dataset synthetic or gaussian-mixture; --dataset "
+                     f"{args.dataset} has no procedural generator (use --population memory)")
+    if args.dataset == "gaussian-mixture" and args.task != "classification":
+        parser.error(f"--population procedural with --dataset gaussian-mixture needs --task classification (the "
+                     f"component as label); --task {args.task or 'clustering'} (k-means) reads the whole population")
     max_count = args.max_client_size or DEFAULT_MAX_COUNT
     if args.min_client_size > max_count:
         parser.error(f"--min-client-size {args.min_client_size} exceeds the procedural row cap {max_count} "
@@ -72,8 +78,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def build(args: argparse.Namespace, seed: int):
     """The procedural population of the data flags."""
-    from jaxqfl.data.procedural import procedural_synthetic
+    from jaxqfl.data.procedural import procedural_mixture, procedural_synthetic
 
+    if args.dataset == "gaussian-mixture":
+        return procedural_mixture(
+            args.components, args.num_clients, seed, num_features=args.num_features or 10,
+            concentration=args.concentration, separation=args.separation, size_mean=args.client_size_mean,
+            size_sigma=args.client_size_sigma, min_size=args.min_client_size,
+            max_count=args.max_client_size or DEFAULT_MAX_COUNT, test_clients=args.test_clients)
     return procedural_synthetic(
         args.synthetic_alpha, args.synthetic_beta, args.num_clients, seed,
         num_features=args.num_features or 60, size_mean=args.client_size_mean, size_sigma=args.client_size_sigma,

@@ -33,6 +33,15 @@ Generators:
       y_i = argmax_k (x_i W + b)_k
       count = min(max_count, floor(exp(size_mean + size_sigma z)) + min_size)
 
+* :func:`procedural_mixture`: a stated new generator with the law of the Gaussian mixture
+  (:mod:`jaxqfl.data.mixture`) for classification (label = component): the K shared means
+  ``mu = separation N(0, I)`` [K, d] from ``purpose_key(key(seed), POPULATION)`` (a path no client's
+  meets: theirs start with CLIENT_TAG), and per client, from the sub-keys ``fold_in(leaf_c, i)``
+  (``leaf_c`` is then only derived from),
+
+      pi ~ Dirichlet(concentration 1_K)  (i = 0),   z_i ~ Categorical(pi)  (i = 1),
+      x_i = mu[z_i] + N(0, I_d)  (i = 2),   count as above from N(0, 1)  (i = 3),   y_i = z_i
+
 * :func:`from_function`: the user's ``generate(client_id, key) -> (x, y, count)``, jittable,
   with static shapes; ``count`` is clipped to ``[1, max_count]``.
 """
@@ -51,7 +60,7 @@ from jaxqfl import keys
 from jaxqfl.data.population import Population
 from jaxqfl.data.synthetic import FEATURE_DECAY
 
-__all__ = ["ProceduralPopulation", "client_leaf", "from_function", "procedural_synthetic"]
+__all__ = ["ProceduralPopulation", "client_leaf", "from_function", "procedural_mixture", "procedural_synthetic"]
 
 #: Test clients generated at a time when the test set is built on the host.
 _TEST_CHUNK = 256
@@ -210,3 +219,42 @@ def procedural_synthetic(alpha: float, beta: float, num_clients: int, seed: int,
     return from_function(generate, num_clients, seed, feature_shape=(int(num_features),), num_classes=num_classes,
                          max_count=max_count, test_clients=test_clients,
                          name=f"procedural_synthetic({alpha:g},{beta:g})")
+
+
+def mixture_generator(means, concentration: float, *, size_mean: float = 4.0, size_sigma: float = 2.0,
+                      min_size: int = 50, max_count: int = 512) -> Callable:
+    """``generate(client_id, key)`` of the Gaussian mixture with component means ``means`` [K, d] (module docstring)."""
+    means = jnp.asarray(means, jnp.float32)
+    k, d, n = means.shape[0], means.shape[1], int(max_count)
+
+    def generate(client_id, key):
+        del client_id
+        sub = [jax.random.fold_in(key, i) for i in range(4)]
+        pi = jax.random.dirichlet(sub[0], jnp.full((k,), concentration, jnp.float32))
+        z = jax.random.categorical(sub[1], jnp.log(pi), shape=(n,)).astype(jnp.int32)
+        x = means[z] + jax.random.normal(sub[2], (n, d), jnp.float32)
+        size = jnp.floor(jnp.exp(size_mean + size_sigma * jax.random.normal(sub[3], ()))) + min_size
+        return x, z, jnp.minimum(size, n).astype(jnp.int32)
+
+    return generate
+
+
+def procedural_mixture(num_components: int, num_clients: int, seed: int, *, num_features: int = 10,
+                       concentration: float = 0.3, separation: float = 4.0, size_mean: float = 4.0,
+                       size_sigma: float = 2.0, min_size: int = 50, max_count: int = 512,
+                       test_clients: int = 100) -> ProceduralPopulation:
+    """The Gaussian mixture as a procedural classification population (label = component; module docstring)."""
+    if not isinstance(num_components, numbers.Integral) or num_components < 2:
+        raise ValueError(f"num_components must be an integer >= 2, got {num_components!r}")
+    for name, value, low in (("concentration", concentration, 1e-300), ("separation", separation, 0.0)):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low:
+            raise ValueError(f"{name} must be a finite number {'> 0' if low else '>= 0'}, got {value!r}")
+    if not isinstance(min_size, numbers.Integral) or not 1 <= min_size <= max_count:
+        raise ValueError(f"min_size must be an integer in [1, max_count={max_count}], got {min_size!r}")
+    shared = keys.purpose_key(jax.random.key(int(seed)), keys.POPULATION)
+    means = separation * jax.random.normal(shared, (int(num_components), int(num_features)), jnp.float32)
+    generate = mixture_generator(means, float(concentration), size_mean=float(size_mean),
+                                 size_sigma=float(size_sigma), min_size=int(min_size), max_count=max_count)
+    return from_function(generate, num_clients, seed, feature_shape=(int(num_features),),
+                         num_classes=int(num_components), max_count=max_count, test_clients=test_clients,
+                         name=f"procedural_mixture(K={num_components})")
