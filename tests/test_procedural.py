@@ -160,6 +160,10 @@ def test_per_client_state_and_what_reads_the_population_are_refused(population):
     with pytest.raises(ValueError, match="does not support sampling='poisson'"):
         engine.build(population, model, algorithms.fedavg(optax.sgd(0.1)), LocalSchedule(local_steps=1,
                      batch_size=4), cohort_size=4, num_devices=1, chunk_size=1, sampling="poisson")
+    with pytest.raises(ValueError, match="cohort_sampler='distinct' draws a fixed-size cohort"):
+        engine.build(population.materialize(), model, algorithms.fedavg(optax.sgd(0.1)),
+                     LocalSchedule(local_steps=1, batch_size=4), cohort_size=4, num_devices=1, chunk_size=1,
+                     sampling="poisson", cohort_sampler="distinct")
     with pytest.raises(ValueError, match="nothing to stream"):
         engine.build_streaming(population, model, algorithms.fedavg(optax.sgd(0.1)),
                                LocalSchedule(local_steps=1, batch_size=4), cohort_size=4)

@@ -145,6 +145,12 @@ def setup_round(
         autotune = False  # the chunk-size search measures rounds on the population's arrays
     if cohort_sampler is None:
         cohort_sampler = "distinct" if procedural else "top-k"
+    if cohort_sampler not in ("top-k", "distinct"):
+        raise ValueError(f"cohort_sampler must be 'top-k' or 'distinct' (or None), got {cohort_sampler!r}")
+    if cohort_sampler == "distinct" and (sampling != "fixed" or availability is not None or selection is not None
+                                         or client_state == "host"):
+        raise ValueError("cohort_sampler='distinct' draws a fixed-size cohort inside the round program: not with "
+                         "Poisson sampling, availability, selection or the 'host' client-state home")
     check_deadline(deadline, stragglers, systems, population.num_clients)  # before any work
     availability, selection = check_cohort_draw(population.num_clients, cohort_size, client_state, sampling, tiers,
                                                 availability, selection, systems)
@@ -193,6 +199,9 @@ def setup_round(
                          f"or codec: use a stateless one (e.g. FedAvg, FedProx, FedOpt with the mean, no error "
                          f"feedback) or an in-memory population")
     home = homes.resolve_home(client_state, state_bytes, D, device)
+    if cohort_sampler == "distinct" and home == "host":
+        raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, whose cohort is "
+                         f"drawn there by top-k; cohort_sampler='distinct' needs client_state='sharded' or 'replicated'")
     if sampling == "poisson" and home == "host":
         raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, which Poisson "
                          f"sampling does not support: pass client_state='sharded' (or 'replicated')")
