@@ -89,11 +89,12 @@ SEEDING = 12  # k-means seeding: a client's sample slots, the server's k-means++
 PERSONAL = 13  # per-client evaluation: a client's fine-tuning batches from the evaluated model
 SYSTEMS = 14  # a client's device speed and link bandwidth, drawn once per run (jaxqfl.systems)
 AVAILABILITY = 17  # whether a client can be sampled in a round, and its diurnal phase (jaxqfl.systems.availability)
+POPULATION = 20  # a procedural population's client rows, from (population seed, client id) (jaxqfl.data.procedural)
 PURPOSES = {
     "cohort": COHORT, "batch": BATCH, "quant": QUANT, "uplink": UPLINK, "downlink": DOWNLINK, "dp": DP,
     "aggregate": AGGREGATE, "init": INIT, "dropout": DROPOUT, "rotation": ROTATION, "inner": INNER,
     "attack": ATTACK, "seeding": SEEDING, "personal": PERSONAL, "systems": SYSTEMS,
-    "availability": AVAILABILITY,
+    "availability": AVAILABILITY, "population": POPULATION,
 }
 if len(set(PURPOSES.values())) != len(PURPOSES) or len(set(DOMAIN_TAGS.values())) != len(DOMAIN_TAGS):
     raise AssertionError("jaxqfl.keys: two purposes (or two domain tags) share an integer")

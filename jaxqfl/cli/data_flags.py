@@ -12,6 +12,7 @@ import os
 import sys
 
 from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
+from jaxqfl.cli import population_flags
 from jaxqfl.cli.argtypes import positive_float, positive_int
 from jaxqfl.data.build import DATASETS, DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
 from jaxqfl.data.population import TASKS
@@ -87,6 +88,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                         "small = few components per client (0.3)")
     g.add_argument("--separation", type=_nonneg_float, default=4.0,
                    help="gaussian-mixture: std of the component means, in units of the within-component std (4)")
+    population_flags.add_arguments(p)
 
 
 def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -139,17 +141,21 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if task == "regression" and args.partition in ("dirichlet", "shards"):
         parser.error(f"--partition {args.partition} splits by class label; regression targets have none "
                      "(use iid or quantity)")
+    population_flags.validate(parser, args)
 
 
 def build_population(args: argparse.Namespace):
     """The population of the data flags; a malformed file ends the run with its message and status 2."""
     from jaxqfl import data
 
+    seed = args.seed if getattr(args, "data_seed", None) is None else args.data_seed
     try:
+        if population_flags.on(args):
+            return population_flags.build(args, seed)
         return data.build(
             args.dataset, num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
             shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
-            seed=args.seed if getattr(args, "data_seed", None) is None else args.data_seed,
+            seed=seed,
             synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
             size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
             max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,

@@ -205,10 +205,13 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
 def footprint_from_flags(args):
     """The population's ``jaxqfl.data.footprint.PopulationFootprint`` from the flags alone, without the data.
 
-    None for a dataset whose size is not known before it is read (npz, leaf: the
+    None for a procedural population (``--population procedural``: it holds no rows), and
+    for a dataset whose size is not known before it is read (npz, leaf: the
     check after building the population still applies). MNIST's largest client
     is taken as an even split's (the exact one is checked after the partition).
     """
+    if getattr(args, "population", "memory") == "procedural":  # no rows are built (checked after, with 0 rows)
+        return None
     if args.dataset == "mnist" and args.num_clients is not None:
         import numpy as np
 

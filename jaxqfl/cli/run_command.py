@@ -280,7 +280,7 @@ def _cost_fields(args, population) -> dict:
     if args.quant in (None, "none"):  # a float model: nothing quantized to cost (BOPs = 1,024 x MACs)
         return {}
     cost = model_cost(_architecture(argparse.Namespace(**{**vars(args), "quant": None}), population), args.quant,
-                      population.x[:1])
+                      _sample_rows(population))
     return {"macs_per_example": cost.macs, "bops": cost.bops, "model_bytes": cost.model_bytes,
             "model_cost_layers": [c._asdict() for c in cost.layers]}
 
@@ -412,7 +412,9 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
     t_start = time.perf_counter()
     population = build_population(args)
-    population = personal_flags.client_test_split(args, population, data_seed_of(args))
+    procedural = not hasattr(population, "x")  # --population procedural: no rows on the host
+    if not procedural:
+        population = personal_flags.client_test_split(args, population, data_seed_of(args))
     problem = model_flags.misfit(args, population)
     if problem is not None:
         fail(problem)
@@ -434,7 +436,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     cpu = jax.devices()[0].platform == "cpu"
     stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
     est = memory_guard.estimate(
-        args, num_devices=num_devices, examples=population.num_examples, test_examples=population.x_test.shape[0],
+        args, num_devices=num_devices, examples=0 if procedural else population.num_examples, test_examples=population.x_test.shape[0],
         feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
         num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape,
         stream_block=footprint_of(population).cohort_block_bytes(args.cohort_size) if stream else None)
@@ -664,7 +666,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "data_seed": data_seed_of(args),
         "resumed_from_round": start_round if start_round > 0 else None,
         "num_clients": population.num_clients,
-        "num_examples": population.num_examples,
+        "num_examples": None if procedural else population.num_examples,
+        "population_kind": "procedural" if procedural else "memory",
         "cohort_size": sim.cohort_size,
         "num_devices": sim.num_devices,
         "chunk_size": sim.chunk_size,
@@ -782,7 +785,9 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
     lines = [
         "",
         f"jaxqfl run: {s['dataset']} / {s['model']}  ({s['num_params']:,} parameters)",
-        f"  clients          {s['num_clients']:,} ({s['num_examples']:,} examples), {s['cohort_size']} per round",
+        f"  clients          {s['num_clients']:,} ("
+        + (f"{s['num_examples']:,} examples" if s["num_examples"] is not None else "procedural: rows generated per round")
+        + f"), {s['cohort_size']} per round",
         f"  devices          {s['num_devices']} x {s['platform']}, chunk {s['chunk_size']} clients per vmap"
         f" ({s['chunk_size_from']})",
         f"  rounds           {s['rounds']} of {s['algorithm']}",
@@ -835,12 +840,19 @@ def _tuning_decision(args, population, model, algorithm, schedule, num_devices: 
     from jaxqfl.engine.autotune import autotune_default
 
     layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
+    if not hasattr(population, "x"):  # procedural: the cost model picks the chunk (no rows to measure on)
+        return None
     if args.autotune is not None or args.chunk_size is not None or layout.get("chunk_size") or not autotune_default():
         return None
     from jaxqfl.engine import tuning_rule
 
     return tuning_rule.decide(population, model, algorithm, schedule, cohort_size=args.cohort_size,
                               rounds=args.rounds, platform="cpu" if cpu else "accelerator", num_devices=num_devices)
+
+
+def _sample_rows(population):
+    """One example row: the first training row, or a procedural population's first test row."""
+    return population.x[:1] if hasattr(population, "x") else population.x_test[:1]
 
 
 def _chunk_source(args, sim) -> str:

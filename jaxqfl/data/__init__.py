@@ -12,6 +12,8 @@
     load_cifar10                      CIFAR-10 from a local cifar-10-batches-py folder
     text.load_text                    a folder of text files as next-byte windows (next-token task)
     build                             dataset + partition names -> Population (the CLI's entry)
+    procedural (import it: uses JAX)  ProceduralPopulation: rows generated from (seed, client id) inside
+                                      the round, for the cohort only (procedural_synthetic, from_function)
 """
 from jaxqfl.data import partition
 from jaxqfl.data.arrays import from_arrays
@@ -48,3 +50,12 @@ __all__ = [
     "synthetic_regression",
     "text",
 ]
+
+
+def __getattr__(name):
+    """``data.procedural`` on first use: the module imports JAX, which the rest of ``jaxqfl.data`` does not."""
+    if name == "procedural":
+        import importlib
+
+        return importlib.import_module("jaxqfl.data.procedural")
+    raise AttributeError(f"module 'jaxqfl.data' has no attribute {name!r}")

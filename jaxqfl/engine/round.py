@@ -47,7 +47,7 @@ from jaxqfl.algorithms.base import ServerInfo
 from jaxqfl.engine.client_update import make_receive, make_send_update, make_train_client
 from jaxqfl.engine.layout import ClientLayout
 from jaxqfl.engine.mesh import CLIENTS
-from jaxqfl.engine.sampling import sample_poisson_cohort
+from jaxqfl.engine.sampling import sample_distinct, sample_poisson_cohort
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import RoundMetrics, ServerState
 from jaxqfl.engine.straggler import make_deadline_plan
@@ -74,6 +74,17 @@ class CohortBlock(NamedTuple):
     x: jax.Array  # [M_pad, max_count, *F] float32
     y: jax.Array  # [M_pad, max_count] (or [M_pad, max_count, k] regression targets)
     counts: jax.Array  # [M_pad] int32 (>= 1; padding slots 1)
+
+
+class ProceduralData(NamedTuple):
+    """A procedural population's stand-in for ``DeviceData``: no rows; the round generates its cohort's.
+
+    Each device generates the rows of its own slots (``ProceduralPopulation.rows`` of their
+    ids, closed over by ``round_program(procedural=...)``) and reads them by slot, like a
+    streamed ``CohortBlock``: memory O(cohort x max_count), never O(population).
+    """
+
+    frozen: Any = ()  # the model's frozen part, as in DeviceData
 
 
 def sample_cohort(rkey: jax.Array, num_clients: int, cohort_size: int) -> jax.Array:
@@ -123,6 +134,7 @@ def round_program(
     num_clients: int, max_count: int, uplink=None, downlink=None, label_transform=None,
     sampling: str = "fixed", expected_cohort: float | None = None, tiers=None,
     availability=None, selection=None, systems=None, deadline: float | None = None, stragglers: str = "wait",
+    procedural=None, cohort_sampler: str = "top-k",
 ) -> Callable:
     """``one_round(state, data, cohort=None, cohort_states=None) -> (state, RoundMetrics[, new cohort states])``.
 
@@ -146,7 +158,19 @@ def round_program(
     ``systems``, ``deadline`` (simulated seconds) and
     ``stragglers`` (``"wait"``, ``"drop"``, ``"partial"``): the deadline of each round
     (module docstring, ``jaxqfl.systems.deadline``). Not for a streamed ``CohortBlock``.
+
+    ``procedural`` (``rows(ids) -> (x [n, max_count, *F], y [n, max_count], counts [n])``, a
+    ``jaxqfl.data.procedural.ProceduralPopulation.rows``): ``data`` is then a ``ProceduralData``
+    and each device generates its slots' rows inside the program. ``cohort_sampler``: ``"top-k"``
+    (``sample_cohort``, O(C)) or ``"distinct"`` (``sampling.sample_distinct``, O(M); a
+    procedural population's). Neither a deadline, availability nor selection with ``procedural``.
     """
+    if cohort_sampler not in ("top-k", "distinct"):
+        raise ValueError(f"cohort_sampler must be 'top-k' or 'distinct', got {cohort_sampler!r}")
+    if procedural is not None and (deadline is not None or availability is not None or selection is not None
+                                   or sampling != "fixed"):
+        raise ValueError("a procedural population supports fixed-size sampling without a deadline, availability "
+                         "or a selection rule (they read the whole population's data)")
     if sampling not in ("fixed", "poisson"):
         raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
     poisson = sampling == "poisson"
@@ -191,7 +215,16 @@ def round_program(
 
     def device_share(message, agg_state, ids, slots, valid, limits, cstates, data, rkey, round_index):
         """A device's share of the cohort: chunks of vmapped clients, then the reduction."""
-        if isinstance(data, CohortBlock):  # this device's slots of the streamed block
+        if isinstance(data, ProceduralData):  # generate this device's slots' rows (padding: client 0's, weight 0)
+            x, y, counts = procedural(ids)
+            data = DeviceData(
+                x=x.reshape((per_device * max_count,) + x.shape[2:]),
+                y=y.reshape((per_device * max_count,) + y.shape[2:]),
+                offsets=jnp.arange(per_device, dtype=jnp.int32) * max_count,
+                counts=counts,
+                frozen=data.frozen,
+            )
+        elif isinstance(data, CohortBlock):  # this device's slots of the streamed block
             data = DeviceData(
                 x=data.x.reshape((per_device * max_count,) + data.x.shape[2:]),
                 y=data.y.reshape((per_device * max_count,) + data.y.shape[2:]),
@@ -248,6 +281,7 @@ def round_program(
     def one_round(state: ServerState, data, cohort=None, cohort_states=None):
         rkey = keys.round_key(state.key, state.round)
         data_is_block = isinstance(data, CohortBlock)
+        by_slot = data_is_block or isinstance(data, ProceduralData)
         joined, num_joined = jnp.ones((M,), bool), jnp.int32(M)
         draw_metrics = {}
         if draw is not None:  # availability and / or a selection rule (jaxqfl.engine.cohort_draw)
@@ -261,12 +295,12 @@ def round_program(
                                  "(streamed data, host-home client states) is not supported")
             cohort, joined, num_joined = sample_poisson_cohort(rkey, C, expected_cohort / C, M)
         elif cohort is None:
-            cohort = sample_cohort(rkey, C, M)
+            cohort = (sample_distinct if cohort_sampler == "distinct" else sample_cohort)(rkey, C, M)
         ids = jnp.zeros((M_pad,), jnp.int32).at[:M].set(cohort)
         valid = (jnp.arange(M_pad) < M) & jnp.zeros((M_pad,), bool).at[:M].set(joined)
         limits, deadline_metrics = (), {}
         # on-device data is indexed by client id; a streamed block by its slot on the device
-        slots = jnp.tile(jnp.arange(per_device, dtype=jnp.int32), D) if data_is_block else ids
+        slots = jnp.tile(jnp.arange(per_device, dtype=jnp.int32), D) if by_slot else ids
         if cohort_states is None:
             cstates = jax.tree.map(lambda s: s[ids], state.client_states)
         else:

@@ -92,3 +92,25 @@ def sample_poisson_cohort(rkey: jax.Array, num_clients: int, rate: float, max_co
     joined = -neg_u < rate
     num_joined = jnp.sum((u < rate).astype(jnp.int32))
     return ids.astype(jnp.int32), joined, num_joined
+
+
+def sample_distinct(rkey: jax.Array, num_clients: int, cohort_size: int) -> jax.Array:
+    """[M] int32 distinct ids, a uniform M-subset of [0, C), in O(M) memory (Floyd's algorithm).
+
+    Bentley and Floyd, "A sample of brilliance", CACM 30(9), 1987: for j = 0..M-1, with
+    i = C - M + j, draw t uniform in [0, i]; take t unless already taken, else i. Every
+    M-subset is equally likely (by induction on j). The M draws ``t`` come at once from
+    ``keys.purpose_key(round_key, COHORT)``; the membership tests are a ``fori_loop`` of
+    O(M) compares each (O(M^2) work, no [C] array: ``round.sample_cohort`` draws C uniforms,
+    400 MB at C = 1e8). Slot j holds the j-th pick, so the order is not a uniform shuffle.
+    """
+    C, M = int(num_clients), int(cohort_size)
+    ckey = keys.purpose_key(rkey, keys.COHORT)
+    top = C - M + jnp.arange(M, dtype=jnp.int32)  # i for each j
+    t = jax.random.randint(ckey, (M,), 0, top + 1, dtype=jnp.int32)
+
+    def pick(j, chosen):
+        taken = jnp.any(chosen == t[j])
+        return chosen.at[j].set(jnp.where(taken, top[j], t[j]))
+
+    return jax.lax.fori_loop(0, M, pick, jnp.full((M,), -1, jnp.int32))

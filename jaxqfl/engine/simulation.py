@@ -36,7 +36,8 @@ from jaxqfl.engine.evaluation import build_evaluate, label_dtype
 from jaxqfl.engine.host_loop import host_loop
 from jaxqfl.engine.layout import ClientLayout, check_cohort_and_chunk, client_layout
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
-from jaxqfl.engine.round import DeviceData, round_program
+from jaxqfl.data.procedural import ProceduralPopulation
+from jaxqfl.engine.round import DeviceData, ProceduralData, round_program
 from jaxqfl.engine.sampling import check_sampling
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.state import ServerState, initial_state, one_client_states
@@ -130,6 +131,7 @@ def setup_round(
     num_devices, chunk_size, uplink, downlink, client_state: str, eval_batch_size: int, autotune=None,
     label_transform=None, sampling: str = "fixed", max_cohort: int | None = None, tiers=None,
     availability=None, selection=None, systems=None, deadline: float | None = None, stragglers: str = "wait",
+    cohort_sampler: str | None = None,
 ) -> RoundSetup:
     """Check the arguments, build the mesh, the layout, the round program and the initial state.
 
@@ -137,6 +139,18 @@ def setup_round(
     ``max_cohort`` slots, not for the expected ``cohort_size``.
     """
     check_cohort_and_chunk(population, cohort_size, chunk_size)
+    procedural = isinstance(population, ProceduralPopulation)
+    if procedural:
+        check_procedural(client_state, sampling, tiers, availability, selection, deadline)
+        autotune = False  # the chunk-size search measures rounds on the population's arrays
+    if cohort_sampler is None:
+        cohort_sampler = "distinct" if procedural else "top-k"
+    if cohort_sampler not in ("top-k", "distinct"):
+        raise ValueError(f"cohort_sampler must be 'top-k' or 'distinct' (or None), got {cohort_sampler!r}")
+    if cohort_sampler == "distinct" and (sampling != "fixed" or availability is not None or selection is not None
+                                         or client_state == "host"):
+        raise ValueError("cohort_sampler='distinct' draws a fixed-size cohort inside the round program: not with "
+                         "Poisson sampling, availability, selection or the 'host' client-state home")
     check_deadline(deadline, stragglers, systems, population.num_clients)  # before any work
     availability, selection = check_cohort_draw(population.num_clients, cohort_size, client_state, sampling, tiers,
                                                 availability, selection, systems)
@@ -179,7 +193,15 @@ def setup_round(
         check_model_outputs(model, params_abs, population)
     one_abs = jax.eval_shape(per_client, params_abs)
     state_bytes = C * sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(one_abs))
+    if procedural and state_bytes:
+        raise ValueError(f"a procedural population of {C:,} clients cannot keep per-client states "
+                         f"({state_bytes // C:,} bytes each, {state_bytes:,} in all) for this algorithm, aggregator "
+                         f"or codec: use a stateless one (e.g. FedAvg, FedProx, FedOpt with the mean, no error "
+                         f"feedback) or an in-memory population")
     home = homes.resolve_home(client_state, state_bytes, D, device)
+    if cohort_sampler == "distinct" and home == "host":
+        raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, whose cohort is "
+                         f"drawn there by top-k; cohort_sampler='distinct' needs client_state='sharded' or 'replicated'")
     if sampling == "poisson" and home == "host":
         raise ValueError(f"the per-client states ({state_bytes:,} bytes) would live on the host, which Poisson "
                          f"sampling does not support: pass client_state='sharded' (or 'replicated')")
@@ -194,7 +216,8 @@ def setup_round(
                               label_transform=label_transform, sampling=sampling,
                               expected_cohort=cohort_size if sampling == "poisson" else None, tiers=tiers,
                               availability=availability, selection=selection, systems=systems, deadline=deadline,
-                              stragglers=stragglers)
+                              stragglers=stragglers, procedural=population.rows if procedural else None,
+                              cohort_sampler=cohort_sampler)
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, C, uplink=uplink,
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
@@ -227,6 +250,17 @@ def setup_round(
                                                 for m in tiers.models])
     return RoundSetup(task, mesh, layout, home, one_round, init, abstract_state, state_sharding, evaluate, tuning,
                       sampling, slots if sampling == "poisson" else None, tiers)
+
+
+def check_procedural(client_state, sampling, tiers, availability, selection, deadline) -> None:
+    """Refuse, by name, what a procedural population (``jaxqfl.data.procedural``) cannot take."""
+    refused = [name for name, used in (
+        (f"client_state={client_state!r}", client_state == "host"), (f"sampling={sampling!r}", sampling != "fixed"),
+        ("tiers", tiers is not None), ("availability", availability not in (None, "always")),
+        ("selection", selection not in (None, "uniform")), ("deadline", deadline is not None)) if used]
+    if refused:
+        raise ValueError(f"a procedural population generates the cohort's rows inside the round and keeps no "
+                         f"per-client data; it does not support {', '.join(refused)}")
 
 
 def block_compiler(lower_block: Callable[[int], Any]):
@@ -309,6 +343,7 @@ def build(
     systems=None,
     deadline: float | None = None,
     stragglers: str = "wait",
+    cohort_sampler: str | None = None,
 ) -> Simulation:
     """Build the simulation of ``algorithm`` on ``population`` with ``model`` (any ``(init, apply)`` pair).
 
@@ -358,6 +393,13 @@ def build(
         ``round_sim_seconds``, used by ``engine.run``'s clock), ``stragglers_dropped`` and
         ``partial_work``. ``"wait"`` (the default, no deadline) leaves the round as it is.
         Every client-state home and both samplings; not ``build_streaming`` nor sweeps.
+      population may be a ``jaxqfl.data.procedural.ProceduralPopulation``: no rows go to the devices;
+        each round generates its cohort's rows inside the program (``round.ProceduralData``).
+        Refused with it: per-client states, the host home, Poisson sampling, tiers, availability,
+        selection, a deadline, chunk-size autotuning (the cost model picks the chunk).
+      cohort_sampler: ``"top-k"`` (``round.sample_cohort``: C uniforms, the default in memory) or
+        ``"distinct"`` (``sampling.sample_distinct``: O(M), the default of a procedural population);
+        an in-memory population with ``"distinct"`` runs the very rounds of its procedural twin.
     """
     setup = setup_round(
         population, model, algorithm, schedule, cohort_size=cohort_size, aggregator=aggregator, task=task,
@@ -365,9 +407,13 @@ def build(
         client_state=client_state, eval_batch_size=eval_batch_size, autotune=autotune,
         label_transform=label_transform, sampling=sampling, max_cohort=max_cohort, tiers=tiers,
         availability=availability, selection=selection, systems=systems, deadline=deadline, stragglers=stragglers,
+        cohort_sampler=cohort_sampler,
     )
     mesh, layout, one_round = setup.mesh, setup.layout, setup.one_round
-    data = device_data(population, mesh, model.frozen)
+    if isinstance(population, ProceduralPopulation):  # no rows on the devices: the round generates the cohort's
+        data = ProceduralData(frozen=jax.device_put(model.frozen, NamedSharding(mesh, P())))
+    else:
+        data = device_data(population, mesh, model.frozen)
     evaluate_clients = None
     fine_tunes = personal_eval is not None and personal_eval.steps
     if fine_tunes or (algorithm.personalize is not None and population.test_counts is not None):

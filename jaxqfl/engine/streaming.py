@@ -93,6 +93,9 @@ def build_streaming(
     only the cohort's rows. A round deadline (``systems``, ``deadline``, ``stragglers``:
     ``engine.build``'s) is refused: the plan reads the population's counts on the devices.
     """
+    if not hasattr(population, "x"):
+        raise ValueError("a procedural population generates its cohort's rows inside the round: there is nothing "
+                         "to stream; use engine.build")
     if deadline is not None or stragglers != "wait" or systems is not None:
         raise ValueError(f"a round deadline (deadline={deadline!r}, stragglers={stragglers!r}) is not available for "
                          f"a streamed population: use engine.build")

@@ -292,6 +292,9 @@ def build_sweep(
     if deadline is not None or stragglers != "wait" or systems is not None:
         raise ValueError(f"a round deadline (deadline={deadline!r}, stragglers={stragglers!r}) is not available in "
                          f"a sweep: build each config with engine.build")
+    if not hasattr(population, "x"):
+        raise ValueError("a procedural population (jaxqfl.data.procedural) is not available in a sweep: build each "
+                         "config with engine.build")
     configs, names = check_configs(configs)
     check_cohort_and_chunk(population, cohort_size, chunk_size)
     schedule, schedule_of = padded_schedule(schedule, configs)
