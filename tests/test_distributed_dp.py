@@ -200,8 +200,8 @@ def _run(population, num_devices, chunk_size):
     return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.slow), 4,
-                                     pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow),
+                                     pytest.param(8, marks=pytest.mark.slow)])  # CI budget: -m slow
 def test_engine_distributed_dp_device_and_chunk_invariant(population, devices):
     s1, m1 = _run(population, 1, 7)
     sd, md = _run(population, devices, 1)

@@ -150,6 +150,7 @@ def _flushes_on(num_devices):
     return state.params, (state.in_flight.ids, state.in_flight.version, state.in_flight.finish, m)
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_flushes():
     """The same events (arrivals, staleness, clock, bits sent, replacements) and the same model to float tolerance:
     XLA compiles a one-device program without its SPMD partitioner and fuses the server step's float ops

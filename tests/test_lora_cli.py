@@ -24,6 +24,7 @@ def _pretrained_mlp(path, features=60, hidden=16, classes=10):
     return params
 
 
+@pytest.mark.slow
 def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks_and_product_averaging(tmp_path):
     from jaxqfl.models.serialization import load_params
 

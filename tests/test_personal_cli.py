@@ -29,6 +29,7 @@ def test_ditto_run_reports_personal_and_global_per_client_accuracy(tmp_path, cap
     assert "per client       accuracy mean" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_pooled_mnist_gets_client_test_rows_by_default_and_none_keeps_it_pooled(tmp_path):
     assert main(["run", *MNIST, "--out", str(tmp_path / "a")]) == 0
     assert main(["run", *MNIST, "--client-test", "none", "--out", str(tmp_path / "b")]) == 0

@@ -105,6 +105,7 @@ def test_without_fine_tuning_the_client_program_equals_the_pooled_programs_per_c
         np.testing.assert_allclose(v, pooled[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_per_client_evaluation_does_not_depend_on_devices_chunks_or_home(population):
     results = []
     for devices, chunk, home in [(1, 6, "replicated"), (4, 1, "sharded"), (2, 3, "host")]:

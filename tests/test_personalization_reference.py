@@ -124,7 +124,7 @@ def test_perfedavg_equals_numpy(problem):
         np.testing.assert_allclose(R.flat_linear(state.params), theta, atol=2e-5, err_msg=str(layout))
 
 
-@pytest.mark.parametrize("q", [0.0, 1.0, 3.0])
+@pytest.mark.parametrize("q", [0.0, pytest.param(1.0, marks=pytest.mark.slow), 3.0])
 def test_qffl_equals_numpy(problem, q):
     pop, clients, steps = problem
     for layout in LAYOUTS:

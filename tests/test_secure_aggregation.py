@@ -179,6 +179,7 @@ def _secure(dropout):
                                 threshold=0.25, dropout=dropout)
 
 
+@pytest.mark.slow
 def test_engine_secure_sum_equals_integer_mean(population):
     s_sec, m_sec = _run(population, _secure(0.0), 2, 2)
     s_int, _ = _run(population, aggregate.integer_mean(CODEC), 2, 2)

@@ -27,6 +27,7 @@ def _heldout_unigram_bits(population) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+@pytest.mark.slow
 def test_transformer_from_the_cli_learns_fortunes_below_the_unigram(tmp_path, fortunes_path):
     out = tmp_path / "run"
     rc = main(["run", "--dataset", "text", "--data-path", str(fortunes_path), "--model", "transformer",
