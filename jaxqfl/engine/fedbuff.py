@@ -80,7 +80,7 @@ from jaxqfl import keys
 from jaxqfl.aggregate.base import CohortInfo, CohortStatistics
 from jaxqfl.algorithms.base import ServerInfo, tree_select
 from jaxqfl.engine.client_update import TrainedClient, make_send_update, make_train_client
-from jaxqfl.engine.round import masked_sum, sample_cohort
+from jaxqfl.engine.round import masked_max, masked_sum, sample_cohort
 from jaxqfl.engine.state import RoundMetrics, ServerState
 from jaxqfl.systems.clock import ROUND_SECONDS
 
@@ -166,8 +166,7 @@ def fedbuff_program(model, algorithm, aggregator, schedule, task, *, num_clients
         per = jax.vmap(lambda u: aggregator.statistics(
             u.update, u.weight, u.client_states["aggregator"], agg_state, u.info))(t)
         valid = jnp.ones(t.weight.shape, bool)
-        return CohortStatistics(sums=masked_sum(per.sums, valid), maxes=jax.tree.map(lambda a: jnp.max(a, 0),
-                                                                                      per.maxes))
+        return CohortStatistics(sums=masked_sum(per.sums, valid), maxes=masked_max(per.maxes, valid))
 
     def start_clients(message_of, ids, rkey, round_index, start, agg_state, data):
         """Train the clients ``ids`` (``message_of(j)``: client j's start message) and time their arrival."""

@@ -104,6 +104,14 @@ def _slot_mask(valid, leaf):
     return valid.reshape((-1,) + (1,) * (jnp.ndim(leaf) - 1))
 
 
+def slot_major_data(x, y, counts, frozen=()) -> DeviceData:
+    """One device's slot-major rows ``x [slots, max_count, *F]`` (``y`` likewise) as ``DeviceData`` read by slot."""
+    slots, max_count = x.shape[:2]
+    return DeviceData(x=x.reshape((slots * max_count,) + x.shape[2:]),
+                      y=y.reshape((slots * max_count,) + y.shape[2:]),
+                      offsets=jnp.arange(slots, dtype=jnp.int32) * max_count, counts=counts, frozen=frozen)
+
+
 def masked_sum(tree, valid):
     """Sum over the leading (client) axis of every leaf, padding slots excluded.
 
@@ -216,21 +224,9 @@ def round_program(
     def device_share(message, agg_state, ids, slots, valid, limits, cstates, data, rkey, round_index):
         """A device's share of the cohort: chunks of vmapped clients, then the reduction."""
         if isinstance(data, ProceduralData):  # generate this device's slots' rows (padding: client 0's, weight 0)
-            x, y, counts = procedural(ids)
-            data = DeviceData(
-                x=x.reshape((per_device * max_count,) + x.shape[2:]),
-                y=y.reshape((per_device * max_count,) + y.shape[2:]),
-                offsets=jnp.arange(per_device, dtype=jnp.int32) * max_count,
-                counts=counts,
-                frozen=data.frozen,
-            )
+            data = slot_major_data(*procedural(ids), frozen=data.frozen)
         elif isinstance(data, CohortBlock):  # this device's slots of the streamed block
-            data = DeviceData(
-                x=data.x.reshape((per_device * max_count,) + data.x.shape[2:]),
-                y=data.y.reshape((per_device * max_count,) + data.y.shape[2:]),
-                offsets=jnp.arange(per_device, dtype=jnp.int32) * max_count,
-                counts=data.counts,
-            )
+            data = slot_major_data(data.x, data.y, data.counts)
         to_chunks = lambda a: a.reshape((num_chunks, chunk) + a.shape[1:])
         flat = lambda a: a.reshape((num_chunks * chunk,) + a.shape[2:])
         vtrain = vmapped(lambda cid, slot, v, cs, *lim: train_client(message, cid, slot, v, cs, data, rkey,
