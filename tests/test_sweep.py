@@ -43,7 +43,9 @@ def _close(a, b, tol=1e-5):
 
 
 @pytest.mark.parametrize("spec,num_devices", [
-    ("topk:0.4+ef", 4),  # per-client error-feedback state on 4 devices in the default suite; the rest under -m slow
+    # all under -m slow (CI budget): a sweep equals its single runs by default in test_sweep_hparams (FedProx mu,
+    # local steps), the CLI sweep test and the codec-and-preset CLI sweep
+    pytest.param("topk:0.4+ef", 4, marks=pytest.mark.slow),
     pytest.param("qsgd:4", 1, marks=pytest.mark.slow),
     pytest.param("qsgd:4", 4, marks=pytest.mark.slow), pytest.param("topk:0.4+ef", 1, marks=pytest.mark.slow)])
 def test_each_config_equals_its_single_run(population, num_devices, spec):

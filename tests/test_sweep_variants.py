@@ -99,6 +99,7 @@ def test_stateless_codecs_and_none_share_one_state_structure(population):
     np.testing.assert_array_equal(metrics.uplink_bits[:, -1], m.uplink_bits)  # w4a8 x none: float32 bits
 
 
+@pytest.mark.slow  # CI budget: traced bucket sizes are checked by default at the codec level (test_traced_buckets)
 def test_specs_that_differ_in_bucket_size_are_one_variant_and_each_equals_its_single_run(population):
     """``qsgd:2:bucket=4,qsgd:8:bucket=16``: levels and bucket size traced in one variant (uniform's traced
     buckets equal its static codec at the codec level, ``tests/test_traced_buckets.py``)."""
