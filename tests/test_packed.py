@@ -160,3 +160,24 @@ def test_refusals_name_the_value(tmp_path, capsys):
             main(["run", "--dataset", "packed", "--data-path", str(out), "--out", str(tmp_path / "r"),
                   "--no-progress", *flags])
         assert exc.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_federated_calibration_of_a_packed_population_equals_the_in_memory_one(tmp_path):
+    import jax
+
+    from jaxqfl import models
+    from jaxqfl.engine.mesh import client_mesh
+    from jaxqfl.ptq.federated_calibration import federated_calibrate
+
+    loaded = data.load_npz(_npz(tmp_path / "mine.npz", n=400, clients=12))
+    write_packed(loaded, tmp_path / "packed")
+    packed = read_packed(tmp_path / "packed")
+    model = models.mlp(hidden=(6,), num_outputs=3)
+    params = model.init(jax.random.key(0), loaded.x[:1])
+    kw = dict(client_ids=np.array([5, 0, 9]), rows_per_client=7, mesh=client_mesh(2), chunk_size=2, per_channel=True)
+    a = federated_calibrate(model, params, packed, "minmax", **kw)  # the cohort's first 7 rows, gathered on the host
+    b = federated_calibrate(model, params, loaded, "minmax", **kw)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k][0]), np.asarray(b[k][0]))
+        np.testing.assert_array_equal(np.asarray(a[k][1]), np.asarray(b[k][1]))
