@@ -1,16 +1,17 @@
 """``jaxqfl data``: prepare a dataset on disk.
 
-    jaxqfl data pack SRC OUT [--task TASK] [--force]
+    jaxqfl data pack SRC OUT [--task TASK] [--num-clients C] [--seed S] [--force]
 
-``pack`` reads SRC with the loader of ``jaxqfl run --dataset npz`` (an ``.npz``
+``pack`` reads SRC with the loader of ``jaxqfl run --dataset npz`` (an .npz
 file: keys x, y, optional client_id, x_test, y_test) or ``--dataset leaf`` (a
-folder holding train/*.json and test/*.json), with the same checks and natural
-clients (client_id, LEAF users; an npz without client_id is split iid over
---num-clients; the same --seed as the run holds out the same test rows), and writes the packed layout OUT (``jaxqfl.data.packed``):
-x.npy, y.npy, offsets.npy (the CSR row pointer), x_test.npy, y_test.npy and
-meta.json. ``jaxqfl run --dataset packed --data-path OUT`` then reads each
-round's cohort rows from disk (memory-mapped): the population need not fit in
-host memory. An existing non-empty OUT is refused unless --force.
+folder holding train/*.json and test/*.json), with the same checks and the
+same natural clients (client_id, LEAF users; an npz without client_id is split
+iid over --num-clients; the run's --seed holds out the same test rows), and
+writes the packed layout OUT (jaxqfl.data.packed): x.npy, y.npy, offsets.npy
+(int64 CSR row pointer, C + 1), x_test.npy, y_test.npy and meta.json.
+``jaxqfl run --dataset packed --data-path OUT`` memory-maps it and reads only
+each round's cohort rows from disk (it implies --stream): the population need
+not fit in host memory. An existing non-empty OUT is refused unless --force.
 """
 from __future__ import annotations
 
