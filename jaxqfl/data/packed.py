@@ -216,9 +216,11 @@ def read_packed(path) -> Population:
     where = os.path.join(path, "offsets.npy")
     if csr.dtype != np.int64:
         raise ValueError(f"{where!r} has dtype {csr.dtype}; offsets are int64")
-    if C == 0 or csr[0] != 0 or csr[-1] != N:
-        raise ValueError(f"{where!r} runs from {csr[0] if C + 1 else None} to {csr[-1] if C + 1 else None}; "
-                         f"the row pointer must start at 0 and end at num_rows = {N}")
+    if C == 0:
+        raise ValueError(f"{os.path.join(path, META)!r}: num_clients is 0; a population has at least one client")
+    if csr[0] != 0 or csr[-1] != N:
+        raise ValueError(f"{where!r} runs from {int(csr[0])} to {int(csr[-1])}; the row pointer must start at 0 "
+                         f"and end at num_rows = {N}")
     counts = np.diff(csr)
     if counts.min() < 1:
         c = int(np.argmin(counts))
