@@ -73,6 +73,16 @@ def test_packed_rows_are_memory_mapped_and_gather_a_cohort_as_in_memory(tmp_path
     for a, b in zip(gather_rows(packed, cohort, 8, np.int32), gather_rows(loaded, cohort, 8, np.int32)):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+    # opening reads no row: NaN written on disk over every client's rows but the cohort's is not refused
+    # (Population's finite check is not run over mapped rows), and the cohort's gather is unchanged
+    on_disk = np.load(tmp_path / "packed" / "x.npy", mmap_mode="r+")
+    for c in sorted(set(range(packed.num_clients)) - set(cohort.tolist())):
+        on_disk[packed.offsets[c]:packed.offsets[c] + packed.counts[c]] = np.nan
+    on_disk.flush()
+    del on_disk
+    poisoned = read_packed(tmp_path / "packed")
+    assert np.isnan(poisoned.x).any()
+    np.testing.assert_array_equal(gather_rows(poisoned, cohort, 8, np.int32).x, gather_rows(loaded, cohort, 8, np.int32).x)
     # rows stored in another dtype are cast after the gather (only the cohort's rows are converted)
     half = data.Population(loaded.x.astype(np.float16), loaded.y, loaded.offsets, loaded.counts, loaded.x_test,
                            loaded.y_test, loaded.num_classes)
