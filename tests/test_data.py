@@ -588,5 +588,5 @@ def test_build_rejects_bad_names_and_values(kwargs, match):
 
 def test_build_names_match_the_public_constants():
     assert DATASETS == ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf", "cifar10",
-                        "text")
+                        "text", "packed")
     assert PARTITIONS == ("natural", "iid", "dirichlet", "shards", "quantity")

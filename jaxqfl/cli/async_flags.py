@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from jaxqfl.cli.argtypes import positive_int
+from jaxqfl.cli.data_flags import stream_origin
 from jaxqfl.choices import PERSONAL_ALGORITHMS
 
 MODES = ("fedbuff",)
@@ -116,8 +117,8 @@ def validate(parser, args) -> None:
         (getattr(args, "sampling", "fixed") != "fixed",
          f"--sampling {getattr(args, 'sampling', None)} is not available with --async fedbuff (replacements are "
          f"drawn uniformly among the clients not in flight)"),
-        (getattr(args, "stream", False), "--stream is not available with --async fedbuff (the population stays on "
-                                         "the devices)"),
+        (getattr(args, "stream", False), f"{stream_origin(args)} is not available with --async fedbuff (the "
+                                         f"population stays on the devices)"),
         (args.client_state not in ("auto", "replicated"),
          f"--client-state {args.client_state}: --async fedbuff keeps no per-client state"),
         (getattr(args, "dp_adaptive_quantile", None) is not None,

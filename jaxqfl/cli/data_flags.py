@@ -38,6 +38,9 @@ DEFAULTS = {
     # McMahan et al. 2017's Shakespeare LSTM (0.5 stayed at the unigram plateau for 10 rounds on fortunes)
     "text": {"model": "lstm", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 1.47,
              "local_steps": 20, "batch_size": 16, "eval_every": 5},
+    # packed: the clients it was packed with
+    "packed": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
+               "local_epochs": 1, "batch_size": 32, "eval_every": 5},
 }
 GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
 
@@ -58,7 +61,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-path", default=None,
                    help="mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, "
                         "x_test, y_test; leaf: a folder with train/*.json and test/*.json; cifar10: the folder "
-                        "cifar-10-batches-py (or one holding it); text: a folder of *.txt files")
+                        "cifar-10-batches-py (or one holding it); text: a folder of *.txt files; packed: a folder "
+                        "written by `jaxqfl data pack` (its rows are read by cohort from disk: implies --stream)")
     g.add_argument("--task", choices=TASKS, default=None,
                    help="what is learnt (default: the dataset's: classification for synthetic, mnist and "
                         "cifar10, regression for synthetic-regression, clustering for gaussian-mixture, next-token "
@@ -93,7 +97,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse inconsistent data flags; fill the dataset's task."""
-    needs_file = {"mnist": "file", "npz": "file", "leaf": "folder", "cifar10": "folder", "text": "folder"}
+    needs_file = {"mnist": "file", "npz": "file", "leaf": "folder", "cifar10": "folder", "text": "folder",
+                  "packed": "folder"}
     kind = needs_file.get(args.dataset)
     what_file = {"mnist": "the Keras mnist.npz", "npz": "a .npz holding x, y, ..."}
     if kind is not None:
@@ -101,7 +106,8 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             what = {"mnist": "PATH/mnist.npz (the Keras mnist.npz layout)", "npz": "FILE.npz (keys x, y, ...)",
                     "leaf": "DIR (holding train/*.json and test/*.json)",
                     "cifar10": "DIR (the cifar-10-batches-py folder: data_batch_1..5, test_batch)",
-                    "text": "DIR (a folder of *.txt files)"}[args.dataset]
+                    "text": "DIR (a folder of *.txt files)",
+                    "packed": "DIR (a folder written by `jaxqfl data pack SRC DIR`)"}[args.dataset]
             parser.error(f"--dataset {args.dataset} needs --data-path {what}")
         if kind == "file" and os.path.isdir(args.data_path):
             parser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
@@ -112,11 +118,15 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"--data-path {args.data_path!r} is a file; --dataset {args.dataset} reads a folder")
         if kind == "folder" and not os.path.isdir(args.data_path):
             layout = {"leaf": "LEAF data is a folder with train/ and test/",
-                      "cifar10": "CIFAR-10 is the folder cifar-10-batches-py", "text": "a folder of *.txt files"}
+                      "cifar10": "CIFAR-10 is the folder cifar-10-batches-py", "text": "a folder of *.txt files",
+                      "packed": "write one with `jaxqfl data pack SRC DIR`"}
             parser.error(f"--data-path {args.data_path!r}: no such folder ({layout[args.dataset]})")
     elif args.data_path is not None:
-        parser.error(f"--data-path applies to --dataset mnist, npz, leaf, cifar10 or text; {args.dataset} data "
+        parser.error(f"--data-path applies to --dataset mnist, npz, leaf, cifar10, text or packed; {args.dataset} data "
                      "is generated")
+    if args.dataset == "packed" and args.partition not in (None, "natural"):
+        parser.error(f"--partition {args.partition}: --dataset packed keeps the clients it was packed with (a "
+                     f"re-split would read every row); pack the data again divided as wanted")
     if args.partition == "natural" and args.dataset in ("mnist", "cifar10"):
         parser.error(f"--partition natural does not exist for {args.dataset}; choose one of "
                      f"{[p for p in PARTITIONS if p != 'natural']}")
@@ -142,6 +152,13 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--partition {args.partition} splits by class label; regression targets have none "
                      "(use iid or quantity)")
     population_flags.validate(parser, args)
+
+
+def stream_origin(args: argparse.Namespace) -> str:
+    """The flag that made the run stream its cohorts, for a refusal's message."""
+    if getattr(args, "dataset", None) == "packed":
+        return "--dataset packed (its rows are read by cohort from disk, streamed: it implies --stream)"
+    return "--stream"
 
 
 def build_population(args: argparse.Namespace):

@@ -5,6 +5,7 @@
     jaxqfl plot RUN [RUN ...] --out fig.png   accuracy and loss against rounds and uplink bits
     jaxqfl bench [flags]    speed benchmarks against the roofline and a per-client loop
     jaxqfl quantize RUN_DIR post-training quantization of a run's final model (integer export)
+    jaxqfl data pack SRC OUT  an npz file or LEAF folder as a packed population, read by cohort from disk
     jaxqfl --version
 
 Flags are parsed and checked before any data is built or any program compiled,
@@ -18,7 +19,7 @@ import sys
 import time
 
 import jaxqfl
-from jaxqfl.cli import plot_command, process_clock, quantize_command, run_command
+from jaxqfl.cli import data_command, plot_command, process_clock, quantize_command, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     quantize_command.add_arguments(sub.add_parser("quantize", help="post-training quantization of a run's model",
                                                   description=quantize_command.__doc__,
                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    data_parser = sub.add_parser("data", help="prepare datasets on disk (pack)", description=data_command.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_command.add_arguments(data_parser)
+    parser.data_parser = data_parser
     try:
         from jaxqfl.bench import cli as bench_cli
     except ImportError:
@@ -152,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         _force_cpu_devices(None)  # before validate(), which imports flax (and so JAX) to read the params
         quantize_command.validate(parser, args)
         return quantize_command.main(args)
+    if args.command == "data":
+        data_command.validate(parser.data_parser, args)
+        return data_command.main(args)
     if args.command == "bench":
         from jaxqfl.bench import cli as bench_cli
 

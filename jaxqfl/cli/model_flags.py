@@ -22,7 +22,7 @@ ZOO_MODELS = ("resnet20", "lstm", "transformer")
 #: The models of next-token data.
 SEQUENCE_MODELS = ("lstm", "transformer")
 #: Datasets that hold images a ResNet can read.
-IMAGE_DATASETS = ("cifar10", "mnist", "npz", "leaf")
+IMAGE_DATASETS = ("cifar10", "mnist", "npz", "leaf", "packed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

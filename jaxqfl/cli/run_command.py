@@ -47,7 +47,7 @@ from jaxqfl.cli import sampling_flags, selection_flags
 from jaxqfl.choices import ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli import lora_flags, model_flags
-from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, validate_data
+from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, stream_origin, validate_data
 from jaxqfl.data.build import DEFAULT_TASK
 
 MODELS = ("mlp", "cnn", "logreg", "linear") + model_flags.ZOO_MODELS
@@ -162,6 +162,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     d = DEFAULTS[args.dataset]
     for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
         setattr(args, flag, getattr(args, flag).lower())
+    if args.dataset == "packed":  # rows on disk are read by cohort: the streamed path (engine.build_streaming)
+        args.stream = True
     _split_sweep(parser, args)
     async_flags.validate(parser, args)  # before the defaults: --cohort-size given is refused, C takes its place
     clustering_flags.check(parser, args)  # k-means fixes its own local work: before the defaults
@@ -185,7 +187,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     task = args.task or DEFAULT_TASK[args.dataset]  # None: inferred from the file's targets (checked once read)
     if task is not None and _label_flip_without_labels(args.attack, task):
         parser.error(_label_flip_without_labels(args.attack, task))
-    if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf"):
+    if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf", "packed"):
         parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
                      "(or npz / leaf images of 28 x 28 pixels)")
     if args.model == "mlp" and args.hidden is None:
@@ -366,8 +368,8 @@ def _split_sweep(parser, args) -> None:
     if (args.sweep_values or args.seeds is not None) and args.data_seed is None:
         args.data_seed = args.seed  # one population for every config: recorded, so each config can be repeated
     if (args.sweep_values or args.seeds is not None) and args.stream:
-        parser.error("a sweep (--seeds or a list of values) runs on-device; --stream is not available in a sweep "
-                     "(drop it, or run one config at a time with --seed)")
+        parser.error(f"a sweep (--seeds or a list of values) runs on-device; {stream_origin(args)} is not available "
+                     f"in a sweep (drop it, or run one config at a time with --seed)")
     if (args.sweep_values or args.seeds is not None) and getattr(args, "dp_distributed", None) is not None:
         parser.error("--dp-distributed runs one config at a time (its grid and noise shares are calibrated per "
                      "run); drop --seeds and list-valued flags")
@@ -406,6 +408,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     from jaxqfl.cli import config_file, memory_guard
     from jaxqfl.cli.outputs import versions
     from jaxqfl.data.footprint import footprint_of
+    from jaxqfl.data.packed import is_packed  # rows on disk: not held in host memory
     from jaxqfl.engine import checkpoint
 
     out = pathlib.Path(args.out) if out is None else out
@@ -436,7 +439,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     cpu = jax.devices()[0].platform == "cpu"
     stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
     est = memory_guard.estimate(
-        args, num_devices=num_devices, examples=0 if procedural else population.num_examples, test_examples=population.x_test.shape[0],
+        args, num_devices=num_devices, examples=0 if procedural or is_packed(population) else population.num_examples, test_examples=population.x_test.shape[0],
         feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
         num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape,
         stream_block=footprint_of(population).cohort_block_bytes(args.cohort_size) if stream else None)

@@ -26,6 +26,9 @@ dataset                   clients and test set (task)
 ``text``                  the ``*.txt`` files of the folder ``data_path`` as byte windows of
                           ``context`` (:func:`jaxqfl.data.text.load_text`): one client per file,
                           or ``entries_per_client`` fortune entries per client (next-token).
+``packed``                the packed folder at ``data_path`` (``jaxqfl data pack``;
+                          :func:`jaxqfl.data.packed.read_packed`): its clients and test set as
+                          written, the rows memory-mapped (read by cohort when streamed).
 ========================  ====================================================================
 
 ``partition=None`` means the dataset's own default: ``"natural"`` for the
@@ -60,15 +63,16 @@ from jaxqfl.data.synthetic import synthetic, synthetic_regression
 
 __all__ = ["build", "DATASETS", "PARTITIONS", "DEFAULT_TASK", "FILE_DATASETS"]
 
-DATASETS = ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf", "cifar10", "text")
+DATASETS = ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf", "cifar10", "text",
+            "packed")
 #: Datasets read from ``data_path``.
-FILE_DATASETS = ("mnist", "npz", "leaf", "cifar10", "text")
+FILE_DATASETS = ("mnist", "npz", "leaf", "cifar10", "text", "packed")
 #: Partitioners by name; "natural" is the dataset's own clients (not mnist's).
 PARTITIONS = ("natural", "iid", "dirichlet", "shards", "quantity")
 #: The task of each dataset when none is asked for (npz and leaf: inferred from the targets).
 DEFAULT_TASK = {"synthetic": "classification", "synthetic-regression": "regression",
                 "gaussian-mixture": "clustering", "mnist": "classification", "npz": None, "leaf": None,
-                "cifar10": "classification", "text": "next-token"}
+                "cifar10": "classification", "text": "next-token", "packed": None}
 _GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
 
 
@@ -147,6 +151,17 @@ def build(
 
         return load_text(data_path, context, entries_per_client=entries_per_client, partition=partition,
                          num_clients=num_clients, sigma=sigma, seed=seed)
+    if dataset == "packed":
+        from jaxqfl.data.packed import read_packed
+
+        if partition not in (None, "natural"):
+            raise ValueError(f"a packed population keeps the clients it was packed with; partition {partition!r} "
+                             f"would re-split (and so read) every row: pack the data again divided as wanted")
+        pop = read_packed(data_path)
+        if num_clients is not None and num_clients != pop.num_clients:
+            raise ValueError(f"num_clients={num_clients}, but the packed population {data_path!r} has "
+                             f"{pop.num_clients} clients (leave it unset)")
+        return _with_task(pop, task, dataset)
     if task == "next-token" and dataset != "leaf":
         raise ValueError(f"task 'next-token' needs text: dataset text or leaf (string rows), not {dataset!r}")
 

@@ -17,7 +17,9 @@ regression). Clustering data carries the true component ids as labels (used
 only for reporting ARI / NMI). Memory is
 O(N), not O(C x largest client), and a client's local batch is a gather of
 ``batch_size`` row indices drawn in ``[0, counts[i])`` (DESIGN.md, "Data layout").
-The arrays live on the host (NumPy); the engine moves them to the devices.
+The arrays live on the host (NumPy); the engine moves them to the devices, or, for
+a population read from disk (``jaxqfl.data.packed``), ``x`` and ``y`` are read-only
+memory maps of which only the rows a cohort needs are ever read.
 """
 from __future__ import annotations
 
@@ -227,8 +229,23 @@ def _validate(p: Population) -> None:
             f"offsets[{i}] is {p.offsets[i]}, but the running sum of counts gives {expected[i]}: "
             "offsets must be [0, counts[0], counts[0] + counts[1], ...]"
         )
-    for name, a in (("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test)):
+    # Training rows memory-mapped read-only from disk are not scanned: that would read the whole
+    # population; jaxqfl.data.packed checked their values when it wrote them (through this class).
+    on_disk = is_read_only_map(p.x) and is_read_only_map(p.y)
+    scanned = (("x_test", p.x_test), ("y_test", p.y_test)) if on_disk else (
+        ("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test))
+    for name, a in scanned:
         _check_finite(name, a)
     low = PAD_TARGET if p.task == "next-token" else 0
-    _check_labels("y", p.y, p.num_classes, low)
+    if not on_disk:
+        _check_labels("y", p.y, p.num_classes, low)
     _check_labels("y_test", p.y_test, p.num_classes, low)
+
+
+def is_read_only_map(a) -> bool:
+    """Whether ``a`` is a read-only memory map of a file (``np.load(..., mmap_mode="r")``) or a view of one."""
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap):
+            return a.mode == "r"
+        a = a.base
+    return False

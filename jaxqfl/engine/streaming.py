@@ -11,7 +11,8 @@ round ``r`` (``jaxqfl.engine.host_loop``):
 
 and prepares ``block_{r+1}`` on a background thread while round ``r`` runs.
 Device memory per round is ``M_pad * max_count * (4 F + 4)`` bytes for the rows
-instead of the whole population; host memory is the population plus two blocks.
+instead of the whole population; host memory is the population plus two blocks, or
+only the two blocks for a population memory-mapped from disk (``jaxqfl.data.packed``).
 
 The round program is the one ``engine.build`` compiles (``round_program``),
 fed a ``CohortBlock`` instead of the population: slot ``j`` of the block holds
@@ -47,7 +48,9 @@ def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, 
 
     ``x[j, k] = population.x[offsets[c] + min(k, counts[c] - 1)]`` for ``c = cohort[j]``
     (rows past a client's count repeat its last row; the schedule never reads them).
-    Padding slots ``j >= M`` hold zeros and count 1.
+    Padding slots ``j >= M`` hold zeros and count 1. Only the cohort's rows of ``population.x``
+    and ``population.y`` are read: a population memory-mapped from disk (``jaxqfl.data.packed``)
+    is read by cohort.
     """
     max_count = population.max_count
     counts = population.counts[cohort].astype(np.int64)
@@ -57,7 +60,10 @@ def gather_rows(population: Population, cohort: np.ndarray, padded_cohort: int, 
     M = len(cohort)
     x = np.zeros((padded_cohort, max_count) + population.feature_shape, np.float32)
     y = np.zeros((padded_cohort, max_count) + population.y.shape[1:], y_dtype)
-    np.take(population.x.astype(np.float32, copy=False), rows, axis=0, out=x[:M])
+    if population.x.dtype == np.float32:
+        np.take(population.x, rows, axis=0, out=x[:M])
+    else:  # cast the cohort's rows only (a memory-mapped population is never read whole)
+        x[:M] = population.x[rows]
     y[:M] = population.y[rows]
     c = np.ones((padded_cohort,), np.int32)
     c[:M] = counts

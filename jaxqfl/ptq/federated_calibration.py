@@ -19,7 +19,9 @@ The server then turns the combined statistics into ranges
 (``calibrate.range_from_stats``). Because every reduction is exact, calibrating
 over all clients with ``rows_per_client >= max count`` equals centralised
 calibration on the pooled rows (tested). A client holding more than
-``rows_per_client`` rows contributes its first ``rows_per_client``.
+``rows_per_client`` rows contributes its first ``rows_per_client``. A population
+memory-mapped from disk (``jaxqfl.data.packed``) is not copied to the devices:
+the cohort's rows are gathered on the host first (the same statistics).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxqfl.data.population import is_read_only_map
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.models.capture import layer_inputs
 from jaxqfl.quant import calibrate as cal
@@ -51,10 +54,19 @@ def _round(model, params, population, client_ids, rows_per_client, mesh, chunk_s
     d = mesh.devices.size
     ids, valid = _cohort(population, client_ids, d, chunk_size)
     r = int(population.counts[ids[valid]].max()) if rows_per_client is None else int(rows_per_client)
-    x_all = jnp.asarray(population.x, jnp.float32)
-    offsets = jnp.asarray(population.offsets, jnp.int32)
-    counts = jnp.asarray(population.counts, jnp.int32)
-    n = population.num_examples
+    if is_read_only_map(population.x):  # rows on disk (jaxqfl.data.packed): read the cohort's first r rows only,
+        # slot-major (slot i holds client ids[i]'s rows at i * r + j; rows past its count repeat, masked)
+        counts_of = population.counts[ids].astype(np.int64)
+        rows = population.offsets[ids].astype(np.int64)[:, None] + np.minimum(np.arange(r), counts_of[:, None] - 1)
+        x_all = jnp.asarray(population.x[rows.reshape(-1)], jnp.float32)
+        offsets = jnp.arange(ids.size, dtype=jnp.int32) * r
+        counts = jnp.asarray(counts_of, jnp.int32)
+        n, ids = ids.size * r, np.arange(ids.size, dtype=np.int32)
+    else:
+        x_all = jnp.asarray(population.x, jnp.float32)
+        offsets = jnp.asarray(population.offsets, jnp.int32)
+        counts = jnp.asarray(population.counts, jnp.int32)
+        n = population.num_examples
 
     def one_client(p, cid, ok):
         j = jnp.arange(r, dtype=jnp.int32)
