@@ -88,7 +88,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     from jaxqfl.cli import config_file
     from jaxqfl.cli.data_flags import fail
     from jaxqfl.cli.outputs import finite_or_none as _finite_or_null
-    from jaxqfl.cli.run_command import _progress
+    from jaxqfl.cli.progress_bar import progress_bar
     from jaxqfl.engine import checkpoint
 
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
@@ -189,7 +189,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     setup_seconds = time.perf_counter() - t_start
     all_records = list(records)
     sink = sinks.open_sinks(out, args.log)  # metrics.jsonl (+ TensorBoard, CSV), the restored records first
-    with contextlib.closing(sink), _progress(args.rounds + 1, not args.no_progress, done_before + 1) as show:
+    with contextlib.closing(sink), progress_bar(args.rounds + 1, not args.no_progress, done_before + 1) as bar:
         for r in records:
             sink.write(r)
 
@@ -197,14 +197,15 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
             rec = _finite_or_null(rec)
             all_records.append(rec)
             sink.write(rec)
-            show(rec)
+            bar.record(rec)
 
         if done_before >= args.rounds:
             result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits)
         else:
             result = engine.run(sim, rounds=args.rounds - done_before, eval_every=args.eval_every, seed=args.seed,
                                 state=state, on_eval=on_eval, block_rounds=block, totals=totals, first_round=1,
-                                after_block=after_block, should_stop=lambda: stop_requested() or bool(write_error))
+                                after_block=after_block, should_stop=lambda: stop_requested() or bool(write_error),
+                                progress_seconds=bar.progress_seconds, on_progress=bar.on_progress)
     if result.diverged_round is None:  # a stopped run's last state (the finished one is saved already)
         save_checkpoint(result.state, engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total,
                                                        result.train_seconds))

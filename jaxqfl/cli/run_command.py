@@ -41,6 +41,7 @@ from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl import sinks
 from jaxqfl.cli import async_flags, personal_flags, run_setup, systems_flags, tier_flags
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
+from jaxqfl.cli.progress_bar import progress_bar
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags, selection_flags
@@ -573,7 +574,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
 
     all_records = list(records)
     sink = sinks.open_sinks(out, args.log)  # metrics.jsonl (+ TensorBoard, CSV), the restored records first
-    with contextlib.closing(sink), _progress(args.rounds, not args.no_progress, start_round) as show:
+    with contextlib.closing(sink), progress_bar(args.rounds, not args.no_progress, start_round) as bar:
         for rec in records:
             sink.write(rec)
 
@@ -582,7 +583,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             sampling_flags.warn_overflow(args, sim, rec)
             all_records.append(rec)
             sink.write(rec)
-            show(rec)
+            bar.record(rec)
 
         def after_block(state, rec, t):
             r = int(jax.device_get(state.round))
@@ -599,7 +600,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                 result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
                                     seed=args.seed, state=state, on_eval=on_eval, block_rounds=block, totals=totals,
                                     should_stop=lambda: stop_requested() or bool(write_error),
-                                    after_block=after_block, systems=client_systems)
+                                    after_block=after_block, systems=client_systems,
+                                    progress_seconds=bar.progress_seconds, on_progress=bar.on_progress)
             except privacy_flags.RoundFailed as e:
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
                 return e.exit_status
@@ -755,32 +757,6 @@ def _restore_readable(ckpt_dir, template, step: int):
                   f"kept in {damaged}", file=sys.stderr)
         return got
     fail(f"no readable checkpoint in {ckpt_dir} (damaged: {', '.join(tried)}); start the run again")
-
-
-@contextlib.contextmanager
-def _progress(total_rounds: int, enabled: bool, start: int = 0):
-    """A tqdm bar over rounds (loss, accuracy, rounds/s) fed by ``engine.run``'s records; yields ``show(record)``."""
-    if not enabled:
-        yield lambda rec: None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_rounds, initial=start, unit="round", dynamic_ncols=True)
-
-    def show(rec):
-        post = {"loss": f"{rec['test_loss']:.4f}",
-                "rounds/s": f"{rec['round'] / max(rec['seconds'], 1e-9):.2f}"}
-        if "test_accuracy" in rec:
-            post["acc"] = f"{rec['test_accuracy']:.4f}"
-        if rec.get("dp_epsilon") is not None:
-            post["eps"] = f"{rec['dp_epsilon']:.2f}"
-        bar.set_postfix(post)
-        bar.update(rec["round"] - bar.n)
-
-    try:
-        yield show
-    finally:
-        bar.close()
 
 
 def _print_summary(s: dict, out: pathlib.Path) -> None:

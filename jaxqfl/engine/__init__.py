@@ -7,13 +7,14 @@ model), ``client_update`` (one client's round), ``round`` (the round program),
 (build: the block program), ``host_loop`` and ``streaming`` (rounds driven from the host), ``sweep`` (many
 configs in one program), ``fedbuff`` / ``fedbuff_build`` (buffered asynchronous FL), ``homes`` (where per-client
 states live),
-``evaluation``, ``driver`` (``run``).
+``evaluation``, ``driver`` (``run``), ``pieces`` (a block dispatched in pieces, for progress).
 """
 from jaxqfl.engine.chunking import auto_chunk_size
 from jaxqfl.engine.fedbuff_build import build_fedbuff
 from jaxqfl.engine.driver import RunResult, RunTotals, SweepTotals, run, run_sweep
 from jaxqfl.engine.homes import HOMES
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
+from jaxqfl.engine.pieces import Progress
 from jaxqfl.engine.round import CohortBlock, DeviceData, sample_cohort
 from jaxqfl.engine.schedule import LocalSchedule
 from jaxqfl.engine.simulation import Simulation, build
@@ -28,6 +29,7 @@ __all__ = [
     "DeviceData",
     "HOMES",
     "LocalSchedule",
+    "Progress",
     "RunResult",
     "RunTotals",
     "RoundMetrics",

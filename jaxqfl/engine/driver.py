@@ -5,6 +5,8 @@ local steps. Each block is one compiled program (``Simulation.run_block``); the
 host synchronises once per block, to read the block's metrics and evaluate the
 global model on the test set. The last block, if shorter, runs the same program
 with its tail rounds skipped, so a run compiles the block program exactly once.
+With ``progress_seconds`` a block is dispatched in pieces of that program
+(``jaxqfl.engine.pieces``): one more synchronisation per piece, same results.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxqfl.engine import pieces as block_pieces
 from jaxqfl.engine.client_evaluation import personal_view
 from jaxqfl.engine.simulation import Simulation
 from jaxqfl.engine.state import ServerState
@@ -38,7 +41,7 @@ class RunResult:
     downlink_bits_total: int
     diverged_round: int | None = None  # first round whose train loss or params are not finite
     stopped: bool = False  # should_stop() ended the run before its last round
-    round_seconds: list = dataclasses.field(default_factory=list)  # each round of this call: its block's time / rounds
+    round_seconds: list = dataclasses.field(default_factory=list)  # each round of this call: its piece's time / rounds
     tier_uplink_bits: list = dataclasses.field(default_factory=list)  # with tiers: [T] uplink bits of each tier's clients
     tier_clients: list = dataclasses.field(default_factory=list)  # with tiers: [T] client-rounds of each tier
     sim_time: float | None = None  # with systems: the virtual clock after the last round (earlier calls' included)
@@ -103,6 +106,9 @@ def run(
     after_block: Callable[[ServerState, dict | None, RunTotals], None] | None = None,
     first_round: int = 0,
     systems=None,
+    progress_seconds: float | None = None,
+    on_progress: Callable[[block_pieces.Progress], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> RunResult:
     """Run ``rounds`` rounds, evaluating every ``eval_every`` rounds and after the last one.
 
@@ -133,6 +139,20 @@ def run(
         bits, :func:`jaxqfl.systems.block_seconds`); records carry ``sim_time``, the
         clock after their round, and ``totals.sim_time`` carries it across a resume.
         Default: the simulation's own (``Simulation.systems``, built with a round deadline).
+      progress_seconds: None (default): each block is one ``run_block`` call. A number T:
+        each block is dispatched in pieces of the same compiled program
+        (``jaxqfl.engine.pieces``), sized by the measured round time so that a piece takes
+        about T seconds: the run's first piece is one round, then
+        ``p = clamp(floor(T / s), 1, rounds left in the block)`` with ``s`` the last piece's
+        seconds per round. Same program, same results bit for bit, one host synchronisation
+        per piece (its metrics fetch). Blocks of a simulation with ``piecewise=False`` (a
+        streamed population) stay whole. Evaluation, ``should_stop``, ``after_block`` and the
+        divergence check stay at block ends.
+      on_progress: ``on_progress(Progress(round, train_loss, seconds, rounds_per_second))``
+        after every piece (after every block when ``progress_seconds`` is None).
+      clock: the timer of pieces and blocks (``time.perf_counter``; a test injects a fake one).
+        Each round's time (``RunResult.round_seconds``, records' ``round_seconds``) is its
+        piece's time / the piece's rounds; they sum to the records' ``seconds`` differences.
 
     Divergence: after every block the train losses of its rounds and the new
     parameters are checked; a non-finite value ends the run at that block with
@@ -147,6 +167,7 @@ def run(
     block = min(eval_every, rounds) if block_rounds is None else block_rounds
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block_rounds must be a positive integer, got {block_rounds!r}")
+    block_pieces.check_progress_seconds(progress_seconds)
     compile_seconds = sim.compile_block(block)
     systems = getattr(sim, "systems", None) if systems is None else systems
     state = sim.init(seed) if state is None else state
@@ -161,6 +182,8 @@ def run(
         T = len(tiers.models)
         tier_bits = np.asarray(totals.tier_uplink_bits or [0] * T, np.int64)
         tier_clients = np.asarray(totals.tier_clients or [0] * T, np.int64)
+    pieced = progress_seconds is not None and getattr(sim, "piecewise", True)
+    seconds_per_round = None  # the last piece's (None: no piece yet, the first is one round)
     while done < rounds:
         if should_stop is not None and should_stop():
             stopped = True
@@ -168,12 +191,22 @@ def run(
         active = min(block, rounds - done)
         if first_round_started is None:
             first_round_started = time.time()  # the end of startup (the CLI's startup_seconds)
-        t0 = time.perf_counter()
-        state, metrics = sim.run_block(state, block, active)
-        metrics = jax.device_get(metrics)
-        block_seconds = time.perf_counter() - t0
-        train_seconds += block_seconds
-        per_round += [block_seconds / active] * active  # one program per block: its rounds share its time
+        parts, ran = [], 0
+        while ran < active:
+            p = block_pieces.piece_rounds(progress_seconds, seconds_per_round, active - ran) if pieced else active
+            t0 = clock()
+            state, piece_metrics = sim.run_block(state, block, p)
+            piece_metrics = jax.device_get(piece_metrics)
+            piece_seconds = clock() - t0
+            train_seconds += piece_seconds
+            per_round += [piece_seconds / p] * p  # one program call per piece: its rounds share its time
+            seconds_per_round, ran = piece_seconds / p, ran + p
+            parts.append((piece_metrics, p))
+            if on_progress is not None:
+                rate = (done + ran) / max(train_seconds - float(totals.seconds), 1e-12)
+                on_progress(block_pieces.Progress(start_round + done + ran,
+                                                  float(piece_metrics.train_loss[p - 1]), train_seconds, rate))
+        metrics = block_pieces.join_pieces(parts)
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
         if systems is not None:

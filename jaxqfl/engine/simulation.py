@@ -69,6 +69,8 @@ class Simulation(NamedTuple):
     evaluate_clients: Callable | None = None
     tiers: Any = None  # the checked engine.tiers.Tiers, when clients differ by tier
     systems: Any = None  # with a round deadline: its ClientSystems (engine.run's clock by default)
+    # run_block's active rounds may run as several calls (jaxqfl.engine.pieces): no round depends on its position
+    piecewise: bool = True
 
 
 class RoundSetup(NamedTuple):
