@@ -120,3 +120,12 @@ def test_bad_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         compare.parse(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_once_pairs_are_parsed_and_checked(capsys):
+    assert compare.parse(["--workloads", "tiny", "--once", "flower:tiny,pfl:mlp"]).once == {("flower", "tiny"),
+                                                                                          ("pfl", "mlp")}
+    assert compare.parse(["--workloads", "tiny", "--once", "none"]).once == set()
+    with pytest.raises(SystemExit) as e:
+        compare.parse(["--workloads", "tiny", "--once", "flower"])
+    assert e.value.code == 2 and "--once takes PEER:WORKLOAD pairs" in capsys.readouterr().err

@@ -3,7 +3,7 @@
     python benchmarks/peers/compare.py --peer-python /work/peers-venv/bin/python   # a fresh runs/peers-<time>/
     python benchmarks/peers/compare.py --peer-python ... --out benchmarks/results  # update the stored result
 
-First writes each workload's clients to ``OUT/data/<workload>.npz`` with jaxqfl's
+First writes each workload's clients to a temporary ``<workload>.npz`` with jaxqfl's
 own builders (``workloads.py`` says which), so every side reads the same rows.
 Then, ``--repeats`` times, in an order that rotates each repeat, one process per
 measurement:
@@ -17,6 +17,7 @@ measurement:
 * ``pfl`` (``pfl_peer.py``) and ``flower`` (``flower_peer.py``, Ray with one actor per
   core), run by ``--peer-python`` (the interpreter of the venv holding the peers);
   a peer whose packages that interpreter cannot import is skipped with a line saying so.
+  ``--once`` pairs (default: Flower's, minutes a run) run in the first repeat only.
 
 ``process_s`` is the whole process's wall time for a 10-round run, timed here around
 the child. The report holds every run, the medians and min-max spread over the
@@ -61,12 +62,20 @@ def parse(argv):
     p.add_argument("--repeats", type=int, default=3, help="repeats of every measurement (3)")
     p.add_argument("--rounds", type=int, default=wl.ROUNDS, help=f"rounds per run ({wl.ROUNDS})")
     p.add_argument("--data-path", default=str(MNIST), help="MNIST mnist.npz (Keras layout) for the mlp workload")
+    p.add_argument("--once", default="flower:mlp,flower:tiny",
+                   help="comma-separated PEER:WORKLOAD pairs measured in the first repeat only (default: Flower's, "
+                        "1 and 8 minutes a run on 2 cores); 'none' for none")
     args = p.parse_args(argv)
     for name in ("repeats", "rounds"):
         if getattr(args, name) < (2 if name == "rounds" else 1):
             p.error(f"--{name} must be at least {2 if name == 'rounds' else 1}, got {getattr(args, name)}")
     args.workloads = _names(p, "workloads", args.workloads, wl.WORKLOADS)
     args.peers = _names(p, "peers", args.peers, PEERS)
+    args.once = set() if args.once.strip() == "none" else {tuple(x.strip().split(":")) for x in args.once.split(",")}
+    bad = [":".join(x) for x in args.once if len(x) != 2 or x[0] not in PEERS or x[1] not in wl.WORKLOADS]
+    if bad:
+        p.error(f"--once takes PEER:WORKLOAD pairs (peers {', '.join(PEERS)}; workloads {', '.join(wl.WORKLOADS)}) "
+                f"or 'none', got {bad}")
     if "mlp" in args.workloads and not os.path.isfile(args.data_path):
         p.error(f"--data-path {args.data_path!r}: no such file (the mlp workload reads MNIST; "
                 "leave it out with --workloads tiny)")
@@ -223,8 +232,8 @@ def markdown(r: dict) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
         "",
-        "| workload | side | ms/round | CPU ms/round | first round (s) | whole 10-round process (s) | ratio ms/round | "
-        "ratio process |",
+        f"| workload | side | ms/round | CPU ms/round | first round (s) | whole {r['rounds']}-round process (s) | "
+        "ratio ms/round | ratio process |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, sides in r["summary"].items():
@@ -239,18 +248,21 @@ def markdown(r: dict) -> str:
     lines += ["", "Ratios: the peer's median over jaxqfl's (above 1: jaxqfl is faster). jaxqfl's row is a warm run "
               "(its compilation cache filled by a cold run just before); the cold run's whole process took "
               + ", ".join(f"{v:.2f} s ({n})" for n, v in cold.items()) + "."]
+    if r.get("once"):
+        lines += ["", "Measured in the first repeat only (one run: no spread): " + ", ".join(r["once"]) + "."]
     if r["skipped"]:
         lines += [""] + [f"Skipped: {p} ({why})." for p, why in r["skipped"].items()]
     lines += [
         "",
         "- ms/round: the median wall time of rounds 2..N; CPU ms/round: CPU time of the process and its",
-        "  descendants (Ray's workers for Flower) per round, median (jaxqfl: a 30-round process minus a",
-        "  10-round one, over 20). jaxqfl uses all cores (XLA's thread pool); pfl one thread; Flower one",
+        f"  descendants (Ray's workers for Flower) per round, median (jaxqfl: a {r['rounds'] + CPU_EXTRA_ROUNDS}-round "
+        f"process minus a {r['rounds']}-round",
+        f"  one, over {CPU_EXTRA_ROUNDS}). jaxqfl uses all cores (XLA's thread pool); pfl one thread; Flower one",
         "  single-threaded Ray actor per core.",
         "- first round: from the start of training to the end of round 1 (jaxqfl: the round block's",
         "  compilation or cache load + round 1; pfl: it also evaluates each client of round 1 before and after",
         "  its local training, pfl's evaluation at iteration 0; Flower: from `run_simulation`, so Ray's start).",
-        "- whole process: a fresh interpreter running the 10-round script, timed around the child; every",
+        f"- whole process: a fresh interpreter running the {r['rounds']}-round script, timed around the child; every",
         "  side evaluates the test loss after each round (outside the timed rounds) and asserts it fell.",
         "",
         "Workloads (`benchmarks/peers/workloads.py`), each read by every side from one exported .npz:",
@@ -266,7 +278,9 @@ def markdown(r: dict) -> str:
 def _versions(peer_python) -> dict:
     import jax
 
-    v = {"jax": jax.__version__}
+    import jaxqfl
+
+    v = {"jaxqfl": jaxqfl.__version__, "jax": jax.__version__}
     code = ("import json, importlib.metadata as m\nout = {}\nfor p in ('torch', 'pfl', 'flwr', 'ray'):\n"
             "    try: out[p] = m.version(p)\n    except Exception: pass\nprint(json.dumps(out))")
     done = subprocess.run([peer_python, "-c", code], capture_output=True, text=True)
@@ -296,7 +310,8 @@ def main(argv=None) -> int:
               "cpu_count": os.cpu_count(), "platform": platform.platform(),
               "loadavg_start": [round(x, 2) for x in os.getloadavg()],
               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "versions": _versions(args.peer_python), "skipped": skipped, "data": {}}
+              "versions": _versions(args.peer_python), "skipped": skipped, "data": {},
+              "once": sorted(":".join(x) for x in args.once)}
     runs = {name: {side: [] for side in ("jaxqfl", *peers)} for name in args.workloads}
     with tempfile.TemporaryDirectory(prefix="jaxqfl-peers-") as tmp:
         tmp = pathlib.Path(tmp)
@@ -310,6 +325,8 @@ def main(argv=None) -> int:
             order = sides[i % len(sides):] + sides[:i % len(sides)]  # rotate who goes first
             for name in args.workloads:
                 for side in order:
+                    if i > 0 and (side, name) in args.once:
+                        continue
                     tag = f"{name}-{i}"
                     r = (run_jaxqfl(name, files[name], args.rounds, tmp, tag) if side == "jaxqfl"
                          else run_peer(side, args.peer_python, name, files[name], args.rounds, tmp, tag))
