@@ -169,6 +169,10 @@ def run_jaxqfl(name, data, rounds, tmp: pathlib.Path, tag: str) -> dict:
                       "compile_s": s["compile_seconds"], "cache_hits": s.get("compile_cache_hits"),
                       "num_devices": s.get("num_devices"), "chunk_size": s.get("chunk_size")}
     warm = runs["warm"]
+    if (runs["cpu"]["chunk_size"], runs["cpu"]["num_devices"]) != (warm["chunk_size"], warm["num_devices"]):
+        raise RuntimeError(f"jaxqfl {name}: the {rounds + CPU_EXTRA_ROUNDS}-round run chose another layout "
+                           f"({runs['cpu']['chunk_size']}, {runs['cpu']['num_devices']} devices) than the {rounds}-round "
+                           f"one ({warm['chunk_size']}, {warm['num_devices']}): its CPU time is not comparable")
     losses = warm["losses"]
     if not losses[-1] < losses[0]:
         raise RuntimeError(f"jaxqfl {name}: the test loss did not fall ({losses[0]} -> {losses[-1]})")
