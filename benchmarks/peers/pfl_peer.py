@@ -3,10 +3,12 @@
     python benchmarks/peers/pfl_peer.py --workload mlp --data-path mlp.npz --out pfl-mlp.json
 
 FedAvg (``pfl.algorithm.FederatedAveraging``) on a ``pfl.aggregate.simulate.SimulatedBackend``;
-each client is one ``pfl.data.dataset.Dataset`` of its rows, the cohort drawn uniformly
-at random each round, updates weighted by the clients' example counts (``WeightByDatapoints``); local training is pfl's own SGD loop (``NNTrainHyperParams``:
-the workload's epochs or steps, batch and learning rate); the central optimizer is
-SGD at lr 1, so the new model is the example-weighted mean of the clients' models.
+each client is one ``pfl.data.dataset.Dataset`` of its rows, each cohort member drawn
+uniformly at random (pfl samples one user at a time, so a cohort may repeat one);
+updates weighted by the clients' example counts (``WeightByDatapoints``); local
+training is pfl's own SGD loop (``NNTrainHyperParams``: the workload's epochs or
+steps, batch and learning rate); the central optimizer is SGD at lr 1, so the new
+model is the example-weighted mean of the clients' models.
 A callback marks the end of each round and evaluates the test loss outside the timed
 rounds. Writes the report of ``workloads.report``.
 """
