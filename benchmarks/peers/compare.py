@@ -221,6 +221,11 @@ def summarize(runs: dict) -> dict:
     return out
 
 
+def _losses(runs) -> str:
+    first = runs[0]["losses"]
+    return f"{first[0]:.3f} -> {first[-1]:.3f}"
+
+
 def _ratio(ratio, key, fmt) -> str:
     return "1" if ratio is None else f"{ratio[key]:{fmt}}x"
 
@@ -237,8 +242,8 @@ def markdown(r: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
         "",
         f"| workload | side | ms/round | CPU ms/round | first round (s) | whole {r['rounds']}-round process (s) | "
-        "ratio ms/round | ratio process |",
-        "|---|---|---|---|---|---|---|---|",
+        "ratio ms/round | ratio process | test loss, round 1 -> last |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, sides in r["summary"].items():
         for side, s in sides.items():
@@ -246,12 +251,18 @@ def markdown(r: dict) -> str:
             ratio = s.get("ratio")
             lines.append(f"| {name} | {side} | {cell('round_ms', '.1f')} | {cell('cpu_round_ms', '.1f')} | "
                          f"{cell('first_round_s', '.2f')} | {cell('process_s', '.2f')} | "
-                         f"{_ratio(ratio, 'round_ms', '.1f')} | {_ratio(ratio, 'process_s', '.2f')} |")
-    cold = {n: statistics.median(x["cold_process_s"] for x in sides["jaxqfl"]) for n, sides in r["runs"].items()
-            if sides.get("jaxqfl")}
+                         f"{_ratio(ratio, 'round_ms', '.1f')} | {_ratio(ratio, 'process_s', '.2f')} | "
+                         f"{_losses(r['runs'][name][side])} |")
+    cold = []
+    for n, sides in r["runs"].items():
+        if sides.get("jaxqfl"):
+            c = statistics.median(x["cold_process_s"] for x in sides["jaxqfl"])
+            peers = ", ".join(f"{side} / cold {r['summary'][n][side]['process_s']['median'] / c:.2f}x"
+                              for side in r["summary"][n] if side != "jaxqfl")
+            cold.append(f"{c:.2f} s on {n}" + (f" ({peers})" if peers else ""))
     lines += ["", "Ratios: the peer's median over jaxqfl's (above 1: jaxqfl is faster). jaxqfl's row is a warm run "
-              "(its compilation cache filled by a cold run just before); the cold run's whole process took "
-              + ", ".join(f"{v:.2f} s ({n})" for n, v in cold.items()) + "."]
+              "(its compilation cache filled by a cold run just before); a cold run's whole process (an empty "
+              "cache: tuning and compilation included) took " + "; ".join(cold) + "."]
     if r.get("once"):
         lines += ["", "Measured in the first repeat only (one run: no spread): " + ", ".join(r["once"]) + "."]
     if r["skipped"]:
@@ -261,13 +272,16 @@ def markdown(r: dict) -> str:
         "- ms/round: the median wall time of rounds 2..N; CPU ms/round: CPU time of the process and its",
         f"  descendants (Ray's workers for Flower) per round, median (jaxqfl: a {r['rounds'] + CPU_EXTRA_ROUNDS}-round "
         f"process minus a {r['rounds']}-round",
-        f"  one, over {CPU_EXTRA_ROUNDS}). jaxqfl uses all cores (XLA's thread pool); pfl one thread; Flower one",
-        "  single-threaded Ray actor per core.",
+        f"  one, over {CPU_EXTRA_ROUNDS}, so it also holds jaxqfl's test evaluation and metric writing after each",
+        "  round, which the peers' figures leave out). jaxqfl uses all cores (XLA's thread pool); pfl one",
+        "  thread; Flower one single-threaded Ray actor per core.",
         "- first round: from the start of training to the end of round 1 (jaxqfl: the round block's",
         "  compilation or cache load + round 1; pfl: it also evaluates each client of round 1 before and after",
         "  its local training, pfl's evaluation at iteration 0; Flower: from `run_simulation`, so Ray's start).",
         f"- whole process: a fresh interpreter running the {r['rounds']}-round script, timed around the child; every",
         "  side evaluates the test loss after each round (outside the timed rounds) and asserts it fell.",
+        "- test loss: the first repeat's. The peers start from PyTorch's initialisation, jaxqfl from Flax's",
+        "  (LeCun normal weights, zero biases), so the curves differ while the work per round is the same.",
         "",
         "Workloads (`benchmarks/peers/workloads.py`), each read by every side from one exported .npz:",
         "",
