@@ -44,6 +44,10 @@ DEFAULT_MNIST = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / 
 DEFAULT_FORTUNES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fortunes"
 
 
+MLP_HIDDEN, MLP_CLIENT_LR = (200,), 0.05  # the mlp family's model and client learning rate (benchmarks/peers reads them)
+TINY_CLIENT_LR = 0.01
+
+
 class Workload(NamedTuple):
     name: str
     description: str
@@ -73,8 +77,8 @@ def _mlp_like(name: str, description: str, num_clients: int, cohort_size: int, p
         name,
         description,
         random_population(num_clients, 64, 784, 62),
-        models.mlp(hidden=(200,), num_outputs=62, policy=policy),
-        algorithms.fedavg(optax.sgd(0.05)),
+        models.mlp(hidden=MLP_HIDDEN, num_outputs=62, policy=policy),
+        algorithms.fedavg(optax.sgd(MLP_CLIENT_LR)),
         LocalSchedule(local_epochs=1, batch_size=16),
         cohort_size,
         uplink,
@@ -110,7 +114,7 @@ def tiny(**_) -> Workload:
         "logistic regression 60->10 on Synthetic(1,1), 1,000 clients, 1,000/round, 20 steps of batch 10",
         synthetic(1.0, 1.0, 1000, 0),
         models.logistic_regression(10),
-        algorithms.fedavg(optax.sgd(0.01)),
+        algorithms.fedavg(optax.sgd(TINY_CLIENT_LR)),
         LocalSchedule(local_steps=20, batch_size=10),
         1000,
     )
