@@ -1,23 +1,29 @@
 """``jaxqfl run --task clustering``: the summary's numbers and traffic, and k-means flags refused before any work."""
 import json
 import math
+import time
 
 import pytest
 
 from jaxqfl.cli.main import main
 from cli_refusals import assert_refused_before_any_work
+from jaxqfl.cli.process_clock import MAIN_CALL
 
 
 def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tmp_path, capsys):
     out = tmp_path / "km"
+    t0 = time.time()
     rc = main(["run", "--dataset", "gaussian-mixture", "--num-clients", "20", "--cohort-size", "10",
                "--components", "4", "--rounds", "4", "--eval-every", "2", "--devices", "2", "--out", str(out),
                "--no-progress"])
+    wall = time.time() - t0
     assert rc == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [3, 5]  # round 1 of the run is the seeding round
     s = json.loads((out / "summary.json").read_text())
     assert s["task"] == "clustering" and s["clusters"] == 4 and s["kmeans"] == "lloyd"
+    assert s["startup_from"] == MAIN_CALL and s["compile_seconds"] <= s["startup_seconds"] < wall
+    assert 0 < s["round_seconds_p10"] <= s["round_seconds_median"] <= s["round_seconds_p90"] < wall
     assert 0.0 <= s["final_ari"] <= 1.0 and 0.0 <= s["final_nmi"] <= 1.0
     # the host's float64 inertia of the final centroids is the devices' float32 one of the last evaluation
     assert s["final_inertia"] == pytest.approx(records[-1]["test_inertia"], rel=1e-4)

@@ -98,10 +98,20 @@ def test_cli_sweep_writes_one_folder_per_config_and_the_mean_over_seeds(tmp_path
 
     common = ["run", "--num-clients", "40", "--cohort-size", "8", "--rounds", "4", "--eval-every", "2",
               "--devices", "2", "--chunk-size", "2", "--no-progress"]
+    import time
+
+    from jaxqfl.cli.process_clock import MAIN_CALL
+
+    t0 = time.time()
     assert main(common + ["--seeds", "0-1", "--client-lr", "0.01,0.05", "--out", str(tmp_path / "sw")]) == 0
+    wall = time.time() - t0
     strict = lambda text: json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     report = strict((tmp_path / "sw" / "sweep.json").read_text())
     assert report["num_configs"] == 4 and report["swept"] == ["client_lr"]
+    # time to the first round (from this main() call) and the spread of the rounds' times, as a single run's summary
+    assert report["startup_from"] == MAIN_CALL and 0 < report["startup_seconds"] < wall
+    assert report["startup_seconds"] >= report["compile_seconds"]
+    assert 0 < report["round_seconds_p10"] <= report["round_seconds_median"] <= report["round_seconds_p90"] < wall
     for row in report["by_hyperparameters"]:
         finals = [strict((tmp_path / "sw" / f"client_lr={row['client_lr']:g},seed={s}" / "summary.json")
                          .read_text())["final_loss"] for s in (0, 1)]

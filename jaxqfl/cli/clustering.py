@@ -22,6 +22,7 @@ import sys
 import time
 
 from jaxqfl import sinks
+from jaxqfl.cli.process_clock import startup_fields
 from jaxqfl.cli.argtypes import positive_int
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -227,6 +228,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         "platform": jax.devices()[0].platform, "chunk_size": sim.chunk_size,
         "client_state_home": sim.client_state_home, "num_params": sim.num_params, "setup_seconds": setup_seconds,
         "data_seconds": data_seconds, "compile_seconds": result.compile_seconds,
+        **startup_fields(args._startup_origin, result.first_round_started), **result.round_seconds_quantiles(),
         "seconds_per_round": result.seconds_per_round,
         "rounds_per_second": 1.0 / max(result.seconds_per_round, 1e-12),
         "uplink_bits_total": result.uplink_bits_total + seeding["uplink_bits"],

@@ -42,3 +42,11 @@ def process_start() -> tuple[float, str]:
     except (OSError, ValueError, IndexError):
         return IMPORTED_AT, MODULE_IMPORT
     return time.time() - max(age, 0.0), PROCESS_START
+
+
+def startup_fields(origin: tuple[float, str], first_round_started: float | None) -> dict:
+    """``startup_seconds``: wall time from ``origin`` (:func:`process_start`, or a call's time) to the first round's start
+    (None when this process ran no round), and ``startup_from``, what the origin is."""
+    start, what = origin
+    seconds = None if first_round_started is None else first_round_started - start
+    return {"startup_seconds": seconds, "startup_from": what}

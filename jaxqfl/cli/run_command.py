@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from jaxqfl.cli import algorithm_args
+from jaxqfl.cli import algorithm_args, process_clock
 from jaxqfl.cli.argtypes import chunk_size as _chunk_size
 from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import on_off as _on_off
@@ -691,7 +691,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "data_seconds": data_seconds,
         "compile_seconds": result.compile_seconds,
         "tuning_seconds": rule_seconds + _search_seconds(sim.tuning),
-        **_startup_fields(args._startup_origin, result.first_round_started),
+        **process_clock.startup_fields(args._startup_origin, result.first_round_started),
         "seconds_per_round": result.train_seconds / max(done_round, 1),
         "rounds_per_second": done_round / max(result.train_seconds, 1e-12),
         **result.round_seconds_quantiles(),
@@ -803,14 +803,6 @@ def _search_seconds(tuning: dict | None) -> float:
         return 0.0
     split = tuning.get("device_split") or {}
     return float(split.get("tuning_seconds", tuning.get("tuning_seconds", 0.0)))  # the split's contains the chunk's
-
-
-def _startup_fields(origin: tuple[float, str], first_round_started: float | None) -> dict:
-    """``startup_seconds``: wall time from ``origin`` (``jaxqfl.cli.process_clock``) to the first round's start
-    (None when this process ran no round), and ``startup_from``, what the origin is."""
-    start, what = origin
-    seconds = None if first_round_started is None else first_round_started - start
-    return {"startup_seconds": seconds, "startup_from": what}
 
 
 def _tuning_decision(args, population, model, algorithm, schedule, num_devices: int, cpu: bool):

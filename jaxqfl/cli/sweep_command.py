@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from jaxqfl import sinks
+from jaxqfl.cli.process_clock import startup_fields
 from jaxqfl.sweep_plan import NAMED
 
 FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", "test_perplexity",
@@ -314,6 +315,8 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         "num_diverged": sum(diverged),
         "setup_seconds": setup_seconds,
         "compile_seconds": results[0].compile_seconds,
+        **startup_fields(args._startup_origin, results[0].first_round_started),
+        **results[0].round_seconds_quantiles(),
         "seconds_per_round": results[0].seconds_per_round,
         "config_rounds_per_second": len(configs) / max(results[0].seconds_per_round, 1e-12),
     }

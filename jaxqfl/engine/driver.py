@@ -327,6 +327,7 @@ def run_sweep(
     up, down = np.asarray(totals.uplink_bits, np.int64).copy(), np.asarray(totals.downlink_bits, np.int64).copy()
     diverged: list[int | None] = list(totals.diverged)
     train_seconds, done, stopped = float(totals.seconds), 0, False
+    per_round, first_round_started = [], None  # as run's: each round's block time / rounds; the start of round 1
     if systems is not None and len(systems) != S:
         raise ValueError(f"systems must give one ClientSystems per config ({S}), got {len(systems)}")
     clock = None if systems is None else [float(t) for t in (totals.sim_time or [0.0] * S)]
@@ -335,10 +336,14 @@ def run_sweep(
             stopped = True
             break
         active = min(block, rounds - done)
+        if first_round_started is None:
+            first_round_started = time.time()  # the end of startup (the CLI's startup_seconds)
         t0 = time.perf_counter()
         states, metrics = sim.run_block(states, block, active)
         metrics = jax.device_get(metrics)  # every leaf [R, S, ...]
-        train_seconds += time.perf_counter() - t0
+        block_seconds = time.perf_counter() - t0
+        train_seconds += block_seconds
+        per_round += [block_seconds / active] * active
         up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
         if clock is not None:
@@ -369,5 +374,6 @@ def run_sweep(
                                             None if clock is None else list(clock)))
     config_state = lambda s: jax.tree.map(lambda a: a[s], states)
     return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, done, int(up[s]), int(down[s]),
-                      diverged[s], stopped, sim_time=None if clock is None else clock[s])
+                      diverged[s], stopped, list(per_round), sim_time=None if clock is None else clock[s],
+                      first_round_started=first_round_started)
             for s in range(S)]
