@@ -133,6 +133,9 @@ def test_arrivals_staleness_flush_times_and_model_equal_a_numpy_event_simulation
     np.testing.assert_allclose([r["sim_time"] for r in result.records], [times[2], times[5]], rtol=1e-5)
     assert [x for r in result.records for x in r["server_staleness_mean_per_round"]] == pytest.approx(
         [np.mean(s) for s in stale])
+    # 5. the driver counts the staleness of every applied update (RunResult.counts: the summary's histogram)
+    values, n = np.unique(np.concatenate(stale), return_counts=True)
+    assert result.counts == {"staleness": dict(zip(values.astype(int).tolist(), n.tolist()))}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ def test_a_restored_fedbuff_state_continues_as_the_uninterrupted_run_bit_for_bit
     assert jax.random.key_impl(state.in_flight.trained.info.key) == jax.random.key_impl(part.state.server.key)
     rest = engine.run(sim, rounds=4, eval_every=2, state=state, systems=profile,
                       totals=engine.RunTotals(part.uplink_bits_total, part.downlink_bits_total,
-                                              sim_time=part.sim_time))
+                                              sim_time=part.sim_time, counts=part.counts))
     assert _bytes(rest.state) == _bytes(full.state)
+    assert rest.counts == full.counts and sum(full.counts["staleness"].values()) == 8 * 2  # carried over the resume
     assert rest.sim_time == full.sim_time and rest.uplink_bits_total == full.uplink_bits_total
     strip = lambda recs: [{k: v for k, v in r.items() if k not in engine.driver.TIMING_KEYS} for r in recs]
     assert strip(meta["records"] + rest.records) == strip(full.records)

@@ -13,7 +13,8 @@ staleness value, over the run) and ``staleness_mean``.
 Checkpoints and ``--resume`` work as for synchronous rounds: a checkpoint holds the
 whole ``FedBuffState`` (server state, in-flight table, last flush time;
 ``jaxqfl.engine.checkpoint``) and its record the clock and the staleness histogram so
-far (``StalenessCount.meta_fields``), so a resumed run equals the uninterrupted one.
+far (``meta_fields``, from the count ``engine.run`` keeps: ``RunResult.counts``), so a resumed run equals the
+uninterrupted one.
 
 Refused (``parser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
 (``--seeds``, lists), ``--tiers``, ``--sampling poisson``, ``--cohort-size`` (C replaces
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
 
 from jaxqfl.cli.argtypes import positive_int
 from jaxqfl.cli.data_flags import stream_origin
@@ -157,48 +157,28 @@ def build(args, population, model, algorithm, schedule, *, aggregator, uplink, d
                                 label_transform=label_transform)
 
 
-class StalenessCount:
-    """The run's staleness histogram, counted on the host from each block's per-client metric ``staleness``.
+def resumed_counts(meta: dict) -> dict:
+    """``RunTotals.counts`` of a resumed run: the staleness histogram its checkpoint's record kept."""
+    saved = meta.get("staleness_histogram")
+    return {} if saved is None else {"staleness": {int(k): int(v) for k, v in saved.items()}}
 
-    A checkpoint's record carries it (``meta_fields``), and a resumed run starts from it (``resume``).
-    """
 
-    def __init__(self):
-        self.counts: dict[int, int] = {}
+def meta_fields(args, counts: dict | None) -> dict:
+    """What a checkpoint's JSON record keeps of the driver's staleness count (nothing for a synchronous run)."""
+    if not on(args):
+        return {}
+    count = (counts or {}).get("staleness", {})
+    return {"staleness_histogram": {str(k): count[k] for k in sorted(count)}}
 
-    def meta_fields(self, args) -> dict:
-        """What a checkpoint's JSON record keeps of the count (nothing for a synchronous run)."""
-        if not on(args):
-            return {}
-        return {"staleness_histogram": {str(k): self.counts[k] for k in sorted(self.counts)}}
 
-    def resume(self, meta: dict) -> None:
-        """Start from the count saved in a checkpoint's record (``meta_fields``)."""
-        self.counts = {int(k): int(v) for k, v in (meta.get("staleness_histogram") or {}).items()}
-
-    def wrap(self, sim):
-        """``sim`` whose ``run_block`` also counts the active flushes' staleness values."""
-        import jax
-
-        run_block = sim.run_block
-
-        def counting(state, num_rounds, num_active=None):
-            state, metrics = run_block(state, num_rounds, num_active)
-            active = num_rounds if num_active is None else num_active
-            values, n = np.unique(np.asarray(jax.device_get(metrics.clients["staleness"]))[:active],
-                                  return_counts=True)
-            for v, c in zip(values.astype(int).tolist(), n.tolist()):
-                self.counts[v] = self.counts.get(v, 0) + c
-            return state, metrics
-
-        return sim._replace(run_block=counting)
-
-    def summary_fields(self, args) -> dict:
-        total = sum(self.counts.values())
-        return {"async": getattr(args, "async"), "concurrency": args.concurrency, "buffer": args.buffer,
-                "staleness": args.staleness,
-                "staleness_histogram": {str(k): self.counts[k] for k in sorted(self.counts)},
-                "staleness_mean": sum(k * c for k, c in self.counts.items()) / total if total else None}
+def summary_fields(args, counts: dict) -> dict:
+    """summary.json's FedBuff fields: the settings and the staleness histogram the driver counted (``RunResult``)."""
+    count = counts.get("staleness", {})
+    total = sum(count.values())
+    return {"async": getattr(args, "async"), "concurrency": args.concurrency, "buffer": args.buffer,
+            "staleness": args.staleness,
+            "staleness_histogram": {str(k): count[k] for k in sorted(count)},
+            "staleness_mean": sum(k * c for k, c in count.items()) / total if total else None}
 
 
 def summary_line(s: dict) -> str:

@@ -489,16 +489,15 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     tuning_rule = None if async_flags.on(args) else _tuning_decision(args, population, model, algorithm, schedule,
                                                                       num_devices, cpu)
     rule_seconds = time.perf_counter() - t_rule if tuning_rule is not None else 0.0
-    staleness = async_flags.StalenessCount()
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
     # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
     layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
         if async_flags.on(args):  # FedBuff: one round = one buffer flush on the virtual clock
-            sim = staleness.wrap(async_flags.build(
+            sim = async_flags.build(
                 args, population, model, algorithm, schedule, aggregator=aggregator, uplink=uplink,
                 downlink=None if args.downlink == "none" else args.downlink_codec, task=task,
-                label_transform=label_transform, client_systems=client_systems))
+                label_transform=label_transform, client_systems=client_systems)
         else:
             sim = build(
                 population,
@@ -539,9 +538,9 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         records = list(meta["records"])
         totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
                                   float(meta["train_seconds"]), tuple(meta.get("tier_uplink_bits", ())),
-                                  tuple(meta.get("tier_clients", ())), float(meta.get("sim_time", 0.0)))
+                                  tuple(meta.get("tier_clients", ())), float(meta.get("sim_time", 0.0)),
+                                  counts=async_flags.resumed_counts(meta))  # FedBuff: the staleness so far
         block = int(meta["block_rounds"])
-        staleness.resume(meta)  # FedBuff: the staleness histogram so far
     start_round = 0 if state is None else int(jax.device_get(state.round))
     setup_seconds = time.perf_counter() - t_start
 
@@ -553,7 +552,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                        "client_state_home": sim.client_state_home},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
             "tier_uplink_bits": list(t.tier_uplink_bits), "tier_clients": list(t.tier_clients),
-            "sim_time": t.sim_time, **staleness.meta_fields(args),
+            "sim_time": t.sim_time, **async_flags.meta_fields(args, t.counts),
         })
 
     saved_rounds = set()
@@ -594,7 +593,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             result = engine.RunResult(state, [], 0.0, totals.seconds, 0, totals.uplink_bits, totals.downlink_bits,
                                       tier_uplink_bits=list(totals.tier_uplink_bits),
                                       tier_clients=list(totals.tier_clients),
-                                      sim_time=totals.sim_time if client_systems is not None else None)
+                                      sim_time=totals.sim_time if client_systems is not None else None,
+                                      counts=dict(totals.counts or {}))
         else:
             try:
                 result = engine.run(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
@@ -614,7 +614,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         if recheck is not None and args.verbose:
             print(f"autotune re-check: {recheck.reason}", flush=True)
     totals_now = engine.RunTotals(result.uplink_bits_total, result.downlink_bits_total, result.train_seconds,
-                                  tuple(result.tier_uplink_bits), tuple(result.tier_clients), result.sim_time or 0.0)
+                                  tuple(result.tier_uplink_bits), tuple(result.tier_clients), result.sim_time or 0.0,
+                                  counts=result.counts)
     if result.diverged_round is None:  # a stopped run's state, or the last one (already saved unless stopped)
         save_checkpoint(final_state, all_records, totals_now)
     if not write_error:
@@ -710,7 +711,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             argparse.Namespace(**{**vars(args), "quant": preset}), population)),
         **systems_flags.summary_fields(args, result, all_records),
         **selection_flags.summary_fields(args, all_records),
-        **(staleness.summary_fields(args) if async_flags.on(args) else {}),
+        **(async_flags.summary_fields(args, result.counts) if async_flags.on(args) else {}),
     }
     try:
         write_json(out / "summary.json", summary)

@@ -46,6 +46,8 @@ class RunResult:
     tier_clients: list = dataclasses.field(default_factory=list)  # with tiers: [T] client-rounds of each tier
     sim_time: float | None = None  # with systems: the virtual clock after the last round (earlier calls' included)
     first_round_started: float | None = None  # time.time() at the first block's dispatch (None: no round ran)
+    # Simulation.counted_metrics: {name: {value: client-rounds}} over the run (earlier calls' included when resumed)
+    counts: dict = dataclasses.field(default_factory=dict)
 
     def round_seconds_quantiles(self) -> dict:
         """``round_seconds_median``, ``_p10``, ``_p90`` over this call's rounds (None when it ran none)."""
@@ -70,6 +72,7 @@ class RunTotals(NamedTuple):
     tier_uplink_bits: tuple = ()  # with tiers: per tier, the uplink bits of its clients
     tier_clients: tuple = ()  # with tiers: per tier, how many client-rounds it took part in
     sim_time: float = 0.0  # with systems: simulated seconds of the rounds before (jaxqfl.systems)
+    counts: dict | None = None  # Simulation.counted_metrics: {name: {value: how many client-rounds}} so far
 
 
 class SweepTotals(NamedTuple):
@@ -84,6 +87,17 @@ class SweepTotals(NamedTuple):
     @classmethod
     def zeros(cls, num_configs: int) -> "SweepTotals":
         return cls([0] * num_configs, [0] * num_configs, 0.0, [None] * num_configs)
+
+
+def count_values(count: dict, values) -> None:
+    """Add each value of ``values`` (a host array of whole numbers) to ``count`` ({int value: occurrences})."""
+    unique, n = np.unique(np.asarray(values), return_counts=True)
+    for v, c in zip(unique.astype(int).tolist(), n.tolist()):
+        count[v] = count.get(v, 0) + c
+
+
+def _copy_counts(counts: dict) -> dict:
+    return {name: dict(count) for name, count in counts.items()}
 
 
 @jax.jit
@@ -183,6 +197,7 @@ def run(
         tier_bits = np.asarray(totals.tier_uplink_bits or [0] * T, np.int64)
         tier_clients = np.asarray(totals.tier_clients or [0] * T, np.int64)
     pieced = progress_seconds is not None and getattr(sim, "piecewise", True)
+    counts = {name: dict((totals.counts or {}).get(name, {})) for name in getattr(sim, "counted_metrics", ())}
     seconds_per_round = None  # the last piece's (None: no piece yet, the first is one round)
     while done < rounds:
         if should_stop is not None and should_stop():
@@ -207,6 +222,8 @@ def run(
                 on_progress(block_pieces.Progress(start_round + done + ran,
                                                   float(piece_metrics.train_loss[p - 1]), train_seconds, rate))
         metrics = block_pieces.join_pieces(parts)
+        for name, count in counts.items():
+            count_values(count, metrics.clients[name][:active])
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
         down_total += int(np.sum(metrics.downlink_bits[:active], dtype=np.int64))
         if systems is not None:
@@ -236,10 +253,11 @@ def run(
             break
         tier_carry = () if tiers is None else (tuple(tier_bits.tolist()), tuple(tier_clients.tolist()))
         if after_block is not None:
-            after_block(state, rec, RunTotals(up_total, down_total, train_seconds, *tier_carry, sim_time=sim_time))
+            after_block(state, rec, RunTotals(up_total, down_total, train_seconds, *tier_carry, sim_time=sim_time,
+                                              counts=_copy_counts(counts)))
     result = RunResult(state, records, compile_seconds, train_seconds, done, up_total, down_total, diverged, stopped,
                        per_round, sim_time=sim_time if systems is not None else None,
-                       first_round_started=first_round_started)
+                       first_round_started=first_round_started, counts=counts)
     if tiers is not None:
         result.tier_uplink_bits, result.tier_clients = tier_bits.tolist(), tier_clients.tolist()
     return result

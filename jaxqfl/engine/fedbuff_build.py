@@ -137,4 +137,4 @@ def build_fedbuff(
         evaluate=build_evaluate(population, model, task, mesh, eval_batch_size),
         trace_count=lambda: traces[0], num_devices=mesh.devices.size, chunk_size=int(buffer),
         cohort_size=int(buffer), clients_per_device=int(concurrency), num_params=num_params(params_abs),
-        client_state_home="replicated")
+        client_state_home="replicated", counted_metrics=("staleness",))

@@ -72,6 +72,9 @@ class Simulation(NamedTuple):
     systems: Any = None  # with a round deadline: its ClientSystems (engine.run's clock by default)
     # run_block's active rounds may run as several calls (jaxqfl.engine.pieces): no round depends on its position
     piecewise: bool = True
+    # per-client integer metrics (RoundMetrics.clients) whose values engine.run counts over the active rounds
+    # (RunResult.counts, carried over a resume by RunTotals.counts); FedBuff: ("staleness",)
+    counted_metrics: tuple = ()
 
 
 class RoundSetup(NamedTuple):
