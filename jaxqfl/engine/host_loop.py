@@ -29,7 +29,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl.engine import xla_options
 from jaxqfl import keys
 from jaxqfl.engine.mesh import CLIENTS
 from jaxqfl.engine.round import sample_cohort
@@ -105,7 +104,7 @@ def host_loop(
         dev_abs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), dev_abs, dev_sharding)
         rows = _rows_abstract(state_abs) if host_home else None
         ids = jax.ShapeDtypeStruct((M,), jnp.int32, sharding=replicated)
-        compiled["round"] = xla_options.compile(round_jit.lower(dev_abs, data_abstract, ids, rows))
+        compiled["round"] = round_jit.lower(dev_abs, data_abstract, ids, rows).compile()
         return time.perf_counter() - t0
 
     def prepare(run_key_data, r: int):

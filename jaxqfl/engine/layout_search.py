@@ -45,7 +45,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxqfl
-from jaxqfl.engine import xla_options
 from jaxqfl.engine import autotune, chunking, tuning_conditions
 from jaxqfl.engine.conv_layout import contains_convolution
 from jaxqfl.engine.evaluation import label_dtype
@@ -73,7 +72,7 @@ class TimedRound:
     """A compiled round program and its current state: ``timed_round()`` runs one round, returns its seconds."""
 
     def __init__(self, lowered, init_state, data):
-        self.compiled, self.state, self.data = xla_options.compile(lowered), init_state, data
+        self.compiled, self.state, self.data = lowered.compile(), init_state, data
 
     def __call__(self) -> float:
         t0 = time.perf_counter()
@@ -173,7 +172,7 @@ def tuned_layout(
     )
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, N, uplink=uplink,
                                   downlink=downlink)
-    init_program = xla_options.jit(init_from_key, out_shardings=replicated)
+    init_program = jax.jit(init_from_key, out_shardings=replicated)
 
     def round_for(layout):
         return round_program(

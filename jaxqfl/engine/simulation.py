@@ -26,7 +26,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl.engine import xla_options
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.data.population import Population
 from jaxqfl.engine import homes
@@ -233,7 +232,7 @@ def setup_round(
     if home == "sharded":
         state_sharding = state_sharding._replace(
             client_states=jax.tree.map(lambda _: sharded, state_abs.client_states))
-    init_program = xla_options.jit(init_from_key, out_shardings=state_sharding)
+    init_program = jax.jit(init_from_key, out_shardings=state_sharding)
 
     def init(seed: int) -> ServerState:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -283,7 +282,7 @@ def block_compiler(lower_block: Callable[[int], Any]):
         if num_rounds in compiled:
             return 0.0
         t0 = time.perf_counter()
-        compiled[num_rounds] = xla_options.compile(lower_block(num_rounds))
+        compiled[num_rounds] = lower_block(num_rounds).compile()
         return time.perf_counter() - t0
 
     return compile_block, compiled

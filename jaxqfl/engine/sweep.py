@@ -65,7 +65,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl.engine import xla_options
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.compress.identity import identity
 from jaxqfl.data.population import Population
@@ -367,7 +366,7 @@ def build_sweep(
     def init_all(keys_):
         return by_variant([lambda k, _, f=f: jax.vmap(f)(k) for f in inits], groups, S, with_hp=False)(keys_)
 
-    init_program = xla_options.jit(init_all, out_shardings=replicated)
+    init_program = jax.jit(init_all, out_shardings=replicated)
 
     def init():
         return init_program(run_keys)
