@@ -78,15 +78,15 @@ def run_once(num_clients: int, args, cache_dir: pathlib.Path, out: pathlib.Path)
     cmd = [sys.executable, "-m", "jaxqfl.cli.main", "run", "--population", "procedural",
            "--num-clients", str(num_clients), "--cohort-size", str(args.cohort_size), "--rounds", str(args.rounds),
            "--eval-every", str(args.rounds), "--no-progress", "--out", str(out)]
-    out.mkdir(parents=True)
-    with open(out / "stderr.txt", "w") as err:
+    stderr_path = out.with_name(out.name + ".stderr.txt")  # beside the run's folder, which jaxqfl run creates
+    with open(stderr_path, "w") as err:
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, env=_env(cache_dir), stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)  # the child's own peak resident set (kilobytes on Linux)
         wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {os.waitstatus_to_exitcode(status)}:\n"
-                           f"{(out / 'stderr.txt').read_text()[-2000:]}")
+                           f"{stderr_path.read_text()[-2000:]}")
     peak_rss = int(usage.ru_maxrss) * 1024
     s = json.loads((out / "summary.json").read_text())
     return {"num_clients": num_clients, "wall": wall, "peak_rss_bytes": peak_rss,
