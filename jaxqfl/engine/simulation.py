@@ -447,12 +447,20 @@ def build(
         traces[0] += 1
 
         def body(state, i):
+            traced = {}  # the round's metric shapes, kept when cond traces the round (before the skip branch)
+
+            def run(state):
+                state, metrics = one_round(state, data)
+                traced["metrics"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), metrics)
+                return state, metrics
+
             def skip(state):
-                zeros = jax.eval_shape(lambda s: one_round(s, data)[1], state)
+                # zeros shaped like the round's metrics; tracing the round again only if cond has not traced it yet
+                zeros = traced.get("metrics") or jax.eval_shape(lambda s: one_round(s, data)[1], state)
                 zero_metrics = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
                 return state, zero_metrics._replace(active=jnp.asarray(False))
 
-            return jax.lax.cond(i < num_active, lambda s: one_round(s, data), skip, state)
+            return jax.lax.cond(i < num_active, run, skip, state)
 
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
