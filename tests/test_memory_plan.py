@@ -55,16 +55,3 @@ def test_footprint_counts_equal_a_built_runs_state(name):
     # what each algorithm keeps, by its definition: nothing, one control variate, one residual per client
     assert fp.client_state_floats == {"fedavg": 0, "scaffold": fp.param_floats, "ef-qsgd": fp.param_floats}[name]
 
-
-def test_device_state_bytes_follows_the_home():
-    fp = memory_plan.StateFootprint(10, 40, 5, 20, 10, 40)
-    per = dict(num_clients=100, cohort_size=8, num_devices=4)
-    cohort, server = 2 * (4 * 40 + 40), 60
-    assert memory_plan.device_state_bytes(fp, **per, home="replicated") == 100 * 40 + cohort + server
-    assert memory_plan.device_state_bytes(fp, **per, home="sharded") == 1000 + cohort + server
-    assert memory_plan.device_state_bytes(fp, **per, home="host") == 2 * 40 + cohort + server
-    assert memory_plan.device_state_bytes(fp, **per, home="sharded", num_configs=3) == 3 * (1000 + cohort + server)
-    with pytest.raises(ValueError, match="home must be"):
-        memory_plan.device_state_bytes(fp, **per, home="disk")
-    with pytest.raises(ValueError, match="num_devices must be a positive integer, got 0"):
-        memory_plan.device_state_bytes(fp, num_clients=1, cohort_size=1, num_devices=0)

@@ -6,16 +6,9 @@ algorithm, aggregator, codecs, the model's own statistics) abstractly for ONE
 client and counts the elements and bytes of each part. Nothing is inferred from
 names: a new algorithm, codec or model is counted the day it exists.
 
-:func:`device_state_bytes` turns a footprint into the per-device bytes of the
-states a run holds (the population's rows are ``jaxqfl.data.footprint``'s)::
-
-    per device = client states (C s replicated, ceil(C s / D) sharded, ceil(M / D) s host home)
-               + ceil(M / D) x (4 p + s)        (a cohort block: params, grads, update, optimizer
-                                                 per client, plus the client's state)
-               + S x (p + server)              (the server state of each of S configs)
-
-with p the parameter bytes, s one client's state bytes, C clients, M the cohort,
-D devices. XLA's temporaries and the compiled programs are not counted.
+``jaxqfl.cli.memory_guard.estimate`` turns a footprint into a run's bytes per device
+(the client states in their home, a cohort block, the server states of a sweep's
+configs, the population's rows); XLA's temporaries and the compiled programs are not counted.
 """
 from __future__ import annotations
 
@@ -60,22 +53,4 @@ def state_footprint(model, algorithm, feature_shape, *, aggregator=None, uplink=
     server = _count((state.algorithm_state, state.aggregator_state))
     client = _count(state.client_states)  # one row: one client
     return StateFootprint(p[0], p[1], server[0], server[1], client[0], client[1])
-
-
-def device_state_bytes(footprint: StateFootprint, *, num_clients: int, cohort_size: int, num_devices: int = 1,
-                       home: str = "replicated", num_configs: int = 1) -> int:
-    """Per-device bytes of the client states, a cohort block and the server states (module docstring)."""
-    if home not in ("replicated", "sharded", "host"):
-        raise ValueError(f"home must be 'replicated', 'sharded' or 'host', got {home!r}")
-    for name, v in (("num_clients", num_clients), ("cohort_size", cohort_size), ("num_devices", num_devices),
-                    ("num_configs", num_configs)):
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    s, D = footprint.client_state_bytes, num_devices
-    per_dev_clients = math.ceil(cohort_size / D)
-    states = {"replicated": num_clients * s, "sharded": math.ceil(num_clients * s / D),
-              "host": per_dev_clients * s}[home]
-    cohort = per_dev_clients * (4 * footprint.param_bytes + s)
-    server = footprint.param_bytes + footprint.server_state_bytes
-    return num_configs * (states + cohort + server)
 
