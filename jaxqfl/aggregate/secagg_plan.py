@@ -101,16 +101,65 @@ def _over_rounds(p_round: float, rounds: int) -> float:
     return -math.expm1(rounds * math.log1p(-p_round))
 
 
+class SecaggDegree(NamedTuple):
+    """The graph a round of secure aggregation uses, and how often it fails (:func:`choose_degree`)."""
+
+    neighbours: int  # k: each client's share holders (M - 1 for SecAgg)
+    holders_needed: int  # t = min(k, floor(threshold k) + 1)
+    failure_bound: float  # upper bound on P(one round fails)
+    exact: bool  # the bound is exact (the complete graph), else the union bound
+
+
+def _degree(cohort_size: int, dropout: float, threshold: float, protocol: str, neighbours: int | None) -> int:
+    M = cohort_size
+    if protocol == "secagg":
+        return M - 1
+    if neighbours is not None:
+        return min(neighbours, M - 1)
+    return choose_neighbours(M, dropout, threshold)
+
+
+def choose_degree(cohort_size: int, dropout: float = 0.0, threshold: float = 0.5, *, protocol: str = "secagg+",
+                  neighbours: int | None = None, min_survivors: int = 1) -> SecaggDegree:
+    """SecAgg / SecAgg+'s degree k, its Shamir threshold t and the bound on a round's failure.
+
+    SecAgg: the complete graph, k = M - 1, and the exact failure probability. SecAgg+:
+    ``neighbours`` if given (an even k >= 2, or >= M - 1 for all pairs), else the smallest
+    even k >= 2 ceil(log2 M) whose union bound is <= 1e-6 at ``dropout``
+    (:func:`jaxqfl.aggregate.secagg_graph.choose_neighbours`; all pairs when none is).
+    The bound is :func:`round_failure_bounds`' upper one (with ``min_survivors`` s: a round also
+    fails below s survivors, distributed DP's noise shares). Pure; raises ValueError naming a bad value.
+    """
+    from jaxqfl.aggregate.secure import PROTOCOLS
+
+    M = cohort_size
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not (isinstance(M, int) and M >= 2):
+        raise ValueError(f"secure aggregation needs a cohort of at least 2 clients, got cohort_size={M!r}")
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
+        raise ValueError(f"threshold must be a fraction in (0, 1], got {threshold!r}")
+    if neighbours is not None:
+        if protocol == "secagg":
+            raise ValueError(f"neighbours applies to protocol 'secagg+' (SecAgg uses all M - 1 = {M - 1} pairs), "
+                             f"got neighbours={neighbours!r}")
+        if not (isinstance(neighbours, int) and (neighbours >= M - 1 or (neighbours >= 2 and neighbours % 2 == 0))):
+            raise ValueError(f"neighbours must be an even number >= 2 (or >= cohort_size - 1 = {M - 1} for all "
+                             f"pairs), got {neighbours!r}")
+    if not (isinstance(min_survivors, int) and 1 <= min_survivors <= M):
+        raise ValueError(f"min_survivors must be an integer in [1, cohort_size={M}], got {min_survivors!r}")
+    k = _degree(M, dropout, threshold, protocol, neighbours)
+    _, upper = round_failure_bounds(M, k, dropout, threshold, min_survivors)
+    return SecaggDegree(k, shamir_threshold(k, threshold), upper, k >= M - 1)
+
+
 def plan(cohort_size: int, rounds: int, dropout: float, threshold: float = 0.5, *, protocol: str = "secagg+",
          neighbours: int | None = None, min_survivors: int = 1) -> FailurePlan:
     """The failure prediction of a run: ``neighbours`` None is SecAgg+'s default k (:func:`choose_neighbours`)."""
     M = cohort_size
-    if protocol == "secagg":
-        k = M - 1
-    elif neighbours is not None:
-        k = min(neighbours, M - 1)
-    else:
-        k = choose_neighbours(M, dropout, threshold)
+    k = _degree(M, dropout, threshold, protocol, neighbours)
     lower, upper = round_failure_bounds(M, k, dropout, threshold, min_survivors)
     return FailurePlan(M, k, shamir_threshold(k, threshold), min_survivors, M * (1.0 - dropout), lower, upper,
                        _over_rounds(lower, rounds), _over_rounds(upper, rounds))

@@ -1,22 +1,15 @@
 """``--dp-distributed skellam``: distributed DP's setup and summary for ``jaxqfl run``.
 
-``make_distributed`` builds the parameter template from the model, calibrates
-``--dp-epsilon`` through the equivalent Gaussian (``jaxqfl.privacy.distributed``),
-prints the mechanism's grid and returns ``aggregate.distributed_skellam``;
-``summary`` gives summary.json's fields. The flags themselves and their checks
-are in ``jaxqfl.cli.privacy_flags``.
+``make_distributed`` builds the parameter template from the model, asks the library
+for the privacy plan (``jaxqfl.privacy.plan_distributed_skellam``: z calibrated to
+``--dp-epsilon``, the Skellam grid, the equivalent Gaussian and epsilon), prints it
+and returns ``aggregate.distributed_skellam``; ``summary`` gives summary.json's
+fields of that plan. The flags themselves and their checks are in
+``jaxqfl.cli.privacy_flags``.
 """
 from __future__ import annotations
 
-import argparse
 import math
-
-
-def _equivalent_noise(p) -> float:
-    """z_eff of the Gaussian whose RDP bounds the Skellam mechanism with parameters ``p``."""
-    from jaxqfl import privacy
-
-    return privacy.skellam_noise_multiplier(p.l2_sensitivity, p.l1_sensitivity, p.central_variance)
 
 
 def sampling(args) -> str:
@@ -25,34 +18,26 @@ def sampling(args) -> str:
 
 
 def make_distributed(args, num_clients: int, model, feature_shape):
-    """Distributed DP: the template from the model, z calibrated to --dp-epsilon, the equivalent Gaussian."""
+    """Distributed DP: the template from the model, the library's plan for the flags, printed; the aggregator."""
     import jax
     import jax.numpy as jnp
 
     from jaxqfl import aggregate, privacy
-    from jaxqfl.aggregate import skellam_calibration as calibration
     from jaxqfl.cli.privacy_flags import aggregated
 
     template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
-    dimension = sum(x.size for x in jax.tree.leaves(template))
     M = aggregated(args)  # the cohort, or FedBuff's buffer
-    shares = calibration.min_survivors(M, args.dropout)  # does not depend on z: once
-
-    def parameters(z):
-        return calibration.skellam_parameters(args.dp_clip, z, dimension=dimension, cohort_size=M,
-                                              bits=args.dp_bits, noise_shares=shares)
-
-    acct = dict(num_clients=num_clients, cohort_size=M, sampling=sampling(args))
-    if args.dp_epsilon is not None:
-        args.dp_noise = privacy.distributed_noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
-                                                              lambda z: _equivalent_noise(parameters(z)), **acct)
-    args._ddp_params = parameters(args.dp_noise)
-    args._ddp_z_eff = _equivalent_noise(args._ddp_params)
+    plan = privacy.plan_distributed_skellam(
+        clip=args.dp_clip, template_or_dimension=template, num_clients=num_clients, cohort_size=M,
+        rounds=args.rounds, delta=args.dp_delta, bits=args.dp_bits, dropout=args.dropout, sampling=sampling(args),
+        noise_multiplier=None if args.dp_epsilon is not None else args.dp_noise, target_epsilon=args.dp_epsilon)
+    args.dp_noise = plan.noise_multiplier
+    args._ddp_plan = plan
     protocol = args.secure_aggregation or "secagg+"
-    p = args._ddp_params
+    p = plan.parameters
     print(f"distributed DP (Skellam, {protocol}): clip {args.dp_clip}, noise multiplier {args.dp_noise:.4f} "
-          f"(equivalent Gaussian {args._ddp_z_eff:.4f} against replace-one), {p.modulus_bits}-bit sum, grid step "
-          f"{p.scale:.3g}, noise split over {p.noise_shares} survivors, delta {args.dp_delta:.3g}"
+          f"(equivalent Gaussian {plan.effective_noise_multiplier:.4f} against replace-one), {p.modulus_bits}-bit "
+          f"sum, grid step {p.scale:.3g}, noise split over {p.noise_shares} survivors, delta {args.dp_delta:.3g}"
           f"{' (default 1/num_clients^1.1)' if args.dp_delta_default else ''}")
     return aggregate.distributed_skellam(args.dp_clip, args.dp_noise, template=template, num_clients=num_clients,
                                          cohort_size=M, bits=args.dp_bits, protocol=protocol,
@@ -61,32 +46,23 @@ def make_distributed(args, num_clients: int, model, feature_shape):
 
 
 def summary(args, num_clients: int) -> dict:
-    """summary.json's fields of a distributed-DP run (after :func:`make_distributed`)."""
-    import dp_accounting
-
-    from jaxqfl import privacy
-    from jaxqfl.cli.privacy_flags import aggregated
-    from jaxqfl.privacy import distributed
-
-    acct = dict(num_clients=num_clients, cohort_size=aggregated(args), sampling=sampling(args))
-    eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, args.rounds, **acct)
-    event = dp_accounting.SelfComposedDpEvent(distributed.distributed_round_event(args._ddp_z_eff, **acct), args.rounds)
-    p = args._ddp_params
-    protocol = args.secure_aggregation or "secagg+"
+    """summary.json's fields of a distributed-DP run: the plan of :func:`make_distributed` and the SecAgg graph."""
     from jaxqfl.cli.privacy_flags import secagg_degree
 
-    k, bound = secagg_degree(argparse.Namespace(**{**vars(args), "secure_aggregation": protocol}))
+    plan = args._ddp_plan
+    p = plan.parameters
+    protocol = args.secure_aggregation or "secagg+"
+    g = secagg_degree(args)
     return {
-        "dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": args.dp_delta,
-        "dp_accountant": "rdp (replace-one, integer orders) on the equivalent Gaussian"
-                         + (", no sampling amplification" if sampling(args) == "async" else ""),
-        "dp_event": repr(event),
-        "dp_effective_noise_multiplier": args._ddp_z_eff, "dp_noise_multiplier": args.dp_noise,
+        "dp_epsilon": plan.epsilon if math.isfinite(plan.epsilon) else None, "dp_delta": args.dp_delta,
+        "dp_accountant": plan.accountant, "dp_event": repr(plan.event),
+        "dp_effective_noise_multiplier": plan.effective_noise_multiplier, "dp_noise_multiplier": args.dp_noise,
         "dp_clip": args.dp_clip, "dp_mechanism": "distributed skellam (Agarwal et al. 2021) under " + protocol,
         "dp_bits": p.modulus_bits, "ddp_scale": p.scale, "ddp_rotated_dimension": p.rotated_dimension,
         "ddp_l2_sensitivity": p.l2_sensitivity, "ddp_l1_sensitivity": p.l1_sensitivity,
         "ddp_central_variance": p.central_variance, "ddp_noise_shares": p.noise_shares,
         "ddp_wrap_bound": p.wrap_bound, "secure_aggregation": protocol, "secagg_dropout": args.dropout,
-        "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k, "secagg_failure_bound": bound,
+        "secagg_threshold": args.secagg_threshold, "secagg_neighbours": g.neighbours,
+        "secagg_failure_bound": g.failure_bound,
         "dp_weighting": "uniform: the mean over the surviving clients (example weights are not used)",
     }

@@ -15,8 +15,11 @@ The engine replicates the training population on every device of the mesh
     accelerator = per device              against the device's memory limit
 
 ``P = examples x features x 4 + examples x 4`` (float32 rows, int32 labels),
-``n`` the model's parameter count, ``s`` a client's persistent state (``4 n`` per
-error-feedback codec). It is an estimate (XLA's temporaries and the compiled
+``n`` the model's parameter count, ``s`` a client's persistent state. Once the run's
+model, algorithm, aggregator and codecs are built, ``n``, ``s`` and a config's server
+state are traced from them (``jaxqfl.engine.memory_plan.state_footprint``); the check
+before JAX starts (no model yet) takes them from the flags (``4 n`` per error-feedback
+codec and per SCAFFOLD-like algorithm, ``3 n`` of server state). It is an estimate (XLA's temporaries and the compiled
 programs are not counted); a run refused here could not have fitted.
 
 A sweep of ``S`` configs (``--seeds``, list-valued flags) holds ``S`` of every
@@ -115,17 +118,25 @@ def num_configs(args) -> int:
 
 def estimate(args, *, num_devices: int, examples: int, test_examples: int, feature_dim: int, num_classes: int,
              num_clients: int, home: str = "auto", cpu: bool = True, feature_shape: tuple | None = None,
-             stream_block: int | None = None) -> Estimate:
+             stream_block: int | None = None, footprint=None) -> Estimate:
     """The estimate above for the parsed ``args`` and the population's sizes.
 
     ``stream_block``: the bytes ``B`` of one streamed cohort block (``--stream``; None: on-device data).
+    ``footprint``: the run's ``jaxqfl.engine.memory_plan.StateFootprint`` (traced from the built model,
+    algorithm, aggregator and codecs): n, s and a config's server state are then its counts, not the
+    flags' (which the check before JAX starts, without a model, has to use).
     """
     D = num_devices
     S = num_configs(args)
     P = examples * (feature_dim + 1) * 4
     P_test = test_examples * (feature_dim + 1) * 4
-    n = model_num_params(args, feature_dim, num_classes, feature_shape)
-    s = client_state_floats(args, n) * 4
+    if footprint is None:
+        n = model_num_params(args, feature_dim, num_classes, feature_shape)
+        s = client_state_floats(args, n) * 4
+        server_bytes = 3 * 4 * n
+    else:
+        n, s = footprint.param_floats, footprint.client_state_bytes
+        server_bytes = footprint.param_bytes + footprint.server_state_bytes
     M = args.cohort_size
     if getattr(args, "sampling", "fixed") == "poisson":  # every one of the M_max slots trains
         from jaxqfl.engine.sampling import default_max_cohort
@@ -143,7 +154,7 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     cohort = per_dev_clients * 4 * 4 * n
     server = 0
     if S > 1:  # every config keeps its own states, server state and cohort block
-        states, cohort, server = S * states, S * cohort, S * 3 * 4 * n
+        states, cohort, server = S * states, S * cohort, S * server_bytes
     rows_on_device = P if stream_block is None else 2 * math.ceil(stream_block / D)
     per_device = rows_on_device + math.ceil(P_test / D) + states + cohort + server
     host = P + P_test + (num_clients * s if home == "host" else 0) + (0 if stream_block is None else 2 * stream_block)
@@ -158,7 +169,7 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
         "the population on the host": host,
     }
     if S > 1:
-        terms[f"the server states of the sweep's {S:,} configs ({S:,} x {3 * 4 * n:,} bytes)"] = server * (D if cpu else 1)
+        terms[f"the server states of the sweep's {S:,} configs ({S:,} x {server_bytes:,} bytes)"] = server * (D if cpu else 1)
     return Estimate(host, per_device, terms)
 
 

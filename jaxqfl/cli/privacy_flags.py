@@ -194,10 +194,10 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
         return distributed_dp_flags.make_distributed(args, num_clients, model, feature_shape)
     if args.secure_aggregation is not None:
         if hp is None:  # a sweep's configs were announced by the call without hp
-            k, bound = secagg_degree(args)
-            print(f"secure aggregation: {args.secure_aggregation}, {k} neighbours per client, P(round fails) <= "
-                  f"{bound:.3g} at --dropout {args.dropout} "
-                  f"({'exact' if k >= aggregated(args) - 1 else 'union bound'})")
+            g = secagg_degree(args)
+            print(f"secure aggregation: {args.secure_aggregation}, {g.neighbours} neighbours per client, "
+                  f"P(round fails) <= {g.failure_bound:.3g} at --dropout {args.dropout} "
+                  f"({'exact' if g.exact else 'union bound'})")
         return aggregate.secure_sum(uplink, num_clients=num_clients, cohort_size=aggregated(args),
                                     protocol=args.secure_aggregation, threshold=args.secagg_threshold,
                                     dropout=args.dropout, neighbours=args.secagg_degree,
@@ -244,14 +244,13 @@ def _cohort_flag(args) -> str:
     return "--buffer" if getattr(args, "async", None) is not None else "--cohort-size"
 
 
-def secagg_degree(args) -> tuple:
-    """``(k, failure bound)``: the neighbours per client and the upper bound on a round's failure
-    (``jaxqfl.aggregate.secagg_plan``: exact for all pairs, the union bound otherwise)."""
+def secagg_degree(args):
+    """The flags' ``jaxqfl.aggregate.secagg_plan.choose_degree``: k, t and the bound on a round's failure
+    (distributed DP's protocol defaults to secagg+)."""
     from jaxqfl.aggregate import secagg_plan
 
-    fp = secagg_plan.plan(aggregated(args), 1, args.dropout, args.secagg_threshold,
-                          protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree)
-    return fp.neighbours, fp.round_upper
+    return secagg_plan.choose_degree(aggregated(args), args.dropout, args.secagg_threshold,
+                                     protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree)
 
 
 def record_fields(args, num_clients: int, record: dict, noise: float | None = None) -> dict:
@@ -264,7 +263,8 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
         from jaxqfl import privacy
 
         if args.dp_distributed is not None:
-            eps = privacy.distributed_epsilon(args._ddp_z_eff, args.dp_delta, record["round"],
+            eps = privacy.distributed_epsilon(args._ddp_plan.effective_noise_multiplier, args.dp_delta,
+                                              record["round"],
                                               num_clients=num_clients, cohort_size=aggregated(args),
                                               sampling=distributed_dp_flags.sampling(args))
         else:
@@ -313,10 +313,10 @@ def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     if args.dp_distributed is not None:
         return distributed_dp_flags.summary(args, num_clients)
     if args.secure_aggregation is not None:
-        k, bound = secagg_degree(args)
+        g = secagg_degree(args)
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,
-                "secagg_threshold": args.secagg_threshold, "secagg_neighbours": k,
-                "secagg_failure_bound": bound,
+                "secagg_threshold": args.secagg_threshold, "secagg_neighbours": g.neighbours,
+                "secagg_failure_bound": g.failure_bound,
                 "secagg_weighting": ("examples: the mean over the surviving clients weighted by their example "
                                      "counts (weights masked with the codes)") if weighs_by_examples(args)
                 else "uniform: the mean over the surviving clients"}

@@ -410,7 +410,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     from jaxqfl.cli.outputs import versions
     from jaxqfl.data.footprint import footprint_of
     from jaxqfl.data.packed import is_packed  # rows on disk: not held in host memory
-    from jaxqfl.engine import checkpoint
+    from jaxqfl.engine import checkpoint, memory_plan
 
     out = pathlib.Path(args.out) if out is None else out
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
@@ -439,20 +439,6 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
     stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
-    est = memory_guard.estimate(
-        args, num_devices=num_devices, examples=0 if procedural or is_packed(population) else population.num_examples, test_examples=population.x_test.shape[0],
-        feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
-        num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape,
-        stream_block=footprint_of(population).cohort_block_bytes(args.cohort_size) if stream else None)
-    limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    try:
-        memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
-                           stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1,
-                           stream=stream,
-                           generated=args.dataset in ("synthetic", "synthetic-regression", "gaussian-mixture"))
-    except memory_guard.MemoryRefusal as e:
-        print(f"jaxqfl run: error: {e}", file=sys.stderr)
-        return 2
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
     algorithm, algorithm_hparams = algorithm_args.build(args)
@@ -463,6 +449,25 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         aggregator, label_transform = _aggregator(args, population, uplink, model)
     except ValueError as e:
         fail(str(e))
+    # the memory check on the run's real states (jax.eval_shape of its model, algorithm, aggregator, codecs)
+    footprint = memory_plan.state_footprint(model, algorithm, population.feature_shape, aggregator=aggregator,
+                                            uplink=uplink,
+                                            downlink=None if args.downlink == "none" else args.downlink_codec)
+    est = memory_guard.estimate(
+        args, num_devices=num_devices, examples=0 if procedural or is_packed(population) else population.num_examples, test_examples=population.x_test.shape[0],
+        feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
+        num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape,
+        stream_block=footprint_of(population).cohort_block_bytes(args.cohort_size) if stream else None,
+        footprint=footprint)
+    limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    try:
+        memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
+                           stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1,
+                           stream=stream,
+                           generated=args.dataset in ("synthetic", "synthetic-regression", "gaussian-mixture"))
+    except memory_guard.MemoryRefusal as e:
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        return 2
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.cli.sweep_command import run_sweep_cli
 

@@ -16,8 +16,10 @@ from jaxqfl.privacy.distributed import (
     distributed_noise_for_epsilon,
     skellam_noise_multiplier,
 )
+from jaxqfl.privacy.planning import DistributedDpPlan, plan_distributed_skellam
 
 __all__ = [
+    "DistributedDpPlan",
     "SAMPLINGS",
     "accountant_name",
     "describe",
@@ -28,6 +30,7 @@ __all__ = [
     "make_accountant",
     "max_target_epsilon",
     "noise_for_epsilon",
+    "plan_distributed_skellam",
     "round_event",
     "run_event",
     "skellam_noise_multiplier",
