@@ -97,14 +97,19 @@ def run_once(num_clients: int, args, cache_dir: pathlib.Path, out: pathlib.Path)
 
 
 def round_counts(cohort: int) -> dict:
-    """FLOPs and bytes of one round (``jaxqfl.bench.cost``'s formula) for the default logistic regression."""
-    f = 2 * FEATURES * CLASSES  # one example's forward matmul
-    params = FEATURES * CLASSES + CLASSES
-    optimizer_floats = 0  # plain SGD on the client
-    row = 4 * FEATURES + 4
-    flops = 3 * f * BATCH * LOCAL_STEPS * cohort
-    moved = cohort * LOCAL_STEPS * (4 * (2 * params + 2 * params + 2 * optimizer_floats) + BATCH * row)
-    return {"flops": float(flops), "bytes": float(moved), "params": params}
+    """FLOPs and bytes of one round, counted by ``jaxqfl.bench.cost.round_cost`` on the run's model, algorithm and
+    schedule; the shapes come from a few clients of the same procedural population, materialised."""
+    import optax
+
+    from jaxqfl import algorithms, engine, models
+    from jaxqfl.bench.cost import round_cost
+    from jaxqfl.data.procedural import procedural_synthetic
+
+    shapes = procedural_synthetic(1.0, 1.0, num_clients=2, seed=0, num_features=FEATURES, num_classes=CLASSES,
+                                  test_clients=1).materialize()  # max_count and row shapes as the run's
+    cost = round_cost(shapes, models.logistic_regression(CLASSES), algorithms.fedavg(optax.sgd(0.01)),
+                      engine.LocalSchedule(local_steps=LOCAL_STEPS, batch_size=BATCH), cohort)
+    return {"flops": cost.flops, "bytes": cost.bytes, "params": cost.num_params}
 
 
 def _markdown(r) -> str:
