@@ -14,3 +14,16 @@ PERSONAL_ALGORITHMS = ("ditto", "fedrep", "fedper")  # clients keep their own mo
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomed", "centered-clip",
                "norm-bound")  # jaxqfl.aggregate.named
 ATTACK_NAMES = ("none", "sign-flip", "scale", "gaussian", "label-flip", "alie", "ipm", "minmax")  # aggregate.attacks
+SAMPLINGS = ("fixed", "poisson")  # fixed-size cohorts, or Poisson (each client with probability q)
+POPULATIONS = ("memory", "procedural")  # jaxqfl.data.procedural: clients drawn on demand
+ZOO_MODELS = ("resnet20", "lstm", "transformer")  # jaxqfl.models.zoo
+MODELS = ("mlp", "cnn", "logreg", "linear") + ZOO_MODELS
+LORA_AGGREGATIONS = ("fedit", "product")  # jaxqfl.lora: average A and B apart (FedIT) or their products
+BASE_FORMATS = ("none", "bf16", "int8", "int4", "nf4")  # jaxqfl.lora.base_quant.FORMATS (checked by a test)
+TIER_WEIGHTS = ("examples", "precision")  # jaxqfl.aggregate.tier_weighted
+CLIENT_TEST = ("auto", "labels", "none")  # per-client test rows
+STRAGGLERS = ("wait", "drop", "partial")  # jaxqfl.systems.deadline.STRAGGLERS (not imported: no JAX before validate)
+ASYNC_MODES = ("fedbuff",)  # jaxqfl.engine.fedbuff
+KMEANS = ("lloyd", "minibatch")  # jaxqfl.clustering
+SECURE_PROTOCOLS = ("secagg", "secagg+")  # jaxqfl.aggregate.secure.PROTOCOLS
+DISTRIBUTED_MECHANISMS = ("skellam",)  # jaxqfl.aggregate.distributed_dp.MECHANISMS

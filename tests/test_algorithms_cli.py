@@ -46,18 +46,13 @@ def test_a_swept_client_lr_reaches_the_algorithm(tmp_path):
     ],
 )
 def test_flags_build_the_named_algorithm(argv, hparams):
-    import argparse
-
     from jaxqfl import algorithms
-    from jaxqfl.cli import algorithm_args
+    from jaxqfl.cli import algorithm_args, run_command
+    from jaxqfl.cli.main import _parser
 
-    parser = argparse.ArgumentParser()
-    g = parser.add_argument_group()
-    for flag, kw in [("--client-lr", {"type": float, "default": 0.05}), ("--server-opt", {"default": "sgd"}),
-                     ("--server-lr", {"type": float, "default": 1.0}), ("--weighting", {"default": "examples"})]:
-        g.add_argument(flag, **kw)
-    algorithm_args.add_arguments(g)
-    args = parser.parse_args(argv)
+    parser = _parser().run_parser  # the flags generated from jaxqfl.Experiment's settings
+    args = parser.parse_args(["--client-lr", "0.05", *argv])
+    run_command._split_sweep(parser, args)  # one value each: the lists' first
     algorithm_args.validate(parser, args)
     algorithm, recorded = algorithm_args.build(args)
     assert isinstance(algorithm, algorithms.Algorithm)

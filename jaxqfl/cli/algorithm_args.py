@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 
-from jaxqfl.cli.argtypes import nonneg_floats as _nonneg_floats
-from jaxqfl.choices import ALGORITHMS
 
 DEFAULT_MU = 0.01
 DEFAULT_FEDDYN_ALPHA = 0.01
@@ -48,31 +46,6 @@ def weighs_by_examples(args: argparse.Namespace) -> bool:
     """True when the run's algorithm weighs clients by their example counts (``--weighting examples``)."""
     return (getattr(args, "weighting", "examples") == "examples"
             and getattr(args, "algorithm", "fedavg") not in UNIFORM_ALGORITHMS)
-
-
-def add_arguments(g) -> None:
-    """Add ``--algorithm`` and the algorithms' own hyper-parameter flags (``OWN_FLAGS``) to an argparse group."""
-    from jaxqfl.cli.argtypes import nonneg_float, nonneg_int, positive_float
-
-    g.add_argument("--algorithm", choices=ALGORITHMS, default="fedavg",
-                   help="FL algorithm (README: table of algorithms); default fedavg")
-    g.add_argument("--mu", type=_nonneg_floats, default=None,
-                   help=f"FedProx proximal coefficient (--algorithm fedprox; default {DEFAULT_MU}); a "
-                        f"comma-separated list sweeps it")
-    g.add_argument("--feddyn-alpha", type=positive_float, default=None,
-                   help=f"FedDyn regularization alpha (--algorithm feddyn; default {DEFAULT_FEDDYN_ALPHA})")
-    g.add_argument("--ditto-lambda", type=nonneg_float, default=None,
-                   help=f"Ditto's pull of each personal model toward the global one (--algorithm ditto; default "
-                        f"{DEFAULT_DITTO_LAMBDA}); 0: purely local personal models")
-    g.add_argument("--head", default=None, metavar="REGEX",
-                   help="the per-client head of --algorithm fedrep / fedper: a regular expression over parameter "
-                        "paths such as Dense_2/kernel (default: the model's last layer)")
-    g.add_argument("--head-steps", type=nonneg_int, default=None,
-                   help="FedRep: local steps on the head before the body's (default: the first half)")
-    g.add_argument("--q", type=nonneg_float, default=None,
-                   help=f"q-FFL's fairness exponent (--algorithm qffl; default {DEFAULT_Q}; 0 is uniform FedAvg)")
-    g.add_argument("--perfedavg-alpha", type=positive_float, default=None,
-                   help="Per-FedAvg's inner (personalisation) step (--algorithm perfedavg; default: --client-lr)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

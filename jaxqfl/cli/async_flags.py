@@ -33,33 +33,19 @@ the unsampled Gaussian mechanism composed over the flushes (``sampling="async"``
 """
 from __future__ import annotations
 
-import argparse
+from jaxqfl import choices
+
 import math
 
 
-from jaxqfl.cli.argtypes import positive_int
 from jaxqfl.cli.data_flags import stream_origin
 from jaxqfl.choices import PERSONAL_ALGORITHMS
 
-MODES = ("fedbuff",)
+MODES = choices.ASYNC_MODES
 STATEFUL_ALGORITHMS = ("scaffold", "feddyn") + PERSONAL_ALGORITHMS  # clients keep state between rounds
 #: flags whose mean weighs each client 1 or an integer: a staleness factor other than 1 would be lost or rounded
 UNWEIGHTED_MEANS = (("dp_clip", "--dp-clip"), ("dp_distributed", "--dp-distributed"),
                     ("secure_aggregation", "--secure-aggregation"), ("integer_aggregation", "--integer-aggregation"))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("asynchronous FL (FedBuff)")
-    g.add_argument("--async", dest="async", choices=MODES, default=None,
-                   help="buffered asynchronous rounds (FedBuff, Nguyen et al. 2022) on the virtual clock: needs "
-                        "--speeds; one round = one server step on a buffer of --buffer arrivals")
-    g.add_argument("--concurrency", type=positive_int, default=None, metavar="C",
-                   help="clients training at once (--async fedbuff; replaces --cohort-size)")
-    g.add_argument("--buffer", type=positive_int, default=None, metavar="K",
-                   help="arrivals per server step, K <= C (--async fedbuff)")
-    g.add_argument("--staleness", default=None, metavar="constant|sqrt|poly:A",
-                   help="weight factor of an update s server steps stale: constant (1), sqrt (1/sqrt(1+s)), "
-                        "poly:A ((1+s)^-A, A > 0); default constant (--async fedbuff)")
 
 
 def on(args) -> bool:

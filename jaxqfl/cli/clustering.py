@@ -14,6 +14,8 @@ the test labels; null when the data has none).
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 import contextlib
 import json
@@ -23,21 +25,9 @@ import time
 
 from jaxqfl import sinks
 from jaxqfl.cli.process_clock import startup_fields
-from jaxqfl.cli.argtypes import positive_int
 from jaxqfl.data.build import DEFAULT_TASK
 
-KMEANS = ("lloyd", "minibatch")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("clustering (--task clustering, the default of gaussian-mixture)")
-    g.add_argument("--clusters", type=positive_int, default=None,
-                   help="K centroids (default: the number of labels of the data, e.g. --components)")
-    g.add_argument("--kmeans", choices=KMEANS, default="lloyd",
-                   help="lloyd: each round one full-batch Lloyd step per client, the server divides sums by "
-                        "counts; minibatch: Sculley's mini-batch k-means over --local-steps of --batch-size rows")
-    g.add_argument("--seed-points", type=positive_int, default=None,
-                   help="rows each client of the seeding round uploads for k-means++ (default: about 50 K in all)")
+KMEANS = choices.KMEANS
 
 
 def is_clustering(args: argparse.Namespace) -> bool:

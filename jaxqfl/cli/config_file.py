@@ -7,16 +7,17 @@ defaults filled in), so ``jaxqfl run --config OUT/config.toml`` repeats it.
 TOML has no null: a setting left to its automatic value (``devices``,
 ``chunk-size``, ...) is simply absent.
 
-Reading uses ``tomllib`` (Python >= 3.11, which the project requires); writing
-uses the small writer below (flat tables of strings, numbers, booleans and
-lists of those are all a run config holds).
+Reading and writing are the library's (``jaxqfl.experiment.toml_io``: the same
+files ``jaxqfl.Experiment.from_toml`` reads); here are the command line's rules on
+top: precedence, and the flags a file may not hold.
 """
 from __future__ import annotations
 
 import argparse
-import math
-import pathlib
-import tomllib
+
+from jaxqfl.experiment import toml_io
+from jaxqfl.experiment.toml_io import to_toml  # noqa: F401  (re-exported: --print-config and config.toml)
+from jaxqfl.experiment.values import InvalidValue
 
 #: Flags that say how to run, not what: never stored in config.toml nor part of a run's fingerprint.
 NOT_CONFIG = frozenset({"command", "config", "print_config", "out", "overwrite", "resume", "no_progress",
@@ -27,33 +28,6 @@ NOT_CONFIG = frozenset({"command", "config", "print_config", "out", "overwrite",
 
 class ConfigError(ValueError):
     """A config file that cannot be used, with the reason."""
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return repr(v)
-    if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        return f'"{escaped}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
-
-
-def to_toml(config: dict) -> str:
-    """A flat dict as TOML key = value lines (keys with dashes, as the flags); None values are left out."""
-    lines = []
-    for k, v in config.items():
-        if v is None:
-            continue
-        lines.append(f"{k.replace('_', '-')} = {_toml_value(v)}")
-    return "\n".join(lines) + "\n"
 
 
 def config_of(args: argparse.Namespace) -> dict:
@@ -76,26 +50,10 @@ def config_of(args: argparse.Namespace) -> dict:
 
 def read_toml(path: str) -> dict:
     """The file's keys (dashes turned to underscores) and values; ``ConfigError`` naming the problem."""
-    p = pathlib.Path(path)
-    if p.is_dir():
-        raise ConfigError(f"--config {path!r} is a folder; --config takes a TOML file")
-    if not p.is_file():
-        raise ConfigError(f"--config {path!r}: no such file")
     try:
-        data = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path!r} is not valid TOML: {e}") from None
-    out, spelled = {}, {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            raise ConfigError(f"--config {path!r}: tables ([{k}]) are not used; write every setting as key = value "
-                              f"at the top level")
-        key = k.replace("-", "_")
-        if key in spelled:  # one setting, two spellings: which one was meant is a guess
-            raise ConfigError(f"--config {path!r}: {spelled[key]!r} and {k!r} are two spellings of one setting "
-                              f"(= {out[key]!r} and = {v!r}); keep one of them")
-        out[key], spelled[key] = v, k
-    return out
+        return toml_io.read_toml(path, "--config")
+    except InvalidValue as e:
+        raise ConfigError(str(e)) from None
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

@@ -11,11 +11,8 @@ import math
 import os
 import sys
 
-from jaxqfl.cli.argtypes import nonneg_float as _nonneg_float
 from jaxqfl.cli import population_flags
-from jaxqfl.cli.argtypes import positive_float, positive_int
-from jaxqfl.data.build import DATASETS, DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
-from jaxqfl.data.population import TASKS
+from jaxqfl.data.build import DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
 
 #: Per dataset: the defaults of the flags left unset.
 DEFAULTS = {
@@ -53,46 +50,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return v
-
-
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="synthetic")
-    g.add_argument("--data-path", default=None,
-                   help="mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, "
-                        "x_test, y_test; leaf: a folder with train/*.json and test/*.json; cifar10: the folder "
-                        "cifar-10-batches-py (or one holding it); text: a folder of *.txt files; packed: a folder "
-                        "written by `jaxqfl data pack` (its rows are read by cohort from disk: implies --stream)")
-    g.add_argument("--task", choices=TASKS, default=None,
-                   help="what is learnt (default: the dataset's: classification for synthetic, mnist and "
-                        "cifar10, regression for synthetic-regression, clustering for gaussian-mixture, next-token "
-                        "for text, inferred from the targets for npz and leaf; leaf text rows need next-token)")
-    g.add_argument("--partition", choices=PARTITIONS, default=None,
-                   help="how examples are split over clients (default: natural for generated data, leaf and npz "
-                        "with client_id; iid otherwise); a partitioner given for natural data re-splits its "
-                        "pooled training rows")
-    g.add_argument("--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (--partition dirichlet)")
-    g.add_argument("--shards-per-client", type=positive_int, default=2, help="label shards per client (--partition shards)")
-    g.add_argument("--sigma", type=float, default=1.0, help="log-normal size spread (--partition quantity)")
-    g.add_argument("--num-clients", type=positive_int, default=None)
-    g = p.add_argument_group("generated data (synthetic, synthetic-regression, gaussian-mixture)")
-    g.add_argument("--synthetic-alpha", type=_nonneg_float, default=1.0, help="model heterogeneity alpha (1)")
-    g.add_argument("--synthetic-beta", type=_nonneg_float, default=1.0, help="feature heterogeneity beta (1)")
-    g.add_argument("--num-features", type=positive_int, default=None, help="features (60; mixture 10)")
-    g.add_argument("--client-size-mean", type=_finite_float, default=4.0,
-                   help="n_k = floor(LogNormal(mean, sigma)) + min, capped at max (4)")
-    g.add_argument("--client-size-sigma", type=_nonneg_float, default=2.0, help="(2)")
-    g.add_argument("--min-client-size", type=positive_int, default=50, help="(50)")
-    g.add_argument("--max-client-size", type=positive_int, default=None, help="(no cap)")
-    g.add_argument("--num-outputs", type=positive_int, default=1, help="synthetic-regression target dimension (1)")
-    g.add_argument("--noise", type=_nonneg_float, default=0.5, help="synthetic-regression target noise std (0.5)")
-    g.add_argument("--components", type=positive_int, default=10, help="gaussian-mixture components K (10)")
-    g.add_argument("--concentration", type=positive_float, default=0.3,
-                   help="gaussian-mixture: Dirichlet concentration of each client's component weights; "
-                        "small = few components per client (0.3)")
-    g.add_argument("--separation", type=_nonneg_float, default=4.0,
-                   help="gaussian-mixture: std of the component means, in units of the within-component std (4)")
-    population_flags.add_arguments(p)
 
 
 def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -13,45 +13,22 @@ re-quantized in the base's format for serving (``lora.base_quant.load``).
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 import os
 import re
 
-from jaxqfl.cli.argtypes import positive_float, positive_int, positive_ints
 
-BASE_FORMATS = ("none", "bf16", "int8", "int4", "nf4")  # jaxqfl.lora.base_quant.FORMATS (checked by a test)
+BASE_FORMATS = choices.BASE_FORMATS
 DEFAULT_TARGETS = r"(^|/)kernel$"  # jaxqfl.lora.DEFAULT_TARGETS (checked by a test)
-AGGREGATIONS = ("fedit", "product")
+AGGREGATIONS = choices.LORA_AGGREGATIONS
 MERGED_PARAMS = "merged_params.msgpack"  # a LoRA run's base + adapters as the original model's params
 
 
 def merged_quantized(fmt: str) -> str:
     """The file of the merged model re-quantized in the base's format (``lora.base_quant.load`` reads it)."""
     return f"merged_params_{fmt}.msgpack"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("federated LoRA / QLoRA and pretrained starts")
-    g.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
-                   help="train rank-R adapters W + (alpha/R) A B on a frozen base instead of the whole model "
-                        "(Hu et al. 2021; FedIT: A and B averaged separately)")
-    g.add_argument("--lora-alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank)")
-    g.add_argument("--lora-targets", default=None, metavar="REGEX",
-                   help=f"regex on parameter paths of the kernels to adapt (default {DEFAULT_TARGETS!r}: every "
-                        "matmul kernel), e.g. 'attn|mlp'")
-    g.add_argument("--lora-tier-ranks", type=positive_ints, default=None, metavar="R1,R2,...",
-                   help="heterogeneous ranks (HetLoRA, Cho et al. 2024): client i trains the leading block of "
-                        "rank R_(i mod T), each <= --lora-rank; updates are zero-padded and averaged")
-    g.add_argument("--lora-aggregation", choices=AGGREGATIONS, default=None,
-                   help="fedit (default): A and B averaged separately (biased: mean(A) mean(B) != mean(AB)); "
-                        "product: the server gathers the cohort's adapters and sets each pair to the rank-R SVD "
-                        "of the exact mean of the products A_i B_i (jaxqfl.lora.product_average)")
-    g.add_argument("--base-quant", choices=BASE_FORMATS, default=None,
-                   help="storage of the frozen base: none (float32, default), bf16, int8, int4, nf4 (QLoRA: "
-                        "blocks of 64, double-quantized scales); dequantized inside every forward")
-    g.add_argument("--init-from", default=None, metavar="PATH",
-                   help="pretrained params: a run folder, a Flax msgpack params file, or an Orbax checkpoint "
-                        "folder; the LoRA base, or without --lora-rank the starting model")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

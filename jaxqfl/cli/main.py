@@ -19,7 +19,7 @@ import sys
 import time
 
 import jaxqfl
-from jaxqfl.cli import data_command, plot_command, process_clock, quantize_command, run_command
+from jaxqfl.cli import data_command, experiment_flags, plot_command, process_clock, quantize_command, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="simulate federated training", description=run_command.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    run_command.add_arguments(run_parser)
+    experiment_flags.add_arguments(run_parser)
     parser.run_parser = run_parser
     plot_command.add_arguments(sub.add_parser("plot", help="plot runs' accuracy and loss",
                                               description=plot_command.__doc__,

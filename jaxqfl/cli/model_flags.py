@@ -13,34 +13,17 @@ population (the library's factories in ``jaxqfl.models``).
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 
-from jaxqfl.cli.argtypes import positive_int
 
 #: The zoo models this module builds.
-ZOO_MODELS = ("resnet20", "lstm", "transformer")
+ZOO_MODELS = choices.ZOO_MODELS
 #: The models of next-token data.
 SEQUENCE_MODELS = ("lstm", "transformer")
 #: Datasets that hold images a ResNet can read.
 IMAGE_DATASETS = ("cifar10", "mnist", "npz", "leaf", "packed")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("zoo models (resnet20, lstm, transformer) and text windows")
-    g.add_argument("--context", type=positive_int, default=80,
-                   help="--dataset text: bytes per window (inputs and next-byte targets), 80 as LEAF Shakespeare")
-    g.add_argument("--entries-per-client", type=positive_int, default=None, metavar="K",
-                   help="--dataset text: split each file on lines holding only %% (fortune format) and make a "
-                        "client of every K consecutive entries (default: one client per file)")
-    g.add_argument("--resnet-groups", type=positive_int, default=2,
-                   help="resnet20: GroupNorm groups per layer, a divisor of 16 (2)")
-    g.add_argument("--embed-dim", type=positive_int, default=8, help="lstm: byte embedding width (8, as McMahan et al.)")
-    g.add_argument("--lstm-hidden", type=positive_int, default=256, help="lstm: units per layer (256)")
-    g.add_argument("--lstm-layers", type=positive_int, default=2, help="lstm: LSTM layers (2)")
-    g.add_argument("--transformer-width", type=positive_int, default=64, help="transformer: model width (64)")
-    g.add_argument("--transformer-depth", type=positive_int, default=2, help="transformer: blocks (2)")
-    g.add_argument("--transformer-heads", type=positive_int, default=4,
-                   help="transformer: attention heads, dividing the width (4)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace, task: str | None) -> None:

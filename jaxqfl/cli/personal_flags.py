@@ -20,26 +20,13 @@ evaluated per client with their personal models; Per-FedAvg with
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 
 from jaxqfl.choices import PERSONAL_ALGORITHMS
 
-CLIENT_TEST = ("auto", "labels", "none")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from jaxqfl.cli.argtypes import nonneg_int, positive_float
-
-    g = p.add_argument_group("per-client evaluation")
-    g.add_argument("--client-test", choices=CLIENT_TEST, default="auto",
-                   help="each client's test rows: auto (its own held-out rows, else labels for a pooled "
-                        "classification test set), labels (the pooled test set split over the clients by their "
-                        "training labels), none (a pooled test set stays pooled)")
-    g.add_argument("--personal-eval", type=nonneg_int, default=None, metavar="K",
-                   help="fine-tune the global model K local steps on each client's data before evaluating it on "
-                        "the client's test rows (default 0; 1 for --algorithm perfedavg)")
-    g.add_argument("--personal-lr", type=positive_float, default=None,
-                   help="the fine-tuning step of --personal-eval (default: --client-lr; perfedavg: its inner step)")
+CLIENT_TEST = choices.CLIENT_TEST
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -21,21 +21,13 @@ refused by ``engine.build`` (the run ends with its message and status 2).
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 
-from jaxqfl.cli.argtypes import positive_int
 
-POPULATIONS = ("memory", "procedural")
+POPULATIONS = choices.POPULATIONS
 DEFAULT_MAX_COUNT = 512
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("procedural populations")
-    g.add_argument("--population", choices=POPULATIONS, default="memory",
-                   help="memory: every row built on the host (default); procedural: each client's rows generated "
-                        "from (data seed, client id) inside the round, for the cohort only (synthetic)")
-    g.add_argument("--test-clients", type=positive_int, default=100,
-                   help="--population procedural: the held-out clients whose rows are the test set (100)")
 
 
 def on(args) -> bool:

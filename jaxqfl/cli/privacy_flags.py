@@ -8,15 +8,15 @@ Kept apart from ``run_command`` so the run command only calls four hooks:
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 import math
 
 from jaxqfl.cli import distributed_dp_flags
-from jaxqfl.cli.argtypes import nonneg_floats as _nonneg_floats
-from jaxqfl.cli.argtypes import positive_float
 
-SECURE_PROTOCOLS = ("secagg", "secagg+")  # jaxqfl.aggregate.secure.PROTOCOLS
-DISTRIBUTED_MECHANISMS = ("skellam",)  # jaxqfl.aggregate.distributed_dp.MECHANISMS
+SECURE_PROTOCOLS = choices.SECURE_PROTOCOLS
+DISTRIBUTED_MECHANISMS = choices.DISTRIBUTED_MECHANISMS
 DISTRIBUTED_ALGORITHMS = ("fedavg", "fedprox")  # updates shaped like the model's parameters
 
 
@@ -42,34 +42,6 @@ def _fraction(lo_open: bool, hi_open: bool, what: str):
         return v
 
     return parse
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("privacy (DP-FedAvg, user-level) and secure aggregation")
-    g.add_argument("--dp-clip", type=positive_float, default=None,
-                   help="L2 clip norm C of each client's whole update (turns DP-FedAvg on; uniform client weights)")
-    g.add_argument("--dp-noise", type=_nonneg_floats, default=None,
-                   help="noise multiplier z (noise std z C on the sum); a comma-separated list sweeps it")
-    g.add_argument("--dp-epsilon", type=positive_float, default=None,
-                   help="target epsilon: the noise multiplier is calibrated to the run's rounds (dp-accounting)")
-    g.add_argument("--dp-delta", type=_fraction(True, True, "--dp-delta must be in (0, 1)"), default=None,
-                   help="delta (default 1 / num_clients^1.1)")
-    g.add_argument("--dp-adaptive-quantile", type=_fraction(True, True, "--dp-adaptive-quantile must be in (0, 1)"),
-                   default=None, help="adaptive clipping (Andrew et al. 2021): C tracks this quantile of update norms")
-    g.add_argument("--dp-distributed", choices=DISTRIBUTED_MECHANISMS, default=None,
-                   help="distributed DP: clients add Skellam noise to b-bit codes summed under secure aggregation "
-                        "(--secure-aggregation's protocol, secagg+ by default); --dp-noise z: noise std >= z C on the sum")
-    g.add_argument("--dp-bits", type=int, default=None,
-                   help="distributed DP: the secure sum's modulus 2^b (default 20); the grid follows from it")
-    g.add_argument("--secure-aggregation", choices=SECURE_PROTOCOLS, default=None,
-                   help="sum the integer uplink codes under simulated secure aggregation")
-    g.add_argument("--dropout", type=_fraction(False, True, "--dropout must be in [0, 1)"), default=0.0,
-                   help="fraction of the cohort dropping out after masking (secure aggregation)")
-    g.add_argument("--secagg-threshold", type=_fraction(True, False, "--secagg-threshold must be in (0, 1]"),
-                   default=0.5, help="Shamir threshold t as a fraction of a client's neighbours (t = floor(f k) + 1)")
-    g.add_argument("--secagg-degree", type=int, default=None,
-                   help="SecAgg+'s number of neighbours k (even); default: the smallest k >= 2 ceil(log2 M) whose "
-                        "round fails with probability <= 1e-6 at --dropout (all pairs when none does)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES
-from jaxqfl.cli.argtypes import positive_float, positive_int
+from jaxqfl.choices import ATTACK_NAMES
 
 DEFAULT_TRIM_FRACTION = 0.2
 DEFAULT_BYZANTINE_FRACTION = 0.2
@@ -35,23 +34,6 @@ _AGGREGATOR_SETTINGS = {
     "clip_radius": (("centered-clip", "norm-bound"), DEFAULT_CLIP_RADIUS),
 }
 _ATTACK_SETTINGS = {"byzantine_fraction": DEFAULT_BYZANTINE_FRACTION, "attack_scale": None}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("robust aggregation and attacks")
-    g.add_argument("--aggregator", choices=AGGREGATORS, default="mean")
-    g.add_argument("--trim-fraction", type=float, default=None,
-                   help=f"fraction of rows a robust rule assumes adversarial (trimmed-mean, krum, multi-krum, "
-                        f"bulyan; default {DEFAULT_TRIM_FRACTION})")
-    g.add_argument("--krum-m", type=positive_int, default=None,
-                   help="Multi-Krum's m, at most the cohort (--aggregator multi-krum; default n - f)")
-    g.add_argument("--clip-radius", type=positive_float, default=None,
-                   help=f"norm-bound / centered-clip radius (default {DEFAULT_CLIP_RADIUS})")
-    g.add_argument("--attack", choices=ATTACK_NAMES, default="none")
-    g.add_argument("--byzantine-fraction", type=float, default=None,
-                   help=f"malicious share of the population (with --attack; default {DEFAULT_BYZANTINE_FRACTION})")
-    g.add_argument("--attack-scale", type=float, default=None,
-                   help="attack strength (with --attack; default: the attack's own)")
 
 
 def _flag(dest: str) -> str:

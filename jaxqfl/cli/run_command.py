@@ -20,6 +20,8 @@ the last good checkpoint stays, the summary says ``"checkpoint_error"``);
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 import contextlib
 import math
@@ -30,14 +32,6 @@ import time
 import numpy as np
 
 from jaxqfl.cli import algorithm_args, process_clock
-from jaxqfl.cli.argtypes import chunk_size as _chunk_size
-from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
-from jaxqfl.cli.argtypes import on_off as _on_off
-from jaxqfl.cli.argtypes import positive_float as _positive_float
-from jaxqfl.cli.argtypes import positive_floats as _positive_floats
-from jaxqfl.cli.argtypes import positive_int as _positive_int
-from jaxqfl.cli.argtypes import positive_ints as _positive_ints
-from jaxqfl.cli.argtypes import seed_list as _seed_list
 from jaxqfl import sinks
 from jaxqfl.cli import async_flags, personal_flags, run_setup, systems_flags, tier_flags
 from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
@@ -45,13 +39,13 @@ from jaxqfl.cli.progress_bar import progress_bar
 from jaxqfl.cli import privacy_flags
 from jaxqfl.cli import robust_flags
 from jaxqfl.cli import sampling_flags, selection_flags
-from jaxqfl.choices import ATTACK_NAMES, CLIENT_STATE_HOMES, SERVER_OPTIMIZERS, WEIGHTINGS
+from jaxqfl.choices import ATTACK_NAMES
 from jaxqfl.cli import clustering as clustering_flags
 from jaxqfl.cli import lora_flags, model_flags
-from jaxqfl.cli.data_flags import DEFAULTS, add_data_arguments, build_population, fail, stream_origin, validate_data
+from jaxqfl.cli.data_flags import DEFAULTS, build_population, fail, stream_origin, validate_data
 from jaxqfl.data.build import DEFAULT_TASK
 
-MODELS = ("mlp", "cnn", "logreg", "linear") + model_flags.ZOO_MODELS
+MODELS = choices.MODELS
 DEFAULT_HIDDEN = (200, 200)
 
 
@@ -71,91 +65,6 @@ def _sink_list(text: str) -> tuple[str, ...]:
         return sinks.check_kinds(k.strip().lower() for k in text.split(",") if k.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_arguments(p)
-    g = p.add_argument_group("federated training")
-    g.add_argument("--cohort-size", type=_positive_int, default=None, help="clients per round")
-    g.add_argument("--rounds", type=_positive_int, default=None)
-    g.add_argument("--local-steps", type=_positive_ints, default=None,
-                   help="local steps per round; a comma-separated list sweeps it (padded to the largest, masked)")
-    g.add_argument("--local-epochs", type=_positive_int, default=None)
-    g.add_argument("--batch-size", type=_nonneg_int, default=None, help="0 means full batch (FedSGD with 1 local step)")
-    g.add_argument("--client-lr", type=_positive_floats, default=None,
-                   help="client learning rate; a comma-separated list sweeps it (one program for all values)")
-    g.add_argument("--server-opt", choices=SERVER_OPTIMIZERS, default="sgd",
-                   help="server optimizer on the mean delta: sgd (FedAvg), momentum (FedAvgM), adam / yogi / "
-                        "adagrad (FedAdam / FedYogi / FedAdagrad, Reddi et al. 2021 Algorithm 2), optax-adam / "
-                        "optax-yogi / optax-adagrad (optax's own, bias-corrected); default sgd")
-    g.add_argument("--server-lr", type=_positive_floats, default=1.0,
-                   help="server learning rate (default 1); a comma-separated list sweeps it")
-    g.add_argument("--weighting", choices=WEIGHTINGS, default="examples")
-    algorithm_args.add_arguments(g)
-    sampling_flags.add_arguments(g)
-    selection_flags.add_arguments(g)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS, default=None,
-                   help="default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, "
-                        "mlp for mnist, npz and leaf (linear = logreg: one dense layer), resnet20 for cifar10, "
-                        "lstm for text; resnet20 = ResNet-20 with GroupNorm, lstm = the character LSTM of "
-                        "McMahan et al. 2017, transformer = a small decoder-only transformer")
-    g.add_argument("--hidden", type=_hidden, default=None,
-                   help=f"MLP hidden sizes, e.g. 200,200 (--model mlp; default {','.join(map(str, DEFAULT_HIDDEN))})")
-    lora_flags.add_arguments(p)
-    g = p.add_argument_group("quantization and communication")
-    g.add_argument("--quant", default="none",
-                   help="quantization-aware training preset: none, full (int8 weights+activations), half (bf16), "
-                        "mixed (8-bit first/last layers, 4-bit rest), w4a8, w8, log4, nf4, fp8, lsq4, binary")
-    g.add_argument("--uplink", default="none",
-                   help="client->server update codec, e.g. none, qsgd:16, uniform:8, terngrad, sign+ef, natural, "
-                        "topk:0.01+ef, randk:0.1, hadamard+qsgd:4 (FedPAQ = FedAvg with an unbiased uplink quantizer)")
-    g.add_argument("--integer-aggregation", action="store_true",
-                   help="sum the uplink codes as integers on a cohort-shared scale (uniform, qsgd, terngrad)")
-    g.add_argument("--downlink", default="none",
-                   help="server->client model codec (applied to the broadcast model), e.g. none, uniform:8")
-    robust_flags.add_arguments(p)
-    g = p.add_argument_group("execution")
-    g.add_argument("--devices", type=_positive_int, default=None, help="devices in the mesh (default: all)")
-    g.add_argument("--chunk-size", type=_chunk_size, default=None,
-                   help="clients per vmap: 'auto' (default: measured by --autotune, else the cost model) or an integer")
-    g.add_argument("--autotune", type=_on_off, default=None, metavar="{on,off}",
-                   help="with --chunk-size auto, time a few candidate chunk sizes and keep the fastest, cached in "
-                        "$JAXQFL_CACHE_DIR or ~/.cache/jaxqfl; off uses the cost model (default: on when the "
-                        "run is long enough to repay the search, jaxqfl.engine.tuning_rule)")
-    g.add_argument("--client-state", choices=CLIENT_STATE_HOMES, default="auto",
-                   help="where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on "
-                        "every device, sharded over the devices, or on the host and streamed with the cohort "
-                        "(default: auto, by size)")
-    g.add_argument("--eval-every", type=_positive_int, default=None)
-    g.add_argument("--seed", type=_nonneg_int, default=None, help="run seed (default 0)")
-    g.add_argument("--data-seed", type=_nonneg_int, default=None,
-                   help="seed of the generated population, its partition and an attack's malicious set (default: "
-                        "the run seed; in a sweep, the first seed, shared by every config, so config s repeats as "
-                        "jaxqfl run --seed s --data-seed <first seed>)")
-    g.add_argument("--seeds", type=_seed_list, default=None,
-                   help="run several seeds as one program (a sweep), e.g. 0-7 or 0,3,5; with list-valued flags "
-                        "the Cartesian product runs; writes OUT/<config>/ per config and OUT/sweep.{json,md}")
-    g.add_argument("--out", default=None,
-                   help="output folder (default: a fresh runs/<dataset>-<date-time.ms>-s<seed>); an existing "
-                        "non-empty folder is refused unless --overwrite")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--log", type=_sink_list, default=("jsonl",), metavar="SINKS",
-                   help="where the evaluation records go, comma-separated: jsonl (OUT/metrics.jsonl, always), "
-                        "tensorboard (OUT/tensorboard/ event files; needs tensorboardX), csv (OUT/metrics.csv); "
-                        "default jsonl")
-    g.add_argument("--stream", action="store_true",
-                   help="keep the population in host memory and stream each round's cohort to the devices "
-                        "(engine.build_streaming), for populations larger than device memory")
-    g.add_argument("--verbose", action="store_true", help="print how the chunk size was chosen")
-    model_flags.add_arguments(p)
-    personal_flags.add_arguments(p)
-    tier_flags.add_arguments(p)
-    systems_flags.add_arguments(p)
-    async_flags.add_arguments(p)
-    clustering_flags.add_arguments(p)
-    run_setup.add_arguments(p)
-    privacy_flags.add_arguments(p)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -15,19 +15,6 @@ import math
 import pathlib
 
 from jaxqfl.cli import config_file
-from jaxqfl.cli.argtypes import positive_int
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("configs, outputs, checkpoints")
-    g.add_argument("--config", default=None, metavar="FILE.toml",
-                   help="read settings from a TOML file whose keys are the flags' names (flags given here override it)")
-    g.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
-    g.add_argument("--overwrite", action="store_true", help="replace the run in an existing non-empty --out")
-    g.add_argument("--resume", default=None, metavar="OUT",
-                   help="continue the run in folder OUT from its latest checkpoint (its config is reused)")
-    g.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
-                   help="write a checkpoint every K rounds (default: at every evaluation, --eval-every)")
 
 
 def fingerprint(config: dict) -> str:

@@ -10,18 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxqfl.cli.argtypes import positive_int
-
-
-def add_arguments(g) -> None:
-    g.add_argument("--sampling", choices=("fixed", "poisson"), default="fixed",
-                   help="cohort sampling: fixed (--cohort-size clients without replacement) or poisson (each "
-                        "client joins with probability q = cohort-size / num-clients, so --cohort-size is the "
-                        "EXPECTED cohort; the joiners fill --max-cohort static slots, the rest are masked out)")
-    g.add_argument("--max-cohort", type=positive_int, default=None,
-                   help="with --sampling poisson: the static number of cohort slots M_max (default: the smallest m "
-                        "with P(Binomial(num_clients, q) > m) <= 1e-9); rounds with more joiners keep a random "
-                        "M_max of them and are reported")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -26,16 +26,6 @@ import os
 DEFAULT_AVAILABILITY, DEFAULT_SELECTION = "always", "uniform"
 
 
-def add_arguments(g) -> None:
-    g.add_argument("--availability", default=None, metavar="always|bernoulli:P|diurnal:PERIOD|FILE",
-                   help="which clients can be sampled each round (default always): each with probability P, with a "
-                        "per-client daily cycle of PERIOD rounds, or a CSV client,availability of probabilities")
-    g.add_argument("--selection", default=None, metavar="uniform|power-of-choice:D|oort[:D]",
-                   help="which available clients form the cohort (default uniform): the cohort-size largest "
-                        "global-model losses among D uniform candidates (power-of-choice), or Oort's utility "
-                        "(needs --speeds; D defaults to min(num-clients, 4 cohort-size))")
-
-
 def _given(args) -> list[str]:
     out = []
     if (args.availability or DEFAULT_AVAILABILITY).lower() != DEFAULT_AVAILABILITY:

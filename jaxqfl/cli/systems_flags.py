@@ -37,12 +37,14 @@ the resolution is ``--eval-every``).
 """
 from __future__ import annotations
 
+from jaxqfl import choices
+
 import argparse
 import math
 import os
 
 LOGNORMAL = "lognormal:"
-STRAGGLERS = ("wait", "drop", "partial")  # jaxqfl.systems.deadline.STRAGGLERS (not imported: no JAX before validate)
+STRAGGLERS = choices.STRAGGLERS
 
 
 def _positive_finite(text: str) -> float:
@@ -53,26 +55,6 @@ def _positive_finite(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("systems heterogeneity and the virtual clock")
-    g.add_argument("--speeds", default=None, metavar="lognormal:SIGMA|FILE",
-                   help="per-client seconds per local step and link bandwidth: log-normal with spread SIGMA around "
-                        "--step-seconds and --bandwidth, or a CSV client,seconds_per_step,bandwidth_bps; runs the "
-                        "virtual clock (sim_time in metrics.jsonl)")
-    g.add_argument("--step-seconds", type=_positive_finite, default=1.0,
-                   help="median simulated seconds of one local step (1)")
-    g.add_argument("--bandwidth", type=_positive_finite, default=1e6,
-                   help="median link bandwidth, bits per simulated second (1e6)")
-    g.add_argument("--target-accuracy", type=float, default=None, metavar="A",
-                   help="report the rounds (and, with --speeds, simulated seconds) to the first evaluation with test "
-                        "accuracy >= A, in (0, 1]")
-    g.add_argument("--deadline", type=_positive_finite, default=None, metavar="SECONDS",
-                   help="each round's deadline in simulated seconds (needs --speeds and --stragglers drop|partial)")
-    g.add_argument("--stragglers", choices=STRAGGLERS, default="wait",
-                   help="clients that cannot meet --deadline: wait (no deadline, the default), drop them, or keep "
-                        "the partial work they do before it")
 
 
 def sigma_of(speeds: str) -> float | None:

@@ -21,20 +21,10 @@ client's tier: 1 x the training compute of one tier instead of T x.
 """
 from __future__ import annotations
 
-import argparse
-
-TIER_WEIGHTS = ("examples", "precision")
+from jaxqfl import choices
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("client tiers (mixed precision)")
-    g.add_argument("--tiers", default=None,
-                   help="FRACTION/PRESET/UPLINK;... e.g. '0.3/w4a8/qsgd:4;0.5/full/uniform:8;0.2/none/none': each "
-                        "client trains its tier's QAT preset and sends with its tier's codec; 'data' for every "
-                        "FRACTION reads each client's tier from the --dataset npz file's 'tier' key")
-    g.add_argument("--tier-weights", choices=TIER_WEIGHTS, default="examples",
-                   help="examples (default: the usual weights) or precision (times 1/(1+q) of the tier's codec, "
-                        "FedHQ-style)")
+TIER_WEIGHTS = choices.TIER_WEIGHTS
 
 
 FROM_DATA = "data"  # the FRACTION field that reads the tiers from the data

@@ -1,0 +1,209 @@
+"""The value kinds of an experiment's settings: each turns a flag's text (or a TOML / Python value) into the
+setting's typed value, or raises :class:`InvalidValue` naming what it got and what is allowed.
+
+Every way in goes through the same function: the command line hands it the flag's text, a TOML file or a
+Python script hands it a value, which :func:`as_text` first writes the way the flag would be typed (a list as
+``a,b,c``, a boolean as ``true``/``false``). So a setting has one meaning, one range and one refusal message
+whichever way it is given. No argparse here: ``jaxqfl.cli.argtypes`` adapts these to the command line.
+"""
+from __future__ import annotations
+
+import math
+
+
+class InvalidValue(ValueError):
+    """A value a setting cannot take; the message names the value and what is allowed."""
+
+
+def as_text(value) -> str:
+    """A Python or TOML value written as its flag's text: lists comma-joined, booleans ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(as_text(x) for x in value)
+    return str(value)
+
+
+def int_at_least(lowest: int, what: str):
+    """An integer >= ``lowest`` (``what``: how the message calls it, e.g. "positive")."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lowest:
+            raise InvalidValue(f"expected a {what} integer, got {text!r}")
+        return v
+
+    parse.lowest, parse.what = lowest, what  # read by the settings' documentation and the CLI adapter
+    return parse
+
+
+positive_int = int_at_least(1, "positive")
+nonneg_int = int_at_least(0, "non-negative")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise InvalidValue(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise InvalidValue(f"expected a positive finite number, got {text}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise InvalidValue(f"expected a non-negative finite number, got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise InvalidValue(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise InvalidValue(f"expected a finite number, got {text}")
+    return v
+
+
+def positive_finite(text: str) -> float:
+    """A finite number > 0 (the systems settings' wording)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidValue(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def fraction(lo_open: bool, hi_open: bool, what: str):
+    """A number in the interval from 0 to 1, each end open or closed; ``what``: the whole refusal message."""
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        ok = (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
+        if not ok:
+            raise InvalidValue(f"{what}, got {text!r}")
+        return v
+
+    parse.interval = ("(" if lo_open else "[") + "0, 1" + (")" if hi_open else "]")
+    return parse
+
+
+def chunk_size(text: str) -> int | None:
+    """``auto`` (None: tuned or modelled) or a positive integer."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 1:
+        raise InvalidValue(f"expected 'auto' or a positive integer, got {text!r}")
+    return v
+
+
+def on_off(text) -> bool:
+    """``on`` or ``off`` (a config file's ``true`` / ``false`` too)."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value not in ("on", "off", "true", "false"):
+        raise InvalidValue(f"expected 'on' or 'off', got {text!r}")
+    return value in ("on", "true")
+
+
+def _distinct(values: tuple, text: str) -> tuple:
+    """Refuse a list with two values a sweep cannot tell apart: it computes in float32.
+
+    ``0.1,0.10`` or two values equal to float32 precision would be one config run twice,
+    writing into one folder.
+    """
+    import numpy as np
+
+    seen = {}
+    for v in values:
+        key = float(np.float32(v))
+        if key in seen:
+            raise InvalidValue(
+                f"the values of a sweep must be distinct; {seen[key]!r} and {v!r} in {text!r} are the same "
+                f"(to float32 precision, which the sweep computes in)")
+        seen[key] = v
+    return values
+
+
+def _list_of(one, what: str):
+    def parse(text: str) -> tuple:
+        values = tuple(one(t.strip()) for t in text.split(",") if t.strip())
+        if not values:
+            raise InvalidValue(f"expected {what} separated by commas, got {text!r}")
+        return _distinct(values, text)
+
+    return parse
+
+
+positive_floats = _list_of(positive_float, "positive numbers")
+positive_floats.__doc__ = "One positive number, or a comma-separated list of distinct ones (a sweep)."
+positive_floats.__name__ = "positive_floats"
+nonneg_floats = _list_of(nonneg_float, "non-negative numbers")
+nonneg_floats.__doc__ = "One number >= 0, or a comma-separated list of them (a sweep)."
+nonneg_floats.__name__ = "nonneg_floats"
+positive_ints = _list_of(positive_int, "positive integers")
+positive_ints.__doc__ = "One positive integer, or a comma-separated list of them (a sweep)."
+positive_ints.__name__ = "positive_ints"
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """``--seeds``: ``0-7`` (inclusive), ``0,3,5``, or a mix (``0-3,9``); distinct, >= 0."""
+    seeds: list[int] = []
+    try:
+        for part in (t.strip() for t in text.split(",") if t.strip()):
+            if "-" in part[1:]:
+                lo, hi = (int(p) for p in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise InvalidValue(
+            f"--seeds takes distinct non-negative integers as ranges and lists, e.g. 0-7 or 0,3,5; got {text!r}")
+    return tuple(seeds)
+
+
+def layer_sizes(text: str) -> tuple[int, ...]:
+    """``--hidden``: comma-separated positive integers (an MLP's hidden widths)."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise InvalidValue(f"--hidden takes comma-separated positive integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise InvalidValue(f"--hidden takes comma-separated positive integers, got {text!r}")
+    return sizes
+
+
+def sink_list(text: str) -> tuple[str, ...]:
+    """``--log``: comma-separated metrics sinks (``jaxqfl.sinks.SINKS``)."""
+    from jaxqfl import sinks
+
+    try:
+        return sinks.check_kinds(k.strip().lower() for k in text.split(",") if k.strip())
+    except ValueError as e:
+        raise InvalidValue(str(e)) from None
