@@ -289,7 +289,7 @@ def main(argv=None) -> int:
 
     from jaxqfl.bench import machine
     from jaxqfl.bench.memory import current_rss
-    from jaxqfl.cli.outputs import write_json
+    from jaxqfl.experiment.outputs import write_json
 
     peaks, load = measured_peaks(log)
     out = output_folder(args.out, "personalization")

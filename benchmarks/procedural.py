@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
     force_cpu_devices(1)  # this process only measures the peaks; the children split the host as jaxqfl run does
     from jaxqfl.bench import machine
-    from jaxqfl.cli.outputs import write_json
+    from jaxqfl.experiment.outputs import write_json
     from jaxqfl.data.footprint import generated_footprint
 
     out = output_folder(args.out, "procedural")

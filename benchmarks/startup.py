@@ -27,7 +27,7 @@ The split of the whole process's wall time (``wall``, timed around the child):
              evaluation, checkpoints, writing, interpreter exit)
 
 and ``startup`` = summary.json ``startup_seconds``: from the process's start to
-the first round's start (``jaxqfl.cli.process_clock``).
+the first round's start (``jaxqfl.experiment.process_clock``).
 
     python benchmarks/startup.py                            # a fresh runs/startup-<time>/
     python benchmarks/startup.py --out benchmarks/results   # update the stored result
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from jaxqfl.bench import machine
-    from jaxqfl.cli.outputs import write_json
+    from jaxqfl.experiment.outputs import write_json
 
     out = output_folder(args.out, "startup")
     load = [round(x, 2) for x in os.getloadavg()]

@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from jaxqfl.experiment import Experiment, ExperimentError, run  # noqa: E402  (no JAX: the settings only)
+
 
 def load_final_model(run_dir):
     """The final global model of a ``jaxqfl run`` folder (its ``final_params.msgpack``) as a params pytree.

@@ -9,7 +9,7 @@ SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad", "optax-adam",
 WEIGHTINGS = ("examples", "uniform")  # p_i = n_i or 1 (jaxqfl.algorithms.base.client_weight)
 CLIENT_STATE_HOMES = ("auto", "replicated", "sharded", "host")  # jaxqfl.engine.homes
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "feddyn", "mimelite", "ditto", "fedrep", "fedper",
-              "perfedavg", "qffl")  # jaxqfl.cli.algorithm_args
+              "perfedavg", "qffl")  # jaxqfl.experiment.algorithm_rules
 PERSONAL_ALGORITHMS = ("ditto", "fedrep", "fedper")  # clients keep their own model (Algorithm.personalize)
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomed", "centered-clip",
                "norm-bound")  # jaxqfl.aggregate.named

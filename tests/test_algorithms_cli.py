@@ -47,14 +47,14 @@ def test_a_swept_client_lr_reaches_the_algorithm(tmp_path):
 )
 def test_flags_build_the_named_algorithm(argv, hparams):
     from jaxqfl import algorithms
-    from jaxqfl.cli import algorithm_args, run_command
+    from jaxqfl.experiment import algorithm_rules, runner
     from jaxqfl.cli.main import _parser
 
     parser = _parser().run_parser  # the flags generated from jaxqfl.Experiment's settings
     args = parser.parse_args(["--client-lr", "0.05", *argv])
-    run_command._split_sweep(parser, args)  # one value each: the lists' first
-    algorithm_args.validate(parser, args)
-    algorithm, recorded = algorithm_args.build(args)
+    runner._split_sweep(parser, args)  # one value each: the lists' first
+    algorithm_rules.validate(parser, args)
+    algorithm, recorded = algorithm_rules.build(args)
     assert isinstance(algorithm, algorithms.Algorithm)
     assert hparams.items() <= recorded.items()
 

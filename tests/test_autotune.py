@@ -248,7 +248,7 @@ def test_cli_refuses_bad_chunk_and_autotune_values(tmp_path, capsys, argv, messa
 def test_bench_writes_a_fresh_folder_and_sweep_refuses_a_fixed_chunk():
     import argparse
 
-    from jaxqfl.bench.cli import add_arguments, validate
+    from jaxqfl.cli.bench_command import add_arguments, validate
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

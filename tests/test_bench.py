@@ -9,7 +9,7 @@ import pytest
 
 from jaxqfl import algorithms, engine, models
 from jaxqfl.bench import cost, report, runner
-from jaxqfl.bench.cli import add_arguments, validate
+from jaxqfl.cli.bench_command import add_arguments, validate
 from jaxqfl.bench.machine import Peaks
 from jaxqfl.bench.reference import per_client_loop
 from jaxqfl.bench.workloads import Workload, random_population

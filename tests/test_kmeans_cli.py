@@ -7,7 +7,7 @@ import pytest
 
 from jaxqfl.cli.main import main
 from cli_refusals import assert_refused_before_any_work
-from jaxqfl.cli.process_clock import MAIN_CALL
+from jaxqfl.experiment.process_clock import MAIN_CALL
 
 
 def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tmp_path, capsys):

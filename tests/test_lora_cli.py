@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cli_refusals import assert_refused_before_any_work
-from jaxqfl.cli import lora_flags
+from jaxqfl.experiment import lora_rules
 from jaxqfl.cli.main import main
 
 COMMON = ["--dataset", "synthetic", "--model", "mlp", "--hidden", "16", "--num-clients", "20", "--cohort-size", "8",
@@ -42,7 +42,7 @@ def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks_and_product_a
     assert s["base_bytes"] == (15 + 3) * 32 + (15 + 3) + 2 * (4 + 4) + 4 * (16 + 10)
     assert s["uplink_bits_total"] == 2 * 8 * 32 * s["adapter_params"]  # only adapters travel
     assert s["lora_tier_ranks"] == [4, 2] and s["base_quant"] == "nf4" and s["lora_aggregation"] == "product"
-    merged = load_params(out / lora_flags.MERGED_PARAMS)
+    merged = load_params(out / lora_rules.MERGED_PARAMS)
     for layer in pretrained:  # the merged model has the pretrained model's structure and moved from it
         for name, value in pretrained[layer].items():
             assert merged[layer][name].shape == value.shape
@@ -51,7 +51,7 @@ def test_pretrained_params_are_fine_tuned_as_qlora_with_tier_ranks_and_product_a
     assert set(load_params(out / "final_params.msgpack")) == {"Dense_0", "Dense_1"}  # adapters only
     from jaxqfl.lora import base_quant
 
-    served = base_quant.load(out / lora_flags.merged_quantized("nf4"))  # re-quantized for serving
+    served = base_quant.load(out / lora_rules.merged_quantized("nf4"))  # re-quantized for serving
     assert base_quant.base_bytes(served) == s["base_bytes"]  # the base's own NF4 storage, same shapes
     again = base_quant.dequantize_base(served)
     step = np.abs(merged["Dense_0"]["kernel"]).max() * 0.28  # NF4's widest gap times the largest scale
@@ -62,7 +62,7 @@ def test_lora_flags_mirror_the_library():
     from jaxqfl import lora
     from jaxqfl.lora import base_quant
 
-    assert lora_flags.BASE_FORMATS == base_quant.FORMATS and lora_flags.DEFAULT_TARGETS == lora.DEFAULT_TARGETS
+    assert lora_rules.BASE_FORMATS == base_quant.FORMATS and lora_rules.DEFAULT_TARGETS == lora.DEFAULT_TARGETS
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -83,7 +83,7 @@ GIB = 2**30
 def host_24gib(monkeypatch):
     """A 24 GiB host with nothing to build: the refusal must come from the flags alone."""
     import jaxqfl.data
-    from jaxqfl.cli import memory_guard
+    from jaxqfl.experiment import memory_guard
 
     def no_data(*a, **k):
         raise AssertionError("the population was built although the run cannot fit")

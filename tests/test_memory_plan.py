@@ -46,7 +46,7 @@ def test_footprint_counts_equal_a_built_runs_state(name):
     floats, nbytes = _elements(state.client_states)
     assert (C * fp.client_state_floats, C * fp.client_state_bytes) == (floats, nbytes)
     # the CLI's memory check after the data is read counts exactly these per-client states
-    from jaxqfl.cli import memory_guard
+    from jaxqfl.experiment import memory_guard
 
     args = argparse.Namespace(cohort_size=3, sampling="fixed", seeds=None, sweep_values={})
     est = memory_guard.estimate(args, num_devices=1, examples=0, test_examples=0, feature_dim=5, num_classes=3,

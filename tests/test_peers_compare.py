@@ -76,7 +76,7 @@ def _fake_run(side, ms, loss_end):
 
 
 def test_report_is_strict_json_with_ratios(tmp_path):
-    from jaxqfl.cli.outputs import write_json
+    from jaxqfl.experiment.outputs import write_json
 
     runs = {"mlp": {"jaxqfl": [_fake_run("jaxqfl", 10.0, 1.0), _fake_run("jaxqfl", 30.0, float("nan"))],
                     "pfl": [_fake_run("pfl", 40.0, 1.5)], "flower": []}}

@@ -84,13 +84,13 @@ def _cli_args(**kw):
 
 def test_cli_distributed_dp_summary_is_the_plan(capsys):
     """``jaxqfl run --dp-distributed skellam``'s setup and summary.json fields, on a stub model."""
-    from jaxqfl.cli import distributed_dp_flags
+    from jaxqfl.experiment import distributed_dp_rules
 
     model = types.SimpleNamespace(init=lambda key, x: {"w": jnp.zeros((x.shape[-1], 3)), "b": jnp.zeros(3)})
     args = _cli_args()
-    distributed_dp_flags.make_distributed(args, 60, model, (7,))
+    distributed_dp_rules.make_distributed(args, 60, model, (7,))
     printed = capsys.readouterr().out
-    s = distributed_dp_flags.summary(args, 60)
+    s = distributed_dp_rules.summary(args, 60)
     # the run calibrated z to epsilon 5 (the library's calibration: tested above); the plan of that z is the summary
     plan = privacy.plan_distributed_skellam(clip=1.0, template_or_dimension=7 * 3 + 3, num_clients=60,
                                             cohort_size=12, rounds=4, delta=1e-4, bits=18, dropout=0.1,

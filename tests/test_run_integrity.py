@@ -53,7 +53,7 @@ def test_a_sweep_refuses_values_it_cannot_tell_apart(tmp_path, capsys, values):
 
 def test_config_folder_names_are_unique_and_read_back():
     from jaxqfl import engine
-    from jaxqfl.cli.sweep_command import config_name, parse_config_name
+    from jaxqfl.experiment.sweep_runner import config_name, parse_config_name
 
     configs = engine.grid([0, 12], client_lr=[0.1, 0.1000001, 1e-07], local_steps=[1, 3])
     names = [config_name(c) for c in configs]

@@ -190,7 +190,7 @@ def test_diverging_run_stops_exits_nonzero_and_writes_strict_json(tmp_path, caps
 def test_outputs_unique_refused_checked(tmp_path, monkeypatch, capsys):
     from concurrent.futures import ThreadPoolExecutor
 
-    from jaxqfl.cli import outputs
+    from jaxqfl.experiment import outputs
 
     monkeypatch.chdir(tmp_path)
     with ThreadPoolExecutor(8) as pool:

@@ -70,7 +70,7 @@ def test_the_allowed_dropout_of_a_refusal_is_accepted_and_just_above_it_is_not()
 
 def test_the_secagg_threshold_flag_reaches_the_aggregator():
     """Through the CLI's own aggregator construction: the round fails exactly when survivors W <= t (SecAgg)."""
-    from jaxqfl.cli import privacy_flags
+    from jaxqfl.experiment import privacy_rules
 
     C, M = 30, 12
     rng = np.random.default_rng(3)
@@ -80,7 +80,7 @@ def test_the_secagg_threshold_flag_reaches_the_aggregator():
     for threshold in (0.5, 1.0):
         args = argparse.Namespace(dp_distributed=None, secure_aggregation="secagg", cohort_size=M, dropout=0.3,
                                   secagg_threshold=threshold, secagg_degree=None, dp=False)
-        agg = privacy_flags.make_aggregator(args, C, compress.from_spec("qsgd:8"))
+        agg = privacy_rules.make_aggregator(args, C, compress.from_spec("qsgd:8"))
         _, _, sm, m, *_ = jax.jit(lambda i, u: aggregator_round(agg, i, u, jax.random.key(5)))(ids, updates)
         W = M - int(np.sum(m["secagg_dropped"]))
         outcomes[threshold] = (float(sm["secagg_failed"]), W)
@@ -91,16 +91,16 @@ def test_the_secagg_threshold_flag_reaches_the_aggregator():
 
 
 def test_a_failed_round_is_named_and_has_its_documented_exit_status():
-    from jaxqfl.cli import privacy_flags
+    from jaxqfl.experiment import privacy_rules
     from jaxqfl.cli.main import _parser
 
     args = argparse.Namespace(dp=False, dropout=0.3, secagg_threshold=0.5)
     record = {"round": 20, "server_secagg_failed_rounds": 1.0, "server_secagg_failed_per_round": [0.0] * 7 + [1.0, 0.0, 0.0]}
-    with pytest.raises(privacy_flags.RoundFailed, match="at round 18") as e:
-        privacy_flags.record_fields(args, 100, record)
-    assert e.value.exit_status == privacy_flags.EXIT_SECAGG_FAILED != 1
+    with pytest.raises(privacy_rules.RoundFailed, match="at round 18") as e:
+        privacy_rules.record_fields(args, 100, record)
+    assert e.value.exit_status == privacy_rules.EXIT_SECAGG_FAILED != 1
     help_text = " ".join(_parser().run_parser.format_help().split())
-    assert f"{privacy_flags.EXIT_SECAGG_FAILED} a secure-aggregation round failed" in help_text
+    assert f"{privacy_rules.EXIT_SECAGG_FAILED} a secure-aggregation round failed" in help_text
 
 
 @pytest.mark.slow

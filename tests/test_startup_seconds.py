@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jaxqfl.cli import process_clock
+from jaxqfl.experiment import process_clock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TICK = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01

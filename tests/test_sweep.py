@@ -100,7 +100,7 @@ def test_cli_sweep_writes_one_folder_per_config_and_the_mean_over_seeds(tmp_path
               "--devices", "2", "--chunk-size", "2", "--no-progress"]
     import time
 
-    from jaxqfl.cli.process_clock import MAIN_CALL
+    from jaxqfl.experiment.process_clock import MAIN_CALL
 
     t0 = time.time()
     assert main(common + ["--seeds", "0-1", "--client-lr", "0.01,0.05", "--out", str(tmp_path / "sw")]) == 0

@@ -149,7 +149,7 @@ def test_cli_dp_noise_sweep_reports_each_configs_own_epsilon(tmp_path):
 def _fake_sweep(folder, rng):
     """A sweep folder as ``jaxqfl run --seeds 0-2 --client-lr 0.1,0.3`` writes it, with random metrics."""
     configs = engine.grid([0, 1, 2], client_lr=[0.1, 0.3])
-    from jaxqfl.cli.sweep_command import config_name
+    from jaxqfl.experiment.sweep_runner import config_name
 
     rows = []
     for c in configs:

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from jaxqfl.bench import machine
     from jaxqfl.bench.script import log, output_folder
-    from jaxqfl.cli.outputs import write_json
+    from jaxqfl.experiment.outputs import write_json
 
     out = output_folder(args.out, "peers")
     skipped = {}

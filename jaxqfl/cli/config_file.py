@@ -17,35 +17,13 @@ import argparse
 
 from jaxqfl.experiment import toml_io
 from jaxqfl.experiment.toml_io import to_toml  # noqa: F401  (re-exported: --print-config and config.toml)
-from jaxqfl.experiment.values import InvalidValue
-
-#: Flags that say how to run, not what: never stored in config.toml nor part of a run's fingerprint.
-NOT_CONFIG = frozenset({"command", "config", "print_config", "out", "overwrite", "resume", "no_progress",
-                        "log",  # where records go, not what the run computes
-                        # derived by the validators, not flags
-                        "dp", "dp_count_noise", "dp_delta_default", "sweep_values"})
+from jaxqfl.experiment.run_folder import NOT_CONFIG, config_of  # noqa: F401  (re-exported)
+from jaxqfl.experiment.values import ExperimentError, InvalidValue
 
 
-class ConfigError(ValueError):
+
+class ConfigError(ExperimentError):
     """A config file that cannot be used, with the reason."""
-
-
-def config_of(args: argparse.Namespace) -> dict:
-    """The run config of parsed, resolved args: plain values only (codec objects and how-to-run flags left out)."""
-    out, derived = {}, getattr(args, "_derived", ())  # filled in by a validator for this kind of run, not flags
-    for k, v in vars(args).items():
-        if k in NOT_CONFIG or k.startswith("_") or k in derived:
-            continue
-        if isinstance(v, tuple):
-            v = list(v)
-        if v is None or isinstance(v, (bool, int, float, str)) or (
-                isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v)):
-            out[k] = v
-    swept = getattr(args, "sweep_values", None) or {}
-    out.update({k: list(v) for k, v in swept.items()})  # a sweep's config holds its lists, as given
-    if getattr(args, "seeds", None) is not None:
-        out.pop("seed", None)  # the first of --seeds, filled in by the validator: not a flag of the sweep
-    return out
 
 
 def read_toml(path: str) -> dict:

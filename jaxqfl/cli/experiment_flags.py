@@ -13,6 +13,7 @@ import argparse
 from jaxqfl.cli.argtypes import as_argparse_type
 from jaxqfl.experiment import values
 from jaxqfl.experiment.experiment import Experiment, settings
+from jaxqfl.experiment.resolved import Settings, settings_of
 
 #: flags of this invocation only: never in an Experiment, a config.toml or a run's fingerprint
 INVOCATION = ("config", "print_config", "overwrite", "resume", "out", "no_progress", "log")
@@ -65,3 +66,13 @@ def _field(section_name: str, dest: str):
 def experiment_of(args: argparse.Namespace) -> Experiment:
     """The Experiment of parsed flags (before any validator resolves them)."""
     return Experiment.of(**{info.dest: getattr(args, info.dest) for _, _, info in settings()})
+
+
+def settings_of_args(args: argparse.Namespace) -> Settings:
+    """A fresh namespace for the library's run path: the Experiment of the flags, this invocation's flags, and
+    what ``--resume`` read (``_resume_*``); ``args`` itself is left as parsed."""
+    resolved = settings_of(experiment_of(args), **{k: getattr(args, k) for k in INVOCATION})
+    for k, v in vars(args).items():
+        if k.startswith("_"):
+            setattr(resolved, k, v)
+    return resolved

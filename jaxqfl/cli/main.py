@@ -19,7 +19,8 @@ import sys
 import time
 
 import jaxqfl
-from jaxqfl.cli import data_command, experiment_flags, plot_command, process_clock, quantize_command, run_command
+from jaxqfl.cli import bench_command, data_command, experiment_flags, plot_command, quantize_command
+from jaxqfl.experiment import process_clock, runner
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jaxqfl {jaxqfl.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run", help="simulate federated training", description=run_command.__doc__,
+    run_parser = sub.add_parser("run", help="simulate federated training", description=runner.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     experiment_flags.add_arguments(run_parser)
     parser.run_parser = run_parser
@@ -42,12 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     data_command.add_arguments(data_parser)
     parser.data_parser = data_parser
-    try:
-        from jaxqfl.bench import cli as bench_cli
-    except ImportError:
-        bench_cli = None
-    if bench_cli is not None:
-        bench_cli.add_arguments(sub.add_parser("bench", help="speed benchmarks", description=bench_cli.__doc__,
+    bench_command.add_arguments(sub.add_parser("bench", help="speed benchmarks", description=bench_command.__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
@@ -73,7 +69,8 @@ def _run(parser, args, argv: list[str], origin: tuple[float, str]) -> int:
 
     ``origin``: ``(epoch seconds, what)`` that the summary's ``startup_seconds`` count from (``process_clock``).
     """
-    from jaxqfl.cli import interrupts, outputs
+    from jaxqfl.cli import interrupts
+    from jaxqfl.experiment import outputs
 
     stop = interrupts.StopRequest().install()  # before JAX starts: a signal from now on ends at a safe point
     try:
@@ -84,62 +81,36 @@ def _run(parser, args, argv: list[str], origin: tuple[float, str]) -> int:
 
 
 def _run_with(parser, args, argv, stop, origin) -> int:
-    from jaxqfl.cli import config_file, memory_guard, outputs, run_setup
+    """Parsed flags (merged over ``--config`` or the resumed run's config) -> ``Experiment`` -> the library's run
+    path (``jaxqfl.experiment.run``), the parser refusing with the usage; the parsed flags are not changed."""
+    from jaxqfl.cli import experiment_flags, run_setup
+    from jaxqfl.experiment import pipeline
+    from jaxqfl.experiment import run_folder, runner, toml_io
+    from jaxqfl.experiment.values import ExperimentError
 
     run_argv = argv[argv.index("run") + 1:] if "run" in argv else argv
     if args.resume is not None:  # reading the checkpoint starts JAX: split the host as the run did, first
-        _force_cpu_devices(args.devices or run_setup.saved_devices(args.resume))
+        _force_cpu_devices(args.devices or run_folder.saved_devices(args.resume))
     try:
         run_setup.prepare(parser.run_parser, args, run_argv)
-    except config_file.ConfigError as e:
+        settings = experiment_flags.settings_of_args(args)
+    except ExperimentError as e:
         parser.run_parser.error(str(e))
-    _force_cpu_devices(args.devices)  # before validate(), which may import JAX to parse codec specs
-    from jaxqfl.engine import compile_cache
-
-    compile_cache.enable()  # before the first compilation: later runs of the same shapes load their programs
-    run_command.validate(parser.run_parser, args)
-    try:
-        run_setup.check_resume(args)
-    except config_file.ConfigError as e:
-        parser.run_parser.error(str(e))
-    if args.print_config:
-        print(config_file.to_toml(config_file.config_of(args)), end="")
+    _force_cpu_devices(settings.devices)  # before resolve(), which may import JAX to parse codec specs
+    pipeline.resolve(settings, parser.run_parser)
+    if settings.print_config:
+        print(toml_io.to_toml(run_folder.config_of(settings)), end="")
         return 0
-    if args.quant == "list":  # the presets' costs for this model: reads the data, trains nothing, writes nothing
-        return run_command.list_quant_presets(args)
-    cpu = memory_guard.likely_cpu()
-    if cpu and args.devices is not None and args.devices > memory_guard.cpu_cores():
-        print(f"jaxqfl run: warning: --devices {args.devices} exceeds this host's {memory_guard.cpu_cores()} CPU "
-              f"cores; the devices will share them (and each holds a copy of the population)", file=sys.stderr)
-    fp = memory_guard.footprint_from_flags(args)  # generated data: its client sizes, drawn before any row
-    if fp is not None:
-        stream = getattr(args, "stream", False)
-        devices = args.devices or (memory_guard.cpu_cores() if cpu else 1)
-        est = memory_guard.estimate(args, num_devices=devices, examples=fp.train_rows, test_examples=fp.test_rows,
-                                    feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
-                                    num_clients=fp.num_clients, home=args.client_state, cpu=cpu,
-                                    feature_shape=fp.feature_shape,
-                                    stream_block=fp.cohort_block_bytes(args.cohort_size) if stream else None)
-        try:
-            memory_guard.check(est, num_devices=devices, cpu=cpu,
-                               stream_available=hasattr(args, "stream") and memory_guard.num_configs(args) == 1,
-                               stream=stream, generated=args.dataset != "mnist")
-        except memory_guard.MemoryRefusal as e:
-            parser.run_parser.error(str(e))
-    if args.resume is not None:
-        out = outputs.pathlib.Path(args.resume)
-        try:
-            outputs.lock_folder(out, "--resume")
-        except outputs.OutputError as e:
-            parser.run_parser.error(str(e))
-    else:
-        try:
-            out = outputs.prepare_out(args.out, dataset=args.dataset, seed=args.seed, overwrite=args.overwrite)
-        except outputs.OutputError as e:
-            parser.run_parser.error(str(e))
-        args.out = str(out)
-    args._startup_origin = origin  # not a flag: config_of leaves "_" names out
-    return run_command.main(args, stop=stop, out=out)
+    if settings.quant == "list":  # the presets' costs for this model: reads the data, trains nothing, writes nothing
+        return runner.list_quant_presets(settings)
+    pipeline.check_memory(settings, parser.run_parser)
+    out = pipeline.open_out(settings, parser.run_parser)
+    settings._startup_origin = origin  # not a setting: config_of leaves "_" names out
+    try:
+        return runner.main(settings, stop=stop, out=out)
+    except ExperimentError as e:  # refused once the data is read (e.g. a model that does not fit it)
+        print(f"jaxqfl run: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,11 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         data_command.validate(parser.data_parser, args)
         return data_command.main(args)
     if args.command == "bench":
-        from jaxqfl.bench import cli as bench_cli
-
         _force_cpu_devices(getattr(args, "devices", None))
-        bench_cli.validate(parser, args)
-        return bench_cli.main(args)
+        bench_command.validate(parser, args)
+        return bench_command.main(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -163,7 +163,7 @@ def image_extensions() -> list[str]:
 
 def check_out(out: str) -> None:
     """Refuse an ``--out`` that is not an image file matplotlib writes, or cannot be written (``ValueError``)."""
-    from jaxqfl.cli.outputs import OutputError, check_output_file
+    from jaxqfl.experiment.outputs import OutputError, check_output_file
 
     allowed = image_extensions()
     ext = pathlib.Path(out).suffix.lower().lstrip(".")

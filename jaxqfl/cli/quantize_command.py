@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad input before JAX starts: exit code 2 with a message, no traceback."""
     from jaxqfl import saved_run
-    from jaxqfl.cli.outputs import OutputError, check_output_file
+    from jaxqfl.experiment.outputs import OutputError, check_output_file
     from jaxqfl.data.build import DEFAULT_TASK
 
     if args.policy not in POLICIES:

@@ -6,7 +6,7 @@ algorithm, aggregator, codecs, the model's own statistics) abstractly for ONE
 client and counts the elements and bytes of each part. Nothing is inferred from
 names: a new algorithm, codec or model is counted the day it exists.
 
-``jaxqfl.cli.memory_guard.estimate`` turns a footprint into a run's bytes per device
+``jaxqfl.experiment.memory_guard.estimate`` turns a footprint into a run's bytes per device
 (the client states in their home, a cohort block, the server states of a sweep's
 configs, the population's rows); XLA's temporaries and the compiled programs are not counted.
 """

@@ -14,7 +14,7 @@ dataclass of settings (``jaxqfl.experiment.setting``); a setting's flat name is 
 value of None is the automatic value, resolved when the run starts (dataset-dependent defaults).
 
 Every value is read and range-checked when the section is made, as its flag is; ``validate()`` also checks
-the combinations (``jaxqfl.experiment.validation``). Where a run goes (``out``), its metrics sinks and
+the combinations (the rules, ``jaxqfl.experiment.*_rules``). Where a run goes (``out``), its metrics sinks and
 whether it may overwrite are arguments of :func:`jaxqfl.run`, not settings: they do not change what is
 computed, and a config file never holds them (as ``jaxqfl run --config`` refuses them).
 """
@@ -113,9 +113,10 @@ class Experiment:
 
         Raises ``InvalidValue`` naming the settings and what is allowed. Nothing is built or compiled.
         """
-        from jaxqfl.experiment.validation import check
+        from jaxqfl.experiment import runner
+        from jaxqfl.experiment.resolved import Refuse, settings_of
 
-        check(self)
+        runner.validate(Refuse(), settings_of(self))  # the rules run on a copy: this experiment is unchanged
         return self
 
 

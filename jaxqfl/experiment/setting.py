@@ -80,6 +80,9 @@ class Section:
             if value is field.default:
                 continue
             where = f"{type(self).section_name}.{field.name} ({info_of(field).flag})"
-            object.__setattr__(self, field.name, read_value(field, value, where))
+            value = read_value(field, value, where)
+            if field.default is not None and value == read_value(field, field.default, where):
+                value = field.default  # one form per value: 1 given for a default of 1.0 reads as the default
+            object.__setattr__(self, field.name, value)
 
     section_name = ""  # set by each section class: its attribute name on an Experiment

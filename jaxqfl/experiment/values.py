@@ -4,14 +4,18 @@ setting's typed value, or raises :class:`InvalidValue` naming what it got and wh
 Every way in goes through the same function: the command line hands it the flag's text, a TOML file or a
 Python script hands it a value, which :func:`as_text` first writes the way the flag would be typed (a list as
 ``a,b,c``, a boolean as ``true``/``false``). So a setting has one meaning, one range and one refusal message
-whichever way it is given. No argparse here: ``jaxqfl.cli.argtypes`` adapts these to the command line.
+whichever way it is given. The command line adapts these in ``jaxqfl.cli.argtypes``.
 """
 from __future__ import annotations
 
 import math
 
 
-class InvalidValue(ValueError):
+class ExperimentError(ValueError):
+    """An experiment that cannot run as given: the message names the settings and what is allowed."""
+
+
+class InvalidValue(ExperimentError):
     """A value a setting cannot take; the message names the value and what is allowed."""
 
 

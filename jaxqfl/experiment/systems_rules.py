@@ -39,22 +39,11 @@ from __future__ import annotations
 
 from jaxqfl import choices
 
-import argparse
 import math
 import os
 
 LOGNORMAL = "lognormal:"
 STRAGGLERS = choices.STRAGGLERS
-
-
-def _positive_finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 def sigma_of(speeds: str) -> float | None:

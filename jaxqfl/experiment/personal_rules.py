@@ -20,16 +20,17 @@ evaluated per client with their personal models; Per-FedAvg with
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 
 from jaxqfl.choices import PERSONAL_ALGORITHMS
 
 CLIENT_TEST = choices.CLIENT_TEST
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     """Refuse what per-client evaluation cannot do yet; fill Per-FedAvg's default."""
     sweep = bool(getattr(args, "sweep_values", None)) or args.seeds is not None
     if args.algorithm == "perfedavg" and args.personal_eval is None and not sweep and not args.stream:
@@ -50,10 +51,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"--client-test none leaves it none: use --client-test auto or labels")
 
 
-def client_test_split(args: argparse.Namespace, population, seed: int):
+def client_test_split(args: Settings, population, seed: int):
     """``population`` with per-client test rows as ``--client-test`` says (module docstring)."""
     from jaxqfl import data
-    from jaxqfl.cli.data_flags import fail
+    from jaxqfl.experiment.data_rules import fail
 
     mode = args.client_test
     if mode == "none" or population.test_counts is not None:
@@ -69,7 +70,7 @@ def client_test_split(args: argparse.Namespace, population, seed: int):
     return data.split_test_by_labels(population, seed=seed)
 
 
-def fine_tune(args: argparse.Namespace):
+def fine_tune(args: Settings):
     """The ``engine.build`` ``personal_eval`` of the flags (None without fine-tuning)."""
     if not args.personal_eval:
         return None

@@ -6,12 +6,14 @@ message and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
-import argparse
+from jaxqfl.experiment.resolved import Refuser, Settings
+from jaxqfl.experiment.values import ExperimentError
+
 import math
 import os
 import sys
 
-from jaxqfl.cli import population_flags
+from jaxqfl.experiment import population_rules
 from jaxqfl.data.build import DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
 
 #: Per dataset: the defaults of the flags left unset.
@@ -42,17 +44,7 @@ DEFAULTS = {
 GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
 
 
-def _finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return v
-
-
-def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate_data(parser: Refuser, args: Settings) -> None:
     """Refuse inconsistent data flags; fill the dataset's task."""
     needs_file = {"mnist": "file", "npz": "file", "leaf": "folder", "cifar10": "folder", "text": "folder",
                   "packed": "folder"}
@@ -108,24 +100,24 @@ def validate_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if task == "regression" and args.partition in ("dirichlet", "shards"):
         parser.error(f"--partition {args.partition} splits by class label; regression targets have none "
                      "(use iid or quantity)")
-    population_flags.validate(parser, args)
+    population_rules.validate(parser, args)
 
 
-def stream_origin(args: argparse.Namespace) -> str:
+def stream_origin(args: Settings) -> str:
     """The flag that made the run stream its cohorts, for a refusal's message."""
     if getattr(args, "dataset", None) == "packed":
         return "--dataset packed (its rows are read by cohort from disk, streamed: it implies --stream)"
     return "--stream"
 
 
-def build_population(args: argparse.Namespace):
+def build_population(args: Settings):
     """The population of the data flags; a malformed file ends the run with its message and status 2."""
     from jaxqfl import data
 
     seed = args.seed if getattr(args, "data_seed", None) is None else args.data_seed
     try:
-        if population_flags.on(args):
-            return population_flags.build(args, seed)
+        if population_rules.on(args):
+            return population_rules.build(args, seed)
         return data.build(
             args.dataset, num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
             shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
@@ -142,6 +134,5 @@ def build_population(args: argparse.Namespace):
 
 
 def fail(message: str):
-    """End the run as argparse does for a bad flag: the message on stderr, exit status 2."""
-    print(f"jaxqfl run: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    """Refuse the run after its data is read: ``ExperimentError`` (the command line prints it, exit status 2)."""
+    raise ExperimentError(message)

@@ -87,10 +87,10 @@ def _gib(b: float) -> str:
 
 def model_num_params(args, feature_dim: int, num_classes: int, feature_shape: tuple | None = None) -> int:
     """Parameters of the CLI's models (logreg, mlp, cnn: from their layer sizes; zoo models: abstract init)."""
-    from jaxqfl.cli import model_flags
+    from jaxqfl.experiment import model_rules
 
-    if args.model in model_flags.ZOO_MODELS:
-        return model_flags.num_params(args, feature_shape or (feature_dim,), num_classes)
+    if args.model in model_rules.ZOO_MODELS:
+        return model_rules.num_params(args, feature_shape or (feature_dim,), num_classes)
     if args.model == "logreg":
         return feature_dim * num_classes + num_classes
     if args.model == "mlp":

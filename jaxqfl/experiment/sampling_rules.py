@@ -1,23 +1,24 @@
 """The cohort-sampling flags of ``jaxqfl run``: ``--sampling {fixed,poisson}`` and ``--max-cohort``.
 
-Hooks called by ``run_command``: ``add_arguments``, ``validate`` (before JAX
+Hooks called by ``runner``: ``add_arguments``, ``validate`` (before JAX
 starts), ``build_kwargs`` (for ``engine.build``), ``warn_overflow`` (per
 evaluation record) and ``summary_fields``. The privacy accounting reads
-``args.sampling`` too (``privacy_flags``): the DP event follows the real sampling.
+``args.sampling`` too (``privacy_rules``): the DP event follows the real sampling.
 """
 from __future__ import annotations
 
-import argparse
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 import sys
 
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     if args.sampling != "poisson":
         if args.max_cohort is not None:
             parser.error("--max-cohort applies to --sampling poisson")
         return
-    from jaxqfl.cli.clustering import is_clustering
+    from jaxqfl.experiment.clustering_runner import is_clustering
 
     if is_clustering(args):
         parser.error("--sampling poisson is not available for --task clustering")
@@ -41,7 +42,7 @@ def build_kwargs(args, num_clients: int) -> dict:
     if args.sampling != "poisson":
         return {}
     if args.max_cohort is not None and args.max_cohort > num_clients:
-        from jaxqfl.cli.data_flags import fail
+        from jaxqfl.experiment.data_rules import fail
 
         fail(f"--max-cohort {args.max_cohort} exceeds the {num_clients} clients of the population")
     return {"sampling": "poisson", "max_cohort": args.max_cohort}

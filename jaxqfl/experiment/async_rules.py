@@ -38,7 +38,7 @@ from jaxqfl import choices
 import math
 
 
-from jaxqfl.cli.data_flags import stream_origin
+from jaxqfl.experiment.data_rules import stream_origin
 from jaxqfl.choices import PERSONAL_ALGORITHMS
 
 MODES = choices.ASYNC_MODES

@@ -14,9 +14,10 @@ the test labels; null when the data has none).
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 import contextlib
 import json
 import pathlib
@@ -24,17 +25,17 @@ import sys
 import time
 
 from jaxqfl import sinks
-from jaxqfl.cli.process_clock import startup_fields
+from jaxqfl.experiment.process_clock import startup_fields
 from jaxqfl.data.build import DEFAULT_TASK
 
 KMEANS = choices.KMEANS
 
 
-def is_clustering(args: argparse.Namespace) -> bool:
+def is_clustering(args: Settings) -> bool:
     return (args.task or DEFAULT_TASK.get(args.dataset)) == "clustering"
 
 
-def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check(parser: Refuser, args: Settings) -> None:
     """Refuse flags that do not apply to k-means (called before the dataset's defaults fill the unset flags)."""
     if not is_clustering(args):
         for flag in ("clusters", "seed_points"):
@@ -60,7 +61,7 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         {"local_steps", "batch_size", "local_epochs"} if args.kmeans == "lloyd" else set())
 
 
-def main(args: argparse.Namespace, population, t_start: float, data_seconds: float, stop=None) -> int:
+def main(args: Settings, population, t_start: float, data_seconds: float, stop=None) -> int:
     """Seed, run the k-means rounds, write the run's files; a signal (``stop``) ends it at the next block.
 
     Writes OUT/metrics.jsonl, OUT/summary.json, OUT/config.toml (``--config`` repeats the run) and
@@ -76,10 +77,10 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
 
     from jaxqfl import aggregate, clustering, engine, models, tasks
     from jaxqfl.algorithms import kmeans
-    from jaxqfl.cli import config_file
-    from jaxqfl.cli.data_flags import fail
-    from jaxqfl.cli.outputs import finite_or_none as _finite_or_null
-    from jaxqfl.cli.progress_bar import progress_bar
+    from jaxqfl.experiment import run_folder, toml_io
+    from jaxqfl.experiment.data_rules import fail
+    from jaxqfl.experiment.outputs import finite_or_none as _finite_or_null
+    from jaxqfl.experiment.progress_bar import progress_bar
     from jaxqfl.engine import checkpoint
 
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     if K > rows:
         fail(f"--clusters {K} exceeds the {rows} training rows of {population.name}: k-means needs at most one "
              f"cluster per row; choose --clusters at most {rows}")
-    from jaxqfl.cli.memory_guard import _gib, host_available_bytes
+    from jaxqfl.experiment.memory_guard import _gib, host_available_bytes
 
     need, have = clustering.seeding_bytes(K, args.cohort_size, args.seed_points), host_available_bytes()
     if need > have:
@@ -101,8 +102,8 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
              f"needs at least {_gib(need)} ({need:,} bytes) of memory, {_gib(have)} is available; use fewer "
              f"--clusters, a smaller --cohort-size, or fewer --seed-points")
     model = models.centroids(K)
-    from jaxqfl.cli import run_setup
-    from jaxqfl.cli.run_command import _restore_readable
+    from jaxqfl.experiment.runner import _restore_readable
+
     uplink = None if args.uplink == "none" else args.uplink_codec
     common = dict(
         aggregator=aggregate.integer_mean(uplink) if args.integer_aggregation else None,
@@ -123,9 +124,9 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
                                                                                batch_size=batch)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_config = config_file.config_of(args)
-    (out / "config.toml").write_text(config_file.to_toml(run_config))
-    ckpt_dir, block = run_setup.checkpoint_dir(out), run_setup.block_rounds(args)
+    run_config = run_folder.config_of(args)
+    (out / "config.toml").write_text(toml_io.to_toml(run_config))
+    ckpt_dir, block = run_folder.checkpoint_dir(out), run_folder.block_rounds(args)
     records, totals = [], engine.RunTotals()
     if resumed is None:
         try:
@@ -161,7 +162,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
         if r in saved or write_error:
             return
         meta = _finite_or_null({
-            "config": run_config, "fingerprint": run_setup.fingerprint(run_config), "records": all_records,
+            "config": run_config, "fingerprint": run_folder.fingerprint(run_config), "records": all_records,
             "block_rounds": block, "seeding": seeding,
             "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds})
@@ -230,7 +231,7 @@ def main(args: argparse.Namespace, population, t_start: float, data_seconds: flo
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     checkpoint.save_params(out / checkpoint.FINAL_PARAMS, result.state.params)
     if write_error:
-        from jaxqfl.cli.run_command import EXIT_WRITE_FAILED
+        from jaxqfl.experiment.runner import EXIT_WRITE_FAILED
 
         print(f"jaxqfl run: error: could not write the {write_error[0]}; the last complete checkpoint is kept: "
               f"free some space and continue with: jaxqfl run --resume {out}", file=sys.stderr)

@@ -20,9 +20,10 @@ the last good checkpoint stays, the summary says ``"checkpoint_error"``);
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 import contextlib
 import math
 import pathlib
@@ -31,43 +32,25 @@ import time
 
 import numpy as np
 
-from jaxqfl.cli import algorithm_args, process_clock
+from jaxqfl.experiment import algorithm_rules, process_clock
 from jaxqfl import sinks
-from jaxqfl.cli import async_flags, personal_flags, run_setup, systems_flags, tier_flags
-from jaxqfl.cli.outputs import finite_or_none, strict_dumps, write_json
-from jaxqfl.cli.progress_bar import progress_bar
-from jaxqfl.cli import privacy_flags
-from jaxqfl.cli import robust_flags
-from jaxqfl.cli import sampling_flags, selection_flags
+from jaxqfl.experiment import async_rules, personal_rules, systems_rules, tier_rules
+from jaxqfl.experiment.outputs import finite_or_none, strict_dumps, write_json
+from jaxqfl.experiment.progress_bar import progress_bar
+from jaxqfl.experiment import privacy_rules
+from jaxqfl.experiment import robust_rules
+from jaxqfl.experiment import sampling_rules, selection_rules
 from jaxqfl.choices import ATTACK_NAMES
-from jaxqfl.cli import clustering as clustering_flags
-from jaxqfl.cli import lora_flags, model_flags
-from jaxqfl.cli.data_flags import DEFAULTS, build_population, fail, stream_origin, validate_data
+from jaxqfl.experiment import clustering_runner
+from jaxqfl.experiment import lora_rules, model_rules
+from jaxqfl.experiment.data_rules import DEFAULTS, build_population, fail, stream_origin, validate_data
 from jaxqfl.data.build import DEFAULT_TASK
 
 MODELS = choices.MODELS
 DEFAULT_HIDDEN = (200, 200)
 
 
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated positive integers, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated positive integers, got {text!r}")
-    return sizes
-
-
-def _sink_list(text: str) -> tuple[str, ...]:
-    """``--log``: comma-separated metrics sinks (``jaxqfl.sinks.SINKS``), checked before any work."""
-    try:
-        return sinks.check_kinds(k.strip().lower() for k in text.split(",") if k.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
     d = DEFAULTS[args.dataset]
     for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
@@ -75,8 +58,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.dataset == "packed":  # rows on disk are read by cohort: the streamed path (engine.build_streaming)
         args.stream = True
     _split_sweep(parser, args)
-    async_flags.validate(parser, args)  # before the defaults: --cohort-size given is refused, C takes its place
-    clustering_flags.check(parser, args)  # k-means fixes its own local work: before the defaults
+    async_rules.validate(parser, args)  # before the defaults: --cohort-size given is refused, C takes its place
+    clustering_runner.check(parser, args)  # k-means fixes its own local work: before the defaults
     if args.local_steps is not None and args.local_epochs is not None:
         parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
     if args.local_steps is None and args.local_epochs is None:
@@ -86,14 +69,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("model", "num_clients", "cohort_size", "rounds", "client_lr", "batch_size", "eval_every"):
         if getattr(args, name) is None:
             setattr(args, name, d[name])
-    algorithm_args.validate(parser, args)
-    personal_flags.validate(parser, args)
+    algorithm_rules.validate(parser, args)
+    personal_rules.validate(parser, args)
     if args.num_clients is not None and args.cohort_size > args.num_clients:
-        flag = "--concurrency" if async_flags.on(args) else "--cohort-size"
+        flag = "--concurrency" if async_rules.on(args) else "--cohort-size"
         parser.error(f"{flag} {args.cohort_size} exceeds --num-clients {args.num_clients}")
     validate_data(parser, args)
-    model_flags.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
-    lora_flags.validate(parser, args)
+    model_rules.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
+    lora_rules.validate(parser, args)
     task = args.task or DEFAULT_TASK[args.dataset]  # None: inferred from the file's targets (checked once read)
     if task is not None and _label_flip_without_labels(args.attack, task):
         parser.error(_label_flip_without_labels(args.attack, task))
@@ -117,14 +100,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     _check_codecs(parser, args)
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
-    privacy_flags.validate(parser, args)
-    sampling_flags.validate(parser, args)
+    privacy_rules.validate(parser, args)
+    sampling_rules.validate(parser, args)
     if args.aggregator != "mean" and args.integer_aggregation:
         parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
-    robust_flags.validate(parser, args)
-    tier_flags.validate(parser, args)
-    systems_flags.validate(parser, args)
-    selection_flags.validate(parser, args)
+    robust_rules.validate(parser, args)
+    tier_rules.validate(parser, args)
+    systems_rules.validate(parser, args)
+    selection_rules.validate(parser, args)
     private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
     if private and args.aggregator != "mean":
         parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
@@ -148,7 +131,7 @@ def _check_codecs(parser, args) -> None:
     specs = args.sweep_values.get("uplink", [args.uplink])
     if args.integer_aggregation:
         checked, flag = specs, "--integer-aggregation"
-    else:  # privacy_flags.validate checks the first spec, after its own refusals
+    else:  # privacy_rules.validate checks the first spec, after its own refusals
         checked, flag = (specs[1:] if getattr(args, "secure_aggregation", None) else []), "--secure-aggregation"
     if checked:
         for family in built["uplink"][1]:
@@ -175,14 +158,14 @@ def _architecture(args, population):
     """The model of ``--model`` (and ``--quant``) before ``--init-from`` / ``--lora-rank``: its shapes and forward."""
     from jaxqfl.saved_run import model_for
 
-    if args.model in model_flags.ZOO_MODELS:
-        return model_flags.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
+    if args.model in model_rules.ZOO_MODELS:
+        return model_rules.make_model(args, population.num_classes, population.feature_shape, policy=args.quant)
     return model_for(args.model, population, hidden=args.hidden, policy=args.quant)[0]
 
 
 def _model(args, population):
     """The run's model: the architecture started from ``--init-from``, or its LoRA model (``--lora-rank``)."""
-    return lora_flags.adapted(args, _architecture(args, population), population)
+    return lora_rules.adapted(args, _architecture(args, population), population)
 
 
 def _cost_fields(args, population) -> dict:
@@ -191,7 +174,7 @@ def _cost_fields(args, population) -> dict:
 
     if args.quant in (None, "none"):  # a float model: nothing quantized to cost (BOPs = 1,024 x MACs)
         return {}
-    cost = model_cost(_architecture(argparse.Namespace(**{**vars(args), "quant": None}), population), args.quant,
+    cost = model_cost(_architecture(Settings(**{**vars(args), "quant": None}), population), args.quant,
                       _sample_rows(population))
     return {"macs_per_example": cost.macs, "bops": cost.bops, "model_bytes": cost.model_bytes,
             "model_cost_layers": [c._asdict() for c in cost.layers]}
@@ -204,7 +187,7 @@ def list_quant_presets(args) -> int:
     from jaxqfl.quant.policy import PRESETS
 
     population = build_population(args)
-    model = _architecture(argparse.Namespace(**{**vars(args), "quant": None}), population)
+    model = _architecture(Settings(**{**vars(args), "quant": None}), population)
     rows = []
     for name in PRESETS:
         try:
@@ -231,11 +214,11 @@ def _aggregator(args, population, uplink, model, hp: dict | None = None):
     """
     from jaxqfl import aggregate
 
-    aggregator = privacy_flags.make_aggregator(args, population.num_clients, uplink, hp, model=model,
+    aggregator = privacy_rules.make_aggregator(args, population.num_clients, uplink, hp, model=model,
                                                feature_shape=population.feature_shape,
                                                largest_client=population.max_count)
     if aggregator is None:
-        aggregator = lora_flags.aggregator(args)
+        aggregator = lora_rules.aggregator(args)
     if aggregator is None:
         aggregator = aggregate.integer_mean(uplink) if args.integer_aggregation else aggregate.aggregator_by_name(
             args.aggregator, trim_fraction=args.trim_fraction, krum_m=args.krum_m, clip_radius=args.clip_radius)
@@ -246,7 +229,7 @@ def _aggregator(args, population, uplink, model, hp: dict | None = None):
 
 def _algorithm(args, num_clients: int, hp: dict | None = None):
     """The run's algorithm; ``hp`` overrides swept hyper-parameters with traced values (a sweep)."""
-    return lora_flags.wrap_algorithm(args, algorithm_args.build(args, hp)[0], num_clients)
+    return lora_rules.wrap_algorithm(args, algorithm_rules.build(args, hp)[0], num_clients)
 
 
 SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise", "local_steps")  # flags that take comma-separated lists
@@ -298,7 +281,7 @@ def data_seed_of(args) -> int:
     return args.seed if getattr(args, "data_seed", None) is None else args.data_seed
 
 
-def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -> int:
+def main(args: Settings, stop=None, out: pathlib.Path | None = None) -> int:
     """Build, run (or resume), checkpoint, and write the run's files into ``out``.
 
     ``stop``: a ``jaxqfl.cli.interrupts.StopRequest`` (installed by ``jaxqfl.cli.main``).
@@ -306,17 +289,18 @@ def main(args: argparse.Namespace, stop=None, out: pathlib.Path | None = None) -
     from jaxqfl.engine.compile_cache import CacheHits
 
     if getattr(args, "_startup_origin", None) is None:  # called from Python, not through jaxqfl.cli.main
-        args._startup_origin = (time.time(), "jaxqfl.cli.run_command.main() call")
+        args._startup_origin = (time.time(), "jaxqfl.experiment.runner.main() call")
     with CacheHits() as cache_hits:  # programs loaded from the persistent compilation cache (summary.json)
         return _main(args, stop, out, cache_hits)
 
 
-def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) -> int:
+def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
     import jax
 
     from jaxqfl import engine, tasks
-    from jaxqfl.cli import config_file, memory_guard
-    from jaxqfl.cli.outputs import versions
+    from jaxqfl.experiment import run_folder, toml_io
+    from jaxqfl.experiment import memory_guard
+    from jaxqfl.experiment.outputs import versions
     from jaxqfl.data.footprint import footprint_of
     from jaxqfl.data.packed import is_packed  # rows on disk: not held in host memory
     from jaxqfl.engine import checkpoint, memory_plan
@@ -327,16 +311,16 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
     population = build_population(args)
     procedural = not hasattr(population, "x")  # --population procedural: no rows on the host
     if not procedural:
-        population = personal_flags.client_test_split(args, population, data_seed_of(args))
-    problem = model_flags.misfit(args, population)
+        population = personal_rules.client_test_split(args, population, data_seed_of(args))
+    problem = model_rules.misfit(args, population)
     if problem is not None:
         fail(problem)
     if _label_flip_without_labels(args.attack, population.task):  # a file's task is known once it is read
         fail(_label_flip_without_labels(args.attack, population.task))
     if args.cohort_size > population.num_clients:
-        fail(f"{'--concurrency' if async_flags.on(args) else '--cohort-size'} {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
+        fail(f"{'--concurrency' if async_rules.on(args) else '--cohort-size'} {args.cohort_size} exceeds the {population.num_clients} clients of {population.name}")
     task = tasks.for_population(population)
-    misfit = systems_flags.misfit(args, task.name)
+    misfit = systems_rules.misfit(args, task.name)
     if misfit:
         fail(misfit)
     data_seconds = time.perf_counter() - t_start
@@ -344,14 +328,14 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         if args.sweep_values or args.seeds is not None:
             fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
                  "run one seed at a time with --seed")
-        return clustering_flags.main(args, population, t_start, data_seconds, stop=stop)
+        return clustering_runner.main(args, population, t_start, data_seconds, stop=stop)
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
     stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
     batch = None if args.batch_size == 0 else args.batch_size
     schedule = engine.LocalSchedule(local_steps=args.local_steps, local_epochs=args.local_epochs, batch_size=batch)
-    algorithm, algorithm_hparams = algorithm_args.build(args)
-    algorithm = lora_flags.wrap_algorithm(args, algorithm, population.num_clients)
+    algorithm, algorithm_hparams = algorithm_rules.build(args)
+    algorithm = lora_rules.wrap_algorithm(args, algorithm, population.num_clients)
     uplink = None if args.uplink == "none" else args.uplink_codec
     try:  # e.g. pretrained params that do not fit the model, a --dp-epsilon the calibration cannot meet
         model = _model(args, population)
@@ -378,37 +362,37 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return 2
     if args.sweep_values or args.seeds is not None:  # many configs, one program
-        from jaxqfl.cli.sweep_command import run_sweep_cli
+        from jaxqfl.experiment.sweep_runner import run_sweep_cli
 
         return run_sweep_cli(args, population, task, model, schedule, uplink,
                              make_algorithm=lambda hp: _algorithm(args, population.num_clients, hp),
                              make_aggregator=lambda hp: _aggregator(args, population, uplink, model, hp)[0],
-                             make_model=lambda preset: _model(argparse.Namespace(**{**vars(args), "quant": preset}),
+                             make_model=lambda preset: _model(Settings(**{**vars(args), "quant": preset}),
                                                               population),
                              make_codec_aggregator=lambda codec, m, hp: _aggregator(args, population, codec, m, hp)[0],
                              label_transform=label_transform, t_start=t_start, stop=stop)
     def tier_model(preset):  # a preset name: the tier's model; a bit family's Policy: only its forward is
         # used (Tiers.model_at, built while tracing), so the architecture without --init-from's loading
-        quant = argparse.Namespace(**{**vars(args), "quant": preset})
+        quant = Settings(**{**vars(args), "quant": preset})
         return _model(quant, population) if isinstance(preset, str) else _architecture(quant, population)
 
-    tiers = tier_flags.build(args, population, tier_model, data_seed_of(args))
-    aggregator = tier_flags.weighted(args, aggregator, tiers, population)
+    tiers = tier_rules.build(args, population, tier_model, data_seed_of(args))
+    aggregator = tier_rules.weighted(args, aggregator, tiers, population)
     try:
-        client_systems = systems_flags.build(args, population.num_clients)
+        client_systems = systems_rules.build(args, population.num_clients)
     except (OSError, ValueError) as e:
         fail(str(e))
     build = engine.build_streaming if args.stream else engine.build
     t_rule = time.perf_counter()
-    tuning_rule = None if async_flags.on(args) else _tuning_decision(args, population, model, algorithm, schedule,
+    tuning_rule = None if async_rules.on(args) else _tuning_decision(args, population, model, algorithm, schedule,
                                                                       num_devices, cpu)
     rule_seconds = time.perf_counter() - t_rule if tuning_rule is not None else 0.0
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
     # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
     layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
-        if async_flags.on(args):  # FedBuff: one round = one buffer flush on the virtual clock
-            sim = async_flags.build(
+        if async_rules.on(args):  # FedBuff: one round = one buffer flush on the virtual clock
+            sim = async_rules.build(
                 args, population, model, algorithm, schedule, aggregator=aggregator, uplink=uplink,
                 downlink=None if args.downlink == "none" else args.downlink_codec, task=task,
                 label_transform=label_transform, client_systems=client_systems)
@@ -429,10 +413,10 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                 client_state=layout.get("client_state_home", args.client_state) if args.client_state == "auto"
                 else args.client_state,
                 autotune=args.autotune if tuning_rule is None else tuning_rule.tune,
-                **sampling_flags.build_kwargs(args, population.num_clients),
-                **{**selection_flags.build_kwargs(args, population.num_clients, client_systems),  # both may pass
-                   **systems_flags.deadline_kwargs(args, client_systems)},  # the same systems
-                **({"personal_eval": personal_flags.fine_tune(args)} if not args.stream else {}),
+                **sampling_rules.build_kwargs(args, population.num_clients),
+                **{**selection_rules.build_kwargs(args, population.num_clients, client_systems),  # both may pass
+                   **systems_rules.deadline_kwargs(args, client_systems)},  # the same systems
+                **({"personal_eval": personal_rules.fine_tune(args)} if not args.stream else {}),
                 **({"tiers": tiers} if tiers is not None else {}),
             )
     except ValueError as e:
@@ -440,11 +424,11 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         return 2
     if args.verbose:
         print(_chunk_line(sim), flush=True)
-    config = config_file.config_of(args)
-    fp = run_setup.fingerprint(config)
-    (out / "config.toml").write_text(config_file.to_toml(config))
-    ckpt_dir = run_setup.checkpoint_dir(out)
-    block = run_setup.block_rounds(args)
+    config = run_folder.config_of(args)
+    fp = run_folder.fingerprint(config)
+    (out / "config.toml").write_text(toml_io.to_toml(config))
+    ckpt_dir = run_folder.checkpoint_dir(out)
+    block = run_folder.block_rounds(args)
 
     records, totals, state = [], engine.RunTotals(), None
     if getattr(args, "_resume_meta", None) is not None:
@@ -453,7 +437,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
                                   float(meta["train_seconds"]), tuple(meta.get("tier_uplink_bits", ())),
                                   tuple(meta.get("tier_clients", ())), float(meta.get("sim_time", 0.0)),
-                                  counts=async_flags.resumed_counts(meta))  # FedBuff: the staleness so far
+                                  counts=async_rules.resumed_counts(meta))  # FedBuff: the staleness so far
         block = int(meta["block_rounds"])
     start_round = 0 if state is None else int(jax.device_get(state.round))
     setup_seconds = time.perf_counter() - t_start
@@ -466,7 +450,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                        "client_state_home": sim.client_state_home},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds,
             "tier_uplink_bits": list(t.tier_uplink_bits), "tier_clients": list(t.tier_clients),
-            "sim_time": t.sim_time, **async_flags.meta_fields(args, t.counts),
+            "sim_time": t.sim_time, **async_rules.meta_fields(args, t.counts),
         })
 
     saved_rounds = set()
@@ -492,8 +476,8 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
             sink.write(rec)
 
         def on_eval(rec):
-            rec.update(privacy_flags.record_fields(args, population.num_clients, rec))
-            sampling_flags.warn_overflow(args, sim, rec)
+            rec.update(privacy_rules.record_fields(args, population.num_clients, rec))
+            sampling_rules.warn_overflow(args, sim, rec)
             all_records.append(rec)
             sink.write(rec)
             bar.record(rec)
@@ -516,7 +500,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                                     should_stop=lambda: stop_requested() or bool(write_error),
                                     after_block=after_block, systems=client_systems,
                                     progress_seconds=bar.progress_seconds, on_progress=bar.on_progress)
-            except privacy_flags.RoundFailed as e:
+            except privacy_rules.RoundFailed as e:
                 print(f"jaxqfl run: error: {e}", file=sys.stderr)
                 return e.exit_status
     final_state = result.state
@@ -539,11 +523,11 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
                 from jaxqfl import lora
 
                 merged = lora.merge(model, final_state.params, population.x[:1])
-                checkpoint.save_params(out / lora_flags.MERGED_PARAMS, merged)
+                checkpoint.save_params(out / lora_rules.MERGED_PARAMS, merged)
                 if args.base_quant not in (None, "none"):  # re-quantized for serving, in the base's own format
                     from jaxqfl.lora import base_quant
 
-                    base_quant.save(out / lora_flags.merged_quantized(args.base_quant),
+                    base_quant.save(out / lora_rules.merged_quantized(args.base_quant),
                                     base_quant.quantize_base(merged, args.base_quant))
         except OSError as e:
             write_error.append(f"{out / checkpoint.FINAL_PARAMS}: {e.strerror or e}")
@@ -573,7 +557,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "final_r2": final.get("test_r2"),
         "final_perplexity": final.get("test_perplexity"),
         "final_bits_per_char": final.get("test_bits_per_char"),
-        **personal_flags.final_client_fields(final),
+        **personal_rules.final_client_fields(final),
         "final_train_loss": final.get("train_loss"),
         "rounds": done_round,
         "rounds_requested": args.rounds,
@@ -598,7 +582,7 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "tuning": sim.tuning,
         "tuning_recheck": recheck._asdict() if recheck is not None else None,
         "num_params": sim.num_params,
-        **lora_flags.summary_fields(args, model, sim.num_params),
+        **lora_rules.summary_fields(args, model, sim.num_params),
         **_cost_fields(args, population),
         "compile_cache_hits": cache_hits.count,
         "compile_cache_dir": str(jax.config.jax_compilation_cache_dir or "") or None,
@@ -619,13 +603,13 @@ def _main(args: argparse.Namespace, stop, out: pathlib.Path | None, cache_hits) 
         "config_fingerprint": fp,
         "checkpoint": str(ckpt_dir / str(max(saved_rounds))) if saved_rounds else None,
         "final_params": str(out / checkpoint.FINAL_PARAMS),
-        **privacy_flags.summary_fields(args, population.num_clients),
-        **sampling_flags.summary_fields(args, sim, population.num_clients, all_records),
-        **tier_flags.summary_fields(args, tiers, result, final, lambda preset: _cost_fields(
-            argparse.Namespace(**{**vars(args), "quant": preset}), population)),
-        **systems_flags.summary_fields(args, result, all_records),
-        **selection_flags.summary_fields(args, all_records),
-        **(async_flags.summary_fields(args, result.counts) if async_flags.on(args) else {}),
+        **privacy_rules.summary_fields(args, population.num_clients),
+        **sampling_rules.summary_fields(args, sim, population.num_clients, all_records),
+        **tier_rules.summary_fields(args, tiers, result, final, lambda preset: _cost_fields(
+            Settings(**{**vars(args), "quant": preset}), population)),
+        **systems_rules.summary_fields(args, result, all_records),
+        **selection_rules.summary_fields(args, all_records),
+        **(async_rules.summary_fields(args, result.counts) if async_rules.on(args) else {}),
     }
     try:
         write_json(out / "summary.json", summary)
@@ -686,11 +670,11 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f" ({s['chunk_size_from']})",
         f"  rounds           {s['rounds']} of {s['algorithm']}",
         f"  test accuracy    {acc:.4f}" if acc is not None else "",
-        personal_flags.summary_line(s),
+        personal_rules.summary_line(s),
         f"  test loss        {s['final_loss']:.4f}" if s["final_loss"] is not None else "  test loss        not finite",
         f"  test MSE / RMSE  {s['final_mse']:.4g} / {s['final_rmse']:.4g}" if s["final_mse"] is not None else "",
         f"  test R^2         {s['final_r2']:.4f}" if s["final_r2"] is not None else "",
-        privacy_flags.summary_line(s),
+        privacy_rules.summary_line(s),
         f"  bits per char    {s['final_bits_per_char']:.4f} (perplexity {s['final_perplexity']:.4g})"
         if s.get("final_bits_per_char") is not None else "",
         f"  compile          {s['compile_seconds']:.2f} s",
@@ -700,10 +684,10 @@ def _print_summary(s: dict, out: pathlib.Path) -> None:
         f"  time per round   {s['seconds_per_round'] * 1e3:.1f} ms ({s['rounds_per_second']:.1f} rounds/s)",
         f"  quantization     {s['quant']}; uplink {'per tier' if s.get('tiers') else s['uplink']}; "
         f"downlink {s['downlink']}",
-        tier_flags.summary_line(s),
-        systems_flags.summary_line(s),
-        async_flags.summary_line(s),
-        lora_flags.summary_line(s),
+        tier_rules.summary_line(s),
+        systems_rules.summary_line(s),
+        async_rules.summary_line(s),
+        lora_rules.summary_line(s),
         f"  uplink           {s['uplink_bits_total'] / 8e6:,.1f} MB in all ({s['uplink_bits_total']:,} bits)",
         f"  downlink         {s['downlink_bits_total'] / 8e6:,.1f} MB in all",
         f"  written          {out / 'metrics.jsonl'}, {out / 'summary.json'}, {out / 'config.toml'},",
@@ -743,7 +727,7 @@ def _sample_rows(population):
 
 def _chunk_source(args, sim) -> str:
     """Where the chunk size came from: the flag, the cost model, a measurement or the tuning cache."""
-    if async_flags.on(args):
+    if async_rules.on(args):
         return "none: --async fedbuff vmaps each buffer and its replacements whole"
     if args.chunk_size is not None:
         return "--chunk-size"

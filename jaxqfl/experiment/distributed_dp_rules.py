@@ -5,7 +5,7 @@ for the privacy plan (``jaxqfl.privacy.plan_distributed_skellam``: z calibrated 
 ``--dp-epsilon``, the Skellam grid, the equivalent Gaussian and epsilon), prints it
 and returns ``aggregate.distributed_skellam``; ``summary`` gives summary.json's
 fields of that plan. The flags themselves and their checks are in
-``jaxqfl.cli.privacy_flags``.
+``jaxqfl.experiment.privacy_rules``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def make_distributed(args, num_clients: int, model, feature_shape):
     import jax.numpy as jnp
 
     from jaxqfl import aggregate, privacy
-    from jaxqfl.cli.privacy_flags import aggregated
+    from jaxqfl.experiment.privacy_rules import aggregated
 
     template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
     M = aggregated(args)  # the cohort, or FedBuff's buffer
@@ -47,7 +47,7 @@ def make_distributed(args, num_clients: int, model, feature_shape):
 
 def summary(args, num_clients: int) -> dict:
     """summary.json's fields of a distributed-DP run: the plan of :func:`make_distributed` and the SecAgg graph."""
-    from jaxqfl.cli.privacy_flags import secagg_degree
+    from jaxqfl.experiment.privacy_rules import secagg_degree
 
     plan = args._ddp_plan
     p = plan.parameters

@@ -1,19 +1,20 @@
 """The privacy and secure-aggregation flags of ``jaxqfl run`` (DP-FedAvg, SecAgg / SecAgg+).
 
-Distributed DP's setup and summary live in ``jaxqfl.cli.distributed_dp_flags``.
+Distributed DP's setup and summary live in ``jaxqfl.experiment.distributed_dp_rules``.
 
-Kept apart from ``run_command`` so the run command only calls four hooks:
+Kept apart from ``runner`` so the run command only calls four hooks:
 ``add_arguments``, ``validate`` (before JAX starts), ``make_aggregator`` and
 ``record_fields`` / ``summary_fields``.
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 import math
 
-from jaxqfl.cli import distributed_dp_flags
+from jaxqfl.experiment import distributed_dp_rules
 
 SECURE_PROTOCOLS = choices.SECURE_PROTOCOLS
 DISTRIBUTED_MECHANISMS = choices.DISTRIBUTED_MECHANISMS
@@ -30,21 +31,7 @@ class RoundFailed(RuntimeError):
     exit_status = EXIT_SECAGG_FAILED
 
 
-def _fraction(lo_open: bool, hi_open: bool, what: str):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        ok = (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-        return v
-
-    return parse
-
-
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     dp_flags = [f for f in ("dp_noise", "dp_epsilon", "dp_delta", "dp_adaptive_quantile") if getattr(args, f) is not None]
     args.dp = args.dp_clip is not None
     if not args.dp and dp_flags:
@@ -106,7 +93,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
 
 
-def _predict_failure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _predict_failure(parser: Refuser, args: Settings) -> None:
     """Refuse a run whose dropout and threshold make a failed round likely (``jaxqfl.aggregate.secagg_plan``).
 
     A run more likely than not to hit a failed round is refused (exit 2); one whose failure
@@ -142,7 +129,7 @@ def default_delta(num_clients: int) -> float:
 def secagg_max_weight(args, largest_client: int) -> int:
     """The largest client weight the run's algorithm gives (secure aggregation sizes its words for it):
     the largest client's example count under example weighting, else 1."""
-    from jaxqfl.cli.algorithm_args import weighs_by_examples
+    from jaxqfl.experiment.algorithm_rules import weighs_by_examples
 
     return int(largest_client) if weighs_by_examples(args) else 1
 
@@ -163,7 +150,7 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     if getattr(args, "dp_delta_default", False) and args.dp_delta is None:
         args.dp_delta = default_delta(num_clients)  # the file's natural clients, known only now
     if args.dp_distributed is not None:
-        return distributed_dp_flags.make_distributed(args, num_clients, model, feature_shape)
+        return distributed_dp_rules.make_distributed(args, num_clients, model, feature_shape)
     if args.secure_aggregation is not None:
         if hp is None:  # a sweep's configs were announced by the call without hp
             g = secagg_degree(args)
@@ -199,7 +186,7 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
 
 
 def _sampling(args) -> str:
-    """The cohort sampling the accounting must match (``--sampling``, ``jaxqfl.cli.sampling_flags``; ``"async"``
+    """The cohort sampling the accounting must match (``--sampling``, ``jaxqfl.experiment.sampling_rules``; ``"async"``
     for ``--async fedbuff``: a flush's arrivals are no uniform sample, ``jaxqfl.privacy.accounting``)."""
     if getattr(args, "async", None) is not None:
         return "async"
@@ -238,7 +225,7 @@ def record_fields(args, num_clients: int, record: dict, noise: float | None = No
             eps = privacy.distributed_epsilon(args._ddp_plan.effective_noise_multiplier, args.dp_delta,
                                               record["round"],
                                               num_clients=num_clients, cohort_size=aggregated(args),
-                                              sampling=distributed_dp_flags.sampling(args))
+                                              sampling=distributed_dp_rules.sampling(args))
         else:
             z = args.dp_noise if noise is None else noise
             eps = privacy.epsilon(z, args.dp_delta, record["round"], num_clients=num_clients,
@@ -280,10 +267,10 @@ def _failed_when(record: dict) -> str:
 
 def summary_fields(args, num_clients: int, noise: float | None = None) -> dict:
     """summary.json's privacy fields; ``noise``: one sweep config's noise multiplier (default --dp-noise)."""
-    from jaxqfl.cli.algorithm_args import weighs_by_examples
+    from jaxqfl.experiment.algorithm_rules import weighs_by_examples
 
     if args.dp_distributed is not None:
-        return distributed_dp_flags.summary(args, num_clients)
+        return distributed_dp_rules.summary(args, num_clients)
     if args.secure_aggregation is not None:
         g = secagg_degree(args)
         return {"secure_aggregation": args.secure_aggregation, "secagg_dropout": args.dropout,

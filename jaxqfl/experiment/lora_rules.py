@@ -13,9 +13,10 @@ re-quantized in the base's format for serving (``lora.base_quant.load``).
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 import os
 import re
 
@@ -31,7 +32,7 @@ def merged_quantized(fmt: str) -> str:
     return f"merged_params_{fmt}.msgpack"
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     """Refuse LoRA flags that do not fit each other or the run (before JAX starts)."""
     rank = args.lora_rank
     if rank is None:
@@ -65,7 +66,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--init-from {args.init_from!r}: no such file or folder")
 
 
-def adapted(args: argparse.Namespace, model, population):
+def adapted(args: Settings, model, population):
     """The run's model: ``model`` started from ``--init-from``, or its LoRA model on that base."""
     if args.lora_rank is None and args.init_from is None:
         return model
@@ -80,7 +81,7 @@ def adapted(args: argparse.Namespace, model, population):
                       targets=args.lora_targets or DEFAULT_TARGETS, base_quant_format=args.base_quant or "none")
 
 
-def wrap_algorithm(args: argparse.Namespace, algorithm, num_clients: int):
+def wrap_algorithm(args: Settings, algorithm, num_clients: int):
     """HetLoRA's per-client ranks (``--lora-tier-ranks``) and product averaging's server step around the algorithm."""
     from jaxqfl import lora
 
@@ -92,7 +93,7 @@ def wrap_algorithm(args: argparse.Namespace, algorithm, num_clients: int):
     return algorithm
 
 
-def aggregator(args: argparse.Namespace):
+def aggregator(args: Settings):
     """The aggregator ``--lora-aggregation product`` needs (every client's adapters kept), else None."""
     if args.lora_aggregation != "product":
         return None
@@ -101,7 +102,7 @@ def aggregator(args: argparse.Namespace):
     return lora.stacked()
 
 
-def summary_fields(args: argparse.Namespace, model, num_params: int) -> dict:
+def summary_fields(args: Settings, model, num_params: int) -> dict:
     """``summary.json``'s LoRA record: adapter and base parameter counts and the base's stored bytes."""
     if args.lora_rank is None:
         return {"init_from": args.init_from} if args.init_from is not None else {}

@@ -16,7 +16,7 @@ penalty, Lai et al. 2021) over min(C, 4M) candidates, ``oort:D`` over D; needs
 ``--speeds``. Formulas: ``jaxqfl.systems.availability`` / ``.selection``.
 ``metrics.jsonl`` carries ``server_available_per_round``.
 
-Hooks called by ``run_command``: ``add_arguments``, ``validate`` (before JAX
+Hooks called by ``runner``: ``add_arguments``, ``validate`` (before JAX
 starts), ``build_kwargs`` (for ``engine.build``) and ``summary_fields``.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def validate(parser, args) -> None:
     if not given:
         return
     what = " and ".join(given)
-    from jaxqfl.cli.clustering import is_clustering
+    from jaxqfl.experiment.clustering_runner import is_clustering
 
     if is_clustering(args):
         parser.error(f"{what} is not available for --task clustering")
@@ -100,7 +100,7 @@ def build_kwargs(args, num_clients: int, systems) -> dict:
     """``engine.build`` keywords (nothing for always / uniform); a bad availability file or pool ends the run."""
     if not _given(args):
         return {}
-    from jaxqfl.cli.data_flags import fail
+    from jaxqfl.experiment.data_rules import fail
     from jaxqfl.systems import availability as avail
     from jaxqfl.systems import selection as sel
 

@@ -21,9 +21,10 @@ refused by ``engine.build`` (the run ends with its message and status 2).
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 
 
 POPULATIONS = choices.POPULATIONS
@@ -34,7 +35,7 @@ def on(args) -> bool:
     return getattr(args, "population", "memory") == "procedural"
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     """Refuse, by name, what ``--population procedural`` cannot take (module docstring)."""
     if not on(args):
         return
@@ -68,7 +69,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"per-client data; it does not support {', '.join(refused)}")
 
 
-def build(args: argparse.Namespace, seed: int):
+def build(args: Settings, seed: int):
     """The procedural population of the data flags."""
     from jaxqfl.data.procedural import procedural_mixture, procedural_synthetic
 

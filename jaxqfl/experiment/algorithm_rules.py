@@ -26,14 +26,15 @@ qffl       local SGD ``--client-lr`` (L = 1 / lr); fairness ``--q``; no server o
 """
 from __future__ import annotations
 
-import argparse
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 
 
 DEFAULT_MU = 0.01
 DEFAULT_FEDDYN_ALPHA = 0.01
 DEFAULT_DITTO_LAMBDA = 0.1
 DEFAULT_Q = 1.0
-#: each algorithm-specific flag (its argparse dest) and the algorithms that read it
+#: each algorithm-specific setting (its flat name) and the algorithms that read it
 OWN_FLAGS = {"mu": ("fedprox",), "feddyn_alpha": ("feddyn",), "ditto_lambda": ("ditto",),
              "head": ("fedrep", "fedper"), "head_steps": ("fedrep",), "q": ("qffl",), "perfedavg_alpha": ("perfedavg",)}
 
@@ -42,13 +43,13 @@ OWN_FLAGS = {"mu": ("fedprox",), "feddyn_alpha": ("feddyn",), "ditto_lambda": ("
 UNIFORM_ALGORITHMS = ("scaffold", "feddyn", "qffl")
 
 
-def weighs_by_examples(args: argparse.Namespace) -> bool:
+def weighs_by_examples(args: Settings) -> bool:
     """True when the run's algorithm weighs clients by their example counts (``--weighting examples``)."""
     return (getattr(args, "weighting", "examples") == "examples"
             and getattr(args, "algorithm", "fedavg") not in UNIFORM_ALGORITHMS)
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     """Refuse flags the chosen algorithm does not use; fill --mu / --feddyn-alpha defaults."""
     a = args.algorithm
     if isinstance(args.mu, tuple):  # a list not split into a sweep by jaxqfl run: one value only
@@ -81,7 +82,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.q = DEFAULT_Q
 
 
-def build(args: argparse.Namespace, hp: dict | None = None):
+def build(args: Settings, hp: dict | None = None):
     """``(algorithm, hyper-parameters dict)`` for the validated flags.
 
     ``hp`` (a sweep) overrides ``client_lr`` / ``server_lr`` / ``mu`` with traced values;

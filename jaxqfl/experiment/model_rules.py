@@ -13,9 +13,10 @@ population (the library's factories in ``jaxqfl.models``).
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 from jaxqfl import choices
 
-import argparse
 
 
 #: The zoo models this module builds.
@@ -26,7 +27,7 @@ SEQUENCE_MODELS = ("lstm", "transformer")
 IMAGE_DATASETS = ("cifar10", "mnist", "npz", "leaf", "packed")
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace, task: str | None) -> None:
+def validate(parser: Refuser, args: Settings, task: str | None) -> None:
     """Refuse a zoo model that does not fit the data, or flags that do not fit the model."""
     model = args.model
     next_token = task == "next-token"
@@ -51,7 +52,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace, task: st
                      "(-1) and are no classes: choose another --attack")
 
 
-def misfit(args: argparse.Namespace, population) -> str | None:
+def misfit(args: Settings, population) -> str | None:
     """Why the zoo model ``args.model`` cannot read ``population``'s examples, or None."""
     if args.model == "resnet20" and len(population.feature_shape) not in (2, 3):
         return (f"--model resnet20 reads images [H, W] or [H, W, C]; {population.name} holds examples of shape "
@@ -59,7 +60,7 @@ def misfit(args: argparse.Namespace, population) -> str | None:
     return None
 
 
-def make_model(args: argparse.Namespace, num_classes: int, feature_shape: tuple, policy=None):
+def make_model(args: Settings, num_classes: int, feature_shape: tuple, policy=None):
     """The zoo model ``args.model`` for ``num_classes`` outputs (the vocabulary) and examples of ``feature_shape``."""
     from jaxqfl import models
 
@@ -72,7 +73,7 @@ def make_model(args: argparse.Namespace, num_classes: int, feature_shape: tuple,
                               heads=args.transformer_heads, context=feature_shape[0], policy=policy)
 
 
-def num_params(args: argparse.Namespace, feature_shape: tuple, num_classes: int) -> int:
+def num_params(args: Settings, feature_shape: tuple, num_classes: int) -> int:
     """Parameters of the float zoo model ``args.model`` (from its abstract init; nothing is computed)."""
     import jax
     import jax.numpy as jnp

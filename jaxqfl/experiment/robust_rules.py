@@ -19,7 +19,8 @@ cohort of at least ``2f + 3``, Bulyan ``4f + 3``, ``f = floor(beta n)``
 """
 from __future__ import annotations
 
-import argparse
+from jaxqfl.experiment.resolved import Refuser, Settings
+
 import math
 
 from jaxqfl.choices import ATTACK_NAMES
@@ -40,7 +41,7 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def validate(parser: Refuser, args: Settings) -> None:
     """Refuse settings the chosen rule or attack does not read, fill the defaults, check the cohort.
 
     A resumed run keeps its checkpoint's config (``run_setup.check_resume`` refuses any
@@ -74,7 +75,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         _check_cohort(parser, args)
 
 
-def _check_cohort(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_cohort(parser: Refuser, args: Settings) -> None:
     """Krum / Multi-Krum need n >= 2f + 3, Bulyan n >= 4f + 3; Multi-Krum's m at most n."""
     from jaxqfl.aggregate.krum import cohort_requirement
 

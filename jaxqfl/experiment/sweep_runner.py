@@ -34,6 +34,8 @@ noise multiplier (``--dp-noise 0.5,1``: one accountant per config).
 """
 from __future__ import annotations
 
+from jaxqfl.experiment.resolved import Settings
+
 import json
 import math
 import pathlib
@@ -43,7 +45,7 @@ import time
 import numpy as np
 
 from jaxqfl import sinks
-from jaxqfl.cli.process_clock import startup_fields
+from jaxqfl.experiment.process_clock import startup_fields
 from jaxqfl.sweep_plan import NAMED
 
 FINAL_KEYS = ("test_accuracy", "test_loss", "test_mse", "test_rmse", "test_r2", "test_perplexity",
@@ -137,14 +139,13 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     build a variant's pieces.
 
     Every config's ``metrics.jsonl`` and ``summary.json`` carry the privacy fields of its own
-    noise multiplier (``privacy_flags.record_fields`` / ``summary_fields``: epsilon per config).
+    noise multiplier (``privacy_rules.record_fields`` / ``summary_fields``: epsilon per config).
     """
-    import argparse
-
     import jax
 
     from jaxqfl import engine
-    from jaxqfl.cli import config_file, outputs, personal_flags, privacy_flags, run_setup, systems_flags
+    from jaxqfl.experiment import run_folder, toml_io
+    from jaxqfl.experiment import outputs, personal_rules, privacy_rules, systems_rules
     from jaxqfl.engine import checkpoint
 
     seeds = list(args.seeds) if args.seeds is not None else [args.seed]
@@ -166,18 +167,18 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         make_aggregator=make_aggregator, label_transform=label_transform, variants=variants,
     )
     try:  # each config's clients' speeds, from its seed (--speeds): read before the folder is made
-        client_systems = systems_flags.build_per_config(args, population.num_clients, [c["seed"] for c in configs])
+        client_systems = systems_rules.build_per_config(args, population.num_clients, [c["seed"] for c in configs])
     except (OSError, ValueError) as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return 2
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_config = config_file.config_of(args)
-    (out / "config.toml").write_text(config_file.to_toml(run_config))  # --config OUT/config.toml repeats the sweep
-    ckpt_dir, block = run_setup.checkpoint_dir(out), run_setup.block_rounds(args)
+    run_config = run_folder.config_of(args)
+    (out / "config.toml").write_text(toml_io.to_toml(run_config))  # --config OUT/config.toml repeats the sweep
+    ckpt_dir, block = run_folder.checkpoint_dir(out), run_folder.block_rounds(args)
     states, totals, records = None, None, [[] for _ in configs]
     if resumed is not None:
-        from jaxqfl.cli.run_command import _restore_readable
+        from jaxqfl.experiment.runner import _restore_readable
 
         states, meta = _restore_readable(ckpt_dir, sim.init(), args._resume_step)
         records, block = [list(r) for r in meta["records"]], int(meta["block_rounds"])
@@ -198,17 +199,17 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
 
     def on_eval(s, rec):
         try:
-            rec.update(privacy_flags.record_fields(args, population.num_clients, rec,
+            rec.update(privacy_rules.record_fields(args, population.num_clients, rec,
                                                    noise=configs[s].get("dp_noise")))
-        except privacy_flags.RoundFailed as e:
-            raise privacy_flags.RoundFailed(f"config {names[s]}: {e}") from None
+        except privacy_rules.RoundFailed as e:
+            raise privacy_rules.RoundFailed(f"config {names[s]}: {e}") from None
         rec = {k: _finite(v) for k, v in rec.items()}
         records[s].append(rec)
         files[s].write(rec)
         if s == len(configs) - 1 and not args.no_progress:
             print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
-    fingerprint, write_error, decided = run_setup.fingerprint(run_config), [], [None]
+    fingerprint, write_error, decided = run_folder.fingerprint(run_config), [], [None]
 
     def stopping() -> bool:
         return (stop is not None and stop.requested) or bool(write_error)
@@ -241,7 +242,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             results = engine.run_sweep(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
                                        on_eval=on_eval, should_stop=should_stop, states=states, block_rounds=block,
                                        totals=totals, after_block=after_block, systems=client_systems)
-    except privacy_flags.RoundFailed as e:
+    except privacy_rules.RoundFailed as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return e.exit_status
     finally:
@@ -255,12 +256,12 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     for config, name, result in zip(configs, names, results):
         preset = config.get("quant", args.quant)
         if preset not in costs:
-            from jaxqfl.cli.run_command import _cost_fields
+            from jaxqfl.experiment.runner import _cost_fields
 
-            costs[preset] = _cost_fields(argparse.Namespace(**{**vars(args), "quant": preset}), population)
+            costs[preset] = _cost_fields(Settings(**{**vars(args), "quant": preset}), population)
         final = {k: _finite(v) for k, v in result.final.items()}
         finals.append(final)
-        clocks.append(systems_flags.summary_fields(args, result, result.records))  # {} without --speeds
+        clocks.append(systems_rules.summary_fields(args, result, result.records))  # {} without --speeds
         summary = {
             "dataset": args.dataset, "model": args.model, "config": {**{k: v for k, v in vars(args).items()
                                                                         if k not in ("uplink_codec", "downlink_codec",
@@ -271,7 +272,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "final_accuracy": final.get("test_accuracy"), "final_loss": final.get("test_loss"),
             **({"final_perplexity": final.get("test_perplexity"), "final_bits_per_char": final.get("test_bits_per_char")}
                if "test_bits_per_char" in final else {}),
-            **personal_flags.final_client_fields(final),
+            **personal_rules.final_client_fields(final),
             "rounds": done_round, "rounds_requested": args.rounds,
             "resumed_from_round": start_round or None,
             "completed": done_round >= args.rounds and result.diverged_round is None,
@@ -282,15 +283,15 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
             "compile_seconds": result.compile_seconds, "seconds_per_round": result.seconds_per_round,
             "uplink_bits_total": result.uplink_bits_total, "downlink_bits_total": result.downlink_bits_total,
             "algorithm": args.algorithm, "aggregator": args.aggregator, "attack": args.attack,
-            **privacy_flags.summary_fields(args, population.num_clients, noise=config.get("dp_noise")),
+            **privacy_rules.summary_fields(args, population.num_clients, noise=config.get("dp_noise")),
             **costs[preset],
             **clocks[-1],
         }
         summary["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["config"].items()}
         (out / name / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         checkpoint.save_params(out / name / checkpoint.FINAL_PARAMS, result.state.params)
-        single = argparse.Namespace(**{**vars(args), **config, "seeds": None, "sweep_values": {}})  # this config as a single run
-        (out / name / "config.toml").write_text(config_file.to_toml(config_file.config_of(single)))
+        single = Settings(**{**vars(args), **config, "seeds": None, "sweep_values": {}})  # this config as a single run
+        (out / name / "config.toml").write_text(toml_io.to_toml(run_folder.config_of(single)))
     diverged = [r.diverged_round is not None for r in results]
     rows = summarize(configs, finals, diverged, [r.uplink_bits_total for r in results])
     swept = sorted(args.sweep_values)
@@ -329,7 +330,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     print(f"  compile {report['compile_seconds']:.2f} s; {report['seconds_per_round'] * 1e3:.1f} ms per round of all "
           f"{len(configs)} configs; written {out / 'sweep.json'}, {out / 'sweep.md'} and one folder per config")
     if write_error:
-        from jaxqfl.cli.run_command import EXIT_WRITE_FAILED
+        from jaxqfl.experiment.runner import EXIT_WRITE_FAILED
 
         print(f"jaxqfl run: error: could not write the {write_error[0]}; the last complete checkpoint is kept: "
               f"free some space and continue with: jaxqfl run --resume {out}", file=sys.stderr)

@@ -1,0 +1,24 @@
+"""Experiments: every setting of a run, typed and declared once; the run path the command line shares.
+
+* :class:`Experiment` (``experiment.py``): frozen sections of settings (``*_settings.py``, built with
+  ``setting.py`` from the value kinds in ``values.py``); ``of`` / ``replace`` / ``flat`` / ``from_toml`` /
+  ``to_toml`` / ``validate``.
+* :func:`run` (``pipeline.py``): ``jaxqfl.run(experiment, out=...)``, what ``jaxqfl run`` does.
+* The rules (``*_rules.py``): each area's combination checks, automatic values and builders (data,
+  population, model, algorithm, sampling, selection, systems, tiers, asynchronous rounds, LoRA, personal
+  evaluation, robust aggregation, privacy); ``memory_guard.py`` the footprint check; the runners
+  (``runner.py``, ``sweep_runner.py``, ``clustering_runner.py``) build and run; ``run_folder.py`` and
+  ``outputs.py`` the run's files.
+"""
+from jaxqfl.experiment.experiment import Experiment, settings
+from jaxqfl.experiment.values import ExperimentError, InvalidValue
+
+
+def run(experiment, **options):
+    """``jaxqfl.run``: see :func:`jaxqfl.experiment.pipeline.run` (imported on first use: it starts JAX)."""
+    from jaxqfl.experiment.pipeline import run as run_experiment
+
+    return run_experiment(experiment, **options)
+
+
+__all__ = ["Experiment", "ExperimentError", "InvalidValue", "run", "settings"]

@@ -1,0 +1,139 @@
+"""``jaxqfl.run(experiment)``: what ``jaxqfl run`` does, from Python, with the same objects.
+
+One path for both (the command line is a skin over it)::
+
+    settings = settings_of(experiment, out=..., ...)     a fresh namespace: the experiment is never changed
+    resolve(settings, refuser)        the rules: combinations checked, automatic values filled in (no JAX
+                                      device work; a resumed run's config compared with its checkpoint's)
+    check_memory(settings, refuser)   generated data: the estimated footprint against this host, before any row
+    out = open_out(settings, refuser) a fresh (or --overwrite) folder, locked for this process
+    runner.main(settings, stop, out)  build, run, checkpoint, write metrics / summary / final model
+
+A refusal is ``refuser.error(message)``: the command line's parser prints it with the usage (exit status
+2); the library's raises :class:`jaxqfl.ExperimentError`. So ``jaxqfl run --config X.toml`` and
+``jaxqfl.run(Experiment.from_toml("X.toml"))`` run the same program on the same settings and write the same
+files (``tests/test_experiment.py`` checks the final models are bit-identical).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from typing import NamedTuple, Optional
+
+from jaxqfl.experiment.resolved import Refuse, Refuser, Settings, settings_of
+from jaxqfl.experiment.values import ExperimentError
+
+
+class RunOutcome(NamedTuple):
+    """What :func:`run` leaves: the run's folder, its exit status and its ``summary.json``.
+
+    ``status``: 0 done; 3 the model diverged (non-finite loss; the folder holds the records up to then);
+    5 a file could not be written; 130 / 143 stopped by a signal at a safe point (resumable). ``summary``:
+    ``summary.json``'s fields (None if the run wrote none). The final model:
+    ``jaxqfl.load_final_model(outcome.out)``.
+    """
+
+    out: pathlib.Path
+    status: int
+    summary: Optional[dict]
+
+
+def resolve(settings: Settings, refuser: Refuser) -> None:
+    """Check the combinations and fill in the automatic values (the rules); nothing is built or compiled."""
+    from jaxqfl.engine import compile_cache
+    from jaxqfl.experiment import run_folder, runner
+
+    compile_cache.enable()  # before the first compilation: later runs of the same shapes load their programs
+    runner.validate(refuser, settings)
+    try:
+        run_folder.check_resume(settings)
+    except ExperimentError as e:
+        refuser.error(str(e))
+
+
+def check_memory(settings: Settings, refuser: Refuser) -> None:
+    """Refuse (or warn about) a run whose estimated footprint exceeds this host, before any data is drawn."""
+    from jaxqfl.experiment import memory_guard
+
+    cpu = memory_guard.likely_cpu()
+    if cpu and settings.devices is not None and settings.devices > memory_guard.cpu_cores():
+        print(f"jaxqfl run: warning: --devices {settings.devices} exceeds this host's {memory_guard.cpu_cores()} "
+              f"CPU cores; the devices will share them (and each holds a copy of the population)", file=sys.stderr)
+    fp = memory_guard.footprint_from_flags(settings)  # generated data: its client sizes, drawn before any row
+    if fp is None:
+        return
+    stream = getattr(settings, "stream", False)
+    devices = settings.devices or (memory_guard.cpu_cores() if cpu else 1)
+    est = memory_guard.estimate(settings, num_devices=devices, examples=fp.train_rows, test_examples=fp.test_rows,
+                                feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
+                                num_clients=fp.num_clients, home=settings.client_state, cpu=cpu,
+                                feature_shape=fp.feature_shape,
+                                stream_block=fp.cohort_block_bytes(settings.cohort_size) if stream else None)
+    try:
+        memory_guard.check(est, num_devices=devices, cpu=cpu,
+                           stream_available=hasattr(settings, "stream") and memory_guard.num_configs(settings) == 1,
+                           stream=stream, generated=settings.dataset != "mnist")
+    except memory_guard.MemoryRefusal as e:
+        refuser.error(str(e))
+
+
+def open_out(settings: Settings, refuser: Refuser) -> pathlib.Path:
+    """The run's folder: the resumed one (locked), or a fresh one (an existing non-empty folder only with
+    ``overwrite``); ``settings.out`` is set to it."""
+    from jaxqfl.experiment import outputs
+
+    if settings.resume is not None:
+        out = pathlib.Path(settings.resume)
+        try:
+            outputs.lock_folder(out, "--resume")
+        except outputs.OutputError as e:
+            refuser.error(str(e))
+    else:
+        try:
+            out = outputs.prepare_out(settings.out, dataset=settings.dataset, seed=settings.seed,
+                                      overwrite=settings.overwrite)
+        except outputs.OutputError as e:
+            refuser.error(str(e))
+        settings.out = str(out)
+    return out
+
+
+def run(experiment, *, out: str | pathlib.Path | None = None, overwrite: bool = False,
+        log: tuple[str, ...] | str = ("jsonl",), progress: bool = False) -> RunOutcome:
+    """Run ``experiment`` as ``jaxqfl run`` would and write its folder; see the module docstring.
+
+    Args:
+      experiment: a :class:`jaxqfl.Experiment`.
+      out: the output folder (default: a fresh ``runs/<dataset>-<date-time>-s<seed>``); an existing non-empty
+        folder is refused unless ``overwrite``.
+      log: metrics sinks besides ``metrics.jsonl`` (``"tensorboard"``, ``"csv"``), as ``--log``.
+      progress: draw the progress bar on stderr.
+
+    Raises ``ExperimentError`` (naming the settings and what is allowed) for an experiment that cannot run,
+    before any data is read where the problem is visible from the settings alone.
+    """
+    from jaxqfl.experiment import outputs, runner, values
+    from jaxqfl.experiment.experiment import Experiment
+
+    if not isinstance(experiment, Experiment):
+        raise ExperimentError(f"jaxqfl.run takes a jaxqfl.Experiment, got {type(experiment).__name__}")
+    if not isinstance(overwrite, bool) or not isinstance(progress, bool):
+        raise ExperimentError(f"overwrite and progress take True or False, got {overwrite!r} and {progress!r}")
+    sinks = values.sink_list(values.as_text(log))
+    settings = settings_of(experiment, out=None if out is None else str(out), overwrite=overwrite, log=sinks,
+                           no_progress=not progress)
+    refuser = Refuse()
+    origin = (time.time(), "jaxqfl.run() call")
+    try:
+        resolve(settings, refuser)
+        check_memory(settings, refuser)
+        folder = open_out(settings, refuser)
+        settings._startup_origin = origin
+        status = runner.main(settings, stop=None, out=folder)
+    finally:
+        outputs.release_locks()
+    summary_path = folder / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return RunOutcome(folder, status, summary)

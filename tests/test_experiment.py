@@ -1,0 +1,200 @@
+"""jaxqfl.Experiment (issue 22): one typed spec behind the flags, the TOML keys and the Python API.
+
+Properties checked:
+* the command line, ``jaxqfl.run(Experiment)`` and ``jaxqfl run --config <Experiment.to_toml()>`` write
+  bit-identical final models (one run path, whatever the way in);
+* ``to_toml`` / ``from_toml`` round-trip every setting, and a run's own ``config.toml`` reads back;
+* a value out of range is refused with the same message from Python, TOML and the command line, and a
+  meaningless combination by ``validate()`` naming both settings, before anything is built;
+* the parsed flags are not changed by the run path (the rules work on a copy).
+"""
+import dataclasses
+import json
+import pathlib
+import re
+
+import pytest
+
+import jaxqfl
+from jaxqfl.cli.main import _parser, main
+from jaxqfl.experiment import Experiment, ExperimentError, InvalidValue, settings
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = dict(dataset="synthetic", num_clients=24, cohort_size=6, rounds=2, eval_every=1, local_steps=3,
+             batch_size=5, uplink="qsgd:4", seed=3)
+
+
+def _argv(flat: dict) -> list[str]:
+    out = []
+    for k, v in flat.items():
+        out += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
+    return out
+
+
+def test_cli_python_and_toml_runs_write_identical_models(tmp_path):
+    exp = Experiment.of(**SMALL)
+    assert main(["run", *_argv(SMALL), "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    outcome = jaxqfl.run(exp, out=tmp_path / "py")
+    assert outcome.status == 0 and outcome.out == tmp_path / "py"
+    (tmp_path / "exp.toml").write_text(exp.to_toml())
+    assert main(["run", "--config", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "toml"), "--no-progress"]) == 0
+    models = {w: (tmp_path / w / "final_params.msgpack").read_bytes() for w in ("cli", "py", "toml")}
+    assert models["cli"] == models["py"] == models["toml"]
+    configs = {w: (tmp_path / w / "config.toml").read_text() for w in ("cli", "py", "toml")}
+    assert configs["cli"] == configs["py"] == configs["toml"]
+    summary = json.loads((tmp_path / "py" / "summary.json").read_text())
+    assert outcome.summary["rounds"] == summary["rounds"] == 2
+    # a run's resolved config.toml is an Experiment, and the Experiment of the CLI's flags equals exp
+    resolved = Experiment.from_toml(tmp_path / "cli" / "config.toml")
+    assert resolved.given().items() >= {k: v for k, v in exp.given().items() if k != "uplink"}.items()
+
+
+def test_toml_round_trips_every_kind_of_setting(tmp_path):
+    exp = Experiment.of(dataset="mnist", data_path="a b/\"q\".npz", client_lr="0.1,0.3", seeds="0-2,7",
+                        hidden=(64, 32), stream=True, autotune=False, chunk_size=8, dropout=0.25, alpha=1e-3,
+                        sigma=float("inf"), lora_targets=r"(^|/)kernel$", **{"async": "fedbuff"})
+    path = tmp_path / "x.toml"
+    path.write_text(exp.to_toml())
+    back = Experiment.from_toml(path)
+    assert back == exp and back.flat() == exp.flat()
+    assert back.training.client_lr == (0.1, 0.3) and back.execution.seeds == (0, 1, 2, 7)
+    assert back.asynchronous.async_mode == "fedbuff" and back.model.hidden == (64, 32)
+    # the command line reads the same file into the same Experiment
+    from jaxqfl.cli import experiment_flags, run_setup
+
+    parser = _parser().run_parser
+    args = parser.parse_args(["--config", str(path)])
+    run_setup.prepare(parser, args, ["--config", str(path)])
+    assert experiment_flags.experiment_of(args) == exp
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("client_lr", -1, "expected a positive finite number, got -1"),
+    ("rounds", 0, "expected a positive integer, got '0'"),
+    ("dropout", 1.0, "--dropout must be in [0, 1), got '1.0'"),
+    ("dataset", "imagenet", "is not one of synthetic"),
+    ("seeds", "3-1", "--seeds takes distinct non-negative integers"),
+])
+def test_a_bad_value_is_refused_alike_from_python_toml_and_the_command_line(tmp_path, capsys, name, value, message):
+    with pytest.raises(InvalidValue, match=re.escape(message)) as py:
+        Experiment.of(**{name: value})
+    assert f"(--{name.replace('_', '-')})" in str(py.value)  # names the setting and its flag
+    path = tmp_path / "bad.toml"
+    path.write_text(f"{name.replace('_', '-')} = {json.dumps(value)}\n")
+    with pytest.raises(InvalidValue, match=re.escape(message)):
+        Experiment.from_toml(path)
+    for argv in (["run", f"--{name.replace('_', '-')}", str(value)], ["run", "--config", str(path)]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2, err
+        if name == "dataset" and "--config" not in argv:  # argparse words a bad choice its own way
+            assert "invalid choice: 'imagenet'" in err and "'synthetic', 'synthetic-regression'" in err
+        else:
+            assert message.split(",")[0] in err, err
+
+
+def test_unknown_settings_tables_and_section_types_are_refused(tmp_path):
+    with pytest.raises(InvalidValue, match="unknown setting 'clinet_lr'; did you mean client_lr"):
+        Experiment.of(clinet_lr=0.1)
+    (tmp_path / "t.toml").write_text("[training]\nrounds = 3\n")
+    with pytest.raises(InvalidValue, match=r"tables \(\[training\]\) are not used"):
+        Experiment.from_toml(tmp_path / "t.toml")
+    with pytest.raises(InvalidValue, match="no such file"):
+        Experiment.from_toml(tmp_path / "missing.toml")
+    with pytest.raises(InvalidValue, match="Experiment.training must be a Training"):
+        Experiment(training={"rounds": 3})
+    with pytest.raises(InvalidValue, match="takes true or false"):
+        Experiment.of(stream="yes")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Experiment().training.rounds = 3
+
+
+@pytest.mark.parametrize("given,named", [
+    (dict(mu=0.1), ["--mu", "--algorithm"]),
+    (dict(trim_fraction=0.1), ["--trim-fraction", "--aggregator"]),
+    (dict(secure_aggregation="secagg", uplink="topk:0.1"), ["--secure-aggregation", "--uplink"]),
+    (dict(seeds="0-1", stream=True), ["--stream"]),
+])
+def test_validate_refuses_meaningless_combinations_naming_the_settings(given, named):
+    exp = Experiment.of(**given)
+    with pytest.raises(ExperimentError) as e:
+        exp.validate()
+    for flag in named:
+        assert flag in str(e.value), (flag, str(e.value))
+    assert exp == Experiment.of(**given)  # validate() resolved a copy
+    assert Experiment.of(algorithm="fedprox", mu=0.1).validate().training.mu == (0.1,)
+
+
+def test_the_run_path_leaves_the_parsed_flags_unchanged():
+    from jaxqfl.cli import experiment_flags
+    from jaxqfl.experiment import pipeline
+
+    parser = _parser().run_parser
+    args = parser.parse_args(["--rounds", "3", "--client-lr", "0.1,0.2", "--seeds", "0-1"])
+    before = dict(vars(args))
+    resolved = experiment_flags.settings_of_args(args)
+    pipeline.resolve(resolved, parser)
+    assert vars(args) == before
+    assert resolved.client_lr == 0.1 and resolved.sweep_values == {"client_lr": [0.1, 0.2]}
+
+
+def test_jaxqfl_run_refuses_bad_options_before_any_work(tmp_path):
+    with pytest.raises(ExperimentError, match="takes a jaxqfl.Experiment, got dict"):
+        jaxqfl.run({"rounds": 3})
+    with pytest.raises(ExperimentError, match="unknown metrics sink 'wandb'"):
+        jaxqfl.run(Experiment.of(**SMALL), log="wandb")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(ExperimentError, match="--overwrite"):
+        jaxqfl.run(Experiment.of(**SMALL), out=tmp_path / "full")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+def test_every_flag_of_jaxqfl_run_is_a_setting_or_an_invocation_option():
+    from jaxqfl.cli.experiment_flags import INVOCATION
+
+    dests = {a.dest for a in _parser().run_parser._actions if a.option_strings} - {"help"}
+    names = {info.dest for _, _, info in settings()}
+    assert dests == names | set(INVOCATION) and not names & set(INVOCATION)
+    assert all(info.help for _, _, info in settings())  # every setting has its one-line doc
+
+
+def _readme_run_commands():
+    readme = (ROOT / "README.md").read_text()
+    text = "\n".join(re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)).replace("\\\n", " ")
+    cmds = [line.split("#")[0].split() for line in text.splitlines() if line.strip().startswith("jaxqfl run ")]
+    return [c[2:] for c in cmds if "--resume" not in c and "--config" not in c and "DIR" not in " ".join(c)
+            and "packed/" not in " ".join(c) and "mine.npz" not in " ".join(c) and "pretrained/" not in " ".join(c)]
+
+
+def test_every_readme_run_command_is_an_experiment():
+    parser = _parser().run_parser
+    from jaxqfl.cli import experiment_flags
+
+    commands = _readme_run_commands()
+    assert len(commands) >= 10
+    for argv in commands:
+        exp = experiment_flags.experiment_of(parser.parse_args(argv))
+        assert Experiment.of(**exp.given()) == exp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", _readme_run_commands(), ids=lambda a: " ".join(a)[:60])
+def test_readme_command_and_jaxqfl_run_write_identical_models(tmp_path, argv, monkeypatch):
+    """Each README run, cut to 2 rounds: the command and ``jaxqfl.run`` of its Experiment, bit for bit."""
+    from jaxqfl.cli import experiment_flags
+
+    monkeypatch.chdir(ROOT)  # README paths are relative to the repository
+    words = [w for i, w in enumerate(argv) if w != "--out" and (i == 0 or argv[i - 1] != "--out")]
+    short = [*words, "--rounds", "2", "--eval-every", "1", "--checkpoint-every", "1"]
+    exp = experiment_flags.experiment_of(_parser().run_parser.parse_args(short))
+    assert main(["run", *short, "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    assert jaxqfl.run(exp, out=tmp_path / "py").status == 0
+    cli, py = (tmp_path / "cli" / "final_params.msgpack"), (tmp_path / "py" / "final_params.msgpack")
+    if cli.exists() or py.exists():
+        assert cli.read_bytes() == py.read_bytes()
+    else:  # a sweep or k-means: each config's own folder
+        finals = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("final_params.msgpack"))
+        assert finals and all((tmp_path / "cli" / f).read_bytes() == (tmp_path / "py" / f).read_bytes()
+                              for f in finals)
