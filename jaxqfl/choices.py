@@ -2,17 +2,17 @@
 
 Each list is defined here once; the modules that implement the choices import it.
 """
+from jaxqfl.registry import aggregators as _aggregator_registry
+from jaxqfl.registry import algorithms as _algorithm_registry
 
 # adam / yogi / adagrad: Reddi et al. 2021's Algorithm 2; optax-*: optax's (bias-corrected) optimizers
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad", "optax-adam", "optax-yogi",
                      "optax-adagrad")  # jaxqfl.algorithms.fedavg.server_optimizer
 WEIGHTINGS = ("examples", "uniform")  # p_i = n_i or 1 (jaxqfl.algorithms.base.client_weight)
 CLIENT_STATE_HOMES = ("auto", "replicated", "sharded", "host")  # jaxqfl.engine.homes
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "feddyn", "mimelite", "ditto", "fedrep", "fedper",
-              "perfedavg", "qffl")  # jaxqfl.experiment.algorithm_rules
-PERSONAL_ALGORITHMS = ("ditto", "fedrep", "fedper")  # clients keep their own model (Algorithm.personalize)
-AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomed", "centered-clip",
-               "norm-bound")  # jaxqfl.aggregate.named
+ALGORITHMS = _algorithm_registry.NAMES  # jaxqfl.registry.algorithms: one entry per algorithm
+PERSONAL_ALGORITHMS = tuple(e.name for e in _algorithm_registry.ENTRIES if e.personal)  # Algorithm.personalize
+AGGREGATORS = _aggregator_registry.NAMES  # jaxqfl.registry.aggregators: one entry per rule
 ATTACK_NAMES = ("none", "sign-flip", "scale", "gaussian", "label-flip", "alie", "ipm", "minmax")  # aggregate.attacks
 SAMPLINGS = ("fixed", "poisson")  # fixed-size cohorts, or Poisson (each client with probability q)
 POPULATIONS = ("memory", "procedural")  # jaxqfl.data.procedural: clients drawn on demand

@@ -74,6 +74,8 @@ def test_toml_round_trips_every_kind_of_setting(tmp_path):
     ("dropout", 1.0, "--dropout must be in [0, 1), got '1.0'"),
     ("dataset", "imagenet", "is not one of synthetic"),
     ("seeds", "3-1", "--seeds takes distinct non-negative integers"),
+    ("feddyn_alpha", 0, "expected a positive finite number, got 0"),  # registry hyper-parameters: same path
+    ("krum_m", 0, "expected a positive integer, got '0'"),
 ])
 def test_a_bad_value_is_refused_alike_from_python_toml_and_the_command_line(tmp_path, capsys, name, value, message):
     with pytest.raises(InvalidValue, match=re.escape(message)) as py:
@@ -123,7 +125,7 @@ def test_validate_refuses_meaningless_combinations_naming_the_settings(given, na
     for flag in named:
         assert flag in str(e.value), (flag, str(e.value))
     assert exp == Experiment.of(**given)  # validate() resolved a copy
-    assert Experiment.of(algorithm="fedprox", mu=0.1).validate().training.mu == (0.1,)
+    assert Experiment.of(algorithm="fedprox", mu=0.1).validate().algorithm.mu == (0.1,)
 
 
 def test_the_run_path_leaves_the_parsed_flags_unchanged():
@@ -198,3 +200,37 @@ def test_readme_command_and_jaxqfl_run_write_identical_models(tmp_path, argv, mo
         finals = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("final_params.msgpack"))
         assert finals and all((tmp_path / "cli" / f).read_bytes() == (tmp_path / "py" / f).read_bytes()
                               for f in finals)
+
+
+def test_the_registries_generate_the_choices_flags_and_defaults():
+    """Each registry entry is a --algorithm / --aggregator choice; each hyper-parameter a flag whose help names
+    the entries that read it; the chosen entry's defaults are filled in and another's are refused."""
+    from jaxqfl import aggregate, algorithms
+    from jaxqfl.registry import aggregators as aggregator_registry
+    from jaxqfl.registry import algorithms as algorithm_registry
+
+    actions = {a.dest: a for a in _parser().run_parser._actions}
+    assert tuple(actions["algorithm"].choices) == algorithm_registry.NAMES
+    assert tuple(actions["aggregator"].choices) == aggregator_registry.NAMES
+    for hyper in (algorithm_registry.HYPER, aggregator_registry.HYPER):
+        for name, (h, users) in hyper.items():
+            assert h.doc in actions[name].help and " / ".join(users) in actions[name].help
+    from jaxqfl.experiment import algorithm_rules, runner
+    from jaxqfl.experiment.resolved import Refuse, settings_of
+
+    for entry in algorithm_registry.ENTRIES:
+        s = settings_of(Experiment.of(algorithm=entry.name, client_lr=0.1))
+        runner.validate(Refuse(), s)
+        for h in entry.hyper:
+            assert getattr(s, h.name) == h.default
+        built, recorded = algorithm_rules.build(s)
+        assert isinstance(built, algorithms.Algorithm) and isinstance(recorded, dict)
+    for entry in aggregator_registry.ENTRIES:
+        exp = Experiment.of(aggregator=entry.name, cohort_size=20)
+        exp.validate()
+        agg = aggregate.aggregator_by_name(entry.name)
+        assert isinstance(agg, aggregate.Aggregator)
+    with pytest.raises(ExperimentError, match="--clip-radius applies to --aggregator centered-clip / norm-bound"):
+        Experiment.of(aggregator="median", clip_radius=2.0).validate()
+    with pytest.raises(ExperimentError, match=r"--trim-fraction must lie in \[0, 0.25\) for --aggregator bulyan"):
+        Experiment.of(aggregator="bulyan", trim_fraction=0.3, cohort_size=40).validate()

@@ -16,7 +16,7 @@ TICK = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 @pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="the process start is read from /proc")
 def test_the_process_start_is_when_the_interpreter_was_spawned_not_when_jaxqfl_was_imported():
     """The child sleeps 0.3 s before importing jaxqfl: its start must lie between the parent's spawn and the sleep."""
-    code = ("import time; time.sleep(0.3); t = time.time(); from jaxqfl.cli import process_clock; "
+    code = ("import time; time.sleep(0.3); t = time.time(); from jaxqfl.experiment import process_clock; "
             "s, what = process_clock.process_start(); print(s, t, what, sep='|')")
     spawned = time.time()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -76,7 +76,7 @@ def test_a_resumed_sweep_refuses_a_changed_config(resumed_and_full, capsys):
 def test_a_resume_reads_the_device_count_without_starting_jax(tmp_path):
     """``--resume`` splits the CPU into the run's devices before orbax starts JAX (else a --devices 2 run
     resumed from a shell saw one device and was refused); the count comes from OUT/config.toml."""
-    from jaxqfl.cli.run_setup import saved_devices
+    from jaxqfl.experiment.run_folder import saved_devices
 
     (tmp_path / "config.toml").write_text('dataset = "synthetic"\ndevices = 2\n')
     assert saved_devices(tmp_path) == 2

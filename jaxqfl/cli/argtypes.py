@@ -1,10 +1,10 @@
-"""The library's value kinds (``jaxqfl.experiment.values``) as argparse types: a refusal shows its message."""
+"""The library's value kinds (``jaxqfl.value_kinds``) as argparse types: a refusal shows its message."""
 from __future__ import annotations
 
 import argparse
 import functools
 
-from jaxqfl.experiment import values
+from jaxqfl import value_kinds as values
 
 
 def as_argparse_type(parse):

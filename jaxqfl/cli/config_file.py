@@ -18,7 +18,7 @@ import argparse
 from jaxqfl.experiment import toml_io
 from jaxqfl.experiment.toml_io import to_toml  # noqa: F401  (re-exported: --print-config and config.toml)
 from jaxqfl.experiment.run_folder import NOT_CONFIG, config_of  # noqa: F401  (re-exported)
-from jaxqfl.experiment.values import ExperimentError, InvalidValue
+from jaxqfl.value_kinds import ExperimentError, InvalidValue
 
 
 

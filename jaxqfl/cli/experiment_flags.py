@@ -1,7 +1,7 @@
 """``jaxqfl run``'s flags, generated from the typed settings of :class:`jaxqfl.Experiment`.
 
 Each setting (``jaxqfl.experiment.setting``) becomes one flag in its section's group: its name, its default,
-its help, its choices and its value kind (``jaxqfl.experiment.values``, adapted by
+its help, its choices and its value kind (``jaxqfl.value_kinds``, adapted by
 ``jaxqfl.cli.argtypes.as_argparse_type``). So a flag cannot drift from the Python API or the TOML keys, and a
 new setting is a new field, not a new flag. Only the flags that say how this invocation runs, not what it
 computes (config file, output folder, sinks, overwrite, resume, progress), are declared here by hand.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from jaxqfl.cli.argtypes import as_argparse_type
-from jaxqfl.experiment import values
+from jaxqfl import value_kinds as values
 from jaxqfl.experiment.experiment import Experiment, settings
 from jaxqfl.experiment.resolved import Settings, settings_of
 

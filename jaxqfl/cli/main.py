@@ -86,7 +86,7 @@ def _run_with(parser, args, argv, stop, origin) -> int:
     from jaxqfl.cli import experiment_flags, run_setup
     from jaxqfl.experiment import pipeline
     from jaxqfl.experiment import run_folder, runner, toml_io
-    from jaxqfl.experiment.values import ExperimentError
+    from jaxqfl.value_kinds import ExperimentError
 
     run_argv = argv[argv.index("run") + 1:] if "run" in argv else argv
     if args.resume is not None:  # reading the checkpoint starts JAX: split the host as the run did, first

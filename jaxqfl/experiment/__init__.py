@@ -1,7 +1,7 @@
 """Experiments: every setting of a run, typed and declared once; the run path the command line shares.
 
 * :class:`Experiment` (``experiment.py``): frozen sections of settings (``*_settings.py``, built with
-  ``setting.py`` from the value kinds in ``values.py``); ``of`` / ``replace`` / ``flat`` / ``from_toml`` /
+  ``setting.py`` from the value kinds in ``jaxqfl.value_kinds``); ``of`` / ``replace`` / ``flat`` / ``from_toml`` /
   ``to_toml`` / ``validate``.
 * :func:`run` (``pipeline.py``): ``jaxqfl.run(experiment, out=...)``, what ``jaxqfl run`` does.
 * The rules (``*_rules.py``): each area's combination checks, automatic values and builders (data,
@@ -11,7 +11,7 @@
   ``outputs.py`` the run's files.
 """
 from jaxqfl.experiment.experiment import Experiment, settings
-from jaxqfl.experiment.values import ExperimentError, InvalidValue
+from jaxqfl.value_kinds import ExperimentError, InvalidValue
 
 
 def run(experiment, **options):

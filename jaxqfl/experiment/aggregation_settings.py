@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jaxqfl.choices import AGGREGATORS, ATTACK_NAMES, DISTRIBUTED_MECHANISMS, SECURE_PROTOCOLS
-from jaxqfl.experiment import values as v
+from jaxqfl.choices import ATTACK_NAMES, DISTRIBUTED_MECHANISMS, SECURE_PROTOCOLS
+from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
 
 
@@ -32,18 +32,10 @@ class Quantization(Section):
 
 @dataclass(frozen=True)
 class Robustness(Section):
-    """Robust aggregation and attacks."""
+    """Byzantine attacks (for robustness studies)."""
 
     section_name = "robust"
 
-    aggregator: str = setting('mean', choices=AGGREGATORS,
-                help="how the server combines the cohort's updates: the (weighted) mean, or a robust rule; default mean")
-    trim_fraction: float | None = setting(None, float,
-                help='fraction of rows a robust rule assumes adversarial (trimmed-mean, krum, multi-krum, bulyan; default '
-                     '0.2)')
-    krum_m: int | None = setting(None, v.positive_int,
-                help="Multi-Krum's m, at most the cohort (--aggregator multi-krum; default n - f)")
-    clip_radius: float | None = setting(None, v.positive_float, help='norm-bound / centered-clip radius (default 1.0)')
     attack: str = setting('none', choices=ATTACK_NAMES,
                 help="Byzantine clients' behaviour (--byzantine-fraction of the population), for robustness studies; "
                      'default none')

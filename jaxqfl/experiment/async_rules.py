@@ -40,9 +40,10 @@ import math
 
 from jaxqfl.experiment.data_rules import stream_origin
 from jaxqfl.choices import PERSONAL_ALGORITHMS
+from jaxqfl.registry import algorithms as algorithm_registry
 
 MODES = choices.ASYNC_MODES
-STATEFUL_ALGORITHMS = ("scaffold", "feddyn") + PERSONAL_ALGORITHMS  # clients keep state between rounds
+STATEFUL_ALGORITHMS = tuple(e.name for e in algorithm_registry.ENTRIES if e.stateful)  # state between rounds
 #: flags whose mean weighs each client 1 or an integer: a staleness factor other than 1 would be lost or rounded
 UNWEIGHTED_MEANS = (("dp_clip", "--dp-clip"), ("dp_distributed", "--dp-distributed"),
                     ("secure_aggregation", "--secure-aggregation"), ("integer_aggregation", "--integer-aggregation"))

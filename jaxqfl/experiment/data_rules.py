@@ -7,11 +7,10 @@ message and exit status 2, never a traceback.
 from __future__ import annotations
 
 from jaxqfl.experiment.resolved import Refuser, Settings
-from jaxqfl.experiment.values import ExperimentError
+from jaxqfl.value_kinds import ExperimentError
 
 import math
 import os
-import sys
 
 from jaxqfl.experiment import population_rules
 from jaxqfl.data.build import DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from jaxqfl.choices import KMEANS, POPULATIONS
 from jaxqfl.data.build import DATASETS, PARTITIONS
 from jaxqfl.data.population import TASKS
-from jaxqfl.experiment import values as v
+from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
 
 

@@ -7,8 +7,8 @@
     exp.to_toml()                                      # the flags' names as keys: `jaxqfl run --config` reads it
     jaxqfl.Experiment.from_toml("runs/x/config.toml")  # a run's resolved config repeats it
 
-Sections (``dataclasses.fields(Experiment)``): data, generated, procedural, zoo, clustering, training, model,
-lora, evaluation, tiers, systems, asynchronous, quantization, robust, privacy, execution. Each is a frozen
+Sections (``dataclasses.fields(Experiment)``): data, generated, procedural, zoo, clustering, training, algorithm, model,
+lora, evaluation, tiers, systems, asynchronous, quantization, aggregator, robust, privacy, execution. Each is a frozen
 dataclass of settings (``jaxqfl.experiment.setting``); a setting's flat name is its flag's, with ``_``
 (``client_lr`` for ``--client-lr``; ``async`` for ``--async``, the field ``asynchronous.async_mode``). A
 value of None is the automatic value, resolved when the run starts (dataset-dependent defaults).
@@ -25,13 +25,14 @@ import difflib
 from dataclasses import dataclass, field
 
 from jaxqfl.experiment import toml_io
+from jaxqfl.experiment.algorithm_settings import Aggregator, Algorithm
 from jaxqfl.experiment.aggregation_settings import Privacy, Quantization, Robustness
 from jaxqfl.experiment.data_settings import Clustering, Data, GeneratedData, Procedural, Zoo
 from jaxqfl.experiment.run_settings import Execution
 from jaxqfl.experiment.setting import info_of
 from jaxqfl.experiment.training_settings import (Asynchronous, Evaluation, Lora, Model, Systems, Tiers,
                                                  Training)
-from jaxqfl.experiment.values import InvalidValue
+from jaxqfl.value_kinds import InvalidValue
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Experiment:
     zoo: Zoo = field(default_factory=Zoo)
     clustering: Clustering = field(default_factory=Clustering)
     training: Training = field(default_factory=Training)
+    algorithm: Algorithm = field(default_factory=Algorithm)
     model: Model = field(default_factory=Model)
     lora: Lora = field(default_factory=Lora)
     evaluation: Evaluation = field(default_factory=Evaluation)
@@ -51,6 +53,7 @@ class Experiment:
     systems: Systems = field(default_factory=Systems)
     asynchronous: Asynchronous = field(default_factory=Asynchronous)
     quantization: Quantization = field(default_factory=Quantization)
+    aggregator: Aggregator = field(default_factory=Aggregator)
     robust: Robustness = field(default_factory=Robustness)
     privacy: Privacy = field(default_factory=Privacy)
     execution: Execution = field(default_factory=Execution)
@@ -124,7 +127,9 @@ _SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(Experime
 _SETTINGS = tuple((sname, f.name, info_of(f)) for sname, cls in _SECTION_TYPES.items()
                   for f in dataclasses.fields(cls))
 _BY_DEST = {info.dest: (sname, fname) for sname, fname, info in _SETTINGS}
-_BY_DEST.update({fname: (sname, fname) for sname, fname, info in _SETTINGS})  # the field's own name too
+_FIELD_NAMES = [fname for _, fname, _ in _SETTINGS]
+_BY_DEST.update({fname: (sname, fname) for sname, fname, info in _SETTINGS  # a field's own name too, where unique
+                 if fname not in _BY_DEST and _FIELD_NAMES.count(fname) == 1})
 
 
 def _locate(name: str) -> tuple[str, str]:

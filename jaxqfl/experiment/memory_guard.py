@@ -101,11 +101,14 @@ def model_num_params(args, feature_dim: int, num_classes: int, feature_shape: tu
 
 
 def client_state_floats(args, n: int) -> int:
-    """Floats of one client's persistent state: ``n`` per error-feedback codec, per SCAFFOLD-like algorithm and
-    for Ditto's personal model (FedRep's and FedPer's heads are left out: one layer)."""
+    """Floats of one client's persistent state: ``n`` per error-feedback codec and per model-sized array the
+    algorithm keeps per client (its registry entry's ``client_state_models``: SCAFFOLD's control, FedDyn's
+    gradient, Ditto's personal model; FedRep's and FedPer's heads are left out: one layer)."""
+    from jaxqfl.registry import algorithms as registry
+
     count = sum(spec.count("+ef") + spec.startswith("ef+") for spec in (args.uplink, args.downlink))
-    if getattr(args, "algorithm", None) in ("scaffold", "feddyn", "mime", "ditto"):
-        count += 1
+    entry = registry.BY_NAME.get(getattr(args, "algorithm", None))
+    count += entry.client_state_models if entry is not None else 0
     return count * n
 
 

@@ -23,7 +23,7 @@ import time
 from typing import NamedTuple, Optional
 
 from jaxqfl.experiment.resolved import Refuse, Refuser, Settings, settings_of
-from jaxqfl.experiment.values import ExperimentError
+from jaxqfl.value_kinds import ExperimentError
 
 
 class RunOutcome(NamedTuple):
@@ -114,7 +114,8 @@ def run(experiment, *, out: str | pathlib.Path | None = None, overwrite: bool = 
     Raises ``ExperimentError`` (naming the settings and what is allowed) for an experiment that cannot run,
     before any data is read where the problem is visible from the settings alone.
     """
-    from jaxqfl.experiment import outputs, runner, values
+    from jaxqfl import value_kinds as values
+    from jaxqfl.experiment import outputs, runner
     from jaxqfl.experiment.experiment import Experiment
 
     if not isinstance(experiment, Experiment):

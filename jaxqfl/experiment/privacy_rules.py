@@ -11,6 +11,7 @@ from __future__ import annotations
 from jaxqfl.experiment.resolved import Refuser, Settings
 
 from jaxqfl import choices
+from jaxqfl.registry import algorithms as algorithm_registry
 
 import math
 
@@ -18,7 +19,7 @@ from jaxqfl.experiment import distributed_dp_rules
 
 SECURE_PROTOCOLS = choices.SECURE_PROTOCOLS
 DISTRIBUTED_MECHANISMS = choices.DISTRIBUTED_MECHANISMS
-DISTRIBUTED_ALGORITHMS = ("fedavg", "fedprox")  # updates shaped like the model's parameters
+DISTRIBUTED_ALGORITHMS = tuple(e.name for e in algorithm_registry.ENTRIES if e.updates_like_params)
 
 
 #: ``jaxqfl run``'s exit status when a secure-aggregation round failed at run time (documented in its --help).

@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import NoReturn, Protocol
 
-from jaxqfl.experiment.values import ExperimentError
+from jaxqfl.value_kinds import ExperimentError
 
 Settings = SimpleNamespace
 

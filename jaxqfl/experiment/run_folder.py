@@ -11,7 +11,7 @@ import json
 import math
 import pathlib
 
-from jaxqfl.experiment.values import ExperimentError
+from jaxqfl.value_kinds import ExperimentError
 
 #: Flags that say how to run, not what: never stored in config.toml nor part of a run's fingerprint.
 NOT_CONFIG = frozenset({"command", "config", "print_config", "out", "overwrite", "resume", "no_progress",

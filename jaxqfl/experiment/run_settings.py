@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jaxqfl.choices import CLIENT_STATE_HOMES
-from jaxqfl.experiment import values as v
+from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
 
 

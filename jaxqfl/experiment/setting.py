@@ -2,7 +2,7 @@
 
 A section of an :class:`jaxqfl.Experiment` is a frozen dataclass whose fields are made by :func:`setting`;
 the field's annotation is its type, its default the default, and its metadata holds how a value is read
-(``parse``: one of ``jaxqfl.experiment.values``, or ``int`` / ``float``; None: text), the allowed names
+(``parse``: one of ``jaxqfl.value_kinds``, or ``int`` / ``float``; None: text), the allowed names
 (``choices``), the doc (the flag's help) and, for the command line, the flag. ``jaxqfl run``'s flags,
 their ``--help`` and their range checks are generated from these fields (``jaxqfl.cli.experiment_flags``),
 a TOML config's keys are the flags' names, and a Python script sets the same fields. Each way in reads a
@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
-from jaxqfl.experiment.values import InvalidValue, as_text
+from jaxqfl.value_kinds import InvalidValue, as_text
 
 
 class SettingInfo(NamedTuple):
@@ -86,3 +86,24 @@ class Section:
             object.__setattr__(self, field.name, value)
 
     section_name = ""  # set by each section class: its attribute name on an Experiment
+
+
+def make_section(cls_name: str, section_name: str, doc: str, fields: list) -> type:
+    """A section class generated from a registry: ``fields`` are ``(name, annotation, setting(...))`` triples."""
+    cls = dataclasses.make_dataclass(cls_name, fields, bases=(Section,), frozen=True,
+                                     namespace={"section_name": section_name, "__doc__": doc})
+    cls.__module__ = "jaxqfl.experiment"
+    return cls
+
+
+def hyper_fields(hyper: dict, chooser: str) -> list:
+    """The fields of registry hyper-parameters (``jaxqfl.registry.hyper_users``); ``chooser``: the flag that picks
+    an entry (``--algorithm``), named in each help with the entries that read the hyper-parameter."""
+    out = []
+    for name, (h, users) in hyper.items():
+        default = f"; default {h.default:g}" if isinstance(h.default, float) else (
+            f"; default {h.default}" if h.default is not None else "")
+        sweep = "; a comma-separated list sweeps it" if h.sweep else ""
+        doc = f"{h.doc} ({chooser} {' / '.join(users)}{default}){sweep}"
+        out.append((name, h.type, setting(None, h.kind, help=doc, metavar=h.metavar)))
+    return out

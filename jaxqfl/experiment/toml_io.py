@@ -10,7 +10,7 @@ import math
 import pathlib
 import tomllib
 
-from jaxqfl.experiment.values import InvalidValue
+from jaxqfl.value_kinds import InvalidValue
 
 
 def toml_value(v) -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jaxqfl.choices import (ALGORITHMS, ASYNC_MODES, BASE_FORMATS, CLIENT_TEST, LORA_AGGREGATIONS, MODELS, SAMPLINGS,
+from jaxqfl.choices import (ASYNC_MODES, BASE_FORMATS, CLIENT_TEST, LORA_AGGREGATIONS, MODELS, SAMPLINGS,
     SERVER_OPTIMIZERS, STRAGGLERS, TIER_WEIGHTS, WEIGHTINGS)
-from jaxqfl.experiment import values as v
+from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
 
 
@@ -37,24 +37,6 @@ class Training(Section):
                 help='server learning rate (default 1); a comma-separated list sweeps it')
     weighting: str = setting('examples', choices=WEIGHTINGS,
                 help='client weights in the mean: examples (p_i = n_i, FedAvg) or uniform (p_i = 1); default examples')
-    algorithm: str = setting('fedavg', choices=ALGORITHMS,
-                help='FL algorithm (README: table of algorithms); default fedavg')
-    mu: float | tuple[float, ...] | None = setting(None, v.nonneg_floats,
-                help='FedProx proximal coefficient (--algorithm fedprox; default 0.01); a comma-separated list sweeps it')
-    feddyn_alpha: float | None = setting(None, v.positive_float,
-                help='FedDyn regularization alpha (--algorithm feddyn; default 0.01)')
-    ditto_lambda: float | None = setting(None, v.nonneg_float,
-                help="Ditto's pull of each personal model toward the global one (--algorithm ditto; default 0.1); 0: "
-                     'purely local personal models')
-    head: str | None = setting(None, metavar='REGEX',
-                help='the per-client head of --algorithm fedrep / fedper: a regular expression over parameter paths such '
-                     "as Dense_2/kernel (default: the model's last layer)")
-    head_steps: int | None = setting(None, v.nonneg_int,
-                help="FedRep: local steps on the head before the body's (default: the first half)")
-    q: float | None = setting(None, v.nonneg_float,
-                help="q-FFL's fairness exponent (--algorithm qffl; default 1.0; 0 is uniform FedAvg)")
-    perfedavg_alpha: float | None = setting(None, v.positive_float,
-                help="Per-FedAvg's inner (personalisation) step (--algorithm perfedavg; default: --client-lr)")
     sampling: str = setting('fixed', choices=SAMPLINGS,
                 help='cohort sampling: fixed (--cohort-size clients without replacement) or poisson (each client joins '
                      'with probability q = cohort-size / num-clients, so --cohort-size is the EXPECTED cohort; the joiners'

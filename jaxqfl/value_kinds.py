@@ -1,5 +1,7 @@
-"""The value kinds of an experiment's settings: each turns a flag's text (or a TOML / Python value) into the
-setting's typed value, or raises :class:`InvalidValue` naming what it got and what is allowed.
+"""The value kinds of settings and hyper-parameters (an experiment's, a registry entry's).
+
+Each kind turns a flag's text (or a TOML / Python value) into the typed value, or raises
+:class:`InvalidValue` naming what it got and what is allowed.
 
 Every way in goes through the same function: the command line hands it the flag's text, a TOML file or a
 Python script hands it a value, which :func:`as_text` first writes the way the flag would be typed (a list as
