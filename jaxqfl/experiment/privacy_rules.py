@@ -2,9 +2,8 @@
 
 Distributed DP's setup and summary live in ``jaxqfl.experiment.distributed_dp_rules``.
 
-Kept apart from ``runner`` so the run command only calls four hooks:
-``add_arguments``, ``validate`` (before JAX starts), ``make_aggregator`` and
-``record_fields`` / ``summary_fields``.
+Kept apart from ``runner`` so the run path only calls its hooks: ``validate``
+(before JAX starts), ``make_aggregator`` and ``record_fields`` / ``summary_fields``.
 """
 from __future__ import annotations
 

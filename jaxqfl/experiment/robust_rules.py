@@ -33,7 +33,7 @@ def _flag(dest: str) -> str:
 def validate(parser: Refuser, args: Settings) -> None:
     """Refuse settings the chosen rule or attack does not read, fill the defaults, check the cohort.
 
-    A resumed run keeps its checkpoint's config (``run_setup.check_resume`` refuses any
+    A resumed run keeps its checkpoint's config (``run_folder.check_resume`` refuses any
     change), which may predate this rule: its settings are only range-checked.
     """
     resumed = getattr(args, "_resume_meta", None) is not None

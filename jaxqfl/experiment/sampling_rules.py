@@ -1,6 +1,6 @@
 """The cohort-sampling flags of ``jaxqfl run``: ``--sampling {fixed,poisson}`` and ``--max-cohort``.
 
-Hooks called by ``runner``: ``add_arguments``, ``validate`` (before JAX
+Hooks called by ``runner``: ``validate`` (before JAX
 starts), ``build_kwargs`` (for ``engine.build``), ``warn_overflow`` (per
 evaluation record) and ``summary_fields``. The privacy accounting reads
 ``args.sampling`` too (``privacy_rules``): the DP event follows the real sampling.

@@ -16,7 +16,7 @@ penalty, Lai et al. 2021) over min(C, 4M) candidates, ``oort:D`` over D; needs
 ``--speeds``. Formulas: ``jaxqfl.systems.availability`` / ``.selection``.
 ``metrics.jsonl`` carries ``server_available_per_round``.
 
-Hooks called by ``runner``: ``add_arguments``, ``validate`` (before JAX
+Hooks called by ``runner``: ``validate`` (before JAX
 starts), ``build_kwargs`` (for ``engine.build``) and ``summary_fields``.
 """
 from __future__ import annotations
