@@ -100,7 +100,7 @@ def test_median_noise_has_std_z_times_clip_around_the_noiseless_clipped_median(m
     assert not np.allclose(noise[0], noise[1])
     rkey = keys.round_key(jax.random.key(4), 0)
     dkey = jax.random.fold_in(keys.purpose_key(rkey, keys.DP), 0)
-    ids, updates = _cohort(7, seed=1, scale=2.0)
+    _, updates = _cohort(7, seed=1, scale=2.0)
     ks = jax.random.split(dkey, len(jax.tree.leaves(updates)))
     expected = np.concatenate([np.asarray(z * clip * jax.random.normal(k, leaf.shape[1:])).ravel()
                                for k, leaf in zip(ks, jax.tree.leaves(updates))])
@@ -368,7 +368,7 @@ def test_engine_dp_median_is_device_and_chunk_invariant():
 
     dp = lambda: aggregate.central_dp("median", 0.5, 1.3)
     s1, m1 = run(1, 7, dp())
-    s4, m4 = run(4, 1, dp())
+    s4, _ = run(4, 1, dp())
     s0, _ = run(1, 7, aggregate.central_dp("median", 0.5, 0.0))
     for a, b, c in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), jax.tree.leaves(s0.params)):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -379,3 +379,24 @@ def test_engine_dp_median_is_device_and_chunk_invariant():
     s_new, _ = run(2, 2, aggregate.central_dp("mean", 0.5, 1.3))
     for a, b in zip(jax.tree.leaves(s_old.params), jax.tree.leaves(s_new.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_traced_noise_multiplier_sweeps_like_dp_mean():
+    """A sweep's z is a traced scalar: the noise is always drawn (z = 0 adds exactly 0), as in ``dp_mean``."""
+    ids, updates = _cohort(6, seed=7)
+
+    @jax.jit
+    def both(z):
+        rkey = keys.round_key(jax.random.key(2), 1)
+        old = drive(aggregate.dp_mean(1.0, z), ids, updates, rkey)[0]
+        new = drive(aggregate.central_dp("mean", 1.0, z), ids, updates, rkey)[0]
+        med = drive(aggregate.central_dp("median", 1.0, z), ids, updates, rkey)[0]
+        return old, new, med
+
+    plain = drive(aggregate.clip_updates(1.0, aggregate.median()), ids, updates, keys.round_key(jax.random.key(2), 1))[0]
+    for z in (0.0, 0.7):
+        old, new, med = both(jnp.float32(z))
+        for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(med), jax.tree.leaves(plain)):
+            assert np.array_equal(a, b) == (z == 0.0)

@@ -10,7 +10,8 @@ inner rule's own ``prepare``, e.g. an attack crafted by ``with_attack``), so wha
 leaves the client for the codec lies in the ball of radius C. When the inner rule has
 a cohort pre-pass (``statistics``: secure aggregation's shared scale, integer
 aggregation), the pre-pass sees the clipped update too (recomputed there, equal up to
-float32 rounding), so the shared scale is the one of what is then encoded. It composes with every rule, on both reductions:
+float32 rounding), so the shared scale is the one of what is then encoded. It composes
+with every rule, on both reductions:
 
 * ``clip_updates(C, secure_sum(codec, ...))``: norm bounding (Sun et al. 2019) before
   secure aggregation; the server learns only the sum of the clipped updates' codes.
