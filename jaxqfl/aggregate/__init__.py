@@ -7,6 +7,8 @@ from jaxqfl.aggregate.base import (
     CohortStatistics,
     check_aggregator,
 )
+from jaxqfl.aggregate.central_dp import central_dp, central_gaussian, fixed_denominator_mean
+from jaxqfl.aggregate.compose import clip_updates
 from jaxqfl.aggregate.distributed_dp import distributed_skellam
 from jaxqfl.aggregate.dp import dp_mean
 from jaxqfl.aggregate.clipping import centered_clip, norm_bound
@@ -16,6 +18,7 @@ from jaxqfl.aggregate.integer import integer_mean
 from jaxqfl.aggregate.krum import bulyan, krum, multi_krum
 from jaxqfl.aggregate.mean import gather_mean, mean
 from jaxqfl.aggregate.secure import secure_sum
+from jaxqfl.aggregate.sensitivity import Sensitivity
 from jaxqfl.aggregate.named import aggregator_by_name, attacked
 from jaxqfl.aggregate.threat import label_flip_transform, malicious_mask, with_attack
 from jaxqfl.aggregate.tier_weighted import precision_factors, tier_weighted
@@ -25,14 +28,19 @@ __all__ = [
     "CohortInfo",
     "CohortStatistics",
     "REDUCTIONS",
+    "Sensitivity",
     "aggregator_by_name",
     "attacked",
     "attacks",
     "bulyan",
+    "central_dp",
+    "central_gaussian",
     "centered_clip",
     "check_aggregator",
+    "clip_updates",
     "distributed_skellam",
     "dp_mean",
+    "fixed_denominator_mean",
     "gather_mean",
     "geometric_median",
     "integer_mean",

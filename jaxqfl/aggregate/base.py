@@ -126,6 +126,8 @@ class Aggregator(NamedTuple):
         the optional pre-pass (it makes the engine keep every client's update of a device at once).
       encodes_uplink: True when ``client`` encodes the update itself (integer codes,
         secure aggregation); the engine then skips its generic uplink codec.
+      dp: None, or a ``jaxqfl.aggregate.sensitivity.Sensitivity``: the rule's L2 sensitivity
+        bound under central DP (or why it has none). Metadata only; the engine never reads it.
     """
 
     init: InitFn
@@ -136,6 +138,7 @@ class Aggregator(NamedTuple):
     prepare: PrepareFn = no_prepare
     statistics: Optional[StatisticsFn] = None
     encodes_uplink: bool = False
+    dp: Optional[Any] = None
 
 
 def check_aggregator(aggregator: Aggregator) -> Aggregator:

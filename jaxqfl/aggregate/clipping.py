@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jaxqfl.aggregate.base import Aggregator, no_state
 from jaxqfl.aggregate.mean import divide_by_weight, weighted_summand
+from jaxqfl.aggregate.sensitivity import no_bound
 
 
 def global_norm(tree):
@@ -55,7 +56,9 @@ def norm_bound(radius: float = 1.0) -> Aggregator:
     def server(reduced, state, stats, cohort):
         return divide_by_weight(reduced), state, {}
 
-    return Aggregator(init=no_state, client_state_init=no_state, reduction="sum", client=client, server=server)
+    return Aggregator(init=no_state, client_state_init=no_state, reduction="sum", client=client, server=server,
+                      dp=no_bound("norm_bound", "clips the updates itself and divides by the realised weight sum; "
+                                  "use clip_updates(C, fixed_denominator_mean())", clips_itself=True))
 
 
 def centered_clip(radius: float = 1.0) -> Aggregator:
@@ -85,4 +88,6 @@ def centered_clip(radius: float = 1.0) -> Aggregator:
         aggregate = jax.tree.map(jnp.add, state["center"], divide_by_weight(reduced))
         return aggregate, {"center": aggregate}, {}
 
-    return Aggregator(init=init, client_state_init=no_state, reduction="sum", client=client, server=server)
+    return Aggregator(init=init, client_state_init=no_state, reduction="sum", client=client, server=server,
+                      dp=no_bound("centered_clip", "clips around the previous aggregate and divides by the realised "
+                                  "weight sum; no sensitivity bound is derived for it", clips_itself=True))

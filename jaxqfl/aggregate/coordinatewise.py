@@ -9,7 +9,9 @@ every client counts once, as in the paper):
 where ``u_(r)k`` is the r-th smallest value. Padding rows are sorted to ``+inf``
 (ranks >= n), so they never enter. Both stay within the range of the honest
 values of each coordinate whenever fewer than half (median) or at most ``b``
-(trimmed mean) rows are adversarial.
+(trimmed mean) rows are adversarial. Their L2 sensitivity over inputs in the
+C-ball (for central DP: ``jaxqfl.aggregate.sensitivity``): C for the median,
+``C / (n - 2b)`` for the trimmed mean under replace-one.
 
 References:
   Yin, Chen, Ramchandran, Bartlett. "Byzantine-Robust Distributed Learning:
@@ -20,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxqfl.aggregate.sensitivity import median_bound, trimmed_mean_bound
 from jaxqfl.aggregate.stacked import gather_rule, num_valid, rank_mask, sort_valid, valid_median
 
 
@@ -34,10 +37,15 @@ def coordinate_median(updates, valid):
     return jax.tree.map(lambda u: valid_median(u, valid), updates)
 
 
+def trimmed_count(n, beta: float):
+    """``b = floor(beta n)``, the values dropped at EACH end of ``n`` (int32)."""
+    return jnp.floor(beta * n).astype(jnp.int32)
+
+
 def coordinate_trimmed_mean(updates, valid, beta: float):
     """Mean of ranks ``[b, n - b)`` per coordinate, ``b = floor(beta n)`` (zeros when none is valid)."""
     n = num_valid(valid)
-    b = jnp.floor(beta * n).astype(jnp.int32)
+    b = trimmed_count(n, beta)
 
     def one(u):
         s = sort_valid(u, valid)
@@ -55,7 +63,7 @@ def median():
         updates, _ = stacked
         return coordinate_median(updates, cohort.valid), state, {}
 
-    return gather_rule(server)
+    return gather_rule(server, dp=median_bound())
 
 
 def trimmed_mean(trim_fraction: float = 0.1):
@@ -70,4 +78,4 @@ def trimmed_mean(trim_fraction: float = 0.1):
         updates, _ = stacked
         return coordinate_trimmed_mean(updates, cohort.valid, beta), state, {}
 
-    return gather_rule(server)
+    return gather_rule(server, dp=trimmed_mean_bound(lambda n: n - 2 * trimmed_count(n, beta)))

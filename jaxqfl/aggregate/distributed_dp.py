@@ -78,6 +78,7 @@ import numpy as np
 from jaxqfl import keys
 from jaxqfl.aggregate.base import Aggregator
 from jaxqfl.aggregate.secure import IntegerEncoder, secure_encoded_sum
+from jaxqfl.aggregate.sensitivity import no_bound
 from jaxqfl.aggregate.skellam_calibration import SkellamParameters, min_survivors, skellam_parameters
 from jaxqfl.compress.base import draw_seed
 from jaxqfl.compress.hadamard import rotate, rotation_signs, unrotate
@@ -210,4 +211,6 @@ def distributed_skellam(
                    "ddp_scale": jnp.float32(params.scale)}
         return mean, state, metrics
 
-    return inner._replace(server=server)
+    return inner._replace(server=server, dp=no_bound(
+        "distributed_skellam", "the clients clip, quantize and noise their updates themselves (distributed DP)",
+        clips_itself=True))

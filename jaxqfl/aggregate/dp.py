@@ -25,6 +25,12 @@ DP-FedAvg (McMahan et al. 2018), one round over a cohort S of real clients::
   the ball of radius C; pass ``denominator`` = the expected sum of those weights
   over a cohort, otherwise the mean is scaled by the cohort's mean capped weight.
 
+With a fixed clip, ``dp_mean(C, z, denominator=D, weight_cap=w)`` equals the composed
+``central_gaussian(z, clip_updates(C, fixed_denominator_mean(D, weight_cap=w)), ...)``
+(``jaxqfl.aggregate.central_dp``) bit for bit: same clip, same summands, the same noise
+(:func:`add_gaussian_noise`, shared) on the same sum, the same division. The composed form
+puts the noise on any rule that declares a sensitivity (e.g. the coordinate-wise median).
+
 Adaptive clipping (Andrew et al. 2021, "Differentially private learning with
 adaptive clipping"): C tracks the ``target_quantile`` gamma of the update norms::
 
@@ -60,6 +66,7 @@ import jax.numpy as jnp
 
 from jaxqfl import keys
 from jaxqfl.aggregate.base import Aggregator
+from jaxqfl.aggregate.sensitivity import no_bound
 
 TINY = 1e-30
 _UPDATE_NOISE, _COUNT_NOISE = 0, 1  # sub-keys of fold_in(round_key, DP)
@@ -79,6 +86,18 @@ def clip_by_global_norm(tree, clip):
     norm = global_norm(tree)
     factor = jnp.minimum(1.0, clip / jnp.maximum(norm, TINY))
     return jax.tree.map(lambda x: (x * factor).astype(x.dtype), tree), norm
+
+
+def add_gaussian_noise(tree, std, round_key):
+    """``tree + N(0, std^2 I)``, leaf l drawn from ``split(fold_in(fold_in(round_key, DP), 0), L)[l]``.
+
+    The key depends on the round only (never on the device count or the chunking).
+    """
+    dkey = keys.purpose_key(round_key, keys.DP)
+    leaves, treedef = jax.tree.flatten(tree)
+    nkeys = jax.random.split(jax.random.fold_in(dkey, _UPDATE_NOISE), max(len(leaves), 1))
+    return jax.tree.unflatten(treedef, [s + std * jax.random.normal(k, s.shape, jnp.float32)
+                                        for s, k in zip(leaves, nkeys)])
 
 
 def _check(name, value, *, positive=False, allow_inf=False):
@@ -169,11 +188,9 @@ def dp_mean(
         denom = jnp.maximum(denom, 1.0)
         dkey = keys.purpose_key(cohort.key, keys.DP)
         std = jnp.asarray(noise_multiplier, jnp.float32) * state.clip
-        leaves, treedef = jax.tree.flatten(reduced["sum"])
-        nkeys = jax.random.split(jax.random.fold_in(dkey, _UPDATE_NOISE), max(len(leaves), 1))
-        noisy = [s + std * jax.random.normal(k, s.shape, jnp.float32) if traced_noise or noise_multiplier > 0 else s
-                 for s, k in zip(leaves, nkeys)]
-        aggregate = jax.tree.unflatten(treedef, [n / denom for n in noisy])
+        noisy = add_gaussian_noise(reduced["sum"], std, cohort.key) if traced_noise or noise_multiplier > 0 \
+            else reduced["sum"]
+        aggregate = jax.tree.map(lambda n: n / denom, noisy)
         metrics = {"dp_clip": state.clip, "dp_noise_std": std}
         if adaptive:
             count_noise = count_noise_std * jax.random.normal(jax.random.fold_in(dkey, _COUNT_NOISE), (), jnp.float32)
@@ -184,4 +201,5 @@ def dp_mean(
         return aggregate, state, metrics
 
     return Aggregator(init=init, client_state_init=client_state_init, reduction="sum", client=client,
-                      server=server, prepare=prepare)
+                      server=server, prepare=prepare,
+                      dp=no_bound("dp_mean", "clips and noises the updates itself (DP-FedAvg)", clips_itself=True))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxqfl.aggregate.coordinatewise import coordinate_median
+from jaxqfl.aggregate.sensitivity import no_bound
 from jaxqfl.aggregate.stacked import flatten_rows, gather_rule
 
 
@@ -60,4 +61,6 @@ def geometric_median(num_iters: int = 8, smoothing: float = 1e-6):
         a = jnp.where(cohort.valid, weights.astype(jnp.float32), 0.0)
         return unravel(weiszfeld(x, a, cohort.valid, num_iters, float(smoothing))), state, {}
 
-    return gather_rule(server)
+    return gather_rule(server, dp=no_bound(
+        "geometric_median", "weighs clients by the algorithm's weights and runs Weiszfeld iterations from the "
+                            "coordinate-wise median; no sensitivity bound is derived for it"))

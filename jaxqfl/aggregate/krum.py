@@ -35,9 +35,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxqfl.aggregate.coordinatewise import check_fraction
+from jaxqfl.aggregate.sensitivity import no_bound
 from jaxqfl.aggregate.stacked import (
     flatten_rows, gather_rule, masked_row_mean, num_valid, pairwise_sq_distances, rank_mask, rows_mask,
 )
+
+SELECTION_UNBOUNDED = ("selects updates by their distances to one another, so one client can change which are "
+                       "selected; no sensitivity bound below the ball's diameter is derived for it")
 
 
 def assumed_byzantine(n, beta: float):
@@ -142,7 +146,7 @@ def multi_krum(assumed_fraction: float = 0.2, num_selected: int | None = None):
         selected = multi_krum_select(x, cohort.valid, f, m)
         return masked_row_mean(updates, selected), state, {}
 
-    return gather_rule(server)
+    return gather_rule(server, dp=no_bound("krum / multi_krum", SELECTION_UNBOUNDED))
 
 
 def bulyan_select(x, valid, f):
@@ -191,4 +195,4 @@ def bulyan(assumed_fraction: float = 0.2):
 
         return jax.tree.map(one, updates), state, {}
 
-    return gather_rule(server)
+    return gather_rule(server, dp=no_bound("bulyan", SELECTION_UNBOUNDED))

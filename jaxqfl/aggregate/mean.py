@@ -14,8 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxqfl.aggregate.base import Aggregator, no_state
+from jaxqfl.aggregate.sensitivity import no_bound
 
 TINY = 1e-30
+WEIGHTED_MEAN_UNBOUNDED = ("weighs clients by the algorithm's weights (example counts) and divides by the realised "
+                           "weight sum, so one client can move it by more than C / D; use fixed_denominator_mean")
 
 
 def weighted_summand(update, weight):
@@ -40,7 +43,8 @@ def mean() -> Aggregator:
         del stats, cohort
         return divide_by_weight(reduced), state, {}
 
-    return Aggregator(init=no_state, client_state_init=no_state, reduction="sum", client=client, server=server)
+    return Aggregator(init=no_state, client_state_init=no_state, reduction="sum", client=client, server=server,
+                      dp=no_bound("mean", WEIGHTED_MEAN_UNBOUNDED))
 
 
 def gather_mean() -> Aggregator:
@@ -61,4 +65,5 @@ def gather_mean() -> Aggregator:
 
         return jax.tree.map(avg, updates), state, {}
 
-    return Aggregator(init=no_state, client_state_init=no_state, reduction="gather", client=client, server=server)
+    return Aggregator(init=no_state, client_state_init=no_state, reduction="gather", client=client, server=server,
+                      dp=no_bound("gather_mean", WEIGHTED_MEAN_UNBOUNDED))
