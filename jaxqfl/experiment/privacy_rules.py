@@ -163,6 +163,8 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
                                     max_weight=secagg_max_weight(args, largest_client))
     if not args.dp:
         return None
+    if args.aggregator != "mean":  # central DP composed over a robust rule (checked by check_central_dp_rule)
+        return _central_dp_rule(args, num_clients, hp)
     if hp is not None:
         return aggregate.dp_mean(args.dp_clip, hp.get("dp_noise", args.dp_noise),
                                  target_quantile=args.dp_adaptive_quantile, count_noise_std=args.dp_count_noise)
@@ -183,6 +185,48 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
     return aggregate.dp_mean(args.dp_clip, args.dp_noise, target_quantile=args.dp_adaptive_quantile,
                              count_noise_std=args.dp_count_noise,
                              denominator=float(aggregated(args)) if _sampling(args) == "poisson" else None)
+
+
+def _central_dp_rule(args, num_clients: int, hp: dict | None):
+    """``aggregate.central_dp`` over ``--aggregator`` at the run's (or a sweep config's) noise multiplier z: the
+    noise std on the aggregate is z S, so the accountant's epsilon at z holds (``count_noise_std`` 0)."""
+    from jaxqfl import aggregate, privacy
+
+    args.dp_count_noise = 0.0
+    if hp is None and args.dp_epsilon is not None:
+        args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
+                                                  num_clients=num_clients, cohort_size=aggregated(args),
+                                                  count_noise_std=0.0, sampling=_sampling(args))
+    z = args.dp_noise if hp is None else hp.get("dp_noise", args.dp_noise)
+    agg = aggregate.central_dp(args.aggregator, args.dp_clip, z, sampling=_sampling(args),
+                               trim_fraction=args.trim_fraction if args.trim_fraction is not None else 0.2)
+    if hp is None:
+        print(f"central DP over --aggregator {args.aggregator}: clip {args.dp_clip}, noise multiplier "
+              f"{args.dp_noise:.4f} on the rule's sensitivity, delta {args.dp_delta:.3g}, accountant "
+              f"{privacy.accountant_name(_sampling(args))}")
+    return agg
+
+
+def check_central_dp_rule(parser: Refuser, args: Settings) -> None:
+    """``--dp-clip`` over a robust ``--aggregator``: central DP composed over the rule (``aggregate.central_dp``:
+    clip, the rule, Gaussian noise of std z S with S the rule's L2 sensitivity). Refused, with the rule's own
+    reason, where the rule has no bound, and where only the mean is served (adaptive clipping, distributed
+    DP, integer sums, FedBuff's buffers)."""
+    rule = args.aggregator
+    for given, what in ((args.dp_adaptive_quantile is not None, "--dp-adaptive-quantile (adaptive clipping)"),
+                        (args.dp_distributed is not None, "--dp-distributed"),
+                        (args.integer_aggregation, "--integer-aggregation"),
+                        (getattr(args, "async", None) is not None, "--async fedbuff")):
+        if given:
+            parser.error(f"{what} with --dp-clip serves --aggregator mean only; central DP over --aggregator "
+                         f"{rule} takes a fixed clip and the float path")
+    from jaxqfl import aggregate
+
+    try:
+        aggregate.central_dp(rule, args.dp_clip, 1.0, sampling=_sampling(args),
+                             trim_fraction=args.trim_fraction if args.trim_fraction is not None else 0.2)
+    except ValueError as e:
+        parser.error(f"--dp-clip with --aggregator {rule}: {e}")
 
 
 def _sampling(args) -> str:

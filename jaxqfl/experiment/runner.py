@@ -108,10 +108,11 @@ def validate(parser: Refuser, args: Settings) -> None:
     tier_rules.validate(parser, args)
     systems_rules.validate(parser, args)
     selection_rules.validate(parser, args)
-    private = getattr(args, "dp_clip", None) is not None or getattr(args, "secure_aggregation", None)
-    if private and args.aggregator != "mean":
-        parser.error(f"--aggregator {args.aggregator} does not combine with differential privacy or secure "
-                     "aggregation (both are sums); use --aggregator mean")
+    if getattr(args, "secure_aggregation", None) and args.aggregator != "mean":
+        parser.error(f"--aggregator {args.aggregator} does not combine with secure aggregation (the server only "
+                     "learns the sum); use --aggregator mean")
+    if args.dp and args.aggregator != "mean":
+        privacy_rules.check_central_dp_rule(parser, args)
 
 
 def _check_codecs(parser, args) -> None:
