@@ -42,7 +42,9 @@ def main():
                            engine.LocalSchedule(local_steps=10, batch_size=16), cohort_size=args.cohort_size,
                            aggregator=aggregator)
         result = engine.run(sim, rounds=args.rounds, eval_every=args.rounds, seed=0)
-        print(f"{name:>16}: test accuracy {result.final['test_accuracy']:.4f}")
+        malicious = result.final.get("server_malicious_in_cohort_per_round")  # the threat model's count
+        print(f"{name:>16}: test accuracy {result.final['test_accuracy']:.4f}"
+              + (f" ({sum(malicious) / len(malicious):.1f} malicious clients a round)" if malicious else ""))
 
 
 if __name__ == "__main__":

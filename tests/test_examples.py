@@ -56,6 +56,8 @@ def check_robust(out):
     assert accuracy("mean, no attack", out) > attacked + 0.1
     for rule in ("median", "trimmed mean", "krum"):
         assert accuracy(rule, out) > attacked + 0.1, (rule, out)
+    counts = numbers(r"\({N} malicious clients a round\)", out)
+    assert len(counts) == 4 and all(0 < c < 20 for c, in counts), out  # 20% of 100 clients, cohorts of 20
 
 
 def check_scaffold(out):
@@ -111,7 +113,7 @@ def check_custom_aggregator(out):
 
 
 def check_fedavg(out):
-    assert accuracy("FedAvg", out) > 0.5 and accuracy("FedAdam", out) > 0.1, out
+    assert accuracy("FedAvg", out) > 0.2 and accuracy("FedAdam", out) > 0.1, out  # chance is 0.1
 
 
 def check_plain(out):
