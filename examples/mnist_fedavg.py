@@ -11,7 +11,7 @@ from jaxqfl import algorithms, data, engine, models
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-path", required=True)
+    parser.add_argument("--data-path", default="../shared/data/mnist/mnist.npz", help="Keras mnist.npz")
     parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args()
 
@@ -25,7 +25,7 @@ def main():
             engine.LocalSchedule(local_epochs=1, batch_size=32),
             cohort_size=10,
         )
-        result = engine.run(sim, rounds=args.rounds, eval_every=10, seed=0)
+        result = engine.run(sim, rounds=args.rounds, eval_every=min(10, args.rounds), seed=0)
         print(f"{name}: test accuracy {result.final['test_accuracy']:.4f}, "
               f"{result.seconds_per_round * 1e3:.1f} ms/round, compile {result.compile_seconds:.1f} s")
 

@@ -1,7 +1,10 @@
 """The engine takes any (init, apply) pair: here a hand-written two-layer network, no Flax.
 
     python examples/plain_function_model.py
+    python examples/plain_function_model.py --rounds 300
 """
+import argparse
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,6 +29,9 @@ def apply(params, x, *, key=None):
 
 
 def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=100)
+    args = p.parse_args()
     population = data.build("synthetic", num_clients=200, seed=0)
     sim = engine.build(
         population,
@@ -34,8 +40,8 @@ def main():
         engine.LocalSchedule(local_steps=20, batch_size=10),
         cohort_size=20,
     )
-    result = engine.run(sim, rounds=100, eval_every=25, seed=0)
-    print(result.final)
+    result = engine.run(sim, rounds=args.rounds, eval_every=args.rounds, seed=0)
+    print(f"test accuracy {result.final['test_accuracy']:.4f}, test loss {result.final['test_loss']:.4f}")
 
 
 if __name__ == "__main__":
