@@ -127,7 +127,15 @@ def check_pretrain(out, tmp):
 
 # script: (arguments, data it needs: None, "mnist" or "fortunes", check(out[, tmp]), runs by default)
 MNIST = ["--data-path", "{mnist}"]
+def check_experiment(out):
+    assert "refused as expected: --mu applies to --algorithm fedprox, got --algorithm fedavg" in out, out
+    (acc, rounds, status), = numbers(r"test accuracy {N} after {N} rounds, status {N}", out)
+    assert 0.0 <= acc <= 1.0 and rounds == 4 and status == 0, out
+    assert "bit-identical final model: True" in out, out
+
+
 CASES = {
+    "experiment.py": (["--rounds", "4", "--num-clients", "40", "--out", "{tmp}/exp"], check_experiment),
     "dp.py": (MNIST + ["--rounds", "3", "--num-clients", "200", "--cohort-size", "20", "--epsilon", "8"], check_dp),
     "secure_aggregation.py": (MNIST + ["--rounds", "3", "--num-clients", "100", "--cohort-size", "10"], check_secure),
     "robust_under_attack.py": (MNIST + ["--rounds", "5", "--num-clients", "100"], check_robust),
