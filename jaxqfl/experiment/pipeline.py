@@ -47,10 +47,13 @@ def resolve(settings: Settings, refuser: Refuser) -> None:
 
     compile_cache.enable()  # before the first compilation: later runs of the same shapes load their programs
     runner.validate(refuser, settings)
+    problem = None
     try:
         run_folder.check_resume(settings)
     except ExperimentError as e:
-        refuser.error(str(e))
+        problem = str(e)
+    if problem is not None:  # outside the except block: the refusal is not chained to the caught error
+        refuser.error(problem)
 
 
 def check_memory(settings: Settings, refuser: Refuser) -> None:
@@ -71,12 +74,15 @@ def check_memory(settings: Settings, refuser: Refuser) -> None:
                                 num_clients=fp.num_clients, home=settings.client_state, cpu=cpu,
                                 feature_shape=fp.feature_shape,
                                 stream_block=fp.cohort_block_bytes(settings.cohort_size) if stream else None)
+    problem = None
     try:
         memory_guard.check(est, num_devices=devices, cpu=cpu,
                            stream_available=hasattr(settings, "stream") and memory_guard.num_configs(settings) == 1,
                            stream=stream, generated=settings.dataset != "mnist")
     except memory_guard.MemoryRefusal as e:
-        refuser.error(str(e))
+        problem = str(e)
+    if problem is not None:
+        refuser.error(problem)
 
 
 def open_out(settings: Settings, refuser: Refuser) -> pathlib.Path:
@@ -84,19 +90,19 @@ def open_out(settings: Settings, refuser: Refuser) -> pathlib.Path:
     ``overwrite``); ``settings.out`` is set to it."""
     from jaxqfl.experiment import outputs
 
-    if settings.resume is not None:
-        out = pathlib.Path(settings.resume)
-        try:
+    problem = None
+    try:
+        if settings.resume is not None:
+            out = pathlib.Path(settings.resume)
             outputs.lock_folder(out, "--resume")
-        except outputs.OutputError as e:
-            refuser.error(str(e))
-    else:
-        try:
+        else:
             out = outputs.prepare_out(settings.out, dataset=settings.dataset, seed=settings.seed,
                                       overwrite=settings.overwrite)
-        except outputs.OutputError as e:
-            refuser.error(str(e))
-        settings.out = str(out)
+            settings.out = str(out)
+    except outputs.OutputError as e:
+        problem = str(e)
+    if problem is not None:
+        refuser.error(problem)
     return out
 
 
