@@ -50,62 +50,47 @@ positive_int = int_at_least(1, "positive")
 nonneg_int = int_at_least(0, "non-negative")
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
+def _number(text, in_range, not_a_number: str | None, out_of_range: str) -> float:
+    """``float(text)`` if ``in_range`` of it, else ``InvalidValue``: ``not_a_number`` (None: ``out_of_range``)
+    when the text is no number, ``out_of_range`` otherwise; both formatted with ``text``."""
     try:
         v = float(text)
     except ValueError:
-        raise InvalidValue(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise InvalidValue(f"expected a positive finite number, got {text}")
+        raise InvalidValue((not_a_number or out_of_range).format(text=text)) from None
+    if not in_range(v):
+        raise InvalidValue(out_of_range.format(text=text))
     return v
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _number(text, lambda v: v > 0 and math.isfinite(v), "expected a positive number, got {text!r}",
+                   "expected a positive finite number, got {text}")
 
 
 def nonneg_float(text: str) -> float:
     """A finite number >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (v >= 0 and math.isfinite(v)):
-        raise InvalidValue(f"expected a non-negative finite number, got {text!r}")
-    return v
+    return _number(text, lambda v: v >= 0 and math.isfinite(v), None,
+                   "expected a non-negative finite number, got {text!r}")
 
 
 def finite_float(text: str) -> float:
     """Any finite number."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise InvalidValue(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise InvalidValue(f"expected a finite number, got {text}")
-    return v
+    return _number(text, math.isfinite, "expected a number, got {text!r}", "expected a finite number, got {text}")
 
 
 def positive_finite(text: str) -> float:
     """A finite number > 0 (the systems settings' wording)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidValue(f"must be a finite number > 0, got {text!r}")
-    return value
+    return _number(text, lambda v: math.isfinite(v) and v > 0, "{text!r} is not a number",
+                   "must be a finite number > 0, got {text!r}")
 
 
 def fraction(lo_open: bool, hi_open: bool, what: str):
     """A number in the interval from 0 to 1, each end open or closed; ``what``: the whole refusal message."""
 
     def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        ok = (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
-        if not ok:
-            raise InvalidValue(f"{what}, got {text!r}")
-        return v
+        ok = lambda v: (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)  # noqa: E731
+        return _number(text, ok, None, what.replace("{", "{{").replace("}", "}}") + ", got {text!r}")
 
     parse.interval = ("(" if lo_open else "[") + "0, 1" + (")" if hi_open else "]")
     return parse
