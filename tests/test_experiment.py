@@ -12,6 +12,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import shlex
 
 import pytest
 
@@ -165,7 +166,7 @@ def test_every_flag_of_jaxqfl_run_is_a_setting_or_an_invocation_option():
 def _readme_run_commands():
     readme = (ROOT / "README.md").read_text()
     text = "\n".join(re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)).replace("\\\n", " ")
-    cmds = [line.split("#")[0].split() for line in text.splitlines() if line.strip().startswith("jaxqfl run ")]
+    cmds = [shlex.split(line.split("#")[0]) for line in text.splitlines() if line.strip().startswith("jaxqfl run ")]
     return [c[2:] for c in cmds if "--resume" not in c and "--config" not in c and "DIR" not in " ".join(c)
             and "packed/" not in " ".join(c) and "mine.npz" not in " ".join(c) and "pretrained/" not in " ".join(c)]
 
