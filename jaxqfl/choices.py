@@ -4,6 +4,7 @@ Each list is defined here once; the modules that implement the choices import it
 """
 from jaxqfl.registry import aggregators as _aggregator_registry
 from jaxqfl.registry import algorithms as _algorithm_registry
+from jaxqfl.registry import attacks as _attack_registry
 
 # adam / yogi / adagrad: Reddi et al. 2021's Algorithm 2; optax-*: optax's (bias-corrected) optimizers
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad", "optax-adam", "optax-yogi",
@@ -13,7 +14,7 @@ CLIENT_STATE_HOMES = ("auto", "replicated", "sharded", "host")  # jaxqfl.engine.
 ALGORITHMS = _algorithm_registry.NAMES  # jaxqfl.registry.algorithms: one entry per algorithm
 PERSONAL_ALGORITHMS = tuple(e.name for e in _algorithm_registry.ENTRIES if e.personal)  # Algorithm.personalize
 AGGREGATORS = _aggregator_registry.NAMES  # jaxqfl.registry.aggregators: one entry per rule
-ATTACK_NAMES = ("none", "sign-flip", "scale", "gaussian", "label-flip", "alie", "ipm", "minmax")  # aggregate.attacks
+ATTACK_NAMES = _attack_registry.NAMES  # jaxqfl.registry.attacks: one entry per attack (minsum: Python only)
 SAMPLINGS = ("fixed", "poisson")  # fixed-size cohorts, or Poisson (each client with probability q)
 POPULATIONS = ("memory", "procedural")  # jaxqfl.data.procedural: clients drawn on demand
 ZOO_MODELS = ("resnet20", "lstm", "transformer")  # jaxqfl.models.zoo

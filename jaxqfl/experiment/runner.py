@@ -40,7 +40,7 @@ from jaxqfl.experiment.progress_bar import progress_bar
 from jaxqfl.experiment import privacy_rules
 from jaxqfl.experiment import robust_rules
 from jaxqfl.experiment import sampling_rules, selection_rules
-from jaxqfl.choices import ATTACK_NAMES
+from jaxqfl.registry import attacks as attack_registry
 from jaxqfl.experiment import clustering_runner
 from jaxqfl.experiment import lora_rules, model_rules
 from jaxqfl.experiment.data_rules import DEFAULTS, build_population, fail, stream_origin, validate_data
@@ -147,12 +147,14 @@ def _check_codecs(parser, args) -> None:
 
 
 def _label_flip_without_labels(attack: str, task: str) -> str | None:
-    """The refusal of ``--attack label-flip`` for a task without class labels (None when it applies)."""
-    if attack != "label-flip" or task not in ("regression", "clustering"):
+    """The refusal of an ``--attack`` that flips labels (``jaxqfl.registry.attacks``) for a task without class
+    labels (None when it applies)."""
+    entry = attack_registry.BY_NAME.get(attack)
+    if entry is None or not entry.flips_labels or task not in ("regression", "clustering"):
         return None
-    return (f"--attack label-flip trains malicious clients on flipped class labels (y -> K - 1 - y); --task {task} "
-            f"has no class labels to flip. Choose another attack: "
-            f"{', '.join(a for a in ATTACK_NAMES if a not in ('none', 'label-flip'))}")
+    others = [e.name for e in attack_registry.ENTRIES if e.cli and e.build is not None and not e.flips_labels]
+    return (f"--attack {attack} trains malicious clients on flipped class labels (y -> K - 1 - y); --task {task} "
+            f"has no class labels to flip. Choose another attack: {', '.join(others)}")
 
 
 def _architecture(args, population):

@@ -1,0 +1,124 @@
+"""The registries of attacks and datasets (``jaxqfl.registry``) drive the choices, tables and resolution.
+
+Properties: each entry is a choice of its flag and the choice lists derive from the entries; each attack
+entry builds the behaviour its doc states (checked against the formula: sign flip -u, scaling 10 u, IPM
+-0.1 mu, ...), with the entry's default strength; the attack settings follow the entries' properties.
+"""
+import dataclasses
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxqfl import choices
+from jaxqfl.aggregate import attacks
+from jaxqfl.experiment import Experiment, ExperimentError
+from jaxqfl.experiment.setting import info_of
+from jaxqfl.registry import attacks as attack_registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _choices(dest: str):
+    for section in dataclasses.fields(Experiment):
+        for f in dataclasses.fields(section.type if isinstance(section.type, type) else
+                                    type(getattr(Experiment(), section.name))):
+            info = info_of(f)
+            if (info.dest or f.name) == dest:
+                return info.choices
+    raise KeyError(dest)
+
+
+def test_registries_import_without_jax():
+    code = ("import sys; import jaxqfl.registry.attacks, jaxqfl.choices; "
+            "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax')); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_attack_choices_derive_from_the_entries():
+    cli = tuple(e.name for e in attack_registry.ENTRIES if e.cli)
+    assert choices.ATTACK_NAMES == cli == tuple(_choices("attack"))
+    assert "none" in cli and attack_registry.BY_NAME["none"].build is None
+    # by_name knows every entry with a behaviour, the Python-only ones included, and nothing else
+    for e in attack_registry.ENTRIES:
+        if e.build is None:
+            with pytest.raises(ValueError, match=f"unknown attack '{e.name}'"):
+                attacks.by_name(e.name)
+        else:
+            assert attacks.by_name(e.name).name == e.name
+
+
+U = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.25, -4.0])}
+MU = {"w": jnp.array([[0.2, 0.4], [-0.6, 0.8]]), "b": jnp.array([1.0, -1.0])}
+SD = {"w": jnp.array([[0.1, 0.2], [0.3, 0.4]]), "b": jnp.array([0.5, 0.6])}
+HONEST = attacks.HonestStatistics(MU, SD, jnp.float32(9.0), jnp.float32(3.0))
+KEY = jax.random.key(0)
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(tree[k], np.float64)) for k in ("b", "w")])
+
+
+def _mu_unit():
+    mu = _flat(MU)
+    return mu, mu / np.linalg.norm(mu)
+
+
+# what each entry's behaviour sends, written from the attack's definition (module docstring / papers)
+REFERENCE = {
+    "sign-flip": lambda s: -s * _flat(U),
+    "scale": lambda s: s * _flat(U),
+    "label-flip": lambda s: _flat(U),
+    "ipm": lambda s: -s * _flat(MU),
+    "alie": lambda s: _flat(MU) - s * _flat(SD),
+    "minmax": lambda s: _mu_unit()[0] - s * _mu_unit()[1],
+    "minsum": lambda s: _mu_unit()[0] - s * _mu_unit()[1],
+}
+DEFAULT_SCALE = {"sign-flip": 1.0, "scale": 10.0, "gaussian": 1.0, "ipm": 0.1}  # the attacks' documented defaults
+
+
+@pytest.mark.parametrize("entry", [e for e in attack_registry.ENTRIES if e.build is not None], ids=lambda e: e.name)
+def test_each_attack_entry_builds_its_behaviour(entry):
+    assert entry.scale == DEFAULT_SCALE.get(entry.name)
+    built = entry.build(None)
+    assert built.name == entry.name and built.flips_labels == entry.flips_labels
+    default = _flat(attacks.by_name(entry.name).craft(U, HONEST, KEY))
+    if entry.name == "gaussian":  # scale z, z ~ N(0, I): a fixed key, so scale 3 is 3 times scale 1
+        np.testing.assert_allclose(_flat(attacks.by_name(entry.name, 3.0).craft(U, HONEST, KEY)), 3 * default,
+                                   rtol=1e-6)
+        return
+    if entry.scale is not None:  # the entry's default strength is the one the behaviour uses
+        np.testing.assert_allclose(default, REFERENCE[entry.name](entry.scale), rtol=1e-6)
+    if not entry.flips_labels:  # a given strength is the behaviour's scale (ALIE's z, min-max's gamma)
+        got = _flat(attacks.by_name(entry.name, 0.7).craft(U, HONEST, KEY))
+        np.testing.assert_allclose(got, REFERENCE[entry.name](0.7), rtol=1e-5, atol=1e-6)
+
+
+def test_attack_settings_follow_the_entries():
+    """An attack with a behaviour takes --byzantine-fraction / --attack-scale (filled: 0.2 / None); without
+    one (none) they do nothing and are refused; an attack that flips labels is refused on regression."""
+    from jaxqfl.experiment import runner
+    from jaxqfl.experiment.resolved import Refuse, settings_of
+
+    for e in attack_registry.ENTRIES:
+        if not e.cli:
+            continue
+        if e.build is None:
+            with pytest.raises(ExperimentError, match=f"does nothing with --attack {e.name}"):
+                Experiment.of(attack=e.name, attack_scale=2.0).validate()
+            continue
+        s = settings_of(Experiment.of(attack=e.name))
+        runner.validate(Refuse(), s)
+        assert (s.byzantine_fraction, s.attack_scale) == (0.2, None)
+        regression = Experiment.of(attack=e.name, dataset="synthetic-regression")
+        if e.flips_labels:
+            with pytest.raises(ExperimentError, match=f"--attack {e.name} trains malicious clients on flipped"):
+                regression.validate()
+        else:
+            regression.validate()
