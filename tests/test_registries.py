@@ -1,13 +1,17 @@
 """The registries of attacks and datasets (``jaxqfl.registry``) drive the choices, tables and resolution.
 
-Properties: each entry is a choice of its flag and the choice lists derive from the entries; each attack
-entry builds the behaviour its doc states (checked against the formula: sign flip -u, scaling 10 u, IPM
--0.1 mu, ...), with the entry's default strength; the attack settings follow the entries' properties.
+Properties: each entry is a choice of its flag and the choice lists / tables derive from the entries; each
+attack entry builds the behaviour its doc states (checked against the formula: sign flip -u, scaling 10 u,
+IPM -0.1 mu, ...), with the entry's default strength; the attack settings follow the entries' properties;
+each dataset entry's run defaults are what ``jaxqfl run --print-config --dataset NAME`` resolves.
 """
+import contextlib
 import dataclasses
+import io
 import pathlib
 import subprocess
 import sys
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +23,7 @@ from jaxqfl.aggregate import attacks
 from jaxqfl.experiment import Experiment, ExperimentError
 from jaxqfl.experiment.setting import info_of
 from jaxqfl.registry import attacks as attack_registry
+from jaxqfl.registry import datasets as dataset_registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,7 +39,7 @@ def _choices(dest: str):
 
 
 def test_registries_import_without_jax():
-    code = ("import sys; import jaxqfl.registry.attacks, jaxqfl.choices; "
+    code = ("import sys; import jaxqfl.registry.attacks, jaxqfl.registry.datasets, jaxqfl.choices; "
             "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax')); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -122,3 +127,44 @@ def test_attack_settings_follow_the_entries():
                 regression.validate()
         else:
             regression.validate()
+
+
+def test_dataset_choices_and_tables_derive_from_the_entries():
+    from jaxqfl.data.build import DATASETS, DEFAULT_TASK, FILE_DATASETS
+
+    assert DATASETS == dataset_registry.NAMES == tuple(_choices("dataset"))
+    assert FILE_DATASETS == tuple(e.name for e in dataset_registry.ENTRIES if not e.generated)
+    assert DEFAULT_TASK == {e.name: e.task for e in dataset_registry.ENTRIES}
+    for e in dataset_registry.ENTRIES:
+        d = e.defaults
+        assert (d.local_steps is None) != (d.local_epochs is None), e.name  # exactly one measure of local work
+        assert d.model in choices.MODELS and (d.num_clients is None or d.cohort_size <= d.num_clients)
+        assert e.generated == (e.reads is None) and (e.path_doc != "") == (e.reads is not None)
+
+
+def _print_config(argv) -> dict:
+    from jaxqfl.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["run", "--print-config", *argv]) == 0
+    return tomllib.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("entry", dataset_registry.ENTRIES, ids=lambda e: e.name)
+def test_each_dataset_entry_is_what_print_config_resolves(entry, tmp_path):
+    """The flags left unset take the entry's values. K-means (a clustering default task) reads no model,
+    client lr or, with Lloyd, local work: those are checked once the data is relabelled for classification."""
+    (tmp_path / "x.npz").write_bytes(b"")
+    argv = ["--dataset", entry.name]
+    if entry.reads is not None:
+        argv += ["--data-path", str(tmp_path / "x.npz" if entry.reads == "file" else tmp_path)]
+    expected = entry.defaults._asdict()
+    cfg = _print_config(argv)
+    assert cfg.get("task") is None  # left automatic: the entry's task, resolved when the data is built
+    if entry.task == "clustering":
+        kmeans = {"model", "client_lr", "local_steps", "batch_size"}  # k-means' own (Lloyd: one full batch)
+        assert {f: cfg.get(f.replace("_", "-")) for f in expected if f not in kmeans} == {
+            f: v for f, v in expected.items() if f not in kmeans}
+        cfg = _print_config(argv + ["--task", "classification"])
+    assert {f: cfg.get(f.replace("_", "-")) for f in expected} == expected
