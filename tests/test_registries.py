@@ -1,9 +1,10 @@
-"""The registries of attacks and datasets (``jaxqfl.registry``) drive the choices, tables and resolution.
+"""The registries of attacks, datasets and models (``jaxqfl.registry``) drive the choices, tables and resolution.
 
 Properties: each entry is a choice of its flag and the choice lists / tables derive from the entries; each
 attack entry builds the behaviour its doc states (checked against the formula: sign flip -u, scaling 10 u,
 IPM -0.1 mu, ...), with the entry's default strength; the attack settings follow the entries' properties;
-each dataset entry's run defaults are what ``jaxqfl run --print-config --dataset NAME`` resolves.
+each dataset entry's run defaults are what ``jaxqfl run --print-config --dataset NAME`` resolves; each
+model entry builds its model (dense models against their parameter counts) from the size settings it names.
 """
 import contextlib
 import dataclasses
@@ -39,7 +40,8 @@ def _choices(dest: str):
 
 
 def test_registries_import_without_jax():
-    code = ("import sys; import jaxqfl.registry.attacks, jaxqfl.registry.datasets, jaxqfl.choices; "
+    code = ("import sys; import jaxqfl.choices, jaxqfl.registry.attacks, jaxqfl.registry.datasets, "
+            "jaxqfl.registry.models; "
             "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax')); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -168,3 +170,52 @@ def test_each_dataset_entry_is_what_print_config_resolves(entry, tmp_path):
             f: v for f, v in expected.items() if f not in kmeans}
         cfg = _print_config(argv + ["--task", "classification"])
     assert {f: cfg.get(f.replace("_", "-")) for f in expected} == expected
+
+
+def test_model_choices_derive_from_the_entries():
+    from jaxqfl import saved_run
+    from jaxqfl.experiment import model_rules
+    from jaxqfl.registry import models as model_registry
+
+    assert choices.MODELS == model_registry.NAMES == tuple(_choices("model"))
+    assert choices.ZOO_MODELS == model_rules.ZOO_MODELS == tuple(e.name for e in model_registry.ENTRIES if e.zoo)
+    assert model_rules.SEQUENCE_MODELS == tuple(e.name for e in model_registry.ENTRIES if e.tokens)
+    assert saved_run.MODELS == tuple(e.name for e in model_registry.ENTRIES if not e.zoo)
+    helps = {info_of(f).dest or f.name: info_of(f).help for section in dataclasses.fields(Experiment)
+             for f in dataclasses.fields(type(getattr(Experiment(), section.name)))}
+    for e in model_registry.ENTRIES:
+        for size in e.sizes:  # a setting whose help names the model that reads it
+            assert e.name in helps[size], (size, helps[size])
+
+
+def _count(model, shape):
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + shape, jnp.float32))
+    return sum(int(a.size) for a in jax.tree.leaves(shapes))
+
+
+def test_each_model_entry_builds_its_model():
+    """Dense models against their parameter counts (d inputs, k outputs); the zoo's against the
+    ``jaxqfl.models`` factory called with the same non-default sizes (a dropped size that changes the count shows)."""
+    from types import SimpleNamespace
+
+    from jaxqfl import models
+    from jaxqfl.registry import models as model_registry
+
+    s = SimpleNamespace(hidden=(5, 4), resnet_groups=4, embed_dim=3, lstm_hidden=7, lstm_layers=1,
+                        transformer_width=12, transformer_depth=1, transformer_heads=3)
+    d, k = 6, 3
+    cnn = (5 * 5 * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (7 * 7 * 64 * 512 + 512) + (512 * k + k)  # McMahan et al.
+    expected = {
+        "mlp": ((d,), d * 5 + 5 + 5 * 4 + 4 + 4 * k + k), "logreg": ((d,), d * k + k), "linear": ((d,), d * k + k),
+        "cnn": ((28, 28, 1), cnn),
+        "resnet20": ((8, 8, 3), _count(models.resnet20(num_outputs=k, groups=4), (8, 8, 3))),
+        "lstm": ((10,), _count(models.char_lstm(vocab=k, embed_dim=3, hidden=7, layers=1), (10,))),
+        "transformer": ((10,), _count(models.transformer(vocab=k, width=12, depth=1, heads=3, context=10), (10,))),
+    }
+    assert set(expected) == set(model_registry.NAMES)
+    for e in model_registry.ENTRIES:
+        shape, count = expected[e.name]
+        assert _count(e.build(s, k, shape, None), shape) == count, e.name
+        if e.graph is not None:  # its layer graph has one Dense / Conv op per parameter layer
+            assert sum(type(op).__name__ in ("Dense", "Conv") for op in e.graph(s)) == {
+                "mlp": 3, "cnn": 4}.get(e.name, 1)
