@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxqfl.registry import models as _model_registry
+
 #: config key (the ``jaxqfl run`` flag) -> ``jaxqfl.data.build`` keyword; absent or null keys take
 #: ``build``'s defaults, which are the flags' defaults.
 DATA_KEYS = {
@@ -33,7 +35,8 @@ DATA_KEYS = {
     "max_client_size": "max_size", "num_outputs": "num_outputs", "noise": "noise", "components": "components",
     "concentration": "concentration", "separation": "separation", "num_features": "num_features",
 }
-MODELS = ("mlp", "cnn", "logreg", "linear")  # linear = logreg: one dense layer
+#: The models it rebuilds: the entries of ``jaxqfl.registry.models`` with a layer graph (not the zoo's).
+MODELS = tuple(e.name for e in _model_registry.ENTRIES if e.graph is not None)
 
 
 class RebuiltRun(NamedTuple):
@@ -86,7 +89,7 @@ def model_for(name: str, population, *, hidden=(200, 200), policy=None):
     Outputs: the number of classes, or for regression the target dimension
     (``prod(y.shape[1:])``, 1 for targets ``[N]``).
     """
-    from jaxqfl import models
+    from types import SimpleNamespace
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed models are {', '.join(MODELS)}")
@@ -94,12 +97,8 @@ def model_for(name: str, population, *, hidden=(200, 200), policy=None):
         k = int(np.prod(population.y.shape[1:], dtype=np.int64))
     else:
         k = population.num_classes
-    if name == "mlp":
-        hidden = tuple(int(h) for h in hidden)
-        return models.mlp(hidden=hidden, num_outputs=k, policy=policy), models.mlp_graph(len(hidden))
-    if name == "cnn":
-        return models.cnn(num_outputs=k, policy=policy), models.cnn_graph()
-    return models.logistic_regression(num_outputs=k, policy=policy), models.mlp_graph(0)
+    entry, sizes = _model_registry.BY_NAME[name], SimpleNamespace(hidden=hidden)  # the sizes it reads
+    return entry.build(sizes, k, population.feature_shape, policy), entry.graph(sizes)
 
 
 def rebuild(config: dict) -> RebuiltRun:

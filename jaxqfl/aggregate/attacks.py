@@ -164,14 +164,12 @@ def min_sum(scale: float | None = None) -> Attack:
     return _min_distance_attack("minsum", lambda nh: jnp.ones_like(nh), scale)
 
 
-ATTACKS = {
-    "sign-flip": sign_flip, "scale": scaling, "gaussian": gaussian, "label-flip": lambda scale=None: label_flip(),
-    "alie": alie, "ipm": ipm, "minmax": min_max, "minsum": min_sum,
-}
-
-
 def by_name(name: str, scale: float | None = None) -> Attack:
-    """The attack called ``name`` (see ``ATTACKS``) with strength ``scale`` (None: its default)."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
-    return ATTACKS[name](scale)
+    """The attack called ``name`` (an entry of ``jaxqfl.registry.attacks``, which builds it) with strength
+    ``scale`` (None: the entry's default strength)."""
+    from jaxqfl.registry import attacks as registry
+
+    if name not in registry.BEHAVIOURS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(registry.BEHAVIOURS)}")
+    entry = registry.BY_NAME[name]
+    return entry.build(entry.scale if scale is None else scale)

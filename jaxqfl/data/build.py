@@ -60,20 +60,19 @@ from jaxqfl.data.mnist import NUM_CLASSES as MNIST_CLASSES
 from jaxqfl.data.mnist import load_mnist
 from jaxqfl.data.population import TASKS, Population, from_client_indices
 from jaxqfl.data.synthetic import synthetic, synthetic_regression
+from jaxqfl.registry import datasets as _registry
 
 __all__ = ["build", "DATASETS", "PARTITIONS", "DEFAULT_TASK", "FILE_DATASETS"]
 
-DATASETS = ("synthetic", "synthetic-regression", "gaussian-mixture", "mnist", "npz", "leaf", "cifar10", "text",
-            "packed")
+#: The datasets, one per entry of ``jaxqfl.registry.datasets`` (doc, default task, run defaults).
+DATASETS = _registry.NAMES
 #: Datasets read from ``data_path``.
-FILE_DATASETS = ("mnist", "npz", "leaf", "cifar10", "text", "packed")
+FILE_DATASETS = tuple(e.name for e in _registry.ENTRIES if e.reads is not None)
 #: Partitioners by name; "natural" is the dataset's own clients (not mnist's).
 PARTITIONS = ("natural", "iid", "dirichlet", "shards", "quantity")
-#: The task of each dataset when none is asked for (npz and leaf: inferred from the targets).
-DEFAULT_TASK = {"synthetic": "classification", "synthetic-regression": "regression",
-                "gaussian-mixture": "clustering", "mnist": "classification", "npz": None, "leaf": None,
-                "cifar10": "classification", "text": "next-token", "packed": None}
-_GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
+#: The task of each dataset when none is asked for (npz, leaf and packed: inferred from the targets).
+DEFAULT_TASK = {e.name: e.task for e in _registry.ENTRIES}
+_GENERATED = tuple(e.name for e in _registry.ENTRIES if e.generated)
 
 
 def build(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jaxqfl.choices import ATTACK_NAMES, DISTRIBUTED_MECHANISMS, SECURE_PROTOCOLS
+from jaxqfl.registry import attacks as attack_registry
 from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
 
@@ -30,18 +31,25 @@ class Quantization(Section):
                 help='server->client model codec (applied to the broadcast model), e.g. none, uniform:8')
 
 
+_ATTACKS = [e for e in attack_registry.ENTRIES if e.cli and e.build is not None]
+_ATTACK_DOC = ("Byzantine clients' behaviour (--byzantine-fraction of the population), for robustness studies: "
+               + "; ".join(f"{e.name}, {e.doc}" for e in _ATTACKS) + "; default none")
+_SCALE_DOC = ("attack strength (with --attack; default: the attack's own: "
+              + ", ".join(f"{e.name} {e.scale:g}" for e in _ATTACKS if e.scale is not None)
+              + "; computed from the round for " + ", ".join(e.name for e in _ATTACKS if e.scale is None
+                                                             and not e.flips_labels) + ")")
+
+
 @dataclass(frozen=True)
 class Robustness(Section):
     """Byzantine attacks (for robustness studies)."""
 
     section_name = "robust"
 
-    attack: str = setting('none', choices=ATTACK_NAMES,
-                help="Byzantine clients' behaviour (--byzantine-fraction of the population), for robustness studies; "
-                     'default none')
+    attack: str = setting('none', choices=ATTACK_NAMES, help=_ATTACK_DOC)
     byzantine_fraction: float | None = setting(None, float,
                 help='malicious share of the population (with --attack; default 0.2)')
-    attack_scale: float | None = setting(None, float, help="attack strength (with --attack; default: the attack's own)")
+    attack_scale: float | None = setting(None, float, help=_SCALE_DOC)
 
 
 @dataclass(frozen=True)

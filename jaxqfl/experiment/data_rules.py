@@ -1,5 +1,8 @@
 """The data flags of ``jaxqfl run``: datasets, the user's files, the task, generated client sizes.
 
+Every dataset is an entry of ``jaxqfl.registry.datasets`` (what ``--data-path`` it reads, its default task,
+whether it has natural clients, the run defaults it fills); the checks read the entries.
+
 Checked before JAX starts (``validate``); the population is built by
 ``build_population``, which turns a loader's refusal (a malformed file) into a
 message and exit status 2, never a traceback.
@@ -13,86 +16,51 @@ import math
 import os
 
 from jaxqfl.experiment import population_rules
-from jaxqfl.data.build import DEFAULT_TASK, PARTITIONS  # NumPy only: JAX is not started yet
-
-#: Per dataset: the defaults of the flags left unset.
-DEFAULTS = {
-    "synthetic": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 300, "client_lr": 0.01,
-                  "local_steps": 20, "batch_size": 10, "eval_every": 20},
-    "synthetic-regression": {"model": "linear", "num_clients": 1000, "cohort_size": 100, "rounds": 100,
-                             "client_lr": 0.001, "local_steps": 20, "batch_size": 10, "eval_every": 10},
-    "gaussian-mixture": {"model": "logreg", "num_clients": 1000, "cohort_size": 100, "rounds": 100,
-                         "client_lr": 0.01, "local_steps": 20, "batch_size": 10, "eval_every": 10},
-    "mnist": {"model": "mlp", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
-              "local_epochs": 1, "batch_size": 32, "eval_every": 5},
-    # npz / leaf: num_clients None = the file's natural clients (or 100 for a partitioner)
-    "npz": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
-            "local_epochs": 1, "batch_size": 32, "eval_every": 5},
-    "leaf": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
-             "local_epochs": 1, "batch_size": 32, "eval_every": 5},
-    "cifar10": {"model": "resnet20", "num_clients": 100, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
-                "local_epochs": 1, "batch_size": 32, "eval_every": 5},
-    # text: num_clients None = one client per file (or per --entries-per-client group); client lr 1.47 as
-    # McMahan et al. 2017's Shakespeare LSTM (0.5 stayed at the unigram plateau for 10 rounds on fortunes)
-    "text": {"model": "lstm", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 1.47,
-             "local_steps": 20, "batch_size": 16, "eval_every": 5},
-    # packed: the clients it was packed with
-    "packed": {"model": "mlp", "num_clients": None, "cohort_size": 10, "rounds": 50, "client_lr": 0.05,
-               "local_epochs": 1, "batch_size": 32, "eval_every": 5},
-}
-GENERATED = ("synthetic", "synthetic-regression", "gaussian-mixture")
+from jaxqfl.data.build import PARTITIONS  # NumPy only: JAX is not started yet
+from jaxqfl.registry import datasets as registry
 
 
 def validate_data(parser: Refuser, args: Settings) -> None:
     """Refuse inconsistent data flags; fill the dataset's task."""
-    needs_file = {"mnist": "file", "npz": "file", "leaf": "folder", "cifar10": "folder", "text": "folder",
-                  "packed": "folder"}
-    kind = needs_file.get(args.dataset)
-    what_file = {"mnist": "the Keras mnist.npz", "npz": "a .npz holding x, y, ..."}
+    entry = registry.BY_NAME[args.dataset]
+    kind = entry.reads
     if kind is not None:
         if args.data_path is None:
-            what = {"mnist": "PATH/mnist.npz (the Keras mnist.npz layout)", "npz": "FILE.npz (keys x, y, ...)",
-                    "leaf": "DIR (holding train/*.json and test/*.json)",
-                    "cifar10": "DIR (the cifar-10-batches-py folder: data_batch_1..5, test_batch)",
-                    "text": "DIR (a folder of *.txt files)",
-                    "packed": "DIR (a folder written by `jaxqfl data pack SRC DIR`)"}[args.dataset]
-            parser.error(f"--dataset {args.dataset} needs --data-path {what}")
+            parser.error(f"--dataset {args.dataset} needs --data-path {entry.path_doc}")
         if kind == "file" and os.path.isdir(args.data_path):
             parser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
-                         f"({what_file[args.dataset]})")
+                         f"({entry.layout})")
         if kind == "file" and not os.path.isfile(args.data_path):
             parser.error(f"--data-path {args.data_path!r}: no such file")
         if kind == "folder" and os.path.isfile(args.data_path):
             parser.error(f"--data-path {args.data_path!r} is a file; --dataset {args.dataset} reads a folder")
         if kind == "folder" and not os.path.isdir(args.data_path):
-            layout = {"leaf": "LEAF data is a folder with train/ and test/",
-                      "cifar10": "CIFAR-10 is the folder cifar-10-batches-py", "text": "a folder of *.txt files",
-                      "packed": "write one with `jaxqfl data pack SRC DIR`"}
-            parser.error(f"--data-path {args.data_path!r}: no such folder ({layout[args.dataset]})")
+            parser.error(f"--data-path {args.data_path!r}: no such folder ({entry.layout})")
     elif args.data_path is not None:
-        parser.error(f"--data-path applies to --dataset mnist, npz, leaf, cifar10, text or packed; {args.dataset} data "
-                     "is generated")
+        readers = [e.name for e in registry.ENTRIES if e.reads is not None]
+        parser.error(f"--data-path applies to --dataset {', '.join(readers[:-1])} or {readers[-1]}; "
+                     f"{args.dataset} data is generated")
     if args.dataset == "packed" and args.partition not in (None, "natural"):
         parser.error(f"--partition {args.partition}: --dataset packed keeps the clients it was packed with (a "
                      f"re-split would read every row); pack the data again divided as wanted")
-    if args.partition == "natural" and args.dataset in ("mnist", "cifar10"):
+    if args.partition == "natural" and not entry.natural:
         parser.error(f"--partition natural does not exist for {args.dataset}; choose one of "
                      f"{[p for p in PARTITIONS if p != 'natural']}")
     if not (args.sigma >= 0 and math.isfinite(args.sigma)):
         parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.max_client_size is not None and args.max_client_size < args.min_client_size:
         parser.error(f"--max-client-size {args.max_client_size} is below --min-client-size {args.min_client_size}")
-    task = args.task or DEFAULT_TASK[args.dataset]
-    if args.dataset == "text" and task != "next-token":
-        parser.error(f"--task {task} does not fit --dataset text, which is for next-token prediction")
+    task = args.task or entry.task
+    if entry.task == "next-token" and task != "next-token":
+        parser.error(f"--task {task} does not fit --dataset {args.dataset}, which is for next-token prediction")
     if task == "next-token" and args.dataset not in ("text", "leaf"):
         parser.error(f"--task next-token needs text: --dataset text, or leaf with string rows (Shakespeare); "
                      f"not --dataset {args.dataset}")
     if task == "next-token" and args.partition in ("dirichlet", "shards"):
         parser.error(f"--partition {args.partition} splits by class label; next-token windows have none "
                      "(use natural, iid or quantity)")
-    if args.dataset in GENERATED or args.dataset in ("mnist", "cifar10"):
-        own = DEFAULT_TASK[args.dataset]
+    own = entry.task
+    if own is not None:  # a task of its own: classification and clustering share integer labels
         if (task == "regression") != (own == "regression"):
             parser.error(f"--task {task} does not fit --dataset {args.dataset}, which holds "
                          f"{'real targets' if own == 'regression' else 'integer labels'}")

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 
 from jaxqfl.choices import KMEANS, POPULATIONS
 from jaxqfl.data.build import DATASETS, PARTITIONS
+from jaxqfl.registry import datasets as dataset_registry
 from jaxqfl.data.population import TASKS
 from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
+
+
+_DATASET_DOC = ("where the clients' data comes from: "
+                + "; ".join(f"{e.name}, {e.doc}" for e in dataset_registry.ENTRIES) + "; default synthetic")
 
 
 @dataclass(frozen=True)
@@ -20,9 +25,7 @@ class Data(Section):
 
     section_name = "data"
 
-    dataset: str = setting('synthetic', choices=DATASETS,
-                help="where the clients' data comes from: generated (synthetic, synthetic-regression, gaussian-mixture), "
-                     'MNIST, your own npz or LEAF files, CIFAR-10, text files, or a packed population (default synthetic)')
+    dataset: str = setting('synthetic', choices=DATASETS, help=_DATASET_DOC)
     data_path: str | None = setting(None,
                 help='mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, x_test, y_test; '
                      'leaf: a folder with train/*.json and test/*.json; cifar10: the folder cifar-10-batches-py (or one '

@@ -16,13 +16,13 @@ from __future__ import annotations
 from jaxqfl.experiment.resolved import Refuser, Settings
 
 from jaxqfl import choices
+from jaxqfl.registry import attacks as attack_registry
+from jaxqfl.registry import models as registry
 
-
-
-#: The zoo models this module builds.
+#: The zoo models this module builds (entries of ``jaxqfl.registry.models``).
 ZOO_MODELS = choices.ZOO_MODELS
 #: The models of next-token data.
-SEQUENCE_MODELS = ("lstm", "transformer")
+SEQUENCE_MODELS = tuple(e.name for e in registry.ENTRIES if e.tokens)
 #: Datasets that hold images a ResNet can read.
 IMAGE_DATASETS = ("cifar10", "mnist", "npz", "leaf", "packed")
 
@@ -47,8 +47,9 @@ def validate(parser: Refuser, args: Settings, task: str | None) -> None:
                      f"{args.transformer_heads}")
     if args.dataset != "text" and args.entries_per_client is not None:
         parser.error("--entries-per-client applies to --dataset text only")
-    if next_token and getattr(args, "attack", "none") == "label-flip":
-        parser.error("--attack label-flip relabels classes (y -> K - 1 - y); next-token targets hold padding "
+    attack = attack_registry.BY_NAME.get(getattr(args, "attack", "none"))
+    if next_token and attack is not None and attack.flips_labels:
+        parser.error(f"--attack {attack.name} relabels classes (y -> K - 1 - y); next-token targets hold padding "
                      "(-1) and are no classes: choose another --attack")
 
 
@@ -62,15 +63,7 @@ def misfit(args: Settings, population) -> str | None:
 
 def make_model(args: Settings, num_classes: int, feature_shape: tuple, policy=None):
     """The zoo model ``args.model`` for ``num_classes`` outputs (the vocabulary) and examples of ``feature_shape``."""
-    from jaxqfl import models
-
-    if args.model == "resnet20":
-        return models.resnet20(num_outputs=num_classes, groups=args.resnet_groups, policy=policy)
-    if args.model == "lstm":
-        return models.char_lstm(vocab=num_classes, embed_dim=args.embed_dim, hidden=args.lstm_hidden,
-                                layers=args.lstm_layers, policy=policy)
-    return models.transformer(vocab=num_classes, width=args.transformer_width, depth=args.transformer_depth,
-                              heads=args.transformer_heads, context=feature_shape[0], policy=policy)
+    return registry.BY_NAME[args.model].build(args, num_classes, feature_shape, policy)
 
 
 def num_params(args: Settings, feature_shape: tuple, num_classes: int) -> int:

@@ -1,8 +1,8 @@
 """``--aggregator`` and ``--attack`` with their settings: checks and defaults, from the registry.
 
 Every rule is an entry of ``jaxqfl.registry.aggregators`` (its factory, its own hyper-parameters with their
-defaults, its rule-specific check: the trim range, the cohort Krum and Bulyan need); nothing here names a
-rule. A rule's hyper-parameter given with another rule would do nothing, so it is refused (the rule of
+defaults, its rule-specific check: the trim range, the cohort Krum and Bulyan need), every attack an entry
+of ``jaxqfl.registry.attacks`` (its behaviour, or none); nothing here names a rule or an attack. A rule's hyper-parameter given with another rule would do nothing, so it is refused (the rule of
 README's "Flags that do nothing are refused"), like ``--mu`` without FedProx; so are the attack settings
 without an attack:
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 
-from jaxqfl.choices import ATTACK_NAMES
 from jaxqfl.experiment.resolved import Refuser, Settings
 from jaxqfl.registry import aggregators as registry
+from jaxqfl.registry import attacks as attack_registry
 
 DEFAULT_BYZANTINE_FRACTION = 0.2
 _ATTACK_SETTINGS = {"byzantine_fraction": DEFAULT_BYZANTINE_FRACTION, "attack_scale": None}
@@ -45,13 +45,15 @@ def validate(parser: Refuser, args: Settings) -> None:
         elif getattr(args, dest) is not None and not resumed:
             parser.error(f"{_flag(dest)} applies to --aggregator {' / '.join(rules)}; it does nothing with "
                          f"--aggregator {args.aggregator}: drop it or choose one of those rules")
+    attacking = attack_registry.BY_NAME[args.attack].build is not None
     for dest, default in _ATTACK_SETTINGS.items():
-        if args.attack != "none":
+        if attacking:
             if getattr(args, dest) is None:
                 setattr(args, dest, default)
         elif getattr(args, dest) is not None and not resumed:
-            parser.error(f"{_flag(dest)} applies to an --attack ({', '.join(a for a in ATTACK_NAMES if a != 'none')}); "
-                         f"it does nothing with --attack none: drop it or choose an attack")
+            attacks = ", ".join(e.name for e in attack_registry.ENTRIES if e.cli and e.build is not None)
+            parser.error(f"{_flag(dest)} applies to an --attack ({attacks}); "
+                         f"it does nothing with --attack {args.attack}: drop it or choose an attack")
     if args.byzantine_fraction is not None and not 0.0 <= args.byzantine_fraction <= 1.0:
         parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
     if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):

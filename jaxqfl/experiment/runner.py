@@ -40,10 +40,11 @@ from jaxqfl.experiment.progress_bar import progress_bar
 from jaxqfl.experiment import privacy_rules
 from jaxqfl.experiment import robust_rules
 from jaxqfl.experiment import sampling_rules, selection_rules
-from jaxqfl.choices import ATTACK_NAMES
+from jaxqfl.registry import attacks as attack_registry
 from jaxqfl.experiment import clustering_runner
 from jaxqfl.experiment import lora_rules, model_rules
-from jaxqfl.experiment.data_rules import DEFAULTS, build_population, fail, stream_origin, validate_data
+from jaxqfl.experiment.data_rules import build_population, fail, stream_origin, validate_data
+from jaxqfl.registry import datasets as dataset_registry
 from jaxqfl.data.build import DEFAULT_TASK
 
 MODELS = choices.MODELS
@@ -52,7 +53,7 @@ DEFAULT_HIDDEN = (200, 200)
 
 def validate(parser: Refuser, args: Settings) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
-    d = DEFAULTS[args.dataset]
+    d = dataset_registry.BY_NAME[args.dataset].defaults  # the flags this dataset fills when left unset
     for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
         setattr(args, flag, getattr(args, flag).lower())
     if args.dataset == "packed":  # rows on disk are read by cohort: the streamed path (engine.build_streaming)
@@ -63,12 +64,12 @@ def validate(parser: Refuser, args: Settings) -> None:
     if args.local_steps is not None and args.local_epochs is not None:
         parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
     if args.local_steps is None and args.local_epochs is None:
-        args.local_steps, args.local_epochs = d.get("local_steps"), d.get("local_epochs")
+        args.local_steps, args.local_epochs = d.local_steps, d.local_epochs
     if args.model is None and args.task == "next-token":  # LEAF text: the character LSTM, not leaf's MLP
         args.model = "lstm"
     for name in ("model", "num_clients", "cohort_size", "rounds", "client_lr", "batch_size", "eval_every"):
         if getattr(args, name) is None:
-            setattr(args, name, d[name])
+            setattr(args, name, getattr(d, name))
     algorithm_rules.validate(parser, args)
     personal_rules.validate(parser, args)
     if args.num_clients is not None and args.cohort_size > args.num_clients:
@@ -147,12 +148,14 @@ def _check_codecs(parser, args) -> None:
 
 
 def _label_flip_without_labels(attack: str, task: str) -> str | None:
-    """The refusal of ``--attack label-flip`` for a task without class labels (None when it applies)."""
-    if attack != "label-flip" or task not in ("regression", "clustering"):
+    """The refusal of an ``--attack`` that flips labels (``jaxqfl.registry.attacks``) for a task without class
+    labels (None when it applies)."""
+    entry = attack_registry.BY_NAME.get(attack)
+    if entry is None or not entry.flips_labels or task not in ("regression", "clustering"):
         return None
-    return (f"--attack label-flip trains malicious clients on flipped class labels (y -> K - 1 - y); --task {task} "
-            f"has no class labels to flip. Choose another attack: "
-            f"{', '.join(a for a in ATTACK_NAMES if a not in ('none', 'label-flip'))}")
+    others = [e.name for e in attack_registry.ENTRIES if e.cli and e.build is not None and not e.flips_labels]
+    return (f"--attack {attack} trains malicious clients on flipped class labels (y -> K - 1 - y); --task {task} "
+            f"has no class labels to flip. Choose another attack: {', '.join(others)}")
 
 
 def _architecture(args, population):

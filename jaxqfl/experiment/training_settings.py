@@ -11,6 +11,8 @@ from jaxqfl.choices import (ASYNC_MODES, BASE_FORMATS, CLIENT_TEST, LORA_AGGREGA
     SERVER_OPTIMIZERS, STRAGGLERS, TIER_WEIGHTS, WEIGHTINGS)
 from jaxqfl import value_kinds as v
 from jaxqfl.experiment.setting import Section, setting
+from jaxqfl.registry import datasets as dataset_registry
+from jaxqfl.registry import models as model_registry
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,18 @@ class Training(Section):
                      'to min(num-clients, 4 cohort-size))')
 
 
+_MODEL_DOC = ("the model: " + "; ".join(f"{e.name}, {e.doc}" for e in model_registry.ENTRIES)
+              + "; default: the dataset's (" + ", ".join(f"{e.name} {e.defaults.model}" for e in dataset_registry.ENTRIES)
+              + "; lstm for --task next-token)")
+
+
 @dataclass(frozen=True)
 class Model(Section):
     """Model."""
 
     section_name = "model"
 
-    model: str | None = setting(None, choices=MODELS,
-                help='default: logreg for synthetic and gaussian-mixture, linear for synthetic-regression, mlp for mnist, '
-                     'npz and leaf (linear = logreg: one dense layer), resnet20 for cifar10, lstm for text; resnet20 = '
-                     'ResNet-20 with GroupNorm, lstm = the character LSTM of McMahan et al. 2017, transformer = a small '
-                     'decoder-only transformer')
+    model: str | None = setting(None, choices=MODELS, help=_MODEL_DOC)
     hidden: tuple[int, ...] | None = setting(None, v.layer_sizes,
                 help='MLP hidden sizes, e.g. 200,200 (--model mlp; default 200,200)')
 

@@ -1,4 +1,5 @@
-"""Registries of the built-in algorithms and aggregation rules, in the pattern of ``jaxqfl/compress/spec.py``.
+"""Registries of the built-in algorithms, aggregation rules, attacks, datasets and models, in the pattern
+of ``jaxqfl/compress/spec.py``.
 
 Each entry is one choice: its name, its one-line doc, its factory and its own hyper-parameters
 (:class:`HyperParameter`: a value kind with its range, a default, a doc). An experiment's settings, the
@@ -6,7 +7,10 @@ Each entry is one choice: its name, its one-line doc, its factory and its own hy
 (``jaxqfl.experiment.algorithm_settings``), and the rules read an entry's properties instead of naming
 algorithms or rules. So a new algorithm is its module in ``jaxqfl.algorithms`` plus one entry in
 ``algorithms.py``; a new aggregation rule is its module in ``jaxqfl.aggregate`` plus one entry in
-``aggregators.py``.
+``aggregators.py``; a new attack is its behaviour in ``jaxqfl.aggregate.attacks`` plus one entry in
+``attacks.py``; a new dataset is its loader in ``jaxqfl.data`` (dispatched by ``jaxqfl.data.build``) plus
+one entry in ``datasets.py``, whose run defaults the run fills for flags left unset; a new model is its
+factory in ``jaxqfl.models`` plus one entry in ``models.py``.
 
 Importing a registry starts no JAX: factories import their modules when called.
 """
