@@ -134,3 +134,22 @@ def test_an_image_zoo_model_on_mnist_passes_the_guard(host_24gib, tmp_path):
     with pytest.raises(AssertionError, match="population was built"):
         main(["run", "--dataset", "mnist", "--data-path", str(MNIST_PATH), "--num-clients", "100", "--model",
               "resnet20", "--rounds", "1", "--no-progress", "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("model,hidden", [("logreg", None), ("linear", None), ("mlp", (7, 5))])
+def test_the_pre_jax_parameter_count_is_the_models_own(model, hidden):
+    """The count the memory check uses before JAX starts equals the built model's (``linear`` was counted as the
+    CNN's 1.6M parameters)."""
+    import math
+    from types import SimpleNamespace
+
+    import jax
+
+    from jaxqfl import models
+    from jaxqfl.experiment import memory_guard
+
+    built = {"logreg": lambda: models.logistic_regression(3), "linear": lambda: models.linear_regression(3),
+             "mlp": lambda: models.mlp(hidden=hidden, num_outputs=3)}[model]()
+    shapes = jax.eval_shape(built.init, jax.random.key(0), jax.ShapeDtypeStruct((2, 11), "float32"))
+    actual = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+    assert memory_guard.model_num_params(SimpleNamespace(model=model, hidden=hidden), 11, 3) == actual

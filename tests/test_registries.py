@@ -224,3 +224,11 @@ def test_each_model_entry_builds_its_model():
         if e.graph is not None:  # its layer graph has one Dense / Conv op per parameter layer
             assert sum(type(op).__name__ in ("Dense", "Conv") for op in e.graph(s)) == {
                 "mlp": 3, "cnn": 4}.get(e.name, 1)
+
+
+def test_attack_scale_is_refused_with_an_attack_that_reads_no_strength(capsys):
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--attack", "label-flip", "--attack-scale", "2", "--print-config"])
+    assert e.value.code == 2 and "--attack-scale does nothing with --attack label-flip" in capsys.readouterr().err

@@ -86,12 +86,12 @@ def _gib(b: float) -> str:
 
 
 def model_num_params(args, feature_dim: int, num_classes: int, feature_shape: tuple | None = None) -> int:
-    """Parameters of the CLI's models (logreg, mlp, cnn: from their layer sizes; zoo models: abstract init)."""
+    """Parameters of the CLI's models (logreg / linear, mlp, cnn: from their layer sizes; zoo models: abstract init)."""
     from jaxqfl.experiment import model_rules
 
     if args.model in model_rules.ZOO_MODELS:
         return model_rules.num_params(args, feature_shape or (feature_dim,), num_classes)
-    if args.model == "logreg":
+    if args.model in ("logreg", "linear"):  # one dense layer (linear = logreg with num_classes outputs)
         return feature_dim * num_classes + num_classes
     if args.model == "mlp":
         sizes = [feature_dim, *args.hidden, num_classes]

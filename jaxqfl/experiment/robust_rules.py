@@ -56,6 +56,8 @@ def validate(parser: Refuser, args: Settings) -> None:
                          f"it does nothing with --attack {args.attack}: drop it or choose an attack")
     if args.byzantine_fraction is not None and not 0.0 <= args.byzantine_fraction <= 1.0:
         parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
+    if attacking and args.attack_scale is not None and not attack_registry.BY_NAME[args.attack].reads_scale:
+        parser.error(f"--attack-scale does nothing with --attack {args.attack}, which reads no strength: drop it")
     if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):
         parser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
     problem = entry.check(args) if entry.check is not None else None

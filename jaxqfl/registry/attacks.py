@@ -23,6 +23,7 @@ class AttackEntry(NamedTuple):
     scale: Optional[float] = None  # the default strength (None: computed from the round, or not read)
     flips_labels: bool = False
     cli: bool = True
+    reads_scale: bool = True  # False: --attack-scale would do nothing with it (refused)
     hyper: tuple = ()  # none of its own: --byzantine-fraction and --attack-scale serve every attack
 
 
@@ -38,12 +39,12 @@ def _behaviour(factory: str, takes_scale: bool = True):
 
 
 ENTRIES = (
-    AttackEntry("none", "no malicious clients", None),
+    AttackEntry("none", "no malicious clients", None, reads_scale=False),
     AttackEntry("sign-flip", "send -scale u", _behaviour("sign_flip"), 1.0),
     AttackEntry("scale", "model replacement: send scale u (Bagdasaryan et al. 2020)", _behaviour("scaling"), 10.0),
     AttackEntry("gaussian", "send scale z, z ~ N(0, I)", _behaviour("gaussian"), 1.0),
     AttackEntry("label-flip", "train on labels y -> K - 1 - y, send the update unchanged",
-                _behaviour("label_flip", takes_scale=False), flips_labels=True),
+                _behaviour("label_flip", takes_scale=False), flips_labels=True, reads_scale=False),
     AttackEntry("alie", "a little is enough: mu - z sigma (Baruch et al. 2019; scale fixes z)", _behaviour("alie")),
     AttackEntry("ipm", "inner product manipulation: -scale mu (Xie et al. 2020)", _behaviour("ipm"), 0.1),
     AttackEntry("minmax", "min-max, average criterion (Shejwalkar & Houmansadr 2021; scale fixes gamma)",
