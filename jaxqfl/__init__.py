@@ -5,6 +5,7 @@ The public API::
     jaxqfl.Experiment          every setting of a run, typed (``Experiment.of``, ``.replace``, ``.validate``,
                                ``.from_toml`` / ``.to_toml``)
     jaxqfl.run(experiment)     what ``jaxqfl run`` does, from Python (``RunOutcome``: folder, status, summary)
+    jaxqfl.resume(out)         ``jaxqfl run --resume OUT``: a stopped run continued from its newest checkpoint
     jaxqfl.ExperimentError     every refusal of a setting or a combination
     jaxqfl.load_final_model    a run folder's final model
 
@@ -16,7 +17,7 @@ and the subpackages, imported on first use: ``data``, ``models``, ``algorithms``
 
 __version__ = "0.1.0"
 
-from jaxqfl.experiment import Experiment, ExperimentError, run  # noqa: E402  (no JAX: the settings only)
+from jaxqfl.experiment import Experiment, ExperimentError, resume, run  # noqa: E402  (no JAX: the settings only)
 
 SUBPACKAGES = ("data", "models", "algorithms", "aggregate", "compress", "quant", "ptq", "privacy", "engine", "lora",
                "systems", "clustering", "registry", "experiment", "keys", "tasks", "metrics", "sinks")
@@ -42,4 +43,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxqfl' has no attribute {name!r}")
 
 
-__all__ = ["Experiment", "ExperimentError", "load_final_model", "run", *SUBPACKAGES]
+__all__ = ["Experiment", "ExperimentError", "load_final_model", "resume", "run", *SUBPACKAGES]

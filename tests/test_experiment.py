@@ -249,3 +249,20 @@ def test_the_public_api_is_curated_and_import_jaxqfl_starts_no_jax():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     with pytest.raises(AttributeError, match="no attribute 'cli_main'"):
         jaxqfl.cli_main
+
+
+def test_jaxqfl_resume_continues_a_stopped_run_to_the_uninterrupted_model(tmp_path):
+    """A run whose last checkpoint and final model are lost (stopped after round 2 of 4) continues from its
+    round-2 checkpoint with ``jaxqfl.resume`` to the same final model as the run that was never stopped."""
+    import shutil
+
+    exp = Experiment.of(**{**SMALL, "rounds": 4, "checkpoint_every": 2, "eval_every": 2})
+    whole = jaxqfl.run(exp, out=tmp_path / "whole")
+    stopped = jaxqfl.run(exp, out=tmp_path / "stopped")
+    shutil.rmtree(stopped.out / "checkpoints" / "4")
+    (stopped.out / "final_params.msgpack").unlink()
+    again = jaxqfl.resume(stopped.out)
+    assert again.status == 0 and again.summary["rounds"] == 4
+    assert (again.out / "final_params.msgpack").read_bytes() == (whole.out / "final_params.msgpack").read_bytes()
+    with pytest.raises(ExperimentError, match="no such folder"):
+        jaxqfl.resume(tmp_path / "missing")

@@ -21,4 +21,11 @@ def run(experiment, **options):
     return run_experiment(experiment, **options)
 
 
-__all__ = ["Experiment", "ExperimentError", "InvalidValue", "run", "settings"]
+def resume(out, **options):
+    """``jaxqfl.resume``: see :func:`jaxqfl.experiment.pipeline.resume` (imported on first use: it starts JAX)."""
+    from jaxqfl.experiment.pipeline import resume as resume_run
+
+    return resume_run(out, **options)
+
+
+__all__ = ["Experiment", "ExperimentError", "InvalidValue", "resume", "run", "settings"]

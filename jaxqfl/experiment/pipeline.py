@@ -121,7 +121,6 @@ def run(experiment, *, out: str | pathlib.Path | None = None, overwrite: bool = 
     before any data is read where the problem is visible from the settings alone.
     """
     from jaxqfl import value_kinds as values
-    from jaxqfl.experiment import outputs, runner
     from jaxqfl.experiment.experiment import Experiment
 
     if not isinstance(experiment, Experiment):
@@ -131,8 +130,38 @@ def run(experiment, *, out: str | pathlib.Path | None = None, overwrite: bool = 
     sinks = values.sink_list(values.as_text(log))
     settings = settings_of(experiment, out=None if out is None else str(out), overwrite=overwrite, log=sinks,
                            no_progress=not progress)
+    return _execute(settings, "jaxqfl.run() call")
+
+
+def resume(out: str | pathlib.Path, *, log: tuple[str, ...] | str = ("jsonl",), progress: bool = False) -> RunOutcome:
+    """Continue the run in folder ``out`` from its newest readable checkpoint, as ``jaxqfl run --resume OUT``.
+
+    The experiment is the checkpoint's own config (``Experiment.from_toml(out / "config.toml")`` reads the
+    same); a resumed run equals the uninterrupted one. Raises ``ExperimentError`` when ``out`` holds no
+    readable checkpoint.
+    """
+    from jaxqfl import value_kinds as values
+    from jaxqfl.experiment import run_folder
+    from jaxqfl.experiment.experiment import Experiment
+
+    if not isinstance(progress, bool):
+        raise ExperimentError(f"progress takes True or False, got {progress!r}")
+    folder = pathlib.Path(out)
+    if not folder.is_dir():
+        raise ExperimentError(f"resume {str(out)!r}: no such folder")
+    step, meta = run_folder.readable_meta(run_folder.checkpoint_dir(folder), str(out))
+    settings = settings_of(Experiment.of(**meta["config"]), resume=str(folder), out=str(folder),
+                           log=values.sink_list(values.as_text(log)), no_progress=not progress)
+    settings._resume_meta, settings._resume_step = meta, step
+    return _execute(settings, "jaxqfl.resume() call")
+
+
+def _execute(settings: Settings, what: str) -> RunOutcome:
+    """The library's run path on fresh settings (the module docstring's steps), refusals raised."""
+    from jaxqfl.experiment import outputs, runner
+
     refuser = Refuse()
-    origin = (time.time(), "jaxqfl.run() call")
+    origin = (time.time(), what)
     try:
         resolve(settings, refuser)
         check_memory(settings, refuser)
