@@ -29,7 +29,7 @@ def weighs_by_examples(args: Settings) -> bool:
             and getattr(args, "algorithm", "fedavg") not in UNIFORM_ALGORITHMS)
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     """Refuse hyper-parameters the chosen algorithm does not read; fill in its own defaults."""
     a = args.algorithm
     entry = registry.BY_NAME[a]
@@ -37,25 +37,25 @@ def validate(parser: Refuser, args: Settings) -> None:
         value = getattr(args, h.name, None)
         if isinstance(value, tuple):
             if len(value) > 1:
-                parser.error(f"--{h.name.replace('_', '-')} takes one value here, got "
+                refuser.error(f"--{h.name.replace('_', '-')} takes one value here, got "
                              f"{','.join(f'{m:g}' for m in value)}")
             setattr(args, h.name, value[0])
     for dest, users in OWN_FLAGS.items():
         if getattr(args, dest, None) is not None and a not in users:
-            parser.error(f"--{dest.replace('_', '-')} applies to --algorithm {' / '.join(users)}, got --algorithm {a}")
+            refuser.error(f"--{dest.replace('_', '-')} applies to --algorithm {' / '.join(users)}, got --algorithm {a}")
     if getattr(args, "head", None) is not None:
         import re
 
         try:
             re.compile(args.head)
         except re.error as err:
-            parser.error(f"--head {args.head!r} is not a regular expression: {err}")
+            refuser.error(f"--head {args.head!r} is not a regular expression: {err}")
     if not entry.server_optimizer and args.server_opt != "sgd":
-        parser.error(f"--algorithm {a} has no server optimizer; --server-opt must be sgd, got {args.server_opt}")
+        refuser.error(f"--algorithm {a} has no server optimizer; --server-opt must be sgd, got {args.server_opt}")
     if not entry.server_lr and "server_lr" in getattr(args, "sweep_values", {}):
-        parser.error(f"--algorithm {a} has no server learning rate; --server-lr takes no list")
+        refuser.error(f"--algorithm {a} has no server learning rate; --server-lr takes no list")
     if not entry.server_lr and args.server_lr != 1.0:
-        parser.error(f"--algorithm {a} has no server learning rate; --server-lr must be 1, got {args.server_lr}")
+        refuser.error(f"--algorithm {a} has no server learning rate; --server-lr must be 1, got {args.server_lr}")
     for h in entry.hyper:
         if h.default is not None and getattr(args, h.name, None) is None:
             setattr(args, h.name, h.default)

@@ -16,7 +16,7 @@ whole ``FedBuffState`` (server state, in-flight table, last flush time;
 far (``meta_fields``, from the count ``engine.run`` keeps: ``RunResult.counts``), so a resumed run equals the
 uninterrupted one.
 
-Refused (``parser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
+Refused (``refuser.error``): no ``--speeds`` (the clock orders the arrivals); sweeps
 (``--seeds``, lists), ``--tiers``, ``--sampling poisson``, ``--cohort-size`` (C replaces
 it), ``--stream``, ``--client-state`` other than auto, per-client state (``--algorithm``
 scaffold, feddyn and the personal ones, ``+ef`` codecs, ``--dp-adaptive-quantile``: adaptive
@@ -67,35 +67,35 @@ def _staleness_problem(spec: str) -> str | None:
     return f"--staleness {spec!r} is not one of constant, sqrt, poly:A"
 
 
-def validate(parser, args) -> None:
+def validate(refuser, args) -> None:
     """Refuse bad or unsupported FedBuff flags; runs before the dataset defaults are filled in."""
     if not on(args):
         for flag, dest in (("--concurrency", "concurrency"), ("--buffer", "buffer"), ("--staleness", "staleness")):
             if getattr(args, dest) is not None:
-                parser.error(f"{flag} applies to --async fedbuff")
+                refuser.error(f"{flag} applies to --async fedbuff")
         return
     if args.staleness is None:
         args.staleness = "constant"
     problem = _staleness_problem(args.staleness)
     if problem:
-        parser.error(problem)
+        refuser.error(problem)
     if args.concurrency is None or args.buffer is None:
-        parser.error("--async fedbuff needs --concurrency C and --buffer K")
+        refuser.error("--async fedbuff needs --concurrency C and --buffer K")
     if args.buffer > args.concurrency:
-        parser.error(f"--buffer {args.buffer} exceeds --concurrency {args.concurrency} (a flush needs K <= C arrivals)")
+        refuser.error(f"--buffer {args.buffer} exceeds --concurrency {args.concurrency} (a flush needs K <= C arrivals)")
     if args.num_clients is not None and args.concurrency > args.num_clients:
-        parser.error(f"--concurrency {args.concurrency} exceeds --num-clients {args.num_clients}")
+        refuser.error(f"--concurrency {args.concurrency} exceeds --num-clients {args.num_clients}")
     if args.speeds is None:
-        parser.error("--async fedbuff needs --speeds (lognormal:SIGMA or a FILE): the virtual clock orders arrivals")
+        refuser.error("--async fedbuff needs --speeds (lognormal:SIGMA or a FILE): the virtual clock orders arrivals")
     if args.cohort_size is not None:
-        parser.error("--cohort-size does not apply to --async fedbuff: --concurrency C clients are in flight and "
+        refuser.error("--cohort-size does not apply to --async fedbuff: --concurrency C clients are in flight and "
                      "--buffer K of them are aggregated per server step")
     cohort_rules = [f"--{flag} {getattr(args, flag)}" for flag, default in (("availability", "always"),
                                                                           ("selection", "uniform"))
                     if getattr(args, flag, None) not in (None, default)]
     unweighted = [flag for dest, flag in UNWEIGHTED_MEANS if getattr(args, dest, None) not in (None, False)]
     if getattr(args, "deadline", None) is not None:
-        parser.error(f"--deadline {args.deadline}: --async fedbuff has no rounds to give a deadline (the server "
+        refuser.error(f"--deadline {args.deadline}: --async fedbuff has no rounds to give a deadline (the server "
                      f"steps whenever --buffer clients have arrived; slow clients arrive stale instead)")
     refusals = [
         (bool(args.sweep_values) or args.seeds is not None,
@@ -125,7 +125,7 @@ def validate(parser, args) -> None:
     ]
     for refused, message in refusals:
         if refused:
-            parser.error(message)
+            refuser.error(message)
     args.cohort_size = args.concurrency  # what the memory guard and the population checks size for
     args._derived = (*getattr(args, "_derived", ()), "cohort_size")  # not a flag of this run: kept out of config.toml
 

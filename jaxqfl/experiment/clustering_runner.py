@@ -35,26 +35,26 @@ def is_clustering(args: Settings) -> bool:
     return (args.task or DEFAULT_TASK.get(args.dataset)) == "clustering"
 
 
-def check(parser: Refuser, args: Settings) -> None:
+def check(refuser: Refuser, args: Settings) -> None:
     """Refuse flags that do not apply to k-means (called before the dataset's defaults fill the unset flags)."""
     if not is_clustering(args):
         for flag in ("clusters", "seed_points"):
             if getattr(args, flag) is not None:
-                parser.error(f"--{flag.replace('_', '-')} applies to --task clustering")
+                refuser.error(f"--{flag.replace('_', '-')} applies to --task clustering")
         return
     if args.model is not None or args.quant != "none":
-        parser.error("--task clustering learns K centroids (federated k-means); --model and --quant do not apply")
+        refuser.error("--task clustering learns K centroids (federated k-means); --model and --quant do not apply")
     if args.client_lr is not None:
-        parser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
+        refuser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
                      "steps by 1/count per centroid (Sculley 2010)")
     if args.kmeans == "lloyd":
         given = [f for f in ("local_steps", "local_epochs", "batch_size") if getattr(args, f) is not None]
         if given:
-            parser.error(f"--kmeans lloyd takes one full-batch step per client and round; "
+            refuser.error(f"--kmeans lloyd takes one full-batch step per client and round; "
                          f"--{given[0].replace('_', '-')} applies to --kmeans minibatch")
         args.local_steps, args.batch_size = 1, 0
     elif args.local_epochs is not None:
-        parser.error("--kmeans minibatch needs a fixed batch per step: give --local-steps, not --local-epochs")
+        refuser.error("--kmeans minibatch needs a fixed batch per step: give --local-steps, not --local-epochs")
     args.client_lr = 1.0  # unused: k-means has its own step sizes
     # Values the validators fill in that k-means refuses as flags: not in its config.toml (--config repeats it).
     args._derived = {"model", "hidden", "client_lr"} | (

@@ -20,54 +20,54 @@ from jaxqfl.data.build import PARTITIONS  # NumPy only: JAX is not started yet
 from jaxqfl.registry import datasets as registry
 
 
-def validate_data(parser: Refuser, args: Settings) -> None:
+def validate_data(refuser: Refuser, args: Settings) -> None:
     """Refuse inconsistent data flags; fill the dataset's task."""
     entry = registry.BY_NAME[args.dataset]
     kind = entry.reads
     if kind is not None:
         if args.data_path is None:
-            parser.error(f"--dataset {args.dataset} needs --data-path {entry.path_doc}")
+            refuser.error(f"--dataset {args.dataset} needs --data-path {entry.path_doc}")
         if kind == "file" and os.path.isdir(args.data_path):
-            parser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
+            refuser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
                          f"({entry.layout})")
         if kind == "file" and not os.path.isfile(args.data_path):
-            parser.error(f"--data-path {args.data_path!r}: no such file")
+            refuser.error(f"--data-path {args.data_path!r}: no such file")
         if kind == "folder" and os.path.isfile(args.data_path):
-            parser.error(f"--data-path {args.data_path!r} is a file; --dataset {args.dataset} reads a folder")
+            refuser.error(f"--data-path {args.data_path!r} is a file; --dataset {args.dataset} reads a folder")
         if kind == "folder" and not os.path.isdir(args.data_path):
-            parser.error(f"--data-path {args.data_path!r}: no such folder ({entry.layout})")
+            refuser.error(f"--data-path {args.data_path!r}: no such folder ({entry.layout})")
     elif args.data_path is not None:
         readers = [e.name for e in registry.ENTRIES if e.reads is not None]
-        parser.error(f"--data-path applies to --dataset {', '.join(readers[:-1])} or {readers[-1]}; "
+        refuser.error(f"--data-path applies to --dataset {', '.join(readers[:-1])} or {readers[-1]}; "
                      f"{args.dataset} data is generated")
     if args.dataset == "packed" and args.partition not in (None, "natural"):
-        parser.error(f"--partition {args.partition}: --dataset packed keeps the clients it was packed with (a "
+        refuser.error(f"--partition {args.partition}: --dataset packed keeps the clients it was packed with (a "
                      f"re-split would read every row); pack the data again divided as wanted")
     if args.partition == "natural" and not entry.natural:
-        parser.error(f"--partition natural does not exist for {args.dataset}; choose one of "
+        refuser.error(f"--partition natural does not exist for {args.dataset}; choose one of "
                      f"{[p for p in PARTITIONS if p != 'natural']}")
     if not (args.sigma >= 0 and math.isfinite(args.sigma)):
-        parser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
+        refuser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.max_client_size is not None and args.max_client_size < args.min_client_size:
-        parser.error(f"--max-client-size {args.max_client_size} is below --min-client-size {args.min_client_size}")
+        refuser.error(f"--max-client-size {args.max_client_size} is below --min-client-size {args.min_client_size}")
     task = args.task or entry.task
     if entry.task == "next-token" and task != "next-token":
-        parser.error(f"--task {task} does not fit --dataset {args.dataset}, which is for next-token prediction")
+        refuser.error(f"--task {task} does not fit --dataset {args.dataset}, which is for next-token prediction")
     if task == "next-token" and args.dataset not in ("text", "leaf"):
-        parser.error(f"--task next-token needs text: --dataset text, or leaf with string rows (Shakespeare); "
+        refuser.error(f"--task next-token needs text: --dataset text, or leaf with string rows (Shakespeare); "
                      f"not --dataset {args.dataset}")
     if task == "next-token" and args.partition in ("dirichlet", "shards"):
-        parser.error(f"--partition {args.partition} splits by class label; next-token windows have none "
+        refuser.error(f"--partition {args.partition} splits by class label; next-token windows have none "
                      "(use natural, iid or quantity)")
     own = entry.task
     if own is not None:  # a task of its own: classification and clustering share integer labels
         if (task == "regression") != (own == "regression"):
-            parser.error(f"--task {task} does not fit --dataset {args.dataset}, which holds "
+            refuser.error(f"--task {task} does not fit --dataset {args.dataset}, which holds "
                          f"{'real targets' if own == 'regression' else 'integer labels'}")
     if task == "regression" and args.partition in ("dirichlet", "shards"):
-        parser.error(f"--partition {args.partition} splits by class label; regression targets have none "
+        refuser.error(f"--partition {args.partition} splits by class label; regression targets have none "
                      "(use iid or quantity)")
-    population_rules.validate(parser, args)
+    population_rules.validate(refuser, args)
 
 
 def stream_origin(args: Settings) -> str:

@@ -32,24 +32,24 @@ def merged_quantized(fmt: str) -> str:
     return f"merged_params_{fmt}.msgpack"
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     """Refuse LoRA flags that do not fit each other or the run (before JAX starts)."""
     rank = args.lora_rank
     if rank is None:
         for flag in ("lora_alpha", "lora_targets", "lora_tier_ranks", "lora_aggregation", "base_quant"):
             if getattr(args, flag) is not None:
-                parser.error(f"--{flag.replace('_', '-')} applies to LoRA runs: add --lora-rank R")
+                refuser.error(f"--{flag.replace('_', '-')} applies to LoRA runs: add --lora-rank R")
     else:
         if args.lora_targets is not None:
             try:
                 re.compile(args.lora_targets)
             except re.error as e:
-                parser.error(f"--lora-targets {args.lora_targets!r} is not a regular expression: {e}")
+                refuser.error(f"--lora-targets {args.lora_targets!r} is not a regular expression: {e}")
         if args.lora_tier_ranks is not None and max(args.lora_tier_ranks) > rank:
-            parser.error(f"--lora-tier-ranks {','.join(map(str, args.lora_tier_ranks))}: every tier's rank must be "
+            refuser.error(f"--lora-tier-ranks {','.join(map(str, args.lora_tier_ranks))}: every tier's rank must be "
                          f"at most --lora-rank {rank}")
         if args.quant not in (None, "none"):
-            parser.error(f"--lora-rank trains float adapters on a frozen base; --quant {args.quant} (QAT of the "
+            refuser.error(f"--lora-rank trains float adapters on a frozen base; --quant {args.quant} (QAT of the "
                          "whole model) does not combine with it: use --base-quant to store the base in low precision")
         if args.lora_aggregation == "product":
             other = [flag for flag, on in (
@@ -58,12 +58,12 @@ def validate(parser: Refuser, args: Settings) -> None:
                 ("--secure-aggregation", bool(getattr(args, "secure_aggregation", None))),
                 ("--integer-aggregation", bool(getattr(args, "integer_aggregation", False)))) if on]
             if other:
-                parser.error(f"--lora-aggregation product gathers every client's adapters to multiply them; it "
+                refuser.error(f"--lora-aggregation product gathers every client's adapters to multiply them; it "
                              f"does not combine with {', '.join(other)} (sums): use --lora-aggregation fedit")
         if getattr(args, "stream", False):
-            parser.error("--lora-rank needs the population on the devices (the base travels with it); drop --stream")
+            refuser.error("--lora-rank needs the population on the devices (the base travels with it); drop --stream")
     if args.init_from is not None and not os.path.exists(args.init_from):
-        parser.error(f"--init-from {args.init_from!r}: no such file or folder")
+        refuser.error(f"--init-from {args.init_from!r}: no such file or folder")
 
 
 def adapted(args: Settings, model, population):

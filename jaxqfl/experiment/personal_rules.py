@@ -30,24 +30,24 @@ from jaxqfl.choices import PERSONAL_ALGORITHMS
 CLIENT_TEST = choices.CLIENT_TEST
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     """Refuse what per-client evaluation cannot do yet; fill Per-FedAvg's default."""
     sweep = bool(getattr(args, "sweep_values", None)) or args.seeds is not None
     if args.algorithm == "perfedavg" and args.personal_eval is None and not sweep and not args.stream:
         args.personal_eval = 1
     fine_tunes = bool(args.personal_eval)
     if args.personal_lr is not None and not fine_tunes:
-        parser.error(f"--personal-lr {args.personal_lr:g} is the step of --personal-eval; give --personal-eval K "
+        refuser.error(f"--personal-lr {args.personal_lr:g} is the step of --personal-eval; give --personal-eval K "
                      f"(K >= 1) with it")
     personal = args.algorithm in PERSONAL_ALGORITHMS
     what = f"--algorithm {args.algorithm}" if personal else "--personal-eval"
     if (personal or fine_tunes) and sweep:
-        parser.error(f"{what} evaluates every client's own model, which sweeps (--seeds, list-valued flags) do "
+        refuser.error(f"{what} evaluates every client's own model, which sweeps (--seeds, list-valued flags) do "
                      f"not yet do; run one config at a time")
     if (personal or fine_tunes) and args.stream:
-        parser.error(f"{what} evaluates every client's own model, which --stream does not yet do; drop --stream")
+        refuser.error(f"{what} evaluates every client's own model, which --stream does not yet do; drop --stream")
     if fine_tunes and args.client_test == "none":
-        parser.error(f"--personal-eval {args.personal_eval} evaluates each client on its own test rows; "
+        refuser.error(f"--personal-eval {args.personal_eval} evaluates each client on its own test rows; "
                      f"--client-test none leaves it none: use --client-test auto or labels")
 
 

@@ -35,19 +35,19 @@ def on(args) -> bool:
     return getattr(args, "population", "memory") == "procedural"
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     """Refuse, by name, what ``--population procedural`` cannot take (module docstring)."""
     if not on(args):
         return
     if args.dataset not in ("synthetic", "gaussian-mixture"):
-        parser.error(f"--population procedural generates --dataset synthetic or gaussian-mixture; --dataset "
+        refuser.error(f"--population procedural generates --dataset synthetic or gaussian-mixture; --dataset "
                      f"{args.dataset} has no procedural generator (use --population memory)")
     if args.dataset == "gaussian-mixture" and args.task != "classification":
-        parser.error(f"--population procedural with --dataset gaussian-mixture needs --task classification (the "
+        refuser.error(f"--population procedural with --dataset gaussian-mixture needs --task classification (the "
                      f"component as label); --task {args.task or 'clustering'} (k-means) reads the whole population")
     max_count = args.max_client_size or DEFAULT_MAX_COUNT
     if args.min_client_size > max_count:
-        parser.error(f"--min-client-size {args.min_client_size} exceeds the procedural row cap {max_count} "
+        refuser.error(f"--min-client-size {args.min_client_size} exceeds the procedural row cap {max_count} "
                      f"(--max-client-size)")
     refused = [flag for flag, used in (
         ("--stream", getattr(args, "stream", False)),
@@ -65,7 +65,7 @@ def validate(parser: Refuser, args: Settings) -> None:
          or getattr(args, "seeds", None) is not None),
     ) if used]
     if refused:
-        parser.error(f"--population procedural generates each round's cohort inside the round and keeps no "
+        refuser.error(f"--population procedural generates each round's cohort inside the round and keeps no "
                      f"per-client data; it does not support {', '.join(refused)}")
 
 

@@ -31,69 +31,69 @@ class RoundFailed(RuntimeError):
     exit_status = EXIT_SECAGG_FAILED
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     dp_flags = [f for f in ("dp_noise", "dp_epsilon", "dp_delta", "dp_adaptive_quantile") if getattr(args, f) is not None]
     args.dp = args.dp_clip is not None
     if not args.dp and dp_flags:
-        parser.error(f"--{dp_flags[0].replace('_', '-')} needs --dp-clip C")
+        refuser.error(f"--{dp_flags[0].replace('_', '-')} needs --dp-clip C")
     if args.dp and (args.dp_noise is None) == (args.dp_epsilon is None):
-        parser.error("DP-FedAvg needs exactly one of --dp-noise z or --dp-epsilon E")
+        refuser.error("DP-FedAvg needs exactly one of --dp-noise z or --dp-epsilon E")
     args.dp_delta_default = args.dp and args.dp_delta is None
     if args.dp_delta_default and args.num_clients is not None:  # else (npz / leaf): set once the data is read
         args.dp_delta = default_delta(args.num_clients)
     ddp = args.dp_distributed is not None
     if args.dp_bits is not None and not ddp:
-        parser.error("--dp-bits applies to --dp-distributed")
+        refuser.error("--dp-bits applies to --dp-distributed")
     if ddp:
         if not args.dp:
-            parser.error("--dp-distributed needs --dp-clip C")
+            refuser.error("--dp-distributed needs --dp-clip C")
         if args.dp_adaptive_quantile is not None:
-            parser.error("--dp-adaptive-quantile is not available with --dp-distributed (fixed clipping only)")
+            refuser.error("--dp-adaptive-quantile is not available with --dp-distributed (fixed clipping only)")
         if args.uplink != "none":
-            parser.error(f"--dp-distributed quantizes the update itself (b-bit codes); drop --uplink {args.uplink}")
+            refuser.error(f"--dp-distributed quantizes the update itself (b-bit codes); drop --uplink {args.uplink}")
         if args.algorithm not in DISTRIBUTED_ALGORITHMS:
-            parser.error(f"--dp-distributed needs an update shaped like the model's parameters: --algorithm one of "
+            refuser.error(f"--dp-distributed needs an update shaped like the model's parameters: --algorithm one of "
                          f"{DISTRIBUTED_ALGORITHMS}, got {args.algorithm!r}")
         if args.integer_aggregation:
-            parser.error("--dp-distributed already sums integer codes; drop --integer-aggregation")
+            refuser.error("--dp-distributed already sums integer codes; drop --integer-aggregation")
         if aggregated(args) < 2:
-            parser.error(f"--dp-distributed needs {_cohort_flag(args)} >= 2, got {aggregated(args)}")
+            refuser.error(f"--dp-distributed needs {_cohort_flag(args)} >= 2, got {aggregated(args)}")
         if args.secagg_degree is not None and (args.secure_aggregation == "secagg" or not (
                 args.secagg_degree >= aggregated(args) - 1 or (args.secagg_degree >= 2 and args.secagg_degree % 2 == 0))):
-            parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1) with secagg+, "
+            refuser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1) with secagg+, "
                          f"got {args.secagg_degree}")
         args.dp_bits = 20 if args.dp_bits is None else args.dp_bits
         if not (2 ** (args.dp_bits - 1) > aggregated(args) + 1 and args.dp_bits <= 32):
-            parser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {aggregated(args) + 1}, "
+            refuser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {aggregated(args) + 1}, "
                          f"got {args.dp_bits}")
-        _predict_failure(parser, args)
+        _predict_failure(refuser, args)
         return
     if args.secure_aggregation is None and (args.dropout > 0 or args.secagg_threshold != 0.5):
-        parser.error("--dropout and --secagg-threshold apply to --secure-aggregation")
+        refuser.error("--dropout and --secagg-threshold apply to --secure-aggregation")
     if args.secagg_degree is not None:
         k = args.secagg_degree
         if args.secure_aggregation != "secagg+":
-            parser.error("--secagg-degree applies to --secure-aggregation secagg+")
+            refuser.error("--secagg-degree applies to --secure-aggregation secagg+")
         if not (k >= aggregated(args) - 1 or (k >= 2 and k % 2 == 0)):
-            parser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1 = "
+            refuser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1 = "
                          f"{aggregated(args) - 1} for all pairs), got {k}")
     if args.secure_aggregation is not None:
         if args.dp:
-            parser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
+            refuser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
                          "needs distributed DP); choose one")
         if getattr(args.uplink_codec, "integer_sum", None) is None or args.uplink == "none":
-            parser.error(f"--secure-aggregation needs an --uplink codec whose codes can be summed as integers "
+            refuser.error(f"--secure-aggregation needs an --uplink codec whose codes can be summed as integers "
                          f"(uniform, qsgd, terngrad); got --uplink {args.uplink!r}")
         if args.integer_aggregation:
-            parser.error("--secure-aggregation already sums integer codes; drop --integer-aggregation")
+            refuser.error("--secure-aggregation already sums integer codes; drop --integer-aggregation")
         if aggregated(args) < 2:
-            parser.error(f"--secure-aggregation needs {_cohort_flag(args)} >= 2, got {aggregated(args)}")
-        _predict_failure(parser, args)
+            refuser.error(f"--secure-aggregation needs {_cohort_flag(args)} >= 2, got {aggregated(args)}")
+        _predict_failure(refuser, args)
     if args.dp and args.integer_aggregation:
-        parser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
+        refuser.error("--dp-clip uses the float sum path; drop --integer-aggregation")
 
 
-def _predict_failure(parser: Refuser, args: Settings) -> None:
+def _predict_failure(refuser: Refuser, args: Settings) -> None:
     """Refuse a run whose dropout and threshold make a failed round likely (``jaxqfl.aggregate.secagg_plan``).
 
     A run more likely than not to hit a failed round is refused (exit 2); one whose failure
@@ -113,7 +113,7 @@ def _predict_failure(parser: Refuser, args: Settings) -> None:
                                protocol=args.secure_aggregation or "secagg+", neighbours=args.secagg_degree,
                                min_survivors=shares)
     except secagg_plan.SecaggWillFail as e:
-        parser.error(str(e))
+        refuser.error(str(e))
     if fp.warned:
         print(f"jaxqfl run: warning: at --dropout {args.dropout:g} and --secagg-threshold {args.secagg_threshold:g} "
               f"a round of secure aggregation may fail: P(some round of the {args.rounds} fails) <= "
@@ -207,7 +207,7 @@ def _central_dp_rule(args, num_clients: int, hp: dict | None):
     return agg
 
 
-def check_central_dp_rule(parser: Refuser, args: Settings) -> None:
+def check_central_dp_rule(refuser: Refuser, args: Settings) -> None:
     """``--dp-clip`` over a robust ``--aggregator``: central DP composed over the rule (``aggregate.central_dp``:
     clip, the rule, Gaussian noise of std z S with S the rule's L2 sensitivity). Refused, with the rule's own
     reason, where the rule has no bound, and where only the mean is served (adaptive clipping, distributed
@@ -218,7 +218,7 @@ def check_central_dp_rule(parser: Refuser, args: Settings) -> None:
                         (args.integer_aggregation, "--integer-aggregation"),
                         (getattr(args, "async", None) is not None, "--async fedbuff")):
         if given:
-            parser.error(f"{what} with --dp-clip serves --aggregator mean only; central DP over --aggregator "
+            refuser.error(f"{what} with --dp-clip serves --aggregator mean only; central DP over --aggregator "
                          f"{rule} takes a fixed clip and the float path")
     from jaxqfl import aggregate
 
@@ -226,7 +226,7 @@ def check_central_dp_rule(parser: Refuser, args: Settings) -> None:
         aggregate.central_dp(rule, args.dp_clip, 1.0, sampling=_sampling(args),
                              trim_fraction=args.trim_fraction if args.trim_fraction is not None else 0.2)
     except ValueError as e:
-        parser.error(f"--dp-clip with --aggregator {rule}: {e}")
+        refuser.error(f"--dp-clip with --aggregator {rule}: {e}")
 
 
 def _sampling(args) -> str:

@@ -30,7 +30,7 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     """Refuse settings the chosen rule or attack does not read, fill the defaults, check the cohort.
 
     A resumed run keeps its checkpoint's config (``run_folder.check_resume`` refuses any
@@ -43,7 +43,7 @@ def validate(parser: Refuser, args: Settings) -> None:
             if getattr(args, dest) is None:
                 setattr(args, dest, h.default)
         elif getattr(args, dest) is not None and not resumed:
-            parser.error(f"{_flag(dest)} applies to --aggregator {' / '.join(rules)}; it does nothing with "
+            refuser.error(f"{_flag(dest)} applies to --aggregator {' / '.join(rules)}; it does nothing with "
                          f"--aggregator {args.aggregator}: drop it or choose one of those rules")
     attacking = attack_registry.BY_NAME[args.attack].build is not None
     for dest, default in _ATTACK_SETTINGS.items():
@@ -52,14 +52,14 @@ def validate(parser: Refuser, args: Settings) -> None:
                 setattr(args, dest, default)
         elif getattr(args, dest) is not None and not resumed:
             attacks = ", ".join(e.name for e in attack_registry.ENTRIES if e.cli and e.build is not None)
-            parser.error(f"{_flag(dest)} applies to an --attack ({attacks}); "
+            refuser.error(f"{_flag(dest)} applies to an --attack ({attacks}); "
                          f"it does nothing with --attack {args.attack}: drop it or choose an attack")
     if args.byzantine_fraction is not None and not 0.0 <= args.byzantine_fraction <= 1.0:
-        parser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
+        refuser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
     if attacking and args.attack_scale is not None and not attack_registry.BY_NAME[args.attack].reads_scale:
-        parser.error(f"--attack-scale does nothing with --attack {args.attack}, which reads no strength: drop it")
+        refuser.error(f"--attack-scale does nothing with --attack {args.attack}, which reads no strength: drop it")
     if args.attack_scale is not None and not (0.0 <= args.attack_scale < math.inf):
-        parser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
+        refuser.error(f"--attack-scale must be a finite number >= 0, got {args.attack_scale}")
     problem = entry.check(args) if entry.check is not None else None
     if problem is not None:
-        parser.error(problem)
+        refuser.error(problem)

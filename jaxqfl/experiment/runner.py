@@ -51,18 +51,18 @@ MODELS = choices.MODELS
 DEFAULT_HIDDEN = (200, 200)
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     """Fill dataset-dependent defaults and refuse inconsistent flags, before JAX starts."""
     d = dataset_registry.BY_NAME[args.dataset].defaults  # the flags this dataset fills when left unset
     for flag in ("quant", "uplink", "downlink"):  # names are case-insensitive (README): one spelling from here on
         setattr(args, flag, getattr(args, flag).lower())
     if args.dataset == "packed":  # rows on disk are read by cohort: the streamed path (engine.build_streaming)
         args.stream = True
-    _split_sweep(parser, args)
-    async_rules.validate(parser, args)  # before the defaults: --cohort-size given is refused, C takes its place
-    clustering_runner.check(parser, args)  # k-means fixes its own local work: before the defaults
+    _split_sweep(refuser, args)
+    async_rules.validate(refuser, args)  # before the defaults: --cohort-size given is refused, C takes its place
+    clustering_runner.check(refuser, args)  # k-means fixes its own local work: before the defaults
     if args.local_steps is not None and args.local_epochs is not None:
-        parser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
+        refuser.error(f"give --local-steps or --local-epochs, not both (got {args.local_steps} and {args.local_epochs})")
     if args.local_steps is None and args.local_epochs is None:
         args.local_steps, args.local_epochs = d.local_steps, d.local_epochs
     if args.model is None and args.task == "next-token":  # LEAF text: the character LSTM, not leaf's MLP
@@ -70,53 +70,53 @@ def validate(parser: Refuser, args: Settings) -> None:
     for name in ("model", "num_clients", "cohort_size", "rounds", "client_lr", "batch_size", "eval_every"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(d, name))
-    algorithm_rules.validate(parser, args)
-    personal_rules.validate(parser, args)
+    algorithm_rules.validate(refuser, args)
+    personal_rules.validate(refuser, args)
     if args.num_clients is not None and args.cohort_size > args.num_clients:
         flag = "--concurrency" if async_rules.on(args) else "--cohort-size"
-        parser.error(f"{flag} {args.cohort_size} exceeds --num-clients {args.num_clients}")
-    validate_data(parser, args)
-    model_rules.validate(parser, args, args.task or DEFAULT_TASK[args.dataset])
-    lora_rules.validate(parser, args)
+        refuser.error(f"{flag} {args.cohort_size} exceeds --num-clients {args.num_clients}")
+    validate_data(refuser, args)
+    model_rules.validate(refuser, args, args.task or DEFAULT_TASK[args.dataset])
+    lora_rules.validate(refuser, args)
     task = args.task or DEFAULT_TASK[args.dataset]  # None: inferred from the file's targets (checked once read)
     if task is not None and _label_flip_without_labels(args.attack, task):
-        parser.error(_label_flip_without_labels(args.attack, task))
+        refuser.error(_label_flip_without_labels(args.attack, task))
     if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf", "packed"):
-        parser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
+        refuser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
                      "(or npz / leaf images of 28 x 28 pixels)")
     if args.model == "mlp" and args.hidden is None:
         args.hidden = DEFAULT_HIDDEN
     elif args.model != "mlp" and args.hidden is not None and getattr(args, "_resume_meta", None) is None:
-        parser.error(f"--hidden sets the MLP's hidden sizes; it does nothing with --model {args.model}: drop it "
+        refuser.error(f"--hidden sets the MLP's hidden sizes; it does nothing with --model {args.model}: drop it "
                      f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
     for preset in args.sweep_values.get("quant", [args.quant]):
         if preset not in PRESETS and preset != "list":
-            parser.error(f"--quant {preset!r} is not a preset; choose one of {', '.join(PRESETS)} (or list: "
+            refuser.error(f"--quant {preset!r} is not a preset; choose one of {', '.join(PRESETS)} (or list: "
                          f"their BOPs and bytes for the chosen model)")
     if "quant" in args.sweep_values and getattr(args, "lora_rank", None):
-        parser.error(f"--lora-rank trains float adapters on a frozen base; drop the --quant list "
+        refuser.error(f"--lora-rank trains float adapters on a frozen base; drop the --quant list "
                      f"{','.join(args.sweep_values['quant'])}")
-    _check_codecs(parser, args)
+    _check_codecs(refuser, args)
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
-    privacy_rules.validate(parser, args)
-    sampling_rules.validate(parser, args)
+    privacy_rules.validate(refuser, args)
+    sampling_rules.validate(refuser, args)
     if args.aggregator != "mean" and args.integer_aggregation:
-        parser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
-    robust_rules.validate(parser, args)
-    tier_rules.validate(parser, args)
-    systems_rules.validate(parser, args)
-    selection_rules.validate(parser, args)
+        refuser.error(f"--integer-aggregation is a mean; it does not combine with --aggregator {args.aggregator}")
+    robust_rules.validate(refuser, args)
+    tier_rules.validate(refuser, args)
+    systems_rules.validate(refuser, args)
+    selection_rules.validate(refuser, args)
     if getattr(args, "secure_aggregation", None) and args.aggregator != "mean":
-        parser.error(f"--aggregator {args.aggregator} does not combine with secure aggregation (the server only "
+        refuser.error(f"--aggregator {args.aggregator} does not combine with secure aggregation (the server only "
                      "learns the sum); use --aggregator mean")
     if args.dp and args.aggregator != "mean":
-        privacy_rules.check_central_dp_rule(parser, args)
+        privacy_rules.check_central_dp_rule(refuser, args)
 
 
-def _check_codecs(parser, args) -> None:
+def _check_codecs(refuser, args) -> None:
     """Build ``args.uplink_codec`` / ``downlink_codec`` (the first of a list); refuse a bad spec, the same codec
     twice in a list, and a list member that the aggregation cannot take."""
     from jaxqfl.compress import from_spec
@@ -129,7 +129,7 @@ def _check_codecs(parser, args) -> None:
             setattr(args, f"{flag}_codec", from_spec(specs[0]))
             built[flag] = families(specs)
         except ValueError as e:
-            parser.error(f"--{flag} {','.join(specs)!r}: {e}")
+            refuser.error(f"--{flag} {','.join(specs)!r}: {e}")
     specs = args.sweep_values.get("uplink", [args.uplink])
     if args.integer_aggregation:
         checked, flag = specs, "--integer-aggregation"
@@ -138,12 +138,12 @@ def _check_codecs(parser, args) -> None:
     if checked:
         for family in built["uplink"][1]:
             if traces_bucket(family):
-                parser.error(f"{flag} needs a static bucket size (the cohort shares one scale per bucket), but "
+                refuser.error(f"{flag} needs a static bucket size (the cohort shares one scale per bucket), but "
                              f"--uplink {','.join(family.specs)!r} differ in bucket= and would share one codec with "
                              "a traced bucket size; sweep one bucket size per run")
     for spec in checked:
         if spec == "none" or getattr(from_spec(spec), "integer_sum", None) is None:
-            parser.error(f"{flag} needs an --uplink codec whose codes can be summed as integers "
+            refuser.error(f"{flag} needs an --uplink codec whose codes can be summed as integers "
                          f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {spec!r}")
 
 
@@ -240,7 +240,7 @@ SWEEPABLE = ("client_lr", "server_lr", "mu", "dp_noise", "local_steps")  # flags
 NAMED_LISTS = ("quant", "uplink", "downlink")  # and these, of names (specs and presets hold no commas)
 
 
-def _split_sweep(parser, args) -> None:
+def _split_sweep(refuser, args) -> None:
     """``args.sweep_values``: the swept flags' value lists; the flags themselves keep their first value."""
     args.sweep_values = {}
     for name in SWEEPABLE:
@@ -253,25 +253,25 @@ def _split_sweep(parser, args) -> None:
         items = [x.strip() for x in getattr(args, name).split(",")]
         if len(items) > 1:
             if not all(items) or len(set(items)) < len(items):
-                parser.error(f"--{name} {getattr(args, name)!r}: a list takes each value once, none empty")
+                refuser.error(f"--{name} {getattr(args, name)!r}: a list takes each value once, none empty")
             if "list" in items:
-                parser.error(f"--{name} {getattr(args, name)!r}: 'list' prints the presets' costs; it is not a preset")
+                refuser.error(f"--{name} {getattr(args, name)!r}: 'list' prints the presets' costs; it is not a preset")
             args.sweep_values[name] = items
         setattr(args, name, items[0])
     if args.seeds is not None and args.seed is not None:
-        parser.error("give --seed or --seeds, not both")
+        refuser.error("give --seed or --seeds, not both")
     if args.seed is None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
     if (args.sweep_values or args.seeds is not None) and args.data_seed is None:
         args.data_seed = args.seed  # one population for every config: recorded, so each config can be repeated
     if (args.sweep_values or args.seeds is not None) and args.stream:
-        parser.error(f"a sweep (--seeds or a list of values) runs on-device; {stream_origin(args)} is not available "
+        refuser.error(f"a sweep (--seeds or a list of values) runs on-device; {stream_origin(args)} is not available "
                      f"in a sweep (drop it, or run one config at a time with --seed)")
     if (args.sweep_values or args.seeds is not None) and getattr(args, "dp_distributed", None) is not None:
-        parser.error("--dp-distributed runs one config at a time (its grid and noise shares are calibrated per "
+        refuser.error("--dp-distributed runs one config at a time (its grid and noise shares are calibrated per "
                      "run); drop --seeds and list-valued flags")
     if (args.sweep_values or args.seeds is not None) and args.client_state not in ("auto", "replicated"):
-        parser.error(f"a sweep keeps every config's per-client states replicated on the devices ([configs, clients, "
+        refuser.error(f"a sweep keeps every config's per-client states replicated on the devices ([configs, clients, "
                      f"...]); drop --client-state {args.client_state}")
 
 

@@ -13,28 +13,28 @@ import sys
 
 
 
-def validate(parser: Refuser, args: Settings) -> None:
+def validate(refuser: Refuser, args: Settings) -> None:
     if args.sampling != "poisson":
         if args.max_cohort is not None:
-            parser.error("--max-cohort applies to --sampling poisson")
+            refuser.error("--max-cohort applies to --sampling poisson")
         return
     from jaxqfl.experiment.clustering_runner import is_clustering
 
     if is_clustering(args):
-        parser.error("--sampling poisson is not available for --task clustering")
+        refuser.error("--sampling poisson is not available for --task clustering")
     if args.stream:
-        parser.error("--sampling poisson draws the cohort inside the round program; it does not combine with "
+        refuser.error("--sampling poisson draws the cohort inside the round program; it does not combine with "
                      "--stream (the host must know a streamed cohort first)")
     if args.client_state == "host":
-        parser.error("--sampling poisson does not combine with --client-state host; use replicated or sharded")
+        refuser.error("--sampling poisson does not combine with --client-state host; use replicated or sharded")
     if args.sweep_values or args.seeds is not None:
-        parser.error("--sampling poisson runs one config at a time; drop --seeds and list-valued flags")
+        refuser.error("--sampling poisson runs one config at a time; drop --seeds and list-valued flags")
     for flag in ("secure_aggregation", "dp_distributed"):
         if getattr(args, flag, None) is not None:
-            parser.error(f"--sampling poisson does not combine with --{flag.replace('_', '-')} yet (secure "
+            refuser.error(f"--sampling poisson does not combine with --{flag.replace('_', '-')} yet (secure "
                          f"aggregation's masks and distributed DP's noise shares are set up for a fixed cohort)")
     if args.num_clients is not None and args.max_cohort is not None and args.max_cohort > args.num_clients:
-        parser.error(f"--max-cohort {args.max_cohort} exceeds --num-clients {args.num_clients}")
+        refuser.error(f"--max-cohort {args.max_cohort} exceeds --num-clients {args.num_clients}")
 
 
 def build_kwargs(args, num_clients: int) -> dict:

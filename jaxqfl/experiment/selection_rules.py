@@ -35,7 +35,7 @@ def _given(args) -> list[str]:
     return out
 
 
-def validate(parser, args) -> None:
+def validate(refuser, args) -> None:
     """Refuse a malformed spec, a pool outside [M, C], and the runs that do not draw the cohort in the program."""
     from jaxqfl.systems import availability as avail
     from jaxqfl.systems import selection as sel
@@ -46,16 +46,16 @@ def validate(parser, args) -> None:
             try:
                 avail.parse(spec)
             except ValueError as e:
-                parser.error(f"--availability: {e}")
+                refuser.error(f"--availability: {e}")
         elif spec.lower() != "always" and not os.path.isfile(spec):
-            parser.error(f"--availability {spec!r} is none of always, bernoulli:P (P in (0, 1]), diurnal:PERIOD "
+            refuser.error(f"--availability {spec!r} is none of always, bernoulli:P (P in (0, 1]), diurnal:PERIOD "
                          f"(PERIOD a positive integer) or an existing CSV file client,availability")
     rule = None
     if args.selection is not None:
         try:
             rule = sel.parse(args.selection)
         except ValueError as e:
-            parser.error(f"--selection: {e}")
+            refuser.error(f"--selection: {e}")
     given = _given(args)
     if not given:
         return
@@ -63,37 +63,37 @@ def validate(parser, args) -> None:
     from jaxqfl.experiment.clustering_runner import is_clustering
 
     if is_clustering(args):
-        parser.error(f"{what} is not available for --task clustering")
+        refuser.error(f"{what} is not available for --task clustering")
     if getattr(args, "stream", False):
-        parser.error(f"{what} draws the cohort inside the round program; it does not combine with --stream (the "
+        refuser.error(f"{what} draws the cohort inside the round program; it does not combine with --stream (the "
                      f"host must know a streamed cohort first)")
     if args.client_state == "host":
-        parser.error(f"{what} does not combine with --client-state host (the host would need the cohort before the "
+        refuser.error(f"{what} does not combine with --client-state host (the host would need the cohort before the "
                      f"round); use replicated or sharded")
     if args.sweep_values or args.seeds is not None:
-        parser.error(f"{what} runs one config at a time; drop --seeds and list-valued flags")
+        refuser.error(f"{what} runs one config at a time; drop --seeds and list-valued flags")
     if getattr(args, "dp", False) or getattr(args, "dp_distributed", None) is not None:
-        parser.error(f"{what} does not combine with differential privacy: the accountant assumes every client is "
+        refuser.error(f"{what} does not combine with differential privacy: the accountant assumes every client is "
                      f"sampled uniformly")
     if getattr(args, "secure_aggregation", None) is not None:
-        parser.error(f"{what} does not combine with --secure-aggregation yet (its masks are set up for a full, "
+        refuser.error(f"{what} does not combine with --secure-aggregation yet (its masks are set up for a full, "
                      f"fixed cohort)")
     if rule is None or rule.score is None:
         return
     if args.sampling == "poisson":
-        parser.error(f"--selection {args.selection} picks a fixed-size cohort; it does not combine with --sampling "
+        refuser.error(f"--selection {args.selection} picks a fixed-size cohort; it does not combine with --sampling "
                      f"poisson (--availability does)")
     if getattr(args, "tiers", None) is not None:
-        parser.error(f"--selection {args.selection} ranks clients by the global model's loss; it does not combine "
+        refuser.error(f"--selection {args.selection} ranks clients by the global model's loss; it does not combine "
                      f"with --tiers")
     if rule.needs_systems and args.speeds is None:
-        parser.error(f"--selection {args.selection} ranks clients by their expected round time: give --speeds "
+        refuser.error(f"--selection {args.selection} ranks clients by their expected round time: give --speeds "
                      f"lognormal:SIGMA or a FILE")
     num_clients = args.num_clients
     if rule.pool is not None and rule.pool < args.cohort_size:
-        parser.error(f"--selection {args.selection}: D={rule.pool} must be at least --cohort-size {args.cohort_size}")
+        refuser.error(f"--selection {args.selection}: D={rule.pool} must be at least --cohort-size {args.cohort_size}")
     if rule.pool is not None and num_clients is not None and rule.pool > num_clients:
-        parser.error(f"--selection {args.selection}: D={rule.pool} exceeds --num-clients {num_clients}")
+        refuser.error(f"--selection {args.selection}: D={rule.pool} exceeds --num-clients {num_clients}")
 
 
 def build_kwargs(args, num_clients: int, systems) -> dict:

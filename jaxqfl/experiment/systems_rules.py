@@ -60,43 +60,43 @@ def sigma_of(speeds: str) -> float | None:
     return sigma
 
 
-def validate(parser, args) -> None:
+def validate(refuser, args) -> None:
     """Refuse a malformed ``--speeds``, ``--target-accuracy`` or deadline, and what the clock does not cover yet."""
     if args.target_accuracy is not None and not (0 < args.target_accuracy <= 1):
-        parser.error(f"--target-accuracy must lie in (0, 1], got {args.target_accuracy}")
-    _validate_deadline(parser, args)
+        refuser.error(f"--target-accuracy must lie in (0, 1], got {args.target_accuracy}")
+    _validate_deadline(refuser, args)
     given = [f for f, v in (("--step-seconds", args.step_seconds != 1.0), ("--bandwidth", args.bandwidth != 1e6)) if v]
     if args.speeds is None:
         if given:
-            parser.error(f"{given[0]} applies to --speeds")
+            refuser.error(f"{given[0]} applies to --speeds")
         return
     try:
         sigma = sigma_of(args.speeds)
     except ValueError as e:
-        parser.error(str(e))
+        refuser.error(str(e))
     if sigma is None:
         if not os.path.isfile(args.speeds):
-            parser.error(f"--speeds {args.speeds!r} is neither lognormal:SIGMA nor a file")
+            refuser.error(f"--speeds {args.speeds!r} is neither lognormal:SIGMA nor a file")
         if given:
-            parser.error(f"{given[0]} applies to --speeds lognormal:SIGMA (a --speeds file gives every client's "
+            refuser.error(f"{given[0]} applies to --speeds lognormal:SIGMA (a --speeds file gives every client's "
                          f"values)")
 
 
-def _validate_deadline(parser, args) -> None:
+def _validate_deadline(refuser, args) -> None:
     if args.deadline is None:
         if args.stragglers != "wait":
-            parser.error(f"--stragglers {args.stragglers} needs --deadline SECONDS")
+            refuser.error(f"--stragglers {args.stragglers} needs --deadline SECONDS")
         return
     if args.stragglers == "wait":
-        parser.error("--deadline with --stragglers wait waits for every client, so it has no deadline: give "
+        refuser.error("--deadline with --stragglers wait waits for every client, so it has no deadline: give "
                      "--stragglers drop or --stragglers partial")
     if args.speeds is None:
-        parser.error("--deadline needs the clients' speeds: give --speeds lognormal:SIGMA or a FILE")
+        refuser.error("--deadline needs the clients' speeds: give --speeds lognormal:SIGMA or a FILE")
     if getattr(args, "stream", False):
-        parser.error("--deadline is not available with --stream (a streamed round has only the cohort's rows, "
+        refuser.error("--deadline is not available with --stream (a streamed round has only the cohort's rows, "
                      "not the population's counts)")
     if getattr(args, "sweep_values", None) or getattr(args, "seeds", None) is not None:
-        parser.error("--deadline is not available in a sweep (--seeds or list-valued flags): each config would need "
+        refuser.error("--deadline is not available in a sweep (--seeds or list-valued flags): each config would need "
                      "its own speeds inside one program; run one config at a time")
 
 

@@ -59,11 +59,11 @@ def from_data(args) -> bool:
     return args.tiers is not None and args._tiers[0][0] is None
 
 
-def validate(parser, args) -> None:
+def validate(refuser, args) -> None:
     """Parse ``--tiers`` into ``args._tiers`` and refuse what tiers do not combine with."""
     if args.tiers is None:
         if args.tier_weights != "examples":
-            parser.error("--tier-weights applies to --tiers")
+            refuser.error("--tier-weights applies to --tiers")
         return
     from jaxqfl.aggregate.tier_weighted import precision_factors
     from jaxqfl.compress import from_spec
@@ -76,25 +76,25 @@ def validate(parser, args) -> None:
         if tiers[0][0] is not None:
             check_fractions([f for f, _, _ in tiers])
     except ValueError as e:
-        parser.error(f"--tiers {args.tiers!r}: {e}")
+        refuser.error(f"--tiers {args.tiers!r}: {e}")
     if tiers[0][0] is None:
-        _check_data_tiers(parser, args, len(tiers))
+        _check_data_tiers(refuser, args, len(tiers))
     for _, preset, spec in tiers:
         if preset not in PRESETS:
-            parser.error(f"--tiers: {preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
+            refuser.error(f"--tiers: {preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
         try:
             codec = from_spec(spec)
         except ValueError as e:
-            parser.error(f"--tiers: {e}")
+            refuser.error(f"--tiers: {e}")
         try:
             switchable([codec], [f"--tiers uplink {spec!r}"])
         except ValueError as e:
-            parser.error(str(e))
+            refuser.error(str(e))
     if args.tier_weights == "precision":
         try:
             precision_factors([spec for _, _, spec in tiers], largest_tensor=1)  # biased codecs; sizes come later
         except ValueError as e:
-            parser.error(f"--tier-weights precision: {e}")
+            refuser.error(f"--tier-weights precision: {e}")
     conflicts = [("--uplink", args.uplink != "none"), ("--integer-aggregation", args.integer_aggregation),
                  ("--secure-aggregation", getattr(args, "secure_aggregation", None)),
                  ("--dp-distributed", getattr(args, "dp_distributed", None) is not None),
@@ -102,24 +102,24 @@ def validate(parser, args) -> None:
                  ("--seeds or a list-valued flag (a sweep)", args.sweep_values or args.seeds is not None)]
     for flag, given in conflicts:
         if given:
-            parser.error(f"--tiers gives every client its tier's codec and model; it does not combine with {flag}")
+            refuser.error(f"--tiers gives every client its tier's codec and model; it does not combine with {flag}")
     args._tiers = tiers
 
 
-def _check_data_tiers(parser, args, num_tiers: int) -> None:
+def _check_data_tiers(refuser, args, num_tiers: int) -> None:
     """Tiers from the data: an npz with natural clients, its ``tier`` column read and checked now."""
     if args.dataset != "npz":
-        parser.error(f"--tiers {FROM_DATA}/...: tiers are read from the 'tier' key of a --dataset npz file; "
+        refuser.error(f"--tiers {FROM_DATA}/...: tiers are read from the 'tier' key of a --dataset npz file; "
                      f"--dataset is {args.dataset}")
     if args.partition not in (None, "natural"):
-        parser.error(f"--tiers {FROM_DATA}/...: the 'tier' key gives each natural client's tier (its 'client_id'); "
+        refuser.error(f"--tiers {FROM_DATA}/...: the 'tier' key gives each natural client's tier (its 'client_id'); "
                      f"--partition {args.partition} re-splits the rows into other clients")
     from jaxqfl.data.files import load_npz_tiers
 
     try:
         args._tier_of_client = load_npz_tiers(args.data_path, num_tiers)
     except (OSError, ValueError) as e:
-        parser.error(f"--tiers {FROM_DATA}/...: {e}")
+        refuser.error(f"--tiers {FROM_DATA}/...: {e}")
 
 
 def build(args, population, make_model, data_seed: int):
