@@ -188,6 +188,7 @@ def test_engine_secure_sum_equals_integer_mean(population):
     assert np.all(m_sec.server["secagg_failed"] == 0)
 
 
+@pytest.mark.slow  # CI time: 20-32 s; the weighted sums stay checked by default at the protocol level (0 and 30% dropouts)
 def test_engine_weighted_secure_sum_equals_the_weighted_integer_mean(population):
     """FedAvg weighting clients by their example counts: the secure sum honours the weights (Issue 22)."""
     largest = int(population.counts.max())
