@@ -1,4 +1,6 @@
-"""The aggregation settings of an experiment. How client updates are quantized, sent and combined: codecs, robust rules, privacy.
+"""The aggregation settings of an experiment.
+
+How client updates are quantized, sent and combined: codecs, robust rules, privacy.
 
 Each field is one setting (``jaxqfl.experiment.setting``): its annotation the type, its default the
 default, its doc the help of the ``jaxqfl run`` flag generated from it.
@@ -20,8 +22,8 @@ class Quantization(Section):
     section_name = "quantization"
 
     quant: str = setting('none',
-                help='quantization-aware training preset: none, full (int8 weights+activations), half (bf16), mixed (8-bit'
-                     ' first/last layers, 4-bit rest), w4a8, w8, log4, nf4, fp8, lsq4, binary')
+                help='quantization-aware training preset: none, full (int8 weights+activations), half (bf16), mixed '
+                     '(8-bit first/last layers, 4-bit rest), w4a8, w8, log4, nf4, fp8, lsq4, binary')
     uplink: str = setting('none',
                 help='client->server update codec, e.g. none, qsgd:16, uniform:8, terngrad, sign+ef, natural, '
                      'topk:0.01+ef, randk:0.1, hadamard+qsgd:4 (FedPAQ = FedAvg with an unbiased uplink quantizer)')
@@ -69,8 +71,9 @@ class Privacy(Section):
     dp_adaptive_quantile: float | None = setting(None, v.fraction(True, True, '--dp-adaptive-quantile must be in (0, 1)'),
                 help='adaptive clipping (Andrew et al. 2021): C tracks this quantile of update norms')
     dp_distributed: str | None = setting(None, choices=DISTRIBUTED_MECHANISMS,
-                help='distributed DP: clients add Skellam noise to b-bit codes summed under secure aggregation (--secure-'
-                     "aggregation's protocol, secagg+ by default); --dp-noise z: noise std >= z C on the sum")
+                help='distributed DP: clients add Skellam noise to b-bit codes summed under secure aggregation '
+                     "(--secure-aggregation's protocol, secagg+ by default); --dp-noise z: noise std >= z C on the "
+                     'sum')
     dp_bits: int | None = setting(None, int,
                 help="distributed DP: the secure sum's modulus 2^b (default 20); the grid follows from it")
     secure_aggregation: str | None = setting(None, choices=SECURE_PROTOCOLS,
@@ -80,5 +83,5 @@ class Privacy(Section):
     secagg_threshold: float = setting(0.5, v.fraction(True, False, '--secagg-threshold must be in (0, 1]'),
                 help="Shamir threshold t as a fraction of a client's neighbours (t = floor(f k) + 1)")
     secagg_degree: int | None = setting(None, int,
-                help="SecAgg+'s number of neighbours k (even); default: the smallest k >= 2 ceil(log2 M) whose round fails"
-                     ' with probability <= 1e-6 at --dropout (all pairs when none does)')
+                help="SecAgg+'s number of neighbours k (even); default: the smallest k >= 2 ceil(log2 M) whose round "
+                     'fails with probability <= 1e-6 at --dropout (all pairs when none does)')

@@ -38,7 +38,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
         if isinstance(value, tuple):
             if len(value) > 1:
                 refuser.error(f"--{h.name.replace('_', '-')} takes one value here, got "
-                             f"{','.join(f'{m:g}' for m in value)}")
+                               f"{','.join(f'{m:g}' for m in value)}")
             setattr(args, h.name, value[0])
     for dest, users in OWN_FLAGS.items():
         if getattr(args, dest, None) is not None and a not in users:

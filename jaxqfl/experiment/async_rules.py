@@ -89,14 +89,14 @@ def validate(refuser, args) -> None:
         refuser.error("--async fedbuff needs --speeds (lognormal:SIGMA or a FILE): the virtual clock orders arrivals")
     if args.cohort_size is not None:
         refuser.error("--cohort-size does not apply to --async fedbuff: --concurrency C clients are in flight and "
-                     "--buffer K of them are aggregated per server step")
+                       "--buffer K of them are aggregated per server step")
     cohort_rules = [f"--{flag} {getattr(args, flag)}" for flag, default in (("availability", "always"),
                                                                           ("selection", "uniform"))
                     if getattr(args, flag, None) not in (None, default)]
     unweighted = [flag for dest, flag in UNWEIGHTED_MEANS if getattr(args, dest, None) not in (None, False)]
     if getattr(args, "deadline", None) is not None:
         refuser.error(f"--deadline {args.deadline}: --async fedbuff has no rounds to give a deadline (the server "
-                     f"steps whenever --buffer clients have arrived; slow clients arrive stale instead)")
+                       f"steps whenever --buffer clients have arrived; slow clients arrive stale instead)")
     refusals = [
         (bool(args.sweep_values) or args.seeds is not None,
          "--async fedbuff runs one config at a time: drop --seeds and list-valued flags"),

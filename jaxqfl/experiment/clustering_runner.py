@@ -46,12 +46,12 @@ def check(refuser: Refuser, args: Settings) -> None:
         refuser.error("--task clustering learns K centroids (federated k-means); --model and --quant do not apply")
     if args.client_lr is not None:
         refuser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
-                     "steps by 1/count per centroid (Sculley 2010)")
+                       "steps by 1/count per centroid (Sculley 2010)")
     if args.kmeans == "lloyd":
         given = [f for f in ("local_steps", "local_epochs", "batch_size") if getattr(args, f) is not None]
         if given:
             refuser.error(f"--kmeans lloyd takes one full-batch step per client and round; "
-                         f"--{given[0].replace('_', '-')} applies to --kmeans minibatch")
+                           f"--{given[0].replace('_', '-')} applies to --kmeans minibatch")
         args.local_steps, args.batch_size = 1, 0
     elif args.local_epochs is not None:
         refuser.error("--kmeans minibatch needs a fixed batch per step: give --local-steps, not --local-epochs")

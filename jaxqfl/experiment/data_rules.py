@@ -29,7 +29,7 @@ def validate_data(refuser: Refuser, args: Settings) -> None:
             refuser.error(f"--dataset {args.dataset} needs --data-path {entry.path_doc}")
         if kind == "file" and os.path.isdir(args.data_path):
             refuser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
-                         f"({entry.layout})")
+                           f"({entry.layout})")
         if kind == "file" and not os.path.isfile(args.data_path):
             refuser.error(f"--data-path {args.data_path!r}: no such file")
         if kind == "folder" and os.path.isfile(args.data_path):
@@ -39,13 +39,13 @@ def validate_data(refuser: Refuser, args: Settings) -> None:
     elif args.data_path is not None:
         readers = [e.name for e in registry.ENTRIES if e.reads is not None]
         refuser.error(f"--data-path applies to --dataset {', '.join(readers[:-1])} or {readers[-1]}; "
-                     f"{args.dataset} data is generated")
+                       f"{args.dataset} data is generated")
     if args.dataset == "packed" and args.partition not in (None, "natural"):
         refuser.error(f"--partition {args.partition}: --dataset packed keeps the clients it was packed with (a "
-                     f"re-split would read every row); pack the data again divided as wanted")
+                       f"re-split would read every row); pack the data again divided as wanted")
     if args.partition == "natural" and not entry.natural:
         refuser.error(f"--partition natural does not exist for {args.dataset}; choose one of "
-                     f"{[p for p in PARTITIONS if p != 'natural']}")
+                       f"{[p for p in PARTITIONS if p != 'natural']}")
     if not (args.sigma >= 0 and math.isfinite(args.sigma)):
         refuser.error(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.max_client_size is not None and args.max_client_size < args.min_client_size:
@@ -55,18 +55,18 @@ def validate_data(refuser: Refuser, args: Settings) -> None:
         refuser.error(f"--task {task} does not fit --dataset {args.dataset}, which is for next-token prediction")
     if task == "next-token" and args.dataset not in ("text", "leaf"):
         refuser.error(f"--task next-token needs text: --dataset text, or leaf with string rows (Shakespeare); "
-                     f"not --dataset {args.dataset}")
+                       f"not --dataset {args.dataset}")
     if task == "next-token" and args.partition in ("dirichlet", "shards"):
         refuser.error(f"--partition {args.partition} splits by class label; next-token windows have none "
-                     "(use natural, iid or quantity)")
+                       "(use natural, iid or quantity)")
     own = entry.task
     if own is not None:  # a task of its own: classification and clustering share integer labels
         if (task == "regression") != (own == "regression"):
             refuser.error(f"--task {task} does not fit --dataset {args.dataset}, which holds "
-                         f"{'real targets' if own == 'regression' else 'integer labels'}")
+                           f"{'real targets' if own == 'regression' else 'integer labels'}")
     if task == "regression" and args.partition in ("dirichlet", "shards"):
         refuser.error(f"--partition {args.partition} splits by class label; regression targets have none "
-                     "(use iid or quantity)")
+                       "(use iid or quantity)")
     population_rules.validate(refuser, args)
 
 

@@ -27,17 +27,18 @@ class Data(Section):
 
     dataset: str = setting('synthetic', choices=DATASETS, help=_DATASET_DOC)
     data_path: str | None = setting(None,
-                help='mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, x_test, y_test; '
-                     'leaf: a folder with train/*.json and test/*.json; cifar10: the folder cifar-10-batches-py (or one '
-                     'holding it); text: a folder of *.txt files; packed: a folder written by `jaxqfl data pack` (its rows'
-                     ' are read by cohort from disk: implies --stream)')
+                help='mnist: mnist.npz (Keras layout); npz: a file with keys x, y and optional client_id, x_test, '
+                     'y_test; leaf: a folder with train/*.json and test/*.json; cifar10: the folder cifar-10-batches-'
+                     'py (or one holding it); text: a folder of *.txt files; packed: a folder written by `jaxqfl data'
+                     ' pack` (its rows are read by cohort from disk: implies --stream)')
     task: str | None = setting(None, choices=TASKS,
-                help="what is learnt (default: the dataset's: classification for synthetic, mnist and cifar10, regression "
-                     'for synthetic-regression, clustering for gaussian-mixture, next-token for text, inferred from the '
-                     'targets for npz and leaf; leaf text rows need next-token)')
+                help="what is learnt (default: the dataset's: classification for synthetic, mnist and cifar10, "
+                     'regression for synthetic-regression, clustering for gaussian-mixture, next-token for text, '
+                     'inferred from the targets for npz and leaf; leaf text rows need next-token)')
     partition: str | None = setting(None, choices=PARTITIONS,
                 help='how examples are split over clients (default: natural for generated data, leaf and npz with '
-                     'client_id; iid otherwise); a partitioner given for natural data re-splits its pooled training rows')
+                     'client_id; iid otherwise); a partitioner given for natural data re-splits its pooled training '
+                     'rows')
     alpha: float = setting(0.5, v.positive_float, help='Dirichlet concentration (--partition dirichlet)')
     shards_per_client: int = setting(2, v.positive_int, help='label shards per client (--partition shards)')
     sigma: float = setting(1.0, float, help='log-normal size spread (--partition quantity)')
@@ -63,8 +64,8 @@ class GeneratedData(Section):
     noise: float = setting(0.5, v.nonneg_float, help='synthetic-regression target noise std (0.5)')
     components: int = setting(10, v.positive_int, help='gaussian-mixture components K (10)')
     concentration: float = setting(0.3, v.positive_float,
-                help="gaussian-mixture: Dirichlet concentration of each client's component weights; small = few components"
-                     ' per client (0.3)')
+                help="gaussian-mixture: Dirichlet concentration of each client's component weights; small = few "
+                     'components per client (0.3)')
     separation: float = setting(4.0, v.nonneg_float,
                 help='gaussian-mixture: std of the component means, in units of the within-component std (4)')
 
@@ -76,8 +77,8 @@ class Procedural(Section):
     section_name = "procedural"
 
     population: str = setting('memory', choices=POPULATIONS,
-                help="memory: every row built on the host (default); procedural: each client's rows generated from (data "
-                     'seed, client id) inside the round, for the cohort only (synthetic)')
+                help="memory: every row built on the host (default); procedural: each client's rows generated from "
+                     '(data seed, client id) inside the round, for the cohort only (synthetic)')
     test_clients: int = setting(100, v.positive_int,
                 help='--population procedural: the held-out clients whose rows are the test set (100)')
 
@@ -91,8 +92,8 @@ class Zoo(Section):
     context: int = setting(80, v.positive_int,
                 help='--dataset text: bytes per window (inputs and next-byte targets), 80 as LEAF Shakespeare')
     entries_per_client: int | None = setting(None, v.positive_int, metavar='K',
-                help='--dataset text: split each file on lines holding only %% (fortune format) and make a client of every'
-                     ' K consecutive entries (default: one client per file)')
+                help='--dataset text: split each file on lines holding only %% (fortune format) and make a client of '
+                     'every K consecutive entries (default: one client per file)')
     resnet_groups: int = setting(2, v.positive_int, help='resnet20: GroupNorm groups per layer, a divisor of 16 (2)')
     embed_dim: int = setting(8, v.positive_int, help='lstm: byte embedding width (8, as McMahan et al.)')
     lstm_hidden: int = setting(256, v.positive_int, help='lstm: units per layer (256)')

@@ -47,10 +47,10 @@ def validate(refuser: Refuser, args: Settings) -> None:
                 refuser.error(f"--lora-targets {args.lora_targets!r} is not a regular expression: {e}")
         if args.lora_tier_ranks is not None and max(args.lora_tier_ranks) > rank:
             refuser.error(f"--lora-tier-ranks {','.join(map(str, args.lora_tier_ranks))}: every tier's rank must be "
-                         f"at most --lora-rank {rank}")
+                           f"at most --lora-rank {rank}")
         if args.quant not in (None, "none"):
             refuser.error(f"--lora-rank trains float adapters on a frozen base; --quant {args.quant} (QAT of the "
-                         "whole model) does not combine with it: use --base-quant to store the base in low precision")
+                           "whole model) does not combine with it: use --base-quant to store the base in low precision")
         if args.lora_aggregation == "product":
             other = [flag for flag, on in (
                 (f"--aggregator {args.aggregator}", args.aggregator != "mean"),
@@ -59,7 +59,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
                 ("--integer-aggregation", bool(getattr(args, "integer_aggregation", False)))) if on]
             if other:
                 refuser.error(f"--lora-aggregation product gathers every client's adapters to multiply them; it "
-                             f"does not combine with {', '.join(other)} (sums): use --lora-aggregation fedit")
+                               f"does not combine with {', '.join(other)} (sums): use --lora-aggregation fedit")
         if getattr(args, "stream", False):
             refuser.error("--lora-rank needs the population on the devices (the base travels with it); drop --stream")
     if args.init_from is not None and not os.path.exists(args.init_from):

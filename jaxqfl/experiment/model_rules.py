@@ -33,24 +33,24 @@ def validate(refuser: Refuser, args: Settings, task: str | None) -> None:
     next_token = task == "next-token"
     if next_token and model not in SEQUENCE_MODELS:
         refuser.error(f"--model {model} does not predict tokens; next-token data (--dataset {args.dataset}) needs "
-                     f"--model {' or '.join(SEQUENCE_MODELS)}")
+                       f"--model {' or '.join(SEQUENCE_MODELS)}")
     if model in SEQUENCE_MODELS and not next_token:
         refuser.error(f"--model {model} predicts the next token; use it with --dataset text (or --dataset leaf "
-                     f"--task next-token), not --dataset {args.dataset}")
+                       f"--task next-token), not --dataset {args.dataset}")
     if model == "resnet20" and args.dataset not in IMAGE_DATASETS:
         refuser.error(f"--model resnet20 reads images; use it with --dataset {', '.join(IMAGE_DATASETS)}, "
-                     f"not {args.dataset}")
+                       f"not {args.dataset}")
     if model == "resnet20" and 16 % args.resnet_groups:
         refuser.error(f"--resnet-groups {args.resnet_groups} must divide 16 (the narrowest layer's channels)")
     if model == "transformer" and args.transformer_width % args.transformer_heads:
         refuser.error(f"--transformer-width {args.transformer_width} is not a multiple of --transformer-heads "
-                     f"{args.transformer_heads}")
+                       f"{args.transformer_heads}")
     if args.dataset != "text" and args.entries_per_client is not None:
         refuser.error("--entries-per-client applies to --dataset text only")
     attack = attack_registry.BY_NAME.get(getattr(args, "attack", "none"))
     if next_token and attack is not None and attack.flips_labels:
         refuser.error(f"--attack {attack.name} relabels classes (y -> K - 1 - y); next-token targets hold padding "
-                     "(-1) and are no classes: choose another --attack")
+                       "(-1) and are no classes: choose another --attack")
 
 
 def misfit(args: Settings, population) -> str | None:

@@ -38,17 +38,17 @@ def validate(refuser: Refuser, args: Settings) -> None:
     fine_tunes = bool(args.personal_eval)
     if args.personal_lr is not None and not fine_tunes:
         refuser.error(f"--personal-lr {args.personal_lr:g} is the step of --personal-eval; give --personal-eval K "
-                     f"(K >= 1) with it")
+                       f"(K >= 1) with it")
     personal = args.algorithm in PERSONAL_ALGORITHMS
     what = f"--algorithm {args.algorithm}" if personal else "--personal-eval"
     if (personal or fine_tunes) and sweep:
         refuser.error(f"{what} evaluates every client's own model, which sweeps (--seeds, list-valued flags) do "
-                     f"not yet do; run one config at a time")
+                       f"not yet do; run one config at a time")
     if (personal or fine_tunes) and args.stream:
         refuser.error(f"{what} evaluates every client's own model, which --stream does not yet do; drop --stream")
     if fine_tunes and args.client_test == "none":
         refuser.error(f"--personal-eval {args.personal_eval} evaluates each client on its own test rows; "
-                     f"--client-test none leaves it none: use --client-test auto or labels")
+                       f"--client-test none leaves it none: use --client-test auto or labels")
 
 
 def client_test_split(args: Settings, population, seed: int):

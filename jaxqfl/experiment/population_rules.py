@@ -41,14 +41,14 @@ def validate(refuser: Refuser, args: Settings) -> None:
         return
     if args.dataset not in ("synthetic", "gaussian-mixture"):
         refuser.error(f"--population procedural generates --dataset synthetic or gaussian-mixture; --dataset "
-                     f"{args.dataset} has no procedural generator (use --population memory)")
+                       f"{args.dataset} has no procedural generator (use --population memory)")
     if args.dataset == "gaussian-mixture" and args.task != "classification":
         refuser.error(f"--population procedural with --dataset gaussian-mixture needs --task classification (the "
-                     f"component as label); --task {args.task or 'clustering'} (k-means) reads the whole population")
+                       f"component as label); --task {args.task or 'clustering'} (k-means) reads the whole population")
     max_count = args.max_client_size or DEFAULT_MAX_COUNT
     if args.min_client_size > max_count:
         refuser.error(f"--min-client-size {args.min_client_size} exceeds the procedural row cap {max_count} "
-                     f"(--max-client-size)")
+                       f"(--max-client-size)")
     refused = [flag for flag, used in (
         ("--stream", getattr(args, "stream", False)),
         (f"--partition {args.partition}", args.partition not in (None, "natural")),
@@ -66,7 +66,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
     ) if used]
     if refused:
         refuser.error(f"--population procedural generates each round's cohort inside the round and keeps no "
-                     f"per-client data; it does not support {', '.join(refused)}")
+                       f"per-client data; it does not support {', '.join(refused)}")
 
 
 def build(args: Settings, seed: int):

@@ -53,7 +53,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
             refuser.error(f"--dp-distributed quantizes the update itself (b-bit codes); drop --uplink {args.uplink}")
         if args.algorithm not in DISTRIBUTED_ALGORITHMS:
             refuser.error(f"--dp-distributed needs an update shaped like the model's parameters: --algorithm one of "
-                         f"{DISTRIBUTED_ALGORITHMS}, got {args.algorithm!r}")
+                           f"{DISTRIBUTED_ALGORITHMS}, got {args.algorithm!r}")
         if args.integer_aggregation:
             refuser.error("--dp-distributed already sums integer codes; drop --integer-aggregation")
         if aggregated(args) < 2:
@@ -61,11 +61,11 @@ def validate(refuser: Refuser, args: Settings) -> None:
         if args.secagg_degree is not None and (args.secure_aggregation == "secagg" or not (
                 args.secagg_degree >= aggregated(args) - 1 or (args.secagg_degree >= 2 and args.secagg_degree % 2 == 0))):
             refuser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1) with secagg+, "
-                         f"got {args.secagg_degree}")
+                           f"got {args.secagg_degree}")
         args.dp_bits = 20 if args.dp_bits is None else args.dp_bits
         if not (2 ** (args.dp_bits - 1) > aggregated(args) + 1 and args.dp_bits <= 32):
             refuser.error(f"--dp-bits must be at most 32 with 2^(b-1) > cohort size + 1 = {aggregated(args) + 1}, "
-                         f"got {args.dp_bits}")
+                           f"got {args.dp_bits}")
         _predict_failure(refuser, args)
         return
     if args.secure_aggregation is None and (args.dropout > 0 or args.secagg_threshold != 0.5):
@@ -76,14 +76,14 @@ def validate(refuser: Refuser, args: Settings) -> None:
             refuser.error("--secagg-degree applies to --secure-aggregation secagg+")
         if not (k >= aggregated(args) - 1 or (k >= 2 and k % 2 == 0)):
             refuser.error(f"--secagg-degree must be an even number >= 2 (or >= cohort size - 1 = "
-                         f"{aggregated(args) - 1} for all pairs), got {k}")
+                           f"{aggregated(args) - 1} for all pairs), got {k}")
     if args.secure_aggregation is not None:
         if args.dp:
             refuser.error("--secure-aggregation with --dp-clip is not available yet (central noise on a secure sum "
-                         "needs distributed DP); choose one")
+                           "needs distributed DP); choose one")
         if getattr(args.uplink_codec, "integer_sum", None) is None or args.uplink == "none":
             refuser.error(f"--secure-aggregation needs an --uplink codec whose codes can be summed as integers "
-                         f"(uniform, qsgd, terngrad); got --uplink {args.uplink!r}")
+                           f"(uniform, qsgd, terngrad); got --uplink {args.uplink!r}")
         if args.integer_aggregation:
             refuser.error("--secure-aggregation already sums integer codes; drop --integer-aggregation")
         if aggregated(args) < 2:
@@ -219,7 +219,7 @@ def check_central_dp_rule(refuser: Refuser, args: Settings) -> None:
                         (getattr(args, "async", None) is not None, "--async fedbuff")):
         if given:
             refuser.error(f"{what} with --dp-clip serves --aggregator mean only; central DP over --aggregator "
-                         f"{rule} takes a fixed clip and the float path")
+                           f"{rule} takes a fixed clip and the float path")
     from jaxqfl import aggregate
 
     try:

@@ -44,7 +44,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
                 setattr(args, dest, h.default)
         elif getattr(args, dest) is not None and not resumed:
             refuser.error(f"{_flag(dest)} applies to --aggregator {' / '.join(rules)}; it does nothing with "
-                         f"--aggregator {args.aggregator}: drop it or choose one of those rules")
+                           f"--aggregator {args.aggregator}: drop it or choose one of those rules")
     attacking = attack_registry.BY_NAME[args.attack].build is not None
     for dest, default in _ATTACK_SETTINGS.items():
         if attacking:
@@ -53,7 +53,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
         elif getattr(args, dest) is not None and not resumed:
             attacks = ", ".join(e.name for e in attack_registry.ENTRIES if e.cli and e.build is not None)
             refuser.error(f"{_flag(dest)} applies to an --attack ({attacks}); "
-                         f"it does nothing with --attack {args.attack}: drop it or choose an attack")
+                           f"it does nothing with --attack {args.attack}: drop it or choose an attack")
     if args.byzantine_fraction is not None and not 0.0 <= args.byzantine_fraction <= 1.0:
         refuser.error(f"--byzantine-fraction must lie in [0, 1], got {args.byzantine_fraction}")
     if attacking and args.attack_scale is not None and not attack_registry.BY_NAME[args.attack].reads_scale:

@@ -26,18 +26,19 @@ class Execution(Section):
                      '$JAXQFL_CACHE_DIR or ~/.cache/jaxqfl; off uses the cost model (default: on when the run is long '
                      'enough to repay the search, jaxqfl.engine.tuning_rule)')
     client_state: str = setting('auto', choices=CLIENT_STATE_HOMES,
-                help='where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on every device, '
-                     'sharded over the devices, or on the host and streamed with the cohort (default: auto, by size)')
+                help='where per-client states (error feedback, SCAFFOLD controls, ...) live: replicated on every '
+                     'device, sharded over the devices, or on the host and streamed with the cohort (default: auto, '
+                     'by size)')
     eval_every: int | None = setting(None, v.positive_int,
                 help="evaluate (and checkpoint) every K rounds (default: the dataset's)")
     seed: int | None = setting(None, v.nonneg_int, help='run seed (default 0)')
     data_seed: int | None = setting(None, v.nonneg_int,
-                help="seed of the generated population, its partition and an attack's malicious set (default: the run "
-                     'seed; in a sweep, the first seed, shared by every config, so config s repeats as jaxqfl run --seed s'
-                     ' --data-seed <first seed>)')
+                help="seed of the generated population, its partition and an attack's malicious set (default: the run"
+                     ' seed; in a sweep, the first seed, shared by every config, so config s repeats as jaxqfl run '
+                     '--seed s --data-seed <first seed>)')
     seeds: tuple[int, ...] | None = setting(None, v.seed_list,
-                help='run several seeds as one program (a sweep), e.g. 0-7 or 0,3,5; with list-valued flags the Cartesian '
-                     'product runs; writes OUT/<config>/ per config and OUT/sweep.{json,md}')
+                help='run several seeds as one program (a sweep), e.g. 0-7 or 0,3,5; with list-valued flags the '
+                     'Cartesian product runs; writes OUT/<config>/ per config and OUT/sweep.{json,md}')
     stream: bool = setting(False, switch=True,
                 help="keep the population in host memory and stream each round's cohort to the devices "
                      '(engine.build_streaming), for populations larger than device memory')

@@ -83,21 +83,21 @@ def validate(refuser: Refuser, args: Settings) -> None:
         refuser.error(_label_flip_without_labels(args.attack, task))
     if args.model == "cnn" and args.dataset not in ("mnist", "npz", "leaf", "packed"):
         refuser.error("--model cnn is the MNIST CNN of McMahan et al. 2017; use it with --dataset mnist "
-                     "(or npz / leaf images of 28 x 28 pixels)")
+                       "(or npz / leaf images of 28 x 28 pixels)")
     if args.model == "mlp" and args.hidden is None:
         args.hidden = DEFAULT_HIDDEN
     elif args.model != "mlp" and args.hidden is not None and getattr(args, "_resume_meta", None) is None:
         refuser.error(f"--hidden sets the MLP's hidden sizes; it does nothing with --model {args.model}: drop it "
-                     f"or use --model mlp")
+                       f"or use --model mlp")
     from jaxqfl.quant.policy import PRESETS
 
     for preset in args.sweep_values.get("quant", [args.quant]):
         if preset not in PRESETS and preset != "list":
             refuser.error(f"--quant {preset!r} is not a preset; choose one of {', '.join(PRESETS)} (or list: "
-                         f"their BOPs and bytes for the chosen model)")
+                           f"their BOPs and bytes for the chosen model)")
     if "quant" in args.sweep_values and getattr(args, "lora_rank", None):
         refuser.error(f"--lora-rank trains float adapters on a frozen base; drop the --quant list "
-                     f"{','.join(args.sweep_values['quant'])}")
+                       f"{','.join(args.sweep_values['quant'])}")
     _check_codecs(refuser, args)
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
@@ -111,7 +111,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
     selection_rules.validate(refuser, args)
     if getattr(args, "secure_aggregation", None) and args.aggregator != "mean":
         refuser.error(f"--aggregator {args.aggregator} does not combine with secure aggregation (the server only "
-                     "learns the sum); use --aggregator mean")
+                       "learns the sum); use --aggregator mean")
     if args.dp and args.aggregator != "mean":
         privacy_rules.check_central_dp_rule(refuser, args)
 
@@ -139,12 +139,12 @@ def _check_codecs(refuser, args) -> None:
         for family in built["uplink"][1]:
             if traces_bucket(family):
                 refuser.error(f"{flag} needs a static bucket size (the cohort shares one scale per bucket), but "
-                             f"--uplink {','.join(family.specs)!r} differ in bucket= and would share one codec with "
-                             "a traced bucket size; sweep one bucket size per run")
+                               f"--uplink {','.join(family.specs)!r} differ in bucket= and would share one codec with "
+                               "a traced bucket size; sweep one bucket size per run")
     for spec in checked:
         if spec == "none" or getattr(from_spec(spec), "integer_sum", None) is None:
             refuser.error(f"{flag} needs an --uplink codec whose codes can be summed as integers "
-                         f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {spec!r}")
+                           f"(uniform, qsgd, terngrad, without +ef or hadamard); got --uplink {spec!r}")
 
 
 def _label_flip_without_labels(attack: str, task: str) -> str | None:
@@ -266,13 +266,13 @@ def _split_sweep(refuser, args) -> None:
         args.data_seed = args.seed  # one population for every config: recorded, so each config can be repeated
     if (args.sweep_values or args.seeds is not None) and args.stream:
         refuser.error(f"a sweep (--seeds or a list of values) runs on-device; {stream_origin(args)} is not available "
-                     f"in a sweep (drop it, or run one config at a time with --seed)")
+                       f"in a sweep (drop it, or run one config at a time with --seed)")
     if (args.sweep_values or args.seeds is not None) and getattr(args, "dp_distributed", None) is not None:
         refuser.error("--dp-distributed runs one config at a time (its grid and noise shares are calibrated per "
-                     "run); drop --seeds and list-valued flags")
+                       "run); drop --seeds and list-valued flags")
     if (args.sweep_values or args.seeds is not None) and args.client_state not in ("auto", "replicated"):
         refuser.error(f"a sweep keeps every config's per-client states replicated on the devices ([configs, clients, "
-                     f"...]); drop --client-state {args.client_state}")
+                       f"...]); drop --client-state {args.client_state}")
 
 
 EXIT_DIVERGED = 3

@@ -24,7 +24,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
         refuser.error("--sampling poisson is not available for --task clustering")
     if args.stream:
         refuser.error("--sampling poisson draws the cohort inside the round program; it does not combine with "
-                     "--stream (the host must know a streamed cohort first)")
+                       "--stream (the host must know a streamed cohort first)")
     if args.client_state == "host":
         refuser.error("--sampling poisson does not combine with --client-state host; use replicated or sharded")
     if args.sweep_values or args.seeds is not None:
@@ -32,7 +32,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
     for flag in ("secure_aggregation", "dp_distributed"):
         if getattr(args, flag, None) is not None:
             refuser.error(f"--sampling poisson does not combine with --{flag.replace('_', '-')} yet (secure "
-                         f"aggregation's masks and distributed DP's noise shares are set up for a fixed cohort)")
+                           f"aggregation's masks and distributed DP's noise shares are set up for a fixed cohort)")
     if args.num_clients is not None and args.max_cohort is not None and args.max_cohort > args.num_clients:
         refuser.error(f"--max-cohort {args.max_cohort} exceeds --num-clients {args.num_clients}")
 

@@ -49,7 +49,7 @@ def validate(refuser, args) -> None:
                 refuser.error(f"--availability: {e}")
         elif spec.lower() != "always" and not os.path.isfile(spec):
             refuser.error(f"--availability {spec!r} is none of always, bernoulli:P (P in (0, 1]), diurnal:PERIOD "
-                         f"(PERIOD a positive integer) or an existing CSV file client,availability")
+                           f"(PERIOD a positive integer) or an existing CSV file client,availability")
     rule = None
     if args.selection is not None:
         try:

@@ -89,15 +89,15 @@ def _validate_deadline(refuser, args) -> None:
         return
     if args.stragglers == "wait":
         refuser.error("--deadline with --stragglers wait waits for every client, so it has no deadline: give "
-                     "--stragglers drop or --stragglers partial")
+                       "--stragglers drop or --stragglers partial")
     if args.speeds is None:
         refuser.error("--deadline needs the clients' speeds: give --speeds lognormal:SIGMA or a FILE")
     if getattr(args, "stream", False):
         refuser.error("--deadline is not available with --stream (a streamed round has only the cohort's rows, "
-                     "not the population's counts)")
+                       "not the population's counts)")
     if getattr(args, "sweep_values", None) or getattr(args, "seeds", None) is not None:
         refuser.error("--deadline is not available in a sweep (--seeds or list-valued flags): each config would need "
-                     "its own speeds inside one program; run one config at a time")
+                       "its own speeds inside one program; run one config at a time")
 
 
 def deadline_kwargs(args, client_systems) -> dict:
@@ -176,5 +176,5 @@ def summary_line(s: dict) -> str:
             parts.append(f"accuracy {s['target_accuracy']:g} at {when}")
     if s.get("stragglers_dropped_mean") is not None:
         parts.append(f"deadline: {s['stragglers_dropped_mean']:.1%} of sampled clients dropped, kept clients did "
-                     f"{s['partial_work_mean']:.1%} of their steps")
+                       f"{s['partial_work_mean']:.1%} of their steps")
     return ("  virtual clock    " + "; ".join(parts)) if parts else ""

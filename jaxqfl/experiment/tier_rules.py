@@ -110,10 +110,10 @@ def _check_data_tiers(refuser, args, num_tiers: int) -> None:
     """Tiers from the data: an npz with natural clients, its ``tier`` column read and checked now."""
     if args.dataset != "npz":
         refuser.error(f"--tiers {FROM_DATA}/...: tiers are read from the 'tier' key of a --dataset npz file; "
-                     f"--dataset is {args.dataset}")
+                       f"--dataset is {args.dataset}")
     if args.partition not in (None, "natural"):
         refuser.error(f"--tiers {FROM_DATA}/...: the 'tier' key gives each natural client's tier (its 'client_id'); "
-                     f"--partition {args.partition} re-splits the rows into other clients")
+                       f"--partition {args.partition} re-splits the rows into other clients")
     from jaxqfl.data.files import load_npz_tiers
 
     try:
