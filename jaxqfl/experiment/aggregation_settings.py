@@ -44,7 +44,7 @@ _SCALE_DOC = ("attack strength (with --attack; default: the attack's own: "
 
 @dataclass(frozen=True)
 class Robustness(Section):
-    """Byzantine attacks (for robustness studies)."""
+    """Attacks by Byzantine clients (for robustness studies)."""
 
     section_name = "robust"
 
