@@ -66,6 +66,7 @@ def test_a_scan_of_cnn_steps_keeps_every_convolution_canonical():
     assert fixed and all(label == CANONICAL for label in fixed)
 
 
+@pytest.mark.slow  # CI time (~16 s): device/chunk invariance stays checked by default for the MLP, QAT and dropout paths
 def test_cnn_rounds_are_invariant_to_devices_and_chunks():
     rng = np.random.default_rng(1)
     sizes = rng.integers(3, 9, size=8)

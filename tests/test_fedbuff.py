@@ -35,6 +35,7 @@ def _logreg():
 # 1. K = C, constant staleness weight, equal speeds: synchronous FedAvg with cohort C
 
 
+@pytest.mark.slow  # CI time (~19 s): the model stays checked by default against the NumPy event simulation
 def test_buffer_equal_to_concurrency_with_equal_speeds_is_synchronous_fedavg():
     """Same cohorts, keys and models: flush r = round r. Tolerance, not bits: the fill trains in the init program
     and the buffer's sum is not inside a shard_map, so XLA fuses (and rounds) the same float ops differently (we

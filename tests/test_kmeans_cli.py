@@ -10,6 +10,7 @@ from cli_refusals import assert_refused_before_any_work
 from jaxqfl.experiment.process_clock import MAIN_CALL
 
 
+@pytest.mark.slow  # CI time (~14 s): federated k-means stays checked by default in test_kmeans / test_kmeans_state
 def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tmp_path, capsys):
     out = tmp_path / "km"
     t0 = time.time()
