@@ -25,17 +25,18 @@ def _title(section_cls) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    groups = {}
-    for section_name, _, info in settings():
+    defaults, groups = Experiment(), {}
+    for section_name, field_name, info in settings():
+        section = getattr(defaults, section_name)
         if section_name not in groups:
-            section_cls = type(getattr(Experiment(), section_name))
-            groups[section_name] = p.add_argument_group(_title(section_cls))
-        g, field = groups[section_name], _field(section_name, info.dest)
+            groups[section_name] = p.add_argument_group(_title(type(section)))
+        g = groups[section_name]
         if info.switch:
             g.add_argument(info.flag, dest=info.dest, action="store_true", help=info.help)
             continue
-        g.add_argument(info.flag, dest=info.dest, type=as_argparse_type(info.parse), default=field.default,
-                       choices=info.choices, metavar=info.metavar, help=info.help)
+        g.add_argument(info.flag, dest=info.dest, type=as_argparse_type(info.parse),
+                       default=getattr(section, field_name), choices=info.choices, metavar=info.metavar,
+                       help=info.help)
     g = p.add_argument_group("configs, outputs, checkpoints")
     g.add_argument("--config", default=None, metavar="FILE.toml",
                    help="read settings from a TOML file whose keys are the flags' names (flags given here override it)")
@@ -51,16 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tensorboard (OUT/tensorboard/ event files; needs tensorboardX), csv (OUT/metrics.csv); "
                         "default jsonl")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _field(section_name: str, dest: str):
-    import dataclasses
-
-    section = getattr(Experiment(), section_name)
-    for f in dataclasses.fields(section):
-        if f.metadata["setting"].dest in ("", dest) and (f.metadata["setting"].dest or f.name) == dest:
-            return f
-    raise KeyError(dest)
 
 
 def experiment_of(args: argparse.Namespace) -> Experiment:

@@ -61,7 +61,7 @@ class Experiment:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
-            if not isinstance(section, f.type if isinstance(f.type, type) else _SECTION_TYPES[f.name]):
+            if not isinstance(section, _SECTION_TYPES[f.name]):
                 raise InvalidValue(f"Experiment.{f.name} must be a {_SECTION_TYPES[f.name].__name__}, "
                                    f"got {type(section).__name__}")
 
