@@ -172,7 +172,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["run", *TINY, "--rounds", "4", "--eval-every", "2", "--out", str(out)]) == 0
+    assert main(["run", *TINY, "--rounds", "4", "--eval-every", "2", "--checkpoint-every", "2", "--out", str(out)]) == 0
     return out
 
 
@@ -209,7 +209,8 @@ def test_a_full_disk_while_checkpointing_stops_cleanly(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(checkpoint, "save", save)
     out = tmp_path / "run"
-    assert main(["run", *TINY, "--rounds", "6", "--eval-every", "2", "--chunk-size", "2", "--out", str(out)]) == 5
+    assert main(["run", *TINY, "--rounds", "6", "--eval-every", "2", "--checkpoint-every", "2", "--chunk-size", "2",
+                 "--out", str(out)]) == 5
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err and "Traceback" not in err
     s = summary(out)

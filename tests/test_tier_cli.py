@@ -11,7 +11,8 @@ from jaxqfl.cli.main import main
 from jaxqfl.data.files import load_npz_tiers, tiers_by_client
 
 SYNTH = ["--dataset", "synthetic", "--num-clients", "20", "--cohort-size", "5", "--rounds", "4", "--eval-every", "2",
-         "--local-steps", "2", "--devices", "2", "--chunk-size", "5", "--no-progress"]
+         "--local-steps", "2", "--devices", "2", "--chunk-size", "5", "--no-progress",
+         "--checkpoint-every", "2"]  # the resume below starts from round 2's checkpoint
 TIERS = "0.3/w4a8/qsgd:4;0.5/full/uniform:8;0.2/none/none"
 
 

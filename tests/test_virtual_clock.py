@@ -54,7 +54,8 @@ def test_the_clock_in_the_records_equals_a_numpy_loop_over_the_rounds():
 
 
 SYNTH = ["--dataset", "synthetic", "--num-clients", "20", "--cohort-size", "5", "--rounds", "4", "--eval-every", "2",
-         "--local-steps", "2", "--devices", "2", "--chunk-size", "5", "--no-progress"]
+         "--local-steps", "2", "--devices", "2", "--chunk-size", "5", "--no-progress",
+         "--checkpoint-every", "2"]  # the resume below starts from round 2's checkpoint
 
 
 def test_a_run_with_speeds_reports_its_clock_resumes_it_and_trains_the_same(tmp_path, capsys):

@@ -25,6 +25,7 @@ import sys
 import time
 
 from jaxqfl import sinks
+from jaxqfl.experiment import checkpoint_policy
 from jaxqfl.experiment.process_clock import startup_fields
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -166,16 +167,21 @@ def main(args: Settings, population, t_start: float, data_seconds: float, stop=N
             "block_rounds": block, "seeding": seeding,
             "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds})
+        t_write = time.perf_counter()
         try:
             checkpoint.save(ckpt_dir, state, meta)
             saved.add(r)
         except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
             write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
+            return
+        gate.written(time.perf_counter() - t_write)
+
+    gate = checkpoint_policy.Gate(args.checkpoint_every, args.eval_every)
 
     def after_block(state, rec, t):
         del rec
         r = int(jax.device_get(state.round)) - 1
-        if r % args.checkpoint_every == 0 or r == args.rounds:
+        if r == args.rounds or gate.due(r):
             save_checkpoint(state, t)
 
     setup_seconds = time.perf_counter() - t_start

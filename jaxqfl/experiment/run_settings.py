@@ -44,4 +44,5 @@ class Execution(Section):
                      '(engine.build_streaming), for populations larger than device memory')
     verbose: bool = setting(False, switch=True, help='print how the chunk size was chosen')
     checkpoint_every: int | None = setting(None, v.positive_int, metavar='K',
-                help='write a checkpoint every K rounds (default: at every evaluation, --eval-every)')
+                help='write a checkpoint every K rounds (default: at evaluations, at most one per 30 s of the '
+                     'run, jaxqfl.experiment.checkpoint_policy); the last round and a stopped run always write one')

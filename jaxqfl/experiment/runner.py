@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from jaxqfl.experiment import algorithm_rules, process_clock
+from jaxqfl.experiment import algorithm_rules, checkpoint_policy, process_clock
 from jaxqfl import sinks
 from jaxqfl.experiment import async_rules, personal_rules, systems_rules, tier_rules
 from jaxqfl.experiment.outputs import finite_or_none, strict_dumps, write_json
@@ -99,8 +99,6 @@ def validate(refuser: Refuser, args: Settings) -> None:
         refuser.error(f"--lora-rank trains float adapters on a frozen base; drop the --quant list "
                        f"{','.join(args.sweep_values['quant'])}")
     _check_codecs(refuser, args)
-    if args.checkpoint_every is None:
-        args.checkpoint_every = args.eval_every
     privacy_rules.validate(refuser, args)
     sampling_rules.validate(refuser, args)
     if args.aggregator != "mean" and args.integer_aggregation:
@@ -466,14 +464,17 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
     def save_checkpoint(state, rec_list, t):
         r = int(jax.device_get(state.round))
         if r not in saved_rounds and not write_error:
+            t_write = time.perf_counter()
             try:
                 checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
             except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
                 write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
                 return
+            gate.written(time.perf_counter() - t_write)
             saved_rounds.add(r)
 
     all_records = list(records)
+    gate = checkpoint_policy.Gate(args.checkpoint_every, args.eval_every)
     sink = sinks.open_sinks(out, args.log)  # metrics.jsonl (+ TensorBoard, CSV), the restored records first
     with contextlib.closing(sink), progress_bar(args.rounds, not args.no_progress, start_round) as bar:
         for rec in records:
@@ -488,7 +489,7 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
 
         def after_block(state, rec, t):
             r = int(jax.device_get(state.round))
-            if r % args.checkpoint_every == 0 or r == args.rounds:
+            if r == args.rounds or gate.due(r):
                 save_checkpoint(state, all_records, t)
 
         if start_round >= args.rounds:

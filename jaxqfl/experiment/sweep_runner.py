@@ -45,6 +45,7 @@ import time
 import numpy as np
 
 from jaxqfl import sinks
+from jaxqfl.experiment import checkpoint_policy
 from jaxqfl.experiment.process_clock import startup_fields
 from jaxqfl.sweep_plan import NAMED
 
@@ -218,16 +219,20 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         d, decided[0] = decided[0], None
         return stopping() if d is None else d
 
+    gate = checkpoint_policy.Gate(args.checkpoint_every, args.eval_every)
+
     def after_block(states, t):
         r, now = int(np.max(np.asarray(jax.device_get(states.round)))), stopping()
-        if (r % args.checkpoint_every == 0 or r == args.rounds or now) and not write_error:
+        if (r == args.rounds or now or gate.due(r)) and not write_error:
             meta = outputs.finite_or_none({
                 "config": run_config, "fingerprint": fingerprint, "records": records, "block_rounds": block,
                 "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
                 "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits,
                 "train_seconds": t.seconds, "diverged": t.diverged, "sim_time": t.sim_time})
+            t_write = time.perf_counter()
             try:
                 checkpoint.save(ckpt_dir, states, meta)
+                gate.written(time.perf_counter() - t_write)
             except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
                 write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
         decided[0] = now or bool(write_error)
