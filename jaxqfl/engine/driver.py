@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl.engine import pieces as block_pieces
+from jaxqfl.engine import startup
 from jaxqfl.engine.client_evaluation import personal_view
 from jaxqfl.engine.simulation import Simulation
 from jaxqfl.engine.state import ServerState
@@ -182,9 +183,9 @@ def run(
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block_rounds must be a positive integer, got {block_rounds!r}")
     block_pieces.check_progress_seconds(progress_seconds)
-    compile_seconds = sim.compile_block(block)
+    compile_seconds, state = startup.start(sim.compile_block, block, lambda: sim.init(seed) if state is None else state,
+                                           lambda s: prepare_evaluation(sim, s))
     systems = getattr(sim, "systems", None) if systems is None else systems
-    state = sim.init(seed) if state is None else state
     start_round = int(state.round)
 
     records, done, per_round, recorded = [], 0, [], 0  # recorded: rounds of per_round already in a record
@@ -263,6 +264,18 @@ def run(
     return result
 
 
+def prepare_evaluation(sim: Simulation, state: ServerState) -> None:
+    """Compile, without running, the programs the first evaluation and divergence check use.
+
+    The test evaluation when ``sim.evaluate`` offers ``prepare`` (``engine.evaluation``; a
+    wrapped one, e.g. per tier, compiles at its first call), and the finiteness check.
+    """
+    prepare = getattr(sim.evaluate, "prepare", None)
+    if prepare is not None:
+        prepare(state.params)
+    _all_finite.lower(state.params).compile()
+
+
 def evaluate(sim: Simulation, state: ServerState) -> dict:
     """The global model's test metrics, and the per-client ones of the models the clients use when they differ."""
     ev = sim.evaluate(state.params)
@@ -337,8 +350,7 @@ def run_sweep(
     block = min(eval_every, rounds) if block_rounds is None else block_rounds
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block_rounds must be a positive integer, got {block_rounds!r}")
-    compile_seconds = sim.compile_block(block)
-    states = sim.init() if states is None else states
+    compile_seconds, states = startup.start(sim.compile_block, block, lambda: sim.init() if states is None else states)
     start_round = int(np.max(np.asarray(jax.device_get(states.round))))
     totals = SweepTotals.zeros(S) if totals is None else totals
     records = [[] for _ in range(S)]

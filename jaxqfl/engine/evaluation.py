@@ -86,4 +86,9 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
             out.update(client_metrics.spread({k: v[:C] for k, v in client_sums.items()}, population.test_counts))
         return out
 
+    def prepare(params) -> None:
+        """Compile the evaluation program for ``params`` now, without running it (``evaluate`` reuses it)."""
+        fn.lower(params, frozen, x, y, mask, owner).compile()
+
+    evaluate.prepare = prepare
     return evaluate
