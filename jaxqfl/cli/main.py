@@ -72,9 +72,12 @@ def _run(parser, args, argv: list[str], origin: tuple[float, str]) -> int:
     from jaxqfl.cli import interrupts
     from jaxqfl.experiment import outputs
 
+    from jaxqfl.experiment.collections_pause import fewer_collections
+
     stop = interrupts.StopRequest().install()  # before JAX starts: a signal from now on ends at a safe point
     try:
-        return _run_with(parser, args, argv, stop, origin)
+        with fewer_collections():
+            return _run_with(parser, args, argv, stop, origin)
     finally:
         stop.uninstall()
         outputs.release_locks()

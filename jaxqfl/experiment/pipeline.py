@@ -159,15 +159,17 @@ def resume(out: str | pathlib.Path, *, log: tuple[str, ...] | str = ("jsonl",), 
 def _execute(settings: Settings, what: str) -> RunOutcome:
     """The library's run path on fresh settings (the module docstring's steps), refusals raised."""
     from jaxqfl.experiment import outputs, runner
+    from jaxqfl.experiment.collections_pause import fewer_collections
 
     refuser = Refuse()
     origin = (time.time(), what)
     try:
-        resolve(settings, refuser)
-        check_memory(settings, refuser)
-        folder = open_out(settings, refuser)
-        settings._startup_origin = origin
-        status = runner.main(settings, stop=None, out=folder)
+        with fewer_collections():
+            resolve(settings, refuser)
+            check_memory(settings, refuser)
+            folder = open_out(settings, refuser)
+            settings._startup_origin = origin
+            status = runner.main(settings, stop=None, out=folder)
     finally:
         outputs.release_locks()
     summary_path = folder / "summary.json"
