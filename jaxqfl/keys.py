@@ -130,6 +130,11 @@ def purpose_key(key: jax.Array, purpose: int) -> jax.Array:
     return derive(key, PURPOSE_TAG, purpose)
 
 
+def abstract_key() -> jax.ShapeDtypeStruct:
+    """A run key's shape and dtype, for ``jax.eval_shape``; unlike ``jax.random.key(0)`` nothing is compiled or run."""
+    return jax.eval_shape(lambda: jax.random.key(0))
+
+
 def seed_key(seed) -> jax.Array:
     """Key rebuilt from a message's 32-bit seed: ``derive(jax.random.key(0), SEED_TAG, seed)`` (a leaf)."""
     return derive(jax.random.key(0), SEED_TAG, seed)

@@ -38,6 +38,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from jaxqfl.algorithms.base import Algorithm
+from jaxqfl import keys
 from jaxqfl.data.population import Population
 from jaxqfl.engine.layout import local_state_floats
 from jaxqfl.engine.schedule import LocalSchedule
@@ -109,8 +110,8 @@ def matmul_flops(fn, *args) -> int:
 
 def forward_flops_per_example(model, feature_shape: tuple[int, ...], batch: int = 8) -> float:
     """``f``: matmul/conv FLOPs of one example's forward pass (counted on a batch, divided)."""
-    x = jnp.zeros((batch,) + tuple(feature_shape), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x[:1])
+    x = jax.ShapeDtypeStruct((batch,) + tuple(feature_shape), jnp.float32)  # shapes only: nothing is computed
+    params = jax.eval_shape(model.init, keys.abstract_key(), jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
     flops = matmul_flops(lambda p, x: model.apply(p, x, key=None), params, x)
     return flops / batch
 
@@ -127,8 +128,8 @@ def round_cost(
     """The analytic FLOPs and bytes of one round of this workload (module docstring)."""
     max_count = population.max_count
     B, S, M = schedule.batch(max_count), schedule.num_steps(max_count), cohort_size
-    x1 = jnp.zeros((1,) + population.feature_shape, jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x1)
+    x1 = jax.ShapeDtypeStruct((1,) + population.feature_shape, jnp.float32)
+    params = jax.eval_shape(model.init, keys.abstract_key(), x1)
     P = _float_count(params)
     O = local_state_floats(algorithm, params) - P  # optimizer (and algorithm) floats beside the params
     f = forward_flops_per_example(model, population.feature_shape)

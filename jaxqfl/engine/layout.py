@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl.data.population import Population
+from jaxqfl import keys
 from jaxqfl.engine.chunking import auto_chunk_size, padded_layout
 from jaxqfl.engine.conv_layout import contains_convolution
 from jaxqfl.engine.schedule import LocalSchedule
@@ -54,8 +55,8 @@ def client_layout(
     num_devices: int, chunk_size: int | None, device,
 ) -> ClientLayout:
     """The padded layout of a cohort; the chunk size from ``jaxqfl.engine.chunking`` when None."""
-    sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), sample_x)
+    sample_x = jax.ShapeDtypeStruct((1,) + population.feature_shape, jnp.float32)
+    params = jax.eval_shape(model.init, keys.abstract_key(), sample_x)
     num_params = _num_params(params)
     per_device0 = math.ceil(cohort_size / num_devices)
     if chunk_size is None:

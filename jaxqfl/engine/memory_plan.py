@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import jax
 
+from jaxqfl import keys
+
 
 class StateFootprint(NamedTuple):
     """Elements and bytes of a run's state, per part (module docstring)."""
@@ -48,7 +50,7 @@ def state_footprint(model, algorithm, feature_shape, *, aggregator=None, uplink=
     agg = default_aggregator() if aggregator is None else aggregator
     init = initial_state(model, algorithm, agg, tuple(feature_shape), 1, uplink=uplink, downlink=downlink,
                          client_rows=1)
-    state = jax.eval_shape(init, jax.random.key(0))
+    state = jax.eval_shape(init, keys.abstract_key())
     p = _count(state.params)
     server = _count((state.algorithm_state, state.aggregator_state))
     client = _count(state.client_states)  # one row: one client

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxqfl.aggregate.base import check_aggregator
+from jaxqfl import keys
 from jaxqfl.data.population import Population
 from jaxqfl.engine import homes
 from jaxqfl.engine.autotune import autotune_default
@@ -191,9 +192,9 @@ def setup_round(
     D, C = mesh.devices.size, population.num_clients
     device = mesh.devices.flat[0]
 
-    sample_x = jnp.zeros((1,) + population.feature_shape, jnp.float32)
+    sample_x = jax.ShapeDtypeStruct((1,) + population.feature_shape, jnp.float32)
     per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink, model=model)
-    params_abs = jax.eval_shape(model.init, jax.random.key(0), sample_x)
+    params_abs = jax.eval_shape(model.init, keys.abstract_key(), sample_x)
     if task.name in ("classification", "regression", "next-token"):  # the built-in tasks whose output width is known
         check_model_outputs(model, params_abs, population)
     one_abs = jax.eval_shape(per_client, params_abs)
@@ -227,7 +228,7 @@ def setup_round(
                                   downlink=downlink, client_rows=0 if home == "host" else rows)
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P(CLIENTS))
-    state_abs = jax.eval_shape(init_from_key, jax.random.key(0))
+    state_abs = jax.eval_shape(init_from_key, keys.abstract_key())
     state_sharding = jax.tree.map(lambda _: replicated, state_abs)
     if home == "sharded":
         state_sharding = state_sharding._replace(
@@ -472,7 +473,7 @@ def build(
 
         # state in its home's shardings; metrics replicated (every process of a multi-process run reads them)
         fn = jax.jit(round_block, donate_argnums=(0,), out_shardings=(setup.state_sharding, replicated))
-        return fn.lower(setup.abstract_state(), data, jnp.int32(num_rounds))
+        return fn.lower(setup.abstract_state(), data, np.int32(num_rounds))
 
     compile_block, compiled = block_compiler(lower_block)
 
@@ -483,6 +484,6 @@ def build(
         if not 0 <= num_active <= num_rounds:
             raise ValueError(f"num_active must lie in [0, {num_rounds}], got {num_active}")
         state = jax.device_put(state, setup.state_sharding)
-        return compiled[num_rounds](state, data, jnp.int32(num_active))
+        return compiled[num_rounds](state, data, np.int32(num_active))  # NumPy: no eager program
 
     return Simulation(run_block=run_block, compile_block=compile_block, trace_count=lambda: traces[0], **common)

@@ -105,7 +105,7 @@ def initial_state(model, algorithm, aggregator, feature_shape, num_clients: int,
     ``client_rows`` (default ``num_clients``) is the length of the stacked client
     states (a sharded home pads it to a multiple of the device count).
     """
-    sample_x = jnp.zeros((1,) + tuple(feature_shape), jnp.float32)
+    sample_x = np.zeros((1,) + tuple(feature_shape), np.float32)  # NumPy: a constant of the program, nothing compiled
     per_client = one_client_states(algorithm, aggregator, uplink=uplink, downlink=downlink, model=model)
     rows = num_clients if client_rows is None else client_rows
 

@@ -71,6 +71,9 @@ def num_params(args: Settings, feature_shape: tuple, num_classes: int) -> int:
     import jax
     import jax.numpy as jnp
 
+    from jaxqfl import keys
+
     model = make_model(args, num_classes, feature_shape)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(feature_shape), jnp.float32))
+    x = jax.ShapeDtypeStruct((1,) + tuple(feature_shape), jnp.float32)
+    shapes = jax.eval_shape(model.init, keys.abstract_key(), x)
     return sum(int(a.size) for a in jax.tree.leaves(shapes))
