@@ -88,6 +88,28 @@ def _untree(template, tree):
     return jax.tree.map(back, template, tree, is_leaf=_server_or_key)
 
 
+def load_in_background() -> None:
+    """Import orbax-checkpoint on a daemon thread now, so that the run's first ``save`` finds it loaded.
+
+    The import takes 0.2-0.3 s on a 2-core CPU once JAX is loaded; a run starts it before compiling
+    (the compiler and the rounds release the GIL, so it costs the run almost nothing). An import
+    error here is left for the first ``save`` to raise, where it is handled.
+    """
+    import sys
+    import threading
+
+    if "orbax.checkpoint" in sys.modules:
+        return
+
+    def load():
+        try:
+            import orbax.checkpoint  # noqa: F401
+        except Exception:  # raised again, where it is handled, by the first save
+            pass
+
+    threading.Thread(target=load, name="jaxqfl-orbax-import", daemon=True).start()
+
+
 def _manager(directory, keep: int | None):
     import orbax.checkpoint as ocp
 

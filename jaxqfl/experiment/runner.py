@@ -309,6 +309,7 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
 
     out = pathlib.Path(args.out) if out is None else out
     stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
+    checkpoint.load_in_background()  # orbax, for the first checkpoint: loaded while the data and programs are built
     t_start = time.perf_counter()
     population = build_population(args)
     procedural = not hasattr(population, "x")  # --population procedural: no rows on the host
