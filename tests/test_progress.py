@@ -238,3 +238,31 @@ def test_cli_bar_dispatches_pieces_and_times_sum(tmp_path, capsys):
     every = [t for r in records for t in r["round_seconds"]]
     assert summary["round_seconds_median"] == float(np.median(every))
     assert "round" in capsys.readouterr().err  # the bar was drawn
+
+
+def test_a_sweeps_pieces_equal_its_whole_blocks(population):
+    """``engine.run_sweep`` in pieces of one round: every config's params and records as whole blocks, nothing
+    compiled, one progress report per round whose loss is the mean of the configs' last train losses."""
+
+    def fedavg(hp):
+        return algorithms.fedavg(optax.sgd(hp["client_lr"]), optax.sgd(1.0, momentum=0.5))
+
+    configs = [{"client_lr": 0.1, "seed": 0}, {"client_lr": 0.3, "seed": 1}]
+    sim = engine.build_sweep(population, models.logistic_regression(3), fedavg, _schedule(), configs=configs,
+                             cohort_size=M, num_devices=2, chunk_size=2)
+    whole = engine.run_sweep(sim, rounds=5, eval_every=4)
+    seen, losses = [], []
+
+    def progress(p):
+        seen.append(p)
+
+    with CompilationLog() as log:
+        pieced = engine.run_sweep(sim, rounds=5, eval_every=4, progress_seconds=1e-12, on_progress=progress)
+    assert log.count() == 0, log.counts()
+    for a, b in zip(whole, pieced, strict=True):
+        _assert_same_run(a, b)
+        losses.append([r["train_loss"] for r in b.records])
+    assert [p.round for p in seen] == [1, 2, 3, 4, 5]
+    last = {4: 0, 5: 1}  # the evaluated rounds' train losses, per config: their mean is the report's
+    for rnd, i in last.items():
+        assert seen[rnd - 1].train_loss == pytest.approx(np.mean([c[i] for c in losses]), rel=1e-6)

@@ -317,6 +317,9 @@ def run_sweep(
     totals: "SweepTotals | None" = None,
     after_block: Callable[[object, "SweepTotals"], None] | None = None,
     systems: Sequence | None = None,
+    progress_seconds: float | None = None,
+    on_progress: Callable[[block_pieces.Progress], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[RunResult]:
     """Run a ``SweepSimulation`` (``jaxqfl.engine.sweep``): one ``RunResult`` per config.
 
@@ -341,11 +344,16 @@ def run_sweep(
     ``systems``: one ``jaxqfl.systems.ClientSystems`` per config (each config's clients'
     speeds, e.g. drawn from its seed): every config runs its own virtual clock, as ``run``
     does for one (records' ``sim_time``, ``RunResult.sim_time``, ``totals.sim_time``).
+
+    ``progress_seconds``, ``on_progress``, ``clock``: as ``run``'s. Each block of all the configs
+    is dispatched in pieces of its compiled program (same results, bit for bit); a piece's
+    ``Progress.train_loss`` is the mean of the configs' finite last train losses (NaN when none is).
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
+    block_pieces.check_progress_seconds(progress_seconds)
     S = len(sim.configs)
     block = min(eval_every, rounds) if block_rounds is None else block_rounds
     if not isinstance(block, int) or block < 1:
@@ -360,7 +368,8 @@ def run_sweep(
     per_round, first_round_started = [], None  # as run's: each round's block time / rounds; the start of round 1
     if systems is not None and len(systems) != S:
         raise ValueError(f"systems must give one ClientSystems per config ({S}), got {len(systems)}")
-    clock = None if systems is None else [float(t) for t in (totals.sim_time or [0.0] * S)]
+    sim_clock = None if systems is None else [float(t) for t in (totals.sim_time or [0.0] * S)]
+    pieced, seconds_per_round = progress_seconds is not None, None  # the last piece's (None: the first is one round)
     while done < rounds:
         if should_stop is not None and should_stop():
             stopped = True
@@ -368,17 +377,30 @@ def run_sweep(
         active = min(block, rounds - done)
         if first_round_started is None:
             first_round_started = time.time()  # the end of startup (the CLI's startup_seconds)
-        t0 = time.perf_counter()
-        states, metrics = sim.run_block(states, block, active)
-        metrics = jax.device_get(metrics)  # every leaf [R, S, ...]
-        block_seconds = time.perf_counter() - t0
-        train_seconds += block_seconds
-        per_round += [block_seconds / active] * active
+        parts, ran = [], 0
+        while ran < active:
+            p = block_pieces.piece_rounds(progress_seconds, seconds_per_round, active - ran) if pieced else active
+            t0 = clock()
+            states, piece_metrics = sim.run_block(states, block, p)
+            piece_metrics = jax.device_get(piece_metrics)  # every leaf [R, S, ...]
+            piece_seconds = clock() - t0
+            train_seconds += piece_seconds
+            per_round += [piece_seconds / p] * p
+            seconds_per_round, ran = piece_seconds / p, ran + p
+            parts.append((piece_metrics, p))
+            if on_progress is not None:
+                last = np.asarray(piece_metrics.train_loss[p - 1], np.float64)
+                finite = last[np.isfinite(last)]
+                rate = (done + ran) / max(train_seconds - float(totals.seconds), 1e-12)
+                on_progress(block_pieces.Progress(start_round + done + ran,
+                                                  float(finite.mean()) if finite.size else float("nan"),
+                                                  train_seconds, rate))
+        metrics = block_pieces.join_pieces(parts)
         up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
-        if clock is not None:
+        if sim_clock is not None:
             for s in range(S):
-                clock[s] += float(np.sum(virtual_clock.block_seconds(
+                sim_clock[s] += float(np.sum(virtual_clock.block_seconds(
                     systems[s], jax.tree.map(lambda a, s=s: a[:, s], metrics), active)))
         first = start_round + done
         done += active
@@ -394,16 +416,16 @@ def run_sweep(
             for s, ev in enumerate(sim.evaluate(states)):
                 config_metrics = jax.tree.map(lambda a: a[:, s], metrics)
                 rec = block_record(now, ev, config_metrics, active, int(up[s]), int(down[s]), train_seconds)
-                if clock is not None:
-                    rec["sim_time"] = clock[s]
+                if sim_clock is not None:
+                    rec["sim_time"] = sim_clock[s]
                 records[s].append(rec)
                 if on_eval is not None:
                     on_eval(s, rec)
         if after_block is not None:
             after_block(states, SweepTotals(up.tolist(), down.tolist(), train_seconds, list(diverged),
-                                            None if clock is None else list(clock)))
+                                            None if sim_clock is None else list(sim_clock)))
     config_state = lambda s: jax.tree.map(lambda a: a[s], states)
     return [RunResult(config_state(s), records[s], compile_seconds, train_seconds, done, int(up[s]), int(down[s]),
-                      diverged[s], stopped, list(per_round), sim_time=None if clock is None else clock[s],
+                      diverged[s], stopped, list(per_round), sim_time=None if sim_clock is None else sim_clock[s],
                       first_round_started=first_round_started)
             for s in range(S)]

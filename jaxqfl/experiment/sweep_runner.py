@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxqfl import sinks
 from jaxqfl.experiment import checkpoint_policy
+from jaxqfl.experiment.progress_bar import progress_bar
 from jaxqfl.experiment.process_clock import startup_fields
 from jaxqfl.sweep_plan import NAMED
 
@@ -207,8 +208,6 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         rec = {k: _finite(v) for k, v in rec.items()}
         records[s].append(rec)
         files[s].write(rec)
-        if s == len(configs) - 1 and not args.no_progress:
-            print(f"  round {rec['round']}/{args.rounds}", flush=True)
 
     fingerprint, write_error, decided = run_folder.fingerprint(run_config), [], [None]
 
@@ -244,9 +243,12 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                                         t.uplink_bits[s], t.downlink_bits[s], t.diverged[s],
                                         sim_time=t.sim_time[s] if t.sim_time else None) for s in range(len(configs))]
         else:
-            results = engine.run_sweep(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
-                                       on_eval=on_eval, should_stop=should_stop, states=states, block_rounds=block,
-                                       totals=totals, after_block=after_block, systems=client_systems)
+            with progress_bar(args.rounds, not args.no_progress, start_round) as bar:  # moved by every piece
+                results = engine.run_sweep(sim, rounds=args.rounds - start_round, eval_every=args.eval_every,
+                                           on_eval=on_eval, should_stop=should_stop, states=states,
+                                           block_rounds=block, totals=totals, after_block=after_block,
+                                           systems=client_systems, progress_seconds=bar.progress_seconds,
+                                           on_progress=bar.on_progress)
     except privacy_rules.RoundFailed as e:
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         return e.exit_status
