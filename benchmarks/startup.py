@@ -173,8 +173,9 @@ def _markdown(r) -> str:
     for name, w in r["workloads"].items():
         lines.append(f"| {name} | {w['cold_over_warm']:.2f} | {w['same_accuracy']} | "
                      f"{w['warm_runs'][0]['chunk_size_from']} |")
-    lines += ["", "`compile` is the round block's; the initialisation and evaluation programs compile (or load) inside",
-              "`other`, which is why `other` shrinks from cold to warm too."]
+    lines += ["", "`compile` is the round block's (wall time, on a worker thread); the initialisation and evaluation programs",
+              "compile (or load) at the same time on the main thread (`jaxqfl.engine.startup`), so they add to it only where they",
+              "outlast it or compete for the 2 cores; what is left of them is in `other`."]
     d = r["workloads"].get("default")
     if d is not None:
         lines += ["", f"Issue 25's targets for the default run: warm under {TARGET_WARM_SECONDS:g} s "
