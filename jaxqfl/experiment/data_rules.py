@@ -85,8 +85,8 @@ def build_population(args: Settings):
     try:
         if population_rules.on(args):
             return population_rules.build(args, seed)
-        return data.build(
-            args.dataset, num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
+        settings = dict(
+            num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
             shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
             seed=seed,
             synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
@@ -96,6 +96,15 @@ def build_population(args: Settings):
             num_features=args.num_features, context=getattr(args, "context", 80),
             entries_per_client=getattr(args, "entries_per_client", None),
         )
+        if not registry.BY_NAME[args.dataset].generated or args.data_path is not None:
+            return data.build(args.dataset, **settings)
+        # generated rows are a pure function of these settings: built once, then read back (jaxqfl.data.population_cache)
+        from jaxqfl.data.population_cache import cached
+        from jaxqfl.engine.autotune import default_cache_dir
+
+        base = default_cache_dir()
+        return cached(None if base is None else base / "data", {"dataset": args.dataset, **settings},
+                      lambda: data.build(args.dataset, **settings))
     except (ValueError, OSError) as err:
         fail(f"--dataset {args.dataset}: {err}")
 
