@@ -72,8 +72,11 @@ def test_label_flip_on_a_regression_task_is_refused_before_any_work(tmp_path, ca
     from cli_refusals import assert_refused_before_any_work
 
     import jaxqfl.data
+    import jaxqfl.data.population_cache
 
     monkeypatch.setattr(jaxqfl.data, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("data built")))
+    monkeypatch.setattr(jaxqfl.data.population_cache, "cached",  # nor read back from the population cache
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("data read")))
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch,
                                    ["--dataset", "synthetic-regression", "--attack", "label-flip"],
                                    "--task regression has no class labels to flip")

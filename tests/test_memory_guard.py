@@ -83,6 +83,7 @@ GIB = 2**30
 def host_24gib(monkeypatch):
     """A 24 GiB host with nothing to build: the refusal must come from the flags alone."""
     import jaxqfl.data
+    import jaxqfl.data.population_cache
     from jaxqfl.experiment import memory_guard
 
     def no_data(*a, **k):
@@ -90,6 +91,7 @@ def host_24gib(monkeypatch):
 
     monkeypatch.setattr(memory_guard, "host_available_bytes", lambda: 24 * GIB)
     monkeypatch.setattr(jaxqfl.data, "build", no_data)
+    monkeypatch.setattr(jaxqfl.data.population_cache, "cached", no_data)  # nor read back from the population cache
 
 
 @pytest.mark.parametrize("argv, message", [
