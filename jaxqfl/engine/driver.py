@@ -207,22 +207,19 @@ def run(
         active = min(block, rounds - done)
         if first_round_started is None:
             first_round_started = time.time()  # the end of startup (the CLI's startup_seconds)
-        parts, ran = [], 0
-        while ran < active:
-            p = block_pieces.piece_rounds(progress_seconds, seconds_per_round, active - ran) if pieced else active
-            t0 = clock()
-            state, piece_metrics = sim.run_block(state, block, p)
-            piece_metrics = jax.device_get(piece_metrics)
-            piece_seconds = clock() - t0
+
+        def after_piece(piece_metrics, p, piece_seconds, ran):
+            nonlocal train_seconds
             train_seconds += piece_seconds
-            per_round += [piece_seconds / p] * p  # one program call per piece: its rounds share its time
-            seconds_per_round, ran = piece_seconds / p, ran + p
-            parts.append((piece_metrics, p))
+            per_round.extend([piece_seconds / p] * p)  # one program call per piece: its rounds share its time
             if on_progress is not None:
                 rate = (done + ran) / max(train_seconds - float(totals.seconds), 1e-12)
                 on_progress(block_pieces.Progress(start_round + done + ran,
                                                   float(piece_metrics.train_loss[p - 1]), train_seconds, rate))
-        metrics = block_pieces.join_pieces(parts)
+
+        state, metrics, seconds_per_round = block_pieces.run_in_pieces(
+            sim.run_block, state, block, active, progress_seconds if pieced else None, seconds_per_round, clock,
+            after_piece)
         for name, count in counts.items():
             count_values(count, metrics.clients[name][:active])
         up_total += int(np.sum(metrics.uplink_bits[:active], dtype=np.int64))
@@ -369,7 +366,7 @@ def run_sweep(
     if systems is not None and len(systems) != S:
         raise ValueError(f"systems must give one ClientSystems per config ({S}), got {len(systems)}")
     sim_clock = None if systems is None else [float(t) for t in (totals.sim_time or [0.0] * S)]
-    pieced, seconds_per_round = progress_seconds is not None, None  # the last piece's (None: the first is one round)
+    seconds_per_round = None  # the last piece's (None: no piece yet, the first is one round)
     while done < rounds:
         if should_stop is not None and should_stop():
             stopped = True
@@ -377,17 +374,11 @@ def run_sweep(
         active = min(block, rounds - done)
         if first_round_started is None:
             first_round_started = time.time()  # the end of startup (the CLI's startup_seconds)
-        parts, ran = [], 0
-        while ran < active:
-            p = block_pieces.piece_rounds(progress_seconds, seconds_per_round, active - ran) if pieced else active
-            t0 = clock()
-            states, piece_metrics = sim.run_block(states, block, p)
-            piece_metrics = jax.device_get(piece_metrics)  # every leaf [R, S, ...]
-            piece_seconds = clock() - t0
+
+        def after_piece(piece_metrics, p, piece_seconds, ran):  # every leaf [R, S, ...]
+            nonlocal train_seconds
             train_seconds += piece_seconds
-            per_round += [piece_seconds / p] * p
-            seconds_per_round, ran = piece_seconds / p, ran + p
-            parts.append((piece_metrics, p))
+            per_round.extend([piece_seconds / p] * p)
             if on_progress is not None:
                 last = np.asarray(piece_metrics.train_loss[p - 1], np.float64)
                 finite = last[np.isfinite(last)]
@@ -395,7 +386,9 @@ def run_sweep(
                 on_progress(block_pieces.Progress(start_round + done + ran,
                                                   float(finite.mean()) if finite.size else float("nan"),
                                                   train_seconds, rate))
-        metrics = block_pieces.join_pieces(parts)
+
+        states, metrics, seconds_per_round = block_pieces.run_in_pieces(
+            sim.run_block, states, block, active, progress_seconds, seconds_per_round, clock, after_piece)
         up += np.sum(metrics.uplink_bits[:active], axis=(0, 2), dtype=np.int64)
         down += np.sum(metrics.downlink_bits[:active], axis=(0, 2), dtype=np.int64)
         if sim_clock is not None:

@@ -69,3 +69,27 @@ def join_pieces(pieces: list):
 
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(x)[:p] for x, (_, p) in zip(a, pieces)]),
                         *[m for m, _ in pieces])
+
+
+def run_in_pieces(run_block, state, block: int, active: int, progress_seconds: float | None,
+                  seconds_per_round: float | None, clock, after_piece):
+    """Dispatch a block's first ``active`` rounds in pieces: ``(state, metrics [active, ...], seconds_per_round)``.
+
+    ``run_block(state, block, p)`` runs the next ``p`` rounds (pieces sized by ``piece_rounds``;
+    ``progress_seconds`` None: one piece, the whole block). After each piece
+    ``after_piece(metrics of the piece on the host, p, its seconds by clock, rounds of the block done)``.
+    ``seconds_per_round`` is the last piece's, carried from block to block (None before the first).
+    """
+    import jax
+
+    parts, ran = [], 0
+    while ran < active:
+        p = piece_rounds(progress_seconds, seconds_per_round, active - ran) if progress_seconds is not None else active
+        t0 = clock()
+        state, metrics = run_block(state, block, p)
+        metrics = jax.device_get(metrics)
+        seconds = clock() - t0
+        seconds_per_round, ran = seconds / p, ran + p
+        parts.append((metrics, p))
+        after_piece(metrics, p, seconds, ran)
+    return state, join_pieces(parts), seconds_per_round
