@@ -30,7 +30,7 @@ class Execution(Section):
                      'device, sharded over the devices, or on the host and streamed with the cohort (default: auto, '
                      'by size)')
     eval_every: int | None = setting(None, v.positive_int,
-                help="evaluate (and checkpoint) every K rounds (default: the dataset's)")
+                help="evaluate every K rounds (default: the dataset's); checkpoints: --checkpoint-every")
     seed: int | None = setting(None, v.nonneg_int, help='run seed (default 0)')
     data_seed: int | None = setting(None, v.nonneg_int,
                 help="seed of the generated population, its partition and an attack's malicious set (default: the run"
