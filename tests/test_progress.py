@@ -139,15 +139,18 @@ def _calls(sim, **kw):
 
 
 def test_blocks_of_a_non_piecewise_simulation_stay_whole(population, sim):
-    """A streamed population prefetches rows within one run_block call: it says so, and its blocks stay whole."""
-    assert _streamed(population).piecewise is False and sim.piecewise is True
+    """A simulation that says its blocks cannot be split (``piecewise=False``) gets whole blocks."""
+    assert sim.piecewise is True
     assert _calls(sim._replace(piecewise=False)) == [4, 1]
     assert _calls(sim) == [1] * 5
 
 
 @pytest.mark.slow
-def test_streamed_blocks_stay_whole(population):
-    assert _calls(_streamed(population)) == [4, 1]
+def test_a_streamed_runs_pieces_equal_its_whole_blocks(population):
+    """Rows gathered on the host per round: pieces of one round give the whole blocks' results."""
+    sim = _streamed(population)
+    assert sim.piecewise is True and _calls(sim) == [1] * 5
+    _pieces_equal_whole_blocks(sim)
 
 
 class FakeClock:

@@ -160,8 +160,8 @@ def run(
         about T seconds: the run's first piece is one round, then
         ``p = clamp(floor(T / s), 1, rounds left in the block)`` with ``s`` the last piece's
         seconds per round. Same program, same results bit for bit, one host synchronisation
-        per piece (its metrics fetch). Blocks of a simulation with ``piecewise=False`` (a
-        streamed population) stay whole. Evaluation, ``should_stop``, ``after_block`` and the
+        per piece (its metrics fetch). Blocks of a simulation with ``piecewise=False`` stay
+        whole. Evaluation, ``should_stop``, ``after_block`` and the
         divergence check stay at block ends.
       on_progress: ``on_progress(Progress(round, train_loss, seconds, rounds_per_second))``
         after every piece (after every block when ``progress_seconds`` is None).

@@ -16,10 +16,11 @@ piece (its time / its rounds) and ``T`` the target seconds per piece::
 
 A round's time is its piece's time / the piece's rounds (``RunResult.round_seconds``).
 
-Where the claim fails the runner says so (``Simulation.piecewise = False``) and
-keeps whole blocks: a streamed population (``build_streaming``) prefetches the
-next round's cohort rows only within one ``run_block`` call, so pieces of one
-round would lose that overlap (the results would still be the same).
+A runner for which the claim fails says so (``Simulation.piecewise = False``)
+and keeps whole blocks. Every runner of the engine allows pieces; a streamed
+population (``build_streaming``) prefetches the next round's rows within one
+``run_block`` call, so the first round of each piece gathers its rows without
+that overlap (same results; one such gather per piece).
 """
 from __future__ import annotations
 

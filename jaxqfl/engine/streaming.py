@@ -18,9 +18,11 @@ The round program is the one ``engine.build`` compiles (``round_program``),
 fed a ``CohortBlock`` instead of the population: slot ``j`` of the block holds
 client ``cohort[j]``, whose keys still come from its id. So a streamed run
 equals the on-device run of the same seed (float summation order aside), and
-compiles once. It returns the same ``Simulation`` as ``engine.build``; its
-blocks are not dispatched in pieces (``piecewise=False``, ``jaxqfl.engine.pieces``):
-a piece of one round would lose the overlap of the next round's gather.
+compiles once. It returns the same ``Simulation`` as ``engine.build``. Its blocks
+can be dispatched in pieces (``jaxqfl.engine.pieces``; the progress bar's ~1 s): a
+round's cohort and rows are a function of its round index, so pieces give the same
+results; only the first round of a piece gathers its rows without the overlap of
+the round before (one gather per piece, about one a second).
 
 Data placement across processes: every process holds the whole population on
 its host and gathers the same block; each puts only its own devices' share.
@@ -143,7 +145,6 @@ def build_streaming(
         evaluate=setup.evaluate, trace_count=traces, num_devices=mesh.devices.size, chunk_size=layout.chunk,
         cohort_size=cohort_size, clients_per_device=layout.per_device, num_params=layout.num_params,
         client_state_home=setup.home, stream_stats=stats, cohort=cohort, tuning=setup.tuning,
-        piecewise=False,  # the next round's rows are prefetched only within one run_block call (engine.pieces)
     )
 
 
