@@ -238,15 +238,12 @@ def test_the_registries_generate_the_choices_flags_and_defaults():
 
 
 def test_the_public_api_is_curated_and_import_jaxqfl_starts_no_jax():
-    import subprocess
-    import sys
+    from cli_subprocess import assert_fresh_interpreter_prints_ok
 
     code = ("import sys, jaxqfl; assert 'jax' not in sys.modules, 'import jaxqfl started JAX'; "
             "e = jaxqfl.Experiment.of(rounds=3); assert 'jax' not in sys.modules; "
             "[getattr(jaxqfl, n) for n in jaxqfl.__all__]; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert_fresh_interpreter_prints_ok(code)
     with pytest.raises(AttributeError, match="no attribute 'cli_main'"):
         jaxqfl.cli_main
 

@@ -9,15 +9,13 @@ model entry builds its model (dense models against their parameter counts) from 
 import contextlib
 import dataclasses
 import io
-import pathlib
-import subprocess
-import sys
 import tomllib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_subprocess import assert_fresh_interpreter_prints_ok
 
 from jaxqfl import choices
 from jaxqfl.aggregate import attacks
@@ -25,8 +23,6 @@ from jaxqfl.experiment import Experiment, ExperimentError
 from jaxqfl.experiment.setting import info_of
 from jaxqfl.registry import attacks as attack_registry
 from jaxqfl.registry import datasets as dataset_registry
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _choices(dest: str):
@@ -43,9 +39,7 @@ def test_registries_import_without_jax():
     code = ("import sys; import jaxqfl.choices, jaxqfl.registry.attacks, jaxqfl.registry.datasets, "
             "jaxqfl.registry.models; "
             "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax')); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert_fresh_interpreter_prints_ok(code)
 
 
 def test_attack_choices_derive_from_the_entries():
