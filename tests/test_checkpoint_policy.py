@@ -27,14 +27,25 @@ def test_by_default_only_evaluations_at_least_the_gap_apart_checkpoint():
 def test_the_gate_counts_from_the_start_and_from_each_write():
     now = [100.0]
     gate = policy.Gate(None, 1, clock=lambda: now[0])
-    written = []
+    written, errors = [], []
+
+    def save():  # a write of 0.5 s
+        now[0] += 0.5
+
     for r in range(1, 11):
         now[0] += 10.0  # 10 s a round
-        if gate.due(r):
+        if gate.due(r) and gate.write(save, r, "ckpt", errors):
             written.append(r)
-            now[0] += 0.5
-            gate.written(0.5)
-    assert written == [3, 6, 9]  # 30 s after the start, then 30 s after each write
+    assert written == [3, 6, 9] and errors == []  # 30 s after the start, then 30 s after each write
+    assert gate.last_write == 0.5
+
+    def full_disk():
+        now[0] += 40.0
+        raise OSError(28, "No space left on device")
+
+    assert not gate.write(full_disk, 12, "ckpt", errors)  # not counted: the gap still runs from round 9's write
+    assert errors == ["checkpoint of round 12 in ckpt: OSError: [Errno 28] No space left on device"]
+    assert gate.last_write == 0.5 and gate.due(12)
     assert policy.Gate(5, 1, clock=lambda: 0.0).due(5) and not policy.Gate(5, 1, clock=lambda: 1e9).due(4)
 
 

@@ -36,10 +36,10 @@ def due(round_: int, *, every: int | None, eval_every: int, since_last: float, l
 
 
 class Gate:
-    """``due(round)`` by the default policy with a clock; ``written(seconds)`` after each checkpoint write.
+    """``due(round)`` by the policy, with a clock; ``write(save, ...)`` runs and times each checkpoint write.
 
     ``clock`` (default ``time.monotonic``) is read at construction (the rounds' start), at each
-    ``due`` and at each ``written``.
+    ``due`` and before and after each ``write``.
     """
 
     def __init__(self, every: int | None, eval_every: int, clock=None):
@@ -53,5 +53,18 @@ class Gate:
         return due(round_, every=self.every, eval_every=self.eval_every, since_last=self.clock() - self.last_at,
                    last_write=self.last_write)
 
-    def written(self, seconds: float) -> None:
-        self.last_at, self.last_write = self.clock(), float(seconds)
+    def write(self, save, round_: int, directory, errors: list) -> bool:
+        """Run ``save()`` (a checkpoint write), timed for the policy; True when it was written.
+
+        A failed write (a full disk; orbax wraps the ``OSError`` in its own errors) is not counted: its
+        message, ``checkpoint of round R in DIR: Error: ...``, is appended to ``errors`` (the runner stops).
+        """
+        start = self.clock()
+        try:
+            save()
+        except Exception as e:
+            errors.append(f"checkpoint of round {round_} in {directory}: {type(e).__name__}: {e}")
+            return False
+        self.last_at = self.clock()
+        self.last_write = self.last_at - start
+        return True

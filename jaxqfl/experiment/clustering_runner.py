@@ -167,14 +167,8 @@ def main(args: Settings, population, t_start: float, data_seconds: float, stop=N
             "block_rounds": block, "seeding": seeding,
             "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
             "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits, "train_seconds": t.seconds})
-        t_write = time.perf_counter()
-        try:
-            checkpoint.save(ckpt_dir, state, meta)
+        if gate.write(lambda: checkpoint.save(ckpt_dir, state, meta), r, ckpt_dir, write_error):
             saved.add(r)
-        except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
-            write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
-            return
-        gate.written(time.perf_counter() - t_write)
 
     gate = checkpoint_policy.Gate(args.checkpoint_every, args.eval_every)
 

@@ -96,7 +96,7 @@ def build_population(args: Settings):
             num_features=args.num_features, context=getattr(args, "context", 80),
             entries_per_client=getattr(args, "entries_per_client", None),
         )
-        if not registry.BY_NAME[args.dataset].generated or args.data_path is not None:
+        if not registry.BY_NAME[args.dataset].generated:  # read from its --data-path
             return data.build(args.dataset, **settings)
         # generated rows are a pure function of these settings: built once, then read back (jaxqfl.data.population_cache)
         from jaxqfl.data.population_cache import cached

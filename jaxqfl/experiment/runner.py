@@ -464,14 +464,8 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
 
     def save_checkpoint(state, rec_list, t):
         r = int(jax.device_get(state.round))
-        if r not in saved_rounds and not write_error:
-            t_write = time.perf_counter()
-            try:
-                checkpoint.save(ckpt_dir, state, meta_for(rec_list, t))
-            except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
-                write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
-                return
-            gate.written(time.perf_counter() - t_write)
+        if r not in saved_rounds and not write_error and gate.write(
+                lambda: checkpoint.save(ckpt_dir, state, meta_for(rec_list, t)), r, ckpt_dir, write_error):
             saved_rounds.add(r)
 
     all_records = list(records)

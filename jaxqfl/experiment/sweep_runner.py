@@ -228,12 +228,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
                 "layout": {"num_devices": sim.num_devices, "chunk_size": sim.chunk_size},
                 "uplink_bits_total": t.uplink_bits, "downlink_bits_total": t.downlink_bits,
                 "train_seconds": t.seconds, "diverged": t.diverged, "sim_time": t.sim_time})
-            t_write = time.perf_counter()
-            try:
-                checkpoint.save(ckpt_dir, states, meta)
-                gate.written(time.perf_counter() - t_write)
-            except Exception as e:  # orbax wraps the OSError of a full disk in its own errors
-                write_error.append(f"checkpoint of round {r} in {ckpt_dir}: {type(e).__name__}: {e}")
+            gate.write(lambda: checkpoint.save(ckpt_dir, states, meta), r, ckpt_dir, write_error)
         decided[0] = now or bool(write_error)
 
     try:
