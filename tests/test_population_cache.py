@@ -2,7 +2,7 @@
 
 A population read back equals the built one array for array (dtypes, offsets, the
 clients' own test rows); another setting or version is another entry; a damaged entry
-is built again; the least recently used entries go past the size cap; the run path
+is built again, and so is one whose generator's source changed; the least recently used entries go past the size cap; the run path
 (``build_population``) builds a generated population once per settings.
 """
 import json
@@ -52,6 +52,23 @@ def test_the_key_holds_the_versions_that_make_the_rows(monkeypatch):
     key = cache.key_of(SETTINGS)
     monkeypatch.setattr(np, "__version__", "0.0.0")
     assert cache.key_of(SETTINGS) != key
+
+
+def test_an_edited_generator_misses_the_entry_it_built(tmp_path, monkeypatch):
+    """A change to a generator's source, with no version bump, builds again instead of reading old rows."""
+    import shutil
+
+    sources = tmp_path / "data"
+    shutil.copytree(cache.GENERATOR_SOURCES, sources, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "GENERATOR_SOURCES", sources)
+    builds = []
+    cache.cached(tmp_path / "cache", SETTINGS, _counted(builds, **SETTINGS))
+    cache.cached(tmp_path / "cache", SETTINGS, _counted(builds, **SETTINGS))
+    assert len(builds) == 1
+    with open(sources / "synthetic.py", "a") as f:
+        f.write("\n# an edit\n")
+    cache.cached(tmp_path / "cache", SETTINGS, _counted(builds, **SETTINGS))
+    assert len(builds) == 2
 
 
 def test_a_damaged_entry_is_built_again_and_no_directory_reads_nothing(tmp_path):

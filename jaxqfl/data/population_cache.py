@@ -4,8 +4,9 @@ A generated dataset (``jaxqfl.registry.datasets``: synthetic, synthetic-regressi
 gaussian-mixture, ...) is a pure function of its settings and seed, and building the
 default one (330,851 rows) takes 0.4-0.5 s of a 2.4 s warm 10-round run on a 2-core CPU.
 ``cached(directory, settings, build)`` keys an entry by the SHA-256 of ``settings``
-(canonical JSON) with the jaxqfl and NumPy versions (NumPy's generators make the rows),
-and keeps it as ``DIR/<key>/``: one ``.npy`` per array of the ``Population`` and a strict
+(canonical JSON) with the jaxqfl and NumPy versions (NumPy's generators make the rows)
+and the SHA-256 of the generators' own source (every ``.py`` file of ``jaxqfl/data``:
+an edited generator misses without a version bump), and keeps it as ``DIR/<key>/``: one ``.npy`` per array of the ``Population`` and a strict
 ``meta.json`` (its scalars, the settings, the versions), written into a temporary sibling
 and renamed into place, so a reader sees a whole entry or none. A later call loads the
 arrays (the ``Population`` validates them again, as any); an entry that cannot be read
@@ -33,6 +34,7 @@ from jaxqfl.data.population import Population
 
 FORMAT = 1
 MAX_BYTES = 2 * 2**30
+GENERATOR_SOURCES = pathlib.Path(__file__).resolve().parent  # jaxqfl/data: the code that makes the rows
 ARRAYS = ("x", "y", "offsets", "counts", "x_test", "y_test", "test_counts")
 SCALARS = ("num_classes", "name", "task")
 
@@ -41,9 +43,17 @@ def key_of(settings: dict) -> str:
     """The entry's name: SHA-256 of the settings, the format and the versions that make the rows."""
     from jaxqfl import __version__
 
-    text = json.dumps({"settings": settings, "format": FORMAT, "jaxqfl": __version__, "numpy": np.__version__},
-                      sort_keys=True, separators=(",", ":"))
+    text = json.dumps({"settings": settings, "format": FORMAT, "jaxqfl": __version__, "numpy": np.__version__,
+                       "code": source_digest(GENERATOR_SOURCES)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def source_digest(folder: pathlib.Path) -> str:
+    """SHA-256 over the names and bytes of ``folder``'s ``.py`` files, in name order (about a millisecond)."""
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(folder).glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def cached(directory: str | os.PathLike | None, settings: dict, build: Callable[[], Population]) -> Population:
