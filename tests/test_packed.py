@@ -191,3 +191,35 @@ def test_federated_calibration_of_a_packed_population_equals_the_in_memory_one(t
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k][0]), np.asarray(b[k][0]))
         np.testing.assert_array_equal(np.asarray(a[k][1]), np.asarray(b[k][1]))
+
+
+def test_a_leaf_text_folder_packs_as_next_token_windows_and_runs_as_in_memory(tmp_path, capsys):
+    """LEAF Shakespeare strings pack with --task next-token; --dataset packed then reads the task from the layout
+    (the LSTM by default) and trains bit for bit as ``--dataset leaf --task next-token --stream``."""
+    from test_text_data import _write_leaf_text
+
+    leaf, packed = tmp_path / "leaf", tmp_path / "packed"
+    _write_leaf_text(leaf)
+    assert main(["data", "pack", str(leaf), str(packed)]) == 2  # string rows without --task next-token
+    assert "next-token" in capsys.readouterr().err and not packed.exists()
+    assert main(["data", "pack", str(leaf), str(packed), "--task", "next-token"]) == 0
+    _assert_same(read_packed(packed), data.load_leaf(leaf, task="next-token"))
+
+    def run(name, *flags):
+        out = tmp_path / name
+        assert main(["run", *flags, "--cohort-size", "2", "--rounds", "2", "--eval-every", "1", "--local-steps", "2",
+                     "--embed-dim", "4", "--lstm-hidden", "8", "--devices", "2", "--out", str(out),
+                     "--no-progress"]) == 0
+        records = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                   for line in (out / "metrics.jsonl").open()]
+        return (out / "final_params.msgpack").read_bytes(), records, json.loads((out / "summary.json").read_text())
+
+    params, records, summary = run("packed-run", "--dataset", "packed", "--data-path", str(packed))
+    assert summary["model"] == "lstm" and len(records) == 2
+    leaf_params, leaf_records, _ = run("leaf-run", "--dataset", "leaf", "--data-path", str(leaf), "--task",
+                                       "next-token", "--stream")
+    assert params == leaf_params and records == leaf_records
+    with pytest.raises(SystemExit):
+        main(["run", "--dataset", "packed", "--data-path", str(packed), "--task", "regression", "--out",
+              str(tmp_path / "refused")])
+    assert "packed for next-token" in capsys.readouterr().err and not (tmp_path / "refused").exists()

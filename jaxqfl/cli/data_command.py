@@ -6,8 +6,9 @@
 file: keys x, y, optional client_id, x_test, y_test) or ``--dataset leaf`` (a
 folder holding train/*.json and test/*.json), with the same checks and the
 same natural clients (client_id, LEAF users; an npz without client_id is split
-iid over --num-clients; the run's --seed holds out the same test rows), and
-writes the packed layout OUT (jaxqfl.data.packed): x.npy, y.npy, offsets.npy
+iid over --num-clients; the run's --seed holds out the same test rows; a LEAF
+folder of string rows, such as Shakespeare, with --task next-token: the
+next-token windows of ``--dataset leaf --task next-token``), and writes the packed layout OUT (jaxqfl.data.packed): x.npy, y.npy, offsets.npy
 (int64 CSR row pointer, C + 1), x_test.npy, y_test.npy and meta.json.
 ``jaxqfl run --dataset packed --data-path OUT`` memory-maps it and reads only
 each round's cohort rows from disk (it implies --stream): the population need
@@ -30,9 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pack.add_argument("src", metavar="SRC", help="an .npz file (keys x, y, optional client_id, x_test, y_test) or a "
                                                  "LEAF folder (train/*.json, test/*.json)")
     pack.add_argument("out", metavar="OUT", help="the folder to write (must not exist or be empty, unless --force)")
-    pack.add_argument("--task", choices=[t for t in TASKS if t != "next-token"], default=None,
+    pack.add_argument("--task", choices=TASKS, default=None,
                       help="what the targets are for (default: inferred: integer labels classification, else "
-                           "regression)")
+                           "regression); next-token: a LEAF folder of string rows (Shakespeare), packed as the "
+                           "next-token windows `jaxqfl run --dataset leaf --task next-token` trains on")
     pack.add_argument("--num-clients", type=positive_int, default=None,
                       help="an npz without client_id: the clients of its iid split (required then); with natural "
                            "clients it must equal theirs")
@@ -51,6 +53,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         pack.error(f"OUT {args.out!r} exists and is not empty; refusing to overwrite it (choose another OUT, or "
                    f"--force to replace it)")
+    if args.task == "next-token" and not os.path.isdir(args.src):
+        pack.error(f"--task next-token packs a LEAF folder of string rows (Shakespeare's layout); SRC {args.src!r} "
+                   f"is a file")
     if os.path.abspath(args.out) == os.path.abspath(args.src):
         pack.error(f"OUT {args.out!r} is SRC: write the packed layout elsewhere")
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxqfl.data.population import Population, is_read_only_map
 
-__all__ = ["FORMAT", "VERSION", "PackedInfo", "write_packed", "read_packed", "source_of"]
+__all__ = ["FORMAT", "VERSION", "PackedInfo", "write_packed", "read_packed", "packed_task", "source_of"]
 
 FORMAT = "jaxqfl-packed-population"
 VERSION = 1
@@ -168,6 +168,12 @@ def _read_meta(path: str) -> dict:
         if not isinstance(meta.get(k), kind):
             raise ValueError(f"{where!r}: {k} is {meta.get(k)!r}; expected a {kind.__name__}")
     return meta
+
+
+def packed_task(path) -> str:
+    """The task a layout was packed for (``meta.json``'s ``task``), read before any row: what a run checks its flags
+    against. Raises ValueError, naming the file, for a folder that is not a readable layout."""
+    return _read_meta(os.fspath(path))["task"]
 
 
 def _refuse_constant(name: str):

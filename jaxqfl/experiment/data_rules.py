@@ -20,6 +20,25 @@ from jaxqfl.data.build import PARTITIONS  # NumPy only: JAX is not started yet
 from jaxqfl.registry import datasets as registry
 
 
+def fill_packed_task(refuser: Refuser, args: Settings) -> None:
+    """``--dataset packed``: the task it was packed for (its ``meta.json``, read before any row) fills ``--task``, so
+    the model rules see next-token data as such; a ``--task`` it cannot take is refused by name."""
+    if args.dataset != "packed" or args.data_path is None or not os.path.isdir(args.data_path):
+        return  # validate_data refuses a missing or wrong --data-path
+    from jaxqfl.data.packed import packed_task
+
+    try:
+        packed = packed_task(args.data_path)
+    except ValueError as err:
+        refuser.error(f"--data-path: {err}")
+    labels = ("classification", "clustering")  # integer labels serve both
+    if args.task is not None and args.task != packed and not (args.task in labels and packed in labels):
+        refuser.error(f"--task {args.task} does not fit --data-path {args.data_path!r}, packed for {packed} "
+                      f"(drop --task, or pack the source again with `jaxqfl data pack ... --task {args.task}`)")
+    if args.task is None:
+        args.task = packed
+
+
 def validate_data(refuser: Refuser, args: Settings) -> None:
     """Refuse inconsistent data flags; fill the dataset's task."""
     entry = registry.BY_NAME[args.dataset]
@@ -53,9 +72,9 @@ def validate_data(refuser: Refuser, args: Settings) -> None:
     task = args.task or entry.task
     if entry.task == "next-token" and task != "next-token":
         refuser.error(f"--task {task} does not fit --dataset {args.dataset}, which is for next-token prediction")
-    if task == "next-token" and args.dataset not in ("text", "leaf"):
-        refuser.error(f"--task next-token needs text: --dataset text, or leaf with string rows (Shakespeare); "
-                       f"not --dataset {args.dataset}")
+    if task == "next-token" and args.dataset not in ("text", "leaf", "packed"):
+        refuser.error(f"--task next-token needs text: --dataset text, leaf with string rows (Shakespeare), or "
+                       f"packed from such a folder; not --dataset {args.dataset}")
     if task == "next-token" and args.partition in ("dirichlet", "shards"):
         refuser.error(f"--partition {args.partition} splits by class label; next-token windows have none "
                        "(use natural, iid or quantity)")

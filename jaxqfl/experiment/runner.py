@@ -43,7 +43,7 @@ from jaxqfl.experiment import sampling_rules, selection_rules
 from jaxqfl.registry import attacks as attack_registry
 from jaxqfl.experiment import clustering_runner
 from jaxqfl.experiment import lora_rules, model_rules
-from jaxqfl.experiment.data_rules import build_population, fail, stream_origin, validate_data
+from jaxqfl.experiment.data_rules import build_population, fail, fill_packed_task, stream_origin, validate_data
 from jaxqfl.registry import datasets as dataset_registry
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -58,6 +58,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
         setattr(args, flag, getattr(args, flag).lower())
     if args.dataset == "packed":  # rows on disk are read by cohort: the streamed path (engine.build_streaming)
         args.stream = True
+        fill_packed_task(refuser, args)  # before the model's default: a packed text population takes the LSTM
     _split_sweep(refuser, args)
     async_rules.validate(refuser, args)  # before the defaults: --cohort-size given is refused, C takes its place
     clustering_runner.check(refuser, args)  # k-means fixes its own local work: before the defaults
