@@ -1,8 +1,8 @@
 """A run's start: the round block compiles on a worker thread while this one builds the first state.
 
 On a first run (nothing in the compilation cache) a run compiles three programs before its first
-result: the round block (about 2 s for the default run on a 2-core CPU), the initialisation
-(0.75 s, most of it the PRNG and initialisers) and the evaluation (0.2 s). XLA compiles a
+result: the round block (about 1 s for the default run on a 2-core CPU, 1.4 CPU seconds), the
+initialisation (0.25 s) and the evaluation (0.2-0.3 s). XLA compiles a
 program largely on one core and releases the GIL while it does, so ``start`` compiles the
 block on a worker thread while the calling thread traces and compiles the initial state
 (``sim.init``) and then the evaluation program, ahead of time (``evaluate.prepare``; a later
