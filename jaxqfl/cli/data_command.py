@@ -8,8 +8,9 @@ folder holding train/*.json and test/*.json), with the same checks and the
 same natural clients (client_id, LEAF users; an npz without client_id is split
 iid over --num-clients; the run's --seed holds out the same test rows; a LEAF
 folder of string rows, such as Shakespeare, with --task next-token: the
-next-token windows of ``--dataset leaf --task next-token``), and writes the packed layout OUT (jaxqfl.data.packed): x.npy, y.npy, offsets.npy
-(int64 CSR row pointer, C + 1), x_test.npy, y_test.npy and meta.json.
+next-token windows of ``--dataset leaf --task next-token``), and writes the
+packed layout OUT (jaxqfl.data.packed): x.npy, y.npy, offsets.npy (int64 CSR
+row pointer, C + 1), x_test.npy, y_test.npy and meta.json.
 ``jaxqfl run --dataset packed --data-path OUT`` memory-maps it and reads only
 each round's cohort rows from disk (it implies --stream): the population need
 not fit in host memory. An existing non-empty OUT is refused unless --force.

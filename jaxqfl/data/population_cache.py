@@ -6,9 +6,10 @@ default one (330,851 rows) takes 0.4-0.5 s of a 2.4 s warm 10-round run on a 2-c
 ``cached(directory, settings, build)`` keys an entry by the SHA-256 of ``settings``
 (canonical JSON) with the jaxqfl and NumPy versions (NumPy's generators make the rows)
 and the SHA-256 of the generators' own source (every ``.py`` file of ``jaxqfl/data``:
-an edited generator misses without a version bump), and keeps it as ``DIR/<key>/``: one ``.npy`` per array of the ``Population`` and a strict
-``meta.json`` (its scalars, the settings, the versions), written into a temporary sibling
-and renamed into place, so a reader sees a whole entry or none. A later call loads the
+an edited generator misses without a version bump), and keeps it as ``DIR/<key>/``: one
+``.npy`` per array of the ``Population`` and a strict ``meta.json`` (its scalars, the
+settings, the versions), written into a temporary sibling and renamed into place, so a
+reader sees a whole entry or none. A later call loads the
 arrays (the ``Population`` validates them again, as any); an entry that cannot be read
 back, or whose meta does not match, is built and written again. Entries past
 ``MAX_BYTES`` in all are removed, least recently used first. A miss costs the write of
@@ -16,7 +17,7 @@ the arrays (about 0.1 s for the default population); a cache that cannot be writ
 (a full or read-only disk) costs nothing else.
 
 ``tests/test_population_cache.py`` checks that a loaded population equals the built one
-array for array, dtypes included, and that a changed setting or version misses.
+array for array, dtypes included, and that a changed setting, version or generator source misses.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ SCALARS = ("num_classes", "name", "task")
 
 
 def key_of(settings: dict) -> str:
-    """The entry's name: SHA-256 of the settings, the format and the versions that make the rows."""
+    """The entry's name: SHA-256 of the settings, the format, the versions and the source that make the rows."""
     from jaxqfl import __version__
 
     text = json.dumps({"settings": settings, "format": FORMAT, "jaxqfl": __version__, "numpy": np.__version__,
