@@ -21,21 +21,23 @@ from jaxqfl.registry import datasets as registry
 
 
 def fill_packed_task(refuser: Refuser, args: Settings) -> None:
-    """``--dataset packed``: the task it was packed for (its ``meta.json``, read before any row) fills ``--task``, so
-    the model rules see next-token data as such; a ``--task`` it cannot take is refused by name."""
+    """``--dataset packed``: a layout packed for next-token data (its ``meta.json``, read before any row) sets
+    ``--task next-token``, so the model rules see text as such; a ``--task`` the layout cannot take is refused by
+    name. Other tasks stay automatic (resolved from the rows, as for ``npz``); a folder that is not a readable layout
+    is refused, naming the file, when its data is read."""
     if args.dataset != "packed" or args.data_path is None or not os.path.isdir(args.data_path):
         return  # validate_data refuses a missing or wrong --data-path
     from jaxqfl.data.packed import packed_task
 
     try:
         packed = packed_task(args.data_path)
-    except ValueError as err:
-        refuser.error(f"--data-path: {err}")
+    except ValueError:
+        return
     labels = ("classification", "clustering")  # integer labels serve both
     if args.task is not None and args.task != packed and not (args.task in labels and packed in labels):
         refuser.error(f"--task {args.task} does not fit --data-path {args.data_path!r}, packed for {packed} "
                       f"(drop --task, or pack the source again with `jaxqfl data pack ... --task {args.task}`)")
-    if args.task is None:
+    if args.task is None and packed == "next-token":
         args.task = packed
 
 
