@@ -61,6 +61,7 @@ from version 1 to version 2).
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from jaxqfl import threefry_cpu
 
@@ -137,6 +138,18 @@ def purpose_key(key: jax.Array, purpose: int) -> jax.Array:
 def abstract_key() -> jax.ShapeDtypeStruct:
     """A run key's shape and dtype, for ``jax.eval_shape``; unlike ``jax.random.key(0)`` nothing is compiled or run."""
     return jax.eval_shape(lambda: jax.random.key(0))
+
+
+def run_key_data(seed: int) -> np.ndarray:
+    """``jax.random.key_data(jax.random.key(seed))`` for a non-negative ``seed``, computed on the host.
+
+    Threefry's seeding puts the seed's high and low 32-bit words in the key; with JAX's
+    default 32-bit integers the high word is 0 (a larger seed keeps its low word). A
+    jitted program wraps these words (``jax.random.wrap_key_data``) instead of seeding
+    eagerly, which compiles two small programs of its own on a first run.
+    """
+    high = (int(seed) >> 32) & 0xFFFFFFFF if jax.config.jax_enable_x64 else 0
+    return np.array([high, int(seed) & 0xFFFFFFFF], np.uint32)
 
 
 def seed_key(seed) -> jax.Array:

@@ -205,3 +205,22 @@ def test_cohorts_differ_across_rounds():
     _, metrics = sim.run_block(sim.init(0), 4)
     cohorts = {tuple(sorted(row)) for row in np.asarray(metrics.cohort).tolist()}
     assert len(cohorts) == 4
+
+
+def test_run_key_data_is_the_words_of_jax_seeding():
+    """``keys.run_key_data`` equals JAX's own seeding (which the init program no longer runs eagerly), with 32-bit
+    integers here and with 64-bit ones in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from cli_subprocess import ROOT
+
+    seeds = [0, 1, 12345, 2**31 - 1, 2**31, 2**32 - 1, 2**32 + 5, 2**40 + 7]
+    for seed in seeds:
+        np.testing.assert_array_equal(keys.run_key_data(seed), jax.random.key_data(jax.random.key(seed)))
+    code = ("import jax, numpy as np; from jaxqfl import keys; "
+            f"print(all(np.array_equal(keys.run_key_data(s), jax.random.key_data(jax.random.key(s))) for s in {seeds}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
+                              "JAX_ENABLE_X64": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr

@@ -233,12 +233,15 @@ def setup_round(
     if home == "sharded":
         state_sharding = state_sharding._replace(
             client_states=jax.tree.map(lambda _: sharded, state_abs.client_states))
-    init_program = jax.jit(init_from_key, out_shardings=state_sharding)
+    def init_from_words(words):  # the run key's words (keys.run_key_data): no eager seeding programs to compile
+        return init_from_key(jax.random.wrap_key_data(words))
+
+    init_program = jax.jit(init_from_words, out_shardings=state_sharding)
 
     def init(seed: int) -> ServerState:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        state = init_program(jax.random.key(int(seed)))
+        state = init_program(keys.run_key_data(seed))
         if home == "host":  # C NumPy rows on the host, one client's state repeated
             state = state._replace(client_states=homes.host_states(jax.device_get(per_client(state.params)), C))
         return state
