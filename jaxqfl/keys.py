@@ -148,6 +148,8 @@ def run_key_data(seed: int) -> np.ndarray:
     jitted program wraps these words (``jax.random.wrap_key_data``) instead of seeding
     eagerly, which compiles two small programs of its own on a first run.
     """
+    if jax.config.jax_default_prng_impl != "threefry2x32":  # another PRNG seeds its own way: ask it (eagerly)
+        return np.asarray(jax.random.key_data(jax.random.key(int(seed))))
     high = (int(seed) >> 32) & 0xFFFFFFFF if jax.config.jax_enable_x64 else 0
     return np.array([high, int(seed) & 0xFFFFFFFF], np.uint32)
 

@@ -209,7 +209,7 @@ def test_cohorts_differ_across_rounds():
 
 def test_run_key_data_is_the_words_of_jax_seeding():
     """``keys.run_key_data`` equals JAX's own seeding (which the init program no longer runs eagerly), with 32-bit
-    integers here and with 64-bit ones in a fresh interpreter."""
+    integers here, and in fresh interpreters with 64-bit ones and with another default PRNG (rbg)."""
     import subprocess
     import sys
 
@@ -220,7 +220,7 @@ def test_run_key_data_is_the_words_of_jax_seeding():
         np.testing.assert_array_equal(keys.run_key_data(seed), jax.random.key_data(jax.random.key(seed)))
     code = ("import jax, numpy as np; from jaxqfl import keys; "
             f"print(all(np.array_equal(keys.run_key_data(s), jax.random.key_data(jax.random.key(s))) for s in {seeds}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
-                              "JAX_ENABLE_X64": "1"})
-    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+    for setting in ({"JAX_ENABLE_X64": "1"}, {"JAX_DEFAULT_PRNG_IMPL": "rbg"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", **setting})
+        assert out.returncode == 0 and out.stdout.strip() == "True", (setting, out.stderr)

@@ -233,6 +233,7 @@ def setup_round(
     if home == "sharded":
         state_sharding = state_sharding._replace(
             client_states=jax.tree.map(lambda _: sharded, state_abs.client_states))
+
     def init_from_words(words):  # the run key's words (keys.run_key_data): no eager seeding programs to compile
         return init_from_key(jax.random.wrap_key_data(words))
 
