@@ -9,7 +9,7 @@ block on a worker thread while the calling thread traces and compiles the initia
 call reuses it). They take about the longest one's time instead of the sum.
 
 Only *when* each program compiles changes: the programs are the same (same HLO, same compile
-options, so the same executables and results; ``tests/test_startup.py`` checks it). With a warm
+options, so the same executables and results; ``tests/test_startup_overlap.py`` checks it). With a warm
 cache each one is a load of a few milliseconds and nothing is gained or lost.
 """
 from __future__ import annotations
