@@ -47,7 +47,11 @@ bits. GPU and TPU lowerings are untouched.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
+from jax.interpreters import mlir
 
 _KEY_PARITY = np.uint32(0x1BD11BDA)  # Threefish's key-schedule constant C240
 _ROTATIONS = (np.array([13, 15, 26, 6], np.uint32), np.array([17, 29, 16, 24], np.uint32))
@@ -62,9 +66,6 @@ def threefry2x32_flat(k0, k1, x0, x1):
     innermost axis is at most ``FLAT_MAX_INNER`` long (else in place); returns
     ``(y0, y1)`` in the broadcast shape.
     """
-    import jax
-    import jax.numpy as jnp
-
     shape = np.broadcast_shapes(np.shape(k0), np.shape(k1), np.shape(x0), np.shape(x1))
     n = int(np.prod(shape, dtype=np.int64))
     keys_shape = np.broadcast_shapes(np.shape(k0), np.shape(k1))
@@ -102,9 +103,6 @@ def install() -> None:
     """Register :func:`threefry2x32_flat` as the CPU lowering of Threefry-2x32 (once per process)."""
     global _installed
     if not _installed:
-        from jax.extend.random import threefry2x32_p
-        from jax.interpreters import mlir
-
         mlir.register_lowering(threefry2x32_p, mlir.lower_fun(threefry2x32_flat, multiple_results=True),
                                platform="cpu")
         _installed = True
