@@ -48,12 +48,12 @@ import time
 import warnings
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
+from jaxqfl.cache_dir import CACHE_DIR_ENV, OFF, default_cache_dir  # noqa: F401 (this module's names too)
+
 CACHE_FILE = "autotune.json"
-CACHE_DIR_ENV = "JAXQFL_CACHE_DIR"
 AUTOTUNE_ENV = "JAXQFL_AUTOTUNE"
 BUDGET_ENV = "JAXQFL_AUTOTUNE_BUDGET"
 DEFAULT_BUDGET_SECONDS = 15.0
-OFF = ("0", "off", "false", "no")
 
 
 class TuningRecord(NamedTuple):
@@ -196,16 +196,6 @@ def default_budget() -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"${BUDGET_ENV} must be a finite number of seconds >= 0, got {text!r}")
     return value
-
-
-def default_cache_dir() -> pathlib.Path | None:
-    """``$JAXQFL_CACHE_DIR`` (None when it is "off"), else ``$XDG_CACHE_HOME/jaxqfl``, else ``~/.cache/jaxqfl``."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env is not None and env.strip():
-        return None if env.strip().lower() in OFF else pathlib.Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
-    return base / "jaxqfl"
 
 
 def cache_key(fields: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 ``enable()`` turns on JAX's persistent compilation cache in
 ``<jaxqfl cache>/xla`` (``$JAXQFL_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxqfl``,
 else ``~/.cache/jaxqfl``: the chunk-tuning cache's folder,
-``jaxqfl.engine.autotune.default_cache_dir``), for every program whatever its
+``jaxqfl.cache_dir.default_cache_dir``), for every program whatever its
 compile time or size (the round, evaluation and initialisation programs all
 take seconds to compile and load in milliseconds), capped at ``MAX_BYTES``
 (JAX evicts the least recently used entries). It leaves alone a cache the user
@@ -36,7 +36,7 @@ def enable(directory=None) -> pathlib.Path | None:
     if configured:
         return pathlib.Path(configured)
     if directory is None:
-        from jaxqfl.engine.autotune import default_cache_dir
+        from jaxqfl.cache_dir import default_cache_dir
 
         base = default_cache_dir()
         if base is None:  # JAXQFL_CACHE_DIR=off
