@@ -100,6 +100,7 @@ def _run_with(parser, args, argv, stop, origin) -> int:
     except ExperimentError as e:
         parser.run_parser.error(str(e))
     _force_cpu_devices(settings.devices)  # before resolve(), which may import JAX to parse codec specs
+    pipeline.start_data(settings)
     pipeline.resolve(settings, parser.run_parser)
     if settings.print_config:
         print(toml_io.to_toml(run_folder.config_of(settings)), end="")

@@ -57,20 +57,29 @@ def source_digest(folder: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def cached(directory: str | os.PathLike | None, settings: dict, build: Callable[[], Population]) -> Population:
+def cached(directory: str | os.PathLike | None, settings: dict, build: Callable[[], Population],
+           ready: Callable[[Population], None] | None = None) -> Population:
     """``build()``'s population, read from ``directory``'s entry for ``settings`` when it holds one (else built and
-    stored). ``directory`` None: built, nothing read or written. ``settings`` must be JSON (it names the entry)."""
+    stored). ``directory`` None: built, nothing read or written. ``settings`` must be JSON (it names the entry).
+
+    ``ready(population)``, when given, is called as soon as the population is read or built, before it is stored:
+    a caller on another thread can use it while the entry is written."""
     try:
         key = key_of(settings)
     except (TypeError, ValueError):  # settings that are not JSON cannot name an entry: built every time
         directory = None
+    ready = ready or (lambda population: None)
     if directory is None:
-        return build()
+        population = build()
+        ready(population)
+        return population
     entry = pathlib.Path(directory) / key
     population = load(entry, settings)
     if population is not None:
+        ready(population)
         return population
     population = build()
+    ready(population)
     store(entry, population, settings)
     return population
 

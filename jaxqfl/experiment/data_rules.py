@@ -98,34 +98,55 @@ def stream_origin(args: Settings) -> str:
     return "--stream"
 
 
-def build_population(args: Settings):
-    """The population of the data flags; a malformed file ends the run with its message and status 2."""
-    from jaxqfl import data
+def data_settings(args: Settings) -> dict:
+    """The keyword arguments of ``jaxqfl.data.build`` that the data flags give (the seed: ``--data-seed``, else
+    ``--seed``); for a generated dataset they name its population-cache entry."""
+    return dict(
+        num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
+        shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
+        seed=args.seed if getattr(args, "data_seed", None) is None else args.data_seed,
+        synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
+        size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
+        max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,
+        components=args.components, concentration=args.concentration, separation=args.separation,
+        num_features=args.num_features, context=getattr(args, "context", 80),
+        entries_per_client=getattr(args, "entries_per_client", None),
+    )
 
-    seed = args.seed if getattr(args, "data_seed", None) is None else args.data_seed
+
+def cached_generated(args: Settings, ready=None):
+    """The generated population of the data flags, read from the population cache or built (and stored) there
+    (``jaxqfl.data.population_cache``, ``ready`` as there); None when the flags name no generated in-memory dataset.
+    NumPy only."""
+    if population_rules.on(args) or not registry.BY_NAME[args.dataset].generated:
+        return None
+    from jaxqfl import data
+    from jaxqfl.cache_dir import default_cache_dir
+    from jaxqfl.data.population_cache import cached
+
+    base, settings = default_cache_dir(), data_settings(args)
+    return cached(None if base is None else base / "data", {"dataset": args.dataset, **settings},
+                  lambda: data.build(args.dataset, **settings), ready)
+
+
+def build_population(args: Settings):
+    """The population of the data flags; a malformed file ends the run with its message and status 2.
+
+    A generated population started ahead for the same data settings (``jaxqfl.experiment.data_ahead``, while JAX
+    started) is taken from there."""
+    from jaxqfl import data
+    from jaxqfl.experiment import data_ahead
+
     try:
         if population_rules.on(args):
-            return population_rules.build(args, seed)
-        settings = dict(
-            num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
-            shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
-            seed=seed,
-            synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
-            size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
-            max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,
-            components=args.components, concentration=args.concentration, separation=args.separation,
-            num_features=args.num_features, context=getattr(args, "context", 80),
-            entries_per_client=getattr(args, "entries_per_client", None),
-        )
-        if not registry.BY_NAME[args.dataset].generated:  # read from its --data-path
-            return data.build(args.dataset, **settings)
-        # generated rows are a pure function of these settings: built once, then read back (jaxqfl.data.population_cache)
-        from jaxqfl.data.population_cache import cached
-        from jaxqfl.engine.autotune import default_cache_dir
-
-        base = default_cache_dir()
-        return cached(None if base is None else base / "data", {"dataset": args.dataset, **settings},
-                      lambda: data.build(args.dataset, **settings))
+            return population_rules.build(args, args.seed if getattr(args, "data_seed", None) is None
+                                          else args.data_seed)
+        ahead = data_ahead.take(args)
+        if ahead is not None:
+            return ahead
+        # generated rows are a pure function of these settings: built once, then read back
+        population = cached_generated(args)
+        return data.build(args.dataset, **data_settings(args)) if population is None else population
     except (ValueError, OSError) as err:
         fail(f"--dataset {args.dataset}: {err}")
 

@@ -3,6 +3,8 @@
 One path for both (the command line is a skin over it)::
 
     settings = settings_of(experiment, out=..., ...)     a fresh namespace: the experiment is never changed
+    start_data(settings)              a small generated population begins building on a worker thread
+                                      (jaxqfl.experiment.data_ahead: it overlaps JAX's start; refuses nothing)
     resolve(settings, refuser)        the rules: combinations checked, automatic values filled in (no JAX
                                       device work; a resumed run's config compared with its checkpoint's)
     check_memory(settings, refuser)   generated data: the estimated footprint against this host, before any row
@@ -38,6 +40,13 @@ class RunOutcome(NamedTuple):
     out: pathlib.Path
     status: int
     summary: Optional[dict]
+
+
+def start_data(settings: Settings) -> None:
+    """Begin building a small generated population ahead, while JAX starts (``jaxqfl.experiment.data_ahead``)."""
+    from jaxqfl.experiment import data_ahead
+
+    data_ahead.start(settings)
 
 
 def resolve(settings: Settings, refuser: Refuser) -> None:
@@ -165,6 +174,7 @@ def _execute(settings: Settings, what: str) -> RunOutcome:
     origin = (time.time(), what)
     try:
         with fewer_collections():
+            start_data(settings)
             resolve(settings, refuser)
             check_memory(settings, refuser)
             folder = open_out(settings, refuser)
