@@ -26,3 +26,15 @@ def regression_population(sizes, num_features=4, seed=1):
     x = rng.normal(size=(n, num_features)).astype(np.float32)
     y = (x @ rng.normal(size=num_features) + 0.1 * rng.normal(size=n)).astype(np.float32)
     return from_client_indices(x, y, _contiguous_clients(sizes), x[:20], y[:20], 0)
+
+
+def assert_same_population(a, b):
+    """Every array of the population cache's layout equal, dtypes and shapes included, and the same scalars."""
+    from jaxqfl.data import population_cache
+
+    for name in population_cache.ARRAYS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+    assert (a.num_classes, a.name, a.task) == (b.num_classes, b.name, b.task)

@@ -5,23 +5,13 @@ place (array for array); a rule that changes a data setting is not served the st
 refusal reaches the run as it would from building in place; what is not small, generated and in memory is not
 started; and a whole run started ahead writes the final model byte for byte of a run that built its data in place.
 """
-import numpy as np
 import pytest
 
 from jaxqfl import Experiment
-from jaxqfl.data import population_cache as cache
 from jaxqfl.experiment import data_ahead, data_rules, pipeline
 from jaxqfl.experiment.resolved import Refuse, settings_of
 from jaxqfl.value_kinds import ExperimentError
-
-
-def _assert_same(a, b):
-    for name in cache.ARRAYS:
-        x, y = getattr(a, name), getattr(b, name)
-        assert (x is None) == (y is None), name
-        if x is not None:
-            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
-    assert (a.num_classes, a.name, a.task) == (b.num_classes, b.name, b.task)
+from populations import assert_same_population
 
 
 @pytest.fixture
@@ -40,7 +30,7 @@ def test_a_population_started_ahead_is_the_one_built_in_place(fresh_cache):
     assert started.population is ahead and data_ahead._started is None  # taken once
     from jaxqfl import data
 
-    _assert_same(ahead, data.build("synthetic-regression", **data_rules.data_settings(settings)))
+    assert_same_population(ahead, data.build("synthetic-regression", **data_rules.data_settings(settings)))
 
 
 def test_the_dataset_default_clients_and_seed_name_the_same_population(fresh_cache):

@@ -11,15 +11,7 @@ import numpy as np
 
 from jaxqfl import data
 from jaxqfl.data import population_cache as cache
-
-
-def _assert_same(a, b):
-    for name in cache.ARRAYS:
-        x, y = getattr(a, name), getattr(b, name)
-        assert (x is None) == (y is None), name
-        if x is not None:
-            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
-    assert (a.num_classes, a.name, a.task) == (b.num_classes, b.name, b.task)
+from populations import assert_same_population
 
 
 def _counted(builds, **kw):
@@ -37,13 +29,13 @@ def test_a_population_read_back_equals_the_built_one_and_other_settings_miss(tmp
     first = cache.cached(tmp_path, SETTINGS, _counted(builds, **SETTINGS))
     again = cache.cached(tmp_path, SETTINGS, _counted(builds, **SETTINGS))
     assert len(builds) == 1  # the second one was read back
-    _assert_same(again, data.build(**SETTINGS))
-    _assert_same(again, first)
+    assert_same_population(again, data.build(**SETTINGS))
+    assert_same_population(again, first)
     other = {**SETTINGS, "seed": 4}
     cache.cached(tmp_path, other, _counted(builds, **other))
     assert len(builds) == 2 and len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
     clustering = {"dataset": "gaussian-mixture", "num_clients": 8, "seed": 1}  # int labels, its own task
-    _assert_same(cache.cached(tmp_path, clustering, _counted(builds, **clustering)),
+    assert_same_population(cache.cached(tmp_path, clustering, _counted(builds, **clustering)),
                  cache.cached(tmp_path, clustering, _counted(builds, **clustering)))
     assert len(builds) == 3
 
@@ -78,7 +70,7 @@ def test_a_damaged_entry_is_built_again_and_no_directory_reads_nothing(tmp_path)
     (entry / "x.npy").write_bytes((entry / "x.npy").read_bytes()[:100])  # truncated
     again = cache.cached(tmp_path, SETTINGS, _counted(builds, **SETTINGS))
     assert len(builds) == 2
-    _assert_same(again, data.build(**SETTINGS))
+    assert_same_population(again, data.build(**SETTINGS))
     meta = json.loads((entry / "meta.json").read_text())  # rewritten whole, strict JSON
     assert meta["settings"] == SETTINGS and meta["format"] == cache.FORMAT
     cache.cached(None, SETTINGS, _counted(builds, **SETTINGS))
@@ -113,4 +105,4 @@ def test_the_run_path_builds_a_generated_population_once(tmp_path, monkeypatch):
     pipeline.resolve(settings, Refuse())
     a, b = data_rules.build_population(settings), data_rules.build_population(settings)
     assert builds == [("synthetic",)] and (tmp_path / "data").is_dir()
-    _assert_same(a, b)
+    assert_same_population(a, b)
