@@ -36,7 +36,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxqfl import compile_options
 from jaxqfl import keys
 from jaxqfl.algorithms.base import Algorithm, ClientOutput, ServerMessage, no_client_state
 from jaxqfl.algorithms.kmeans import batch_statistics
@@ -178,12 +177,12 @@ def kmeans_plus_plus(points: jax.Array, valid: jax.Array, num_clusters: int, key
 PIECE_WORK = 2 ** 30
 
 
-@functools.partial(compile_options.jit, static_argnums=(2,))
+@functools.partial(jax.jit, static_argnums=(2,))
 def _restarts_first(points, validf, num_clusters: int, keys_r):
     return jax.vmap(lambda k: _first_centre(points, validf, num_clusters, k))(keys_r)
 
 
-@functools.partial(compile_options.jit, static_argnums=(7,))
+@functools.partial(jax.jit, static_argnums=(7,))
 def _restarts_next(points, validf, keys_r, centres, d2, lo, hi, trials: int):
     return jax.vmap(lambda k, c, d: _next_centres(points, validf, k, c, d, lo, hi, trials))(keys_r, centres, d2)
 
@@ -192,7 +191,7 @@ def _sq_distances(points, c):
     return jnp.sum((points[:, None, :] - c[None]) ** 2, axis=-1)  # [R, K]
 
 
-@compile_options.jit
+@jax.jit
 def _restarts_lloyd(points, validf, centres):
     """One Lloyd iteration of every restart on the valid sample rows (an empty cluster keeps its centroid)."""
 
@@ -205,7 +204,7 @@ def _restarts_lloyd(points, validf, centres):
     return jax.vmap(refine)(centres)
 
 
-@compile_options.jit
+@jax.jit
 def _restarts_best(points, validf, centres):
     cost = jax.vmap(lambda c: jnp.sum(jnp.min(_sq_distances(points, c), axis=1) * validf))(centres)
     return centres[jnp.argmin(cost)]

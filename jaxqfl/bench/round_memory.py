@@ -11,8 +11,6 @@ per-client share, ``(peak(c2) - peak(c1)) / (c2 - c1)``, and the fixed part
 from __future__ import annotations
 
 import jax
-from jaxqfl import compile_options
-
 
 
 def round_memory(population, model, algorithm, schedule, chunk: int) -> dict:
@@ -24,7 +22,7 @@ def round_memory(population, model, algorithm, schedule, chunk: int) -> dict:
                         task=default_for(population), num_devices=1, chunk_size=chunk, uplink=None, downlink=None,
                         client_state="replicated", eval_batch_size=64, autotune=False)
     data = device_data(population, setup.mesh, model.frozen)
-    m = compile_options.jit(setup.one_round).lower(setup.abstract_state(), data).compile().memory_analysis()
+    m = jax.jit(setup.one_round).lower(setup.abstract_state(), data).compile().memory_analysis()
     out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
            "temporaries": int(m.temp_size_in_bytes), "aliased": int(m.alias_size_in_bytes)}
     out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]

@@ -23,7 +23,6 @@ import os
 import pathlib
 import sys
 
-from jaxqfl import compile_options
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 
 POLICIES = ("full", "w4a8", "mixed", "w8")  # presets whose weights are uniform symmetric, <= 8 bits
@@ -144,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"jaxqfl quantize: error: {e}", file=sys.stderr)
         return 2
     params = jax.tree.map(jax.numpy.asarray, args.params)
-    float_apply = compile_options.jit(model.apply)
+    float_apply = jax.jit(model.apply)
     float_acc = _accuracy(lambda xb: float_apply(params, xb), x_test, y_test)
 
     if "equalize" in args.adjust:

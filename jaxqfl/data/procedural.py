@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxqfl import compile_options
 from jaxqfl import keys
 from jaxqfl.data.population import Population
 from jaxqfl.data.synthetic import FEATURE_DECAY
@@ -129,11 +128,11 @@ class ProceduralPopulation:
         """Client ``c``'s training rows ``(x, y)``, generated alone."""
         if not 0 <= c < self.num_clients:
             raise IndexError(f"client index {c} is outside [0, {self.num_clients})")
-        x, y, n = jax.device_get(compile_options.jit(self.rows)(jnp.array([c])))
+        x, y, n = jax.device_get(jax.jit(self.rows)(jnp.array([c])))
         return x[0, :int(n[0])], y[0, :int(n[0])]
 
     def _eager(self, ids: np.ndarray):
-        rows = compile_options.jit(self.rows)
+        rows = jax.jit(self.rows)
         xs, ys = [], []
         for start in range(0, len(ids), _TEST_CHUNK):
             x, y, n = jax.device_get(rows(ids[start:start + _TEST_CHUNK]))

@@ -35,7 +35,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl import keys
 from jaxqfl.data.population import Population
 from jaxqfl.engine import client_metrics
@@ -144,7 +143,7 @@ def build_client_evaluate(population: Population, model, task, mesh, algorithm, 
     program = jax.shard_map(per_device, mesh=mesh, in_specs=(P(),) * 5 + (P(CLIENTS),) * 4 + (P(),),
                             out_specs=P(CLIENTS), check_vma=False)
 
-    compiled = compile_options.jit(program)
+    compiled = jax.jit(program)
     frozen = jax.device_put(model.frozen, replicated)
 
     def evaluate_clients(state) -> dict:

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxqfl import compile_options
 from jaxqfl.engine import pieces as block_pieces
 from jaxqfl.engine import startup
 from jaxqfl.engine.client_evaluation import personal_view
@@ -102,7 +101,7 @@ def _copy_counts(counts: dict) -> dict:
     return {name: dict(count) for name, count in counts.items()}
 
 
-@compile_options.jit
+@jax.jit
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

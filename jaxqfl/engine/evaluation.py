@@ -9,7 +9,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl.data.population import Population
 from jaxqfl.engine import client_metrics
 from jaxqfl.engine.mesh import CLIENTS
@@ -70,7 +69,7 @@ def build_evaluate(population: Population, model, task, mesh, eval_batch_size: i
         sums = jax.tree.map(lambda a: jnp.sum(a, 0), sums)
         return jax.lax.psum((sums, acc), CLIENTS)
 
-    fn = compile_options.jit(
+    fn = jax.jit(
         jax.shard_map(
             per_device_eval, mesh=mesh, in_specs=(P(), P(), P(CLIENTS), P(CLIENTS), P(CLIENTS), P(CLIENTS)),
             out_specs=P(), check_vma=False,

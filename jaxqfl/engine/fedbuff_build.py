@@ -21,7 +21,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.data.population import Population
 from jaxqfl.engine.evaluation import build_evaluate
@@ -94,7 +93,7 @@ def build_fedbuff(
     start = everywhere(lambda run_key, d: fill(init_server(run_key), d), 2, 1)
     state_abs = jax.eval_shape(start, jax.random.key(0), data)
     sharding = jax.tree.map(lambda _: replicated, state_abs)
-    init_program = compile_options.jit(start, out_shardings=sharding)
+    init_program = jax.jit(start, out_shardings=sharding)
 
     def init(seed: int):
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -117,7 +116,7 @@ def build_fedbuff(
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
     def lower_block(num_rounds: int):
-        fn = compile_options.jit(everywhere(lambda s, d, n: block(s, d, n, num_rounds=num_rounds), 3, 2), donate_argnums=(0,),
+        fn = jax.jit(everywhere(lambda s, d, n: block(s, d, n, num_rounds=num_rounds), 3, 2), donate_argnums=(0,),
                      out_shardings=(sharding, replicated))
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state_abs, sharding)
         return fn.lower(abstract, data, jnp.int32(num_rounds))

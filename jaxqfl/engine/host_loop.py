@@ -29,7 +29,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl import keys
 from jaxqfl.engine.mesh import CLIENTS
 from jaxqfl.engine.round import sample_cohort
@@ -71,7 +70,7 @@ def host_loop(
     totals = {"rounds": 0, "seconds": 0.0, "host_seconds": 0.0}
     traces = [0]
 
-    @compile_options.jit
+    @jax.jit
     def cohort_program(run_key_data, r):
         return sample_cohort(keys.round_key(jax.random.wrap_key_data(run_key_data), r), C, M)
 
@@ -83,7 +82,7 @@ def host_loop(
 
     dev_sharding = state_sharding._replace(client_states=()) if host_home else state_sharding
     out_shardings = (dev_sharding, replicated, sharded) if host_home else (dev_sharding, replicated)
-    round_jit = compile_options.jit(round_fn, donate_argnums=(0,), out_shardings=out_shardings)
+    round_jit = jax.jit(round_fn, donate_argnums=(0,), out_shardings=out_shardings)
     compiled = {}
 
     def cohort(run_key, r: int) -> np.ndarray:

@@ -45,7 +45,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxqfl
-from jaxqfl import compile_options
 from jaxqfl.engine import autotune, chunking, tuning_conditions
 from jaxqfl.engine.conv_layout import contains_convolution
 from jaxqfl.engine.evaluation import label_dtype
@@ -66,7 +65,7 @@ def lower_round(one_round, state, data):
     def measured_round(state, data):
         return one_round(state, data)
 
-    return compile_options.jit(measured_round, donate_argnums=(0,)).lower(state, data)
+    return jax.jit(measured_round, donate_argnums=(0,)).lower(state, data)
 
 
 class TimedRound:
@@ -173,7 +172,7 @@ def tuned_layout(
     )
     init_from_key = initial_state(model, algorithm, aggregator, population.feature_shape, N, uplink=uplink,
                                   downlink=downlink)
-    init_program = compile_options.jit(init_from_key, out_shardings=replicated)
+    init_program = jax.jit(init_from_key, out_shardings=replicated)
 
     def round_for(layout):
         return round_program(

@@ -26,7 +26,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl import keys
 from jaxqfl.data.population import Population
@@ -238,7 +237,7 @@ def setup_round(
     def init_from_words(words):  # the run key's words (keys.run_key_data): no eager seeding programs to compile
         return init_from_key(jax.random.wrap_key_data(words))
 
-    init_program = compile_options.jit(init_from_words, out_shardings=state_sharding)
+    init_program = jax.jit(init_from_words, out_shardings=state_sharding)
 
     def init(seed: int) -> ServerState:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -477,7 +476,7 @@ def build(
             return block(s, d, n, num_rounds=num_rounds)
 
         # state in its home's shardings; metrics replicated (every process of a multi-process run reads them)
-        fn = compile_options.jit(round_block, donate_argnums=(0,), out_shardings=(setup.state_sharding, replicated))
+        fn = jax.jit(round_block, donate_argnums=(0,), out_shardings=(setup.state_sharding, replicated))
         return fn.lower(setup.abstract_state(), data, np.int32(num_rounds))
 
     compile_block, compiled = block_compiler(lower_block)

@@ -65,7 +65,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl.aggregate.base import check_aggregator
 from jaxqfl.compress.identity import identity
 from jaxqfl.data.population import Population
@@ -367,7 +366,7 @@ def build_sweep(
     def init_all(keys_):
         return by_variant([lambda k, _, f=f: jax.vmap(f)(k) for f in inits], groups, S, with_hp=False)(keys_)
 
-    init_program = compile_options.jit(init_all, out_shardings=replicated)
+    init_program = jax.jit(init_all, out_shardings=replicated)
 
     def init():
         return init_program(run_keys)
@@ -376,7 +375,7 @@ def build_sweep(
         def sweep_block(states, hp, n):
             return block(states, hp, n, num_rounds=num_rounds)
 
-        fn = compile_options.jit(sweep_block, donate_argnums=(0,), out_shardings=replicated)
+        fn = jax.jit(sweep_block, donate_argnums=(0,), out_shardings=replicated)
         states_abs = jax.eval_shape(init_all, run_keys)
         states_abs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), states_abs)
         return fn.lower(states_abs, hp_values, jnp.int32(num_rounds))

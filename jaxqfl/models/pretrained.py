@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxqfl import compile_options
 from jaxqfl.models.core import Model
 from jaxqfl.quant.policy import _key_name, param_paths
 
@@ -122,7 +121,7 @@ def train_centrally(model: Model, population, task, *, steps: int, batch: int, l
     opt = optax.adam(learning_rate)
     opt_state = opt.init(params)
 
-    @compile_options.jit
+    @jax.jit
     def step(p, s, x, y):
         value, grads = jax.value_and_grad(lambda q: jnp.mean(task.loss(model.apply(q, x), y)))(p)
         updates, s = opt.update(grads, s, p)

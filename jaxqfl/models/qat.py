@@ -24,7 +24,6 @@ from typing import Callable
 
 import jax
 
-from jaxqfl import compile_options
 from jaxqfl.models.core import Model, from_flax
 from jaxqfl.models.layers import QUANT_RNG, QATLayers
 from jaxqfl.quant.policy import bind, resolve
@@ -58,7 +57,7 @@ def qat_model(module_fn: Callable, policy) -> Model:
         shapes = jax.eval_shape(float_module.init, key, sample_x)["params"]
         module = bound_module(shapes)
         if id(module) not in inits:
-            inits[id(module)] = compile_options.jit(lambda k, x: module.init(k, x)["params"])
+            inits[id(module)] = jax.jit(lambda k, x: module.init(k, x)["params"])
         return inits[id(module)](key, sample_x)
 
     def apply(params, x, *, key=None):

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxqfl import compile_options
 from jaxqfl.data.population import is_read_only_map
 from jaxqfl.engine.mesh import CLIENTS, client_mesh
 from jaxqfl.models.capture import layer_inputs
@@ -87,7 +86,7 @@ def _round(model, params, population, client_ids, rows_per_client, mesh, chunk_s
         acc, _ = jax.lax.scan(step, first, (ids_c[1:], valid_c[1:]))
         return reduce_devices(acc)
 
-    fn = compile_options.jit(jax.shard_map(device_share, mesh=mesh, in_specs=(P(), P(CLIENTS), P(CLIENTS)), out_specs=P(),
+    fn = jax.jit(jax.shard_map(device_share, mesh=mesh, in_specs=(P(), P(CLIENTS), P(CLIENTS)), out_specs=P(),
                                check_vma=False))
     return fn(params, jnp.asarray(ids), jnp.asarray(valid))
 

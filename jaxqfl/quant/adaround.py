@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxqfl import compile_options
 from jaxqfl.quant import graph as g
 from jaxqfl.quant import rounding as rnd
 from jaxqfl.quant.policy import bind
@@ -72,7 +71,7 @@ def adaround_layer(op, kernel, x, weight_q, act_q=None, *, steps: int = 500, bat
                   kernel, s, x, xq, key)
 
 
-@functools.partial(compile_options.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _solve(op, steps, b, learning_rate, reg, warm, qmax, kernel, s, x, xq_all, key):
     """One layer's AdaRound problem as one program: setup, ``lax.scan`` over Adam steps, hard rounding."""
     n = x.shape[0]

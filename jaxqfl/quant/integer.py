@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxqfl import compile_options
 from jaxqfl.quant import graph as g
 from jaxqfl.quant.fixed_point import mul_shift, quantize_multiplier
 from jaxqfl.quant.policy import bind
@@ -183,7 +182,7 @@ def _int_linear(op, x8, w8):
                                     preferred_element_type=jnp.int32)
 
 
-@functools.partial(compile_options.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _run(graph, meta, arrays, x):
     metas = {m.path: m for m in meta}
     first = meta[0]

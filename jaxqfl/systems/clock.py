@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxqfl import compile_options
 from jaxqfl import keys
 
 
@@ -92,7 +91,7 @@ def client_seconds(systems: ClientSystems, client_ids: jax.Array, num_steps: jax
             + (uplink_bits.astype(jnp.float32) + downlink_bits.astype(jnp.float32)) / bw)
 
 
-_rounds_seconds = compile_options.jit(jax.vmap(round_seconds, in_axes=(None, 0, 0, 0, 0, 0)))
+_rounds_seconds = jax.jit(jax.vmap(round_seconds, in_axes=(None, 0, 0, 0, 0, 0)))
 
 
 def block_seconds(systems: ClientSystems, metrics, active: int) -> np.ndarray:
