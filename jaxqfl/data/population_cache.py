@@ -57,31 +57,30 @@ def source_digest(folder: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def cached(directory: str | os.PathLike | None, settings: dict, build: Callable[[], Population],
-           ready: Callable[[Population], None] | None = None) -> Population:
+def cached(directory: str | os.PathLike | None, settings: dict, build: Callable[[], Population]) -> Population:
     """``build()``'s population, read from ``directory``'s entry for ``settings`` when it holds one (else built and
-    stored). ``directory`` None: built, nothing read or written. ``settings`` must be JSON (it names the entry).
-
-    ``ready(population)``, when given, is called as soon as the population is read or built, before it is stored:
-    a caller on another thread can use it while the entry is written."""
+    stored). ``directory`` None: built, nothing read or written. ``settings`` must be JSON (it names the entry)."""
     try:
         key = key_of(settings)
     except (TypeError, ValueError):  # settings that are not JSON cannot name an entry: built every time
         directory = None
-    ready = ready or (lambda population: None)
     if directory is None:
-        population = build()
-        ready(population)
-        return population
+        return build()
     entry = pathlib.Path(directory) / key
     population = load(entry, settings)
     if population is not None:
-        ready(population)
         return population
     population = build()
-    ready(population)
     store(entry, population, settings)
     return population
+
+
+def has_entry(directory: str | os.PathLike, settings: dict) -> bool:
+    """Whether ``directory`` holds a whole entry for ``settings`` (its ``meta.json``: written last); nothing is read."""
+    try:
+        return (pathlib.Path(directory) / key_of(settings) / "meta.json").is_file()
+    except (TypeError, ValueError):
+        return False
 
 
 def load(entry: pathlib.Path, settings: dict) -> Population | None:

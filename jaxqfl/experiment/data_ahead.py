@@ -1,33 +1,39 @@
-"""A generated population built on a worker thread while JAX starts: the run's first two costs overlap.
+"""A generated population built in a child process while JAX starts: the run's first two costs overlap.
 
-A run's first second goes to starting JAX (importing it: about 0.5 s on a 2-core CPU) and then to its
-population (the default Synthetic's 330,851 rows: 0.4-0.6 s to generate, 0.1 s to read back from the
-population cache). Neither needs the other: a generated population is a pure function of its data settings
-(``jaxqfl.data.population_cache``), drawn by NumPy, which releases the GIL while it fills arrays. So
-:func:`start`, called with the parsed settings before the rules resolve them (before JAX is imported),
-begins reading-or-generating the population on a worker thread, and ``data_rules.build_population`` takes it
-(:func:`take`) where it would have built it: the same function of the same settings, run earlier.
+A first run's first second goes to starting JAX (importing it: about 0.5 s on a 2-core CPU) and then to its
+population (the default Synthetic's 330,851 rows: 0.4-0.6 s to generate and store in the population cache,
+``jaxqfl.data.population_cache``). Neither needs the other: a generated population is a pure function of its
+data settings. So :func:`start`, called with the parsed settings before the rules resolve them (before JAX is
+imported), forks a child that generates the population and stores it in the cache, and ``build_population``
+(:func:`wait` first) reads it back (0.05-0.1 s) where it would have generated it. In a process, not a thread:
+measured on a 2-core CPU, a thread generating while JAX imports made both slower (page faults of the fresh
+arrays against the loader's mappings of JAX's libraries) and gained nothing; the child had the population
+stored 0.27 s before the thread's was ready.
 
-What is started: a generated dataset held in host memory (not ``--population procedural``, not a file) whose
-rows take at most :data:`MAX_BYTES` and a quarter of the host's available memory, known from the flags
-alone (the client sizes are drawn first: ``jaxqfl.data.footprint``), so the worker never runs ahead of the
-memory check (``pipeline.check_memory``) on anything it could refuse. Anything else is built where it was.
+What is started: a generated dataset held in host memory (not ``--population procedural``, not a file), not
+yet in the cache, whose rows take at most :data:`MAX_BYTES` and a quarter of the host's available memory
+(known from the flags alone: the client sizes are drawn first, ``jaxqfl.data.footprint``), so the child
+never runs ahead of the memory check (``pipeline.check_memory``) on anything it could refuse; only on Linux,
+from a process that has not started JAX and runs one Python thread (``os.fork`` is safe there: what
+``multiprocessing``'s default start method does), with a population cache to hand it over through. Anything
+else is built in place, as before.
 
-Refusals are unchanged: the rules still run on the calling thread, in their order, and none waits for the
-worker. The worker is a daemon thread: a refused ``jaxqfl run`` exits at once, and ``jaxqfl.run`` raises its
-``ExperimentError`` at once, the worker finishing (and filling the population cache) behind it. A population
-whose settings a rule changed is not used: :func:`take` compares the settings it was started with against
-the resolved ones and returns None when they differ (the caller then builds as before). A worker's error
-(e.g. a generator's ValueError) is raised by :func:`take`, where building in place would have raised it.
+Nothing changes but the timing: the child runs the very function the run would (``data_rules.cached_generated``)
+and the run reads the cache entry back through the same function, so a run whose resolved settings differ
+(a rule changed a data setting) misses the entry and builds its own, and a child that failed (a generator's
+refusal, a full disk) leaves no entry, and the run builds in place and refuses as it always did. Refusals do
+not wait for the child: it finishes (or is reaped) on its own.
 
-``tests/test_data_ahead.py`` checks that a run started ahead equals one built in place, byte for byte, and
-that changed settings are not served the started population.
+``tests/test_data_ahead.py`` checks that the child's entry is the population built in place, that a run started
+ahead writes the model of one that was not, and what is not started.
 """
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import threading
-from typing import Any, Optional
+from typing import Optional
 
 from jaxqfl.experiment.resolved import Settings
 
@@ -36,65 +42,53 @@ MAX_BYTES = 2 * 2**30
 #: Most clients whose sizes are drawn to size the population before it is started.
 MAX_CLIENTS = 1_000_000
 
-
-class _Started:
-    """One population on its way: the settings it was started with, its thread, its result or error."""
-
-    def __init__(self, key: dict, build):
-        self.key, self.population, self.error, self.done = key, None, None, threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(build,), name="jaxqfl-data-ahead", daemon=True)
-        self.thread.start()
-
-    def _run(self, build) -> None:
-        try:
-            build(self._ready)  # a built population is stored in the cache after it is handed over
-        except BaseException as e:  # handed to take(), on the thread that would have built it
-            if not self.done.is_set():
-                self.error = e
-        finally:
-            self.done.set()
-
-    def _ready(self, population) -> None:
-        self.population = population
-        self.done.set()
-
-
-_started: Optional[_Started] = None
-
-
-def key_of(args: Settings) -> dict:
-    """What names the population: the dataset and ``data_rules.data_settings``."""
-    from jaxqfl.experiment.data_rules import data_settings
-
-    return {"dataset": args.dataset, **data_settings(args)}
+_child: Optional[int] = None  # the pid of the child started for this run, until wait() reaps it
 
 
 def start(args: Settings) -> bool:
-    """Start building ``args``'s generated population on a worker thread (see the module docstring); True when
-    started. Settings the rules would refuse start nothing that matters: what they build is never taken."""
-    global _started
-    _started = None
+    """Fork a child that builds ``args``'s generated population into the cache (see the module docstring); True when
+    started. Settings the rules would refuse start nothing that matters: an entry a run never reads."""
+    global _child
+    wait()  # a child of an earlier call in this process, reaped
     args = _as_resolved(args)
-    if args is None or not _fits(args):
+    if args is None or not _can_fork() or not _fits(args):
         return False
-    from jaxqfl import data  # noqa: F401 (imported here, not on the worker: no import races with JAX's)
-    from jaxqfl.data import population_cache  # noqa: F401
-    from jaxqfl.experiment.data_rules import cached_generated
+    from jaxqfl.cache_dir import default_cache_dir
+    from jaxqfl.data import population_cache
+    from jaxqfl.experiment.data_rules import cache_entry_settings, cached_generated
 
-    _started = _Started(key_of(args), lambda ready: cached_generated(args, ready))
+    base = default_cache_dir()
+    if base is None or population_cache.has_entry(base / "data", cache_entry_settings(args)):
+        return False  # no cache to hand it over through, or nothing to build: read in place
+    pid = os.fork()
+    if pid == 0:  # the child: build, store, leave (no atexit handlers, no buffers flushed twice)
+        status = 1
+        try:
+            quiet = os.open(os.devnull, os.O_RDWR)  # the parent's pipes are not held open: a caller reading the
+            for fd in (0, 1, 2):                      # command's output sees its end when the command ends
+                os.dup2(quiet, fd)
+            cached_generated(args)
+            status = 0
+        finally:
+            os._exit(status)
+    _child = pid
     return True
 
 
-def take(args: Settings) -> Any:
-    """The population started for ``args``'s data settings (waiting for it), or None when none was; once."""
-    global _started
-    started, _started = _started, None
-    if started is None or started.key != key_of(args):
-        return None
-    started.done.wait()
-    if started.error is not None:
-        raise started.error
-    return started.population
+def wait() -> None:
+    """Wait for this run's child (if one was started) to have stored its population."""
+    global _child
+    pid, _child = _child, None
+    if pid is not None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # already reaped
+            pass
+
+
+def _can_fork() -> bool:
+    return (sys.platform.startswith("linux") and hasattr(os, "fork") and "jax" not in sys.modules
+            and threading.active_count() == 1)
 
 
 def _as_resolved(args: Settings) -> Settings | None:
@@ -115,14 +109,12 @@ def _as_resolved(args: Settings) -> Settings | None:
 
 def _fits(args: Settings) -> bool:
     """An in-memory population, small enough to build before the memory check (module docstring)."""
-    from jaxqfl.experiment import population_rules
+    from jaxqfl.experiment import memory_guard, population_rules
 
     if population_rules.on(args):
         return False
     if not isinstance(args.num_clients, int) or not 1 <= args.num_clients <= MAX_CLIENTS:
         return False
-    from jaxqfl.experiment import memory_guard
-
     try:
         footprint = memory_guard.footprint_from_flags(args)
     except (ValueError, TypeError, OverflowError):  # the rules refuse such flags, by name

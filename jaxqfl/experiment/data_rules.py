@@ -114,36 +114,38 @@ def data_settings(args: Settings) -> dict:
     )
 
 
-def cached_generated(args: Settings, ready=None):
+def cache_entry_settings(args: Settings) -> dict:
+    """What names a generated population's entry in the population cache: the dataset and :func:`data_settings`."""
+    return {"dataset": args.dataset, **data_settings(args)}
+
+
+def cached_generated(args: Settings):
     """The generated population of the data flags, read from the population cache or built (and stored) there
-    (``jaxqfl.data.population_cache``, ``ready`` as there); None when the flags name no generated in-memory dataset.
-    NumPy only."""
+    (``jaxqfl.data.population_cache``); None when the flags name no generated in-memory dataset. NumPy only."""
     if population_rules.on(args) or not registry.BY_NAME[args.dataset].generated:
         return None
     from jaxqfl import data
     from jaxqfl.cache_dir import default_cache_dir
     from jaxqfl.data.population_cache import cached
 
-    base, settings = default_cache_dir(), data_settings(args)
-    return cached(None if base is None else base / "data", {"dataset": args.dataset, **settings},
-                  lambda: data.build(args.dataset, **settings), ready)
+    base = default_cache_dir()
+    return cached(None if base is None else base / "data", cache_entry_settings(args),
+                  lambda: data.build(args.dataset, **data_settings(args)))
 
 
 def build_population(args: Settings):
     """The population of the data flags; a malformed file ends the run with its message and status 2.
 
-    A generated population started ahead for the same data settings (``jaxqfl.experiment.data_ahead``, while JAX
-    started) is taken from there."""
+    A generated population started ahead (``jaxqfl.experiment.data_ahead``: a child process stores it in the
+    population cache while JAX starts) is waited for, then read back from the cache like any stored one."""
     from jaxqfl import data
     from jaxqfl.experiment import data_ahead
 
+    data_ahead.wait()
     try:
         if population_rules.on(args):
             return population_rules.build(args, args.seed if getattr(args, "data_seed", None) is None
                                           else args.data_seed)
-        ahead = data_ahead.take(args)
-        if ahead is not None:
-            return ahead
         # generated rows are a pure function of these settings: built once, then read back
         population = cached_generated(args)
         return data.build(args.dataset, **data_settings(args)) if population is None else population

@@ -3,8 +3,9 @@
 One path for both (the command line is a skin over it)::
 
     settings = settings_of(experiment, out=..., ...)     a fresh namespace: the experiment is never changed
-    start_data(settings)              a small generated population begins building on a worker thread
-                                      (jaxqfl.experiment.data_ahead: it overlaps JAX's start; refuses nothing)
+    start_data(settings)              a small generated population not yet cached is generated and cached by a
+                                      child process (jaxqfl.experiment.data_ahead: it overlaps JAX's start;
+                                      refuses nothing)
     resolve(settings, refuser)        the rules: combinations checked, automatic values filled in (no JAX
                                       device work; a resumed run's config compared with its checkpoint's)
     check_memory(settings, refuser)   generated data: the estimated footprint against this host, before any row
@@ -46,7 +47,8 @@ def start_data(settings: Settings) -> None:
     """Begin building a small generated population ahead, while JAX starts (``jaxqfl.experiment.data_ahead``)."""
     from jaxqfl.experiment import data_ahead
 
-    data_ahead.start(settings)
+    if not getattr(settings, "print_config", False):  # --print-config reads no data
+        data_ahead.start(settings)
 
 
 def resolve(settings: Settings, refuser: Refuser) -> None:
