@@ -91,7 +91,8 @@ def _env(cache_dir) -> dict:
 def import_seconds() -> float:
     """Wall time of a fresh interpreter that imports the command and starts JAX's devices, then exits."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import jaxqfl.cli.main, jax; jax.devices()"], check=True, env=_env(None))
+    subprocess.run([sys.executable, "-c", "import jaxqfl.cli.main, jax; jax.devices()"], check=True, env=_env(None),
+                   cwd=ROOT)
     return time.perf_counter() - t0
 
 
@@ -100,7 +101,8 @@ def run_once(flags: list[str], rounds: int, cache_dir: pathlib.Path, out: pathli
     cmd = [sys.executable, "-m", "jaxqfl.cli.main", "run", *flags, "--rounds", str(rounds), "--no-progress",
            "--out", str(out)]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=_env(cache_dir), capture_output=True, text=True)
+    done = subprocess.run(cmd, env=_env(cache_dir), capture_output=True, text=True, cwd=ROOT)  # this tree's jaxqfl:
+    # `python -m` puts the working folder first on the path, so a jaxqfl there would be run instead
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
