@@ -155,3 +155,14 @@ def test_the_pre_jax_parameter_count_is_the_models_own(model, hidden):
     shapes = jax.eval_shape(built.init, jax.random.key(0), jax.ShapeDtypeStruct((2, 11), "float32"))
     actual = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
     assert memory_guard.model_num_params(SimpleNamespace(model=model, hidden=hidden), 11, 3) == actual
+
+
+def test_the_memory_check_sizes_the_population_with_its_own_seed():
+    from jaxqfl import Experiment
+    from jaxqfl.experiment import memory_guard
+    from jaxqfl.experiment.resolved import settings_of
+
+    settings = settings_of(Experiment.of(num_clients=50, cohort_size=5, seed=0, data_seed=7))
+    built = data.build("synthetic", num_clients=50, seed=7)  # --data-seed 7 draws the rows, not --seed 0
+    fp = memory_guard.footprint_from_flags(settings)
+    assert fp.exact and fp.train_rows == built.num_examples and fp.test_rows == built.x_test.shape[0]
