@@ -98,13 +98,18 @@ def stream_origin(args: Settings) -> str:
     return "--stream"
 
 
+def data_seed_of(args) -> int:
+    """The seed of the data (population, partition, malicious set): ``--data-seed``, else the run seed."""
+    return args.seed if getattr(args, "data_seed", None) is None else args.data_seed
+
+
 def data_settings(args: Settings) -> dict:
     """The keyword arguments of ``jaxqfl.data.build`` that the data flags give (the seed: ``--data-seed``, else
     ``--seed``); for a generated dataset they name its population-cache entry."""
     return dict(
         num_clients=args.num_clients, partition=args.partition, alpha=args.alpha,
         shards_per_client=args.shards_per_client, sigma=args.sigma, data_path=args.data_path,
-        seed=args.seed if getattr(args, "data_seed", None) is None else args.data_seed,
+        seed=data_seed_of(args),
         synthetic_alpha=args.synthetic_alpha, synthetic_beta=args.synthetic_beta, task=args.task,
         size_mean=args.client_size_mean, size_sigma=args.client_size_sigma, min_size=args.min_client_size,
         max_size=args.max_client_size, num_outputs=args.num_outputs, noise=args.noise,
@@ -144,8 +149,7 @@ def build_population(args: Settings):
     data_ahead.wait()
     try:
         if population_rules.on(args):
-            return population_rules.build(args, args.seed if getattr(args, "data_seed", None) is None
-                                          else args.data_seed)
+            return population_rules.build(args, data_seed_of(args))
         # generated rows are a pure function of these settings: built once, then read back
         population = cached_generated(args)
         return data.build(args.dataset, **data_settings(args)) if population is None else population

@@ -238,11 +238,10 @@ def footprint_from_flags(args):
     if args.dataset not in ("synthetic", "synthetic-regression", "gaussian-mixture"):
         return None
     from jaxqfl.data.footprint import generated_footprint
+    from jaxqfl.experiment.data_rules import data_seed_of  # the population's own seed
 
     return generated_footprint(
-        args.dataset, num_clients=args.num_clients,
-        seed=args.seed if getattr(args, "data_seed", None) is None else args.data_seed,  # the population's seed
-        size_mean=args.client_size_mean,
+        args.dataset, num_clients=args.num_clients, seed=data_seed_of(args), size_mean=args.client_size_mean,
         size_sigma=args.client_size_sigma, min_size=args.min_client_size, max_size=args.max_client_size,
         num_features=args.num_features, num_outputs=args.num_outputs, components=args.components)
 

@@ -43,7 +43,8 @@ from jaxqfl.experiment import sampling_rules, selection_rules
 from jaxqfl.registry import attacks as attack_registry
 from jaxqfl.experiment import clustering_runner
 from jaxqfl.experiment import lora_rules, model_rules
-from jaxqfl.experiment.data_rules import build_population, fail, fill_packed_task, stream_origin, validate_data
+from jaxqfl.experiment.data_rules import (build_population, data_seed_of, fail, fill_packed_task, stream_origin,
+                                          validate_data)
 from jaxqfl.registry import datasets as dataset_registry
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -277,11 +278,6 @@ def _split_sweep(refuser, args) -> None:
 EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 5
 DAMAGED_CHECKPOINTS = "damaged-checkpoints"  # where a resume sets aside checkpoints it could not read
-
-
-def data_seed_of(args) -> int:
-    """The seed of the data (population, partition, malicious set): ``--data-seed``, else the run seed."""
-    return args.seed if getattr(args, "data_seed", None) is None else args.data_seed
 
 
 def main(args: Settings, stop=None, out: pathlib.Path | None = None) -> int:
