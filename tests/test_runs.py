@@ -164,6 +164,32 @@ def test_resumed_engine_state_equals_uninterrupted_bit_for_bit(tmp_path):
         assert [without_time(r) for r in meta["records"] + rest.records] == strip
 
 
+def test_a_checkpoint_of_a_replicated_state_compiles_nothing_and_restores_placed_like_the_template(tmp_path):
+    """orbax cuts a replicated array into per-replica slices with a compiled program per shape; one process
+    saves each such array whole instead, and the restored state is the saved one, on the template's devices."""
+    import jax
+    import optax
+
+    from jaxqfl import algorithms, data, engine, models
+    from jaxqfl.engine import checkpoint
+    from jaxqfl.engine.compilations import CompilationLog
+
+    sim = engine.build(data.build("synthetic", num_clients=8, seed=2), models.logistic_regression(num_outputs=10),
+                       algorithms.fedavg(optax.sgd(0.05)), engine.LocalSchedule(local_steps=1, batch_size=4),
+                       cohort_size=4, num_devices=2)
+    state = engine.run(sim, rounds=2, eval_every=2, seed=5).state
+    replicated = [a for a in jax.tree.leaves(state.params) if len(a.sharding.device_set) == 2]
+    assert replicated and all(a.is_fully_replicated for a in replicated)
+    with CompilationLog() as log:
+        checkpoint.save(tmp_path, state, {"round": 2})
+    assert log.names == []
+    restored, meta = checkpoint.restore(tmp_path, sim.init(0))
+    assert meta == {"round": 2}
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.params)):
+        assert b.sharding == a.sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_resume_with_a_different_config_is_refused_naming_the_field(reference_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--resume", str(reference_run), "--client-lr", "0.5"])

@@ -70,6 +70,27 @@ def _tree(state) -> object:
     return jax.tree.map(disk, state, is_leaf=_server_or_key)
 
 
+def _one_replica(tree):
+    """``tree`` with each array replicated over several devices of this process as its first device's copy.
+
+    orbax writes a replicated array in slices, one per replica ("replica-parallel" saving), and cuts them
+    with a compiled slicing program per array shape: on a first run (nothing in the compilation cache)
+    that is 6 compilations, 0.14 s of the default 10-round run on a 2-core CPU, for one process that
+    writes every byte anyway. The first device's copy holds the same values (nothing is copied), orbax
+    writes it whole, and :func:`restore` places the arrays by the template's shardings as before. Several
+    processes (``jax.distributed``) keep orbax's own layout: there each process writes its share.
+    """
+    if jax.process_count() > 1:
+        return tree
+
+    def one(a):
+        if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 and a.is_fully_replicated:
+            return a.addressable_shards[0].data
+        return a
+
+    return jax.tree.map(one, tree)
+
+
 def _untree(template, tree):
     """The inverse of ``_tree``: ``tree`` (as orbax restored it) in ``template``'s types, keys wrapped back."""
 
@@ -130,7 +151,7 @@ def save(directory, state, meta: dict, *, keep: int | None = 2) -> int:
 
     step = int(np.max(np.asarray(jax.device_get(state.round))))  # a sweep's states: one round, [S] copies
     with _manager(directory, keep) as mgr:
-        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(state)),
+        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_one_replica(_tree(state))),
                                                meta=ocp.args.JsonSave(meta)), force=True)
         mgr.wait_until_finished()
     return step
