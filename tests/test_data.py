@@ -494,6 +494,33 @@ def test_load_mnist_rejects_malformed_files(tmp_path, make, match):
         load_mnist(make(tmp_path))
 
 
+@pytest.mark.parametrize("make, match", [
+    (_text_file, r"bad\.npz.*not a readable \.npz"),
+    (_npy_file, r"one\.npy.*not an \.npz"),
+    (_truncated, r"t\.npz"),
+    (lambda t: write_npz(t / "m.npz", x_test=None), r"lacks the key.*x_test"),
+])
+def test_the_cli_refuses_an_unreadable_mnist_file_by_name_and_leaves_no_folder(tmp_path, capsys, make, match):
+    """The memory check sizes MNIST from the file's headers before the loader runs: a file it cannot read is
+    the loader's to refuse (exit 2, the file named), and the refused run's folder is not left behind."""
+    import re
+
+    from jaxqfl.cli.main import main
+
+    path = make(tmp_path)
+    made, kept = tmp_path / "made" / "run", tmp_path / "kept"
+    kept.mkdir()
+    for out in (made, kept):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--dataset", "mnist", "--data-path", str(path), "--num-clients", "2", "--cohort-size", "2",
+                  "--rounds", "1",
+                  "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and re.search(match, err) and "Traceback" not in err, err
+    assert not made.exists() and made.parent.is_dir()  # the folder the run made is gone, its parent stays
+    assert kept.is_dir() and list(kept.iterdir()) == []  # a folder the user made is kept, empty as it was
+
+
 # --------------------------------------------------------------------------- build
 
 

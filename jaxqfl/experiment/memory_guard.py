@@ -227,12 +227,12 @@ def footprint_from_flags(args):
     if getattr(args, "population", "memory") == "procedural":  # no rows are built (checked after, with 0 rows)
         return None
     if args.dataset == "mnist" and args.num_clients is not None:
-        import numpy as np
-
         from jaxqfl.data.footprint import PopulationFootprint
 
-        with np.load(args.data_path, mmap_mode="r") as z:
-            n_train, n_test = z["x_train"].shape[0], z["x_test"].shape[0]
+        sizes = _mnist_sizes(args.data_path)
+        if sizes is None:  # not an MNIST archive: the loader refuses it, saying why
+            return None
+        n_train, n_test = sizes
         return PopulationFootprint(args.num_clients, n_train, n_test, math.ceil(n_train / args.num_clients),
                                    28 * 28, 1, 10, False, feature_shape=(28, 28, 1))
     if args.dataset not in ("synthetic", "synthetic-regression", "gaussian-mixture"):
@@ -244,6 +244,20 @@ def footprint_from_flags(args):
         args.dataset, num_clients=args.num_clients, seed=data_seed_of(args), size_mean=args.client_size_mean,
         size_sigma=args.client_size_sigma, min_size=args.min_client_size, max_size=args.max_client_size,
         num_features=args.num_features, num_outputs=args.num_outputs, components=args.components)
+
+
+def _mnist_sizes(path) -> tuple[int, int] | None:
+    """The training and test image counts of the MNIST archive at ``path`` (its headers only), or None when
+    it cannot be read as one (``jaxqfl.data.mnist.load_mnist`` then refuses it, naming what is wrong)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, mmap_mode="r", allow_pickle=False) as z:
+            return int(z["x_train"].shape[0]), int(z["x_test"].shape[0])
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError, zipfile.BadZipFile):
+        return None
 
 
 def likely_cpu() -> bool:

@@ -23,6 +23,7 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "config.toml", "final_params.msgpa
              "sweep.json", "sweep.md", "damaged-checkpoints", "metrics.csv", "tensorboard")
 LOCK_NAME = ".jaxqfl.lock"
 _HELD: dict[str, int] = {}  # folder -> the open lock file descriptor
+_CREATED: set[str] = set()  # the locked folders this process created
 
 
 def is_config_folder(path: pathlib.Path) -> bool:
@@ -49,13 +50,27 @@ def lock_folder(path: pathlib.Path, flag: str = "--out") -> None:
 
 
 def release_locks() -> None:
-    """Release every folder lock this process took (the command has returned)."""
+    """Release every folder lock this process took (the command has returned).
+
+    A folder that holds nothing but its lock file (a run refused after its folder was opened, e.g. when its
+    data file could not be read) is left as it was found: the lock file is removed, and the folder too when
+    this process created it. Both happen while the lock is still held, so no other run can be using it.
+    """
     import fcntl
 
     for key, fd in list(_HELD.items()):
+        path = pathlib.Path(key)
+        try:
+            if [p.name for p in path.iterdir()] == [LOCK_NAME]:
+                (path / LOCK_NAME).unlink()
+                if key in _CREATED:
+                    path.rmdir()
+        except OSError:  # e.g. the folder was removed or changed meanwhile: leave it as it is
+            pass
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
         del _HELD[key]
+        _CREATED.discard(key)
 
 
 class OutputError(ValueError):
@@ -124,16 +139,20 @@ def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) ->
             raise OutputError(f"cannot create a run folder under runs/ ({e.strerror}); give --out FOLDER") from None
         _check_writable(path)
         lock_folder(path)
+        _CREATED.add(str(path.resolve()))
         return path
     path = pathlib.Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {out!r} exists and is not a folder; choose another path")
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"--out {out!r} cannot be created ({e.strerror}); choose another folder") from None
     _check_writable(path)
     lock_folder(path)  # before the emptiness check: two runs cannot both find the folder empty
+    if created:
+        _CREATED.add(str(path.resolve()))
     if any(p.name != LOCK_NAME for p in path.iterdir()):
         if not overwrite:
             raise OutputError(f"--out {out!r} exists and is not empty; add --overwrite to replace the run in it, "
