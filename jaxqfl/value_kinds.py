@@ -62,27 +62,36 @@ def _number(text, in_range, not_a_number: str | None, out_of_range: str) -> floa
     return v
 
 
+#: The largest magnitude a number setting takes: float32's, in which the programs compute (a larger one
+#: would be infinite there).
+FLOAT32_MAX = 3.4028234663852886e38
+_FINITE = f"finite number (at most {FLOAT32_MAX:.4g} in magnitude: float32)"
+
+
+def _finite(v: float) -> bool:
+    return math.isfinite(v) and abs(v) <= FLOAT32_MAX
+
+
 def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    return _number(text, lambda v: v > 0 and math.isfinite(v), "expected a positive number, got {text!r}",
-                   "expected a positive finite number, got {text}")
+    """A finite number > 0 (finite in float32)."""
+    return _number(text, lambda v: v > 0 and _finite(v), "expected a positive number, got {text!r}",
+                   f"expected a positive {_FINITE}, got {{text}}")
 
 
 def nonneg_float(text: str) -> float:
-    """A finite number >= 0."""
-    return _number(text, lambda v: v >= 0 and math.isfinite(v), None,
-                   "expected a non-negative finite number, got {text!r}")
+    """A finite number >= 0 (finite in float32)."""
+    return _number(text, lambda v: v >= 0 and _finite(v), None, f"expected a non-negative {_FINITE}, got {{text!r}}")
 
 
 def finite_float(text: str) -> float:
-    """Any finite number."""
-    return _number(text, math.isfinite, "expected a number, got {text!r}", "expected a finite number, got {text}")
+    """Any finite number (finite in float32)."""
+    return _number(text, _finite, "expected a number, got {text!r}", f"expected a {_FINITE}, got {{text}}")
 
 
 def positive_finite(text: str) -> float:
-    """A finite number > 0 (the systems settings' wording)."""
-    return _number(text, lambda v: math.isfinite(v) and v > 0, "{text!r} is not a number",
-                   "must be a finite number > 0, got {text!r}")
+    """A finite number > 0 (finite in float32; the systems settings' wording)."""
+    return _number(text, lambda v: _finite(v) and v > 0, "{text!r} is not a number",
+                   f"must be a {_FINITE} > 0, got {{text!r}}")
 
 
 def fraction(lo_open: bool, hi_open: bool, what: str):

@@ -567,6 +567,20 @@ def test_bad_specs_raise_value_error_naming_the_problem(spec, match):
     assert repr(spec) in str(info.value) or spec == ""
 
 
+@pytest.mark.parametrize("flag", ["--uplink", "--downlink"])
+def test_the_cli_refuses_a_k_past_a_tensor_of_the_model_by_exit_2(tmp_path, capsys, flag):
+    """topk:k=N is a valid spec; whether it fits shows only on the model's tensors (the default logistic
+    model's bias has 10): refused with the codec's message, not a traceback, before anything runs."""
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--num-clients", "20", "--cohort-size", "4", "--rounds", "1", flag, "topk:k=11+ef",
+              "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert f"{flag} topk:k=11+ef" in err and "k=11 exceeds a tensor of 10 elements" in err and "Traceback" not in err
+
+
 def test_non_string_spec_raises_value_error():
     with pytest.raises(ValueError, match="must be a string"):
         C.from_spec(None)

@@ -70,12 +70,13 @@ def test_toml_round_trips_every_kind_of_setting(tmp_path):
 
 
 @pytest.mark.parametrize("name,value,message", [
-    ("client_lr", -1, "expected a positive finite number, got -1"),
+    ("client_lr", -1, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got -1"),
+    ("client_lr", 1e300, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got 1e+300"),  # finite in float64, infinite in the programs' float32
     ("rounds", 0, "expected a positive integer, got '0'"),
     ("dropout", 1.0, "--dropout must be in [0, 1), got '1.0'"),
     ("dataset", "imagenet", "is not one of synthetic"),
     ("seeds", "3-1", "--seeds takes distinct non-negative integers"),
-    ("feddyn_alpha", 0, "expected a positive finite number, got 0"),  # registry hyper-parameters: same path
+    ("feddyn_alpha", 0, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got 0"),  # registry hyper-parameters: same path
     ("krum_m", 0, "expected a positive integer, got '0'"),
 ])
 def test_a_bad_value_is_refused_alike_from_python_toml_and_the_command_line(tmp_path, capsys, name, value, message):

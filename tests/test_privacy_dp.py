@@ -1,5 +1,6 @@
 """DP-FedAvg (aggregate.dp_mean) and its accounting (jaxqfl.privacy) against independent references."""
 import math
+import re
 
 import dp_accounting
 import jax
@@ -141,6 +142,30 @@ def test_noise_for_epsilon_round_trip():
     assert privacy.epsilon(z, 1e-5, 10, sampling="poisson", **kw) == pytest.approx(2.0, rel=0.01)
     with pytest.raises(ValueError, match="count noise"):
         privacy.noise_for_epsilon(0.5, 1e-5, 30, count_noise_std=0.5, **kw)
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_the_accountant_covers_noise_up_to_its_maximum_and_refuses_more_by_name(sampling):
+    """dp-accounting leaves its domain (fixed: a math domain error at 1e10) or overflows (1e155) on huge noise
+    multipliers; up to the stated maximum epsilon is a number (0.0 there), past it a ValueError names the value."""
+    kw = dict(num_clients=20, cohort_size=4, sampling=sampling)
+    eps = [privacy.epsilon(z, 1e-5, 10, **kw) for z in (1e3, privacy.accounting.MAX_NOISE_MULTIPLIER)]
+    assert 0 < eps[0] < 1 and eps[1] == 0.0
+    for z in (1e10, 1e155):
+        with pytest.raises(ValueError, match=re.escape(f"in [0, 1e+06] (the accountant's range), got {z!r}")):
+            privacy.epsilon(z, 1e-5, 10, **kw)
+
+
+@pytest.mark.parametrize("noise", ["1e10", "0.5,1e7"])
+def test_the_cli_refuses_a_noise_multiplier_past_the_accountant_before_training(tmp_path, capsys, noise):
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--num-clients", "20", "--cohort-size", "4", "--rounds", "1", "--dp-clip", "1",
+              "--dp-noise", noise, "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "at most 1e+06 (the privacy accountant's range" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

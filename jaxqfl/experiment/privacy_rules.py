@@ -31,6 +31,16 @@ class RoundFailed(RuntimeError):
     exit_status = EXIT_SECAGG_FAILED
 
 
+def _check_noise_range(refuser: Refuser, args: Settings) -> None:
+    """Refuse a --dp-noise (or a swept one) past what the accountant computes (a DP run loads it anyway)."""
+    from jaxqfl.privacy.accounting import MAX_NOISE_MULTIPLIER
+
+    for z in getattr(args, "sweep_values", {}).get("dp_noise", [args.dp_noise]):
+        if z > MAX_NOISE_MULTIPLIER:
+            refuser.error(f"--dp-noise {z:g}: at most {MAX_NOISE_MULTIPLIER:g} (the privacy accountant's range; "
+                           f"epsilon is already 0.0 there and the noise drowns any update)")
+
+
 def validate(refuser: Refuser, args: Settings) -> None:
     dp_flags = [f for f in ("dp_noise", "dp_epsilon", "dp_delta", "dp_adaptive_quantile") if getattr(args, f) is not None]
     args.dp = args.dp_clip is not None
@@ -38,6 +48,8 @@ def validate(refuser: Refuser, args: Settings) -> None:
         refuser.error(f"--{dp_flags[0].replace('_', '-')} needs --dp-clip C")
     if args.dp and (args.dp_noise is None) == (args.dp_epsilon is None):
         refuser.error("DP-FedAvg needs exactly one of --dp-noise z or --dp-epsilon E")
+    if args.dp and args.dp_noise is not None:
+        _check_noise_range(refuser, args)
     args.dp_delta_default = args.dp and args.dp_delta is None
     if args.dp_delta_default and args.num_clients is not None:  # else (npz / leaf): set once the data is read
         args.dp_delta = default_delta(args.num_clients)

@@ -231,6 +231,11 @@ def _aggregator(args, population, uplink, model, hp: dict | None = None):
         num_classes=population.num_classes, seed=data_seed_of(args), scale=args.attack_scale)
 
 
+def _codec_flags(args) -> str:
+    """The codec flags of the run, as given: ``--uplink topk:k=11, --downlink none``."""
+    return f"--uplink {args.uplink}, --downlink {args.downlink}"
+
+
 def _algorithm(args, num_clients: int, hp: dict | None = None):
     """The run's algorithm; ``hp`` overrides swept hyper-parameters with traced values (a sweep)."""
     return lora_rules.wrap_algorithm(args, algorithm_rules.build(args, hp)[0], num_clients)
@@ -343,9 +348,12 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
     except ValueError as e:
         fail(str(e))
     # the memory check on the run's real states (jax.eval_shape of its model, algorithm, aggregator, codecs)
-    footprint = memory_plan.state_footprint(model, algorithm, population.feature_shape, aggregator=aggregator,
-                                            uplink=uplink,
-                                            downlink=None if args.downlink == "none" else args.downlink_codec)
+    try:  # the states traced on the model's shapes: a codec's k past a tensor's size is refused here
+        footprint = memory_plan.state_footprint(model, algorithm, population.feature_shape, aggregator=aggregator,
+                                                uplink=uplink,
+                                                downlink=None if args.downlink == "none" else args.downlink_codec)
+    except ValueError as e:
+        fail(f"the run's states do not fit the model ({_codec_flags(args)}): {e}")
     est = memory_guard.estimate(
         args, num_devices=num_devices, examples=0 if procedural or is_packed(population) else population.num_examples, test_examples=population.x_test.shape[0],
         feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),

@@ -74,10 +74,18 @@ def effective_noise_multiplier(noise_multiplier: float, *, sampling: str = "fixe
     return (update ** -2 + count ** -2) ** -0.5
 
 
+#: The largest noise multiplier accounted: dp-accounting's RDP and PLD computations overflow (or leave their
+#: domain) past about 1e9; at 1e6 epsilon is already 0.0 and the noise drowns any update.
+MAX_NOISE_MULTIPLIER = 1e6
+
+
 def round_event(noise_multiplier: float, *, num_clients: int, cohort_size: float, sampling: str = "fixed",
                 count_noise_std: float = 0.0) -> dp_accounting.DpEvent:
     """The ``DpEvent`` of ONE round (``cohort_size``: M for fixed sampling, the expected q N for Poisson,
     the buffer K for ``"async"``, where it does not enter the event: no sampling)."""
+    if not (isinstance(noise_multiplier, (int, float)) and 0 <= noise_multiplier <= MAX_NOISE_MULTIPLIER):
+        raise ValueError(f"the noise multiplier must be in [0, {MAX_NOISE_MULTIPLIER:g}] (the accountant's range), "
+                         f"got {noise_multiplier!r}")
     _check_population(sampling, num_clients, cohort_size)
     z = effective_noise_multiplier(noise_multiplier, sampling=sampling, count_noise_std=count_noise_std)
     gaussian = dp_accounting.GaussianDpEvent(z)
