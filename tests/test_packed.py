@@ -155,6 +155,10 @@ def test_refusals_name_the_value(tmp_path, capsys):
         (lambda p: np.save(p / "x.npy", np.load(p / "x.npy")[:-1]), r"x\.npy' has shape"),
         (lambda p: (p / "y_test.npy").unlink(), r"y_test\.npy is missing"),
         (lambda p: (p / "meta.json").write_text('{"format": NaN}'), r"not readable strict JSON"),
+        # class labels are scanned on disk too (one number a row): 50 would index past the model's outputs
+        (lambda p: np.save(p / "y.npy", np.where(np.arange(len(np.load(p / "y.npy"))) == 0, 50,
+                                                 np.load(p / "y.npy")).astype(np.int32)),
+         r"y has labels in \[0, 50\], outside the allowed range \[0, 3\)"),
     ]
     for edit, match in cases:
         with pytest.raises(ValueError, match=match):

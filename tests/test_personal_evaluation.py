@@ -152,6 +152,20 @@ def test_split_test_by_labels_partitions_the_pooled_rows_by_the_clients_labels()
     assert np.abs(got - want).max() < 1.0 and (got.sum(0) == label_rows).all()
 
 
+def test_split_is_invariant_to_an_increasing_relabelling_however_many_classes_it_implies():
+    """The split depends on the classes' order only: labels l -> 10**8 l (a population of ~10**9 classes) split
+    as the original does, in the memory of the rows (no clients x classes table: 134 GiB here)."""
+    import dataclasses
+
+    pop = data.build("mnist", data_path=MNIST, num_clients=20, partition="shards", seed=1)
+    big = dataclasses.replace(pop, y=pop.y.astype(np.int64) * 10**8, y_test=pop.y_test.astype(np.int64) * 10**8,
+                              num_classes=9 * 10**8 + 1)
+    a, b = data.split_test_by_labels(pop, seed=4), data.split_test_by_labels(big, seed=4)
+    np.testing.assert_array_equal(a.test_counts, b.test_counts)
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    np.testing.assert_array_equal(a.y_test.astype(np.int64) * 10**8, b.y_test)
+
+
 @pytest.mark.slow
 def test_split_keeps_the_pooled_metrics_and_refuses_what_it_cannot_split():
     pop = data.build("mnist", data_path=MNIST, num_clients=10, partition="dirichlet", alpha=0.5, seed=2)

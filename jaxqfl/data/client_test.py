@@ -42,16 +42,26 @@ def split_test_by_labels(population: Population, seed: int = 0) -> Population:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     C, K = population.num_clients, population.num_classes
+    y = np.asarray(population.y).astype(np.int64)
+    outside = np.flatnonzero((y < 0) | (y >= K))
+    if outside.size:
+        raise ValueError(f"population {population.name!r}: training label {int(y[outside[0]])} (row {int(outside[0])}) "
+                         f"is outside [0, {K}), the classes of its num_classes {K}")
     owner_of_row = np.repeat(np.arange(C), population.counts)
-    train = np.zeros((C, K), np.int64)
-    np.add.at(train, (owner_of_row, population.y.astype(np.int64)), 1)
+    # Per class, the clients' training counts, for the classes of the test rows only: sparse (classes x clients
+    # pairs that occur), so a population with many classes (a label of 10**9) costs its rows, not C x K.
+    pair, pair_count = np.unique(y * C + owner_of_row, return_counts=True)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7E57]))
     owner = np.full(population.x_test.shape[0], C, np.int64)  # C: no client
-    for label in range(K):
-        rows = rng.permutation(np.flatnonzero(population.y_test == label))
-        if train[:, label].sum() == 0 or rows.size == 0:
+    y_test = np.asarray(population.y_test)
+    for label in np.unique(y_test[(y_test >= 0) & (y_test < K)]).tolist():  # increasing: the order of the draws
+        rows = rng.permutation(np.flatnonzero(y_test == label))
+        lo, hi = np.searchsorted(pair, [label * C, (label + 1) * C])
+        if hi == lo or rows.size == 0:
             continue
-        owner[rows] = np.repeat(np.arange(C), largest_remainder(rows.size, train[:, label].astype(np.float64)))
+        train = np.zeros(C, np.float64)
+        train[pair[lo:hi] - label * C] = pair_count[lo:hi]
+        owner[rows] = np.repeat(np.arange(C), largest_remainder(rows.size, train))
     order = np.argsort(owner, kind="stable")
     test_counts = np.bincount(owner, minlength=C + 1)[:C].astype(np.int32)
     return dataclasses.replace(population, x_test=population.x_test[order], y_test=population.y_test[order],

@@ -231,13 +231,15 @@ def _validate(p: Population) -> None:
         )
     # Training rows memory-mapped read-only from disk are not scanned: that would read the whole
     # population; jaxqfl.data.packed checked their values when it wrote them (through this class).
+    # Their class labels are (one number a row, a fraction of the features' bytes): a label outside the
+    # classes would index past the model's outputs.
     on_disk = is_read_only_map(p.x) and is_read_only_map(p.y)
     scanned = (("x_test", p.x_test), ("y_test", p.y_test)) if on_disk else (
         ("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test))
     for name, a in scanned:
         _check_finite(name, a)
     low = PAD_TARGET if p.task == "next-token" else 0
-    if not on_disk:
+    if not on_disk or p.y.ndim == 1:
         _check_labels("y", p.y, p.num_classes, low)
     _check_labels("y_test", p.y_test, p.num_classes, low)
 

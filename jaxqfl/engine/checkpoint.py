@@ -110,7 +110,7 @@ def _untree(template, tree):
 
 
 def load_in_background() -> None:
-    """Import orbax-checkpoint on a daemon thread now, so that the run's first ``save`` finds it loaded.
+    """Import orbax-checkpoint on a thread now, so that the run's first ``save`` finds it loaded.
 
     The import takes 0.2-0.3 s on a 2-core CPU once JAX is loaded; a run starts it before compiling
     (the compiler and the rounds release the GIL, so it costs the run almost nothing). An import
@@ -128,7 +128,9 @@ def load_in_background() -> None:
         except Exception:  # raised again, where it is handled, by the first save
             pass
 
-    threading.Thread(target=load, name="jaxqfl-orbax-import", daemon=True).start()
+    # Not a daemon: the interpreter waits for the import before it exits. A run refused meanwhile (0.2-0.3 s)
+    # otherwise tore the import down mid-way, and the process aborted ("terminate called ...", status 134).
+    threading.Thread(target=load, name="jaxqfl-orbax-import").start()
 
 
 def _manager(directory, keep: int | None):

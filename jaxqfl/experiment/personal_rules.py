@@ -67,7 +67,10 @@ def client_test_split(args: Settings, population, seed: int):
             fail(f"per-client test rows: --client-test labels splits a test set by class labels, and the "
                  f"{population.task} data {population.name!r} has none and no test rows of its own clients")
         return population
-    return data.split_test_by_labels(population, seed=seed)
+    try:
+        return data.split_test_by_labels(population, seed=seed)
+    except ValueError as e:  # e.g. a training label outside the population's classes
+        fail(str(e))
 
 
 def fine_tune(args: Settings):
