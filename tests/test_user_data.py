@@ -126,6 +126,20 @@ def test_npz_refuses_malformed_files_naming_file_key_and_value(tmp_path, arrays,
         data.load_npz(path, partition="iid", num_clients=2)
 
 
+@pytest.mark.parametrize("content, match", [
+    (b"not a zip at all", r"mine\.npz' is not an \.npz archive \(a zip of \.npy arrays, as numpy\.savez writes\)"),
+    (b"", r"mine\.npz' is not an \.npz archive"),
+    (b"\x93NUMPY\x01\x00", r"mine\.npz' is not a readable \.npz archive"),  # an .npy header, cut short
+])
+def test_npz_names_a_file_that_is_no_archive_without_suggesting_pickle(tmp_path, content, match):
+    """numpy takes any file that is neither a zip nor an .npy for a pickle and suggests allow_pickle=True."""
+    path = tmp_path / "mine.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        data.load_npz(path, partition="iid", num_clients=2)
+    assert "pickle" not in str(info.value)
+
+
 def _write_leaf(root, users_per_file, seed=0, d=5):
     """LEAF layout: root/train/*.json and root/test/*.json; returns {user: (x, y)} of the training split."""
     rng = np.random.default_rng(seed)

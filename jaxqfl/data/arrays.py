@@ -178,7 +178,8 @@ def from_arrays(
         label = "natural"
     else:
         if num_clients is None:
-            fail(f"partition {partition!r} needs num_clients")
+            fail(f"partition {partition!r} needs num_clients (--num-clients on the command line): the data has "
+                 f"no client ids")
         rows = np.arange(n)
         if x_test is None:
             held = math.floor(test_fraction * n)

@@ -43,6 +43,7 @@ import zipfile
 import numpy as np
 
 from jaxqfl.data.arrays import check_label_range, from_arrays
+from jaxqfl.data.npz_archive import open_npz
 
 __all__ = ["load_npz", "load_npz_tiers", "tiers_by_client", "load_leaf", "NPZ_KEYS"]
 
@@ -61,13 +62,7 @@ def _open_npz(path: str):
     _exists(path, ".npz file")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory; expected an .npz file with keys {list(NPZ_KEYS)}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path!r} is not a readable .npz archive: {err}") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} holds a single array (a .npy file), not an .npz archive with keys x, y")
-    return archive
+    return open_npz(path, "x, y")
 
 
 def _read_key(path: str, archive, k: str) -> np.ndarray:

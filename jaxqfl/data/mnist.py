@@ -20,6 +20,8 @@ import zipfile
 
 import numpy as np
 
+from jaxqfl.data.npz_archive import open_npz
+
 __all__ = ["load_mnist", "IMAGE_SHAPE", "NUM_CLASSES"]
 
 IMAGE_SHAPE = (28, 28)
@@ -52,13 +54,7 @@ def load_mnist(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path!r} is not a readable .npz archive: {err}") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} holds a single array (a .npy file), not an .npz archive with keys {_KEYS}")
-    with archive:
+    with open_npz(path, ", ".join(_KEYS)) as archive:
         missing = [k for k in _KEYS if k not in archive.files]
         if missing:
             raise ValueError(f"{path!r} lacks the key(s) {missing}; it has {sorted(archive.files)}, needs {list(_KEYS)}")

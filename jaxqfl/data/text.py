@@ -118,7 +118,7 @@ def _check_partition(partition, num_clients) -> None:
     if partition not in (None, "natural", "iid", "quantity"):
         raise ValueError(f"unknown partition {partition!r}; next-token data takes natural, iid or quantity")
     if partition not in (None, "natural") and num_clients is None:
-        raise ValueError(f"partition {partition!r} needs num_clients")
+        raise ValueError(f"partition {partition!r} needs num_clients (--num-clients on the command line)")
 
 
 def _population(x, y, counts, x_test, y_test, *, partition, num_clients, sigma, seed, name, what) -> Population:
