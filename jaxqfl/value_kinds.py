@@ -30,8 +30,12 @@ def as_text(value) -> str:
     return str(value)
 
 
+#: The largest integer a setting takes: a 64-bit one, as a TOML file (config.toml) holds it.
+INT64_MAX = 2**63 - 1
+
+
 def int_at_least(lowest: int, what: str):
-    """An integer >= ``lowest`` (``what``: how the message calls it, e.g. "positive")."""
+    """An integer >= ``lowest`` and at most ``INT64_MAX`` (``what``: how the message calls it, e.g. "positive")."""
 
     def parse(text: str) -> int:
         try:
@@ -40,6 +44,8 @@ def int_at_least(lowest: int, what: str):
             v = None
         if v is None or v < lowest:
             raise InvalidValue(f"expected a {what} integer, got {text!r}")
+        if v > INT64_MAX:
+            raise InvalidValue(f"expected a {what} integer of at most {INT64_MAX} (64 bits), got {text!r}")
         return v
 
     parse.lowest, parse.what = lowest, what  # read by the settings' documentation and the CLI adapter
@@ -149,10 +155,12 @@ def _distinct(values: tuple, text: str) -> tuple:
 
 def _list_of(one, what: str):
     def parse(text: str) -> tuple:
-        values = tuple(one(t.strip()) for t in text.split(",") if t.strip())
-        if not values:
+        items = [t.strip() for t in text.split(",")]
+        if not any(items):
             raise InvalidValue(f"expected {what} separated by commas, got {text!r}")
-        return _distinct(values, text)
+        if not all(items):
+            raise InvalidValue(f"expected {what} separated by commas, none empty, got {text!r}")
+        return _distinct(tuple(one(t) for t in items), text)
 
     return parse
 
