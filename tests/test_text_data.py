@@ -172,3 +172,13 @@ def test_cifar10_refuses_a_missing_batch_and_a_foreign_pickle(tmp_path):
         pickle.dump(Evil(), f)
     with pytest.raises(ValueError, match="refusing to load builtins.print"):
         data.load_cifar10(folder)
+
+
+def test_cifar10_names_the_batch_of_ragged_labels(tmp_path):
+    """numpy cannot make one array of [[1], [2, 3]]: the refusal names the file and the keys, not numpy's words only."""
+    _write_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[1], [2, 3]]}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"data_batch_2': 'data' and 'labels' must be an array and a flat list"):
+        data.load_cifar10(folder)

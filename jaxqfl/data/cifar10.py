@@ -65,7 +65,10 @@ def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     missing = [k for k in ("data", "labels") if k not in blob]
     if missing:
         raise ValueError(f"{path!r} lacks the key(s) {missing}; it has {sorted(map(str, blob))}")
-    data, labels = np.asarray(blob["data"]), np.asarray(blob["labels"])
+    try:  # e.g. ragged lists, which numpy cannot make one array of
+        data, labels = (np.asarray(blob[k]) for k in ("data", "labels"))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path!r}: 'data' and 'labels' must be an array and a flat list of integers: {err}") from err
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path!r}: 'data' is {data.dtype} {data.shape}; expected uint8 [n, 3072] (3 x 32 x 32)")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
