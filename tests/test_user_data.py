@@ -239,3 +239,26 @@ def test_cli_runs_an_npz_with_natural_clients(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_clients"] == 4 and summary["task"] == "classification"
     assert summary["num_examples"] == data.load_npz(path).num_examples
+
+
+def test_the_cli_says_what_a_data_path_or_resume_folder_is_instead(tmp_path, capsys):
+    """A device, a link that leads nowhere, a file given to --resume, a folder that holds no run: each refusal
+    says which (they all read 'no such file' or 'no such folder', or blamed an interrupted run)."""
+    from jaxqfl.cli.main import main
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop")
+    (tmp_path / "plain").mkdir()
+    data_file = tmp_path / "d.npz"
+    data_file.write_bytes(b"")
+    cases = [
+        (["--dataset", "npz", "--data-path", "/dev/null", "--num-clients", "20"], "not a regular file (a device"),
+        (["--dataset", "npz", "--data-path", str(loop), "--num-clients", "20"], "a link that leads to no file"),
+        (["--resume", str(data_file)], "is a file; --resume takes the folder of a run (its --out)"),
+        (["--resume", str(tmp_path / "plain")], "not a run's folder (it holds no config.toml and no checkpoints/)"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["run", *flags, "--print-config"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err, (flags, err)

@@ -24,7 +24,9 @@ def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_a
                                           f"--out {args.out} cannot move it")
         ckpt = checkpoint_dir(args.resume)
         if not pathlib.Path(args.resume).is_dir():
-            raise config_file.ConfigError(f"--resume {args.resume!r}: no such folder")
+            what = "is a file" if pathlib.Path(args.resume).exists() else "no such folder"
+            raise config_file.ConfigError(f"--resume {args.resume!r}: {what}; --resume takes the folder of a run "
+                                          f"(its --out)")
         step, meta = readable_meta(ckpt, args.resume)
         args._resume_meta = meta
         args._resume_step = step

@@ -52,7 +52,7 @@ def validate_data(refuser: Refuser, args: Settings) -> None:
             refuser.error(f"--data-path {args.data_path!r} is a folder; --dataset {args.dataset} reads one file "
                            f"({entry.layout})")
         if kind == "file" and not os.path.isfile(args.data_path):
-            refuser.error(f"--data-path {args.data_path!r}: no such file")
+            refuser.error(f"--data-path {args.data_path!r}: {_not_a_file(args.data_path)}")
         if kind == "folder" and os.path.isfile(args.data_path):
             refuser.error(f"--data-path {args.data_path!r} is a file; --dataset {args.dataset} reads a folder")
         if kind == "folder" and not os.path.isdir(args.data_path):
@@ -160,3 +160,13 @@ def build_population(args: Settings):
 def fail(message: str):
     """Refuse the run after its data is read: ``ExperimentError`` (the command line prints it, exit status 2)."""
     raise ExperimentError(message)
+
+
+def _not_a_file(path: str) -> str:
+    """Why ``path``, which is no regular file, cannot be read as one: missing, a link that leads nowhere, or a
+    device, pipe or socket."""
+    if os.path.lexists(path) and not os.path.exists(path):
+        return "a link that leads to no file (broken, or a loop)"
+    if os.path.exists(path):
+        return "not a regular file (a device, pipe or socket); give the data file's path"
+    return "no such file"

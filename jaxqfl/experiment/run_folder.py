@@ -78,6 +78,9 @@ def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
     from jaxqfl.engine import checkpoint
 
     rounds = checkpoint.all_rounds(ckpt)
+    if not rounds and not (pathlib.Path(resume) / "config.toml").is_file():
+        raise ExperimentError(f"--resume {resume!r}: not a run's folder (it holds no config.toml and no "
+                              f"checkpoints/); --resume takes the folder of a run (its --out)")
     if not rounds:
         raise ExperimentError(f"--resume {resume!r}: no checkpoint in {ckpt} (the run was stopped "
                                       f"before its first checkpoint); start it again instead")
