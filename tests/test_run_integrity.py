@@ -105,6 +105,9 @@ def test_each_sweep_config_is_the_single_run_of_its_seed_and_data_seed(diverged_
     _, sweep_out = diverged_sweep
     swept = summary(sweep_out / "client_lr=0.05,seed=1,server_lr=1.0")
     assert swept["data_seed"] == 0
+    # its summary's config is this config's (not the sweep's seeds: a summary per config each that long was
+    # quadratic in the number of configs)
+    assert swept["config"]["seed"] == 1 and swept["config"]["seeds"] is None and swept["config"]["client_lr"] == 0.05
     out = tmp_path / "single"
     assert main(["run", *TINY, "--rounds", "4", "--eval-every", "2", "--chunk-size", "2", "--seed", "1",
                  "--data-seed", "0", "--client-lr", "0.05", "--out", str(out)]) == 0

@@ -107,6 +107,16 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+@jax.jit
+def _all_finite_per_config(tree) -> jax.Array:
+    """``[S]``: whether config s's leaves (every leaf ``[S, ...]``, a sweep's) are all finite; one program for the
+    S configs instead of S slices and checks."""
+    leaves = [jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1) for a in jax.tree.leaves(tree)
+              if jnp.issubdtype(a.dtype, jnp.inexact)]
+    S = jax.tree.leaves(tree)[0].shape[0]
+    return jnp.all(jnp.stack(leaves), axis=0) if leaves else jnp.ones(S, bool)
+
+
 def run(
     sim: Simulation,
     *,
@@ -398,12 +408,13 @@ def run_sweep(
         first = start_round + done
         done += active
         now = start_round + done
+        finite = np.asarray(jax.device_get(_all_finite_per_config(states.params))) if None in diverged else None
         for s in range(S):
             if diverged[s] is None:
                 losses = np.asarray(metrics.train_loss[:active, s])
                 if not np.all(np.isfinite(losses)):
                     diverged[s] = first + 1 + int(np.argmin(np.isfinite(losses)))
-                elif not bool(jax.device_get(_all_finite(jax.tree.map(lambda a: a[s], states.params)))):
+                elif not finite[s]:
                     diverged[s] = now
         if block_rounds is None or now % eval_every == 0 or done == rounds:
             for s, ev in enumerate(sim.evaluate(states)):

@@ -265,11 +265,13 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
         finals.append(final)
         clocks.append(systems_rules.summary_fields(args, result, result.records))  # {} without --speeds
         summary = {
+            # this config as a single run (as its config.toml): not the sweep's list of seeds, which made every
+            # config's summary O(configs) long (a 4,000-seed sweep wrote 16 million list items)
             "dataset": args.dataset, "model": args.model, "config": {**{k: v for k, v in vars(args).items()
                                                                         if k not in ("uplink_codec", "downlink_codec",
-                                                                                     "sweep_values")
+                                                                                     "sweep_values", "seeds")
                                                                         and not k.startswith("_")},
-                                                                     **config},
+                                                                     **config, "seeds": None},
             "sweep_config": config,
             "final_accuracy": final.get("test_accuracy"), "final_loss": final.get("test_loss"),
             **({"final_perplexity": final.get("test_perplexity"), "final_bits_per_char": final.get("test_bits_per_char")}
