@@ -55,6 +55,21 @@ def int_at_least(lowest: int, what: str):
 positive_int = int_at_least(1, "positive")
 nonneg_int = int_at_least(0, "non-negative")
 
+#: The largest seed: a run's key holds 32 bits of it (JAX's default keys), so 2**32 + 1 would repeat seed 1.
+MAX_SEED = 2**32 - 1
+#: The most configurations one sweep runs (its seeds times the swept values): each costs a few milliseconds of
+#: host work a block and a stacked copy of the states; a larger study is several sweeps.
+MAX_SWEEP_CONFIGS = 10_000
+
+
+def seed(text: str) -> int:
+    """An integer in [0, ``MAX_SEED``]."""
+    v = nonneg_int(text)
+    if v > MAX_SEED:
+        raise InvalidValue(f"expected a seed in [0, {MAX_SEED}] (a run's key holds 32 bits of it: larger seeds "
+                           f"would repeat smaller ones), got {text!r}")
+    return v
+
 
 def _number(text, in_range, not_a_number: str | None, out_of_range: str) -> float:
     """``float(text)`` if ``in_range`` of it, else ``InvalidValue``: ``not_a_number`` (None: ``out_of_range``)
@@ -185,6 +200,9 @@ def seed_list(text: str) -> tuple[int, ...]:
                 lo, hi = (int(p) for p in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if hi - lo + len(seeds) >= MAX_SWEEP_CONFIGS:  # refused below, before the range is listed
+                    seeds.extend(range(lo, lo + MAX_SWEEP_CONFIGS + 1))
+                    break
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
@@ -193,6 +211,12 @@ def seed_list(text: str) -> tuple[int, ...]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise InvalidValue(
             f"--seeds takes distinct non-negative integers as ranges and lists, e.g. 0-7 or 0,3,5; got {text!r}")
+    if max(seeds) > MAX_SEED:
+        raise InvalidValue(f"--seeds takes seeds in [0, {MAX_SEED}] (a run's key holds 32 bits of a seed), "
+                           f"got {text!r}")
+    if len(seeds) > MAX_SWEEP_CONFIGS:
+        raise InvalidValue(f"--seeds {text!r}: more than {MAX_SWEEP_CONFIGS:,} seeds; a sweep runs at most "
+                           f"{MAX_SWEEP_CONFIGS:,} configs (split the study into several sweeps)")
     return tuple(seeds)
 
 

@@ -78,6 +78,9 @@ def test_toml_round_trips_every_kind_of_setting(tmp_path):
     ("dropout", 1.0, "--dropout must be in [0, 1), got '1.0'"),
     ("dataset", "imagenet", "is not one of synthetic"),
     ("seeds", "3-1", "--seeds takes distinct non-negative integers"),
+    ("seed", 2**32, "expected a seed in [0, 4294967295] (a run's key holds 32 bits of it"),  # 2**32 ran as seed 0
+    ("seeds", "1,4294967297", "--seeds takes seeds in [0, 4294967295]"),  # two seeds, one run twice
+    ("seeds", "0-100000000000000", "more than 10,000 seeds; a sweep runs at most 10,000 configs"),  # listed first
     ("feddyn_alpha", 0, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got 0"),  # registry hyper-parameters: same path
     ("krum_m", 0, "expected a positive integer, got '0'"),
 ])
@@ -266,3 +269,13 @@ def test_jaxqfl_resume_continues_a_stopped_run_to_the_uninterrupted_model(tmp_pa
     assert (again.out / "final_params.msgpack").read_bytes() == (whole.out / "final_params.msgpack").read_bytes()
     with pytest.raises(ExperimentError, match="no such folder"):
         jaxqfl.resume(tmp_path / "missing")
+
+
+def test_a_sweep_past_ten_thousand_configs_is_refused_before_anything_is_built(capsys):
+    """1,000 seeds x 11 learning rates: refused by the product, naming both counts (100,001 seeds stalled in
+    stacking their states, ignoring SIGTERM)."""
+    lrs = ",".join(str(0.01 * (i + 1)) for i in range(11))
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--seeds", "0-999", "--client-lr", lrs, "--print-config"])
+    assert e.value.code == 2
+    assert "a sweep of 11,000 configs (11 x 1000 seeds); a sweep runs at most 10,000" in capsys.readouterr().err

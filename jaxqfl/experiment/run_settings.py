@@ -31,8 +31,8 @@ class Execution(Section):
                      'by size)')
     eval_every: int | None = setting(None, v.positive_int,
                 help="evaluate every K rounds (default: the dataset's); checkpoints: --checkpoint-every")
-    seed: int | None = setting(None, v.nonneg_int, help='run seed (default 0)')
-    data_seed: int | None = setting(None, v.nonneg_int,
+    seed: int | None = setting(None, v.seed, help='run seed (default 0)')
+    data_seed: int | None = setting(None, v.seed,
                 help="seed of the generated population, its partition and an attack's malicious set (default: the run"
                      ' seed; in a sweep, the first seed, shared by every config, so config s repeats as jaxqfl run '
                      '--seed s --data-seed <first seed>)')

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from jaxqfl.value_kinds import MAX_SWEEP_CONFIGS
+
 from jaxqfl.experiment import algorithm_rules, checkpoint_policy, process_clock
 from jaxqfl import sinks
 from jaxqfl.experiment import async_rules, personal_rules, systems_rules, tier_rules
@@ -265,6 +267,11 @@ def _split_sweep(refuser, args) -> None:
         setattr(args, name, items[0])
     if args.seeds is not None and args.seed is not None:
         refuser.error("give --seed or --seeds, not both")
+    configs = math.prod(len(v) for v in args.sweep_values.values()) * len(args.seeds or (0,))
+    if configs > MAX_SWEEP_CONFIGS:
+        refuser.error(f"a sweep of {configs:,} configs ({' x '.join(str(len(v)) for v in args.sweep_values.values())}"
+                       f"{f' x {len(args.seeds)} seeds' if args.seeds else ''}); a sweep runs at most "
+                       f"{MAX_SWEEP_CONFIGS:,} (split the study into several sweeps)")
     if args.seed is None:
         args.seed = args.seeds[0] if args.seeds is not None else 0
     if (args.sweep_values or args.seeds is not None) and args.data_seed is None:
