@@ -121,9 +121,9 @@ def test_refusals_name_the_value(tmp_path, capsys):
     before = (out / "x.npy").read_bytes()
     with pytest.raises(SystemExit) as exc:  # OUT exists: nothing overwritten
         main(["data", "pack", str(src), str(out)])
-    assert exc.value.code == 2 and "exists and is not empty" in capsys.readouterr().err
+    assert exc.value.code == 2 and "holds a packed layout; refusing to overwrite it" in capsys.readouterr().err
     assert (out / "x.npy").read_bytes() == before
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="holds a packed layout"):
         write_packed(data.load_npz(src), out)
     with pytest.raises(SystemExit) as exc:  # SRC missing
         main(["data", "pack", str(tmp_path / "nope.npz"), str(tmp_path / "o2")])
@@ -227,3 +227,29 @@ def test_a_leaf_text_folder_packs_as_next_token_windows_and_runs_as_in_memory(tm
         main(["run", "--dataset", "packed", "--data-path", str(packed), "--task", "regression", "--out",
               str(tmp_path / "refused")])
     assert "packed for next-token" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_force_replaces_a_packed_layout_only_never_other_files(tmp_path, capsys):
+    """--force replaced any OUT whole: a live run's folder, the folder holding SRC, the working folder. Now such
+    folders are refused (exit 2, the foreign files named) with --force too, and left as they were."""
+    src = _npz(tmp_path / "mine.npz")
+    run_folder, holds_src, work = tmp_path / "run", tmp_path / "data", tmp_path / "work"
+    run_folder.mkdir()
+    (run_folder / ".jaxqfl.lock").write_text("")
+    (run_folder / "metrics.jsonl").write_text("{}\n")
+    holds_src.mkdir()
+    inside = holds_src / "mine.npz"
+    inside.write_bytes(src.read_bytes())
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    for out, source, name in ((run_folder, src, "'.jaxqfl.lock'"), (holds_src, inside, "'mine.npz'"),
+                              (work, src, "'notes.txt'")):
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(SystemExit) as exc:
+            main(["data", "pack", str(source), str(out), "--force"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "is not a packed layout, and is not replaced even with --force" in err
+        assert name in err, err
+        assert sorted(p.name for p in out.iterdir()) == before
+        with pytest.raises(ValueError, match="not a packed layout"):
+            write_packed(data.load_npz(src), out, force=True)

@@ -49,11 +49,12 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     pack = parser.pack_parser
     if not os.path.exists(args.src):
         pack.error(f"SRC {args.src!r}: no such file or folder (an .npz file or a LEAF folder)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        pack.error(f"OUT {args.out!r} is a file; the packed layout is a folder")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
-        pack.error(f"OUT {args.out!r} exists and is not empty; refusing to overwrite it (choose another OUT, or "
-                   f"--force to replace it)")
+    from jaxqfl.data.packed import check_out
+
+    try:
+        check_out(args.out, args.force)
+    except (ValueError, OSError) as err:
+        pack.error(f"OUT {err.strerror if isinstance(err, OSError) and err.strerror else err}")
     if args.task == "next-token" and not os.path.isdir(args.src):
         pack.error(f"--task next-token packs a LEAF folder of string rows (Shakespeare's layout); SRC {args.src!r} "
                    f"is a file")

@@ -73,11 +73,31 @@ def source_of(path) -> dict:
             "mtime": max((os.path.getmtime(f) for f in files), default=os.path.getmtime(path))}
 
 
-def _refuse_existing(out: str, force: bool) -> None:
+def check_out(out, force: bool) -> None:
+    """Refuse ``out`` as the folder to write a packed layout to, before anything is read.
+
+    A missing or empty folder is written; an existing packed layout (``meta.json`` and the arrays, nothing
+    else) only with ``force``, which replaces it. Anything else is refused, with ``force`` too: a folder
+    holding other files (a run's folder, the source file, a working folder) is not a layout to replace.
+
+    Raises:
+      FileExistsError: ``out`` holds a packed layout and ``force`` is False.
+      ValueError: ``out`` is a file, or a folder holding files a packed layout does not.
+    """
+    out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out!r} is a file; the packed layout is a folder (choose another OUT)")
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise FileExistsError(errno.EEXIST, f"{out!r} exists and is not empty; refusing to overwrite it "
+    held = set(os.listdir(out)) if os.path.isdir(out) else set()
+    if not held:
+        return
+    foreign = sorted(held - {META, *(f"{stem}.npy" for stem in (*ARRAYS, "test_counts"))})
+    if foreign or META not in held:
+        what = f"files a packed layout does not hold ({', '.join(map(repr, foreign[:3]))}" \
+               f"{', ...' if len(foreign) > 3 else ''})" if foreign else f"no {META}"
+        raise ValueError(f"{out!r} exists and holds {what}: it is not a packed layout, and is not replaced even "
+                         f"with --force / force=True (choose another OUT)")
+    if not force:
+        raise FileExistsError(errno.EEXIST, f"{out!r} holds a packed layout; refusing to overwrite it "
                                             f"(choose another OUT, or force=True / --force to replace it)", out)
 
 
@@ -86,16 +106,18 @@ def write_packed(population: Population, out, *, source=None, force: bool = Fals
 
     ``source``: the file or folder it was read from (recorded in ``meta.json``), or None. Each array is
     written from the population's own buffer (no copy of the rows is made). ``out`` must not exist or be
-    an empty folder, unless ``force`` (then it is replaced once the new layout is complete).
+    an empty folder, or, with ``force``, a packed layout (replaced once the new one is complete): see
+    :func:`check_out`.
 
     Raises:
-      FileExistsError: ``out`` holds files and ``force`` is False.
-      ValueError: ``out`` is a file, or ``population`` is procedural (it has no rows to write).
+      FileExistsError: ``out`` holds a packed layout and ``force`` is False.
+      ValueError: ``out`` is a file or holds other files (:func:`check_out`), or ``population`` is procedural
+        (it has no rows to write).
     """
     if not hasattr(population, "x"):
         raise ValueError("a procedural population generates its rows inside the round: there are no rows to pack")
     out = os.path.abspath(os.fspath(out))
-    _refuse_existing(out, force)
+    check_out(out, force)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out)}.packing-{os.getpid()}")
@@ -122,7 +144,7 @@ def write_packed(population: Population, out, *, source=None, force: bool = Fals
         with open(os.path.join(tmp, META), "w") as fh:
             json.dump(meta, fh, indent=1, allow_nan=False)
             fh.write("\n")
-        _refuse_existing(out, force)  # again: something may have appeared while the rows were written
+        check_out(out, force)  # again: something may have appeared while the rows were written
         if os.path.isdir(out) and os.listdir(out):
             old = f"{tmp}.old"
             os.rename(out, old)
