@@ -128,14 +128,19 @@ def test_damaged_params_and_unwritable_out_are_refused_before_any_work(run_dir, 
     afile.write_text("x")
     cases = [([str(truncated)], f"{truncated / 'final_params.msgpack'}: cannot read"),
              ([str(run_dir), "--out", str(afile / "q.msgpack")], f"--out '{afile / 'q.msgpack'}' cannot be created"),
-             ([str(run_dir), "--out", str(tmp_path)], "is a folder")]
+             ([str(run_dir), "--out", str(tmp_path)], "is a folder"),
+             # a run's own files are never replaced; another existing file only with --overwrite (both were
+             # overwritten silently: a summary.json replaced by msgpack broke the run folder)
+             ([str(run_dir), "--out", str(run_dir / "summary.json"), "--overwrite"],
+              f"--out '{run_dir / 'summary.json'}' is a run's own summary.json"),
+             ([str(run_dir), "--out", str(afile)], f"--out '{afile}' exists; add --overwrite")]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             main(["quantize", *argv])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "error:" in err and message in err and "Traceback" not in err
-    assert not (truncated / "quantized_full.msgpack").exists()
+    assert not (truncated / "quantized_full.msgpack").exists() and afile.read_text() == "x"
 
 
 def test_params_of_another_run_are_refused_naming_the_shapes(run_dir, odd_run, tmp_path, capsys):

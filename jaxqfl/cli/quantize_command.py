@@ -49,13 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-client", type=_positive_int, default=64, help="rows each calibration client uses")
     p.add_argument("--adjust", type=_adjust, default=(), help="comma-separated: bias, equalize, adaround (default none)")
     p.add_argument("--adaround-steps", type=_positive_int, default=300)
-    p.add_argument("--out", default=None, help="integer model file (default RUN_DIR/quantized_<policy>.msgpack)")
+    p.add_argument("--out", default=None, help="integer model file (default RUN_DIR/quantized_<policy>.msgpack, "
+                                                "replaced when it exists; another existing file needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never a run's own files)")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad input before JAX starts: exit code 2 with a message, no traceback."""
     from jaxqfl import saved_run
-    from jaxqfl.experiment.outputs import OutputError, check_output_file
+    from jaxqfl.experiment.outputs import RUN_FILES, OutputError, check_output_file
     from jaxqfl.data.build import DEFAULT_TASK
 
     if args.policy not in POLICIES:
@@ -82,12 +84,18 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if cfg.get("num_clients") is not None and args.calibration_clients > int(cfg["num_clients"]):
         parser.error(f"--calibration-clients {args.calibration_clients} exceeds the run's {cfg['num_clients']} clients")
     args.params = _read_params(parser, run / "final_params.msgpack")
-    if args.out is None:
+    default_out = args.out is None
+    if default_out:
         args.out = str(run / f"quantized_{args.policy}.msgpack")
     try:
         check_output_file(args.out)
     except OutputError as e:
         parser.error(str(e))
+    out = pathlib.Path(args.out)
+    if out.name in RUN_FILES and (out.parent / "summary.json").is_file():
+        parser.error(f"--out {args.out!r} is a run's own {out.name}; write the integer model elsewhere")
+    if out.exists() and not default_out and not args.overwrite:
+        parser.error(f"--out {args.out!r} exists; add --overwrite to replace it, or choose another file")
 
 
 def _read_params(parser, path: pathlib.Path) -> dict:
