@@ -93,11 +93,18 @@ def test_overwrite_of_a_sweep_folder_by_a_single_run_leaves_only_the_new_run(div
     out = tmp_path / "o"
     shutil.copytree(sweep_out, out)
     (out / "notes.txt").write_text("mine")  # not a run's file: kept
+    config = next(p for p in out.iterdir() if p.name.startswith("client_lr="))
+    (config / "mine.txt").write_text("mine")  # a file of the user's in a config folder, and in checkpoints/: kept
+    (out / "checkpoints" / "mine").mkdir()
+    (out / "checkpoints" / "mine" / "data.txt").write_text("mine")
     assert main(["run", *TINY, "--rounds", "2", "--eval-every", "2", "--chunk-size", "2", "--out", str(out),
                  "--overwrite"]) == 0
     left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert left == ["checkpoints", "config.toml", "final_params.msgpack", "metrics.jsonl", "notes.txt",
+    assert left == ["checkpoints", config.name, "config.toml", "final_params.msgpack", "metrics.jsonl", "notes.txt",
                     "summary.json"]
+    assert sorted(p.name for p in config.iterdir()) == ["mine.txt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "mine"]
+    assert (out / "checkpoints" / "mine" / "data.txt").read_text() == "mine"
 
 
 def test_each_sweep_config_is_the_single_run_of_its_seed_and_data_seed(diverged_sweep, tmp_path):
@@ -146,10 +153,11 @@ def test_what_a_sweep_does_not_do_is_refused(tmp_path, capsys, flags, message):
 
 def test_a_sweep_too_large_for_memory_is_refused_with_an_estimate(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--rounds", "2", "--seeds", "0-2000000", "--out", str(tmp_path / "o")])
+        main(["run", "--rounds", "2", "--seeds", "0-9999", "--model", "mlp", "--hidden", "2048,2048",
+              "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.splitlines()[-1]
-    assert "2,000,001 configs" in err and "fewer configs" in err and "--stream" not in err, err
+    assert "10,000 configs" in err and "fewer configs" in err and "--stream" not in err, err
     assert not (tmp_path / "o").exists()
 
 

@@ -129,8 +129,8 @@ def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) ->
     """Create (or check) the output folder and return it; raises ``OutputError`` with what to do.
 
     ``out=None``: a fresh folder under ``runs/``. An existing non-empty ``out`` is
-    refused unless ``overwrite``, which removes a previous run's files
-    (``RUN_FILES``) and nothing else.
+    refused unless ``overwrite``, which removes a previous run's files and nothing else
+    (:func:`remove_run_files`).
     """
     if out is None:
         try:
@@ -157,12 +157,37 @@ def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) ->
         if not overwrite:
             raise OutputError(f"--out {out!r} exists and is not empty; add --overwrite to replace the run in it, "
                               f"--resume {out} to continue it, or choose another folder")
-        for target in [path / name for name in RUN_FILES] + [p for p in path.iterdir() if is_config_folder(p)]:
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_run_files(path)
     return path
+
+
+def _written_by_a_run(folder: str, name: str) -> bool:
+    """Whether ``name`` inside the run's sub-folder ``folder`` is what a run writes there: orbax's round folders
+    (``12``, and their temporary names while written), round folders set aside (``12-20261206-101500``), event
+    files."""
+    if folder in ("checkpoints", "damaged-checkpoints"):
+        step = name.split(".", 1)[0].split("-", 1)[0]
+        return step.isdigit()
+    return folder == "tensorboard" and name.startswith("events.out.tfevents")
+
+
+def remove_run_files(path: pathlib.Path) -> None:
+    """Remove from ``path`` the files a run writes there (``RUN_FILES``, the contents of its sub-folders, a sweep's
+    config folders), and nothing else: a file of the user's in one of those sub-folders stays, with the folder."""
+    for name in RUN_FILES:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            for entry in target.iterdir():
+                if _written_by_a_run(name, entry.name):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if not any(target.iterdir()):
+                target.rmdir()
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    for config in [p for p in path.iterdir() if is_config_folder(p)]:
+        remove_run_files(config)
+        if not any(config.iterdir()):
+            config.rmdir()
 
 
 def write_json(path: pathlib.Path, obj) -> None:
