@@ -117,6 +117,29 @@ def test_cli_refuses_unknown_workloads_and_missing_mnist(tmp_path):
     assert args.workloads == ["tiny", "mlp"] and args.chunk_size == 4
 
 
+def test_cli_refuses_what_would_fail_after_the_benchmark_ran(tmp_path, capsys):
+    """A folder in --name, a file as --out, results already in OUT, a negative seed: each refused before any
+    work (each ended in a traceback once the whole benchmark had run, or overwrote the last results)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "bench.md").write_text("earlier results")
+    cases = [(["--name", "a/b"], "--name 'a/b': a file name stem"), (["--name", ""], "--name '': a file name stem"),
+             (["--out", str(afile)], "is a file; the results go into a folder"),
+             (["--out", str(done)], "already holds bench.md; choose another --out or --name")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            validate(parser, parser.parse_args(argv))
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seed", "-1"])
+    assert "expected a non-negative integer, got '-1'" in capsys.readouterr().err
+    assert (done / "bench.md").read_text() == "earlier results"
+
+
 def test_zoo_forward_flops_equal_the_layer_formulas():
     """Matmul/conv FLOPs of one example, counted from each layer's sizes (2 x multiply-adds)."""
     from jaxqfl.bench.cost import forward_flops_per_example

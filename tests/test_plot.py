@@ -114,3 +114,22 @@ def test_per_client_metrics_get_a_mean_line_with_a_percentile_band(tmp_path):
     ys = band[0].get_paths()[0].vertices[:, 1]
     assert min(ys) == pytest.approx(0.5) and max(ys) == pytest.approx(0.9)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]\n", "line 1 is not a jaxqfl record (a JSON object with a round)"),  # a TypeError traceback
+    ('{"round": 1}\n{"foo": 1}\n', "line 2 is not a jaxqfl record"),  # a KeyError traceback
+    ('{"round": 1}\nnot json\n', "line 2 is not JSON"),  # named neither the file nor the line
+    ("", "holds no records: the run evaluated nothing yet"),  # an empty figure, exit 0
+])
+def test_plot_names_the_line_of_a_malformed_metrics_file(tmp_path, capsys, content, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(content)
+    assert main(["plot", str(run), "--out", str(tmp_path / "fig.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "metrics.jsonl" in err and "Traceback" not in err, err
+    assert not (tmp_path / "fig.png").exists()
+    with pytest.raises(SystemExit):
+        main(["plot", str(run), "--out", str(tmp_path / "fig.png"), "--dpi", "100000"])  # bad_alloc in matplotlib
+    assert "expected an integer from 10 to 1200, got '100000'" in capsys.readouterr().err

@@ -27,6 +27,7 @@ import pathlib
 
 from jaxqfl.cli.argtypes import chunk_size as _chunk_size
 from jaxqfl.cli.argtypes import on_off as _on_off
+from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_int as _positive_int
 
 DEFAULT_OUT_PREFIX = pathlib.Path("runs") / "bench-"  # + time: a fresh folder, never inside the source tree
@@ -65,17 +66,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mnist-path", default=None, help="mnist.npz for the cnn workload (default: shared/data/mnist)")
     p.add_argument("--fortunes-path", default=None,
                    help="folder of *.txt files for the lstm and transformer workloads (default: shared/data/fortunes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad flag combinations before any work."""
     if args.chunk_sweep and args.chunk_size is not None:
         parser.error(f"--chunk-sweep times the tuner's candidates; it takes no --chunk-size (got {args.chunk_size})")
+    name = args.name
+    if not name or name != pathlib.Path(name).name or name.startswith("."):
+        parser.error(f"--name {name!r}: a file name stem (no folder, not empty, not hidden); the results are "
+                     f"OUT/NAME.json and OUT/NAME.md")
     if args.out is None:
         import time
 
         args.out = f"{DEFAULT_OUT_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    from jaxqfl.experiment.outputs import OutputError, check_output_file
+
+    if pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
+        parser.error(f"--out {args.out!r} is a file; the results go into a folder")
+    stems = [name] + ([f"{name}-sweep"] if args.chunk_sweep else [])
+    for path in (pathlib.Path(args.out) / f"{stem}.{ext}" for stem in stems for ext in ("json", "md")):
+        if path.exists():
+            parser.error(f"--out {args.out!r} already holds {path.name}; choose another --out or --name (results "
+                         f"are never overwritten)")
+        try:
+            check_output_file(str(path), "--out")
+        except OutputError as e:
+            parser.error(str(e))
     if "cnn" in args.workloads:
         from jaxqfl.bench.workloads import DEFAULT_MNIST
 

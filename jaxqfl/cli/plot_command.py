@@ -39,13 +39,42 @@ LABEL_KEYS = ("uplink", "downlink", "quant", "server_opt", "client_lr", "server_
               "cohort_size", "num_clients", "local_steps", "local_epochs", "batch_size", "seed", "dataset")
 
 
+def _dpi(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or not 10 <= v <= 1200:
+        raise argparse.ArgumentTypeError(f"expected an integer from 10 to 1200, got {text!r}")
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run folders (each with metrics.jsonl) or sweep folders (with sweep.json: the mean over "
                         "seeds with a band)")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
     p.add_argument("--title", default=None)
-    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--dpi", type=_dpi, default=100, help="dots per inch, 10 to 1200 (default: %(default)s)")
+
+
+def _records(metrics: pathlib.Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``: JSON objects with a ``round``; ``ValueError`` naming the file and
+    line of anything else, and for a file with none (nothing to draw)."""
+    records = []
+    for n, line in enumerate(metrics.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{str(metrics)!r} line {n} is not JSON ({e})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("round"), int):
+            raise ValueError(f"{str(metrics)!r} line {n} is not a jaxqfl record (a JSON object with a round)")
+        records.append(rec)
+    if not records:
+        raise ValueError(f"{str(metrics)!r} holds no records: the run evaluated nothing yet")
+    return records
 
 
 def _load(run: str) -> tuple[list[dict], dict]:
@@ -53,7 +82,7 @@ def _load(run: str) -> tuple[list[dict], dict]:
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise ValueError(f"{run!r} has no metrics.jsonl: is it a jaxqfl run folder?")
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = _records(metrics)
     config = {}
     if (path / "config.toml").is_file():
         from jaxqfl.cli.config_file import read_toml
