@@ -4,7 +4,7 @@ The public API::
 
     jaxqfl.Experiment          every setting of a run, typed (``Experiment.of``, ``.replace``, ``.validate``,
                                ``.from_toml`` / ``.to_toml``)
-    jaxqfl.run(experiment)     what ``jaxqfl run`` does, from Python (``RunOutcome``: folder, status, summary)
+    jaxqfl.run(experiment)     what ``jaxqfl run`` does, from Python (``RunOutcome``: out, status, summary)
     jaxqfl.resume(out)         ``jaxqfl run --resume OUT``: a stopped run continued from its newest checkpoint
     jaxqfl.ExperimentError     every refusal of a setting or a combination
     jaxqfl.load_final_model    a run folder's final model
