@@ -30,7 +30,8 @@ def run_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_quantize_writes_an_integer_model_equal_to_the_pipeline(run_dir, capsys):
     out = run_dir / "int.msgpack"
-    rc = main(["quantize", str(run_dir), "--policy", "w4a8", "--calibrate", "percentile", "--calibration-clients", "3",
+    rc = main(["quantize", str(run_dir), "--policy", "W4A8",  # names are case-insensitive, as --quant
+               "--calibrate", "percentile", "--calibration-clients", "3",
                "--adjust", "bias,equalize", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out

@@ -300,3 +300,22 @@ def test_a_kmeans_run_stops_on_sigterm_and_keeps_its_centroids(tmp_path):
 
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert cfg["dataset"] == "gaussian-mixture" and cfg["rounds"] == 100000 and cfg["components"] == 4
+
+
+def test_a_sweep_config_folder_points_to_its_sweep_for_resume_and_for_its_model(diverged_sweep, tmp_path):
+    """--resume of one config of a sweep said 'stopped before its first checkpoint; start it again' (the sweep's
+    checkpoints are its parent's); load_final_model of the sweep folder, or of a damaged file, named neither."""
+    import jaxqfl
+    from jaxqfl.experiment.run_folder import readable_meta
+    from jaxqfl.value_kinds import ExperimentError
+
+    _, sweep_out = diverged_sweep
+    config = sweep_out / "client_lr=0.05,seed=1,server_lr=1.0"
+    with pytest.raises(ExperimentError, match=f"is one config of the sweep in '{sweep_out}': a sweep resumes whole"):
+        readable_meta(config / "checkpoints", str(config))
+    with pytest.raises(FileNotFoundError, match=r"a sweep keeps one model per config, in its config folders"):
+        jaxqfl.load_final_model(sweep_out)
+    damaged = tmp_path / "final_params.msgpack"
+    damaged.write_bytes((config / "final_params.msgpack").read_bytes()[:50])
+    with pytest.raises(ValueError, match=f"'{damaged}' is not a readable params file"):
+        jaxqfl.load_final_model(damaged)

@@ -60,6 +60,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from jaxqfl.experiment.outputs import RUN_FILES, OutputError, check_output_file
     from jaxqfl.data.build import DEFAULT_TASK
 
+    args.policy = args.policy.lower()  # as run's --quant: names are case-insensitive
     if args.policy not in POLICIES:
         parser.error(f"--policy {args.policy!r}: integer inference supports {', '.join(POLICIES)}")
     run = pathlib.Path(args.run_dir)

@@ -225,5 +225,15 @@ def load_final_model(run_dir):
     path = pathlib.Path(run_dir)
     path = path / FINAL_PARAMS if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"no {FINAL_PARAMS} in {run_dir}: is it a jaxqfl run folder?")
-    return load_params(path)
+        sweep = (path.parent / "sweep.json").is_file()
+        raise FileNotFoundError(f"no {FINAL_PARAMS} in {run_dir}: " + (
+            "a sweep keeps one model per config, in its config folders (e.g. seed=0/)" if sweep
+            else "is it a jaxqfl run folder?"))
+    try:
+        params = load_params(path)
+    except Exception as e:  # msgpack's and flax's errors for a truncated or foreign file
+        raise ValueError(f"{str(path)!r} is not a readable params file ({type(e).__name__}: {e}); a run writes "
+                         f"it as {FINAL_PARAMS}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{str(path)!r} holds a {type(params).__name__}, not a model's params")
+    return params

@@ -78,6 +78,10 @@ def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
     from jaxqfl.engine import checkpoint
 
     rounds = checkpoint.all_rounds(ckpt)
+    if not rounds and (pathlib.Path(resume).parent / "sweep.json").is_file():
+        raise ExperimentError(f"--resume {resume!r} is one config of the sweep in "
+                              f"{str(pathlib.Path(resume).parent)!r}: a sweep resumes whole, --resume "
+                              f"{pathlib.Path(resume).parent}")
     if not rounds and not (pathlib.Path(resume) / "config.toml").is_file():
         raise ExperimentError(f"--resume {resume!r}: not a run's folder (it holds no config.toml and no "
                               f"checkpoints/); --resume takes the folder of a run (its --out)")
