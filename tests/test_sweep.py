@@ -122,3 +122,17 @@ def test_cli_sweep_writes_one_folder_per_config_and_the_mean_over_seeds(tmp_path
                    .read_text().splitlines()) == 2
     losses = [r["test_loss_mean"] for r in report["by_hyperparameters"]]
     assert losses[0] != losses[1]  # the two learning rates trained differently
+
+
+def test_the_spread_of_one_seed_is_undefined_not_zero():
+    """The sample std (ddof=1) of one value is undefined: null in sweep.json and no '± 0.0000' in sweep.md, which
+    read as 'no spread between seeds'; two seeds keep theirs."""
+    from jaxqfl.experiment.sweep_runner import markdown, summarize
+
+    configs = [{"client_lr": 0.1, "seed": 0}, {"client_lr": 0.2, "seed": 0}, {"client_lr": 0.2, "seed": 1}]
+    finals = [{"test_accuracy": 0.5}, {"test_accuracy": 0.6}, {"test_accuracy": 0.7}]
+    one, two = summarize(configs, finals)
+    assert one["test_accuracy_mean"] == 0.5 and one["test_accuracy_std"] is None
+    assert two["test_accuracy_std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    table = markdown([one, two], ["client_lr"]).splitlines()
+    assert table[2].endswith("| 0.5000 |") and "±" not in table[2] and "0.6500 ± 0.0707" in table[3]

@@ -109,7 +109,8 @@ def summarize(configs: list[dict], finals: list[dict], diverged: list[bool] | No
             values = [v for v in values if v is not None and math.isfinite(v)]
             if len(values) == len(members) and values:
                 row[f"{name}_mean"] = float(np.mean(values))
-                row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                # the sample std (ddof=1): undefined for one seed, null there (0.0 read as "no spread")
+                row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
         rows.append(row)
     return rows
 
@@ -123,7 +124,8 @@ def markdown(rows: list[dict], names: list[str]) -> str:
         cells = [value_text(r[n]) for n in names] + [str(len(r["seeds"]))]
         cells += [f"{r['uplink_bits_mean']:.4g}"] if bits else []
         missing = f"diverged ({len(r['diverged_seeds'])} of {len(r['seeds'])})" if r.get("diverged_seeds") else "n/a"
-        cells += [f"{r[m + '_mean']:.4f} ± {r[m + '_std']:.4f}" if f"{m}_mean" in r else missing for m in metrics]
+        cells += [(f"{r[m + '_mean']:.4f}" + ("" if r[m + "_std"] is None else f" ± {r[m + '_std']:.4f}"))
+                  if f"{m}_mean" in r else missing for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
