@@ -129,7 +129,8 @@ def test_cli_refuses_what_would_fail_after_the_benchmark_ran(tmp_path, capsys):
     (done / "bench.md").write_text("earlier results")
     cases = [(["--name", "a/b"], "--name 'a/b': a file name stem"), (["--name", ""], "--name '': a file name stem"),
              (["--out", str(afile)], "is a file; the results go into a folder"),
-             (["--out", str(done)], "already holds bench.md; choose another --out or --name")]
+             (["--out", str(done)], "already holds bench.md; choose another --out or --name"),
+             (["--autotune", "off", "--chunk-size", "4"], "--chunk-size 4 leaves none to choose")]  # was ignored
     for argv, message in cases:
         with pytest.raises(SystemExit):
             validate(parser, parser.parse_args(argv))

@@ -319,3 +319,23 @@ def test_a_sweep_config_folder_points_to_its_sweep_for_resume_and_for_its_model(
     damaged.write_bytes((config / "final_params.msgpack").read_bytes()[:50])
     with pytest.raises(ValueError, match=f"'{damaged}' is not a readable params file"):
         jaxqfl.load_final_model(damaged)
+
+
+def test_resume_of_a_run_still_going_says_so_and_resume_with_overwrite_is_refused(diverged_sweep, capsys):
+    """A run still going (its lock held; maybe no checkpoint yet) was told 'start it again'; --overwrite beside
+    --resume was ignored."""
+    import fcntl
+    import os
+
+    _, sweep_out = diverged_sweep
+    fd = os.open(sweep_out / ".jaxqfl.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: as another process's lock
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--resume", str(sweep_out)])
+        assert exc.value.code == 2 and "is in use by another jaxqfl run" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--resume", str(sweep_out), "--overwrite"])
+    assert exc.value.code == 2 and "--overwrite would start a new one over it" in capsys.readouterr().err

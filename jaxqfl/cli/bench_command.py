@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="bench", help="file name stem of the results (default: %(default)s)")
     p.add_argument("--chunk-size", type=_chunk_size, default=None,
                    help="clients per vmap: 'auto' (default: tuned by measurement, see --autotune) or an integer")
-    p.add_argument("--autotune", type=_on_off, default=True, metavar="{on,off}",
+    p.add_argument("--autotune", type=_on_off, default=None, metavar="{on,off}",
                    help="with --chunk-size auto, measure candidate chunk sizes (default: on); off: the cost model")
     p.add_argument("--chunk-sweep", action="store_true",
                    help="time every candidate chunk size of each workload and the tuner's pick (NAME-sweep.json/md)")
@@ -73,6 +73,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad flag combinations before any work."""
     if args.chunk_sweep and args.chunk_size is not None:
         parser.error(f"--chunk-sweep times the tuner's candidates; it takes no --chunk-size (got {args.chunk_size})")
+    if args.autotune is not None and args.chunk_size is not None:
+        parser.error(f"--autotune chooses the chunk size of --chunk-size auto; --chunk-size {args.chunk_size} leaves "
+                     f"none to choose: drop one of them")
+    args.autotune = True if args.autotune is None else args.autotune
     name = args.name
     if not name or name != pathlib.Path(name).name or name.startswith("."):
         parser.error(f"--name {name!r}: a file name stem (no folder, not empty, not hidden); the results are "

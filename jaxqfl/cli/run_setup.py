@@ -22,11 +22,20 @@ def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_a
         if args.out is not None and pathlib.Path(args.out) != pathlib.Path(args.resume):
             raise config_file.ConfigError(f"--resume {args.resume} continues the run in that folder; "
                                           f"--out {args.out} cannot move it")
+        if getattr(args, "overwrite", False):
+            raise config_file.ConfigError(f"--resume {args.resume} continues the run in that folder; --overwrite "
+                                          f"would start a new one over it: give one of them")
         ckpt = checkpoint_dir(args.resume)
         if not pathlib.Path(args.resume).is_dir():
             what = "is a file" if pathlib.Path(args.resume).exists() else "no such folder"
             raise config_file.ConfigError(f"--resume {args.resume!r}: {what}; --resume takes the folder of a run "
                                           f"(its --out)")
+        from jaxqfl.experiment import outputs
+
+        try:  # a run still going in it: say so (its checkpoints may not exist yet); released when the command ends
+            outputs.lock_folder(pathlib.Path(args.resume), "--resume")
+        except outputs.OutputError as e:
+            raise config_file.ConfigError(str(e)) from None
         step, meta = readable_meta(ckpt, args.resume)
         args._resume_meta = meta
         args._resume_step = step
