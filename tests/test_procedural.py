@@ -67,6 +67,22 @@ def test_the_user_generator_gets_the_clients_own_key():
                       max_count=5)
 
 
+@pytest.mark.parametrize("generate, message", [
+    (lambda c, k: (jnp.full((4, 2), jnp.nan), jnp.zeros(4, jnp.int32), 3), r"non-finite features \(NaN or Inf\): test row 0"),
+    (lambda c, k: (jnp.zeros((4, 2)), jnp.full(4, 99, jnp.int32), 3), r"label 99 \(test row 0\), outside the 3 classes"),
+    (lambda c, k: (jnp.zeros((4, 2)), jnp.full(4, -1, jnp.int32), 3), r"label -1 \(test row 0\)"),
+    (lambda c, k: (jnp.zeros((4, 2)), jax.random.uniform(k, (4,)) * 2.7, 3), "integer class labels y .* float32"),
+    (lambda c, k: (None, jnp.zeros(4, jnp.int32), 3), r"must return \(x \(4, 2\), y \(4,\), count \(\)\)"),
+    (5, "generate must be a function"),
+])
+def test_a_generator_of_bad_rows_is_refused_before_anything_trains(generate, message):
+    """Bad labels, float labels or NaN features ran silently (NaN loss, or accuracy 1.0 with a NaN loss): the test
+    clients, drawn eagerly by the same generator when the population is built for a run, are checked."""
+    with pytest.raises(ValueError, match=message):
+        pop = from_function(generate, 10, 0, feature_shape=(2,), num_classes=3, max_count=4, test_clients=2)
+        pop.x_test
+
+
 def test_synthetic_generator_follows_its_stated_law():
     """Per client, from the stated slices of one normal draw (NumPy from the docstring's formulas): the rows,
     labels argmax(x W + b) and counts; the within-client feature variance j^-1.2; the spread of feature means."""

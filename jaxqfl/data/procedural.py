@@ -102,12 +102,18 @@ class ProceduralPopulation:
         if self.task not in ("classification", "regression"):
             raise ValueError(f"a procedural population's task must be 'classification' or 'regression', "
                              f"got {self.task!r}")
+        if not callable(self.generate):
+            raise ValueError(f"generate must be a function (client_id, key) -> (x, y, count), got {self.generate!r}")
         out = jax.eval_shape(self.generate, jnp.int32(0), jax.random.key(0))
         want = ((self.max_count,) + self.feature_shape, (self.max_count,), ())
-        got = tuple(tuple(a.shape) for a in out) if isinstance(out, tuple) and len(out) == 3 else None
+        arrays = isinstance(out, tuple) and len(out) == 3 and all(hasattr(a, "shape") for a in out)
+        got = tuple(tuple(a.shape) for a in out) if arrays else None
         if got != want:
             raise ValueError(f"generate(client_id, key) must return (x {want[0]}, y {want[1]}, count ()), "
                              f"got {got if got is not None else out}")
+        if self.num_classes > 0 and not jnp.issubdtype(out[1].dtype, jnp.integer):
+            raise ValueError(f"generate(client_id, key) must return integer class labels y for a population of "
+                             f"{self.num_classes} classes, got dtype {out[1].dtype} (it would be truncated)")
 
     @property
     def is_classification(self) -> bool:
@@ -154,6 +160,7 @@ class ProceduralPopulation:
         if cached is None:
             ids = np.arange(self.num_clients, self.num_clients + self.test_clients, dtype=np.int32)
             cached = self._eager(ids)[:2]
+            _check_rows(cached[0], cached[1], self.num_classes)
             object.__setattr__(self, "_test", cached)
         return cached
 
@@ -166,6 +173,22 @@ class ProceduralPopulation:
         return Population(x=x, y=y, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32),
                           counts=counts, x_test=self.x_test, y_test=self.y_test, num_classes=self.num_classes,
                           name=self.name, task=self.task)
+
+
+def _check_rows(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    """Refuse the test clients' rows (drawn by the same ``generate`` as the training clients') when they hold a
+    non-finite feature or a label outside ``[0, num_classes)``: a run on them reports NaN, or a wrong accuracy."""
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        raise ValueError(f"generate(client_id, key) returned non-finite features (NaN or Inf): test row {int(bad[0])} "
+                         f"({bad.size} of {len(x)} rows)")
+    if num_classes > 0:
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
+        if bad.size:
+            raise ValueError(f"generate(client_id, key) returned label {int(y[bad[0]])} (test row {int(bad[0])}), "
+                             f"outside the {num_classes} classes [0, {num_classes})")
+    elif not np.isfinite(y).all():
+        raise ValueError("generate(client_id, key) returned non-finite regression targets (NaN or Inf)")
 
 
 def from_function(generate: Callable, num_clients: int, seed: int, *, feature_shape, num_classes: int,
