@@ -279,3 +279,12 @@ def test_a_sweep_past_ten_thousand_configs_is_refused_before_anything_is_built(c
         main(["run", "--seeds", "0-999", "--client-lr", lrs, "--print-config"])
     assert e.value.code == 2
     assert "a sweep of 11,000 configs (11 x 1000 seeds); a sweep runs at most 10,000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, where", [("out", "jaxqfl.run(experiment, out=...)"),
+                                         ("resume", "jaxqfl.resume(folder)"),
+                                         ("no_progress", "jaxqfl.run(experiment, progress=False)")])
+def test_an_invocation_flag_given_to_the_experiment_says_where_it_goes(name, where):
+    """Experiment.of(out=...) answered "did you mean dropout?"."""
+    with pytest.raises(InvalidValue, match=re.escape(f"{name!r} belongs to a run, not to the experiment: {where}")):
+        Experiment.of(**{name: "x"})

@@ -132,8 +132,16 @@ _BY_DEST.update({fname: (sname, fname) for sname, fname, info in _SETTINGS  # a 
                  if fname not in _BY_DEST and _FIELD_NAMES.count(fname) == 1})
 
 
+#: Flags of an invocation, not of an experiment: where each goes in Python.
+_INVOCATION = {"out": "jaxqfl.run(experiment, out=...)", "overwrite": "jaxqfl.run(experiment, overwrite=True)",
+               "resume": "jaxqfl.resume(folder)", "no_progress": "jaxqfl.run(experiment, progress=False)",
+               "log": "jaxqfl.run(experiment, log=...)"}
+
+
 def _locate(name: str) -> tuple[str, str]:
     key = name.replace("-", "_")
+    if key in _INVOCATION and key not in _BY_DEST:
+        raise InvalidValue(f"{name!r} belongs to a run, not to the experiment: {_INVOCATION[key]}")
     if key not in _BY_DEST:
         close = difflib.get_close_matches(key, [i.dest for _, _, i in _SETTINGS], n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
