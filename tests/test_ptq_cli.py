@@ -140,7 +140,7 @@ def test_damaged_params_and_unwritable_out_are_refused_before_any_work(run_dir, 
             main(["quantize", *argv])
         assert e.value.code == 2
         err = capsys.readouterr().err
-        assert "error:" in err and message in err and "Traceback" not in err
+        assert "jaxqfl quantize: error:" in err and message in err and "Traceback" not in err  # its own usage
     assert not (truncated / "quantized_full.msgpack").exists() and afile.read_text() == "x"
 
 

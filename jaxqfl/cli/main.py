@@ -36,15 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     plot_command.add_arguments(sub.add_parser("plot", help="plot runs' accuracy and loss",
                                               description=plot_command.__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    quantize_command.add_arguments(sub.add_parser("quantize", help="post-training quantization of a run's model",
-                                                  description=quantize_command.__doc__,
-                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.quantize_parser = sub.add_parser("quantize", help="post-training quantization of a run's model",
+                                            description=quantize_command.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    quantize_command.add_arguments(parser.quantize_parser)
     data_parser = sub.add_parser("data", help="prepare datasets on disk (pack)", description=data_command.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     data_command.add_arguments(data_parser)
     parser.data_parser = data_parser
-    bench_command.add_arguments(sub.add_parser("bench", help="speed benchmarks", description=bench_command.__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.bench_parser = sub.add_parser("bench", help="speed benchmarks", description=bench_command.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_command.add_arguments(parser.bench_parser)
     return parser
 
 
@@ -130,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         return plot_command.main(args)
     if args.command == "quantize":
         _force_cpu_devices(None)  # before validate(), which imports flax (and so JAX) to read the params
-        quantize_command.validate(parser, args)
+        quantize_command.validate(parser.quantize_parser, args)  # refusals: the subcommand's usage
         return quantize_command.main(args)
     if args.command == "data":
         data_command.validate(parser.data_parser, args)
         return data_command.main(args)
     if args.command == "bench":
         _force_cpu_devices(getattr(args, "devices", None))
-        bench_command.validate(parser, args)
+        bench_command.validate(parser.bench_parser, args)
         return bench_command.main(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
