@@ -62,6 +62,19 @@ MAX_SEED = 2**32 - 1
 MAX_SWEEP_CONFIGS = 10_000
 
 
+#: The most rounds a run takes: its state counts them in an int32 (and derives each round's keys from it).
+MAX_ROUNDS = 2**31 - 1
+
+
+def round_count(text: str) -> int:
+    """A positive integer of at most ``MAX_ROUNDS``."""
+    v = positive_int(text)
+    if v > MAX_ROUNDS:
+        raise InvalidValue(f"expected a positive integer of at most {MAX_ROUNDS} (a run counts its rounds in 32 "
+                           f"bits), got {text!r}")
+    return v
+
+
 def seed(text: str) -> int:
     """An integer in [0, ``MAX_SEED``]."""
     v = nonneg_int(text)

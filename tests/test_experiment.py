@@ -74,6 +74,8 @@ def test_toml_round_trips_every_kind_of_setting(tmp_path):
     ("client_lr", 1e300, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got 1e+300"),  # finite in float64, infinite in the programs' float32
     ("rounds", 0, "expected a positive integer, got '0'"),
     ("rounds", 10**20, "expected a positive integer of at most 9223372036854775807 (64 bits), got '100000000000000000000'"),
+    ("rounds", 2**31, "expected a positive integer of at most 2147483647 (a run counts its rounds in 32 bits)"),
+    ("eval_every", 10**20, "expected a positive integer of at most 9223372036854775807 (64 bits)"),
     ("local_steps", "1,,2", "expected positive integers separated by commas, none empty, got '1,,2'"),
     ("dropout", 1.0, "--dropout must be in [0, 1), got '1.0'"),
     ("dataset", "imagenet", "is not one of synthetic"),

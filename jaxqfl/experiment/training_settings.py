@@ -24,7 +24,7 @@ class Training(Section):
     section_name = "training"
 
     cohort_size: int | None = setting(None, v.positive_int, help='clients per round')
-    rounds: int | None = setting(None, v.positive_int,
+    rounds: int | None = setting(None, v.round_count,
                 help="federated rounds (default: the dataset's, e.g. 300 for synthetic, 50 for mnist)")
     local_steps: int | tuple[int, ...] | None = setting(None, v.positive_ints,
                 help='local steps per round; a comma-separated list sweeps it (padded to the largest, masked)')
