@@ -125,7 +125,7 @@ def finite_float(text: str) -> float:
 def positive_finite(text: str) -> float:
     """A finite number > 0 (finite in float32; the systems settings' wording)."""
     return _number(text, lambda v: _finite(v) and v > 0, "{text!r} is not a number",
-                   f"must be a {_FINITE} > 0, got {{text!r}}")
+                   f"must be a finite number > 0 (at most {FLOAT32_MAX:.4g}: float32), got {{text!r}}")
 
 
 def fraction(lo_open: bool, hi_open: bool, what: str):
