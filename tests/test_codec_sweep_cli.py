@@ -10,6 +10,7 @@ SYNTH = ["--dataset", "synthetic", "--num-clients", "12", "--cohort-size", "4", 
          "--local-steps", "2", "--devices", "2", "--chunk-size", "2", "--no-progress"]
 
 
+@pytest.mark.slow  # 18 s; the engine's codec/preset sweep equals its single runs in test_sweep_variants
 def test_a_codec_and_preset_sweep_is_one_program_and_each_config_is_its_single_run(tmp_path):
     out = tmp_path / "sweep"
     argv = ["run", *SYNTH, "--uplink", "qsgd:2,qsgd:16,none", "--quant", "none,w8", "--seeds", "0-1"]
