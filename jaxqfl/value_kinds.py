@@ -66,22 +66,24 @@ MAX_SWEEP_CONFIGS = 10_000
 MAX_ROUNDS = 2**31 - 1
 
 
-def round_count(text: str) -> int:
-    """A positive integer of at most ``MAX_ROUNDS``."""
-    v = positive_int(text)
-    if v > MAX_ROUNDS:
-        raise InvalidValue(f"expected a positive integer of at most {MAX_ROUNDS} (a run counts its rounds in 32 "
-                           f"bits), got {text!r}")
-    return v
+def _at_most(kind, highest: int, refusal: str, doc: str, name: str):
+    """``kind``'s integer, refused past ``highest`` with ``refusal`` (formatted with the text given)."""
+
+    def parse(text: str) -> int:
+        v = kind(text)
+        if v > highest:
+            raise InvalidValue(refusal.format(text=text))
+        return v
+
+    parse.__doc__, parse.__name__ = doc, name
+    return parse
 
 
-def seed(text: str) -> int:
-    """An integer in [0, ``MAX_SEED``]."""
-    v = nonneg_int(text)
-    if v > MAX_SEED:
-        raise InvalidValue(f"expected a seed in [0, {MAX_SEED}] (a run's key holds 32 bits of it: larger seeds "
-                           f"would repeat smaller ones), got {text!r}")
-    return v
+round_count = _at_most(positive_int, MAX_ROUNDS, f"expected a positive integer of at most {MAX_ROUNDS} (a run "
+                       f"counts its rounds in 32 bits), got {{text!r}}",
+                       "A positive integer of at most ``MAX_ROUNDS``.", "round_count")
+seed = _at_most(nonneg_int, MAX_SEED, f"expected a seed in [0, {MAX_SEED}] (a run's key holds 32 bits of it: larger "
+                f"seeds would repeat smaller ones), got {{text!r}}", "An integer in [0, ``MAX_SEED``].", "seed")
 
 
 def _number(text, in_range, not_a_number: str | None, out_of_range: str) -> float:
