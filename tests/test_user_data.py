@@ -262,3 +262,16 @@ def test_the_cli_says_what_a_data_path_or_resume_folder_is_instead(tmp_path, cap
             main(["run", *flags, "--print-config"])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err, (flags, err)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_array_shapes_are_the_arrays_shapes(tmp_path, save):
+    """The memory check sizes an archive from its .npy headers (indexing it decompressed each array whole)."""
+    from jaxqfl.data.npz_archive import array_shapes
+
+    arrays = {"x_train": np.zeros((7, 28, 28), np.uint8), "x_test": np.ones((3, 28, 28), np.uint8),
+              "y": np.arange(5, dtype=np.int64)}
+    save(tmp_path / "a.npz", **arrays)
+    assert array_shapes(str(tmp_path / "a.npz"), tuple(arrays)) == {k: a.shape for k, a in arrays.items()}
+    with pytest.raises(KeyError):
+        array_shapes(str(tmp_path / "a.npz"), ("missing",))

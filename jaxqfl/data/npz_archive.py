@@ -28,3 +28,21 @@ def open_npz(path: str, keys: str) -> "np.lib.npyio.NpzFile":
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path!r} holds a single array (a .npy file), not an .npz archive with keys {keys}")
     return archive
+
+
+def array_shapes(path: str, keys: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """The shapes of the arrays ``keys`` of the archive at ``path``, from their ``.npy`` headers: nothing is read
+    or decompressed past them (indexing the archive would load each array whole). ``ValueError`` for a file that
+    :func:`open_npz` refuses; ``KeyError`` for a missing key."""
+    shapes = {}
+    with open_npz(path, ", ".join(keys)) as archive:
+        for key in keys:
+            with archive.zip.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shapes[key] = np.lib.format.read_array_header_1_0(f)[0]
+                elif version == (2, 0):
+                    shapes[key] = np.lib.format.read_array_header_2_0(f)[0]
+                else:  # a header version numpy reads only through the whole array
+                    shapes[key] = archive[key].shape
+    return shapes
