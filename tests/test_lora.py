@@ -313,3 +313,26 @@ def test_an_orbax_checkpoint_of_params_or_a_training_state_loads(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(ValueError, match="neither a jaxqfl run folder"):
         pretrained.load_pretrained(tmp_path / "junk", model, x)
+
+
+class _Widths(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.relu(nn.Dense(12)(x)))  # kernels 6 x 12 and 12 x 3
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 5, 6, 7, 12])
+def test_full_rank_kernels_are_those_whose_smaller_side_is_at_most_the_rank(rank):
+    """A kernel's adapter A B can reach every update of it exactly when r >= min(d_in, d_out); the listing is
+    checked against the kernels' own shapes in the base params, not the adapters'."""
+    model = models.from_flax(_Widths())
+    base = model.init(jax.random.key(0), jnp.zeros((1, D)))
+    adapted = lora.adapt(model, base, rank=rank)
+    shapes = {f"{layer}/kernel": base[layer]["kernel"].shape for layer in base}
+    expected = {p: s for p, s in shapes.items() if rank >= min(s)}
+    adapters = adapted.init(jax.random.key(1), jnp.zeros((1, D)))
+    assert lora.full_rank_kernels(adapters) == expected
+    assert lora.full_rank_kernels(jax.eval_shape(adapted.init, jax.random.key(1), jnp.zeros((1, D)))) == expected
+    for path in expected:  # such an adapter holds more numbers than its kernel
+        d_in, d_out = shapes[path]
+        assert rank * (d_in + d_out) > d_in * d_out

@@ -89,3 +89,13 @@ def test_pretrained_params_of_another_model_are_refused_before_training(tmp_path
     err = capsys.readouterr().err
     assert "do not fit the model" in err and "Dense_0/kernel (60, 32) vs the model's (60, 16)" in err
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
+
+
+def test_a_rank_past_a_kernels_smaller_side_is_warned_about_naming_the_kernel(tmp_path, capsys):
+    """--lora-rank 12 on the MLP's 60 x 16 and 16 x 10 kernels: the second (smaller side 10) is adapted at full
+    rank, the first is not; the run goes on (a warning, not a refusal)."""
+    assert main(["run", *COMMON, "--rounds", "1", "--out", str(tmp_path / "r"), "--lora-rank", "12"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --lora-rank 12" in err and "Dense_1/kernel (16 x 10)" in err and "Dense_0" not in err
+    assert main(["run", *COMMON, "--rounds", "1", "--out", str(tmp_path / "r4"), "--lora-rank", "4"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -19,6 +19,7 @@ from jaxqfl import choices
 
 import os
 import re
+import sys
 
 
 BASE_FORMATS = choices.BASE_FORMATS
@@ -70,6 +71,8 @@ def adapted(args: Settings, model, population):
     """The run's model: ``model`` started from ``--init-from``, or its LoRA model on that base."""
     if args.lora_rank is None and args.init_from is None:
         return model
+    import jax
+
     from jaxqfl import lora
     from jaxqfl.models import pretrained
 
@@ -77,8 +80,23 @@ def adapted(args: Settings, model, population):
     base = pretrained.initial_params(model, sample_x, seed=args.seed, source=args.init_from)
     if args.lora_rank is None:
         return pretrained.starting_from(model, base)
-    return lora.adapt(model, base, rank=args.lora_rank, alpha=args.lora_alpha,
-                      targets=args.lora_targets or DEFAULT_TARGETS, base_quant_format=args.base_quant or "none")
+    adapted_model = lora.adapt(model, base, rank=args.lora_rank, alpha=args.lora_alpha,
+                               targets=args.lora_targets or DEFAULT_TARGETS, base_quant_format=args.base_quant or "none")
+    _warn_full_rank(args, lora.full_rank_kernels(jax.eval_shape(adapted_model.init, jax.random.key(0), sample_x)))
+    return adapted_model
+
+
+def _warn_full_rank(args: Settings, full: dict) -> None:
+    """A warning naming the kernels ``--lora-rank`` adapts at full rank (``lora.full_rank_kernels``): not an error
+    (a classifier's last layer is often narrower than the rank), but those adapters are not low-rank."""
+    if not full:
+        return
+    listed = ", ".join(f"{path} ({d_in} x {d_out})" for path, (d_in, d_out) in full.items())
+    below = min(min(shape) for shape in full.values())
+    print(f"jaxqfl run: warning: --lora-rank {args.lora_rank} is at least the smaller side of {len(full)} adapted "
+          f"kernel(s): {listed}. Their adapters are not low-rank: each holds more parameters than its kernel and "
+          f"can express no update that fine-tuning the kernel could not. A rank below {below} keeps every adapter low-rank; "
+          f"--lora-targets can leave those kernels out.", file=sys.stderr, flush=True)
 
 
 def wrap_algorithm(args: Settings, algorithm, num_clients: int):
@@ -121,5 +139,5 @@ def summary_line(s: dict) -> str:
         return ""
     tiers = f", tier ranks {','.join(map(str, s['lora_tier_ranks']))}" if s.get("lora_tier_ranks") else ""
     return (f"  LoRA             rank {s['lora_rank']}{tiers}: {s['adapter_params']:,} adapter parameters on a "
-            f"{s['base_quant']} base of {s['base_params']:,} ({s['base_bytes'] / 1e6:,.2f} MB, held once per "
+            f"{'float32' if s['base_quant'] == 'none' else s['base_quant']} base of {s['base_params']:,} ({s['base_bytes'] / 1e6:,.2f} MB, held once per "
             f"device); merged model in {MERGED_PARAMS}")

@@ -154,6 +154,22 @@ def adapter_paths(adapters) -> dict:
     return out
 
 
+def full_rank_kernels(adapters) -> dict:
+    """``{kernel path: (d_in, d_out)}`` of the adapted kernels whose rank is at least ``min(d_in, d_out)``.
+
+    There ``A B`` (rank <= min(d_in, d_out)) can already be any update of the kernel, so the adapter
+    is no longer low-rank: it trains nothing full fine-tuning of that kernel would not, with
+    ``r (d_in + d_out)`` parameters where the kernel has ``d_in d_out`` (Hu et al. 2021 take
+    ``r << min(d_in, d_out)``). Works on arrays or shapes (``jax.eval_shape`` of ``init``).
+    """
+    out = {}
+    for path, ab in adapter_paths(adapters).items():
+        (d_in, rank), (_, d_out) = tuple(ab[A_NAME].shape), tuple(ab[B_NAME].shape)
+        if rank >= min(d_in, d_out):
+            out[path] = (d_in, d_out)
+    return out
+
+
 def adapt(model: Model, base, *, rank: int, alpha: float | None = None, targets: str = DEFAULT_TARGETS,
           base_quant_format: str = "none") -> Model:
     """The LoRA model of ``model`` on the frozen ``base`` params (module docstring).
