@@ -355,3 +355,16 @@ def test_the_background_orbax_import_is_waited_for_at_exit():
               "print([t.daemon for t in threading.enumerate() if t.name == 'jaxqfl-orbax-import'])\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env())
     assert (out.returncode, out.stdout) == (0, "[False]\n"), out.stderr[-500:]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_file_where_no_file_can_be_made_is_refused_before_any_work(monkeypatch):
+    """/proc takes no new files, for root too (os.access says it is writable there); the check names the folder.
+    With os.access fooled everywhere, a read-only-by-nature place is still refused by the probe."""
+    from jaxqfl.experiment.outputs import OutputError, check_output_file
+
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    for path in ("/proc/jaxqfl-test.png", "/proc/jaxqfl-sub/test.msgpack"):
+        with pytest.raises(OutputError, match="no file can be written in '/proc'"):
+            check_output_file(path)
+    assert not os.path.exists("/proc/jaxqfl-test.png")

@@ -283,8 +283,13 @@ def main(args: argparse.Namespace) -> int:
     names = [pathlib.Path(r).name for r, sweep in zip(args.runs, is_sweep) if not sweep]
     fig = figure(loaded, names, sweeps, multiple=len(args.runs) > 1, title=args.title)
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=args.dpi)
-    matplotlib.pyplot.close(fig)
+    try:  # checked above; a disk that fills meanwhile is still named, not a traceback
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=args.dpi)
+    except OSError as e:
+        print(f"jaxqfl plot: error: cannot write --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        matplotlib.pyplot.close(fig)
     print(f"jaxqfl plot: wrote {out}")
     return 0

@@ -172,8 +172,12 @@ def main(args: argparse.Namespace) -> int:
     int_model = quant.export_integer(params, policy, graph)
     int_acc = _accuracy(lambda xb: quant.integer_apply(int_model, xb), x_test, y_test)
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_integer_model(out, int_model)
+    try:  # checked before any work; a disk that fills meanwhile is still named, not a traceback
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_integer_model(out, int_model)
+    except OSError as e:
+        print(f"jaxqfl quantize: error: cannot write --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 1
     from jaxqfl.models.cost import FLOAT_BITS, model_cost
 
     cost = model_cost(model, args.policy, x_test[:1])  # BOPs = MACs x weight bits x input bits, per layer

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 
 from jaxqfl.sinks import finite_or_none, strict_dumps  # noqa: F401  (re-exported: the CLI's strict JSON)
@@ -104,7 +105,7 @@ def _check_writable(path: pathlib.Path) -> None:
 
 
 def check_output_file(path: str, flag: str = "--out") -> pathlib.Path:
-    """An output FILE that can be written, checked without creating anything; raises ``OutputError``.
+    """An output FILE that can be written, checked leaving nothing behind; raises ``OutputError``.
 
     Refused: an existing folder, an existing file that is read-only, a path under a
     file, or under a folder that is not writable. Missing folders are created when
@@ -122,6 +123,12 @@ def check_output_file(path: str, flag: str = "--out") -> pathlib.Path:
         raise OutputError(f"{flag} {path!r} cannot be created: {str(folder)!r} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {path!r} cannot be created: the folder {str(folder)!r} is not writable")
+    try:  # what os.access cannot tell: a pseudo file system (/proc, /sys), a read-only mount, a full quota
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"{flag} {path!r} cannot be created: no file can be written in {str(folder)!r} "
+                          f"({e.strerror or e}); choose another path") from None
     return p
 
 
