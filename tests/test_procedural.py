@@ -68,9 +68,9 @@ def test_the_user_generator_gets_the_clients_own_key():
 
 
 @pytest.mark.parametrize("generate, message", [
-    (lambda c, k: (jnp.full((4, 2), jnp.nan), jnp.zeros(4, jnp.int32), 3), r"non-finite features \(NaN or Inf\): test row 0"),
-    (lambda c, k: (jnp.zeros((4, 2)), jnp.full(4, 99, jnp.int32), 3), r"label 99 \(test row 0\), outside the 3 classes"),
-    (lambda c, k: (jnp.zeros((4, 2)), jnp.full(4, -1, jnp.int32), 3), r"label -1 \(test row 0\)"),
+    (lambda c, k: (jnp.full((4, 2), jnp.nan), jnp.zeros(4, jnp.int32), 3), r"test rows x holds 12 NaN or Inf values \(the first in row 0\)"),
+    (lambda c, k: (jnp.zeros((4, 2)), jnp.full(4, 99, jnp.int32), 3), r"test labels y has labels in \[99, 99\], outside the allowed range \[0, 3\)"),
+    (lambda c, k: (jnp.zeros((4, 2)), jnp.full(4, -1, jnp.int32), 3), r"test labels y has labels in \[-1, -1\]"),
     (lambda c, k: (jnp.zeros((4, 2)), jax.random.uniform(k, (4,)) * 2.7, 3), "integer class labels y .* float32"),
     (lambda c, k: (None, jnp.zeros(4, jnp.int32), 3), r"must return \(x \(4, 2\), y \(4,\), count \(\)\)"),
     (5, "generate must be a function"),

@@ -142,7 +142,8 @@ def from_client_indices(
 _FINITE_CHECK_ROWS = 1 << 16
 
 
-def _check_finite(name: str, a: np.ndarray) -> None:
+def check_finite(name: str, a: np.ndarray) -> None:
+    """Refuse a floating array holding NaN or Inf (``ValueError`` naming ``name``, the count and the first row)."""
     if not np.issubdtype(a.dtype, np.floating):
         return
     bad, first = 0, None
@@ -158,7 +159,8 @@ def _check_finite(name: str, a: np.ndarray) -> None:
         )
 
 
-def _check_labels(name: str, y: np.ndarray, num_classes: int, low: int = 0) -> None:
+def check_labels(name: str, y: np.ndarray, num_classes: int, low: int = 0) -> None:
+    """Refuse class labels that are fractional or outside ``[low, num_classes)`` (none checked for regression)."""
     if num_classes <= 0:
         return
     if not np.issubdtype(y.dtype, np.integer):
@@ -237,11 +239,11 @@ def _validate(p: Population) -> None:
     scanned = (("x_test", p.x_test), ("y_test", p.y_test)) if on_disk else (
         ("x", p.x), ("x_test", p.x_test), ("y", p.y), ("y_test", p.y_test))
     for name, a in scanned:
-        _check_finite(name, a)
+        check_finite(name, a)
     low = PAD_TARGET if p.task == "next-token" else 0
     if not on_disk or p.y.ndim == 1:
-        _check_labels("y", p.y, p.num_classes, low)
-    _check_labels("y_test", p.y_test, p.num_classes, low)
+        check_labels("y", p.y, p.num_classes, low)
+    check_labels("y_test", p.y_test, p.num_classes, low)
 
 
 def is_read_only_map(a) -> bool:

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl import keys
-from jaxqfl.data.population import Population
+from jaxqfl.data.population import Population, check_finite, check_labels
 from jaxqfl.data.synthetic import FEATURE_DECAY
 
 __all__ = ["ProceduralPopulation", "client_leaf", "from_function", "procedural_mixture", "procedural_synthetic"]
@@ -176,19 +176,11 @@ class ProceduralPopulation:
 
 
 def _check_rows(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
-    """Refuse the test clients' rows (drawn by the same ``generate`` as the training clients') when they hold a
-    non-finite feature or a label outside ``[0, num_classes)``: a run on them reports NaN, or a wrong accuracy."""
-    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-    if bad.size:
-        raise ValueError(f"generate(client_id, key) returned non-finite features (NaN or Inf): test row {int(bad[0])} "
-                         f"({bad.size} of {len(x)} rows)")
-    if num_classes > 0:
-        bad = np.flatnonzero((y < 0) | (y >= num_classes))
-        if bad.size:
-            raise ValueError(f"generate(client_id, key) returned label {int(y[bad[0]])} (test row {int(bad[0])}), "
-                             f"outside the {num_classes} classes [0, {num_classes})")
-    elif not np.isfinite(y).all():
-        raise ValueError("generate(client_id, key) returned non-finite regression targets (NaN or Inf)")
+    """Refuse the test clients' rows (drawn by the same ``generate`` as the training clients') as a
+    :class:`Population` refuses its own: a run on them would report NaN, or a wrong accuracy."""
+    check_finite("generate(client_id, key)'s test rows x", x)
+    check_finite("generate(client_id, key)'s test targets y", y)
+    check_labels("generate(client_id, key)'s test labels y", y, num_classes)
 
 
 def from_function(generate: Callable, num_clients: int, seed: int, *, feature_shape, num_classes: int,
