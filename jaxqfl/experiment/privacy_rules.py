@@ -127,10 +127,11 @@ def _predict_failure(refuser: Refuser, args: Settings) -> None:
     except secagg_plan.SecaggWillFail as e:
         refuser.error(str(e))
     if fp.warned:
+        upper, lower = f"{fp.run_upper:.3g}", f"{fp.run_lower:.3g}"
+        odds = f"= {upper}" if upper == lower else f"<= {upper} (>= {lower})"  # the bounds agree: one number
         print(f"jaxqfl run: warning: at --dropout {args.dropout:g} and --secagg-threshold {args.secagg_threshold:g} "
-              f"a round of secure aggregation may fail: P(some round of the {args.rounds} fails) <= "
-              f"{fp.run_upper:.3g} (>= {fp.run_lower:.3g}); a failed round stops the run with exit status "
-              f"{EXIT_SECAGG_FAILED}", file=sys.stderr)
+              f"a round of secure aggregation may fail: P(some round of the {args.rounds} fails) {odds}; a failed "
+              f"round stops the run with exit status {EXIT_SECAGG_FAILED}", file=sys.stderr)
 
 
 def default_delta(num_clients: int) -> float:
