@@ -242,6 +242,11 @@ def test_a_cli_run_with_a_deadline_records_its_clock_and_fractions(tmp_path):
      "--deadline is not available in a sweep"),
     (["--speeds", "lognormal:1", "--deadline", "5", "--stragglers", "drop", "--stream"],
      "--deadline is not available with --stream"),
+    # a dropped straggler's masks stayed in the secure sum: test loss 10 -> 114,397 with exit 0
+    (["--speeds", "lognormal:1", "--deadline", "5", "--stragglers", "drop", "--uplink", "qsgd:4",
+      "--secure-aggregation", "secagg"], "--stragglers drop does not combine with --secure-aggregation"),
+    (["--speeds", "lognormal:1", "--deadline", "5", "--stragglers", "drop", "--dp-distributed", "skellam",
+      "--dp-clip", "1", "--dp-noise", "0.01"], "--stragglers drop does not combine with --dp-distributed"),
 ])
 def test_bad_deadlines_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, [*SYNTH, *argv], message)

@@ -92,6 +92,12 @@ def _validate_deadline(refuser, args) -> None:
                        "--stragglers drop or --stragglers partial")
     if args.speeds is None:
         refuser.error("--deadline needs the clients' speeds: give --speeds lognormal:SIGMA or a FILE")
+    masked = [flag for flag, on in (("--secure-aggregation", getattr(args, "secure_aggregation", None) is not None),
+                                    ("--dp-distributed", getattr(args, "dp_distributed", None) is not None)) if on]
+    if args.stragglers == "drop" and masked:
+        refuser.error(f"--stragglers drop does not combine with {masked[0]} yet: a dropped straggler's pairwise masks "
+                       f"would stay in the secure sum (the protocol is only told of --dropout's dropouts); use "
+                       f"--stragglers partial, or --dropout P for clients that never report")
     if getattr(args, "stream", False):
         refuser.error("--deadline is not available with --stream (a streamed round has only the cohort's rows, "
                        "not the population's counts)")
