@@ -45,6 +45,16 @@ def test_clustering_run_writes_inertia_ari_nmi_and_counts_the_seeding_traffic(tm
         (["--clusters", "3"], "--clusters applies to --task clustering"),
         (["--dataset", "gaussian-mixture", "--kmeans", "minibatch", "--client-lr", "0.1"], "--client-lr does not apply"),
         (["--dataset", "gaussian-mixture", "--clusters", "0"], "positive integer"),
+        # k-means read none of these: a review found the runs bit-identical to the plain one, exit 0
+        (["--dataset", "gaussian-mixture", "--dp-clip", "0.01", "--dp-noise", "5"], "--dp-clip does not apply to"),
+        (["--dataset", "gaussian-mixture", "--aggregator", "krum"], "--aggregator does not apply to --task clustering"),
+        (["--dataset", "gaussian-mixture", "--attack", "scale", "--byzantine-fraction", "0.5"], "--attack does not"),
+        (["--dataset", "gaussian-mixture", "--algorithm", "fedprox"], "--algorithm does not apply"),
+        (["--dataset", "gaussian-mixture", "--server-opt", "adam"], "--server-opt does not apply"),
+        (["--dataset", "gaussian-mixture", "--personal-eval", "2"], "--personal-eval does not apply"),
+        (["--dataset", "gaussian-mixture", "--lora-rank", "2"], "--lora-rank does not apply"),
+        (["--dataset", "gaussian-mixture", "--secure-aggregation", "secagg", "--uplink", "qsgd:4"],
+         "--secure-aggregation does not apply"),
     ],
 )
 def test_bad_clustering_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):

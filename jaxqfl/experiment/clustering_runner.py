@@ -36,6 +36,30 @@ def is_clustering(args: Settings) -> bool:
     return (args.task or DEFAULT_TASK.get(args.dataset)) == "clustering"
 
 
+#: The experiment's sections none of whose settings federated k-means reads (``jaxqfl.Experiment``'s sections).
+_UNUSED_SECTIONS = frozenset({"algorithm", "model", "lora", "evaluation", "tiers", "systems", "asynchronous",
+                              "aggregator", "robust", "privacy"})
+#: Training settings it does not read either (its weights are 1; the cohort is drawn uniformly and fixed).
+_UNUSED_TRAINING = frozenset({"server_opt", "server_lr", "weighting", "max_cohort"})
+#: Refused elsewhere with their own words (sampling_rules, selection_rules, systems_rules, the check above).
+_REFUSED_ELSEWHERE = frozenset({"model", "client_lr", "sampling", "availability", "selection", "speeds",
+                                "target_accuracy"})
+
+
+def _not_for_kmeans() -> list:
+    from jaxqfl.experiment.experiment import settings
+
+    return [(section, name, info) for section, name, info in settings()
+            if (section in _UNUSED_SECTIONS or (section == "training" and info.dest in _UNUSED_TRAINING))
+            and info.dest not in _REFUSED_ELSEWHERE]
+
+
+def _defaults() -> dict:
+    from jaxqfl.experiment.experiment import Experiment
+
+    return Experiment().flat()
+
+
 def check(refuser: Refuser, args: Settings) -> None:
     """Refuse flags that do not apply to k-means (called before the dataset's defaults fill the unset flags)."""
     if not is_clustering(args):
@@ -48,6 +72,12 @@ def check(refuser: Refuser, args: Settings) -> None:
     if args.client_lr is not None:
         refuser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
                        "steps by 1/count per centroid (Sculley 2010)")
+    ignored = [info for _, _, info in _not_for_kmeans() if getattr(args, info.dest, None) != _defaults()[info.dest]]
+    if ignored:
+        refuser.error(f"{ignored[0].flag} does not apply to --task clustering: federated k-means takes the data, "
+                       f"cohort, round and execution settings, --uplink, --downlink and --integer-aggregation; its "
+                       f"server averages the clients' sums and counts (no algorithm, server optimizer, aggregator, "
+                       f"attack, privacy, LoRA, tiers, systems clock or personal evaluation)")
     if args.kmeans == "lloyd":
         given = [f for f in ("local_steps", "local_epochs", "batch_size") if getattr(args, f) is not None]
         if given:
