@@ -202,6 +202,48 @@ def test_cli_runs_a_hundred_million_procedural_clients(tmp_path):
     (["--population", "procedural", "--stream"], "does not support --stream"),
     (["--population", "procedural", "--sampling", "poisson"], "--sampling poisson"),
     (["--population", "procedural", "--min-client-size", "600"], "row cap 512"),
+    # 100 test clients padded to 10^6 rows: a 100 GB allocation (traceback), 10^9 aborted the process
+    (["--population", "procedural", "--max-client-size", "1000000"],
+     "Dominant term: the test clients' rows (100 clients x 1,000,000 rows x 61 values"),
+    (["--population", "procedural", "--max-client-size", "1000000000"], "a smaller --max-client-size"),
 ])
 def test_cli_refuses_what_procedural_cannot_take(tmp_path, capsys, monkeypatch, argv, message):
     assert_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: procedural_synthetic(1, 1, True, 0), "num_clients must be an integer >= 1, got True"),
+    (lambda: procedural_synthetic(1, 1, 10.7, 0), "num_clients must be an integer >= 1, got 10.7"),
+    (lambda: procedural_synthetic(1, 1, "10", 0), "num_clients must be an integer"),
+    (lambda: procedural_synthetic(1, 1, None, 0), "num_clients must be an integer"),
+    (lambda: procedural_synthetic(1, 1, 10, 1.5), "seed must be an integer >= 0, got 1.5"),
+    (lambda: procedural_synthetic(1, 1, 10, 2**40), "seed must be at most 4294967295"),
+    (lambda: procedural_mixture(3, 10, 2**40), "seed must be an integer in"),
+    (lambda: procedural_synthetic(1, 1, 10, 0, num_features=2.5), "num_features must be a positive integer"),
+    (lambda: procedural_synthetic(1, 1, 10, 0, num_features=0), "num_features must be a positive integer"),
+    (lambda: procedural_mixture(3, 10, 0, num_features=-3), "num_features must be a positive integer"),
+    (lambda: procedural_synthetic(1, 1, 10, 0, max_count=100.5), "max_count must be a positive integer"),
+    (lambda: procedural_synthetic(1, 1, 10, 0, test_clients=2.5), "test_clients must be an integer"),
+    (lambda: procedural_synthetic(1, 1, 10, 0, size_mean=float("nan")), "size_mean must be a finite number"),
+    (lambda: procedural_mixture(3, 10, 0, size_sigma=float("nan")), "size_sigma must be a finite number >= 0"),
+    (lambda: procedural_mixture(3, 10, 0, size_sigma=-5), "size_sigma must be a finite number >= 0"),
+    (lambda: procedural_synthetic(1, 1, 10, 0, max_count=10**9), "must be below 2\\^31; lower max_count"),
+])
+def test_bad_procedural_arguments_are_refused_as_given_not_coerced(make, message):
+    """int() used to take 10.7 clients as 10, True as 1 and a seed of 1.5 as 1; max_count 10^9 aborted the process
+    at the first draw; a NaN size_sigma gave every client max_count rows."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_numpy_integers_are_taken_as_python_integers():
+    pop = procedural_synthetic(1, 1, np.int64(10), np.int32(3), test_clients=np.int16(2))
+    assert (pop.num_clients, pop.seed, pop.test_clients) == (10, 3, 2)
+    assert all(type(v) is int for v in (pop.num_clients, pop.seed, pop.test_clients))
+
+
+def test_the_memory_guards_test_chunk_is_the_generators():
+    from jaxqfl.data import procedural
+    from jaxqfl.experiment import memory_guard
+
+    assert memory_guard.TEST_CHUNK == procedural.TEST_CHUNK

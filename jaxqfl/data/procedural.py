@@ -59,11 +59,12 @@ import numpy as np
 from jaxqfl import keys
 from jaxqfl.data.population import Population, check_finite, check_labels
 from jaxqfl.data.synthetic import FEATURE_DECAY
+from jaxqfl.value_kinds import MAX_SEED
 
 __all__ = ["ProceduralPopulation", "client_leaf", "from_function", "procedural_mixture", "procedural_synthetic"]
 
 #: Test clients generated at a time when the test set is built on the host.
-_TEST_CHUNK = 256
+TEST_CHUNK = 256  # test clients drawn at a time (memory_guard.procedural_estimate counts them)
 
 
 def client_leaf(seed: int, client_id) -> jax.Array:
@@ -93,10 +94,23 @@ class ProceduralPopulation:
             value = getattr(self, field)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+            object.__setattr__(self, field, int(value))  # a NumPy integer as a Python one (JSON, hashing)
         if self.num_clients + self.test_clients > 2 ** 31 - 1:
             raise ValueError(f"num_clients + test_clients must be below 2^31 (client ids are int32), got "
                              f"{self.num_clients} + {self.test_clients}")
-        object.__setattr__(self, "feature_shape", tuple(int(s) for s in self.feature_shape))
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed must be at most {MAX_SEED} (a key holds 32 bits of it), got {self.seed}")
+        shape = tuple(self.feature_shape) if isinstance(self.feature_shape, (tuple, list)) else None
+        if not shape or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+                                for s in shape):
+            raise ValueError(f"feature_shape must be a non-empty tuple of positive integers, got "
+                             f"{self.feature_shape!r}")
+        object.__setattr__(self, "feature_shape", tuple(int(s) for s in shape))
+        values = self.max_count * math.prod(self.feature_shape)
+        if values >= 2 ** 31:
+            raise ValueError(f"max_count x features = {self.max_count:,} x {math.prod(self.feature_shape):,} = "
+                             f"{values:,} values a client (its rows are padded to max_count): must be below 2^31; "
+                             f"lower max_count")
         if not self.task:
             object.__setattr__(self, "task", "classification" if self.num_classes > 0 else "regression")
         if self.task not in ("classification", "regression"):
@@ -140,8 +154,8 @@ class ProceduralPopulation:
     def _eager(self, ids: np.ndarray):
         rows = jax.jit(self.rows)
         xs, ys = [], []
-        for start in range(0, len(ids), _TEST_CHUNK):
-            x, y, n = jax.device_get(rows(ids[start:start + _TEST_CHUNK]))
+        for start in range(0, len(ids), TEST_CHUNK):
+            x, y, n = jax.device_get(rows(ids[start:start + TEST_CHUNK]))
             xs += [xi[:k] for xi, k in zip(x, n)]
             ys += [yi[:k] for yi, k in zip(y, n)]
         counts = np.array([len(a) for a in ys], np.int32)
@@ -187,8 +201,22 @@ def from_function(generate: Callable, num_clients: int, seed: int, *, feature_sh
                   max_count: int, test_clients: int = 100, name: str = "procedural",
                   task: str = "") -> ProceduralPopulation:
     """A procedural population of the user's jittable ``generate(client_id, key) -> (x, y, count)``."""
-    return ProceduralPopulation(generate, int(num_clients), int(seed), tuple(feature_shape), int(num_classes),
-                                int(max_count), int(test_clients), name, task)
+    return ProceduralPopulation(generate, num_clients, seed, feature_shape, num_classes, max_count, test_clients,
+                                name, task)  # each checked as given (an int() here would take 10.7 for 10)
+
+
+def _check_sizes(num_features, size_mean, size_sigma, min_size, max_count) -> None:
+    """The client-size and feature arguments both generators share, refused by name before any draw."""
+    if not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool) or num_features < 1:
+        raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+    if not isinstance(max_count, numbers.Integral) or isinstance(max_count, bool) or max_count < 1:
+        raise ValueError(f"max_count must be a positive integer, got {max_count!r}")
+    for name, value, low in (("size_mean", size_mean, -math.inf), ("size_sigma", size_sigma, 0.0)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value < low:
+            raise ValueError(f"{name} must be a finite number{' >= 0' if low == 0 else ''}, got {value!r}")
+    if (not isinstance(min_size, numbers.Integral) or isinstance(min_size, bool)
+            or not 1 <= min_size <= max_count):
+        raise ValueError(f"min_size must be an integer in [1, max_count={max_count}], got {min_size!r}")
 
 
 def synthetic_generator(alpha: float, beta: float, *, num_features: int = 60, num_classes: int = 10,
@@ -221,12 +249,11 @@ def procedural_synthetic(alpha: float, beta: float, num_clients: int, seed: int,
                          num_classes: int = 10, size_mean: float = 4.0, size_sigma: float = 2.0,
                          min_size: int = 50, max_count: int = 512, test_clients: int = 100) -> ProceduralPopulation:
     """Synthetic(alpha, beta) as a procedural population (module docstring; not the in-memory generator's rows)."""
-    for name, value in (("alpha", alpha), ("beta", beta), ("size_sigma", size_sigma)):
+    for name, value in (("alpha", alpha), ("beta", beta)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not isinstance(min_size, numbers.Integral) or not 1 <= min_size <= max_count:
-        raise ValueError(f"min_size must be an integer in [1, max_count={max_count}], got {min_size!r}")
-    if not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+    _check_sizes(num_features, size_mean, size_sigma, min_size, max_count)
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     generate = synthetic_generator(float(alpha), float(beta), num_features=num_features, num_classes=num_classes,
                                    size_mean=float(size_mean), size_sigma=float(size_sigma), min_size=int(min_size),
@@ -259,13 +286,14 @@ def procedural_mixture(num_components: int, num_clients: int, seed: int, *, num_
                        size_sigma: float = 2.0, min_size: int = 50, max_count: int = 512,
                        test_clients: int = 100) -> ProceduralPopulation:
     """The Gaussian mixture as a procedural classification population (label = component; module docstring)."""
-    if not isinstance(num_components, numbers.Integral) or num_components < 2:
+    if not isinstance(num_components, numbers.Integral) or isinstance(num_components, bool) or num_components < 2:
         raise ValueError(f"num_components must be an integer >= 2, got {num_components!r}")
     for name, value, low in (("concentration", concentration, 1e-300), ("separation", separation, 0.0)):
         if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low:
             raise ValueError(f"{name} must be a finite number {'> 0' if low else '>= 0'}, got {value!r}")
-    if not isinstance(min_size, numbers.Integral) or not 1 <= min_size <= max_count:
-        raise ValueError(f"min_size must be an integer in [1, max_count={max_count}], got {min_size!r}")
+    _check_sizes(num_features, size_mean, size_sigma, min_size, max_count)
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     shared = keys.purpose_key(jax.random.key(int(seed)), keys.POPULATION)
     means = separation * jax.random.normal(shared, (int(num_components), int(num_features)), jnp.float32)
     generate = mixture_generator(means, float(concentration), size_mean=float(size_mean),

@@ -48,6 +48,7 @@ import os
 from typing import NamedTuple
 
 FIT_FRACTION = 0.9  # share of the available memory a run may plan to use
+TEST_CHUNK = 256  # jaxqfl.data.procedural.TEST_CHUNK, without importing JAX (a test checks they agree)
 
 
 class MemoryRefusal(ValueError):
@@ -176,13 +177,44 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     return Estimate(host, per_device, terms)
 
 
+def procedural_estimate(args, *, num_devices: int) -> Estimate:
+    """A procedural population's peak (``--population procedural``: it holds no training rows).
+
+    Its test clients' rows are drawn when it is built, ``TEST_CHUNK`` clients at a time padded to
+    the row cap ``n_max`` (``--max-client-size``), and kept on the host; each round generates its
+    cohort's rows on the devices, padded to the cap:
+
+        host        = T x n_max x (d + 1) x 4 + min(T, TEST_CHUNK) x n_max x (d + 1) x 4
+        per device  = ceil(M / D) x n_max x (d + 1) x 4 + the cohort block of ``estimate``
+
+    (``T`` test clients, ``d`` features, ``M`` the cohort).
+    """
+    from jaxqfl.experiment.population_rules import DEFAULT_MAX_COUNT
+
+    D, T, M = num_devices, args.test_clients, args.cohort_size
+    cap = args.max_client_size or DEFAULT_MAX_COUNT
+    d = args.num_features or (10 if args.dataset == "gaussian-mixture" else 60)
+    row = cap * (d + 1) * 4  # one client's rows, padded to the cap
+    host = (T + min(T, TEST_CHUNK)) * row
+    n = model_num_params(args, d, 10 if args.dataset == "synthetic" else args.components)
+    rows_per_device = math.ceil(M / D) * row
+    cohort = math.ceil(M / D) * 4 * 4 * n
+    terms = {f"the test clients' rows ({T:,} clients x {cap:,} rows x {d + 1} values, padded to --max-client-size)":
+             host,
+             f"each round's generated cohort rows ({M:,} clients x {cap:,} rows, padded to --max-client-size)":
+             D * rows_per_device,
+             f"cohort blocks ({math.ceil(M / D)} clients per device x {4 * 4 * n:,} bytes)": D * cohort}
+    return Estimate(host, rows_per_device + cohort, terms)
+
+
 def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
           available: int | None = None, stream_available: bool = False, stream: bool = False,
-          generated: bool = False) -> None:
+          generated: bool = False, procedural: bool = False) -> None:
     """Raise ``MemoryRefusal`` when the estimate exceeds what the host (CPU) or a device can hold.
 
     ``stream``: the run streams its cohorts (``est`` made with ``stream_block``);
-    ``generated``: the population is generated (its size flags are advised).
+    ``generated``: the population is generated (its size flags are advised); ``procedural``: made with
+    :func:`procedural_estimate` (no copy of the rows per device; its row cap and test clients are advised).
     """
     if cpu:
         need = est.host_bytes + num_devices * est.per_device_bytes
@@ -197,7 +229,10 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
         return
     top = max(est.terms, key=est.terms.get)
     advice = []
-    if num_devices > 1 and not stream:
+    if procedural:
+        advice.append("a smaller --max-client-size (every client's rows are padded to it), fewer --test-clients "
+                      "or a smaller --cohort-size")
+    if num_devices > 1 and not stream and not procedural:
         advice.append(f"fewer --devices (each holds a copy of the training rows; try --devices "
                       f"{max(1, min(num_devices // 2, cpu_cores()))})")
     if any("configs" in t for t in est.terms):
@@ -207,8 +242,10 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
         advice.append("--stream (the population stays in host memory; each round's cohort is streamed in)")
     if "streamed cohort blocks" in top:
         advice.append("a smaller --cohort-size or a cap on the largest client (--max-client-size)")
-    advice.append("a smaller population (--num-clients" + (", --client-size-mean, --client-size-sigma, "
-                                                           "--max-client-size or --num-features)" if generated else ")"))
+    if not procedural:
+        advice.append("a smaller population (--num-clients" + (", --client-size-mean, --client-size-sigma, "
+                                                               "--max-client-size or --num-features)" if generated
+                                                               else ")"))
     if "per-client states" in top:
         advice.append("--client-state host (per-client states stay in host memory)")
     raise MemoryRefusal(

@@ -75,21 +75,27 @@ def check_memory(settings: Settings, refuser: Refuser) -> None:
     if cpu and settings.devices is not None and settings.devices > memory_guard.cpu_cores():
         print(f"jaxqfl run: warning: --devices {settings.devices} exceeds this host's {memory_guard.cpu_cores()} "
               f"CPU cores; the devices will share them (and each holds a copy of the population)", file=sys.stderr)
-    fp = memory_guard.footprint_from_flags(settings)  # generated data: its client sizes, drawn before any row
-    if fp is None:
-        return
-    stream = getattr(settings, "stream", False)
+    from jaxqfl.experiment import population_rules
+
     devices = settings.devices or (memory_guard.cpu_cores() if cpu else 1)
-    est = memory_guard.estimate(settings, num_devices=devices, examples=fp.train_rows, test_examples=fp.test_rows,
-                                feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
-                                num_clients=fp.num_clients, home=settings.client_state, cpu=cpu,
-                                feature_shape=fp.feature_shape,
-                                stream_block=fp.cohort_block_bytes(settings.cohort_size) if stream else None)
+    stream = getattr(settings, "stream", False)
+    fp = memory_guard.footprint_from_flags(settings)  # generated data: its client sizes, drawn before any row
+    if population_rules.on(settings):  # no rows held: the test clients' and each cohort's, padded to the cap
+        est = memory_guard.procedural_estimate(settings, num_devices=devices)
+    elif fp is None:
+        return
+    else:
+        est = memory_guard.estimate(settings, num_devices=devices, examples=fp.train_rows, test_examples=fp.test_rows,
+                                    feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
+                                    num_clients=fp.num_clients, home=settings.client_state, cpu=cpu,
+                                    feature_shape=fp.feature_shape,
+                                    stream_block=fp.cohort_block_bytes(settings.cohort_size) if stream else None)
     problem = None
     try:
         memory_guard.check(est, num_devices=devices, cpu=cpu,
-                           stream_available=hasattr(settings, "stream") and memory_guard.num_configs(settings) == 1,
-                           stream=stream, generated=settings.dataset != "mnist")
+                           stream_available=(hasattr(settings, "stream") and memory_guard.num_configs(settings) == 1
+                                             and not population_rules.on(settings)),
+                           stream=stream, generated=settings.dataset != "mnist", procedural=population_rules.on(settings))
     except memory_guard.MemoryRefusal as e:
         problem = str(e)
     if problem is not None:
