@@ -209,3 +209,28 @@ def test_default_delta_of_a_file_with_natural_clients_is_set_once_its_clients_ar
           "--autotune", "off"])
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["dp_delta"] == 1.0 / 20 ** 1.1 and s["dp_epsilon"] is not None
+
+
+@pytest.mark.parametrize("extra", [[], ["--aggregator", "trimmed-mean"]])
+def test_a_run_calibrated_from_epsilon_is_repeated_and_resumed_from_its_own_files(tmp_path, extra):
+    """config.toml held the calibrated --dp-noise beside --dp-epsilon, so --config and --resume of such a run were
+    refused ("needs exactly one of --dp-noise z or --dp-epsilon E"): it now holds the epsilon asked for, and both
+    repeat the run bit for bit (a resume from its round-2 checkpoint too)."""
+    import shutil
+
+    from jaxqfl.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--num-clients", "40", "--cohort-size", "8", "--rounds", "4", "--eval-every", "2",
+                 "--checkpoint-every", "2", "--local-steps", "1", "--dp-clip", "1.0", "--dp-epsilon", "5", *extra,
+                 "--out", str(out), "--no-progress"]) == 0
+    config = (out / "config.toml").read_text()
+    assert "dp-epsilon = 5.0" in config and "dp-noise" not in config
+    assert main(["run", "--config", str(out / "config.toml"), "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    shutil.rmtree(cut / "checkpoints" / "4")
+    (cut / "final_params.msgpack").unlink()
+    assert main(["run", "--resume", str(cut), "--no-progress"]) == 0
+    for other in (tmp_path / "again", cut):
+        assert (other / "final_params.msgpack").read_bytes() == (out / "final_params.msgpack").read_bytes()

@@ -188,6 +188,7 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
                 sampling=_sampling(args))
     if args.dp_epsilon is not None:
         args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds, **acct)
+        _calibrated(args)
     swept = getattr(args, "sweep_values", {}).get("dp_noise")
     noise = f"noise multiplier {args.dp_noise:.4f}" if swept is None else \
         f"noise multipliers {', '.join(f'{z:g}' for z in swept)} (a sweep)"
@@ -200,6 +201,12 @@ def make_aggregator(args, num_clients: int, uplink, hp: dict | None = None, mode
                              denominator=float(aggregated(args)) if _sampling(args) == "poisson" else None)
 
 
+def _calibrated(args) -> None:
+    """``--dp-noise`` was calibrated from ``--dp-epsilon``: a derived value, kept out of ``config.toml`` (which
+    holds the epsilon asked for; with both, ``--resume`` and ``--config`` would refuse the run they repeat)."""
+    args._derived = (*getattr(args, "_derived", ()), "dp_noise")
+
+
 def _central_dp_rule(args, num_clients: int, hp: dict | None):
     """``aggregate.central_dp`` over ``--aggregator`` at the run's (or a sweep config's) noise multiplier z: the
     noise std on the aggregate is z S, so the accountant's epsilon at z holds (``count_noise_std`` 0)."""
@@ -210,6 +217,7 @@ def _central_dp_rule(args, num_clients: int, hp: dict | None):
         args.dp_noise = privacy.noise_for_epsilon(args.dp_epsilon, args.dp_delta, args.rounds,
                                                   num_clients=num_clients, cohort_size=aggregated(args),
                                                   count_noise_std=0.0, sampling=_sampling(args))
+        _calibrated(args)
     z = args.dp_noise if hp is None else hp.get("dp_noise", args.dp_noise)
     agg = aggregate.central_dp(args.aggregator, args.dp_clip, z, sampling=_sampling(args),
                                trim_fraction=args.trim_fraction if args.trim_fraction is not None else 0.2)
