@@ -150,3 +150,15 @@ def test_the_stop_flag_is_read_after_the_piece_before_it_has_run(monkeypatch):
     points, valid = _sample(num_rows=4096, d=16, seed=1)
     ks.best_of_restarts(points, valid, 24, jax.random.key(0), restarts=4, lloyd_iterations=3, should_stop=should_stop)
     assert len(dispatched) > 4 and not unfinished
+
+
+def test_resuming_a_finished_kmeans_run_leaves_it_as_it_was(tmp_path):
+    """Its checkpoint steps are one past its rounds (the seeding round), so a resume of a finished run wrote its
+    last checkpoint again: exit 5, "free some space", and a checkpoint_error in summary.json."""
+    out = tmp_path / "done"
+    assert main(["run", *KMEANS, "--rounds", "2", "--out", str(out)]) == 0
+    before = (out / "final_params.msgpack").read_bytes()
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["checkpoint_error"] is None and s["completed"] and s["rounds"] == 2
+    assert (out / "final_params.msgpack").read_bytes() == before

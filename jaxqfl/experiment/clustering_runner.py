@@ -186,7 +186,8 @@ def main(args: Settings, population, t_start: float, data_seconds: float, stop=N
         totals = engine.RunTotals(int(meta["uplink_bits_total"]), int(meta["downlink_bits_total"]),
                                   float(meta["train_seconds"]))
     done_before = int(jax.device_get(state.round)) - 1  # round 0 was the seeding round
-    saved, write_error = set(), []
+    # the checkpoint resumed from is on disk already: a finished run resumed writes it again otherwise (exit 5)
+    saved, write_error = ({int(jax.device_get(state.round))} if resumed is not None else set()), []
 
     def save_checkpoint(state, t):
         r = int(jax.device_get(state.round))
