@@ -16,6 +16,7 @@ import shlex
 
 import pytest
 
+import jax
 import jaxqfl
 from jaxqfl.cli.main import _parser, main
 from jaxqfl.experiment import Experiment, ExperimentError, InvalidValue, settings
@@ -160,6 +161,22 @@ def test_jaxqfl_run_refuses_bad_options_before_any_work(tmp_path):
     with pytest.raises(ExperimentError, match="--overwrite"):
         jaxqfl.run(Experiment.of(**SMALL), out=tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+def test_jaxqfl_run_raises_what_it_refuses_and_takes_only_folder_paths(tmp_path, monkeypatch):
+    """A refusal found once the data was read (engine.build's, the memory check's) was printed and returned as
+    status 2 with out naming a folder never made; "" wrote the run into the working folder, b"x" and 5 made folders
+    named b' and 5."""
+    monkeypatch.chdir(tmp_path)
+    for out, message in (("", "out is an empty path"), (b"runs/x", "takes a folder path"), (5, "takes a folder path")):
+        with pytest.raises(ExperimentError, match=message):
+            jaxqfl.run(Experiment.of(**SMALL), out=out)
+    with pytest.raises(ExperimentError, match=message):
+        jaxqfl.resume(5)
+    more = jax.device_count() + 1
+    with pytest.raises(ExperimentError, match=rf"num_devices must be an integer in \[1, {more - 1}\].*got {more}"):
+        jaxqfl.run(Experiment.of(**{**SMALL, "devices": more}), out=tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no lock left behind
 
 
 def test_every_flag_of_jaxqfl_run_is_a_setting_or_an_invocation_option():

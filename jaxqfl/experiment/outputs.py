@@ -148,6 +148,9 @@ def prepare_out(out: str | None, *, dataset: str, seed: int, overwrite: bool) ->
         lock_folder(path)
         _CREATED.add(str(path.resolve()))
         return path
+    if not str(out).strip():
+        raise OutputError(f"--out {out!r} is an empty path; give a folder (or drop --out for a fresh one "
+                          f"under runs/)")
     path = pathlib.Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {out!r} exists and is not a folder; choose another path")

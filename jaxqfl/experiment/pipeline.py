@@ -20,6 +20,7 @@ files (``tests/test_experiment.py`` checks the final models are bit-identical).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -144,6 +145,7 @@ def run(experiment, *, out: str | pathlib.Path | None = None, overwrite: bool = 
         raise ExperimentError(f"jaxqfl.run takes a jaxqfl.Experiment, got {type(experiment).__name__}")
     if not isinstance(overwrite, bool) or not isinstance(progress, bool):
         raise ExperimentError(f"overwrite and progress take True or False, got {overwrite!r} and {progress!r}")
+    _check_folder_argument("out", out, may_be_none=True)
     sinks = values.sink_list(values.as_text(log))
     settings = settings_of(experiment, out=None if out is None else str(out), overwrite=overwrite, log=sinks,
                            no_progress=not progress)
@@ -163,6 +165,7 @@ def resume(out: str | pathlib.Path, *, log: tuple[str, ...] | str = ("jsonl",), 
 
     if not isinstance(progress, bool):
         raise ExperimentError(f"progress takes True or False, got {progress!r}")
+    _check_folder_argument("resume's folder", out, may_be_none=False)
     folder = pathlib.Path(out)
     if not folder.is_dir():
         raise ExperimentError(f"resume {str(out)!r}: no such folder")
@@ -171,6 +174,17 @@ def resume(out: str | pathlib.Path, *, log: tuple[str, ...] | str = ("jsonl",), 
                            log=values.sink_list(values.as_text(log)), no_progress=not progress)
     settings._resume_meta, settings._resume_step = meta, step
     return _execute(settings, "jaxqfl.resume() call")
+
+
+def _check_folder_argument(what: str, value, *, may_be_none: bool) -> None:
+    """A folder given in Python is a non-empty ``str`` or ``os.PathLike`` (bytes, numbers and "" made folders named
+    ``b'``, ``5`` or wrote into the working folder)."""
+    if value is None and may_be_none:
+        return
+    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
+        raise ExperimentError(f"{what} takes a folder path (str or pathlib.Path), got {value!r}")
+    if not str(value).strip():
+        raise ExperimentError(f"{what} is an empty path; give a folder")
 
 
 def _execute(settings: Settings, what: str) -> RunOutcome:

@@ -374,8 +374,7 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
                            stream=stream,
                            generated=args.dataset in ("synthetic", "synthetic-regression", "gaussian-mixture"))
     except memory_guard.MemoryRefusal as e:
-        print(f"jaxqfl run: error: {e}", file=sys.stderr)
-        return 2
+        fail(str(e))  # jaxqfl.run raises it; the command prints it and exits 2
     if args.sweep_values or args.seeds is not None:  # many configs, one program
         from jaxqfl.experiment.sweep_runner import run_sweep_cli
 
@@ -435,8 +434,7 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
                 **({"tiers": tiers} if tiers is not None else {}),
             )
     except ValueError as e:
-        print(f"jaxqfl run: error: {e}", file=sys.stderr)
-        return 2
+        fail(str(e))  # jaxqfl.run raises it; the command prints it and exits 2
     if args.verbose:
         print(_chunk_line(sim), flush=True)
     config = run_folder.config_of(args)

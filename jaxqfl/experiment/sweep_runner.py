@@ -35,6 +35,7 @@ noise multiplier (``--dp-noise 0.5,1``: one accountant per config).
 from __future__ import annotations
 
 from jaxqfl.experiment.resolved import Settings
+from jaxqfl.experiment.data_rules import fail
 
 import json
 import math
@@ -173,8 +174,7 @@ def run_sweep_cli(args, population, task, model, schedule, uplink, *, make_algor
     try:  # each config's clients' speeds, from its seed (--speeds): read before the folder is made
         client_systems = systems_rules.build_per_config(args, population.num_clients, [c["seed"] for c in configs])
     except (OSError, ValueError) as e:
-        print(f"jaxqfl run: error: {e}", file=sys.stderr)
-        return 2
+        fail(str(e))  # jaxqfl.run raises it; the command prints it and exits 2
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_config = run_folder.config_of(args)
