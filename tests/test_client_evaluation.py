@@ -64,3 +64,15 @@ def test_per_client_metrics_equal_a_loop_over_clients(population, num_devices):
     # the pooled numbers are unchanged: the example-weighted mean over all test rows
     n = population.test_counts
     np.testing.assert_allclose(ev["accuracy"], np.sum(acc * n[n > 0]) / n.sum(), atol=1e-6)
+
+
+def test_clients_with_a_non_finite_mean_are_counted_and_only_then():
+    """A diverged client model (NaN or inf loss) made every loss statistic NaN, written as null, with nothing
+    saying why: the count of such clients is reported (a client with no held-out rows is not one)."""
+    from jaxqfl.engine.client_metrics import spread
+
+    counts = np.array([2, 3, 0, 1])
+    loss = np.array([1.0, np.nan, 5.0, np.inf])  # client 2 holds no rows: not counted
+    out = spread({"loss": loss, "accuracy": np.array([1.0, 2.0, 0.0, 1.0])}, counts)
+    assert out["client_loss_nonfinite"] == 2 and "client_accuracy_nonfinite" not in out
+    assert "client_loss_nonfinite" not in spread({"loss": np.array([1.0, 2.0])}, np.array([1, 1]))

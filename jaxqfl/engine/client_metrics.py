@@ -13,6 +13,9 @@ per-client evaluation):
                                    client_<m>_p10
 
 Percentiles are NumPy's default (linear interpolation between order statistics).
+A client whose mean is not finite (its model diverged, e.g. under a personal
+fine-tuning's too large step) is counted in ``client_<m>_nonfinite`` (present
+only when some are); the statistics then are NaN, written as null.
 Next-token metrics are ratios of sums: a client's token loss is its summed
 token loss over its token count, and ``client_bits_per_char = loss / ln 2``.
 """
@@ -44,6 +47,9 @@ def spread(sums: dict, counts) -> dict:
     for name, a in per_client_means(sums, counts).items():
         if a.size == 0:
             continue
+        diverged = int(np.count_nonzero(~np.isfinite(a)))
+        if diverged:
+            out[f"client_{name}_nonfinite"] = diverged
         out[f"client_{name}_mean"] = float(a.mean())
         out[f"client_{name}_std"] = float(a.std())
         if name in HIGHER_IS_BETTER:

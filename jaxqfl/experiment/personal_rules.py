@@ -101,4 +101,9 @@ def summary_line(s: dict) -> str:
             f"worst {s['final_client_accuracy_min']:.4f}")
     if s.get("final_global_client_accuracy_mean") is not None:
         line += f" (own models; the global model's mean {s['final_global_client_accuracy_mean']:.4f})"
+    diverged = s.get("final_client_loss_nonfinite")
+    if diverged:
+        tuned = bool((s.get("config") or {}).get("personal_eval"))
+        line += (f"\n  warning          {diverged} client(s)' {'fine-tuned ' if tuned else ''}models have a non-finite "
+                 f"test loss (diverged){': lower --personal-lr' if tuned else ''}")
     return line
