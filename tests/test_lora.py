@@ -189,6 +189,12 @@ def test_bad_arguments_are_refused_naming_them():
     adapted = lora.adapt(lstm, lstm.init(jax.random.key(0), x), rank=2)
     with pytest.raises(ValueError, match="hf/kernel is concatenated with"):
         adapted.init(jax.random.key(1), x)
+    # NumPy scalars are numbers too (Experiment takes them): the same model as Python's 2 and 4.0
+    same = lora.adapt(model, base, rank=np.int64(2), alpha=np.float32(4.0))
+    want = lora.adapt(model, base, rank=2, alpha=4.0)
+    sample = jnp.ones((1, D))
+    adapters = jax.tree.map(lambda a: a + 0.1, want.init(jax.random.key(3), sample))
+    np.testing.assert_array_equal(same.apply(adapters, sample), want.apply(adapters, sample))
 
 
 @pytest.mark.parametrize("ranks", [(1, 3, 2, 3), (3, 3, 3, 3)])

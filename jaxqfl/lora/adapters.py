@@ -43,6 +43,7 @@ refused.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import zlib
 
@@ -61,9 +62,11 @@ DEFAULT_TARGETS = r"(^|/)kernel$"
 
 
 def _check(rank, alpha, targets, base_quant_fmt):
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+    """``(rank, alpha)`` as Python numbers (NumPy scalars taken), and the compiled ``targets``; refusals by name."""
+    if not isinstance(rank, numbers.Integral) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"lora.adapt: rank must be a positive integer, got {rank!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not math.isfinite(alpha)
+            or alpha <= 0):
         raise ValueError(f"lora.adapt: alpha must be a positive number, got {alpha!r}")
     try:
         pattern = re.compile(targets)
@@ -72,7 +75,7 @@ def _check(rank, alpha, targets, base_quant_fmt):
                          f"({e})") from None
     if base_quant_fmt not in base_quant.FORMATS:
         raise ValueError(f"lora.adapt: base_quant must be one of {base_quant.FORMATS}, got {base_quant_fmt!r}")
-    return pattern
+    return int(rank), float(alpha), pattern
 
 
 def _delta(x, a, b, x_contract, k_contract, k_shape, kernel_is_lhs: bool):
@@ -177,8 +180,7 @@ def adapt(model: Model, base, *, rank: int, alpha: float | None = None, targets:
     ``alpha`` defaults to ``rank`` (scale 1). ``init(key, sample_x)`` returns the
     adapters only; ``apply(adapters, x, *, key=None)`` runs base + adapters.
     """
-    alpha = rank if alpha is None else alpha
-    pattern = _check(rank, alpha, targets, base_quant_format)
+    rank, alpha, pattern = _check(rank, rank if alpha is None else alpha, targets, base_quant_format)
     if not isinstance(model, Model):
         raise TypeError(f"lora.adapt takes a jaxqfl.models.Model, got {type(model).__name__}")
     if model.train_apply is not None:
