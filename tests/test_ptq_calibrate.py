@@ -117,3 +117,30 @@ def test_federated_statistics_of_a_cohort_equal_its_rows(setup):
         np.testing.assert_allclose(float(mm[layer].lo), xr.min(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(float(mm[layer].hi), xr.max(), rtol=1e-5, atol=1e-6)
         assert float(h[layer].counts.sum()) == xr.size
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rows_per_client=0), "rows_per_client must be a positive integer"),
+    (dict(rows_per_client=-5), "rows_per_client must be a positive integer"),
+    (dict(chunk_size=0), "chunk_size must be a positive integer"),
+    (dict(method="mse", bits=0), r"bits must be an integer in \[1, 32\]"),
+    (dict(method="percentile", bins=0), r"bins must be an integer in \[2, "),
+    (dict(method="percentile", percentile=200), r"percentile must be a number in \(0, 100\]"),
+    (dict(method="percentile", percentile=float("nan")), r"percentile must be a number in \(0, 100\]"),
+    (dict(client_ids=[0.5, 1.7]), "client_ids must be integers"),
+])
+def test_bad_calibration_arguments_are_refused_by_name(setup, kwargs, message):
+    """Each was a ZeroDivisionError, an empty argmax, a degenerate range or clients 0 and 1 in silence."""
+    pop, model, params = setup
+    kwargs = {"method": "minmax", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        federated_calibrate(model, params, pop, kwargs.pop("method"), mesh=client_mesh(2), **kwargs)
+
+
+def test_non_finite_params_are_refused_naming_the_layer(setup):
+    pop, model, params = setup
+    broken = jax.tree.map(lambda a: a * jnp.nan, params)
+    with pytest.raises(ValueError, match="hold NaN or Inf"):
+        federated_calibrate(model, broken, pop, "minmax", mesh=client_mesh(2))
+    with pytest.raises(ValueError, match="hold NaN or Inf"):
+        cal.calibrate({"a": jnp.array([[1.0], [jnp.nan]])}, "minmax")

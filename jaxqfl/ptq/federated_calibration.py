@@ -25,6 +25,8 @@ the cohort's rows are gathered on the host first (the same statistics).
 """
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +42,8 @@ def _cohort(population, client_ids, devices: int, chunk: int):
     ids = np.arange(population.num_clients) if client_ids is None else np.asarray(client_ids)
     if ids.ndim != 1 or ids.size == 0:
         raise ValueError(f"client_ids must be a non-empty 1-D array of client indices, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):  # 0.5 and 1.7 were truncated to clients 0 and 1
+        raise ValueError(f"client_ids must be integers (client indices), got dtype {ids.dtype}")
     if ids.min() < 0 or ids.max() >= population.num_clients:
         raise ValueError(f"client_ids must lie in [0, {population.num_clients}), got [{ids.min()}, {ids.max()}]")
     unit = devices * chunk
@@ -50,6 +54,10 @@ def _cohort(population, client_ids, devices: int, chunk: int):
 
 
 def _round(model, params, population, client_ids, rows_per_client, mesh, chunk_size, client_stats, reduce_chunk, reduce_devices):
+    for name, value in (("chunk_size", chunk_size), ("rows_per_client", rows_per_client)):
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a positive integer{' or None (all rows)' if name != 'chunk_size' else ''}"
+                             f", got {value!r}")
     mesh = client_mesh() if mesh is None else mesh
     d = mesh.devices.size
     ids, valid = _cohort(population, client_ids, d, chunk_size)
@@ -139,10 +147,10 @@ def federated_calibrate(model, params, population, method: str = "minmax", *, cl
       rows_per_client: rows each client contributes (default: the cohort's largest count, i.e. all).
       mesh: a 1-D mesh over ``"clients"`` (default ``client_mesh()``: every device).
     """
-    if method not in cal.METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(cal.METHODS)}")
+    cal.check_settings(method, bins=bins, bits=bits, percentile=percentile)
     kw = dict(client_ids=client_ids, rows_per_client=rows_per_client, per_channel=per_channel, mesh=mesh,
               chunk_size=chunk_size)
     mm = federated_minmax(model, params, population, **kw)
     hist = federated_histograms(model, params, population, mm, bins=bins, **kw) if cal.needs_histogram(method) else {}
-    return {k: cal.range_from_stats(method, mm[k], hist.get(k), bits=bits, percentile=percentile) for k in mm}
+    return cal.check_finite_ranges({k: cal.range_from_stats(method, mm[k], hist.get(k), bits=bits,
+                                                            percentile=percentile) for k in mm})

@@ -33,6 +33,8 @@ quantizers stay as they are.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from typing import Mapping, NamedTuple
 
@@ -148,6 +150,28 @@ def mse_range(h: Histogram, bits: int = 8, candidates: int = 100, symmetric: boo
     return jnp.reshape(lo, jnp.shape(h.lo)), jnp.reshape(hi, jnp.shape(h.hi))
 
 
+def check_settings(method: str, *, bins, bits, percentile) -> None:
+    """Refuse, by name, a method, bin count, bit width or percentile the ranges cannot be computed from."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+    for name, value, low, high in (("bins", bins, 2, 2**24), ("bits", bits, 1, 32)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if (not isinstance(percentile, numbers.Real) or isinstance(percentile, bool) or not math.isfinite(percentile)
+            or not 0 < percentile <= 100):
+        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
+
+
+def check_finite_ranges(ranges: Mapping[str, tuple]) -> Mapping[str, tuple]:
+    """``ranges`` unchanged, or ``ValueError`` naming the first layer whose inputs held NaN or Inf (their min-max,
+    percentile or MSE range would be (inf, -inf) or NaN: a grid of nothing)."""
+    for layer, (lo, hi) in ranges.items():
+        if not (np.all(np.isfinite(np.asarray(lo))) and np.all(np.isfinite(np.asarray(hi)))):
+            raise ValueError(f"the inputs of layer {layer!r} hold NaN or Inf (from the params or the data): no "
+                             f"calibration range; check the model's params")
+    return ranges
+
+
 def range_from_stats(method: str, minmax: MinMax, hist: Histogram | None = None, *, bits: int = 8,
                      percentile: float = 99.99, candidates: int = 100):
     """``(lo, hi)`` by ``method`` in ``('minmax', 'percentile', 'mse')`` (module docstring)."""
@@ -169,12 +193,13 @@ def needs_histogram(method: str) -> bool:
 def calibrate(inputs: Mapping[str, jax.Array], method: str = "minmax", *, bins: int = 2048, per_channel: bool = False,
               bits: int = 8, percentile: float = 99.99) -> dict:
     """Centralised calibration: ``{layer: input [B, ...]}`` -> ``{layer: (lo, hi)}`` (both passes on all rows)."""
+    check_settings(method, bins=bins, bits=bits, percentile=percentile)
     out = {}
     for layer, x in inputs.items():
         mm = minmax_stats(x, per_channel=per_channel)
         h = histogram_stats(x, mm.lo, mm.hi, bins, per_channel=per_channel) if needs_histogram(method) else None
         out[layer] = range_from_stats(method, mm, h, bits=bits, percentile=percentile)
-    return out
+    return check_finite_ranges(out)
 
 
 def calibrated_policy(policy, params, ranges: Mapping[str, tuple]) -> Policy:
