@@ -274,6 +274,36 @@ def test_config_file_print_config_and_config_toml_round_trip(reference_run, tmp_
     assert "unknown key 'clinet-lr'" in capsys.readouterr().err
 
 
+def test_a_flag_replaces_its_exclusive_partner_from_a_config_file_and_refusals_name_the_files_values(
+        reference_run, tmp_path, capsys):
+    """A run's config.toml holds --local-steps and --seed: --local-epochs 1 or --seeds 0-1 on top of it were
+    refused as "not both" (of flags never typed); a refusal of a file's value says it came from the file; a switch
+    the file turns on can be turned off; a value a flag overrides is still checked; 'help' is no setting."""
+    import tomllib
+
+    cfg = str(reference_run / "config.toml")
+    assert main(["run", "--config", cfg, "--local-epochs", "1", "--print-config"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["local-epochs"] == 1 and "local-steps" not in printed
+    assert main(["run", "--config", cfg, "--seeds", "0-1", "--print-config"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["seeds"] == [0, 1] and "seed" not in printed
+    files = {"fp.toml": 'algorithm = "fedprox"\nmu = 0.1\n', "stream.toml": "stream = true\n",
+             "bad.toml": 'rounds = "abc"\n', "help.toml": "help = true\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert main(["run", "--config", str(tmp_path / "stream.toml"), "--no-stream", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["stream"] is False
+    for name, argv, message in (
+            ("fp.toml", ["--algorithm", "fedavg"], f"--mu applies to --algorithm fedprox, got --algorithm fedavg "
+                                                   f"(mu = 0.1 from --config {tmp_path / 'fp.toml'})"),
+            ("bad.toml", ["--rounds", "2"], "rounds = 'abc': expected a positive integer"),
+            ("help.toml", [], "'help' is not read from a config file")):
+        with pytest.raises(SystemExit):
+            main(["run", "--config", str(tmp_path / name), *argv, "--print-config"])
+        assert message in capsys.readouterr().err
+
+
 def test_summary_records_config_versions_device_and_final_model_loads(reference_run):
     import jax
 

@@ -14,6 +14,7 @@ top: precedence, and the flags a file may not hold.
 from __future__ import annotations
 
 import argparse
+import re
 
 from jaxqfl.experiment import toml_io
 from jaxqfl.experiment.toml_io import to_toml  # noqa: F401  (re-exported: --print-config and config.toml)
@@ -54,12 +55,20 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
     return given
 
 
+#: Settings that exclude each other: a flag given on the command line replaces its partner from the file
+#: (a run's config.toml holds --local-steps; repeating it with --local-epochs 1 means the epochs, not both).
+EXCLUSIVE_PARTNERS = {"local_steps": "local_epochs", "local_epochs": "local_steps", "seed": "seeds",
+                      "seeds": "seed", "dp_noise": "dp_epsilon", "dp_epsilon": "dp_noise"}
+
+
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict, explicit: set[str],
                  source: str) -> None:
-    """Set ``args`` from ``values`` (a config file) where no flag was given; checks each value as its flag would."""
+    """Set ``args`` from ``values`` (a config file) where no flag was given; checks each value as its flag would
+    (one a flag overrides too). ``args._from_config`` records what was taken, for refusals to name its source."""
     by_dest = {a.dest: a for a in parser._actions if a.option_strings}
+    taken = {}
     for key, value in values.items():
-        if key in NOT_CONFIG and key in by_dest and key != "config":
+        if key == "help" or (key in NOT_CONFIG and key in by_dest and key != "config"):
             flag = max(by_dest[key].option_strings, key=len)
             raise ConfigError(f"{source}: {key.replace('_', '-')!r} is not read from a config file: it belongs to "
                               f"this invocation; pass {flag} on the command line")
@@ -67,13 +76,16 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
             known = sorted(k.replace("_", "-") for k in by_dest if k not in NOT_CONFIG and k != "help")
             raise ConfigError(f"{source}: unknown key {key.replace('_', '-')!r}; keys are the flags' names: "
                               f"{', '.join(known)}")
-        if key in explicit or value is None:  # None: the automatic value (the flag's default)
+        if value is None:  # None: the automatic value (the flag's default)
             continue
+        overridden = key in explicit or EXCLUSIVE_PARTNERS.get(key) in explicit
         action = by_dest[key]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{source}: {key.replace('_', '-')} takes true or false, got {value!r}")
-            setattr(args, key, value)
+            if not overridden:
+                setattr(args, key, value)
+                taken[key] = value
             continue
         text = ",".join(str(x) for x in value) if isinstance(value, list) else str(value)
         if isinstance(value, bool):
@@ -85,4 +97,18 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
         if action.choices is not None and parsed not in action.choices:
             raise ConfigError(f"{source}: {key.replace('_', '-')} = {value!r} is not one of "
                               f"{', '.join(map(str, action.choices))}")
-        setattr(args, key, parsed)
+        if not overridden:
+            setattr(args, key, parsed)
+            taken[key] = value
+    args._from_config = (source, taken)
+
+
+def name_file_values(message: str, from_config) -> str:
+    """``message`` with the settings it names that came from the config file, and from which (a refusal of
+    ``--mu`` the user never typed says it is the file's ``mu = 0.1``)."""
+    if not from_config:
+        return message
+    source, taken = from_config
+    named = [f"{key.replace('_', '-')} = {toml_io.toml_value(value)}" for key, value in taken.items()
+             if re.search(rf"--{re.escape(key.replace('_', '-'))}(?![\w-])", message)]
+    return f"{message} ({'; '.join(named)} from {source})" if named else message

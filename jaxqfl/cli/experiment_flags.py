@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             groups[section_name] = p.add_argument_group(_title(type(section)))
         g = groups[section_name]
         if info.switch:
-            g.add_argument(info.flag, dest=info.dest, action="store_true", help=info.help)
+            # --no-<name> too: a switch a config file turns on can be turned off for one run
+            g.add_argument(info.flag, dest=info.dest, action=argparse.BooleanOptionalAction, default=False,
+                           help=info.help)
             continue
         g.add_argument(info.flag, dest=info.dest, type=as_argparse_type(info.parse),
                        default=getattr(section, field_name), choices=info.choices, metavar=info.metavar,

@@ -103,7 +103,7 @@ def _run_with(parser, args, argv, stop, origin) -> int:
         parser.run_parser.error(str(e))
     _force_cpu_devices(settings.devices)  # before resolve(), which may import JAX to parse codec specs
     pipeline.start_data(settings)
-    pipeline.resolve(settings, parser.run_parser)
+    pipeline.resolve(settings, _NamingFileValues(parser.run_parser, getattr(args, "_from_config", None)))
     if settings.print_config:
         print(toml_io.to_toml(run_folder.config_of(settings)), end="")
         return 0
@@ -117,6 +117,18 @@ def _run_with(parser, args, argv, stop, origin) -> int:
     except ExperimentError as e:  # refused once the data is read (e.g. a model that does not fit it)
         print(f"jaxqfl run: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class _NamingFileValues:
+    """The run parser as refuser, its message naming the settings it mentions that a config file gave."""
+
+    def __init__(self, parser, from_config):
+        self.parser, self.from_config = parser, from_config
+
+    def error(self, message: str):
+        from jaxqfl.cli.config_file import name_file_values
+
+        self.parser.error(name_file_values(message, self.from_config))
 
 
 def main(argv: list[str] | None = None) -> int:
