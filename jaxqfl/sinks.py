@@ -27,13 +27,13 @@ import math
 import numbers
 import os
 import pathlib
-import shutil
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 SINKS = ("jsonl", "tensorboard", "csv")
 FILES = {"jsonl": "metrics.jsonl", "tensorboard": "tensorboard", "csv": "metrics.csv"}
+EVENT_FILES = "events.out.tfevents.*"  # what tensorboardX's SummaryWriter writes
 
 
 class Sink(NamedTuple):
@@ -44,8 +44,9 @@ class Sink(NamedTuple):
 
 
 def check_kinds(kinds) -> tuple[str, ...]:
-    """The sink names, checked (unknown names and a missing tensorboardX refused with the fix)."""
-    kinds = tuple(dict.fromkeys(kinds))
+    """The sink names, checked (unknown names and a missing tensorboardX refused with the fix); one name may be
+    given as a string."""
+    kinds = tuple(dict.fromkeys((kinds,) if isinstance(kinds, str) else kinds))
     unknown = [k for k in kinds if k not in SINKS]
     if unknown:
         raise ValueError(f"unknown metrics sink {', '.join(map(repr, unknown))}; allowed: {', '.join(SINKS)}")
@@ -61,19 +62,28 @@ def scalars(record: dict) -> dict[str, float]:
     """The record's finite numeric fields (booleans and lists left out)."""
     out = {}
     for k, v in record.items():
+        v = finite_or_none(v)  # a JAX or NumPy scalar as a Python number
         if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v)):
             out[k] = float(v)
     return out
 
 
 def finite_or_none(obj):
-    """``obj`` with every non-finite float replaced by None, NumPy scalars and arrays made plain Python."""
+    """``obj`` with every non-finite float replaced by None, NumPy and JAX scalars and arrays made plain Python
+    (bfloat16 and other float formats as floats); a complex value is refused (JSON has no form for it)."""
     if isinstance(obj, dict):
         return {str(k): finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return finite_or_none(obj.tolist())
+    if isinstance(obj, complex):
+        raise TypeError(f"a complex value ({obj!r}) has no JSON form; record its real and imaginary parts")
+    if not isinstance(obj, (bool, int, float, str)) and hasattr(obj, "dtype") and hasattr(obj, "shape"):
+        a = np.asarray(obj)  # np.ndarray, a NumPy scalar, a jax.Array
+        if a.dtype.kind == "c":
+            raise TypeError(f"a complex value ({obj!r}) has no JSON form; record its real and imaginary parts")
+        if a.dtype.kind not in "biu":
+            a = a.astype(np.float64)  # float16, bfloat16, float8 formats: their float values
+        return finite_or_none(a.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -119,12 +129,15 @@ def csv_sink(path) -> Sink:
 
 
 def tensorboard_sink(folder) -> Sink:
-    """Event files in ``folder`` (emptied first): each numeric field a scalar at step ``round``."""
+    """Event files in ``folder`` (earlier event files removed, nothing else): each numeric field a scalar at step
+    ``round``."""
     from tensorboardX import SummaryWriter
 
     folder = pathlib.Path(folder)
-    if folder.exists():
-        shutil.rmtree(folder)
+    if folder.is_dir():  # an earlier run's events would be read as this run's; the user's own files stay
+        for old in folder.glob(EVENT_FILES):
+            if old.is_file():
+                old.unlink()
     writer = SummaryWriter(logdir=str(folder), flush_secs=5)
 
     def write(record):
@@ -140,7 +153,7 @@ def tensorboard_sink(folder) -> Sink:
 def open_sinks(folder, kinds=("jsonl",)) -> Sink:
     """One sink writing every record to each of ``kinds`` (``jsonl`` always) in ``folder``."""
     folder = pathlib.Path(folder)
-    kinds = check_kinds(("jsonl",) + tuple(kinds))
+    kinds = check_kinds(("jsonl",) + check_kinds(kinds))
     makers = {"jsonl": jsonl_sink, "csv": csv_sink, "tensorboard": tensorboard_sink}
     opened = [makers[k](folder / FILES[k]) for k in kinds]
 

@@ -83,6 +83,39 @@ def test_a_sink_starts_afresh(tmp_path):
         assert len(list(csv.DictReader(f))) == 1
 
 
+def test_the_tensorboard_sink_removes_earlier_event_files_and_nothing_else(tmp_path):
+    """It removed the whole folder it was given (a user's tensorboard_sink(folder) lost every file in it)."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "sub").mkdir()
+    for _ in range(2):
+        sink = sinks.tensorboard_sink(tmp_path)
+        sink.write(RECORDS[0])
+        sink.close()
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "sub").is_dir()
+    assert len(list(tmp_path.glob(sinks.EVENT_FILES))) == 1
+    assert read_events(tmp_path)["test_accuracy"] == [(RECORDS[0]["round"], RECORDS[0]["test_accuracy"])]
+
+
+def test_jax_and_numpy_values_are_written_as_numbers_and_complex_ones_refused(tmp_path):
+    """A jax scalar was a TypeError in the JSON sinks and silently left out of csv and tensorboard."""
+    import jax.numpy as jnp
+    import ml_dtypes
+    import numpy as np
+
+    record = {"round": jnp.int32(3), "test_loss": jnp.float32(0.5), "x": np.array([1, np.nan], ml_dtypes.bfloat16),
+              "ok": jnp.bool_(True)}
+    assert json.loads(sinks.strict_dumps(record)) == {"round": 3, "test_loss": 0.5, "x": [1.0, None], "ok": True}
+    assert sinks.scalars(record) == {"round": 3.0, "test_loss": 0.5}
+    sink = sinks.open_sinks(tmp_path, "csv")  # one name as a string: it was read as 'c', 's', 'v'
+    sink.write(record)
+    sink.close()
+    with open(tmp_path / "metrics.csv") as f:
+        assert list(csv.DictReader(f)) == [{"round": "3.0", "test_loss": "0.5"}]
+    for value in (1 + 2j, np.complex64(1j)):
+        with pytest.raises(TypeError, match="complex value"):
+            sinks.strict_dumps({"z": value})
+
+
 def test_cli_writes_the_sinks_and_refuses_an_unknown_one(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["run", "--num-clients", "12", "--cohort-size", "4", "--rounds", "4", "--eval-every", "2",
