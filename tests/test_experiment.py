@@ -17,6 +17,7 @@ import shlex
 import pytest
 
 import jax
+from hypothesis import given as given_hypothesis, settings as settings_hypothesis, strategies as st
 import jaxqfl
 from jaxqfl.cli.main import _parser, main
 from jaxqfl.experiment import Experiment, ExperimentError, InvalidValue, settings
@@ -307,3 +308,14 @@ def test_an_invocation_flag_given_to_the_experiment_says_where_it_goes(name, whe
     """Experiment.of(out=...) answered "did you mean dropout?"."""
     with pytest.raises(InvalidValue, match=re.escape(f"{name!r} belongs to a run, not to the experiment: {where}")):
         Experiment.of(**{name: "x"})
+
+
+@settings_hypothesis(max_examples=300, deadline=None)
+@given_hypothesis(st.text())
+def test_any_string_setting_round_trips_through_toml(text):
+    """Control characters (\\x01, \\x7f, \\r) were written raw: the file could not be read back ("Illegal character")."""
+    import tomllib
+
+    from jaxqfl.experiment.toml_io import to_toml
+
+    assert tomllib.loads(to_toml({"lora-targets": text}))["lora-targets"] == text

@@ -13,6 +13,9 @@ import tomllib
 from jaxqfl.value_kinds import InvalidValue
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+
+
 def toml_value(v) -> str:
     """One value as TOML."""
     if isinstance(v, bool):
@@ -23,9 +26,9 @@ def toml_value(v) -> str:
         if not math.isfinite(v):
             return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
         return repr(v)
-    if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        return f'"{escaped}"'
+    if isinstance(v, str):  # a TOML basic string: backslash, quote and every control character escaped
+        return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                             for c in v) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
