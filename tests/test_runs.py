@@ -398,3 +398,19 @@ def test_an_output_file_where_no_file_can_be_made_is_refused_before_any_work(mon
         with pytest.raises(OutputError, match="no file can be written in '/proc'"):
             check_output_file(path)
     assert not os.path.exists("/proc/jaxqfl-test.png")
+
+
+def test_resuming_a_run_that_diverged_before_a_checkpoint_says_so(tmp_path, capsys):
+    """The refusal said the run "was stopped before its first checkpoint" of a run that diverged at round 1."""
+    out = tmp_path / "diverged"
+    out.mkdir()
+    (out / "config.toml").write_text("rounds = 3\n")
+    (out / "summary.json").write_text(json.dumps({"diverged": True, "diverged_round": 1}))
+    with pytest.raises(SystemExit):
+        main(["run", "--resume", str(out)])
+    err = capsys.readouterr().err
+    assert "the run diverged at round 1, before its first checkpoint" in err and "lower --client-lr" in err
+    (out / "summary.json").write_text(json.dumps({"diverged": False, "interrupted": True}))
+    with pytest.raises(SystemExit):
+        main(["run", "--resume", str(out)])
+    assert "the run was stopped before its first checkpoint" in capsys.readouterr().err

@@ -68,6 +68,20 @@ def saved_devices(out) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
+def _why_no_checkpoint(resume) -> str:
+    """What the folder's summary says ended the run before a checkpoint: divergence, or a stop."""
+    import json
+
+    try:
+        summary = json.loads((pathlib.Path(resume) / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict) and summary.get("diverged"):
+        return (f"the run diverged at round {summary.get('diverged_round')}, before its first checkpoint: a resume "
+                f"would diverge again; lower --client-lr or --server-lr")
+    return "the run was stopped before its first checkpoint"
+
+
 def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
     """``(round, meta)`` of the newest checkpoint whose record reads back; a damaged newer one is warned about.
 
@@ -86,8 +100,8 @@ def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
         raise ExperimentError(f"--resume {resume!r}: not a run's folder (it holds no config.toml and no "
                               f"checkpoints/); --resume takes the folder of a run (its --out)")
     if not rounds:
-        raise ExperimentError(f"--resume {resume!r}: no checkpoint in {ckpt} (the run was stopped "
-                                      f"before its first checkpoint); start it again instead")
+        raise ExperimentError(f"--resume {resume!r}: no checkpoint in {ckpt} ({_why_no_checkpoint(resume)}); "
+                              f"start it again instead")
     damaged = []
     for step in reversed(rounds):
         try:
