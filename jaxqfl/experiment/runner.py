@@ -44,7 +44,7 @@ from jaxqfl.experiment import robust_rules
 from jaxqfl.experiment import sampling_rules, selection_rules
 from jaxqfl.registry import attacks as attack_registry
 from jaxqfl.experiment import clustering_runner
-from jaxqfl.experiment import lora_rules, model_rules
+from jaxqfl.experiment import inert_rules, lora_rules, model_rules
 from jaxqfl.experiment.data_rules import (build_population, data_seed_of, fail, fill_packed_task, stream_origin,
                                           validate_data)
 from jaxqfl.registry import datasets as dataset_registry
@@ -74,6 +74,7 @@ def validate(refuser: Refuser, args: Settings) -> None:
     for name in ("model", "num_clients", "cohort_size", "rounds", "client_lr", "batch_size", "eval_every"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(d, name))
+    inert_rules.validate(refuser, args)  # data and architecture settings this dataset / model does not read
     algorithm_rules.validate(refuser, args)
     personal_rules.validate(refuser, args)
     if args.num_clients is not None and args.cohort_size > args.num_clients:
