@@ -26,6 +26,9 @@ def as_text(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
+        if any(isinstance(x, (list, tuple)) for x in value):  # [[0.1, 0.2]] was read as the sweep 0.1,0.2
+            raise InvalidValue(f"a list of lists is not a setting's value, got {list(value)!r}; a sweep is one "
+                               f"flat list")
         return ",".join(as_text(x) for x in value)
     return str(value)
 

@@ -319,3 +319,28 @@ def test_any_string_setting_round_trips_through_toml(text):
     from jaxqfl.experiment.toml_io import to_toml
 
     assert tomllib.loads(to_toml({"lora-targets": text}))["lora-targets"] == text
+
+
+def test_files_and_values_a_review_found_misread(tmp_path, capsys):
+    """A byte-order mark made a TOML file invalid; [[0.1, 0.2]] became a two-value sweep in Python and '[0.1' on the
+    command line; NumPy booleans were refused by switches; dp-bits = 1e3 said "invalid literal for int()"."""
+    import numpy as np
+    import tomllib
+
+    from jaxqfl.cli.main import main
+
+    bom, nested, bits = tmp_path / "bom.toml", tmp_path / "nested.toml", tmp_path / "bits.toml"
+    bom.write_bytes(b"\xef\xbb\xbfrounds = 2\n")
+    nested.write_text("client-lr = [[0.1, 0.2]]\n")
+    bits.write_text("dp-bits = 1e3\n")
+    assert Experiment.from_toml(bom).given() == {"rounds": 2}
+    assert main(["run", "--config", str(bom), "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["rounds"] == 2
+    with pytest.raises(ExperimentError, match="a list of lists is not a setting's value"):
+        Experiment.from_toml(nested)
+    for path, message in ((nested, "a list of lists is not a setting's value"),
+                          (bits, "dp-bits = 1000.0: expected a positive integer")):
+        with pytest.raises(SystemExit):
+            main(["run", "--config", str(path), "--print-config"])
+        assert message in capsys.readouterr().err
+    assert Experiment.of(stream=np.bool_(True)).given() == {"stream": True}

@@ -19,7 +19,7 @@ import re
 from jaxqfl.experiment import toml_io
 from jaxqfl.experiment.toml_io import to_toml  # noqa: F401  (re-exported: --print-config and config.toml)
 from jaxqfl.experiment.run_folder import NOT_CONFIG, config_of  # noqa: F401  (re-exported)
-from jaxqfl.value_kinds import ExperimentError, InvalidValue
+from jaxqfl.value_kinds import ExperimentError, InvalidValue, as_text
 
 
 
@@ -87,10 +87,8 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
                 setattr(args, key, value)
                 taken[key] = value
             continue
-        text = ",".join(str(x) for x in value) if isinstance(value, list) else str(value)
-        if isinstance(value, bool):
-            text = text.lower()
         try:
+            text = as_text(value)  # as the library reads it: lists comma-joined, booleans true / false
             parsed = action.type(text) if action.type is not None else text
         except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
             raise ConfigError(f"{source}: {key.replace('_', '-')} = {value!r}: {e}") from None

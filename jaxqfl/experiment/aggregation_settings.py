@@ -74,7 +74,7 @@ class Privacy(Section):
                 help='distributed DP: clients add Skellam noise to b-bit codes summed under secure aggregation '
                      "(--secure-aggregation's protocol, secagg+ by default); --dp-noise z: noise std >= z C on the "
                      'sum')
-    dp_bits: int | None = setting(None, int,
+    dp_bits: int | None = setting(None, v.positive_int,
                 help="distributed DP: the secure sum's modulus 2^b (default 20); the grid follows from it")
     secure_aggregation: str | None = setting(None, choices=SECURE_PROTOCOLS,
                 help='sum the integer uplink codes under simulated secure aggregation')
@@ -82,6 +82,6 @@ class Privacy(Section):
                 help='fraction of the cohort dropping out after masking (secure aggregation)')
     secagg_threshold: float = setting(0.5, v.fraction(True, False, '--secagg-threshold must be in (0, 1]'),
                 help="Shamir threshold t as a fraction of a client's neighbours (t = floor(f k) + 1)")
-    secagg_degree: int | None = setting(None, int,
+    secagg_degree: int | None = setting(None, v.positive_int,
                 help="SecAgg+'s number of neighbours k (even); default: the smallest k >= 2 ceil(log2 M) whose round "
                      'fails with probability <= 1e-6 at --dropout (all pairs when none does)')

@@ -53,9 +53,11 @@ def read_value(field: dataclasses.Field, value, where: str):
     if value is None:
         return field.default
     if info.switch:
-        if not isinstance(value, bool):
+        import numpy as np
+
+        if not isinstance(value, (bool, np.bool_)):  # NumPy's booleans too
             raise InvalidValue(f"{where} takes true or false, got {value!r}")
-        return value
+        return bool(value)
     if isinstance(value, dict):
         raise InvalidValue(f"{where} = {value!r}: a table is not a value of this setting")
     text = as_text(value)

@@ -51,7 +51,7 @@ def read_toml(path, what: str = "config") -> dict:
     if not p.is_file():
         raise InvalidValue(f"{what} {str(path)!r}: no such file")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark (some editors write one) skipped
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InvalidValue(f"{what} {str(path)!r} is not valid TOML: {e}") from None
     out, spelled = {}, {}
