@@ -269,3 +269,17 @@ def test_the_python_api_refuses_what_it_does_not_support(population, profile):
     short = systems.ClientSystems(profile.seconds_per_step[:3], profile.bandwidth[:3])
     with pytest.raises(ValueError, match=r"must have shape \(12,\)"):
         _build(population, systems=short, deadline=5.0, stragglers="drop")
+
+
+def test_the_engine_refuses_to_leave_sampled_clients_out_of_a_secure_sum(population, profile):
+    """A dropped straggler's masked words were left out of the sum, so its pairwise masks never cancelled (a CLI run:
+    test loss 10 -> 114,397, exit 0). The secure aggregator says it needs the whole cohort (``whole_cohort``); the
+    engine refuses what leaves a sampled client out; partial stragglers stay in the sum and run."""
+    codec = compress.from_spec("qsgd:4")
+    secure = aggregate.secure_sum(codec, num_clients=population.num_clients, cohort_size=M)
+    assert secure.whole_cohort and not aggregate.mean().whole_cohort
+    for kw, what in ((dict(deadline=5.0, stragglers="drop", systems=profile), "stragglers='drop'"),
+                     (dict(sampling="poisson"), "Poisson sampling")):
+        with pytest.raises(ValueError, match=f"whole sampled cohort .*; {what} leaves sampled clients out"):
+            _build(population, aggregator=secure, uplink=codec, **kw)
+    _build(population, aggregator=secure, uplink=codec, deadline=5.0, stragglers="partial", systems=profile)

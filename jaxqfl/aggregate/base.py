@@ -128,6 +128,9 @@ class Aggregator(NamedTuple):
         secure aggregation); the engine then skips its generic uplink codec.
       dp: None, or a ``jaxqfl.aggregate.sensitivity.Sensitivity``: the rule's L2 sensitivity
         bound under central DP (or why it has none). Metadata only; the engine never reads it.
+      whole_cohort: True when a summand means something only inside the sum of every sampled client
+        (secure aggregation's pairwise masks cancel there): the engine refuses what leaves a sampled
+        client out of the sum (a dropped straggler, an unjoined Poisson or unavailable slot).
     """
 
     init: InitFn
@@ -139,6 +142,7 @@ class Aggregator(NamedTuple):
     statistics: Optional[StatisticsFn] = None
     encodes_uplink: bool = False
     dp: Optional[Any] = None
+    whole_cohort: bool = False
 
 
 def check_aggregator(aggregator: Aggregator) -> Aggregator:

@@ -382,5 +382,5 @@ def secure_encoded_sum(
     return Aggregator(
         init=lambda params: SecureState(failed_rounds=jnp.int32(0)),
         client_state_init=no_state, reduction="sum", client=client, server=server,
-        statistics=statistics, encodes_uplink=True,
+        statistics=statistics, encodes_uplink=True, whole_cohort=True,
     )

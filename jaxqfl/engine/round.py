@@ -185,6 +185,12 @@ def round_program(
     if poisson and not (expected_cohort is not None and 0 < expected_cohort <= num_clients):
         raise ValueError(f"Poisson sampling needs an expected cohort in (0, {num_clients}], got {expected_cohort!r}")
     deadline, stragglers = check_deadline(deadline, stragglers, systems, num_clients)
+    left_out = [what for what, on in (("stragglers='drop'", stragglers == "drop"), ("Poisson sampling", poisson),
+                                      ("availability", availability is not None)) if on]
+    if aggregator.whole_cohort and left_out:  # the engine names no rule: the aggregator says what it needs
+        raise ValueError(f"this aggregator's summands only mean something in the sum of the whole sampled cohort "
+                         f"(secure aggregation's masks cancel there); {left_out[0]} leaves sampled clients out of "
+                         f"the sum")
     partial = stragglers == "partial"
     C, M, D = num_clients, layout.cohort_size, layout.num_devices
     chunk, num_chunks, per_device = layout.chunk, layout.num_chunks, layout.per_device
