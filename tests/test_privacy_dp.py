@@ -234,3 +234,21 @@ def test_a_run_calibrated_from_epsilon_is_repeated_and_resumed_from_its_own_file
     assert main(["run", "--resume", str(cut), "--no-progress"]) == 0
     for other in (tmp_path / "again", cut):
         assert (other / "final_params.msgpack").read_bytes() == (out / "final_params.msgpack").read_bytes()
+    if extra:
+        return
+    # a checkpoint written before this fix: its record holds the calibrated dp_noise beside dp_epsilon
+    import json
+
+    from jaxqfl.experiment.run_folder import fingerprint
+
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    shutil.rmtree(old / "checkpoints" / "4")
+    (old / "final_params.msgpack").unlink()
+    record = old / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(record.read_text())
+    meta["config"]["dp_noise"] = json.loads((out / "summary.json").read_text())["dp_noise_multiplier"]
+    meta["fingerprint"] = fingerprint(meta["config"])
+    record.write_text(json.dumps(meta))
+    assert main(["run", "--resume", str(old), "--no-progress"]) == 0
+    assert (old / "final_params.msgpack").read_bytes() == (out / "final_params.msgpack").read_bytes()

@@ -10,7 +10,7 @@ import argparse
 import pathlib
 
 from jaxqfl.cli import config_file
-from jaxqfl.experiment.run_folder import checkpoint_dir, readable_meta
+from jaxqfl.experiment.run_folder import checkpoint_dir, readable_meta, saved_config
 
 
 def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_argv: list[str]) -> None:
@@ -39,7 +39,7 @@ def prepare(run_parser: argparse.ArgumentParser, args: argparse.Namespace, run_a
         step, meta = readable_meta(ckpt, args.resume)
         args._resume_meta = meta
         args._resume_step = step
-        config_file.apply_config(run_parser, args, meta["config"], explicit, f"checkpoint {ckpt}")
+        config_file.apply_config(run_parser, args, saved_config(meta), explicit, f"checkpoint {ckpt}")
         args.out = args.resume
     elif args.config is not None:
         config_file.apply_config(run_parser, args, config_file.read_toml(args.config), explicit,

@@ -170,7 +170,7 @@ def resume(out: str | pathlib.Path, *, log: tuple[str, ...] | str = ("jsonl",), 
     if not folder.is_dir():
         raise ExperimentError(f"resume {str(out)!r}: no such folder")
     step, meta = run_folder.readable_meta(run_folder.checkpoint_dir(folder), str(out))
-    settings = settings_of(Experiment.of(**meta["config"]), resume=str(folder), out=str(folder),
+    settings = settings_of(Experiment.of(**run_folder.saved_config(meta)), resume=str(folder), out=str(folder),
                            log=values.sink_list(values.as_text(log)), no_progress=not progress)
     settings._resume_meta, settings._resume_step = meta, step
     return _execute(settings, "jaxqfl.resume() call")

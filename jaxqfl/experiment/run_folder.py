@@ -118,17 +118,26 @@ def readable_meta(ckpt: pathlib.Path, resume) -> tuple[int, dict]:
                                   f"{', '.join(damaged)}); start the run again")
 
 
+def saved_config(meta: dict) -> dict:
+    """The config a checkpoint's record holds, as this version writes it: a run calibrated from ``dp_epsilon``
+    recorded the derived ``dp_noise`` beside it before (and was refused on resume for giving both)."""
+    config = dict(meta["config"])
+    if config.get("dp_epsilon") is not None:
+        config.pop("dp_noise", None)
+    return config
+
+
 def check_resume(args) -> None:
     """Refuse a resumed run whose resolved config differs from its checkpoint's, naming the field."""
     meta = getattr(args, "_resume_meta", None)
     if meta is None:
         return
-    saved, now = meta["config"], config_of(args)
+    saved, now = saved_config(meta), config_of(args)
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
             raise ExperimentError(
                 f"--resume {args.resume}: the config differs from the checkpoint's in {key.replace('_', '-')!r} "
                 f"(checkpoint: {saved.get(key)!r}, now: {now.get(key)!r}); a resumed run must keep its config")
-    if meta.get("fingerprint") != fingerprint(saved):
+    if meta.get("fingerprint") != fingerprint(meta["config"]):
         raise ExperimentError(f"--resume {args.resume}: the checkpoint's config does not match its "
                                       f"fingerprint; the checkpoint was edited or is damaged")
