@@ -72,7 +72,8 @@ def check(refuser: Refuser, args: Settings) -> None:
     if args.client_lr is not None:
         refuser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
                        "steps by 1/count per centroid (Sculley 2010)")
-    ignored = [info for _, _, info in _not_for_kmeans() if getattr(args, info.dest, None) != _defaults()[info.dest]]
+    defaults = _defaults()
+    ignored = [info for _, _, info in _not_for_kmeans() if getattr(args, info.dest, None) != defaults[info.dest]]
     if ignored:
         refuser.error(f"{ignored[0].flag} does not apply to --task clustering: federated k-means takes the data, "
                        f"cohort, round and execution settings, --uplink, --downlink and --integer-aggregation; its "

@@ -72,9 +72,15 @@ READ_BY = {
     "transformer_width": _model("transformer"),
     "transformer_depth": _model("transformer"),
     "transformer_heads": _model("transformer"),
-    "kmeans": ReadBy(lambda a: a.task == "clustering" or (a.task is None and a.dataset == "gaussian-mixture"),
-                     "--task clustering", lambda a: f"--task {a.task}" if a.task else "the dataset's own task"),
+    "kmeans": ReadBy(lambda a: _clustering(a), "--task clustering",
+                     lambda a: f"--task {a.task}" if a.task else "the dataset's own task"),
 }
+
+
+def _clustering(args: Settings) -> bool:
+    from jaxqfl.experiment.clustering_runner import is_clustering
+
+    return is_clustering(args)
 
 
 def validate(refuser: Refuser, args: Settings) -> None:
