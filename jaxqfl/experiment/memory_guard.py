@@ -34,6 +34,10 @@ split, on the devices:
     host        = P + P_test + 2 B
     per device  = 2 ceil(B / D) + P_test / D + S_rows + the cohort block above
 
+A procedural population (``--population procedural``) holds no training rows: ``procedural_estimate``
+counts its test clients' rows (on the host) and each round's generated cohort rows (on the devices), both
+padded to the row cap ``--max-client-size``.
+
 ``footprint_from_flags`` needs no data: a generated population's rows come from
 its client sizes, drawn (or, for millions of clients, taken from their
 distribution) by ``jaxqfl.data.footprint`` before anything is generated, and
