@@ -81,7 +81,8 @@ def adapted(args: Settings, model, population):
     if args.lora_rank is None:
         return pretrained.starting_from(model, base)
     adapted_model = lora.adapt(model, base, rank=args.lora_rank, alpha=args.lora_alpha,
-                               targets=args.lora_targets or DEFAULT_TARGETS, base_quant_format=args.base_quant or "none")
+                               targets=args.lora_targets or DEFAULT_TARGETS,
+                               base_quant_format=args.base_quant or "none")
     _warn_full_rank(args, lora.full_rank_kernels(jax.eval_shape(adapted_model.init, jax.random.key(0), sample_x)))
     return adapted_model
 
@@ -95,8 +96,8 @@ def _warn_full_rank(args: Settings, full: dict) -> None:
     below = min(min(shape) for shape in full.values())
     print(f"jaxqfl run: warning: --lora-rank {args.lora_rank} is at least the smaller side of {len(full)} adapted "
           f"kernel(s): {listed}. Their adapters are not low-rank: each holds more parameters than its kernel and "
-          f"can express no update that fine-tuning the kernel could not. A rank below {below} keeps every adapter low-rank; "
-          f"--lora-targets can leave those kernels out.", file=sys.stderr, flush=True)
+          f"can express no update that fine-tuning the kernel could not. A rank below {below} keeps every adapter "
+          f"low-rank; --lora-targets can leave those kernels out.", file=sys.stderr, flush=True)
 
 
 def wrap_algorithm(args: Settings, algorithm, num_clients: int):
@@ -139,5 +140,6 @@ def summary_line(s: dict) -> str:
         return ""
     tiers = f", tier ranks {','.join(map(str, s['lora_tier_ranks']))}" if s.get("lora_tier_ranks") else ""
     return (f"  LoRA             rank {s['lora_rank']}{tiers}: {s['adapter_params']:,} adapter parameters on a "
-            f"{'float32' if s['base_quant'] == 'none' else s['base_quant']} base of {s['base_params']:,} ({s['base_bytes'] / 1e6:,.2f} MB, held once per "
+            f"{'float32' if s['base_quant'] == 'none' else s['base_quant']} base of {s['base_params']:,} "
+            f"({s['base_bytes'] / 1e6:,.2f} MB, held once per "
             f"device); merged model in {MERGED_PARAMS}")

@@ -96,7 +96,8 @@ def check_memory(settings: Settings, refuser: Refuser) -> None:
         memory_guard.check(est, num_devices=devices, cpu=cpu,
                            stream_available=(hasattr(settings, "stream") and memory_guard.num_configs(settings) == 1
                                              and not population_rules.on(settings)),
-                           stream=stream, generated=settings.dataset != "mnist", procedural=population_rules.on(settings))
+                           stream=stream, generated=settings.dataset != "mnist",
+                           procedural=population_rules.on(settings))
     except memory_guard.MemoryRefusal as e:
         problem = str(e)
     if problem is not None:
