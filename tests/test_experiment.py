@@ -159,8 +159,10 @@ def test_jaxqfl_run_refuses_bad_options_before_any_work(tmp_path):
         jaxqfl.run(Experiment.of(**SMALL), log="wandb")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(ExperimentError, match="--overwrite"):
+    with pytest.raises(ExperimentError) as refused:  # named as Python takes them, not as the command's flags
         jaxqfl.run(Experiment.of(**SMALL), out=tmp_path / "full")
+    assert "add overwrite=True" in str(refused.value) and "--" not in str(refused.value)
+    assert f"jaxqfl.resume('{tmp_path / 'full'}')" in str(refused.value)
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
 
 

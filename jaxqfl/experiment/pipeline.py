@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pathlib
 import sys
 import time
@@ -177,6 +178,22 @@ def resume(out: str | pathlib.Path, *, log: tuple[str, ...] | str = ("jsonl",), 
     return _execute(settings, "jaxqfl.resume() call")
 
 
+#: The invocation's flags as ``jaxqfl.run`` / ``jaxqfl.resume`` take them (a refusal in Python names these).
+_PYTHON_INVOCATION = {"--overwrite": "overwrite=True", "--out": "out", "--log": "log", "--no-progress": "progress"}
+
+
+class _PythonNames(Refuse):
+    """The library's refuser for ``jaxqfl.run`` / ``jaxqfl.resume``: the invocation's flags named as their
+    arguments (``--overwrite`` -> ``overwrite=True``, ``--resume OUT`` -> ``jaxqfl.resume(OUT)``); a setting's
+    flag is left as it is (``--devices`` is ``devices`` of ``Experiment.of``)."""
+
+    def error(self, message: str):
+        message = re.sub(r"--resume (\S+?)(?=[\s,;)]|$)", r"jaxqfl.resume('\1')", message)
+        message = re.sub(r"--(overwrite|out|log|no-progress)(?![\w-])",
+                         lambda m: _PYTHON_INVOCATION[m.group(0)], message)
+        super().error(message)
+
+
 def _check_folder_argument(what: str, value, *, may_be_none: bool) -> None:
     """A folder given in Python is a non-empty ``str`` or ``os.PathLike`` (bytes, numbers and "" made folders named
     ``b'``, ``5`` or wrote into the working folder)."""
@@ -193,7 +210,7 @@ def _execute(settings: Settings, what: str) -> RunOutcome:
     from jaxqfl.experiment import outputs, runner
     from jaxqfl.experiment.collections_pause import fewer_collections
 
-    refuser = Refuse()
+    refuser = _PythonNames()
     origin = (time.time(), what)
     try:
         with fewer_collections():
