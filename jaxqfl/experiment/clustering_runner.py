@@ -74,7 +74,7 @@ def check(refuser: Refuser, args: Settings) -> None:
                        "steps by 1/count per centroid (Sculley 2010)")
     defaults = _defaults()
     ignored = [info for _, _, info in _not_for_kmeans() if getattr(args, info.dest, None) != defaults[info.dest]]
-    if ignored:
+    if ignored and getattr(args, "resume", None) is None:  # a resumed run keeps the config it ran with
         refuser.error(f"{ignored[0].flag} does not apply to --task clustering: federated k-means takes the data, "
                        f"cohort, round and execution settings, --uplink, --downlink and --integer-aggregation; its "
                        f"server averages the clients' sums and counts (no algorithm, server optimizer, aggregator, "

@@ -84,8 +84,12 @@ def _clustering(args: Settings) -> bool:
 
 
 def validate(refuser: Refuser, args: Settings) -> None:
-    """Refuse the first setting of :data:`READ_BY` given a value in a run that does not read it."""
+    """Refuse the first setting of :data:`READ_BY` given a value in a run that does not read it; a resumed run
+    keeps its checkpoint's config as it is (one an earlier version ran, ignoring such a value, continues)."""
     from jaxqfl.experiment.experiment import Experiment
+
+    if getattr(args, "resume", None) is not None:
+        return
 
     defaults = Experiment().flat()
     for name, read_by in READ_BY.items():
