@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxqfl import keys
+from jaxqfl.data.footprint import PROCEDURAL_TEST_CHUNK
 from jaxqfl.data.population import Population, check_finite, check_labels
 from jaxqfl.data.synthetic import FEATURE_DECAY
 from jaxqfl.value_kinds import MAX_SEED
@@ -64,7 +65,7 @@ from jaxqfl.value_kinds import MAX_SEED
 __all__ = ["ProceduralPopulation", "client_leaf", "from_function", "procedural_mixture", "procedural_synthetic"]
 
 #: Test clients generated at a time when the test set is built on the host.
-TEST_CHUNK = 256  # test clients drawn at a time (memory_guard.procedural_estimate counts them)
+TEST_CHUNK = PROCEDURAL_TEST_CHUNK  # test clients drawn at a time (the memory check counts them)
 
 
 def client_leaf(seed: int, client_id) -> jax.Array:

@@ -51,8 +51,9 @@ import math
 import os
 from typing import NamedTuple
 
+from jaxqfl.data.footprint import PROCEDURAL_TEST_CHUNK as TEST_CHUNK  # JAX-free, as this module
+
 FIT_FRACTION = 0.9  # share of the available memory a run may plan to use
-TEST_CHUNK = 256  # jaxqfl.data.procedural.TEST_CHUNK, without importing JAX (a test checks they agree)
 
 
 class MemoryRefusal(ValueError):
@@ -193,14 +194,13 @@ def procedural_estimate(args, *, num_devices: int) -> Estimate:
 
     (``T`` test clients, ``d`` features, ``M`` the cohort).
     """
-    from jaxqfl.experiment.population_rules import DEFAULT_MAX_COUNT
+    from jaxqfl.experiment.population_rules import procedural_sizes
 
     D, T, M = num_devices, args.test_clients, args.cohort_size
-    cap = args.max_client_size or DEFAULT_MAX_COUNT
-    d = args.num_features or (10 if args.dataset == "gaussian-mixture" else 60)
+    cap, d, classes = procedural_sizes(args)
     row = cap * (d + 1) * 4  # one client's rows, padded to the cap
     host = (T + min(T, TEST_CHUNK)) * row
-    n = model_num_params(args, d, 10 if args.dataset == "synthetic" else args.components)
+    n = model_num_params(args, d, classes)
     rows_per_device = math.ceil(M / D) * row
     cohort = math.ceil(M / D) * 4 * 4 * n
     terms = {f"the test clients' rows ({T:,} clients x {cap:,} rows x {d + 1} values, padded to --max-client-size)":

@@ -29,6 +29,7 @@ from jaxqfl import choices
 
 POPULATIONS = choices.POPULATIONS
 DEFAULT_MAX_COUNT = 512
+SYNTHETIC_CLASSES = 10  # procedural_synthetic's classes (the in-memory Synthetic's)
 
 
 def on(args) -> bool:
@@ -69,18 +70,26 @@ def validate(refuser: Refuser, args: Settings) -> None:
                        f"per-client data; it does not support {', '.join(refused)}")
 
 
+def procedural_sizes(args: Settings) -> tuple[int, int, int]:
+    """``(row cap, features, classes)`` of the procedural population of the data flags (what :func:`build` makes
+    and the memory check counts)."""
+    if args.dataset == "gaussian-mixture":
+        return args.max_client_size or DEFAULT_MAX_COUNT, args.num_features or 10, args.components
+    return args.max_client_size or DEFAULT_MAX_COUNT, args.num_features or 60, SYNTHETIC_CLASSES
+
+
 def build(args: Settings, seed: int):
     """The procedural population of the data flags."""
     from jaxqfl.data.procedural import procedural_mixture, procedural_synthetic
 
+    max_count, num_features, num_classes = procedural_sizes(args)
     if args.dataset == "gaussian-mixture":
         return procedural_mixture(
-            args.components, args.num_clients, seed, num_features=args.num_features or 10,
+            num_classes, args.num_clients, seed, num_features=num_features,
             concentration=args.concentration, separation=args.separation, size_mean=args.client_size_mean,
             size_sigma=args.client_size_sigma, min_size=args.min_client_size,
-            max_count=args.max_client_size or DEFAULT_MAX_COUNT, test_clients=args.test_clients)
+            max_count=max_count, test_clients=args.test_clients)
     return procedural_synthetic(
-        args.synthetic_alpha, args.synthetic_beta, args.num_clients, seed,
-        num_features=args.num_features or 60, size_mean=args.client_size_mean, size_sigma=args.client_size_sigma,
-        min_size=args.min_client_size, max_count=args.max_client_size or DEFAULT_MAX_COUNT,
-        test_clients=args.test_clients)
+        args.synthetic_alpha, args.synthetic_beta, args.num_clients, seed, num_features=num_features,
+        num_classes=num_classes, size_mean=args.client_size_mean, size_sigma=args.client_size_sigma,
+        min_size=args.min_client_size, max_count=max_count, test_clients=args.test_clients)
