@@ -25,7 +25,7 @@ import sys
 import time
 
 from jaxqfl import sinks
-from jaxqfl.experiment import checkpoint_policy
+from jaxqfl.experiment import checkpoint_policy, inert_rules
 from jaxqfl.experiment.process_clock import startup_fields
 from jaxqfl.data.build import DEFAULT_TASK
 
@@ -46,18 +46,13 @@ _REFUSED_ELSEWHERE = frozenset({"model", "client_lr", "sampling", "availability"
                                 "target_accuracy"})
 
 
-def _not_for_kmeans() -> list:
+def _not_for_kmeans() -> dict:
+    """``{flat name: flag}`` of the settings federated k-means does not read (the sets above)."""
     from jaxqfl.experiment.experiment import settings
 
-    return [(section, name, info) for section, name, info in settings()
+    return {info.dest: info.flag for section, _, info in settings()
             if (section in _UNUSED_SECTIONS or (section == "training" and info.dest in _UNUSED_TRAINING))
-            and info.dest not in _REFUSED_ELSEWHERE]
-
-
-def _defaults() -> dict:
-    from jaxqfl.experiment.experiment import Experiment
-
-    return Experiment().flat()
+            and info.dest not in _REFUSED_ELSEWHERE}
 
 
 def check(refuser: Refuser, args: Settings) -> None:
@@ -72,10 +67,10 @@ def check(refuser: Refuser, args: Settings) -> None:
     if args.client_lr is not None:
         refuser.error("--client-lr does not apply to k-means: Lloyd divides sums by counts, mini-batch k-means "
                        "steps by 1/count per centroid (Sculley 2010)")
-    defaults = _defaults()
-    ignored = [info for _, _, info in _not_for_kmeans() if getattr(args, info.dest, None) != defaults[info.dest]]
-    if ignored and getattr(args, "resume", None) is None:  # a resumed run keeps the config it ran with
-        refuser.error(f"{ignored[0].flag} does not apply to --task clustering: federated k-means takes the data, "
+    flags = _not_for_kmeans()
+    ignored = inert_rules.given(args, flags)  # none on resume: a resumed run keeps the config it ran with
+    if ignored:
+        refuser.error(f"{flags[ignored[0]]} does not apply to --task clustering: federated k-means takes the data, "
                        f"cohort, round and execution settings, --uplink, --downlink and --integer-aggregation; its "
                        f"server averages the clients' sums and counts (no algorithm, server optimizer, aggregator, "
                        f"attack, privacy, LoRA, tiers, systems clock or personal evaluation)")

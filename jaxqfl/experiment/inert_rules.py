@@ -83,18 +83,23 @@ def _clustering(args: Settings) -> bool:
     return is_clustering(args)
 
 
-def validate(refuser: Refuser, args: Settings) -> None:
-    """Refuse the first setting of :data:`READ_BY` given a value in a run that does not read it; a resumed run
-    keeps its checkpoint's config as it is (one an earlier version ran, ignoring such a value, continues)."""
+def given(args: Settings, names) -> list[str]:
+    """The settings among ``names`` (flat names) whose value differs from the default, in order; none for a
+    resumed run, which keeps its checkpoint's config as it is (one an earlier version ran, ignoring such a value,
+    continues)."""
     from jaxqfl.experiment.experiment import Experiment
 
     if getattr(args, "resume", None) is not None:
-        return
-
+        return []
     defaults = Experiment().flat()
-    for name, read_by in READ_BY.items():
-        value = getattr(args, name, defaults[name])
-        if value != defaults[name] and not read_by.reads(args):
+    return [name for name in names if getattr(args, name, defaults[name]) != defaults[name]]
+
+
+def validate(refuser: Refuser, args: Settings) -> None:
+    """Refuse the first setting of :data:`READ_BY` given a value in a run that does not read it (:func:`given`)."""
+    for name in given(args, READ_BY):
+        read_by = READ_BY[name]
+        if not read_by.reads(args):
             flag = "--" + name.replace("_", "-")
             refuser.error(f"{flag} applies to {read_by.what}, not to this run ({read_by.instead(args)} does not "
                           f"read it); drop {flag}")
