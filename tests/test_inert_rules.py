@@ -51,23 +51,13 @@ def test_every_entry_is_a_setting():
 def test_a_run_an_earlier_version_ran_with_an_ignored_setting_still_resumes(tmp_path):
     """Its checkpoint's config is kept as it is on resume: an earlier version accepted --alpha 0.1 without
     --partition dirichlet (and ignored it), and such a run continues to the same model."""
-    import json
-    import shutil
-
-    from jaxqfl.experiment.run_folder import fingerprint
+    from interrupted_runs import back_to_checkpoint, rewrite_record
 
     out = tmp_path / "run"
     assert main(["run", "--num-clients", "8", "--cohort-size", "4", "--local-steps", "1", "--batch-size", "4",
                  "--rounds", "4", "--eval-every", "2", "--checkpoint-every", "2", "--no-progress",
                  "--out", str(out)]) == 0
-    old = tmp_path / "old"
-    shutil.copytree(out, old)
-    shutil.rmtree(old / "checkpoints" / "4")
-    (old / "final_params.msgpack").unlink()
-    record = old / "checkpoints" / "2" / "meta" / "metadata"
-    meta = json.loads(record.read_text())
-    meta["config"]["alpha"] = 0.1  # as the earlier version recorded the ignored flag
-    meta["fingerprint"] = fingerprint(meta["config"])
-    record.write_text(json.dumps(meta))
+    old = back_to_checkpoint(out, tmp_path / "old", 2)
+    rewrite_record(old, 2, alpha=0.1)  # as the earlier version recorded the ignored flag
     assert main(["run", "--resume", str(old), "--no-progress"]) == 0
     assert (old / "final_params.msgpack").read_bytes() == (out / "final_params.msgpack").read_bytes()

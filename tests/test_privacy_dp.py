@@ -216,8 +216,7 @@ def test_a_run_calibrated_from_epsilon_is_repeated_and_resumed_from_its_own_file
     """config.toml held the calibrated --dp-noise beside --dp-epsilon, so --config and --resume of such a run were
     refused ("needs exactly one of --dp-noise z or --dp-epsilon E"): it now holds the epsilon asked for, and both
     repeat the run bit for bit (a resume from its round-2 checkpoint too)."""
-    import shutil
-
+    from interrupted_runs import back_to_checkpoint, rewrite_record
     from jaxqfl.cli.main import main
 
     out = tmp_path / "run"
@@ -227,10 +226,7 @@ def test_a_run_calibrated_from_epsilon_is_repeated_and_resumed_from_its_own_file
     config = (out / "config.toml").read_text()
     assert "dp-epsilon = 5.0" in config and "dp-noise" not in config
     assert main(["run", "--config", str(out / "config.toml"), "--out", str(tmp_path / "again"), "--no-progress"]) == 0
-    cut = tmp_path / "cut"
-    shutil.copytree(out, cut)
-    shutil.rmtree(cut / "checkpoints" / "4")
-    (cut / "final_params.msgpack").unlink()
+    cut = back_to_checkpoint(out, tmp_path / "cut", 2)
     assert main(["run", "--resume", str(cut), "--no-progress"]) == 0
     for other in (tmp_path / "again", cut):
         assert (other / "final_params.msgpack").read_bytes() == (out / "final_params.msgpack").read_bytes()
@@ -239,16 +235,7 @@ def test_a_run_calibrated_from_epsilon_is_repeated_and_resumed_from_its_own_file
     # a checkpoint written before this fix: its record holds the calibrated dp_noise beside dp_epsilon
     import json
 
-    from jaxqfl.experiment.run_folder import fingerprint
-
-    old = tmp_path / "old"
-    shutil.copytree(out, old)
-    shutil.rmtree(old / "checkpoints" / "4")
-    (old / "final_params.msgpack").unlink()
-    record = old / "checkpoints" / "2" / "meta" / "metadata"
-    meta = json.loads(record.read_text())
-    meta["config"]["dp_noise"] = json.loads((out / "summary.json").read_text())["dp_noise_multiplier"]
-    meta["fingerprint"] = fingerprint(meta["config"])
-    record.write_text(json.dumps(meta))
+    old = back_to_checkpoint(out, tmp_path / "old", 2)
+    rewrite_record(old, 2, dp_noise=json.loads((out / "summary.json").read_text())["dp_noise_multiplier"])
     assert main(["run", "--resume", str(old), "--no-progress"]) == 0
     assert (old / "final_params.msgpack").read_bytes() == (out / "final_params.msgpack").read_bytes()

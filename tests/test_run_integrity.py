@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 from cli_subprocess import cli_env
+from interrupted_runs import back_to_checkpoint
 
 from jaxqfl.cli.main import main
 
@@ -235,11 +236,8 @@ def test_a_resumed_run_reuses_the_layout_it_was_written_with(finished_run, tmp_p
     """The automatic chunk size is stored; a resume whose cost model now says otherwise keeps the stored one."""
     import jaxqfl.engine.layout as layout
 
-    out = tmp_path / "run"
-    shutil.copytree(finished_run, out)
+    out = back_to_checkpoint(finished_run, tmp_path / "run", 2)  # resume from round 2
     first = summary(finished_run)["chunk_size"]
-    shutil.rmtree(out / "checkpoints" / "4")  # resume from round 2
-    (out / "final_params.msgpack").unlink()
     monkeypatch.setattr(layout, "auto_chunk_size", lambda *a, **k: 1 if first != 1 else 2)  # "re-tuned"
     assert main(["run", "--resume", str(out)]) == 0
     assert summary(out)["chunk_size"] == first
