@@ -80,9 +80,9 @@ def check_memory(settings: Settings, refuser: Refuser) -> None:
     from jaxqfl.experiment import population_rules
 
     devices = settings.devices or (memory_guard.cpu_cores() if cpu else 1)
-    stream = getattr(settings, "stream", False)
+    stream, procedural = getattr(settings, "stream", False), population_rules.on(settings)
     fp = memory_guard.footprint_from_flags(settings)  # generated data: its client sizes, drawn before any row
-    if population_rules.on(settings):  # no rows held: the test clients' and each cohort's, padded to the cap
+    if procedural:  # no rows held: the test clients' and each cohort's, padded to the cap
         est = memory_guard.procedural_estimate(settings, num_devices=devices)
     elif fp is None:
         return
@@ -96,9 +96,8 @@ def check_memory(settings: Settings, refuser: Refuser) -> None:
     try:
         memory_guard.check(est, num_devices=devices, cpu=cpu,
                            stream_available=(hasattr(settings, "stream") and memory_guard.num_configs(settings) == 1
-                                             and not population_rules.on(settings)),
-                           stream=stream, generated=settings.dataset != "mnist",
-                           procedural=population_rules.on(settings))
+                                             and not procedural),
+                           stream=stream, generated=settings.dataset != "mnist", procedural=procedural)
     except memory_guard.MemoryRefusal as e:
         problem = str(e)
     if problem is not None:
