@@ -7,7 +7,8 @@ Three independent checks:
   for broadcast and batched operands of many shapes;
 * in a fresh interpreter, JAX's draws (uniform, normal, bits, split, fold_in,
   under ``vmap``) are bit-identical before and after :func:`install`, and the
-  lowered program does hash along one flat axis after it.
+  lowered program does hash along one flat axis after it, its loop carrying each
+  counter pair as one 64-bit word.
 """
 import subprocess
 import sys
@@ -100,9 +101,9 @@ def draws():
     ])
     return hashlib.sha256(b"".join(bytes(memoryview(jax.numpy.asarray(a))) for a in f(k, ks))).hexdigest()
 
-def flat_axis_in_program():
-    low = jax.jit(lambda k: jax.random.uniform(k, (60, 10))).lower(jax.random.key(0))
-    return "600xui32" in low.as_text()
+def flat_axis_in_program():  # the counters flattened to one axis, carried through the loop as one 64-bit word each
+    text = jax.jit(lambda k: jax.random.uniform(k, (60, 10))).lower(jax.random.key(0)).as_text()
+    return "600xui32" in text and "600xui64" in text
 
 before = draws(), flat_axis_in_program()
 from jaxqfl import threefry_cpu
