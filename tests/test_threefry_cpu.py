@@ -101,14 +101,14 @@ def draws():
     ])
     return hashlib.sha256(b"".join(bytes(memoryview(jax.numpy.asarray(a))) for a in f(k, ks))).hexdigest()
 
-def flat_axis_in_program():  # the counters flattened to one axis, carried through the loop as one 64-bit word each
+def flat_words_in_program():  # the counters flattened to one axis, carried through the loop as one 64-bit word each
     text = jax.jit(lambda k: jax.random.uniform(k, (60, 10))).lower(jax.random.key(0)).as_text()
     return "600xui32" in text and "600xui64" in text
 
-before = draws(), flat_axis_in_program()
+before = draws(), flat_words_in_program()
 from jaxqfl import threefry_cpu
 threefry_cpu.install()
-after = draws(), flat_axis_in_program()
+after = draws(), flat_words_in_program()
 print(before[0] == after[0], before[1], after[1])
 """
 
