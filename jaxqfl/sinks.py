@@ -75,12 +75,12 @@ def finite_or_none(obj):
         return {str(k): finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v) for v in obj]
-    if isinstance(obj, complex):
+    array_like = (not isinstance(obj, (bool, int, float, complex, str)) and hasattr(obj, "dtype")
+                  and hasattr(obj, "shape"))
+    a = np.asarray(obj) if array_like else None  # np.ndarray, a NumPy scalar, a jax.Array
+    if isinstance(obj, complex) or (a is not None and a.dtype.kind == "c"):
         raise TypeError(f"a complex value ({obj!r}) has no JSON form; record its real and imaginary parts")
-    if not isinstance(obj, (bool, int, float, str)) and hasattr(obj, "dtype") and hasattr(obj, "shape"):
-        a = np.asarray(obj)  # np.ndarray, a NumPy scalar, a jax.Array
-        if a.dtype.kind == "c":
-            raise TypeError(f"a complex value ({obj!r}) has no JSON form; record its real and imaginary parts")
+    if a is not None:
         if a.dtype.kind not in "biu":
             a = a.astype(np.float64)  # float16, bfloat16, float8 formats: their float values
         return finite_or_none(a.tolist())

@@ -38,12 +38,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxqfl.data.build import data_and_partition_seeds
+from jaxqfl.data.generate import client_sizes
+
 #: Test clients a procedural population draws at a time (``jaxqfl.data.procedural``), padded to its row cap:
 #: the memory check (``jaxqfl.experiment.memory_guard.procedural_estimate``) counts one such chunk.
 PROCEDURAL_TEST_CHUNK = 256
-
-from jaxqfl.data.build import data_and_partition_seeds
-from jaxqfl.data.generate import client_sizes
 
 __all__ = ["EXACT_CLIENTS", "PopulationFootprint", "client_size_quantile", "expected_client_size",
            "generated_footprint", "footprint_of", "TEST_FRACTION"]

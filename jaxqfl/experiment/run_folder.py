@@ -70,8 +70,6 @@ def saved_devices(out) -> int | None:
 
 def _why_no_checkpoint(resume) -> str:
     """What the folder's summary says ended the run before a checkpoint: divergence, or a stop."""
-    import json
-
     try:
         summary = json.loads((pathlib.Path(resume) / "summary.json").read_text())
     except (OSError, ValueError):
