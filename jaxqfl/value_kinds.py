@@ -33,12 +33,18 @@ def as_text(value) -> str:
     return str(value)
 
 
-#: The largest integer a setting takes: a 64-bit one, as a TOML file (config.toml) holds it.
+#: The largest integer a TOML file (config.toml) holds: a 64-bit one.
 INT64_MAX = 2**63 - 1
+#: The largest count, size or number a setting takes: jaxqfl's programs hold them in 32-bit integers (JAX's
+#: default), where a larger one would wrap (a step count, a batch's row positions, a client id). Seeds, up to
+#: ``MAX_SEED``, have a kind of their own.
+INT32_MAX = 2**31 - 1
 
 
-def int_at_least(lowest: int, what: str):
-    """An integer >= ``lowest`` and at most ``INT64_MAX`` (``what``: how the message calls it, e.g. "positive")."""
+def int_at_least(lowest: int, what: str, highest: int = INT32_MAX,
+                 why: str = "jaxqfl's programs count in 32-bit integers"):
+    """An integer >= ``lowest`` and at most ``highest`` (``what``: how the message calls it, e.g. "positive";
+    ``why``: the reason for ``highest`` the refusal gives)."""
 
     def parse(text: str) -> int:
         try:
@@ -47,8 +53,8 @@ def int_at_least(lowest: int, what: str):
             v = None
         if v is None or v < lowest:
             raise InvalidValue(f"expected a {what} integer, got {text!r}")
-        if v > INT64_MAX:
-            raise InvalidValue(f"expected a {what} integer of at most {INT64_MAX} (64 bits), got {text!r}")
+        if v > highest:
+            raise InvalidValue(f"expected a {what} integer of at most {highest} ({why}), got {text!r}")
         return v
 
     parse.lowest, parse.what = lowest, what  # read by the settings' documentation and the CLI adapter
@@ -66,7 +72,7 @@ MAX_SWEEP_CONFIGS = 10_000
 
 
 #: The most rounds a run takes: its state counts them in an int32 (and derives each round's keys from it).
-MAX_ROUNDS = 2**31 - 1
+MAX_ROUNDS = INT32_MAX
 
 
 def _at_most(kind, highest: int, refusal: str, doc: str, name: str):
@@ -82,11 +88,13 @@ def _at_most(kind, highest: int, refusal: str, doc: str, name: str):
     return parse
 
 
-round_count = _at_most(positive_int, MAX_ROUNDS, f"expected a positive integer of at most {MAX_ROUNDS} (a run "
-                       f"counts its rounds in 32 bits), got {{text!r}}",
-                       "A positive integer of at most ``MAX_ROUNDS``.", "round_count")
-seed = _at_most(nonneg_int, MAX_SEED, f"expected a seed in [0, {MAX_SEED}] (a run's key holds 32 bits of it: larger "
-                f"seeds would repeat smaller ones), got {{text!r}}", "An integer in [0, ``MAX_SEED``].", "seed")
+_INT64 = "64 bits"  # the bound of round counts and seeds before their own (a TOML integer's)
+round_count = _at_most(int_at_least(1, "positive", INT64_MAX, _INT64), MAX_ROUNDS,
+                       f"expected a positive integer of at most {MAX_ROUNDS} (a run counts its rounds in 32 bits), "
+                       f"got {{text!r}}", "A positive integer of at most ``MAX_ROUNDS``.", "round_count")
+seed = _at_most(int_at_least(0, "non-negative", INT64_MAX, _INT64), MAX_SEED,
+                f"expected a seed in [0, {MAX_SEED}] (a run's key holds 32 bits of it: larger seeds would repeat "
+                f"smaller ones), got {{text!r}}", "An integer in [0, ``MAX_SEED``].", "seed")
 
 
 def _number(text, in_range, not_a_number: str | None, out_of_range: str) -> float:

@@ -71,13 +71,23 @@ def test_toml_round_trips_every_kind_of_setting(tmp_path):
     assert experiment_flags.experiment_of(args) == exp
 
 
+def test_seeds_keep_their_32_bits_under_the_32_bit_bound_of_counts():
+    exp = Experiment.of(seed=2**32 - 1, data_seed=2**31)
+    assert (exp.execution.seed, exp.execution.data_seed) == (2**32 - 1, 2**31)
+
+
 @pytest.mark.parametrize("name,value,message", [
     ("client_lr", -1, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got -1"),
     ("client_lr", 1e300, "expected a positive finite number (at most 3.403e+38 in magnitude: float32), got 1e+300"),  # finite in float64, infinite in the programs' float32
     ("rounds", 0, "expected a positive integer, got '0'"),
     ("rounds", 10**20, "expected a positive integer of at most 9223372036854775807 (64 bits), got '100000000000000000000'"),
     ("rounds", 2**31, "expected a positive integer of at most 2147483647 (a run counts its rounds in 32 bits)"),
-    ("eval_every", 10**20, "expected a positive integer of at most 9223372036854775807 (64 bits)"),
+    ("eval_every", 10**20, "expected a positive integer of at most 2147483647 (jaxqfl's programs count in 32-bit "
+                           "integers), got '100000000000000000000'"),
+    # each reached a program as an int32 and failed there with a traceback (wrapped to a negative count)
+    ("local_epochs", 2**31, "expected a positive integer of at most 2147483647 (jaxqfl's programs count in 32-bit"),
+    ("personal_eval", 2**31, "expected a non-negative integer of at most 2147483647 (jaxqfl's programs count in"),
+    ("num_clients", 2**31, "expected a positive integer of at most 2147483647"),
     ("local_steps", "1,,2", "expected positive integers separated by commas, none empty, got '1,,2'"),
     ("dropout", 1.0, "--dropout must be in [0, 1), got '1.0'"),
     ("dataset", "imagenet", "is not one of synthetic"),

@@ -119,6 +119,23 @@ def test_generated_population_too_large_is_refused_in_seconds(host_24gib, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, term, advice", [
+    # both failed in XLA's allocator with a traceback (RESOURCE_EXHAUSTED, 44 and 1,227 GB)
+    (["--batch-size", "100000000"], "a local step's batch of 100,000,000 rows x 61 values", "a smaller --batch-size"),
+    (["--local-epochs", "150000"],
+     "a local step's batch of 10 rows x 61 values and 150,000 epochs' row orders of 14,025", "fewer --local-epochs"),
+])
+def test_one_clients_local_work_too_large_is_refused_naming_its_flag(host_24gib, tmp_path, capsys, argv, term, advice):
+    from jaxqfl.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(tmp_path / "out"), "--no-progress", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.split("jaxqfl run: error: ")[-1]  # the message, after the usage
+    assert f"Dominant term: one client's local work, at least one per device ({term}" in err
+    assert f"Try {advice}, or fewer --devices" in err and "--num-clients" not in err  # not the population's advice
+
+
 def test_a_population_that_fits_is_not_refused(host_24gib, tmp_path):
     """The default run (1,000 clients, about 0.1 GiB) passes the guard: it reaches the data build."""
     from jaxqfl.cli.main import main
@@ -166,3 +183,26 @@ def test_the_memory_check_sizes_the_population_with_its_own_seed():
     built = data.build("synthetic", num_clients=50, seed=7)  # --data-seed 7 draws the rows, not --seed 0
     fp = memory_guard.footprint_from_flags(settings)
     assert fp.exact and fp.train_rows == built.num_examples and fp.test_rows == built.x_test.shape[0]
+
+
+def test_xla_out_of_memory_is_said_not_a_traceback(monkeypatch, tmp_path, capsys):
+    """A run the estimate let start but XLA's allocator refused (here a real RESOURCE_EXHAUSTED: 4 PiB, past any
+    address space, so nothing is ever touched) ends with the refusal's message and exit 2; other errors pass."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxqfl.cli.main import main
+    from jaxqfl.experiment import memory_guard, runner
+
+    def allocate_too_much(*args, **kwargs):
+        jax.jit(lambda: jnp.zeros((2**50,), jnp.float32))().block_until_ready()
+
+    monkeypatch.setattr(runner, "_main", allocate_too_much)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--rounds", "1", "--no-progress", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ("jaxqfl run: error: out of memory: XLA could not allocate 4.0 PiB (4,503,599,627,370,496 bytes) for this "
+            "run") in err and "Try a smaller --batch-size" in err
+    assert memory_guard.out_of_memory(ValueError("RESOURCE_EXHAUSTED")) is None  # only XLA's own error is read

@@ -30,6 +30,7 @@ def int_at_least(lowest: int, what: str):
 
 positive_int = as_argparse_type(values.positive_int)
 nonneg_int = as_argparse_type(values.nonneg_int)
+seed = as_argparse_type(values.seed)
 positive_float = as_argparse_type(values.positive_float)
 nonneg_float = as_argparse_type(values.nonneg_float)
 chunk_size = as_argparse_type(values.chunk_size)

@@ -27,8 +27,8 @@ import pathlib
 
 from jaxqfl.cli.argtypes import chunk_size as _chunk_size
 from jaxqfl.cli.argtypes import on_off as _on_off
-from jaxqfl.cli.argtypes import nonneg_int as _nonneg_int
 from jaxqfl.cli.argtypes import positive_int as _positive_int
+from jaxqfl.cli.argtypes import seed as _seed
 
 DEFAULT_OUT_PREFIX = pathlib.Path("runs") / "bench-"  # + time: a fresh folder, never inside the source tree
 KNOWN = ("mlp", "tiny", "cnn", "big", "qfl", "resnet", "lstm", "transformer")
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mnist-path", default=None, help="mnist.npz for the cnn workload (default: shared/data/mnist)")
     p.add_argument("--fortunes-path", default=None,
                    help="folder of *.txt files for the lstm and transformer workloads (default: shared/data/fortunes)")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

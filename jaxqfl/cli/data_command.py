@@ -22,6 +22,7 @@ import os
 import sys
 
 from jaxqfl.cli.argtypes import positive_int
+from jaxqfl.cli.argtypes import seed as seed_type
 from jaxqfl.data.population import TASKS
 
 
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pack.add_argument("--num-clients", type=positive_int, default=None,
                       help="an npz without client_id: the clients of its iid split (required then); with natural "
                            "clients it must equal theirs")
-    pack.add_argument("--seed", type=int, default=0, help="seeds the held-out test rows and the iid split (0)")
+    pack.add_argument("--seed", type=seed_type, default=0, help="seeds the held-out test rows and the iid split (0)")
     pack.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.pack_parser = pack
 

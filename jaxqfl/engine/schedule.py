@@ -39,6 +39,8 @@ import jax.numpy as jnp
 
 from jaxqfl import keys
 
+_POSITIONS = 2**31 - 1  # the largest row position of a client's epochs (int32, as the programs count)
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalSchedule:
@@ -80,10 +82,16 @@ class LocalSchedule:
         return max_count if self.batch_size is None else self.batch_size
 
     def num_steps(self, max_count: int) -> int:
-        """Static number of scanned local steps."""
+        """Static number of scanned local steps; refuses epochs whose row positions would not fit an int32."""
         if self.local_steps is not None:
             return self.local_steps
-        return math.ceil(self.local_epochs * max_count / self.batch(max_count))
+        B = self.batch(max_count)
+        if self.local_epochs * max_count + B > _POSITIONS:  # step s reads positions s*B .. s*B + B - 1 (int32)
+            raise ValueError(
+                f"local_epochs={self.local_epochs:,} passes over the largest client's {max_count:,} rows are "
+                f"{self.local_epochs * max_count:,} row positions; at most {_POSITIONS - B:,} with batches of {B:,} "
+                f"(a client's positions are 32-bit integers): fewer epochs")
+        return math.ceil(self.local_epochs * max_count / B)
 
     def steps_taken(self, count, max_count: int):
         """Number of real (unmasked) steps for a client with ``count`` examples."""

@@ -11,9 +11,15 @@ The engine replicates the training population on every device of the mesh
                                                             C x s / D sharded, M_pad x s / D host home)
                 + ceil(M / D) x 4 x 4 n                    (a cohort block: params, grads,
                                                             update and codec state per client, float32)
+                + L                                        (one client's local work, below)
     CPU total   = host + D x per device   against the host's available memory
     accelerator = per device              against the device's memory limit
 
+``L = b x (features + 1) x 4 + E x n_max x 8``: a local step's batch rows (``b`` = ``--batch-size``, or the
+largest client's ``n_max`` rows in full batch) and, under ``--local-epochs E``, the epochs' row orders (a uniform and
+an index per row and epoch). A device trains at least one client at a time (``jaxqfl.engine.chunking``), so ``L``
+is the least its local work holds; a ``--batch-size`` of 10^8 rows (24 GiB for 60 features) is refused here, where
+it failed in XLA's allocator.
 ``P = examples x features x 4 + examples x 4`` (float32 rows, int32 labels),
 ``n`` the model's parameter count, ``s`` a client's persistent state. Once the run's
 model, algorithm, aggregator and codecs are built, ``n``, ``s`` and a config's server
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import NamedTuple
 
 from jaxqfl.data.footprint import PROCEDURAL_TEST_CHUNK as TEST_CHUNK  # JAX-free, as this module
@@ -64,6 +71,7 @@ class Estimate(NamedTuple):
     host_bytes: int
     per_device_bytes: int
     terms: dict  # name -> bytes, summed over the devices where they repeat (for "what dominates")
+    advice: dict = {}  # name -> what to change when that term dominates, before the general advice
 
 
 def host_available_bytes() -> int:
@@ -118,6 +126,15 @@ def client_state_floats(args, n: int) -> int:
     return count * n
 
 
+def local_work_bytes(args, features: int, largest_client: int | None) -> int:
+    """``L`` of the module docstring: one client's local-step batch rows and epoch orders (0 when the largest
+    client is not known and the batch is full)."""
+    n_max = largest_client or 0
+    batch = getattr(args, "batch_size", None) or n_max  # 0: full batch (every row of the largest client)
+    epochs = getattr(args, "local_epochs", None) or 0
+    return batch * (features + 1) * 4 + epochs * n_max * 8
+
+
 def num_configs(args) -> int:
     """Configs of a sweep (the product of the seeds and every swept flag's values); 1 for a single run."""
     seeds = getattr(args, "seeds", None)
@@ -127,13 +144,14 @@ def num_configs(args) -> int:
 
 def estimate(args, *, num_devices: int, examples: int, test_examples: int, feature_dim: int, num_classes: int,
              num_clients: int, home: str = "auto", cpu: bool = True, feature_shape: tuple | None = None,
-             stream_block: int | None = None, footprint=None) -> Estimate:
+             stream_block: int | None = None, footprint=None, largest_client: int | None = None) -> Estimate:
     """The estimate above for the parsed ``args`` and the population's sizes.
 
     ``stream_block``: the bytes ``B`` of one streamed cohort block (``--stream``; None: on-device data).
     ``footprint``: the run's ``jaxqfl.engine.memory_plan.StateFootprint`` (traced from the built model,
     algorithm, aggregator and codecs): n, s and a config's server state are then its counts, not the
-    flags' (which the check before JAX starts, without a model, has to use).
+    flags' (which the check before JAX starts, without a model, has to use). ``largest_client``: its training
+    rows (``n_max``), for the local work ``L``.
     """
     D = num_devices
     S = num_configs(args)
@@ -161,11 +179,12 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     else:
         states = per_dev_clients * s
     cohort = per_dev_clients * 4 * 4 * n
+    work = local_work_bytes(args, feature_dim, largest_client)
     server = 0
-    if S > 1:  # every config keeps its own states, server state and cohort block
-        states, cohort, server = S * states, S * cohort, S * server_bytes
+    if S > 1:  # every config keeps its own states, server state, cohort block and local work
+        states, cohort, server, work = S * states, S * cohort, S * server_bytes, S * work
     rows_on_device = P if stream_block is None else 2 * math.ceil(stream_block / D)
-    per_device = rows_on_device + math.ceil(P_test / D) + states + cohort + server
+    per_device = rows_on_device + math.ceil(P_test / D) + states + cohort + server + work
     host = P + P_test + (num_clients * s if home == "host" else 0) + (0 if stream_block is None else 2 * stream_block)
     rows_term = (f"the training rows, one copy per device ({D} x {_gib(P)})" if stream_block is None else
                  f"the streamed cohort blocks (2 on the host and 2 split over the devices, {_gib(stream_block)} each: "
@@ -177,9 +196,24 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
         f"{f' x {S:,} configs' if S > 1 else ''})": D * cohort,
         "the population on the host": host,
     }
+    work_term, work_advice = _work_term(args, feature_dim, largest_client, S)
+    terms[work_term] = D * work
     if S > 1:
         terms[f"the server states of the sweep's {S:,} configs ({S:,} x {server_bytes:,} bytes)"] = server * (D if cpu else 1)
-    return Estimate(host, per_device, terms)
+    return Estimate(host, per_device, terms, {work_term: work_advice})
+
+
+def _work_term(args, features: int, largest_client: int | None, configs: int) -> tuple[str, str]:
+    """The local-work term ``L``'s name (what it holds, with the numbers) and the advice when it dominates."""
+    n_max = largest_client or 0
+    batch = getattr(args, "batch_size", None) or n_max
+    epochs = getattr(args, "local_epochs", None) or 0
+    what = f"a local step's batch of {batch:,} rows x {features + 1:,} values"
+    if epochs:
+        what += f" and {epochs:,} epochs' row orders of {n_max:,} rows"
+    name = f"one client's local work, at least one per device ({what}{f' x {configs:,} configs' if configs > 1 else ''})"
+    larger_batch = batch * (features + 1) * 4 >= epochs * n_max * 8
+    return name, "a smaller --batch-size" if larger_batch else "fewer --local-epochs"
 
 
 def procedural_estimate(args, *, num_devices: int) -> Estimate:
@@ -190,7 +224,7 @@ def procedural_estimate(args, *, num_devices: int) -> Estimate:
     cohort's rows on the devices, padded to the cap:
 
         host        = T x n_max x (d + 1) x 4 + min(T, TEST_CHUNK) x n_max x (d + 1) x 4
-        per device  = ceil(M / D) x n_max x (d + 1) x 4 + the cohort block of ``estimate``
+        per device  = ceil(M / D) x n_max x (d + 1) x 4 + the cohort block and local work of ``estimate``
 
     (``T`` test clients, ``d`` features, ``M`` the cohort).
     """
@@ -203,12 +237,15 @@ def procedural_estimate(args, *, num_devices: int) -> Estimate:
     n = model_num_params(args, d, classes)
     rows_per_device = math.ceil(M / D) * row
     cohort = math.ceil(M / D) * 4 * 4 * n
+    work = local_work_bytes(args, d, cap)
+    work_term, work_advice = _work_term(args, d, cap, 1)
     terms = {f"the test clients' rows ({T:,} clients x {cap:,} rows x {d + 1} values, padded to --max-client-size)":
              host,
              f"each round's generated cohort rows ({M:,} clients x {cap:,} rows, padded to --max-client-size)":
              D * rows_per_device,
-             f"cohort blocks ({math.ceil(M / D)} clients per device x {4 * 4 * n:,} bytes)": D * cohort}
-    return Estimate(host, rows_per_device + cohort, terms)
+             f"cohort blocks ({math.ceil(M / D)} clients per device x {4 * 4 * n:,} bytes)": D * cohort,
+             work_term: D * work}
+    return Estimate(host, rows_per_device + cohort + work, terms, {work_term: work_advice})
 
 
 def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
@@ -232,21 +269,22 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
     if need <= FIT_FRACTION * have:
         return
     top = max(est.terms, key=est.terms.get)
-    advice = []
-    if procedural:
+    own = est.advice.get(top)  # a term with its own advice (one client's local work): not the population's
+    advice = [own] if own else []
+    if procedural and not own:
         advice.append("a smaller --max-client-size (every client's rows are padded to it), fewer --test-clients "
                       "or a smaller --cohort-size")
-    if num_devices > 1 and not stream and not procedural:
-        advice.append(f"fewer --devices (each holds a copy of the training rows; try --devices "
-                      f"{max(1, min(num_devices // 2, cpu_cores()))})")
+    if num_devices > 1 and (own or not (stream or procedural)):
+        why = "each trains its own clients" if own else "each holds a copy of the training rows"
+        advice.append(f"fewer --devices ({why}; try --devices {max(1, min(num_devices // 2, cpu_cores()))})")
     if any("configs" in t for t in est.terms):
         advice.append("fewer configs (--seeds, list-valued flags) per sweep")
     population = est.terms.get("the population on the host", 0)
-    if stream_available and not stream and (not cpu or population <= FIT_FRACTION * have):
+    if stream_available and not stream and (not cpu or population <= FIT_FRACTION * have) and not own:
         advice.append("--stream (the population stays in host memory; each round's cohort is streamed in)")
     if "streamed cohort blocks" in top:
         advice.append("a smaller --cohort-size or a cap on the largest client (--max-client-size)")
-    if not procedural:
+    if not (procedural or own):
         advice.append("a smaller population (--num-clients" + (", --client-size-mean, --client-size-sigma, "
                                                                "--max-client-size or --num-features)" if generated
                                                                else ")"))
@@ -255,6 +293,19 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
     raise MemoryRefusal(
         f"this run needs about {_gib(need)} ({need:,} bytes) but {where} cannot hold it; refused before allocating. "
         f"Dominant term: {top}: {_gib(est.terms[top])}. Try " + ", or ".join(advice) + ".")
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """The refusal for a run XLA could not allocate (``RESOURCE_EXHAUSTED``) although the estimate let it start
+    (the estimate leaves XLA's temporaries out): what was asked and what to change; None for any other error."""
+    text = str(error)
+    if type(error).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in text:
+        return None
+    asked = re.search(r"allocating (\d+) bytes", text)
+    size = f" {_gib(int(asked.group(1)))} ({int(asked.group(1)):,} bytes)" if asked else ""
+    return (f"out of memory: XLA could not allocate{size} for this run (the estimate checked before it started "
+            f"leaves out XLA's temporaries). Try a smaller --batch-size, --cohort-size or --chunk-size, fewer "
+            f"--local-epochs or fewer --devices")
 
 
 def footprint_from_flags(args):

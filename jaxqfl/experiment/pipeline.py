@@ -91,7 +91,8 @@ def check_memory(settings: Settings, refuser: Refuser) -> None:
                                     feature_dim=fp.feature_dim, num_classes=max(fp.num_classes, fp.target_width),
                                     num_clients=fp.num_clients, home=settings.client_state, cpu=cpu,
                                     feature_shape=fp.feature_shape,
-                                    stream_block=fp.cohort_block_bytes(settings.cohort_size) if stream else None)
+                                    stream_block=fp.cohort_block_bytes(settings.cohort_size) if stream else None,
+                                    largest_client=fp.largest_client)
     problem = None
     try:
         memory_guard.check(est, num_devices=devices, cpu=cpu,

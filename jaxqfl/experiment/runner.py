@@ -302,8 +302,16 @@ def main(args: Settings, stop=None, out: pathlib.Path | None = None) -> int:
 
     if getattr(args, "_startup_origin", None) is None:  # called from Python, not through jaxqfl.cli.main
         args._startup_origin = (time.time(), "jaxqfl.experiment.runner.main() call")
+    from jaxqfl.experiment.memory_guard import out_of_memory
+
     with CacheHits() as cache_hits:  # programs loaded from the persistent compilation cache (summary.json)
-        return _main(args, stop, out, cache_hits)
+        try:
+            return _main(args, stop, out, cache_hits)
+        except Exception as e:  # XLA's allocator refused what the estimate let start: said, not a traceback
+            why = out_of_memory(e)
+            if why is None:
+                raise
+    fail(why)
 
 
 def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
@@ -367,7 +375,7 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
         feature_dim=math.prod(population.feature_shape), num_classes=max(population.num_classes, 1),
         num_clients=population.num_clients, home=args.client_state, cpu=cpu, feature_shape=population.feature_shape,
         stream_block=footprint_of(population).cohort_block_bytes(args.cohort_size) if stream else None,
-        footprint=footprint)
+        footprint=footprint, largest_client=int(population.max_count))
     limit = None if cpu else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     try:
         memory_guard.check(est, num_devices=num_devices, cpu=cpu, device_limit=limit,
