@@ -189,7 +189,7 @@ def test_the_same_on_one_and_four_devices_any_chunk_and_home(population, profile
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["secure+poisson", "tiers"])
+@pytest.mark.parametrize("case", ["secure", "tiers"])
 def test_planned_bits_are_the_bits_the_round_reports(population, case):
     """Secure aggregation adds protocol bits that depend on each client's dropout draw; tiers send with their own
     codecs. With a deadline nobody misses, the round's own seconds equal the host clock on the bits it reported."""
@@ -202,7 +202,7 @@ def test_planned_bits_are_the_bits_the_round_reports(population, case):
     else:
         agg = aggregate.secure_sum(compress.from_spec("qsgd:8"), num_clients=C, cohort_size=M, dropout=0.4,
                                    max_weight=int(population.counts.max()))
-        kw = dict(aggregator=agg, uplink=None, sampling="poisson", max_cohort=M)
+        kw = dict(aggregator=agg, uplink=None)  # fixed-size cohorts: Poisson sampling is refused with its masks
     _, m = _rounds(_build(population, schedule=steps, systems=prof, deadline=1e6, stragglers="partial", **kw), 4)
     took = m.cohort >= 0
     assert len(set(m.uplink_bits[took].tolist())) > 1  # the clients' bits differ
