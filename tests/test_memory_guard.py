@@ -121,19 +121,24 @@ def test_generated_population_too_large_is_refused_in_seconds(host_24gib, tmp_pa
 
 @pytest.mark.parametrize("argv, term, advice", [
     # both failed in XLA's allocator with a traceback (RESOURCE_EXHAUSTED, 44 and 1,227 GB)
-    (["--batch-size", "100000000"], "a local step's batch of 100,000,000 rows x 61 values", "a smaller --batch-size"),
-    (["--local-epochs", "150000"],
-     "a local step's batch of 10 rows x 61 values and 150,000 epochs' row orders of 14,025", "fewer --local-epochs"),
+    (["--batch-size", "100000000"],
+     "one client's local work, at least one per device (a local step's batch of 100,000,000 rows x 61 values",
+     "a smaller --batch-size, or fewer --devices"),
+    (["--local-epochs", "150000"], "one client's local work, at least one per device (a local step's batch of 10 rows "
+     "x 61 values and 150,000 epochs' row orders of 14,025", "fewer --local-epochs, or fewer --devices"),
+    # the model, not the population (which the advice named): 10^12 parameters
+    (["--model", "mlp", "--hidden", "1000000,1000000"], "cohort blocks (50 clients per device x 16,001,152,000,160",
+     "a smaller model (its 1,000,072,000,010 parameters are held 4 times per client of the cohort"),
 ])
-def test_one_clients_local_work_too_large_is_refused_naming_its_flag(host_24gib, tmp_path, capsys, argv, term, advice):
+def test_a_term_with_its_own_cause_is_refused_naming_its_flags(host_24gib, tmp_path, capsys, argv, term, advice):
     from jaxqfl.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["run", "--out", str(tmp_path / "out"), "--no-progress", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err.split("jaxqfl run: error: ")[-1]  # the message, after the usage
-    assert f"Dominant term: one client's local work, at least one per device ({term}" in err
-    assert f"Try {advice}, or fewer --devices" in err and "--num-clients" not in err  # not the population's advice
+    assert f"Dominant term: {term}" in err
+    assert f"Try {advice}" in err and "--num-clients" not in err  # not the population's advice
 
 
 def test_a_population_that_fits_is_not_refused(host_24gib, tmp_path):

@@ -94,6 +94,28 @@ def test_text_partitioners_and_refusals(tmp_path):
         data.build("synthetic", num_clients=4, task="next-token")
 
 
+@pytest.mark.parametrize("test_fraction", [0.1, 0.25, 0.3, 0.5])
+def test_the_longest_context_the_refusal_names_is_exact(test_fraction):
+    """The refusal's bound is the longest context with a test window: it builds one, a byte more holds none."""
+    texts = [b"x" * 1_000, b"y" * 457]
+    bound = text._longest_context(1_000 - 1, test_fraction)
+    pop = text.text_population(texts, bound, test_fraction=test_fraction)
+    assert pop.x_test.shape == (1, bound)  # the reference split: the tail window of the longest text
+    with pytest.raises(ValueError, match=f"a context of at most {bound:,} holds one out"):
+        text.text_population(texts, bound + 1, test_fraction=test_fraction)
+
+
+def test_a_huge_context_is_refused_before_any_window_is_built(monkeypatch):
+    """--context 2147483647 built a 16 GB window per text before the test split refused it (the kernel killed
+    the run); the windows are counted first."""
+    def no_windows(*a, **k):
+        raise AssertionError("windows were built")
+
+    monkeypatch.setattr(text, "windows", no_windows)
+    with pytest.raises(ValueError, match="no client holds enough windows to hold out a test window"):
+        text.text_population([b"a fortune\n%\n" * 100], 2**31 - 1)
+
+
 def _write_leaf_text(root):
     users = {"train": {"ROMEO": (["But soft", "what lig"], ["!", "h"]), "JULIET": (["O Romeo"], ["."])},
              "test": {"NURSE": (["Madam"], ["!"])}}

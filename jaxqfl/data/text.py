@@ -35,6 +35,7 @@ bytes ``q = utf8(x + y)`` as ``x = q[:-1]``, ``y = q[1:]``, padded to the longes
 from __future__ import annotations
 
 import glob
+import math
 import os
 
 import numpy as np
@@ -89,26 +90,47 @@ def text_population(texts, context: int, *, test_fraction: float = 0.1, partitio
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     _check_partition(partition, num_clients)
-    xs, ys, xt, yt = [], [], [], []
-    for text in texts:
-        x, y = windows(text, context)
-        if x.shape[0] == 0:
-            continue
-        held = min(int(np.floor(test_fraction * x.shape[0])), x.shape[0] - 1)
-        keep = x.shape[0] - held
-        xs.append(x[:keep])
-        ys.append(y[:keep])
-        xt.append(x[keep:])
-        yt.append(y[keep:])
-    if not xs:
+    if not isinstance(context, (int, np.integer)) or isinstance(context, bool) or context < 1:
+        raise ValueError(f"context must be an integer >= 1, got {context!r}")
+    texts = [bytes(t) for t in texts]
+    # W_k windows and the held-out tail of each text, counted before any window is built: a context no text can
+    # hold out a test window of is refused before it allocates (a 2^31 context asked 16 GB per text)
+    counts = [-(-max(len(t) - 1, 0) // context) for t in texts]
+    held = [min(int(np.floor(test_fraction * w)), w - 1) for w in counts]
+    if not any(counts):
         raise ValueError(f"{name}: no text holds 2 bytes or more; nothing to learn from")
-    x_test, y_test = np.concatenate(xt), np.concatenate(yt)
-    if x_test.shape[0] == 0:
+    if not any(held):
+        longest = max(len(t) for t in texts)
+        bound = _longest_context(longest - 1, test_fraction)
+        fits = f"a context of at most {bound:,} holds one out" if bound else "no context holds one out"
         raise ValueError(f"{name}: no client holds enough windows to hold out a test window (test_fraction "
-                         f"{test_fraction}, context {context}); use more text or a shorter context")
+                         f"{test_fraction}, context {context}; the longest text has {longest:,} bytes: {fits}); use "
+                         f"more text or a shorter context")
+    xs, ys, xt, yt = [], [], [], []
+    for text, w, h in zip(texts, counts, held):
+        if w == 0:
+            continue
+        x, y = windows(text, context)
+        xs.append(x[:w - h])
+        ys.append(y[:w - h])
+        xt.append(x[w - h:])
+        yt.append(y[w - h:])
+    x_test, y_test = np.concatenate(xt), np.concatenate(yt)
     x, y = np.concatenate(xs), np.concatenate(ys)
     return _population(x, y, [len(a) for a in xs], x_test, y_test, partition=partition, num_clients=num_clients,
                        sigma=sigma, seed=seed, name=name, what="texts with 2 bytes or more")
+
+
+def _longest_context(positions: int, test_fraction: float) -> int:
+    """The longest context whose ``ceil(positions / T)`` windows hold out a test window (0 when none does): the
+    fewest windows ``m`` with ``min(floor(test_fraction m), m - 1) >= 1``, then the largest ``T`` with
+    ``ceil(positions / T) >= m``, i.e. ``positions / T > m - 1``."""
+    m = max(2, math.ceil(1 / test_fraction))
+    while math.floor(test_fraction * m) < 1:
+        m += 1
+    while m > 2 and math.floor(test_fraction * (m - 1)) >= 1:
+        m -= 1
+    return max((positions - 1) // (m - 1), 0)
 
 
 def _check_partition(partition, num_clients) -> None:

@@ -192,15 +192,22 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     terms = {
         rows_term: D * rows_on_device + (0 if stream_block is None else 2 * stream_block),
         f"per-client states ({num_clients:,} clients x {s:,} bytes, {home})": states * (D if cpu else 1),
-        f"cohort blocks ({per_dev_clients} clients per device x {4 * 4 * n:,} bytes"
-        f"{f' x {S:,} configs' if S > 1 else ''})": D * cohort,
         "the population on the host": host,
     }
+    cohort_term, cohort_advice = _cohort_term(per_dev_clients, n, S)
     work_term, work_advice = _work_term(args, feature_dim, largest_client, S)
-    terms[work_term] = D * work
+    terms[cohort_term], terms[work_term] = D * cohort, D * work
     if S > 1:
         terms[f"the server states of the sweep's {S:,} configs ({S:,} x {server_bytes:,} bytes)"] = server * (D if cpu else 1)
-    return Estimate(host, per_device, terms, {work_term: work_advice})
+    return Estimate(host, per_device, terms, {cohort_term: cohort_advice, work_term: work_advice})
+
+
+def _cohort_term(clients: int, n: int, configs: int) -> tuple[str, str]:
+    """The cohort block's name (``clients`` per device, ``n`` parameters) and the advice when it dominates."""
+    name = (f"cohort blocks ({clients:,} clients per device x {4 * 4 * n:,} bytes"
+            f"{f' x {configs:,} configs' if configs > 1 else ''})")
+    return name, (f"a smaller model (its {n:,} parameters are held 4 times per client of the cohort: parameters, "
+                  f"gradients, update and codec state) or a smaller --cohort-size")
 
 
 def _work_term(args, features: int, largest_client: int | None, configs: int) -> tuple[str, str]:
@@ -239,13 +246,14 @@ def procedural_estimate(args, *, num_devices: int) -> Estimate:
     cohort = math.ceil(M / D) * 4 * 4 * n
     work = local_work_bytes(args, d, cap)
     work_term, work_advice = _work_term(args, d, cap, 1)
+    cohort_term, cohort_advice = _cohort_term(math.ceil(M / D), n, 1)
     terms = {f"the test clients' rows ({T:,} clients x {cap:,} rows x {d + 1} values, padded to --max-client-size)":
              host,
              f"each round's generated cohort rows ({M:,} clients x {cap:,} rows, padded to --max-client-size)":
              D * rows_per_device,
-             f"cohort blocks ({math.ceil(M / D)} clients per device x {4 * 4 * n:,} bytes)": D * cohort,
+             cohort_term: D * cohort,
              work_term: D * work}
-    return Estimate(host, rows_per_device + cohort + work, terms, {work_term: work_advice})
+    return Estimate(host, rows_per_device + cohort + work, terms, {cohort_term: cohort_advice, work_term: work_advice})
 
 
 def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
@@ -269,13 +277,14 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
     if need <= FIT_FRACTION * have:
         return
     top = max(est.terms, key=est.terms.get)
-    own = est.advice.get(top)  # a term with its own advice (one client's local work): not the population's
+    own = est.advice.get(top)  # a term with its own advice (the model's, one client's work): not the population's
     advice = [own] if own else []
     if procedural and not own:
         advice.append("a smaller --max-client-size (every client's rows are padded to it), fewer --test-clients "
                       "or a smaller --cohort-size")
-    if num_devices > 1 and (own or not (stream or procedural)):
-        why = "each trains its own clients" if own else "each holds a copy of the training rows"
+    work = "local work" in top  # at least one client's per device: fewer devices, less of it
+    if num_devices > 1 and (work or not (own or stream or procedural)):
+        why = "each trains its own clients" if work else "each holds a copy of the training rows"
         advice.append(f"fewer --devices ({why}; try --devices {max(1, min(num_devices // 2, cpu_cores()))})")
     if any("configs" in t for t in est.terms):
         advice.append("fewer configs (--seeds, list-valued flags) per sweep")
