@@ -120,11 +120,8 @@ def threefry2x32_flat(k0, k1, x0, x1):
 
 
 def _x64():
-    """A context with 64-bit types on (``jax.enable_x64`` from JAX 0.8; ``jax.experimental.enable_x64`` before)."""
-    enable = getattr(jax, "enable_x64", None)
-    if enable is None:  # pragma: no cover (JAX < 0.8)
-        from jax.experimental import enable_x64 as enable
-    return enable(True)
+    """A context with 64-bit types on (``jax.enable_x64``; thread-local, so other threads keep their mode)."""
+    return jax.enable_x64(True)
 
 
 def install() -> None:
