@@ -66,6 +66,7 @@ def test_bad_clustering_flags_are_refused_before_any_work(tmp_path, capsys, monk
     [
         (["--num-clients", "20", "--cohort-size", "5", "--clusters", "1000000"], "--clusters 1000000 exceeds the"),
         (["--clusters", "5000"], "the k-means++ seeding (10 restarts on 100 clients' sampled rows) needs at least"),
+        (["--seed-points", "2147483647"], "--clusters 10 with --seed-points 2,147,483,647: the k-means++ seeding"),
     ],
 )
 def test_clusters_beyond_the_rows_or_the_memory_are_refused_before_seeding(tmp_path, capsys, monkeypatch, argv,

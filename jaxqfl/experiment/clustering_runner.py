@@ -125,7 +125,8 @@ def main(args: Settings, population, t_start: float, data_seconds: float, stop=N
 
     need, have = clustering.seeding_bytes(K, args.cohort_size, args.seed_points), host_available_bytes()
     if need > have:
-        fail(f"--clusters {K}: the k-means++ seeding (10 restarts on {args.cohort_size} clients' sampled rows) "
+        points = f" with --seed-points {args.seed_points:,}" if args.seed_points else ""  # the factor a user set
+        fail(f"--clusters {K}{points}: the k-means++ seeding (10 restarts on {args.cohort_size} clients' sampled rows) "
              f"needs at least {_gib(need)} ({need:,} bytes) of memory, {_gib(have)} is available; use fewer "
              f"--clusters, a smaller --cohort-size, or fewer --seed-points")
     model = models.centroids(K)
