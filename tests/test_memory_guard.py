@@ -211,3 +211,21 @@ def test_xla_out_of_memory_is_said_not_a_traceback(monkeypatch, tmp_path, capsys
     assert ("jaxqfl run: error: out of memory: XLA could not allocate 4.0 PiB (4,503,599,627,370,496 bytes) for this "
             "run") in err and "Try a smaller --batch-size" in err
     assert memory_guard.out_of_memory(ValueError("RESOURCE_EXHAUSTED")) is None  # only XLA's own error is read
+
+
+def test_quantize_out_of_memory_is_said_not_a_traceback(monkeypatch, capsys):
+    import argparse
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxqfl.cli import quantize_command
+
+    def allocate_too_much(args):
+        jax.jit(lambda: jnp.zeros((2**50,), jnp.float32))().block_until_ready()
+
+    monkeypatch.setattr(quantize_command, "_quantize", allocate_too_much)
+    assert quantize_command.main(argparse.Namespace()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxqfl quantize: error: out of memory: XLA could not allocate 4.0 PiB")
+    assert "this calibration" in err and "Try fewer --calibration-clients or --rows-per-client" in err

@@ -127,6 +127,20 @@ def _accuracy(predict, x, y, batch=1000) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Quantize the run's final model; XLA running out of memory is said (exit 2), not a traceback."""
+    from jaxqfl.experiment.memory_guard import out_of_memory
+
+    try:
+        return _quantize(args)
+    except Exception as e:
+        why = out_of_memory(e, "fewer --calibration-clients or --rows-per-client", "this calibration")
+        if why is None:
+            raise
+    print(f"jaxqfl quantize: error: {why}", file=sys.stderr)
+    return 2
+
+
+def _quantize(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 

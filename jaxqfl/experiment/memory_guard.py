@@ -304,17 +304,20 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
         f"Dominant term: {top}: {_gib(est.terms[top])}. Try " + ", or ".join(advice) + ".")
 
 
-def out_of_memory(error: BaseException) -> str | None:
-    """The refusal for a run XLA could not allocate (``RESOURCE_EXHAUSTED``) although the estimate let it start
-    (the estimate leaves XLA's temporaries out): what was asked and what to change; None for any other error."""
+#: What to change when a run runs out of memory although its estimate fitted (``out_of_memory``).
+RUN_MEMORY_ADVICE = "a smaller --batch-size, --cohort-size or --chunk-size, fewer --local-epochs or fewer --devices"
+
+
+def out_of_memory(error: BaseException, advice: str = RUN_MEMORY_ADVICE, what: str = "this run") -> str | None:
+    """The refusal for work XLA could not allocate (``RESOURCE_EXHAUSTED``) although the estimate let it start
+    (the estimate leaves XLA's temporaries out): what was asked and ``advice``; None for any other error."""
     text = str(error)
     if type(error).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in text:
         return None
     asked = re.search(r"allocating (\d+) bytes", text)
     size = f" {_gib(int(asked.group(1)))} ({int(asked.group(1)):,} bytes)" if asked else ""
-    return (f"out of memory: XLA could not allocate{size} for this run (the estimate checked before it started "
-            f"leaves out XLA's temporaries). Try a smaller --batch-size, --cohort-size or --chunk-size, fewer "
-            f"--local-epochs or fewer --devices")
+    return (f"out of memory: XLA could not allocate{size} for {what} (the estimate checked before it started "
+            f"leaves out XLA's temporaries). Try {advice}")
 
 
 def footprint_from_flags(args):

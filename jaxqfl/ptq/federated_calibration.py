@@ -61,7 +61,10 @@ def _round(model, params, population, client_ids, rows_per_client, mesh, chunk_s
     mesh = client_mesh() if mesh is None else mesh
     d = mesh.devices.size
     ids, valid = _cohort(population, client_ids, d, chunk_size)
-    r = int(population.counts[ids[valid]].max()) if rows_per_client is None else int(rows_per_client)
+    most = int(population.counts[ids[valid]].max())
+    # rows past a client's count are masked: more than the cohort's largest count reads nothing more (and padded
+    # every client to it: rows_per_client=2**31 - 1 asked XLA for 12 TB)
+    r = most if rows_per_client is None else min(int(rows_per_client), most)
     if is_read_only_map(population.x):  # rows on disk (jaxqfl.data.packed): read the cohort's first r rows only,
         # slot-major (slot i holds client ids[i]'s rows at i * r + j; rows past its count repeat, masked)
         counts_of = population.counts[ids].astype(np.int64)
