@@ -14,6 +14,7 @@ import pathlib
 import re
 import shlex
 
+import numpy as np
 import pytest
 
 import jax
@@ -69,6 +70,20 @@ def test_toml_round_trips_every_kind_of_setting(tmp_path):
     args = parser.parse_args(["--config", str(path)])
     run_setup.prepare(parser, args, ["--config", str(path)])
     assert experiment_flags.experiment_of(args) == exp
+
+
+def test_python_values_are_read_by_what_they_are_not_by_their_repr():
+    """bytes and arbitrary objects were read as their repr (data_path=b'/x' became the path "b'/x'"); paths and
+    NumPy scalars are their text and numbers."""
+    import pathlib
+
+    for value in (b"/data/mine.npz", object(), {1}):
+        with pytest.raises(InvalidValue, match=r"data.data_path \(--data-path\) = .*: expected text \(a str; a path "
+                                               r"may be a pathlib.Path\), a number or a list \(its type is"):
+            Experiment.of(data_path=value)
+    assert Experiment.of(data_path=pathlib.Path("/data/mine.npz")).data.data_path == "/data/mine.npz"
+    exp = Experiment.of(num_clients=np.int64(9), client_lr=np.float32(0.5), cohort_size=np.array(3))
+    assert (exp.data.num_clients, exp.training.client_lr, exp.training.cohort_size) == (9, (0.5,), 3)
 
 
 def test_seeds_keep_their_32_bits_under_the_32_bit_bound_of_counts():

@@ -14,6 +14,8 @@ resolved); it stands for "not given", as an absent flag or TOML key does.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from typing import Any, Callable, NamedTuple, Optional
 
 from jaxqfl.value_kinds import InvalidValue, as_text
@@ -60,6 +62,13 @@ def read_value(field: dataclasses.Field, value, where: str):
         return bool(value)
     if isinstance(value, dict):
         raise InvalidValue(f"{where} = {value!r}: a table is not a value of this setting")
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    elif getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy / JAX scalar array: its number
+        value = value.item()
+    if not isinstance(value, (str, numbers.Real, list, tuple)):  # bytes, objects: their repr was read as the text
+        raise InvalidValue(f"{where} = {value!r}: expected text (a str; a path may be a pathlib.Path), a number or "
+                           f"a list (its type is {type(value).__name__})")
     text = as_text(value)
     try:
         parsed = info.parse(text) if info.parse is not None else text
