@@ -293,6 +293,22 @@ EXIT_WRITE_FAILED = 5
 DAMAGED_CHECKPOINTS = "damaged-checkpoints"  # where a resume sets aside checkpoints it could not read
 
 
+def _check_device_count(args: Settings, wanted: int | None, resumed: bool) -> None:
+    """Refuse more devices than this process's JAX sees, saying why they are asked for and how to get them (a
+    Python script sees one CPU device unless it sets XLA_FLAGS; ``jaxqfl run`` splits the host itself)."""
+    import jax
+
+    have = jax.devices()
+    if not wanted or wanted <= len(have):
+        return
+    why = (f"the run was trained on {wanted} devices (its checkpoint's layout, kept so that the resumed run equals the "
+           f"uninterrupted one)" if resumed else f"--devices {wanted}")
+    how = (f"; `jaxqfl run{f' --resume {args.resume}' if resumed else ''}` splits the host into as many, and a "
+           f"Python script sets XLA_FLAGS=--xla_force_host_platform_device_count={wanted} before it imports JAX"
+           if have[0].platform == "cpu" else "")
+    fail(f"{why}, but this process's JAX sees {len(have)} ({have[0].platform}){how}")
+
+
 def main(args: Settings, stop=None, out: pathlib.Path | None = None) -> int:
     """Build, run (or resume), checkpoint, and write the run's files into ``out``.
 
@@ -350,6 +366,10 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
             fail("--seeds and list-valued flags (a sweep) are not available for --task clustering; "
                  "run one seed at a time with --seed")
         return clustering_runner.main(args, population, t_start, data_seconds, stop=stop)
+    # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
+    # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
+    layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
+    _check_device_count(args, args.devices or layout.get("num_devices"), resumed=bool(layout.get("num_devices")))
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
     stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
@@ -410,9 +430,6 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
     tuning_rule = None if async_rules.on(args) else _tuning_decision(args, population, model, algorithm, schedule,
                                                                       num_devices, cpu)
     rule_seconds = time.perf_counter() - t_rule if tuning_rule is not None else 0.0
-    # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
-    # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
-    layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
     try:  # what only the built population decides (e.g. a client-state home Poisson sampling cannot use)
         if async_rules.on(args):  # FedBuff: one round = one buffer flush on the virtual clock
             sim = async_rules.build(
