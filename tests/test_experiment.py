@@ -148,6 +148,19 @@ def test_unknown_settings_tables_and_section_types_are_refused(tmp_path):
         Experiment().training.rounds = 3
 
 
+def test_a_toml_date_is_refused_from_the_file_not_a_traceback(tmp_path, capsys):
+    """A TOML datetime was read as its text and then failed in naming the file's values (TypeError)."""
+    (tmp_path / "d.toml").write_text("data-path = 1979-05-27T07:32:00Z\n")
+    with pytest.raises(InvalidValue, match=r"data.data_path \(--data-path\) = datetime.datetime\(1979.*its type is "
+                                           r"datetime"):
+        Experiment.from_toml(tmp_path / "d.toml")
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--config", str(tmp_path / "d.toml"), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "a TOML datetime is no setting's value; write text in quotes" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("given,named", [
     (dict(mu=0.1), ["--mu", "--algorithm"]),
     (dict(trim_fraction=0.1), ["--trim-fraction", "--aggregator"]),

@@ -78,6 +78,9 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, valu
                               f"{', '.join(known)}")
         if value is None:  # None: the automatic value (the flag's default)
             continue
+        if not isinstance(value, (str, int, float, list)):  # TOML's dates and times are no setting's value
+            raise ConfigError(f"{source}: {key.replace('_', '-')} = {value!r}: a TOML {type(value).__name__} is no "
+                              f"setting's value; write text in quotes")
         overridden = key in explicit or EXCLUSIVE_PARTNERS.get(key) in explicit
         action = by_dest[key]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
