@@ -15,11 +15,6 @@ The engine replicates the training population on every device of the mesh
     CPU total   = host + D x per device   against the host's available memory
     accelerator = per device              against the device's memory limit
 
-``L = b x (features + 1) x 4 + E x n_max x 8``: a local step's batch rows (``b`` = ``--batch-size``, or the
-largest client's ``n_max`` rows in full batch) and, under ``--local-epochs E``, the epochs' row orders (a uniform and
-an index per row and epoch). A device trains at least one client at a time (``jaxqfl.engine.chunking``), so ``L``
-is the least its local work holds; a ``--batch-size`` of 10^8 rows (24 GiB for 60 features) is refused here, where
-it failed in XLA's allocator.
 ``P = examples x features x 4 + examples x 4`` (float32 rows, int32 labels),
 ``n`` the model's parameter count, ``s`` a client's persistent state. Once the run's
 model, algorithm, aggregator and codecs are built, ``n``, ``s`` and a config's server
@@ -28,8 +23,14 @@ before JAX starts (no model yet) takes them from the flags (``4 n`` per error-fe
 codec and per SCAFFOLD-like algorithm, ``3 n`` of server state). It is an estimate (XLA's temporaries and the compiled
 programs are not counted); a run refused here could not have fitted.
 
+``L = b x (features + 1) x 4 + E x n_max x 8``: a local step's batch rows (``b`` = ``--batch-size``, or the
+largest client's ``n_max`` rows in full batch) and, under ``--local-epochs E``, the epochs' row orders (a uniform and
+an index per row and epoch). A device trains at least one client at a time (``jaxqfl.engine.chunking``), so ``L``
+is the least its local work holds; a ``--batch-size`` of 10^8 rows (24 GiB for 60 features) is refused here, where
+it failed in XLA's allocator.
+
 A sweep of ``S`` configs (``--seeds``, list-valued flags) holds ``S`` of every
-per-client state, server state (``3 n``: params, optimizer) and cohort block:
+per-client state, server state (``3 n``: params, optimizer), cohort block and local work:
 those terms are multiplied by ``S`` (``num_configs``), the population is shared.
 
 With ``--stream`` the devices hold no copy of the population: instead two cohort
@@ -71,7 +72,7 @@ class Estimate(NamedTuple):
     host_bytes: int
     per_device_bytes: int
     terms: dict  # name -> bytes, summed over the devices where they repeat (for "what dominates")
-    advice: dict = {}  # name -> what to change when that term dominates, before the general advice
+    advice: dict | None = None  # name -> what to change when that term dominates, before the general advice
 
 
 def host_available_bytes() -> int:
@@ -126,15 +127,6 @@ def client_state_floats(args, n: int) -> int:
     return count * n
 
 
-def local_work_bytes(args, features: int, largest_client: int | None) -> int:
-    """``L`` of the module docstring: one client's local-step batch rows and epoch orders (0 when the largest
-    client is not known and the batch is full)."""
-    n_max = largest_client or 0
-    batch = getattr(args, "batch_size", None) or n_max  # 0: full batch (every row of the largest client)
-    epochs = getattr(args, "local_epochs", None) or 0
-    return batch * (features + 1) * 4 + epochs * n_max * 8
-
-
 def num_configs(args) -> int:
     """Configs of a sweep (the product of the seeds and every swept flag's values); 1 for a single run."""
     seeds = getattr(args, "seeds", None)
@@ -179,7 +171,7 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
     else:
         states = per_dev_clients * s
     cohort = per_dev_clients * 4 * 4 * n
-    work = local_work_bytes(args, feature_dim, largest_client)
+    work, work_term, work_advice = _local_work(args, feature_dim, largest_client, S)
     server = 0
     if S > 1:  # every config keeps its own states, server state, cohort block and local work
         states, cohort, server, work = S * states, S * cohort, S * server_bytes, S * work
@@ -195,7 +187,6 @@ def estimate(args, *, num_devices: int, examples: int, test_examples: int, featu
         "the population on the host": host,
     }
     cohort_term, cohort_advice = _cohort_term(per_dev_clients, n, S)
-    work_term, work_advice = _work_term(args, feature_dim, largest_client, S)
     terms[cohort_term], terms[work_term] = D * cohort, D * work
     if S > 1:
         terms[f"the server states of the sweep's {S:,} configs ({S:,} x {server_bytes:,} bytes)"] = server * (D if cpu else 1)
@@ -210,17 +201,19 @@ def _cohort_term(clients: int, n: int, configs: int) -> tuple[str, str]:
                   f"gradients, update and codec state) or a smaller --cohort-size")
 
 
-def _work_term(args, features: int, largest_client: int | None, configs: int) -> tuple[str, str]:
-    """The local-work term ``L``'s name (what it holds, with the numbers) and the advice when it dominates."""
+def _local_work(args, features: int, largest_client: int | None, configs: int) -> tuple[int, str, str]:
+    """``L`` of the module docstring (bytes, one config), its term's name (with the numbers) and the advice when it
+    dominates. ``largest_client`` None (not known) counts no epoch orders and, in full batch, no batch."""
     n_max = largest_client or 0
-    batch = getattr(args, "batch_size", None) or n_max
+    batch = getattr(args, "batch_size", None) or n_max  # 0: full batch (every row of the largest client)
     epochs = getattr(args, "local_epochs", None) or 0
+    rows, orders = batch * (features + 1) * 4, epochs * n_max * 8
     what = f"a local step's batch of {batch:,} rows x {features + 1:,} values"
     if epochs:
         what += f" and {epochs:,} epochs' row orders of {n_max:,} rows"
-    name = f"one client's local work, at least one per device ({what}{f' x {configs:,} configs' if configs > 1 else ''})"
-    larger_batch = batch * (features + 1) * 4 >= epochs * n_max * 8
-    return name, "a smaller --batch-size" if larger_batch else "fewer --local-epochs"
+    name = (f"one client's local work, at least one per device ({what}"
+            f"{f' x {configs:,} configs' if configs > 1 else ''})")
+    return rows + orders, name, "a smaller --batch-size" if rows >= orders else "fewer --local-epochs"
 
 
 def procedural_estimate(args, *, num_devices: int) -> Estimate:
@@ -244,8 +237,7 @@ def procedural_estimate(args, *, num_devices: int) -> Estimate:
     n = model_num_params(args, d, classes)
     rows_per_device = math.ceil(M / D) * row
     cohort = math.ceil(M / D) * 4 * 4 * n
-    work = local_work_bytes(args, d, cap)
-    work_term, work_advice = _work_term(args, d, cap, 1)
+    work, work_term, work_advice = _local_work(args, d, cap, 1)
     cohort_term, cohort_advice = _cohort_term(math.ceil(M / D), n, 1)
     terms = {f"the test clients' rows ({T:,} clients x {cap:,} rows x {d + 1} values, padded to --max-client-size)":
              host,
@@ -253,7 +245,8 @@ def procedural_estimate(args, *, num_devices: int) -> Estimate:
              D * rows_per_device,
              cohort_term: D * cohort,
              work_term: D * work}
-    return Estimate(host, rows_per_device + cohort + work, terms, {cohort_term: cohort_advice, work_term: work_advice})
+    advice = {cohort_term: cohort_advice, work_term: work_advice}
+    return Estimate(host, rows_per_device + cohort + work, terms, advice)
 
 
 def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | None = None,
@@ -277,7 +270,7 @@ def check(est: Estimate, *, num_devices: int, cpu: bool, device_limit: int | Non
     if need <= FIT_FRACTION * have:
         return
     top = max(est.terms, key=est.terms.get)
-    own = est.advice.get(top)  # a term with its own advice (the model's, one client's work): not the population's
+    own = (est.advice or {}).get(top)  # a term with its own advice (the model's, one client's work): not the population's
     advice = [own] if own else []
     if procedural and not own:
         advice.append("a smaller --max-client-size (every client's rows are padded to it), fewer --test-clients "
