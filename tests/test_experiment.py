@@ -84,6 +84,9 @@ def test_python_values_are_read_by_what_they_are_not_by_their_repr():
     assert Experiment.of(data_path=pathlib.Path("/data/mine.npz")).data.data_path == "/data/mine.npz"
     exp = Experiment.of(num_clients=np.int64(9), client_lr=np.float32(0.5), cohort_size=np.array(3))
     assert (exp.data.num_clients, exp.training.client_lr, exp.training.cohort_size) == (9, (0.5,), 3)
+    assert Experiment.of(client_lr=np.array([0.5, 0.25])).training.client_lr == (0.5, 0.25)  # a sweep's values
+    with pytest.raises(InvalidValue, match="expected text"):
+        Experiment.of(client_lr=np.ones((2, 2)))  # a 2-d array is no list of values
 
 
 def test_seeds_keep_their_32_bits_under_the_32_bit_bound_of_counts():

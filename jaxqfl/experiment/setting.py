@@ -66,6 +66,8 @@ def read_value(field: dataclasses.Field, value, where: str):
         value = os.fspath(value)
     elif getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy / JAX scalar array: its number
         value = value.item()
+    elif getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):  # a 1-d array: its list (a sweep)
+        value = value.tolist()
     if not isinstance(value, (str, numbers.Real, list, tuple)):  # bytes, objects: their repr was read as the text
         raise InvalidValue(f"{where} = {value!r}: expected text (a str; a path may be a pathlib.Path), a number or "
                            f"a list (its type is {type(value).__name__})")
