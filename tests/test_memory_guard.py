@@ -134,7 +134,7 @@ def test_a_term_with_its_own_cause_is_refused_naming_its_flags(host_24gib, tmp_p
     from jaxqfl.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--out", str(tmp_path / "out"), "--no-progress", *argv])
+        main(["run", "--out", str(tmp_path / "out"), "--no-progress", "--devices", "2", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err.split("jaxqfl run: error: ")[-1]  # the message, after the usage
     assert f"Dominant term: {term}" in err
