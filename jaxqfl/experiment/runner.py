@@ -369,7 +369,8 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
     # A resumed run reuses the layout its checkpoint was written with (re-tuning could pick another
     # device count or chunk size, whose sums differ in the last bits): bit for bit on the same machine.
     layout = (getattr(args, "_resume_meta", None) or {}).get("layout") or {}
-    _check_device_count(args, args.devices or layout.get("num_devices"), resumed=bool(layout.get("num_devices")))
+    devices_wanted = args.devices or layout.get("num_devices")  # None: the tuner (or every device) decides
+    _check_device_count(args, devices_wanted, resumed=bool(layout.get("num_devices")))
     num_devices = args.devices or len(jax.devices())
     cpu = jax.devices()[0].platform == "cpu"
     stream = getattr(args, "stream", False)  # a streamed population is not replicated on the devices
@@ -446,7 +447,7 @@ def _main(args: Settings, stop, out: pathlib.Path | None, cache_hits) -> int:
                 aggregator=aggregator,
                 label_transform=label_transform,
                 task=task,
-                num_devices=args.devices or layout.get("num_devices"),
+                num_devices=devices_wanted,
                 chunk_size=args.chunk_size or layout.get("chunk_size"),
                 uplink=uplink,
                 downlink=None if args.downlink == "none" else args.downlink_codec,
